@@ -1,0 +1,79 @@
+// swift-tools-version: 6.1
+// ShardRank: a gRPC-wire-compatible recommendation serving system.
+// Layers (dependencies point down only):
+//   ShardRankCLI -> ShardServer / Coordinator -> ShardRankClient / ShardRankWire / ShardRankKernels /
+//   ShardRankTables -> RPCTransport -> RPCHTTP2 / RPCCore -> C system libraries.
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "ShardRank",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "shardrank", targets: ["ShardRankCLI"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // ---- C: system libraries and generated code --------------------------------------
+        .systemLibrary(name: "CNGHTTP2", pkgConfig: "libnghttp2",
+                       providers: [.apt(["libnghttp2-dev"])]),
+        .systemLibrary(name: "CProtobufC", pkgConfig: "libprotobuf-c",
+                       providers: [.apt(["libprotobuf-c-dev"])]),
+        .target(name: "CShardRankProto", dependencies: ["CProtobufC"],
+                cSettings: [.unsafeFlags(["-Wno-everything"])]),
+        .target(name: "CShardRankKernels",
+                cSettings: [.unsafeFlags(["-O3"])]),
+
+        // ---- RPC stack -------------------------------------------------------------------
+        .target(name: "RPCCore", swiftSettings: swiftSettings),
+        .target(name: "RPCHTTP2", dependencies: ["CNGHTTP2", "RPCCore"], swiftSettings: swiftSettings),
+        .target(name: "RPCTransport", dependencies: [
+            "RPCCore", "RPCHTTP2",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: swiftSettings),
+
+        // ---- ShardRank libraries ---------------------------------------------------------
+        .target(name: "ShardRankWire", dependencies: ["CShardRankProto", "CProtobufC", "RPCCore"],
+                swiftSettings: swiftSettings),
+        .target(name: "ShardRankKernels", dependencies: ["CShardRankKernels"], swiftSettings: swiftSettings),
+        .target(name: "ShardRankTables", dependencies: ["ShardRankKernels"], swiftSettings: swiftSettings),
+        .target(name: "ShardRankClient", dependencies: ["RPCCore", "RPCTransport", "ShardRankWire"],
+                swiftSettings: swiftSettings),
+        .target(name: "ShardServer", dependencies: [
+            "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankTables", "ShardRankKernels",
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: swiftSettings),
+        .executableTarget(name: "ShardRankCLI", dependencies: [
+            "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient", "ShardServer", "ShardRankTables",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: swiftSettings),
+
+        // ---- Benchmarks (executables, never tests) ---------------------------------------
+        .executableTarget(name: "BenchKernels", dependencies: ["ShardRankKernels"],
+                          path: "Benchmarks/BenchKernels", swiftSettings: swiftSettings),
+
+        // ---- Tests -----------------------------------------------------------------------
+        .testTarget(name: "RPCCoreTests", dependencies: ["RPCCore"]),
+        .testTarget(name: "RPCHTTP2Tests", dependencies: ["RPCHTTP2", "RPCCore"]),
+        .testTarget(name: "ShardRankWireTests", dependencies: ["ShardRankWire", "RPCCore"]),
+        .testTarget(name: "ShardRankKernelsTests", dependencies: ["ShardRankKernels"]),
+        .testTarget(name: "ShardRankTablesTests", dependencies: ["ShardRankTables"]),
+        .testTarget(name: "EndToEndTests", dependencies: [
+            "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient", "ShardServer",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+        ]),
+    ]
+)

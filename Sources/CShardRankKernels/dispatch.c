@@ -1,0 +1,2 @@
+#include "CShardRankKernels.h"
+int32_t srk_cpu_features(void) { return 1; }
