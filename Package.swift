@@ -29,7 +29,8 @@ let package = Package(
         .target(name: "CShardRankProto", dependencies: ["CProtobufC"],
                 cSettings: [.unsafeFlags(["-Wno-everything"])]),
         .target(name: "CShardRankKernels",
-                cSettings: [.unsafeFlags(["-O3"])]),
+                cSettings: [.unsafeFlags(["-O3"])],
+                linkerSettings: [.linkedLibrary("openblas")]),
 
         // ---- RPC stack -------------------------------------------------------------------
         .target(name: "RPCCore", swiftSettings: swiftSettings),

@@ -1,0 +1,109 @@
+/// A serialized gRPC message with its 5-byte Length-Prefixed-Message header already in place:
+/// byte 0 is the compressed flag (always 0 here), bytes 1...4 the big-endian payload length.
+/// Encoders write the payload directly after the prefix, so framing never copies the payload.
+public struct FramedMessage: Sendable {
+    public static let prefixLength = 5
+
+    /// Prefix + payload.
+    public private(set) var bytes: [UInt8]
+
+    /// Allocates `payloadLength + 5` bytes, writes the prefix, and lets `fill` write exactly the
+    /// payload into the buffer it is given (`payloadLength` bytes).
+    public init(payloadLength: Int, fill: (UnsafeMutableRawBufferPointer) -> Void) {
+        precondition(payloadLength >= 0 && payloadLength <= Int(UInt32.max))
+        bytes = [UInt8](unsafeUninitializedCapacity: payloadLength + 5) { buf, count in
+            buf[0] = 0
+            buf[1] = UInt8(truncatingIfNeeded: payloadLength >> 24)
+            buf[2] = UInt8(truncatingIfNeeded: payloadLength >> 16)
+            buf[3] = UInt8(truncatingIfNeeded: payloadLength >> 8)
+            buf[4] = UInt8(truncatingIfNeeded: payloadLength)
+            fill(UnsafeMutableRawBufferPointer(rebasing: UnsafeMutableRawBufferPointer(buf)[5...]))
+            count = payloadLength + 5
+        }
+    }
+
+    /// Frames a payload by copying it.
+    public init(payload: some Collection<UInt8>) {
+        let p = Array(payload)
+        self.init(payloadLength: p.count) { dst in
+            p.withUnsafeBytes { src in if src.count > 0 { dst.copyMemory(from: src) } }
+        }
+    }
+
+    public var payloadLength: Int { bytes.count - 5 }
+    public var payload: ArraySlice<UInt8> { bytes[5...] }
+}
+
+/// Reassembles Length-Prefixed-Messages from DATA bytes that may be split anywhere.
+///
+/// The length prefix is checked against `maxMessageLength` before anything is allocated for the
+/// message; a set compressed flag is rejected because this server negotiates no encoding.
+/// A value type: feed it bytes, take messages out.
+public struct GRPCMessageDeframer: Sendable {
+    public let maxMessageLength: Int
+    private var header: [UInt8] = []
+    private var current: [UInt8] = []
+    private var expected: Int = -1  // -1: reading the prefix
+
+    public init(maxMessageLength: Int) {
+        self.maxMessageLength = maxMessageLength
+        header.reserveCapacity(5)
+    }
+
+    /// True when no partial message is buffered (a stream may end here cleanly).
+    public var isIdle: Bool { expected < 0 && header.isEmpty }
+
+    /// Consumes `bytes`, calling `onMessage` for every complete message in order.
+    /// - Throws: `RPCError(.resourceExhausted)` for a prefix longer than the limit,
+    ///   `RPCError(.unimplemented)` for a compressed message. After a throw the deframer must not
+    ///   be fed again.
+    public mutating func consume(_ bytes: UnsafeRawBufferPointer, onMessage: ([UInt8]) throws(RPCError) -> Void) throws(RPCError) {
+        var i = 0
+        let n = bytes.count
+        while i < n {
+            if expected < 0 {
+                let take = min(5 - header.count, n - i)
+                header.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[i ..< i + take]))
+                i += take
+                if header.count == 5 {
+                    let flag = header[0]
+                    let length = Int(header[1]) << 24 | Int(header[2]) << 16 | Int(header[3]) << 8 | Int(header[4])
+                    header.removeAll(keepingCapacity: true)
+                    if flag != 0 {
+                        if flag == 1 {
+                            throw RPCError(.unimplemented, "compressed message received but no grpc-encoding is supported (identity only)")
+                        }
+                        throw RPCError(.internal, "invalid compressed-flag byte \(flag) in message prefix")
+                    }
+                    if length > maxMessageLength {
+                        throw RPCError(.resourceExhausted, "message of \(length) bytes exceeds the limit of \(maxMessageLength) bytes")
+                    }
+                    if length == 0 {
+                        try onMessage([])
+                    } else {
+                        expected = length
+                        current = []
+                        current.reserveCapacity(length)
+                    }
+                }
+            } else {
+                let take = min(expected - current.count, n - i)
+                current.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[i ..< i + take]))
+                i += take
+                if current.count == expected {
+                    expected = -1
+                    let m = current
+                    current = []
+                    try onMessage(m)
+                }
+            }
+        }
+    }
+
+    public mutating func consume(_ bytes: [UInt8], onMessage: ([UInt8]) throws(RPCError) -> Void) throws(RPCError) {
+        let result: Result<Void, RPCError> = bytes.withUnsafeBytes { p in
+            do throws(RPCError) { try consume(p, onMessage: onMessage); return .success(()) } catch { return .failure(error) }
+        }
+        try result.get()
+    }
+}

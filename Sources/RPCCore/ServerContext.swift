@@ -1,0 +1,65 @@
+public import Synchronization
+
+/// What a handler knows about its call: the method, the caller's metadata, the deadline, and a
+/// cancellation flag the transport sets when the stream is reset, its deadline passes, or the
+/// server stops. Shared between the connection's event loop and a worker thread, so every mutable
+/// part is atomic or behind a `Mutex`.
+public final class ServerContext: Sendable {
+    /// `/package.Service/Method`.
+    public let path: String
+    /// Custom metadata sent by the caller (reserved headers removed, `-bin` values decoded).
+    public let metadata: Metadata
+    /// When the caller stops waiting, if it said (`grpc-timeout`).
+    public let deadline: ContinuousClock.Instant?
+    /// The peer's address, for logs.
+    public let peer: String
+
+    private let cancelled = Atomic<Bool>(false)
+    private let cancelReason = Mutex<RPCError?>(nil)
+    private let onCancel = Mutex<[@Sendable () -> Void]>([])
+
+    public init(path: String, metadata: Metadata = Metadata(), deadline: ContinuousClock.Instant? = nil, peer: String = "") {
+        self.path = path
+        self.metadata = metadata
+        self.deadline = deadline
+        self.peer = peer
+    }
+
+    /// True once the call was cancelled; a handler should stop its work and return.
+    public var isCancelled: Bool { cancelled.load(ordering: .acquiring) }
+
+    /// Why the call was cancelled (DEADLINE_EXCEEDED, CANCELLED, UNAVAILABLE on shutdown).
+    public var cancellationError: RPCError? { cancelReason.withLock { $0 } }
+
+    /// Throws the cancellation error if the call was cancelled: call it between chunks of work.
+    public func checkCancellation() throws(RPCError) {
+        if isCancelled { throw cancellationError ?? .cancelled() }
+    }
+
+    /// Time left before the deadline, or nil when there is none.
+    public var timeRemaining: Duration? {
+        deadline.map { ContinuousClock.now.duration(to: $0) }
+    }
+
+    /// Registers work to run once when the call is cancelled (at once if it already was).
+    public func whenCancelled(_ body: @escaping @Sendable () -> Void) {
+        let runNow = onCancel.withLock { list -> Bool in
+            if isCancelled { return true }
+            list.append(body)
+            return false
+        }
+        if runNow { body() }
+    }
+
+    /// Marks the call cancelled and runs the registered callbacks once. Called by the transport.
+    public func cancel(_ reason: RPCError) {
+        cancelReason.withLock { if $0 == nil { $0 = reason } }
+        let callbacks = onCancel.withLock { list -> [@Sendable () -> Void] in
+            if cancelled.exchange(true, ordering: .acquiringAndReleasing) { return [] }
+            let l = list
+            list.removeAll()
+            return l
+        }
+        for c in callbacks { c() }
+    }
+}

@@ -1,0 +1,207 @@
+/// The life of one server-side gRPC stream, with no I/O: the transport feeds it what arrived and
+/// what the handler did, and performs the action it returns. This is the one place where errors
+/// become wire responses (Trailers-Only when no response headers went out yet).
+public struct ServerStreamStateMachine: Sendable {
+    public struct Limits: Sendable, Hashable {
+        /// Largest request message accepted (gRPC's default: 4 MiB).
+        public var maxMessageLength: Int
+        public init(maxMessageLength: Int = 4 << 20) { self.maxMessageLength = maxMessageLength }
+    }
+
+    /// What the call asked for, once its headers were accepted.
+    public struct Call: Sendable {
+        public let method: RPCMethod
+        public let metadata: Metadata
+        public let timeout: GRPCTimeout?
+    }
+
+    public enum Action: Sendable {
+        /// Nothing to do yet.
+        case none
+        /// Answer with an HTTP status and no gRPC semantics (wrong content-type: 415, wrong method:
+        /// 405), then reset the stream if the client is still sending.
+        case rejectHTTP(status: Int, message: String)
+        /// Headers accepted: arm the deadline (if any) and wait for the request message.
+        case accepted(Call)
+        /// The request is complete: run the handler with this message.
+        case invoke(Call, request: [UInt8])
+        /// Send the whole unary response: headers, the message, trailers with OK.
+        case sendResponse(FramedMessage)
+        /// Send response headers (first streaming message only) and a message.
+        case sendMessage(FramedMessage, withHeaders: Bool)
+        /// End the call with this status: Trailers-Only if `headersSent` is false, else trailers.
+        /// `cancelHandler` asks the transport to cancel a running handler; `resetAfter` to send
+        /// RST_STREAM(NO_ERROR) after the trailers because the client may still be sending.
+        case finish(RPCError?, headersSent: Bool, cancelHandler: Bool, resetAfter: Bool)
+        /// The stream is gone (reset by the peer): cancel the handler, send nothing.
+        case cancelHandler(RPCError)
+    }
+
+    enum State: Sendable {
+        case awaitingHeaders
+        case receiving(Call, message: [UInt8]?, deframer: GRPCMessageDeframer)
+        case handlerRunning(Call, headersSent: Bool)
+        case done
+    }
+
+    private var state: State = .awaitingHeaders
+    public let limits: Limits
+
+    public init(limits: Limits = Limits()) { self.limits = limits }
+
+    public var isDone: Bool { if case .done = state { return true } else { return false } }
+
+    /// The request headers arrived.
+    /// - Parameters:
+    ///   - headers: the header block in order, pseudo-headers included.
+    ///   - endStream: the client sent END_STREAM with the headers (no message).
+    ///   - headerListTooLarge: the transport counted more header bytes than its limit.
+    public mutating func receivedHeaders(_ headers: [(name: String, value: String)], endStream: Bool,
+                                         headerListTooLarge: Bool, router: Router) -> Action {
+        guard case .awaitingHeaders = state else {
+            // A second HEADERS block from a client is trailers; gRPC clients send none. Ignore.
+            return .none
+        }
+        let resetAfter = !endStream
+        func fail(_ e: RPCError) -> Action {
+            state = .done
+            return .finish(e, headersSent: false, cancelHandler: false, resetAfter: resetAfter)
+        }
+        if headerListTooLarge {
+            return fail(RPCError(.resourceExhausted, "request header list exceeds the server's limit"))
+        }
+        var method: String?
+        var path: String?
+        var contentType: String?
+        var timeoutValue: String?
+        var encoding: String?
+        var metadata = Metadata()
+        for (name, value) in headers {
+            switch name {
+            case ":method": method = value
+            case ":path": path = value
+            case "content-type": contentType = value
+            case "grpc-timeout": timeoutValue = value
+            case "grpc-encoding": encoding = value
+            default:
+                if Metadata.isReserved(name) { continue }
+                do throws(RPCError) { try metadata.addWireHeader(name: name, value: value) } catch { return fail(error) }
+            }
+        }
+        guard method == "POST" else {
+            state = .done
+            return .rejectHTTP(status: 405, message: "gRPC requires POST, got \(method ?? "none")")
+        }
+        guard let ct = contentType, ct == "application/grpc" || ct.hasPrefix("application/grpc+") || ct.hasPrefix("application/grpc;") else {
+            state = .done
+            return .rejectHTTP(status: 415, message: "unsupported content-type '\(contentType ?? "")': expected application/grpc")
+        }
+        guard let path else { return fail(RPCError(.unimplemented, "missing :path")) }
+        let m: RPCMethod
+        do throws(RPCError) { m = try router.method(for: path) } catch { return fail(error) }
+        if let encoding, encoding != "identity" {
+            var md = Metadata()
+            md.add("grpc-accept-encoding", "identity")
+            return fail(RPCError(.unimplemented, "grpc-encoding '\(encoding)' is not supported (identity only)", metadata: md))
+        }
+        var timeout: GRPCTimeout?
+        if let timeoutValue {
+            do throws(RPCError) { timeout = try GRPCTimeout(parsing: timeoutValue) } catch { return fail(error) }
+        }
+        let call = Call(method: m, metadata: metadata, timeout: timeout)
+        if endStream {
+            return fail(RPCError(.internal, "request stream ended without a message"))
+        }
+        state = .receiving(call, message: nil, deframer: GRPCMessageDeframer(maxMessageLength: limits.maxMessageLength))
+        return .accepted(call)
+    }
+
+    /// DATA arrived.
+    public mutating func receivedData(_ bytes: UnsafeRawBufferPointer, endStream: Bool) -> Action {
+        guard case .receiving(let call, var message, var deframer) = state else {
+            return .none  // after an early error, or before headers (nghttp2 rejects that)
+        }
+        state = .done  // while mutating; restored below
+        var error: RPCError?
+        do throws(RPCError) {
+            try deframer.consume(bytes) { (m: [UInt8]) throws(RPCError) in
+                if message != nil {
+                    throw RPCError(.internal, "unary request carried more than one message")
+                }
+                message = m
+            }
+        } catch let e {
+            error = e
+        }
+        if let error {
+            return .finish(error, headersSent: false, cancelHandler: false, resetAfter: !endStream)
+        }
+        if endStream {
+            guard deframer.isIdle else {
+                return .finish(RPCError(.internal, "request stream ended inside a message"), headersSent: false,
+                               cancelHandler: false, resetAfter: false)
+            }
+            guard let message else {
+                return .finish(RPCError(.internal, "request stream ended without a message"), headersSent: false,
+                               cancelHandler: false, resetAfter: false)
+            }
+            state = .handlerRunning(call, headersSent: false)
+            return .invoke(call, request: message)
+        }
+        state = .receiving(call, message: message, deframer: deframer)
+        return .none
+    }
+
+    /// The client half-closed with an empty DATA or trailers frame.
+    public mutating func receivedEndStream() -> Action {
+        var empty: [UInt8] = []
+        return empty.withUnsafeMutableBytes { receivedData(UnsafeRawBufferPointer($0), endStream: true) }
+    }
+
+    /// A unary handler returned.
+    public mutating func handlerReturned(_ result: Result<FramedMessage, RPCError>) -> Action {
+        guard case .handlerRunning(_, let headersSent) = state else { return .none }
+        state = .done
+        switch result {
+        case .success(let m): return .sendResponse(m)
+        case .failure(let e): return .finish(e, headersSent: headersSent, cancelHandler: false, resetAfter: false)
+        }
+    }
+
+    /// A streaming handler sent a message.
+    public mutating func handlerSent(_ message: FramedMessage) -> Action {
+        guard case .handlerRunning(let call, let headersSent) = state else { return .none }
+        state = .handlerRunning(call, headersSent: true)
+        return .sendMessage(message, withHeaders: !headersSent)
+    }
+
+    /// A streaming handler finished.
+    public mutating func handlerFinished(_ error: RPCError?) -> Action {
+        guard case .handlerRunning(_, let headersSent) = state else { return .none }
+        state = .done
+        return .finish(error, headersSent: headersSent, cancelHandler: false, resetAfter: false)
+    }
+
+    /// The deadline passed, or the server is stopping (`reason`): answer with that status now and
+    /// cancel the handler if one runs.
+    public mutating func abort(_ reason: RPCError) -> Action {
+        switch state {
+        case .awaitingHeaders, .done:
+            return .none
+        case .receiving:
+            state = .done
+            return .finish(reason, headersSent: false, cancelHandler: false, resetAfter: true)
+        case .handlerRunning(_, let headersSent):
+            state = .done
+            return .finish(reason, headersSent: headersSent, cancelHandler: true, resetAfter: false)
+        }
+    }
+
+    /// The peer reset the stream (RST_STREAM) or the connection went away.
+    public mutating func peerReset() -> Action {
+        let wasRunning: Bool
+        if case .handlerRunning = state { wasRunning = true } else { wasRunning = false }
+        state = .done
+        return wasRunning ? .cancelHandler(RPCError(.cancelled, "the client cancelled the call")) : .none
+    }
+}

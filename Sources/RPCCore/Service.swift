@@ -1,0 +1,79 @@
+/// Sends the messages of a server-streaming response. Thread-safe: a handler may call it from any
+/// thread; the transport hops to the stream's event loop. Calls after `finish` are ignored.
+public protocol ResponseStreamWriter: Sendable {
+    func send(_ message: FramedMessage)
+    /// Ends the response with OK (nil) or an error status.
+    func finish(_ error: RPCError?)
+}
+
+/// One RPC method: its path, where it runs, and its handler.
+public struct RPCMethod: Sendable {
+    /// Where the handler runs.
+    public enum Placement: Sendable, Hashable {
+        /// On the connection's event loop: short, non-blocking work (a Lookup gather).
+        case inline
+        /// On the server's worker pool; the response is posted back to the event loop (Search, ranking).
+        case workerPool
+    }
+
+    public typealias UnaryHandler = @Sendable (_ request: [UInt8], _ context: ServerContext) throws(RPCError) -> FramedMessage
+    public typealias ServerStreamingHandler = @Sendable (_ request: [UInt8], _ context: ServerContext, _ writer: any ResponseStreamWriter) throws(RPCError) -> Void
+
+    public enum Handler: Sendable {
+        /// One request message, one response message.
+        case unary(UnaryHandler)
+        /// One request message; the handler sends any number of messages and then finishes the
+        /// writer, possibly later and from another thread.
+        case serverStreaming(ServerStreamingHandler)
+    }
+
+    /// `/package.Service/Method`.
+    public let path: String
+    public let placement: Placement
+    public let handler: Handler
+
+    public init(service: String, method: String, placement: Placement, handler: Handler) {
+        self.path = "/\(service)/\(method)"
+        self.placement = placement
+        self.handler = handler
+    }
+}
+
+/// A gRPC service: a fully qualified name and its methods.
+public protocol RPCService: Sendable {
+    /// `package.Service`.
+    var serviceName: String { get }
+    var methods: [RPCMethod] { get }
+}
+
+/// Maps request paths to methods. Built once, then read from every event loop.
+public struct Router: Sendable {
+    private var methods: [String: RPCMethod] = [:]
+    private var services: Set<String> = []
+
+    public init(services: [any RPCService] = []) {
+        for s in services { register(s) }
+    }
+
+    public mutating func register(_ service: any RPCService) {
+        services.insert(service.serviceName)
+        for m in service.methods {
+            precondition(m.path.hasPrefix("/\(service.serviceName)/"), "method \(m.path) is not in \(service.serviceName)")
+            methods[m.path] = m
+        }
+    }
+
+    /// The method for `path`.
+    /// - Throws: `RPCError(.unimplemented)` naming the unknown service or method.
+    public func method(for path: String) throws(RPCError) -> RPCMethod {
+        if let m = methods[path] { return m }
+        let parts = path.split(separator: "/", omittingEmptySubsequences: false)
+        if parts.count == 3, parts[0].isEmpty, services.contains(String(parts[1])) {
+            throw RPCError(.unimplemented, "unknown method '\(parts[2])' for service '\(parts[1])'")
+        }
+        if parts.count == 3, parts[0].isEmpty {
+            throw RPCError(.unimplemented, "unknown service '\(parts[1])'")
+        }
+        throw RPCError(.unimplemented, "malformed method path '\(path)'")
+    }
+}

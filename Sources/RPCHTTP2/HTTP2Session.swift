@@ -1,0 +1,299 @@
+internal import CNGHTTP2
+public import RPCCore
+
+/// What a peer did, recorded by the nghttp2 callbacks during `receive` and handed out after
+/// `nghttp2_session_mem_recv` returns (callbacks only record; the owner acts afterwards).
+public enum HTTP2Event: Sendable {
+    /// A complete header block. On a server the first block of a stream is the request; on a
+    /// client the first is the response headers and a later one the trailers.
+    /// `tooLarge`: the block exceeded `maxHeaderListBytes`; only the headers up to the limit are kept.
+    case headers(streamID: Int32, headers: [(name: String, value: String)], endStream: Bool, tooLarge: Bool)
+    /// A chunk of DATA payload (flow control is already accounted).
+    case data(streamID: Int32, bytes: [UInt8])
+    /// The peer ended its side of the stream with a DATA frame.
+    case endStream(streamID: Int32)
+    /// The stream closed: `errorCode` 0 after a normal end, else the RST_STREAM code (or the
+    /// connection's error).
+    case streamClosed(streamID: Int32, errorCode: UInt32)
+    /// The peer sent GOAWAY.
+    case goAway(lastStreamID: Int32, errorCode: UInt32)
+}
+
+/// Errors of the HTTP/2 layer: the connection can not go on.
+public struct HTTP2Error: Error, Sendable, CustomStringConvertible {
+    public let code: Int32
+    public let operation: String
+    public var description: String {
+        "HTTP/2 error in \(operation): \(String(cString: nghttp2_strerror(code))) (\(code))"
+    }
+}
+
+/// Settings and limits of one HTTP/2 connection.
+public struct HTTP2Configuration: Sendable, Hashable {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to the peer (server) — streams beyond it are refused.
+    public var maxConcurrentStreams: UInt32 = 256
+    /// Largest header list accepted, counted as RFC 7540 does (name + value + 32 per field);
+    /// advertised as SETTINGS_MAX_HEADER_LIST_SIZE.
+    public var maxHeaderListBytes: Int = 16 << 10
+    /// SETTINGS_INITIAL_WINDOW_SIZE for streams, and the connection window we open up to.
+    public var initialWindowSize: UInt32 = 1 << 20
+    public var connectionWindowSize: Int32 = 16 << 20
+    /// SETTINGS_MAX_FRAME_SIZE advertised.
+    public var maxFrameSize: UInt32 = 16 << 10
+
+    public init() {}
+}
+
+/// One HTTP/2 connection's protocol state, driven in memory: bytes in (`receive`) → events out;
+/// submissions (`submitResponse`, `submitRequest`, ...) → bytes out (`flush`).
+///
+/// Threading: not thread-safe. A session belongs to one thread (its connection's event loop) for
+/// its whole life. It is never re-entered: `receive` and `flush` must not be called from the
+/// closures they call.
+///
+/// Ownership: the session owns its `nghttp2_session` (deleted once, in `deinit`). nghttp2's
+/// `user_data` is this object, unretained: valid because the C session never outlives it.
+public final class HTTP2Session {
+    public enum Role: Sendable { case server, client }
+
+    public let role: Role
+    public let configuration: HTTP2Configuration
+    let session: OpaquePointer
+
+    // Recorded by callbacks, drained by `receive`.
+    var events: [HTTP2Event] = []
+    // Header blocks being received, by stream.
+    var pendingHeaders: [Int32: PendingHeaders] = [:]
+    // Outbound DATA queued per stream.
+    var outbound: [Int32: OutboundStream] = [:]
+    // The sink during `flush`.
+    var sink: ((UnsafeRawBufferPointer) -> Void)?
+    var inCallback = false
+
+    struct PendingHeaders {
+        var headers: [(name: String, value: String)] = []
+        var bytes = 0
+        var tooLarge = false
+    }
+
+    struct OutboundStream {
+        var chunks: [FramedMessage] = []
+        var offset = 0  // into chunks[0].bytes
+        var pendingBytes = 0
+        /// Trailers to send after the data (server), or nil.
+        var trailers: [(String, String)]?
+        /// End the stream after the data with END_STREAM on the last DATA frame (client request).
+        var endStreamAfterData = false
+        /// nghttp2 was told NGHTTP2_ERR_DEFERRED; resume when data is added.
+        var deferred = false
+        var finished = false
+    }
+
+    public init(role: Role, configuration: HTTP2Configuration = HTTP2Configuration()) throws(HTTP2Error) {
+        self.role = role
+        self.configuration = configuration
+        var callbacks: OpaquePointer?
+        var rv = nghttp2_session_callbacks_new(&callbacks)
+        guard rv == 0, let callbacks else { throw HTTP2Error(code: rv, operation: "nghttp2_session_callbacks_new") }
+        defer { nghttp2_session_callbacks_del(callbacks) }
+        HTTP2Session.installCallbacks(callbacks)
+
+        var option: OpaquePointer?
+        rv = nghttp2_option_new(&option)
+        guard rv == 0, let option else { throw HTTP2Error(code: rv, operation: "nghttp2_option_new") }
+        defer { nghttp2_option_del(option) }
+        nghttp2_option_set_max_send_header_block_length(option, 64 << 10)
+        if role == .client {
+            // A client may cancel many of its own streams (hedging); do not let the peer's reset
+            // bookkeeping limit us. Servers keep nghttp2's default reset-flood protection.
+            nghttp2_option_set_peer_max_concurrent_streams(option, 1024)
+        }
+
+        var s: OpaquePointer?
+        // `self` is not fully initialised until `session` is set: create into a local first, with
+        // a placeholder user_data fixed right after.
+        switch role {
+        case .server: rv = nghttp2_session_server_new2(&s, callbacks, nil, option)
+        case .client: rv = nghttp2_session_client_new2(&s, callbacks, nil, option)
+        }
+        guard rv == 0, let s else { throw HTTP2Error(code: rv, operation: "nghttp2_session_new") }
+        session = s
+        nghttp2_session_set_user_data(s, Unmanaged.passUnretained(self).toOpaque())
+
+        // SETTINGS first: real gRPC clients fail a connection whose server does not send them.
+        let settings: [nghttp2_settings_entry] = [
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue), value: configuration.maxConcurrentStreams),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: configuration.initialWindowSize),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_FRAME_SIZE.rawValue), value: configuration.maxFrameSize),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue), value: UInt32(configuration.maxHeaderListBytes)),
+        ]
+        rv = settings.withUnsafeBufferPointer { nghttp2_submit_settings(s, UInt8(NGHTTP2_FLAG_NONE.rawValue), $0.baseAddress, $0.count) }
+        guard rv == 0 else { throw HTTP2Error(code: rv, operation: "nghttp2_submit_settings") }
+        rv = nghttp2_session_set_local_window_size(s, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, configuration.connectionWindowSize)
+        guard rv == 0 else { throw HTTP2Error(code: rv, operation: "nghttp2_session_set_local_window_size") }
+    }
+
+    deinit {
+        nghttp2_session_del(session)  // the one delete site
+    }
+
+    static func from(_ userData: UnsafeMutableRawPointer?) -> HTTP2Session {
+        Unmanaged<HTTP2Session>.fromOpaque(userData!).takeUnretainedValue()
+    }
+
+    // MARK: - Input
+
+    /// Feeds received bytes and returns what happened, in order.
+    /// - Throws: `HTTP2Error` when the connection must be closed at once (bad preface, flood);
+    ///   any GOAWAY nghttp2 queued is still written by a following `flush`.
+    public func receive(_ bytes: UnsafeRawBufferPointer) throws(HTTP2Error) -> [HTTP2Event] {
+        precondition(!inCallback, "HTTP2Session re-entered")
+        inCallback = true
+        let rv = nghttp2_session_mem_recv(session, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), bytes.count)
+        inCallback = false
+        let out = events
+        events.removeAll(keepingCapacity: true)
+        if rv < 0 { throw HTTP2Error(code: Int32(rv), operation: "nghttp2_session_mem_recv") }
+        return out
+    }
+
+    // MARK: - Output
+
+    /// Serialises everything pending into `sink` (possibly several calls).
+    /// - Throws: `HTTP2Error` when nghttp2 reports a fatal error; close the connection.
+    public func flush(into sink: (UnsafeRawBufferPointer) -> Void) throws(HTTP2Error) {
+        precondition(!inCallback, "HTTP2Session re-entered")
+        try withoutActuallyEscaping(sink) { (s) throws(HTTP2Error) in
+            self.sink = s
+            inCallback = true
+            let rv = nghttp2_session_send(session)
+            inCallback = false
+            self.sink = nil
+            if rv != 0 { throw HTTP2Error(code: rv, operation: "nghttp2_session_send") }
+        }
+    }
+
+    /// Events recorded outside `receive` (e.g. streams closed while flushing). Drain after `flush`.
+    public func takeEvents() -> [HTTP2Event] {
+        let out = events
+        events.removeAll(keepingCapacity: true)
+        return out
+    }
+
+    /// True while the connection has something to read or write; false once both sides are done
+    /// (after GOAWAY and every stream closed): the owner should close the socket.
+    public var isActive: Bool { nghttp2_session_want_read(session) != 0 || nghttp2_session_want_write(session) != 0 }
+    public var wantsWrite: Bool { nghttp2_session_want_write(session) != 0 }
+
+    // MARK: - Submissions
+
+    /// Response headers for `stream`. With `endStream` it is a headers-only (Trailers-Only) answer.
+    public func submitHeaders(stream: Int32, headers: [(String, String)], endStream: Bool) throws(HTTP2Error) {
+        let flags = endStream ? UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) : UInt8(NGHTTP2_FLAG_NONE.rawValue)
+        let rv = HTTP2Session.withNV(headers) { nv, n in
+            nghttp2_submit_headers(session, flags, stream, nil, nv, n, nil)
+        }
+        if rv < 0 { throw HTTP2Error(code: rv, operation: "nghttp2_submit_headers") }
+    }
+
+    /// Response headers followed by a data stream for `stream` (server). Data is queued with
+    /// `enqueue(stream:_:)` and ended with `finish(stream:trailers:)`.
+    public func submitResponse(stream: Int32, headers: [(String, String)]) throws(HTTP2Error) {
+        outbound[stream] = OutboundStream()
+        var provider = HTTP2Session.dataProvider()
+        let rv = HTTP2Session.withNV(headers) { nv, n in nghttp2_submit_response(session, stream, nv, n, &provider) }
+        if rv != 0 {
+            outbound[stream] = nil
+            throw HTTP2Error(code: rv, operation: "nghttp2_submit_response")
+        }
+    }
+
+    /// Starts a request (client) whose body is `body`, ended by END_STREAM after it.
+    /// - Returns: the new stream id.
+    public func submitRequest(headers: [(String, String)], body: FramedMessage) throws(HTTP2Error) -> Int32 {
+        var provider = HTTP2Session.dataProvider()
+        let stream = HTTP2Session.withNV(headers) { nv, n in nghttp2_submit_request(session, nil, nv, n, &provider, nil) }
+        if stream < 0 { throw HTTP2Error(code: stream, operation: "nghttp2_submit_request") }
+        var o = OutboundStream()
+        o.chunks = [body]
+        o.pendingBytes = body.bytes.count
+        o.endStreamAfterData = true
+        o.finished = true
+        outbound[stream] = o
+        return stream
+    }
+
+    /// Queues a message on a stream started with `submitResponse`.
+    public func enqueue(stream: Int32, _ message: FramedMessage) {
+        guard var o = outbound[stream], !o.finished else { return }
+        o.pendingBytes += message.bytes.count
+        o.chunks.append(message)
+        let resume = o.deferred
+        o.deferred = false
+        outbound[stream] = o
+        if resume { nghttp2_session_resume_data(session, stream) }
+    }
+
+    /// Ends a stream started with `submitResponse`: trailers go after the queued data.
+    public func finish(stream: Int32, trailers: [(String, String)]) {
+        guard var o = outbound[stream], !o.finished else { return }
+        o.trailers = trailers
+        o.finished = true
+        let resume = o.deferred
+        o.deferred = false
+        outbound[stream] = o
+        if resume { nghttp2_session_resume_data(session, stream) }
+    }
+
+    /// Resets a stream (RST_STREAM) with an HTTP/2 error code (0 NO_ERROR, 8 CANCEL, ...).
+    public func reset(stream: Int32, errorCode: UInt32) {
+        outbound[stream] = nil
+        _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, errorCode)
+    }
+
+    /// Graceful shutdown, step 1: a GOAWAY with the maximum stream id (a "shutdown notice").
+    public func submitShutdownNotice() {
+        _ = nghttp2_submit_shutdown_notice(session)
+    }
+
+    /// Sends a GOAWAY naming the last stream this side processed; new streams are refused after it.
+    public func submitGoAway(errorCode: UInt32 = 0, debug: String = "") {
+        let last = nghttp2_session_get_last_proc_stream_id(session)
+        var d = Array(debug.utf8)
+        _ = d.withUnsafeMutableBufferPointer {
+            nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), last, errorCode, $0.baseAddress, $0.count)
+        }
+    }
+
+    // MARK: - Helpers
+
+    static func dataProvider() -> nghttp2_data_provider {
+        var p = nghttp2_data_provider()
+        p.source.ptr = nil
+        p.read_callback = HTTP2Session.readCallback
+        return p
+    }
+
+    /// Calls `body` with an `nghttp2_nv` array for `headers`; nghttp2 copies names and values
+    /// during the call, so the storage only lives for the call.
+    static func withNV<R>(_ headers: [(String, String)], _ body: (UnsafeMutablePointer<nghttp2_nv>, Int) -> R) -> R {
+        var storage = [UInt8]()
+        var spans: [(Int, Int, Int, Int)] = []
+        spans.reserveCapacity(headers.count)
+        for (n, v) in headers {
+            let ns = storage.count
+            storage.append(contentsOf: n.utf8)
+            let vs = storage.count
+            storage.append(contentsOf: v.utf8)
+            spans.append((ns, vs - ns, vs, storage.count - vs))
+        }
+        storage.append(0)
+        return storage.withUnsafeMutableBufferPointer { buf in
+            var nva = spans.map { s in
+                nghttp2_nv(name: buf.baseAddress! + s.0, value: buf.baseAddress! + s.2, namelen: s.1, valuelen: s.3,
+                           flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
+            }
+            return nva.withUnsafeMutableBufferPointer { body($0.baseAddress!, $0.count) }
+        }
+    }
+}

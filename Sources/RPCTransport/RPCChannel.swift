@@ -1,0 +1,252 @@
+public import NIOCore
+public import NIOPosix
+public import RPCCore
+public import RPCHTTP2
+import Synchronization
+
+/// Client settings.
+public struct ClientConfiguration: Sendable {
+    /// Connections kept to the target; calls go to the one with the fewest active streams.
+    public var connections: Int = 2
+    /// Largest response message accepted.
+    public var maxMessageLength: Int = 4 << 20
+    public var http2 = HTTP2Configuration()
+    /// Reconnect backoff (gRPC connection-backoff: initial, ×multiplier, ±jitter, capped).
+    public var initialBackoff: Duration = .milliseconds(100)
+    public var maxBackoff: Duration = .seconds(5)
+    public var backoffMultiplier: Double = 1.6
+    public var backoffJitter: Double = 0.2
+    /// Time allowed to establish a TCP connection.
+    public var connectTimeout: Duration = .seconds(2)
+    public init() {}
+}
+
+/// A channel to one `host:port`: a small pool of HTTP/2 connections, each carrying many
+/// concurrent streams. Thread-safe; calls are `async`.
+///
+/// Failures: transport problems (refused, reset, closed, GOAWAY before processing) surface as
+/// UNAVAILABLE; a connection that failed is retried with jittered exponential backoff, and
+/// while a slot waits out its backoff, calls fail fast with UNAVAILABLE instead of hanging.
+public final class RPCChannel: Sendable {
+    public let host: String
+    public let port: Int
+    public let configuration: ClientConfiguration
+    private let group: any EventLoopGroup
+    private let slots: [Slot]
+    private let closed = Atomic<Bool>(false)
+
+    /// - Parameter target: `host:port`.
+    public init(target: String, group: any EventLoopGroup, configuration: ClientConfiguration = ClientConfiguration()) throws(RPCError) {
+        guard let colon = target.lastIndex(of: ":"), let port = Int(target[target.index(after: colon)...]), port > 0, port < 65536 else {
+            throw RPCError(.invalidArgument, "target '\(target)' is not host:port")
+        }
+        var h = String(target[..<colon])
+        if h.hasPrefix("[") && h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
+        self.host = h
+        self.port = port
+        self.group = group
+        self.configuration = configuration
+        self.slots = (0 ..< max(1, configuration.connections)).map { _ in Slot() }
+    }
+
+    public var target: String { "\(host):\(port)" }
+
+    // MARK: - Calls
+
+    /// A unary call: one request message, one response message.
+    /// - Parameters:
+    ///   - path: `/package.Service/Method`.
+    ///   - timeout: sent as `grpc-timeout` and enforced locally (DEADLINE_EXCEEDED).
+    /// - Throws: `RPCError` with the server's status, or the transport's UNAVAILABLE /
+    ///   DEADLINE_EXCEEDED / CANCELLED (task cancellation resets the stream).
+    public func unary(path: String, request: FramedMessage, metadata: Metadata = Metadata(),
+                      timeout: Duration? = nil) async throws(RPCError) -> [UInt8] {
+        let messages = try await call(path: path, request: request, metadata: metadata, timeout: timeout)
+        guard messages.count == 1 else {
+            throw RPCError(.internal, "unary call got \(messages.count) response messages")
+        }
+        return messages[0]
+    }
+
+    /// A server-streaming call collected until the server ends it (use for bounded streams).
+    public func call(path: String, request: FramedMessage, metadata: Metadata = Metadata(),
+                     timeout: Duration? = nil) async throws(RPCError) -> [[UInt8]] {
+        if closed.load(ordering: .relaxed) { throw RPCError(.unavailable, "channel to \(target) is closed") }
+        let deadline = timeout.map { ContinuousClock.now.advanced(by: $0) }
+        let conn = try await connection(deadline: deadline)
+        let token = CallToken()
+        conn.load.wrappingAdd(1, ordering: .relaxed)
+        defer { conn.load.wrappingSubtract(1, ordering: .relaxed) }
+        let result: Result<[[UInt8]], RPCError> = await withTaskCancellationHandler {
+            await withCheckedContinuation { (cont: CheckedContinuation<Result<[[UInt8]], RPCError>, Never>) in
+                conn.eventLoop.execute {
+                    let handler = conn.handler.value
+                    let once = OnceResume(cont)
+                    if token.isCancelled {
+                        once.resume(.failure(RPCError(.cancelled, "call cancelled by the client")))
+                        return
+                    }
+                    let remaining = deadline.map { ContinuousClock.now.duration(to: $0) }
+                    if let remaining, remaining <= .zero {
+                        once.resume(.failure(RPCError(.deadlineExceeded, "deadline exceeded before the call started")))
+                        return
+                    }
+                    let id = handler.start(path: path, authority: self.target, request: request, metadata: metadata,
+                                           timeout: remaining) { once.resume($0) }
+                    if let id { token.started(id) }
+                }
+            }
+        } onCancel: {
+            if let id = token.cancel() {
+                conn.eventLoop.execute { conn.handler.value.cancel(id) }
+            }
+        }
+        return try result.get()
+    }
+
+    /// Closes every connection; calls in flight fail with UNAVAILABLE.
+    public func close() async {
+        closed.store(true, ordering: .relaxed)
+        for s in slots {
+            if let ch = s.state.withLock({ st -> (any Channel)? in
+                if case .ready(let c) = st { st = .idle; return c.channel }
+                st = .idle
+                return nil
+            }) { try? await ch.close() }
+        }
+    }
+
+    // MARK: - Connections
+
+    final class Slot: Sendable {
+        enum State {
+            case idle
+            case connecting(EventLoopFuture<ConnectionBox>)
+            case ready(ConnectionBox)
+            case backoff(until: ContinuousClock.Instant, attempts: Int, lastError: String)
+        }
+        let state = Mutex<State>(.idle)
+        let attempts = Atomic<Int>(0)
+    }
+
+    final class ConnectionBox: Sendable {
+        let channel: any Channel
+        let handler: NIOLoopBound<ClientConnectionHandler>
+        /// Calls in flight on this connection (for least-loaded choice).
+        let load = Atomic<Int>(0)
+        init(channel: any Channel, handler: NIOLoopBound<ClientConnectionHandler>) { self.channel = channel; self.handler = handler }
+        var eventLoop: any EventLoop { channel.eventLoop }
+    }
+
+    private func connection(deadline: ContinuousClock.Instant?) async throws(RPCError) -> ConnectionBox {
+        // Prefer a ready slot with the lowest load; start connecting idle slots.
+        var waitOn: EventLoopFuture<ConnectionBox>?
+        var best: (box: ConnectionBox, load: Int)?
+        var backoffError: String?
+        let now = ContinuousClock.now
+        for slot in slots {
+            let decision = slot.state.withLock { st -> (ConnectionBox?, EventLoopFuture<ConnectionBox>?, String?) in
+                switch st {
+                case .ready(let box):
+                    return (box, nil, nil)
+                case .connecting(let f):
+                    return (nil, f, nil)
+                case .backoff(let until, _, let err) where until > now:
+                    return (nil, nil, err)
+                case .idle, .backoff:
+                    let f = startConnect(slot)
+                    st = .connecting(f)
+                    return (nil, f, nil)
+                }
+            }
+            if let box = decision.0 {
+                let l = box.load.load(ordering: .relaxed)
+                if best == nil || l < best!.load { best = (box, l) }
+            } else if let f = decision.1 {
+                if waitOn == nil { waitOn = f }
+            } else if let e = decision.2 {
+                backoffError = e
+            }
+        }
+        if let best { return best.box }
+        if let waitOn {
+            do {
+                if let deadline {
+                    let remaining = ContinuousClock.now.duration(to: deadline)
+                    if remaining <= .zero { throw RPCError(.deadlineExceeded, "deadline exceeded while connecting to \(target)") }
+                }
+                return try await waitOn.get()
+            } catch let e as RPCError {
+                throw e
+            } catch {
+                throw RPCError(.unavailable, "cannot connect to \(target): \(error)")
+            }
+        }
+        throw RPCError(.unavailable, "cannot connect to \(target): \(backoffError ?? "no connection") (retrying with backoff)")
+    }
+
+    private func startConnect(_ slot: Slot) -> EventLoopFuture<ConnectionBox> {
+        let config = configuration
+        let nanos = config.connectTimeout.components.seconds * 1_000_000_000 + config.connectTimeout.components.attoseconds / 1_000_000_000
+        let bootstrap = ClientBootstrap(group: group)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.nanoseconds(nanos))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let h = try ClientConnectionHandler(configuration: config.http2, maxMessageLength: config.maxMessageLength)
+                    try channel.pipeline.syncOperations.addHandler(h)
+                    let bound = NIOLoopBound(h, eventLoop: channel.eventLoop)
+                    h.onUnusable = { [weak slot] in
+                        slot?.state.withLock { st in
+                            if case .ready(let b) = st, b.channel === channel { st = .idle }
+                        }
+                        _ = bound
+                    }
+                }
+            }
+        let future = bootstrap.connect(host: host, port: port).flatMapThrowing { channel -> ConnectionBox in
+            let h = try channel.pipeline.syncOperations.handler(type: ClientConnectionHandler.self)
+            return ConnectionBox(channel: channel, handler: NIOLoopBound(h, eventLoop: channel.eventLoop))
+        }
+        let target = self.target
+        future.whenComplete { [config] result in
+            slot.state.withLock { st in
+                switch result {
+                case .success(let box):
+                    slot.attempts.store(0, ordering: .relaxed)
+                    st = .ready(box)
+                case .failure(let error):
+                    let n = slot.attempts.wrappingAdd(1, ordering: .relaxed).newValue
+                    var backoff = Double(config.initialBackoff.components.seconds) + Double(config.initialBackoff.components.attoseconds) / 1e18
+                    let maxB = Double(config.maxBackoff.components.seconds) + Double(config.maxBackoff.components.attoseconds) / 1e18
+                    for _ in 1 ..< n { backoff = min(maxB, backoff * config.backoffMultiplier) }
+                    backoff *= 1 + Double.random(in: -config.backoffJitter ... config.backoffJitter)
+                    st = .backoff(until: ContinuousClock.now.advanced(by: .milliseconds(Int(backoff * 1000))), attempts: n,
+                                  lastError: "\(target): \(error)")
+                }
+            }
+        }
+        return future.flatMapErrorThrowing { error in
+            throw RPCError(.unavailable, "cannot connect to \(target): \(error)")
+        }
+    }
+}
+
+/// Tracks the stream id of a call so task cancellation can reset it.
+private final class CallToken: Sendable {
+    private let state = Mutex<(cancelled: Bool, id: Int32?)>((false, nil))
+    var isCancelled: Bool { state.withLock { $0.cancelled } }
+    func started(_ id: Int32) { state.withLock { $0.id = id } }
+    /// Marks cancelled; returns the stream id if the call already started.
+    func cancel() -> Int32? { state.withLock { $0.cancelled = true; return $0.id } }
+}
+
+/// Resumes a continuation exactly once.
+private final class OnceResume: @unchecked Sendable {
+    private var cont: CheckedContinuation<Result<[[UInt8]], RPCError>, Never>?
+    init(_ c: CheckedContinuation<Result<[[UInt8]], RPCError>, Never>) { cont = c }
+    /// Only called on one event loop.
+    func resume(_ r: Result<[[UInt8]], RPCError>) {
+        if let c = cont { cont = nil; c.resume(returning: r) }
+    }
+}

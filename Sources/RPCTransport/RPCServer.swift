@@ -1,0 +1,105 @@
+public import NIOCore
+public import NIOPosix
+public import Logging
+public import RPCCore
+import Synchronization
+
+/// A gRPC server: SwiftNIO event loops (one per core) accept cleartext HTTP/2 with prior
+/// knowledge; each connection hosts one nghttp2 server session (`ServerConnectionHandler`).
+///
+/// Lifecycle: `start()` binds and returns; `shutdownGracefully()` sends GOAWAY on every
+/// connection, stops accepting, waits for in-flight calls up to `drainTimeout`, then closes
+/// everything. Thread-safe.
+public final class RPCServer: Sendable {
+    public let configuration: ServerConfiguration
+    public let group: MultiThreadedEventLoopGroup
+    private let pool: NIOThreadPool
+    private let router: Router
+    private let logger: Logger
+    private let state = ServerState()
+    private let channel = Mutex<(any Channel)?>(nil)
+    private let ownsGroup: Bool
+
+    /// - Parameter group: event loops to use; by default the server creates its own
+    ///   (`configuration.eventLoopThreads`) and shuts them down at the end.
+    public init(configuration: ServerConfiguration, router: Router, logger: Logger = Logger(label: "shardrank.rpc"),
+                group: MultiThreadedEventLoopGroup? = nil) {
+        self.configuration = configuration
+        self.router = router
+        self.logger = logger
+        self.group = group ?? MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoopThreads)
+        self.ownsGroup = group == nil
+        self.pool = NIOThreadPool(numberOfThreads: max(1, configuration.workerThreads))
+    }
+
+    /// Binds and starts serving.
+    /// - Returns: the bound port (the real one when `configuration.port` is 0).
+    /// - Throws: when the address cannot be bound (port taken: the error names it).
+    @discardableResult
+    public func start() throws -> Int {
+        pool.start()
+        let router = self.router, config = self.configuration, state = self.state, pool = self.pool, logger = self.logger
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 4)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let handler = try ServerConnectionHandler(router: router, config: config, state: state, pool: pool, logger: logger)
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+        let ch: any Channel
+        do {
+            ch = try bootstrap.bind(host: configuration.host, port: configuration.port).wait()
+        } catch {
+            throw RPCServerError("cannot listen on \(configuration.host):\(configuration.port): \(error)")
+        }
+        channel.withLock { $0 = ch }
+        return ch.localAddress?.port ?? configuration.port
+    }
+
+    /// The bound port, once started.
+    public var port: Int? { channel.withLock { $0?.localAddress?.port } }
+
+    /// Calls currently running a handler (unary, process-wide).
+    public var inFlightHandlers: Int { state.inFlightHandlers.load(ordering: .relaxed) }
+    /// Streams open on all connections.
+    public var openStreams: Int { state.openStreams.load(ordering: .relaxed) }
+    /// Calls answered RESOURCE_EXHAUSTED because too many were in flight.
+    public var overloadRejections: Int { state.rejectedOverload.load(ordering: .relaxed) }
+    /// Calls whose handler was started.
+    public var acceptedCalls: Int { state.acceptedCalls.load(ordering: .relaxed) }
+
+    /// Graceful shutdown: stop accepting, GOAWAY every connection, wait for open streams to end
+    /// (at most `drainTimeout`), close the rest, stop the worker pool and the event loops.
+    /// - Returns: true when every call drained in time.
+    @discardableResult
+    public func shutdownGracefully() async -> Bool {
+        state.shuttingDown.store(true, ordering: .relaxed)
+        let ch = channel.withLock { c -> (any Channel)? in let x = c; c = nil; return x }
+        try? await ch?.close()
+        for ref in state.connections.withLock({ Array($0.values) }) { ref.shutdown() }
+        let deadline = ContinuousClock.now.advanced(by: configuration.drainTimeout)
+        var drained = true
+        while state.openStreams.load(ordering: .relaxed) > 0 || !state.connections.withLock({ $0.isEmpty }) {
+            if ContinuousClock.now >= deadline {
+                drained = state.openStreams.load(ordering: .relaxed) == 0
+                logger.warning("drain timeout: closing \(state.connections.withLock { $0.count }) connections with \(state.openStreams.load(ordering: .relaxed)) open streams")
+                break
+            }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        for ref in state.connections.withLock({ Array($0.values) }) { ref.close() }
+        try? await Task.sleep(for: .milliseconds(20))
+        try? await pool.shutdownGracefully()
+        if ownsGroup { try? await group.shutdownGracefully() }
+        return drained
+    }
+}
+
+public struct RPCServerError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ d: String) { description = d }
+}

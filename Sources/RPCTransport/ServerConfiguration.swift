@@ -1,0 +1,40 @@
+public import RPCCore
+public import RPCHTTP2
+
+/// Everything a server's transport can be told. Built once in `main`, passed down. Every limit is
+/// checked before anything is allocated for what it limits.
+public struct ServerConfiguration: Sendable {
+    /// Address to bind; "127.0.0.1" for loopback-only (plaintext h2c is only for trusted networks).
+    public var host: String = "127.0.0.1"
+    /// Port to bind; 0 picks a free one (read it back from `RPCServer.port`).
+    public var port: Int = 0
+    /// Event loops (one per core by default): own the sockets and the HTTP/2 sessions.
+    public var eventLoopThreads: Int = System.coreCount
+    /// Worker threads for handlers placed `.workerPool`.
+    public var workerThreads: Int = System.coreCount
+    /// HTTP/2 settings: max concurrent streams per connection (256), header list bytes (16 KiB).
+    public var http2 = HTTP2Configuration()
+    /// Largest request message (4 MiB, gRPC's default).
+    public var maxMessageLength: Int = 4 << 20
+    /// Handlers running at once in this process; beyond it a call fails RESOURCE_EXHAUSTED at once.
+    public var maxInFlightHandlers: Int = 4096
+    /// How long a graceful shutdown waits for in-flight calls before closing connections.
+    public var drainTimeout: Duration = .seconds(10)
+
+    public init() {}
+}
+
+public enum System {
+    /// Online CPUs.
+    public static var coreCount: Int {
+        #if canImport(Glibc)
+        return max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        #else
+        return 2
+        #endif
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

@@ -1,0 +1,330 @@
+import NIOCore
+import NIOPosix
+import Logging
+import RPCCore
+import RPCHTTP2
+
+/// Hosts one HTTP/2 server session on a channel. Everything here runs on the channel's event loop:
+/// the fixed rhythm is read → `HTTP2Session.receive` → act on events (state machines) → submit →
+/// `flush` → write. Handlers placed `.workerPool` run elsewhere and post their result back here.
+final class ServerConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let session: HTTP2Session
+    private let router: Router
+    private let config: ServerConfiguration
+    private let state: ServerState
+    private let pool: NIOThreadPool
+    private let logger: Logger
+    private var streams: [Int32: Stream] = [:]
+    private var context: ChannelHandlerContext?
+    private var peer = ""
+    private var goingAway = false
+
+    final class Stream {
+        var machine: ServerStreamStateMachine
+        var call: ServerStreamStateMachine.Call?
+        var serverContext: ServerContext?
+        var deadlineTask: Scheduled<Void>?
+        var deadline: ContinuousClock.Instant?
+        init(limits: ServerStreamStateMachine.Limits) { machine = ServerStreamStateMachine(limits: limits) }
+    }
+
+    init(router: Router, config: ServerConfiguration, state: ServerState, pool: NIOThreadPool, logger: Logger) throws {
+        self.session = try HTTP2Session(role: .server, configuration: config.http2)
+        self.router = router
+        self.config = config
+        self.state = state
+        self.pool = pool
+        self.logger = logger
+    }
+
+    // MARK: - Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        peer = context.remoteAddress?.description ?? "?"
+        let loop = context.eventLoop
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        let channel = context.channel
+        state.connections.withLock {
+            $0[ObjectIdentifier(self)] = ServerState.ConnectionRef(
+                eventLoop: loop,
+                shutdown: { loop.execute { bound.value.beginGracefulShutdown() } },
+                close: { channel.close(promise: nil) })
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        state.connections.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(self)) }
+        self.context = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if state.shuttingDown.load(ordering: .relaxed) { goingAway = true; session.submitGoAway() }
+        flush()  // SETTINGS first
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let gone = RPCError(.unavailable, "connection closed")
+        for (id, s) in streams {
+            s.deadlineTask?.cancel()
+            s.serverContext?.cancel(gone)
+            removeStream(id)
+        }
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        let events: [HTTP2Event]
+        do {
+            events = try buffer.withUnsafeReadableBytes { try session.receive($0) }
+        } catch {
+            logger.debug("closing connection from \(peer): \(error)")
+            flush()
+            context.close(promise: nil)
+            return
+        }
+        for e in events { handle(e) }
+        flush()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { flush() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        logger.debug("connection error from \(peer): \(error)")
+        context.close(promise: nil)
+    }
+
+    // MARK: - Protocol events
+
+    private func handle(_ event: HTTP2Event) {
+        switch event {
+        case .headers(let id, let headers, let endStream, let tooLarge):
+            if let s = streams[id] {
+                // Trailers from the client: only END_STREAM matters.
+                if endStream { apply(s.machine.receivedEndStream(), id) }
+                return
+            }
+            let s = Stream(limits: .init(maxMessageLength: config.maxMessageLength))
+            streams[id] = s
+            state.openStreams.wrappingAdd(1, ordering: .relaxed)
+            let action = s.machine.receivedHeaders(headers, endStream: endStream, headerListTooLarge: tooLarge, router: router)
+            apply(action, id)
+        case .data(let id, let bytes):
+            guard let s = streams[id] else { return }
+            let action = bytes.withUnsafeBytes { s.machine.receivedData($0, endStream: false) }
+            apply(action, id)
+        case .endStream(let id):
+            guard let s = streams[id] else { return }
+            apply(s.machine.receivedEndStream(), id)
+        case .streamClosed(let id, let code):
+            guard let s = streams[id] else { return }
+            if code != 0 { apply(s.machine.peerReset(), id) }
+            s.deadlineTask?.cancel()
+            if code != 0 { s.serverContext?.cancel(RPCError(.cancelled, "the client cancelled the call")) }
+            removeStream(id)
+        case .goAway:
+            break
+        }
+    }
+
+    private func removeStream(_ id: Int32) {
+        if streams.removeValue(forKey: id) != nil {
+            state.openStreams.wrappingSubtract(1, ordering: .relaxed)
+        }
+        if goingAway && streams.isEmpty { flush() }
+    }
+
+    /// Performs what a stream's state machine decided.
+    private func apply(_ action: ServerStreamStateMachine.Action, _ id: Int32) {
+        guard let s = streams[id] else { return }
+        switch action {
+        case .none:
+            break
+        case .rejectHTTP(let status, let message):
+            logger.debug("rejecting stream \(id) from \(peer): HTTP \(status): \(message)")
+            try? session.submitHeaders(stream: id, headers: [(":status", String(status)), ("content-type", "text/plain"),
+                                                             ("grpc-message", PercentEncoding.encode(message))], endStream: true)
+            session.reset(stream: id, errorCode: 0)
+        case .accepted(let call):
+            s.call = call
+            if let t = call.timeout {
+                s.deadline = ContinuousClock.now.advanced(by: .nanoseconds(t.nanoseconds))
+                let loop = context!.eventLoop
+                let bound = NIOLoopBound(self, eventLoop: loop)
+                s.deadlineTask = loop.scheduleTask(in: .nanoseconds(t.nanoseconds)) {
+                    bound.value.deadlineExpired(id)
+                }
+            }
+        case .invoke(let call, let request):
+            invoke(call, request: request, stream: s, id: id)
+        case .sendResponse(let message):
+            s.deadlineTask?.cancel()
+            do {
+                try session.submitResponse(stream: id, headers: Self.responseHeaders)
+                session.enqueue(stream: id, message)
+                session.finish(stream: id, trailers: [("grpc-status", "0")])
+            } catch {
+                logger.warning("submitting response on stream \(id) failed: \(error)")
+                session.reset(stream: id, errorCode: 2)
+            }
+        case .sendMessage(let message, let withHeaders):
+            if withHeaders { try? session.submitResponse(stream: id, headers: Self.responseHeaders) }
+            session.enqueue(stream: id, message)
+        case .finish(let error, let headersSent, let cancelHandler, let resetAfter):
+            s.deadlineTask?.cancel()
+            if cancelHandler, let error { s.serverContext?.cancel(error) }
+            let status = Self.statusHeaders(error)
+            if headersSent {
+                session.finish(stream: id, trailers: status)
+            } else {
+                try? session.submitHeaders(stream: id, headers: Self.responseHeaders + status, endStream: true)
+            }
+            if resetAfter { session.reset(stream: id, errorCode: 0) }
+        case .cancelHandler(let error):
+            s.deadlineTask?.cancel()
+            s.serverContext?.cancel(error)
+        }
+    }
+
+    static let responseHeaders: [(String, String)] = [(":status", "200"), ("content-type", "application/grpc")]
+
+    static func statusHeaders(_ error: RPCError?) -> [(String, String)] {
+        guard let error else { return [("grpc-status", "0")] }
+        var h = [("grpc-status", String(error.code.rawValue))]
+        if !error.message.isEmpty { h.append(("grpc-message", PercentEncoding.encode(error.message))) }
+        h.append(contentsOf: error.metadata.wireHeaders)
+        return h
+    }
+
+    private func deadlineExpired(_ id: Int32) {
+        guard let s = streams[id] else { return }
+        let ms = Double(s.call?.timeout?.nanoseconds ?? 0) / 1e6
+        apply(s.machine.abort(RPCError(.deadlineExceeded, "deadline of \(ms) ms exceeded")), id)
+        flush()
+    }
+
+    // MARK: - Handlers
+
+    private func invoke(_ call: ServerStreamStateMachine.Call, request: [UInt8], stream s: Stream, id: Int32) {
+        let loop = context!.eventLoop
+        let ctx = ServerContext(path: call.method.path, metadata: call.metadata, deadline: s.deadline, peer: peer)
+        s.serverContext = ctx
+        state.acceptedCalls.wrappingAdd(1, ordering: .relaxed)
+        switch call.method.handler {
+        case .unary(let handler):
+            guard state.tryAcquireHandler(limit: config.maxInFlightHandlers) else {
+                apply(s.machine.abort(RPCError(.resourceExhausted,
+                      "server overloaded: \(config.maxInFlightHandlers) calls in flight")), id)
+                return
+            }
+            switch call.method.placement {
+            case .inline:
+                let result: Result<FramedMessage, RPCError>
+                do throws(RPCError) { result = .success(try handler(request, ctx)) } catch { result = .failure(error) }
+                state.releaseHandler()
+                apply(s.machine.handlerReturned(result), id)
+            case .workerPool:
+                let bound = NIOLoopBound(self, eventLoop: loop)
+                let state = self.state
+                pool.submit { workState in
+                    let result: Result<FramedMessage, RPCError>
+                    if workState == .cancelled {
+                        result = .failure(RPCError(.unavailable, "server is shutting down"))
+                    } else if ctx.isCancelled {
+                        result = .failure(ctx.cancellationError ?? .cancelled())
+                    } else {
+                        do throws(RPCError) { result = .success(try handler(request, ctx)) } catch { result = .failure(error) }
+                    }
+                    state.releaseHandler()
+                    loop.execute { bound.value.handlerReturned(id, result) }
+                }
+            }
+        case .serverStreaming(let handler):
+            let writer = StreamWriter(bound: NIOLoopBound(self, eventLoop: loop), id: id)
+            do throws(RPCError) {
+                try handler(request, ctx, writer)
+            } catch {
+                apply(s.machine.handlerFinished(error), id)
+            }
+        }
+    }
+
+    private func handlerReturned(_ id: Int32, _ result: Result<FramedMessage, RPCError>) {
+        guard let s = streams[id] else { return }  // reset or expired meanwhile
+        apply(s.machine.handlerReturned(result), id)
+        flush()
+    }
+
+    fileprivate func streamSend(_ id: Int32, _ message: FramedMessage) {
+        guard let s = streams[id] else { return }
+        apply(s.machine.handlerSent(message), id)
+        flush()
+    }
+
+    fileprivate func streamFinish(_ id: Int32, _ error: RPCError?) {
+        guard let s = streams[id] else { return }
+        apply(s.machine.handlerFinished(error), id)
+        flush()
+    }
+
+    // MARK: - Shutdown and output
+
+    /// GOAWAY naming the last stream processed: running calls finish, new ones go elsewhere.
+    func beginGracefulShutdown() {
+        guard !goingAway else { return }
+        goingAway = true
+        session.submitGoAway(errorCode: 0, debug: "server shutting down")
+        flush()
+    }
+
+    /// Writes whatever the session has pending; closes the channel once the session is done.
+    private func flush() {
+        guard let context else { return }
+        var buffer = context.channel.allocator.buffer(capacity: 0)
+        do {
+            try session.flush { bytes in
+                if buffer.capacity == 0 { buffer.reserveCapacity(max(bytes.count, 16 << 10)) }
+                buffer.writeBytes(bytes)
+            }
+        } catch {
+            logger.debug("HTTP/2 send failed to \(peer): \(error)")
+            context.close(promise: nil)
+            return
+        }
+        for e in session.takeEvents() { handle(e) }
+        let done = !session.isActive || (goingAway && streams.isEmpty)
+        if buffer.readableBytes > 0 {
+            let written = context.writeAndFlush(wrapOutboundOut(buffer))
+            if done {
+                let channel = context.channel
+                written.whenComplete { _ in channel.close(promise: nil) }
+            }
+        } else if done {
+            context.close(promise: nil)
+        }
+    }
+}
+
+/// The writer a server-streaming handler gets: hops every call to the stream's event loop.
+private struct StreamWriter: ResponseStreamWriter {
+    let bound: NIOLoopBound<ServerConnectionHandler>
+    let id: Int32
+
+    func send(_ message: FramedMessage) {
+        let b = bound, id = id
+        b.eventLoop.execute { b.value.streamSend(id, message) }
+    }
+
+    func finish(_ error: RPCError?) {
+        let b = bound, id = id
+        b.eventLoop.execute { b.value.streamFinish(id, error) }
+    }
+}

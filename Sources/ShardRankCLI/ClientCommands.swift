@@ -1,0 +1,168 @@
+import ArgumentParser
+import NIOPosix
+import RPCCore
+import RPCTransport
+import ShardRankClient
+import ShardRankWire
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Options every client command shares.
+struct ClientOptions: ParsableArguments {
+    @Option(help: "Server address HOST:PORT.")
+    var target: String
+
+    @Option(help: "Deadline in milliseconds.")
+    var timeoutMs: Int = 5000
+}
+
+/// Runs `body` with a channel to the target; an RPC error becomes a message on stderr and exit 1.
+func withChannel<T>(_ options: ClientOptions, _ body: (RPCChannel) async throws(RPCError) -> T) async throws -> T {
+    let group = MultiThreadedEventLoopGroup.singleton
+    var config = ClientConfiguration()
+    config.connections = 1
+    let channel: RPCChannel
+    do { channel = try RPCChannel(target: options.target, group: group, configuration: config) } catch {
+        throw ValidationError(error.message)
+    }
+    do {
+        let r = try await body(channel)
+        await channel.close()
+        return r
+    } catch {
+        await channel.close()
+        FileHandleStderr.write("shardrank: \(error)\n")
+        throw ExitCode(1)
+    }
+}
+
+enum FileHandleStderr {
+    static func write(_ s: String) {
+        var b = Array(s.utf8)
+        _ = b.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+    }
+}
+
+/// Prints a line to stdout and flushes at once (scripts read the bound port from it).
+func printFlushed(_ s: String) {
+    var b = Array((s + "\n").utf8)
+    _ = b.withUnsafeMutableBytes { Glibc.write(1, $0.baseAddress, $0.count) }
+}
+
+/// `shardrank lookup`: fetch rows of an embedding table from a shard and print them.
+struct LookupCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "lookup", abstract: "Look up vectors on a shard and print them.")
+
+    @OptionGroup var client: ClientOptions
+
+    @Option(help: "Table name.")
+    var table: String = "items"
+
+    @Option(help: "Comma-separated ids.")
+    var ids: String
+
+    @Option(help: "Wanted dtype: f32, f16 or int8 (default: the table's).")
+    var dtype: String?
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() async throws {
+        var idList: [UInt64] = []
+        for part in ids.split(separator: ",") {
+            guard let v = UInt64(part.trimmingCharacters()) else { throw ValidationError("--ids: '\(part)' is not an unsigned integer") }
+            idList.append(v)
+        }
+        var want = DType.unspecified
+        if let d = dtype {
+            guard let x = DType.allCases.first(where: { $0.description == d }), x != .unspecified else {
+                throw ValidationError("--dtype must be f32, f16 or int8")
+            }
+            want = x
+        }
+        let request = LookupRequest(table: table, ids: idList, dtype: want)
+        let timeout = Duration.milliseconds(client.timeoutMs)
+        let resp = try await withChannel(client) { (ch) throws(RPCError) in
+            try await ShardClient(channel: ch).lookup(request, timeout: timeout)
+        }
+        let rows = VectorDecoding.floats(resp)
+        let missing = Set(resp.missingIDs)
+        let found = idList.filter { !missing.contains($0) }
+        if json {
+            var out = "{\"version\":\(resp.version),\"dim\":\(resp.dim),\"dtype\":\"\(resp.dtype)\",\"rows\":["
+            out += zip(found, rows).map { "{\"id\":\($0),\"vector\":[\($1.map { String($0) }.joined(separator: ","))]}" }.joined(separator: ",")
+            out += "],\"missing\":[\(resp.missingIDs.map(String.init).joined(separator: ","))]}"
+            print(out)
+        } else {
+            print("table \(table)  version \(resp.version)  dim \(resp.dim)  dtype \(resp.dtype)  shard \(resp.shard)/\(resp.shardCount)")
+            for (id, row) in zip(found, rows) {
+                let shown = row.prefix(8).map { String(format3($0)) }.joined(separator: " ")
+                print(String(id).leftPadded(10) + "  " + shown + (row.count > 8 ? " … (\(row.count) values)" : ""))
+            }
+            if !resp.missingIDs.isEmpty { print("missing: " + resp.missingIDs.map(String.init).joined(separator: ",")) }
+        }
+    }
+}
+
+/// `shardrank health`: `grpc.health.v1.Health/Check`; exit 0 when SERVING, 2 otherwise.
+struct HealthCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "health", abstract: "Check a server's gRPC health (exit 0 when SERVING).")
+
+    @OptionGroup var client: ClientOptions
+
+    @Option(help: "Service name ('' = the whole server).")
+    var service: String = ""
+
+    func run() async throws {
+        let timeout = Duration.milliseconds(client.timeoutMs)
+        let service = self.service
+        let status = try await withChannel(client) { (ch) throws(RPCError) in
+            try await HealthClient(channel: ch).check(service: service, timeout: timeout)
+        }
+        print(status == .serving ? "SERVING" : status == .notServing ? "NOT_SERVING" : "\(status)")
+        if status != .serving { throw ExitCode(2) }
+    }
+}
+
+enum VectorDecoding {
+    /// The rows of a LookupResponse as floats (f16 widened, int8 × scale).
+    static func floats(_ r: LookupResponse) -> [[Float]] {
+        let dim = Int(r.dim)
+        guard dim > 0, r.dtype != .unspecified else { return [] }
+        let n = r.vectors.count / (dim * r.dtype.elementSize)
+        return r.vectors.withUnsafeBytes { v in
+            (0 ..< n).map { i in
+                (0 ..< dim).map { j -> Float in
+                    switch r.dtype {
+                    case .f32, .unspecified:
+                        return Float(bitPattern: UInt32(littleEndian: v.loadUnaligned(fromByteOffset: (i * dim + j) * 4, as: UInt32.self)))
+                    case .f16:
+                        return Float(Float16(bitPattern: UInt16(littleEndian: v.loadUnaligned(fromByteOffset: (i * dim + j) * 2, as: UInt16.self))))
+                    case .int8:
+                        let s = r.scales.withUnsafeBytes { Float(bitPattern: UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self))) }
+                        return Float(v.load(fromByteOffset: i * dim + j, as: Int8.self)) * s
+                    }
+                }
+            }
+        }
+    }
+}
+
+func format3(_ x: Float) -> String {
+    let v = (Double(x) * 1000).rounded() / 1000
+    return String(v)
+}
+
+extension String {
+    func leftPadded(_ n: Int) -> String { count >= n ? self : String(repeating: " ", count: n - count) + self }
+}
+
+extension Substring {
+    func trimmingCharacters() -> Substring {
+        var s = self
+        while s.first == " " { s = s.dropFirst() }
+        while s.last == " " { s = s.dropLast() }
+        return s
+    }
+}

@@ -1,0 +1,132 @@
+import ArgumentParser
+import Logging
+import RPCCore
+import RPCTransport
+import ShardRankWire
+import ShardServer
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `shardrank shard`: serves one shard over gRPC until SIGTERM/SIGINT, then shuts down gracefully.
+struct ShardCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "shard",
+        abstract: "Serve one shard of a table set (or the synthetic table) over gRPC.")
+
+    @Option(help: "Serve the synthetic table 'items' of ROWSxDIM (e.g. 100000x64) instead of a table set.")
+    var synthetic: String?
+
+    @Option(help: "Table-set root directory.")
+    var tables: String?
+
+    @Option(help: "This shard's index (0-based).")
+    var shard: Int = 0
+
+    @Option(help: "Number of shards.")
+    var of: Int = 1
+
+    @OptionGroup var server: ServerOptions
+
+    func validate() throws {
+        if synthetic == nil && tables == nil { throw ValidationError("give --synthetic ROWSxDIM or --tables ROOT") }
+        if synthetic != nil && tables != nil { throw ValidationError("--synthetic and --tables are exclusive") }
+        if let s = synthetic { _ = try parseShape(s) }
+        if of < 1 { throw ValidationError("--of must be >= 1") }
+        if shard < 0 || shard >= of { throw ValidationError("--shard must be in 0..<\(of)") }
+    }
+
+    func run() async throws {
+        let logger = makeLogger("shardrank.shard", level: server.logLevel)
+        let backend: any ShardBackend
+        if let s = synthetic {
+            let (rows, dim) = try parseShape(s)
+            backend = SyntheticBackend(table: SyntheticTable(rows: rows, dim: dim))
+        } else {
+            throw ValidationError("--tables is not available yet in this build: use --synthetic ROWSxDIM")
+        }
+        let health = HealthService(services: ["shardrank.v1.Shard"])
+        let router = Router(services: [health, ShardService(backend: backend)])
+        try await serve(router: router, health: health, options: server, logger: logger, what: "shard")
+    }
+}
+
+func parseShape(_ s: String) throws -> (Int, Int) {
+    let parts = s.lowercased().split(separator: "x")
+    guard parts.count == 2, let r = Int(parts[0]), let d = Int(parts[1]), r > 0, d > 0, d <= 65536, r <= 100_000_000 else {
+        throw ValidationError("--synthetic must be ROWSxDIM with positive integers (e.g. 100000x64), got '\(s)'")
+    }
+    return (r, d)
+}
+
+/// Options every server process shares.
+struct ServerOptions: ParsableArguments {
+    @Option(help: "Address to listen on.")
+    var host: String = "127.0.0.1"
+
+    @Option(help: "Port to listen on; 0 picks a free port (printed on stdout).")
+    var port: Int = 0
+
+    @Option(help: "Event-loop threads (default: one per core).")
+    var eventLoops: Int?
+
+    @Option(help: "Worker threads for heavy handlers (default: one per core).")
+    var workers: Int?
+
+    @Option(help: "Largest request message in bytes.")
+    var maxMessageBytes: Int = 4 << 20
+
+    @Option(help: "Largest request header list in bytes.")
+    var maxHeaderListBytes: Int = 16 << 10
+
+    @Option(help: "Concurrent streams per connection.")
+    var maxConcurrentStreams: UInt32 = 256
+
+    @Option(help: "Handlers in flight per process; beyond it calls fail RESOURCE_EXHAUSTED.")
+    var maxInFlight: Int = 4096
+
+    @Option(help: "Seconds a graceful shutdown waits for in-flight calls.")
+    var drainSeconds: Double = 10
+
+    @Option(help: "Log level: trace, debug, info, warning, error.")
+    var logLevel: String = "info"
+
+    func configuration() -> ServerConfiguration {
+        var c = ServerConfiguration()
+        c.host = host
+        c.port = port
+        if let e = eventLoops { c.eventLoopThreads = max(1, e) }
+        if let w = workers { c.workerThreads = max(1, w) }
+        c.maxMessageLength = maxMessageBytes
+        c.http2.maxHeaderListBytes = maxHeaderListBytes
+        c.http2.maxConcurrentStreams = maxConcurrentStreams
+        c.maxInFlightHandlers = maxInFlight
+        c.drainTimeout = .milliseconds(Int(drainSeconds * 1000))
+        return c
+    }
+}
+
+func makeLogger(_ label: String, level: String) -> Logger {
+    var l = Logger(label: label) { StreamLogHandler.standardError(label: $0) }
+    l.logLevel = Logger.Level(rawValue: level) ?? .info
+    return l
+}
+
+/// Starts `router` on a server, prints the bound address, waits for SIGTERM/SIGINT, then:
+/// health → NOT_SERVING, end health watches, GOAWAY, drain, exit.
+func serve(router: Router, health: HealthService, options: ServerOptions, logger: Logger, what: String) async throws {
+    let server = RPCServer(configuration: options.configuration(), router: router, logger: logger)
+    let port: Int
+    do { port = try server.start() } catch {
+        logger.error("\(error)")
+        throw ExitCode(3)
+    }
+    printFlushed("shardrank \(what): listening on \(options.host):\(port)")
+    let sig = await waitForTerminationSignal()
+    logger.info("\(sig): health NOT_SERVING, draining in-flight calls")
+    health.setAllNotServing()
+    try? await Task.sleep(for: .milliseconds(100))
+    health.finishWatchers()
+    let drained = await server.shutdownGracefully()
+    logger.info(drained ? "drained; exiting" : "drain timed out; exiting")
+}

@@ -1,0 +1,10 @@
+import ArgumentParser
+
+/// `shardrank`: one binary, one subcommand per component (DESIGN.md §2).
+@main
+struct ShardRank: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "shardrank",
+        abstract: "ShardRank: a sharded, gRPC-wire-compatible recommendation server.",
+        subcommands: [ShardCommand.self, LookupCommand.self, HealthCommand.self] + extraCommands)
+}

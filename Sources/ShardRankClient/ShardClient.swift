@@ -1,0 +1,47 @@
+public import RPCCore
+public import RPCTransport
+public import ShardRankWire
+
+/// Typed async stub for `shardrank.v1.Shard` (and the standard health service) on an `RPCChannel`.
+/// Every method throws `RPCError`: the server's status, or the transport's.
+public struct ShardClient: Sendable {
+    public let channel: RPCChannel
+    public init(channel: RPCChannel) { self.channel = channel }
+
+    public func lookup(_ request: LookupRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> LookupResponse {
+        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Lookup", request: request.encoded(), metadata: metadata, timeout: timeout)
+        return try decodeResponse { () throws(RPCError) in try LookupResponse.decode(bytes) }
+    }
+
+    public func search(_ request: SearchRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> SearchResponse {
+        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Search", request: request.encoded(), metadata: metadata, timeout: timeout)
+        return try decodeResponse { () throws(RPCError) in try SearchResponse.decode(bytes) }
+    }
+
+    public func lists(_ request: ListsRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> ListsResponse {
+        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Lists", request: request.encoded(), metadata: metadata, timeout: timeout)
+        return try decodeResponse { () throws(RPCError) in try ListsResponse.decode(bytes) }
+    }
+
+    public func info(timeout: Duration? = nil) async throws(RPCError) -> InfoResponse {
+        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Info", request: InfoRequest().encoded(), timeout: timeout)
+        return try decodeResponse { () throws(RPCError) in try InfoResponse.decode(bytes) }
+    }
+}
+
+/// Typed stub for `grpc.health.v1.Health/Check`.
+public struct HealthClient: Sendable {
+    public let channel: RPCChannel
+    public init(channel: RPCChannel) { self.channel = channel }
+
+    public func check(service: String = "", timeout: Duration? = nil) async throws(RPCError) -> ServingStatus {
+        let bytes = try await channel.unary(path: "/grpc.health.v1.Health/Check", request: HealthCheckRequest(service: service).encoded(),
+                                            timeout: timeout)
+        return try decodeResponse { () throws(RPCError) in try HealthCheckResponse.decode(bytes) }.status
+    }
+}
+
+/// A response that does not parse is the server's fault: INTERNAL, not INVALID_ARGUMENT.
+func decodeResponse<T>(_ body: () throws(RPCError) -> T) throws(RPCError) -> T {
+    do throws(RPCError) { return try body() } catch { throw RPCError(.internal, "bad response from server: \(error.message)") }
+}

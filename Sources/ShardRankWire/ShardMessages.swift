@@ -1,0 +1,401 @@
+internal import CProtobufC
+internal import CShardRankProto
+public import RPCCore
+
+// Swift values of the `shardrank.v1.Shard` messages. `decode` throws INVALID_ARGUMENT for bytes
+// that are not the message; `encoded()` returns a gRPC-framed buffer ready for the transport.
+
+public struct LookupRequest: Sendable, Hashable {
+    public var table: String
+    public var ids: [UInt64]
+    public var dtype: DType
+    public var version: UInt64
+
+    public init(table: String, ids: [UInt64], dtype: DType = .unspecified, version: UInt64 = 0) {
+        self.table = table; self.ids = ids; self.dtype = dtype; self.version = version
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws(RPCError) -> LookupRequest {
+        try ProtoC.unpack(bytes, "shardrank.v1.LookupRequest", unpack: shardrank__v1__lookup_request__unpack, free: shardrank__v1__lookup_request__free_unpacked) { (m) throws(RPCError) in
+            LookupRequest(table: ProtoC.string(m.pointee.table), ids: ProtoC.array(m.pointee.ids, m.pointee.n_ids),
+                          dtype: try DType(wire: m.pointee.dtype.rawValue, field: "LookupRequest.dtype"), version: m.pointee.version)
+        }
+    }
+
+    public func encoded() -> FramedMessage {
+        var m = Shardrank__V1__LookupRequest()
+        shardrank__v1__lookup_request__init(&m)
+        var ids = self.ids
+        return ProtoC.withCString(table) { t in
+            ids.withUnsafeMutableBufferPointer { idp in
+                m.table = t
+                m.n_ids = idp.count
+                m.ids = idp.baseAddress
+                m.dtype = Shardrank__V1__DType(rawValue: dtype.rawValue)
+                m.version = version
+                return ProtoC.pack(&m)
+            }
+        }
+    }
+}
+
+public struct LookupResponse: Sendable, Hashable {
+    public var dim: UInt32
+    public var dtype: DType
+    /// found rows × dim elements, row-major little-endian.
+    public var vectors: [UInt8]
+    public var missingIDs: [UInt64]
+    public var version: UInt64
+    /// int8 only: one little-endian f32 per found row.
+    public var scales: [UInt8]
+    public var shard: UInt32
+    public var shardCount: UInt32
+
+    public init(dim: UInt32, dtype: DType, vectors: [UInt8], missingIDs: [UInt64], version: UInt64,
+                scales: [UInt8] = [], shard: UInt32 = 0, shardCount: UInt32 = 1) {
+        self.dim = dim; self.dtype = dtype; self.vectors = vectors; self.missingIDs = missingIDs
+        self.version = version; self.scales = scales; self.shard = shard; self.shardCount = shardCount
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws(RPCError) -> LookupResponse {
+        try ProtoC.unpack(bytes, "shardrank.v1.LookupResponse", unpack: shardrank__v1__lookup_response__unpack, free: shardrank__v1__lookup_response__free_unpacked) { (m) throws(RPCError) in
+            LookupResponse(dim: m.pointee.dim, dtype: try DType(wire: m.pointee.dtype.rawValue, field: "LookupResponse.dtype"),
+                           vectors: ProtoC.bytes(m.pointee.vectors), missingIDs: ProtoC.array(m.pointee.missing_ids, m.pointee.n_missing_ids),
+                           version: m.pointee.version, scales: ProtoC.bytes(m.pointee.scales),
+                           shard: m.pointee.shard, shardCount: m.pointee.shard_count)
+        }
+    }
+
+    public func encoded() -> FramedMessage {
+        vectors.withUnsafeBytes { v in
+            LookupResponse.encode(dim: dim, dtype: dtype, missingIDs: missingIDs, version: version, scales: scales,
+                                  shard: shard, shardCount: shardCount, vectorBytes: v.count) { dst in
+                if v.count > 0 { dst.copyMemory(from: v) }
+            }
+        }
+    }
+
+    /// Encodes a response whose `vectors` field (`vectorBytes` long) is written in place by
+    /// `fillVectors` directly into the framed buffer: the gather is the only copy of the rows.
+    public static func encode(dim: UInt32, dtype: DType, missingIDs: [UInt64], version: UInt64, scales: [UInt8],
+                              shard: UInt32, shardCount: UInt32, vectorBytes: Int,
+                              fillVectors: (UnsafeMutableRawBufferPointer) -> Void) -> FramedMessage {
+        var m = Shardrank__V1__LookupResponse()
+        shardrank__v1__lookup_response__init(&m)
+        var missing = missingIDs
+        var sc = scales
+        return missing.withUnsafeMutableBufferPointer { mp in
+            sc.withUnsafeMutableBufferPointer { sp in
+                m.dim = dim
+                m.dtype = Shardrank__V1__DType(rawValue: dtype.rawValue)
+                m.n_missing_ids = mp.count
+                m.missing_ids = mp.baseAddress
+                m.version = version
+                m.scales = ProtobufCBinaryData(len: sp.count, data: sp.baseAddress)
+                m.shard = shard
+                m.shard_count = shardCount
+                return ProtoC.pack(&m, appendingBytesField: 3, length: vectorBytes, fill: fillVectors)
+            }
+        }
+    }
+}
+
+public struct SearchRequest: Sendable, Hashable {
+    public var table: String
+    /// queryCount × dim little-endian f32.
+    public var queries: [Float]
+    public var dim: UInt32
+    public var k: UInt32
+    public var excludeIDs: [UInt64]
+    public var version: UInt64
+
+    public init(table: String, queries: [Float], dim: UInt32, k: UInt32, excludeIDs: [UInt64] = [], version: UInt64 = 0) {
+        self.table = table; self.queries = queries; self.dim = dim; self.k = k; self.excludeIDs = excludeIDs; self.version = version
+    }
+
+    public var queryCount: Int { dim == 0 ? 0 : queries.count / Int(dim) }
+
+    public static func decode(_ bytes: [UInt8]) throws(RPCError) -> SearchRequest {
+        try ProtoC.unpack(bytes, "shardrank.v1.SearchRequest", unpack: shardrank__v1__search_request__unpack, free: shardrank__v1__search_request__free_unpacked) { (m) throws(RPCError) in
+            let q = m.pointee.queries
+            let dim = m.pointee.dim
+            guard dim > 0 else { throw RPCError(.invalidArgument, "SearchRequest.dim must be > 0") }
+            guard q.len % (4 * Int(dim)) == 0 else {
+                throw RPCError(.invalidArgument, "SearchRequest.queries has \(q.len) bytes, not a multiple of dim \(dim) × 4")
+            }
+            var floats = [Float](repeating: 0, count: q.len / 4)
+            if q.len > 0 { floats.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(start: q.data, count: q.len)) } }
+            return SearchRequest(table: ProtoC.string(m.pointee.table), queries: floats, dim: dim, k: m.pointee.k,
+                                 excludeIDs: ProtoC.array(m.pointee.exclude_ids, m.pointee.n_exclude_ids), version: m.pointee.version)
+        }
+    }
+
+    public func encoded() -> FramedMessage {
+        var m = Shardrank__V1__SearchRequest()
+        shardrank__v1__search_request__init(&m)
+        var q = queries, ex = excludeIDs
+        return ProtoC.withCString(table) { t in
+            q.withUnsafeMutableBytes { qp in
+                ex.withUnsafeMutableBufferPointer { ep in
+                    m.table = t
+                    m.queries = ProtobufCBinaryData(len: qp.count, data: qp.baseAddress?.assumingMemoryBound(to: UInt8.self))
+                    m.dim = dim
+                    m.k = k
+                    m.n_exclude_ids = ep.count
+                    m.exclude_ids = ep.baseAddress
+                    m.version = version
+                    return ProtoC.pack(&m)
+                }
+            }
+        }
+    }
+}
+
+public struct SearchHits: Sendable, Hashable {
+    public var ids: [UInt64]
+    public var scores: [Float]
+    public init(ids: [UInt64], scores: [Float]) { self.ids = ids; self.scores = scores }
+}
+
+public struct SearchResponse: Sendable, Hashable {
+    public var results: [SearchHits]
+    public var version: UInt64
+    public var shard: UInt32
+    public var shardCount: UInt32
+
+    public init(results: [SearchHits], version: UInt64, shard: UInt32 = 0, shardCount: UInt32 = 1) {
+        self.results = results; self.version = version; self.shard = shard; self.shardCount = shardCount
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws(RPCError) -> SearchResponse {
+        try ProtoC.unpack(bytes, "shardrank.v1.SearchResponse", unpack: shardrank__v1__search_response__unpack, free: shardrank__v1__search_response__free_unpacked) { m in
+            var results: [SearchHits] = []
+            for i in 0 ..< m.pointee.n_results {
+                let h = m.pointee.results[i]!.pointee
+                results.append(SearchHits(ids: ProtoC.array(h.ids, h.n_ids), scores: ProtoC.array(h.scores, h.n_scores)))
+            }
+            return SearchResponse(results: results, version: m.pointee.version, shard: m.pointee.shard, shardCount: m.pointee.shard_count)
+        }
+    }
+
+    public func encoded() -> FramedMessage {
+        var m = Shardrank__V1__SearchResponse()
+        shardrank__v1__search_response__init(&m)
+        // Flatten every hit list into two buffers that outlive the pack call.
+        var allIDs = results.flatMap(\.ids)
+        var allScores = results.flatMap(\.scores)
+        var hits = [Shardrank__V1__SearchHits](repeating: Shardrank__V1__SearchHits(), count: results.count)
+        return allIDs.withUnsafeMutableBufferPointer { idp in
+            allScores.withUnsafeMutableBufferPointer { sp in
+                hits.withUnsafeMutableBufferPointer { hp in
+                    var offset = 0
+                    for (i, r) in results.enumerated() {
+                        shardrank__v1__search_hits__init(&hp[i])
+                        hp[i].n_ids = r.ids.count
+                        hp[i].ids = idp.baseAddress.map { $0 + offset }
+                        hp[i].n_scores = r.scores.count
+                        hp[i].scores = sp.baseAddress.map { $0 + offset }
+                        offset += r.ids.count
+                    }
+                    var ptrs: [UnsafeMutablePointer<Shardrank__V1__SearchHits>?] = (0 ..< hp.count).map { hp.baseAddress! + $0 }
+                    return ptrs.withUnsafeMutableBufferPointer { pp in
+                        m.n_results = pp.count
+                        m.results = pp.baseAddress
+                        m.version = version
+                        m.shard = shard
+                        m.shard_count = shardCount
+                        return ProtoC.pack(&m)
+                    }
+                }
+            }
+        }
+    }
+}
+
+public struct RankedList: Sendable, Hashable {
+    public var key: String
+    public var ids: [UInt64]
+    public var scores: [Float]
+    public init(key: String, ids: [UInt64], scores: [Float]) { self.key = key; self.ids = ids; self.scores = scores }
+}
+
+public struct ListsRequest: Sendable, Hashable {
+    public var table: String
+    public var keys: [String]
+    public var limit: UInt32
+    public var version: UInt64
+
+    public init(table: String, keys: [String], limit: UInt32 = 0, version: UInt64 = 0) {
+        self.table = table; self.keys = keys; self.limit = limit; self.version = version
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws(RPCError) -> ListsRequest {
+        try ProtoC.unpack(bytes, "shardrank.v1.ListsRequest", unpack: shardrank__v1__lists_request__unpack, free: shardrank__v1__lists_request__free_unpacked) { m in
+            let keys = (0 ..< m.pointee.n_keys).map { ProtoC.string(m.pointee.keys[$0]) }
+            return ListsRequest(table: ProtoC.string(m.pointee.table), keys: keys, limit: m.pointee.limit, version: m.pointee.version)
+        }
+    }
+
+    public func encoded() -> FramedMessage {
+        var m = Shardrank__V1__ListsRequest()
+        shardrank__v1__lists_request__init(&m)
+        return ProtoC.withCString(table) { t in
+            ProtoC.withCStrings(keys) { kp in
+                m.table = t
+                m.n_keys = keys.count
+                m.keys = kp
+                m.limit = limit
+                m.version = version
+                return ProtoC.pack(&m)
+            }
+        }
+    }
+}
+
+public struct ListsResponse: Sendable, Hashable {
+    public var lists: [RankedList]
+    public var missingKeys: [String]
+    public var version: UInt64
+    public var shard: UInt32
+    public var shardCount: UInt32
+
+    public init(lists: [RankedList], missingKeys: [String], version: UInt64, shard: UInt32 = 0, shardCount: UInt32 = 1) {
+        self.lists = lists; self.missingKeys = missingKeys; self.version = version; self.shard = shard; self.shardCount = shardCount
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws(RPCError) -> ListsResponse {
+        try ProtoC.unpack(bytes, "shardrank.v1.ListsResponse", unpack: shardrank__v1__lists_response__unpack, free: shardrank__v1__lists_response__free_unpacked) { m in
+            let lists = (0 ..< m.pointee.n_lists).map { i -> RankedList in
+                let l = m.pointee.lists[i]!.pointee
+                return RankedList(key: ProtoC.string(l.key), ids: ProtoC.array(l.ids, l.n_ids), scores: ProtoC.array(l.scores, l.n_scores))
+            }
+            let missing = (0 ..< m.pointee.n_missing_keys).map { ProtoC.string(m.pointee.missing_keys[$0]) }
+            return ListsResponse(lists: lists, missingKeys: missing, version: m.pointee.version, shard: m.pointee.shard,
+                                 shardCount: m.pointee.shard_count)
+        }
+    }
+
+    public func encoded() -> FramedMessage {
+        var m = Shardrank__V1__ListsResponse()
+        shardrank__v1__lists_response__init(&m)
+        var allIDs = lists.flatMap(\.ids)
+        var allScores = lists.flatMap(\.scores)
+        var cl = [Shardrank__V1__RankedList](repeating: Shardrank__V1__RankedList(), count: lists.count)
+        return ProtoC.withCStrings(lists.map(\.key)) { keyPtrs in
+            ProtoC.withCStrings(missingKeys) { missingPtrs in
+                allIDs.withUnsafeMutableBufferPointer { idp in
+                    allScores.withUnsafeMutableBufferPointer { sp in
+                        cl.withUnsafeMutableBufferPointer { lp in
+                            var offset = 0
+                            for (i, l) in lists.enumerated() {
+                                shardrank__v1__ranked_list__init(&lp[i])
+                                lp[i].key = keyPtrs![i]
+                                lp[i].n_ids = l.ids.count
+                                lp[i].ids = idp.baseAddress.map { $0 + offset }
+                                lp[i].n_scores = l.scores.count
+                                lp[i].scores = sp.baseAddress.map { $0 + offset }
+                                offset += l.ids.count
+                            }
+                            var ptrs: [UnsafeMutablePointer<Shardrank__V1__RankedList>?] = (0 ..< lp.count).map { lp.baseAddress! + $0 }
+                            return ptrs.withUnsafeMutableBufferPointer { pp in
+                                m.n_lists = pp.count
+                                m.lists = pp.baseAddress
+                                m.n_missing_keys = missingKeys.count
+                                m.missing_keys = missingPtrs
+                                m.version = version
+                                m.shard = shard
+                                m.shard_count = shardCount
+                                return ProtoC.pack(&m)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+public struct InfoRequest: Sendable, Hashable {
+    public init() {}
+    public static func decode(_ bytes: [UInt8]) throws(RPCError) -> InfoRequest {
+        try ProtoC.unpack(bytes, "shardrank.v1.InfoRequest", unpack: shardrank__v1__info_request__unpack, free: shardrank__v1__info_request__free_unpacked) { _ in InfoRequest() }
+    }
+    public func encoded() -> FramedMessage {
+        var m = Shardrank__V1__InfoRequest()
+        shardrank__v1__info_request__init(&m)
+        return ProtoC.pack(&m)
+    }
+}
+
+public struct TableInfo: Sendable, Hashable {
+    public var name: String
+    public var kind: TableKind
+    public var dim: UInt32
+    public var dtype: DType
+    public var rows: UInt64
+    public init(name: String, kind: TableKind, dim: UInt32, dtype: DType, rows: UInt64) {
+        self.name = name; self.kind = kind; self.dim = dim; self.dtype = dtype; self.rows = rows
+    }
+}
+
+public struct InfoResponse: Sendable, Hashable {
+    public var version: UInt64
+    public var shard: UInt32
+    public var shardCount: UInt32
+    public var tables: [TableInfo]
+    public var mappedBytes: UInt64
+    public var source: String
+    public var hash: String
+
+    public init(version: UInt64, shard: UInt32, shardCount: UInt32, tables: [TableInfo], mappedBytes: UInt64, source: String, hash: String) {
+        self.version = version; self.shard = shard; self.shardCount = shardCount; self.tables = tables
+        self.mappedBytes = mappedBytes; self.source = source; self.hash = hash
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws(RPCError) -> InfoResponse {
+        try ProtoC.unpack(bytes, "shardrank.v1.InfoResponse", unpack: shardrank__v1__info_response__unpack, free: shardrank__v1__info_response__free_unpacked) { m in
+            let tables = (0 ..< m.pointee.n_tables).map { i -> TableInfo in
+                let t = m.pointee.tables[i]!.pointee
+                return TableInfo(name: ProtoC.string(t.name), kind: TableKind(rawValue: t.kind.rawValue) ?? .unspecified,
+                                 dim: t.dim, dtype: DType(rawValue: t.dtype.rawValue) ?? .unspecified, rows: t.rows)
+            }
+            return InfoResponse(version: m.pointee.version, shard: m.pointee.shard, shardCount: m.pointee.shard_count,
+                                tables: tables, mappedBytes: m.pointee.mapped_bytes, source: ProtoC.string(m.pointee.source),
+                                hash: ProtoC.string(m.pointee.hash))
+        }
+    }
+
+    public func encoded() -> FramedMessage {
+        var m = Shardrank__V1__InfoResponse()
+        shardrank__v1__info_response__init(&m)
+        var ct = [Shardrank__V1__TableInfo](repeating: Shardrank__V1__TableInfo(), count: tables.count)
+        return ProtoC.withCStrings(tables.map(\.name)) { names in
+            ProtoC.withCString(source) { src in
+                ProtoC.withCString(hash) { h in
+                    ct.withUnsafeMutableBufferPointer { tp in
+                        for (i, t) in tables.enumerated() {
+                            shardrank__v1__table_info__init(&tp[i])
+                            tp[i].name = names![i]
+                            tp[i].kind = Shardrank__V1__TableKind(rawValue: t.kind.rawValue)
+                            tp[i].dim = t.dim
+                            tp[i].dtype = Shardrank__V1__DType(rawValue: t.dtype.rawValue)
+                            tp[i].rows = t.rows
+                        }
+                        var ptrs: [UnsafeMutablePointer<Shardrank__V1__TableInfo>?] = (0 ..< tp.count).map { tp.baseAddress! + $0 }
+                        return ptrs.withUnsafeMutableBufferPointer { pp in
+                            m.version = version
+                            m.shard = shard
+                            m.shard_count = shardCount
+                            m.n_tables = pp.count
+                            m.tables = pp.baseAddress
+                            m.mapped_bytes = mappedBytes
+                            m.source = src
+                            m.hash = h
+                            return ProtoC.pack(&m)
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,74 @@
+public import RPCCore
+public import ShardRankWire
+
+/// Limits of the shard service, with their defaults.
+public struct ShardLimits: Sendable, Hashable {
+    /// Ids in one Lookup.
+    public var maxLookupIDs = 100_000
+    /// Queries in one Search, and the largest k.
+    public var maxSearchQueries = 1024
+    public var maxSearchK = 10_000
+    /// Keys in one Lists call.
+    public var maxListKeys = 10_000
+    public init() {}
+}
+
+/// What a shard serves its calls from: the synthetic table, or a loaded table set.
+public protocol ShardBackend: Sendable {
+    func lookup(_ request: LookupRequest, context: ServerContext) throws(RPCError) -> FramedMessage
+    func search(_ request: SearchRequest, context: ServerContext) throws(RPCError) -> SearchResponse
+    func lists(_ request: ListsRequest, context: ServerContext) throws(RPCError) -> ListsResponse
+    func info() -> InfoResponse
+}
+
+/// `shardrank.v1.Shard`: decodes, validates what is common to every backend, and calls the backend.
+/// Lookup runs inline on the connection's event loop (a gather is a few µs); Search runs on the
+/// worker pool.
+public struct ShardService: RPCService {
+    public let serviceName = "shardrank.v1.Shard"
+    public let backend: any ShardBackend
+    public let limits: ShardLimits
+
+    public init(backend: any ShardBackend, limits: ShardLimits = ShardLimits()) {
+        self.backend = backend
+        self.limits = limits
+    }
+
+    public var methods: [RPCMethod] {
+        let backend = self.backend, limits = self.limits
+        return [
+            RPCMethod(service: serviceName, method: "Lookup", placement: .inline, handler: .unary { bytes, ctx throws(RPCError) in
+                let req = try LookupRequest.decode(bytes)
+                guard req.ids.count <= limits.maxLookupIDs else {
+                    throw RPCError(.invalidArgument, "Lookup of \(req.ids.count) ids exceeds the limit of \(limits.maxLookupIDs) per call")
+                }
+                return try backend.lookup(req, context: ctx)
+            }),
+            RPCMethod(service: serviceName, method: "Search", placement: .workerPool, handler: .unary { bytes, ctx throws(RPCError) in
+                let req = try SearchRequest.decode(bytes)
+                guard req.queryCount >= 1 else { throw RPCError(.invalidArgument, "Search needs at least one query") }
+                guard req.queryCount <= limits.maxSearchQueries else {
+                    throw RPCError(.invalidArgument, "Search of \(req.queryCount) queries exceeds the limit of \(limits.maxSearchQueries)")
+                }
+                guard req.k >= 1 && req.k <= limits.maxSearchK else {
+                    throw RPCError(.invalidArgument, "Search k=\(req.k) is out of range 1...\(limits.maxSearchK)")
+                }
+                guard req.queries.allSatisfy({ $0.isFinite }) else {
+                    throw RPCError(.invalidArgument, "Search queries contain NaN or infinite values")
+                }
+                return try backend.search(req, context: ctx).encoded()
+            }),
+            RPCMethod(service: serviceName, method: "Lists", placement: .inline, handler: .unary { bytes, ctx throws(RPCError) in
+                let req = try ListsRequest.decode(bytes)
+                guard req.keys.count <= limits.maxListKeys else {
+                    throw RPCError(.invalidArgument, "Lists of \(req.keys.count) keys exceeds the limit of \(limits.maxListKeys)")
+                }
+                return try backend.lists(req, context: ctx).encoded()
+            }),
+            RPCMethod(service: serviceName, method: "Info", placement: .inline, handler: .unary { bytes, _ throws(RPCError) in
+                _ = try InfoRequest.decode(bytes)
+                return backend.info().encoded()
+            }),
+        ]
+    }
+}

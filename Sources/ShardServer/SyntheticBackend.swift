@@ -1,0 +1,151 @@
+public import RPCCore
+public import ShardRankWire
+
+/// Serves `SyntheticTable` as table `items` (version 1, shard 0 of 1).
+public struct SyntheticBackend: ShardBackend {
+    public let table: SyntheticTable
+    public static let tableName = "items"
+    public static let version: UInt64 = 1
+
+    public init(table: SyntheticTable) { self.table = table }
+
+    private func checkTable(_ name: String) throws(RPCError) {
+        guard name == Self.tableName else {
+            throw RPCError(.notFound, "unknown table '\(name)': this shard serves embedding table 'items' (synthetic)")
+        }
+    }
+
+    private func checkVersion(_ v: UInt64) throws(RPCError) {
+        guard v == 0 || v == Self.version else {
+            throw RPCError(.failedPrecondition, "table-set version \(v) is not served here (serving version \(Self.version))")
+        }
+    }
+
+    public func lookup(_ req: LookupRequest, context: ServerContext) throws(RPCError) -> FramedMessage {
+        try checkTable(req.table)
+        try checkVersion(req.version)
+        let dim = table.dim
+        var missing: [UInt64] = []
+        var found = 0
+        for id in req.ids { if id < UInt64(table.rows) { found += 1 } else { missing.append(id) } }
+        let dtype: DType = req.dtype == .unspecified ? .f32 : req.dtype
+        var scales: [UInt8] = []
+        if dtype == .int8 {
+            scales.reserveCapacity(found * 4)
+            for id in req.ids {
+                guard let row = table.row(id) else { continue }
+                var m: Float = 0
+                for j in 0 ..< dim { m = max(m, abs(row[j])) }
+                let s = m > 0 ? m / 127 : 1
+                withUnsafeBytes(of: s.bitPattern.littleEndian) { scales.append(contentsOf: $0) }
+            }
+        }
+        let table = self.table
+        return LookupResponse.encode(dim: UInt32(dim), dtype: dtype, missingIDs: missing, version: Self.version, scales: scales,
+                                     shard: 0, shardCount: 1, vectorBytes: found * dim * dtype.elementSize) { dst in
+            var offset = 0
+            var rowIndex = 0
+            for id in req.ids {
+                guard let row = table.row(id) else { continue }
+                switch dtype {
+                case .f32, .unspecified:
+                    dst.baseAddress!.advanced(by: offset).copyMemory(from: row, byteCount: dim * 4)
+                    offset += dim * 4
+                case .f16:
+                    for j in 0 ..< dim {
+                        dst.storeBytes(of: Float16(row[j]).bitPattern.littleEndian, toByteOffset: offset, as: UInt16.self)
+                        offset += 2
+                    }
+                case .int8:
+                    let s = scales.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: rowIndex * 4, as: UInt32.self) }
+                    let scale = Float(bitPattern: UInt32(littleEndian: s))
+                    for j in 0 ..< dim {
+                        let q = (row[j] / scale).rounded().clamped(-127, 127)
+                        dst.storeBytes(of: Int8(q), toByteOffset: offset, as: Int8.self)
+                        offset += 1
+                    }
+                }
+                rowIndex += 1
+            }
+        }
+    }
+
+    public func search(_ req: SearchRequest, context: ServerContext) throws(RPCError) -> SearchResponse {
+        try checkTable(req.table)
+        try checkVersion(req.version)
+        guard Int(req.dim) == table.dim else {
+            throw RPCError(.invalidArgument, "query dim \(req.dim) does not match table 'items' dim \(table.dim)")
+        }
+        let exclude = Set(req.excludeIDs)
+        let k = min(Int(req.k), table.rows)
+        var results: [SearchHits] = []
+        for q in 0 ..< req.queryCount {
+            try context.checkCancellation()
+            var heap = TopK(k: k)
+            req.queries.withUnsafeBufferPointer { qp in
+                let query = qp.baseAddress! + q * table.dim
+                for i in 0 ..< table.rows where !exclude.contains(UInt64(i)) {
+                    let row = table.row(UInt64(i))!
+                    var s: Float = 0
+                    for j in 0 ..< table.dim { s += query[j] * row[j] }
+                    heap.insert(id: UInt64(i), score: s)
+                }
+            }
+            let sorted = heap.sorted()
+            results.append(SearchHits(ids: sorted.map(\.id), scores: sorted.map(\.score)))
+        }
+        return SearchResponse(results: results, version: Self.version)
+    }
+
+    public func lists(_ req: ListsRequest, context: ServerContext) throws(RPCError) -> ListsResponse {
+        throw RPCError(.notFound, "unknown list table '\(req.table)': the synthetic shard serves no list tables")
+    }
+
+    public func info() -> InfoResponse {
+        InfoResponse(version: Self.version, shard: 0, shardCount: 1,
+                     tables: [TableInfo(name: Self.tableName, kind: .embedding, dim: UInt32(table.dim), dtype: .f32, rows: UInt64(table.rows))],
+                     mappedBytes: UInt64(table.rows * table.dim * 4), source: "synthetic:\(table.rows)x\(table.dim)", hash: "none")
+    }
+}
+
+/// A bounded min-heap keeping the best `k` (score, id) pairs; ties go to the lower id.
+struct TopK {
+    let k: Int
+    private(set) var items: [(id: UInt64, score: Float)] = []
+
+    init(k: Int) { self.k = k; items.reserveCapacity(k) }
+
+    @inline(__always)
+    static func better(_ a: (id: UInt64, score: Float), _ b: (id: UInt64, score: Float)) -> Bool {
+        a.score > b.score || (a.score == b.score && a.id < b.id)
+    }
+
+    mutating func insert(id: UInt64, score: Float) {
+        let e = (id: id, score: score)
+        if items.count < k {
+            items.append(e)
+            var i = items.count - 1
+            while i > 0 {
+                let p = (i - 1) / 2
+                if TopK.better(items[p], items[i]) { items.swapAt(p, i); i = p } else { break }
+            }
+        } else if k > 0, TopK.better(e, items[0]) {
+            items[0] = e
+            var i = 0
+            while true {
+                let l = 2 * i + 1, r = l + 1
+                var w = i
+                if l < items.count && TopK.better(items[w], items[l]) { w = l }
+                if r < items.count && TopK.better(items[w], items[r]) { w = r }
+                if w == i { break }
+                items.swapAt(i, w); i = w
+            }
+        }
+    }
+
+    func sorted() -> [(id: UInt64, score: Float)] { items.sorted(by: TopK.better) }
+}
+
+extension Float {
+    func clamped(_ lo: Float, _ hi: Float) -> Float { Swift.min(Swift.max(self, lo), hi) }
+}
