@@ -53,8 +53,18 @@ extension HTTP2Session {
             return 0
         }
 
+        nghttp2_session_callbacks_set_on_frame_send_callback(cbs) { _, frame, userData in
+            let s = HTTP2Session.from(userData)
+            let hd = frame!.pointee.hd
+            if hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0, s.resetAfterEnd.remove(hd.stream_id) != nil {
+                s.resetsDue.append(hd.stream_id)
+            }
+            return 0
+        }
+
         nghttp2_session_callbacks_set_on_stream_close_callback(cbs) { _, streamID, errorCode, userData in
             let s = HTTP2Session.from(userData)
+            s.resetAfterEnd.remove(streamID)
             s.pendingHeaders[streamID] = nil
             s.outbound[streamID] = nil
             s.events.append(.streamClosed(streamID: streamID, errorCode: errorCode))

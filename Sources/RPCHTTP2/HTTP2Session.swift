@@ -69,6 +69,9 @@ public final class HTTP2Session {
     // The sink during `flush`.
     var sink: ((UnsafeRawBufferPointer) -> Void)?
     var inCallback = false
+    // Streams to reset (NO_ERROR) once their END_STREAM frame went out, and those now due.
+    var resetAfterEnd: Set<Int32> = []
+    var resetsDue: [Int32] = []
 
     struct PendingHeaders {
         var headers: [(name: String, value: String)] = []
@@ -165,11 +168,17 @@ public final class HTTP2Session {
         precondition(!inCallback, "HTTP2Session re-entered")
         try withoutActuallyEscaping(sink) { (s) throws(HTTP2Error) in
             self.sink = s
-            inCallback = true
-            let rv = nghttp2_session_send(session)
-            inCallback = false
-            self.sink = nil
-            if rv != 0 { throw HTTP2Error(code: rv, operation: "nghttp2_session_send") }
+            defer { self.sink = nil }
+            while true {
+                inCallback = true
+                let rv = nghttp2_session_send(session)
+                inCallback = false
+                if rv != 0 { throw HTTP2Error(code: rv, operation: "nghttp2_session_send") }
+                if resetsDue.isEmpty { break }
+                // The END_STREAM of these streams is on the wire: now tell the peer to stop sending.
+                for id in resetsDue { _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), id, 0) }
+                resetsDue.removeAll()
+            }
         }
     }
 
@@ -243,6 +252,13 @@ public final class HTTP2Session {
         o.deferred = false
         outbound[stream] = o
         if resume { nghttp2_session_resume_data(session, stream) }
+    }
+
+    /// Sends RST_STREAM(NO_ERROR) on `stream` right after this side's END_STREAM frame has been
+    /// written, for a response sent while the peer may still be sending (PROTOCOL-HTTP2: the
+    /// server ends early with trailers, then resets so the client stops uploading).
+    public func resetAfterEndStream(stream: Int32) {
+        resetAfterEnd.insert(stream)
     }
 
     /// Resets a stream (RST_STREAM) with an HTTP/2 error code (0 NO_ERROR, 8 CANCEL, ...).

@@ -152,7 +152,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             logger.debug("rejecting stream \(id) from \(peer): HTTP \(status): \(message)")
             try? session.submitHeaders(stream: id, headers: [(":status", String(status)), ("content-type", "text/plain"),
                                                              ("grpc-message", PercentEncoding.encode(message))], endStream: true)
-            session.reset(stream: id, errorCode: 0)
+            session.resetAfterEndStream(stream: id)
         case .accepted(let call):
             s.call = call
             if let t = call.timeout {
@@ -187,7 +187,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             } else {
                 try? session.submitHeaders(stream: id, headers: Self.responseHeaders + status, endStream: true)
             }
-            if resetAfter { session.reset(stream: id, errorCode: 0) }
+            if resetAfter { session.resetAfterEndStream(stream: id) }
         case .cancelHandler(let error):
             s.deadlineTask?.cancel()
             s.serverContext?.cancel(error)

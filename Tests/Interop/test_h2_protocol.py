@@ -1,0 +1,214 @@
+"""Protocol edges a stock gRPC client does not produce, over a raw HTTP/2 connection: the status
+mapping of PROTOCOL-HTTP2, framing split anywhere, limits, and HTTP/2 abuse that must stay bounded."""
+import socket
+import struct
+import time
+
+import h2.errors
+import pytest
+
+from raw_h2 import RawH2, grpc_frame
+
+
+def lookup_bytes(pb, ids):
+    return pb.shard_pb2.LookupRequest(table="items", ids=ids).SerializeToString()
+
+
+def test_wrong_content_type_is_415(pb, shard):
+    c = RawH2(shard.port)
+    r = c.call("/shardrank.v1.Shard/Lookup", lookup_bytes(pb, [1]), content_type="application/json")
+    assert r.header(":status") == "415"
+    c.close()
+
+
+def test_get_is_rejected(pb, shard):
+    c = RawH2(shard.port)
+    sid = c.conn.get_next_available_stream_id()
+    from raw_h2 import Response
+    c.responses[sid] = Response()
+    c.conn.send_headers(sid, [(":method", "GET"), (":scheme", "http"), (":path", "/shardrank.v1.Shard/Info"),
+                              (":authority", "x"), ("content-type", "application/grpc")], end_stream=True)
+    c.sock.sendall(c.conn.data_to_send())
+    r = c.wait(sid)
+    assert r.header(":status") == "405"
+    c.close()
+
+
+def test_trailers_only_error_shape(pb, shard):
+    c = RawH2(shard.port)
+    r = c.call("/shardrank.v1.Shard/Nope", b"")
+    # Trailers-Only: one HEADERS frame with :status 200, grpc-status, END_STREAM and no DATA.
+    assert r.header(":status") == "200"
+    assert r.header("grpc-status") == "12"
+    assert r.data == b""
+    assert r.trailers == []
+    c.close()
+
+
+def test_grpc_message_is_percent_encoded(pb, shard):
+    c = RawH2(shard.port)
+    r = c.call("/shardrank.v1.Shard/Lookup", lookup_bytes(pb, [1]).replace(b"items", b"it\xc3\xa9m"))
+    assert r.trailer("grpc-status") == "5"
+    assert "%C3%A9" in r.trailer("grpc-message")
+    c.close()
+
+
+def test_response_framing(pb, shard):
+    c = RawH2(shard.port)
+    r = c.call("/shardrank.v1.Shard/Lookup", lookup_bytes(pb, [1, 2]))
+    assert r.header("content-type") == "application/grpc"
+    assert r.trailer("grpc-status") == "0"
+    flag, length = struct.unpack(">BI", r.data[:5])
+    assert flag == 0 and length == len(r.data) - 5
+    resp = pb.shard_pb2.LookupResponse.FromString(r.data[5:])
+    assert len(resp.vectors) == 2 * 64 * 4
+    c.close()
+
+
+@pytest.mark.parametrize("split", [1, 2, 3, 4, 5, 6, 7, 13])
+def test_message_split_into_tiny_data_frames(pb, shard, split):
+    c = RawH2(shard.port)
+    body = grpc_frame(lookup_bytes(pb, list(range(40))))
+    sid = c.start("/shardrank.v1.Shard/Lookup", b"", framed=False, end=False)
+    for i in range(0, len(body), split):
+        c.send_data(sid, body[i:i + split], end=False)
+    c.send_data(sid, b"", end=True)
+    r = c.wait(sid)
+    assert r.trailer("grpc-status") == "0"
+    assert len(pb.shard_pb2.LookupResponse.FromString(r.data[5:]).vectors) == 40 * 64 * 4
+    c.close()
+
+
+def test_compressed_flag_without_encoding(pb, shard):
+    c = RawH2(shard.port)
+    r = c.call("/shardrank.v1.Shard/Lookup", lookup_bytes(pb, [1]), compressed=True)
+    assert r.trailer("grpc-status") == "12"
+    c.close()
+
+
+def test_unsupported_grpc_encoding(pb, shard):
+    c = RawH2(shard.port)
+    r = c.call("/shardrank.v1.Shard/Lookup", lookup_bytes(pb, [1]), extra_headers=[("grpc-encoding", "gzip")])
+    assert r.trailer("grpc-status") == "12"
+    assert r.trailer("grpc-accept-encoding") == "identity"
+    c.close()
+
+
+@pytest.mark.parametrize("value", ["abc", "-1S", "123456789S", "10x", "S", ""])
+def test_malformed_timeout(pb, shard, value):
+    c = RawH2(shard.port)
+    r = c.call("/shardrank.v1.Shard/Info", b"", extra_headers=[("grpc-timeout", value)])
+    assert r.trailer("grpc-status") == "3", r.headers
+    assert "grpc-timeout" in r.trailer("grpc-message")
+    c.close()
+
+
+def test_two_messages_on_unary(pb, shard):
+    c = RawH2(shard.port)
+    body = grpc_frame(lookup_bytes(pb, [1])) * 2
+    r = c.call("/shardrank.v1.Shard/Lookup", body, framed=False)
+    assert r.trailer("grpc-status") == "13"
+    c.close()
+
+
+def test_no_message_on_unary(pb, shard):
+    c = RawH2(shard.port)
+    r = c.call("/shardrank.v1.Shard/Info", b"", framed=False)
+    assert r.trailer("grpc-status") == "13"
+    c.close()
+
+
+def test_truncated_message(pb, shard):
+    c = RawH2(shard.port)
+    r = c.call("/shardrank.v1.Shard/Lookup", grpc_frame(lookup_bytes(pb, [1]))[:-2], framed=False)
+    assert r.trailer("grpc-status") == "13"
+    c.close()
+
+
+def test_header_list_limit(pb, shard):
+    c = RawH2(shard.port)
+    big = [(f"x-pad-{i}", "v" * 1000) for i in range(20)]  # ~20 KiB > 16 KiB
+    r = c.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString(), extra_headers=big)
+    assert r.trailer("grpc-status") == "8" or r.reset is not None or c.goaway is not None
+    c.close()
+    # The server keeps serving.
+    c = RawH2(shard.port)
+    r = c.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString())
+    assert r.trailer("grpc-status") == "0"
+    c.close()
+
+
+def test_rapid_reset_is_bounded(pb, shard):
+    c = RawH2(shard.port)
+    body = grpc_frame(lookup_bytes(pb, list(range(256))))
+    t0 = time.monotonic()
+    for _ in range(2000):
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, c.request_headers("/shardrank.v1.Shard/Lookup"), end_stream=False)
+        c.send_data(sid, body, end=True)
+        if c.closed or sid not in c.conn.streams:
+            break
+        c.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        try:
+            c.sock.sendall(c.conn.data_to_send())
+        except OSError:
+            break
+        if c.closed:
+            break
+    for _ in range(50):
+        c.pump(0.02)
+        if c.closed:
+            break
+    assert time.monotonic() - t0 < 20
+    c.close()
+    # Whatever nghttp2 decided about that connection, the server still answers others.
+    c = RawH2(shard.port)
+    r = c.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString())
+    assert r.trailer("grpc-status") == "0"
+    c.close()
+
+
+def test_garbage_bytes_close_connection_only(pb, shard):
+    s = socket.create_connection(("127.0.0.1", shard.port), timeout=5)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(range(256)) * 4)
+    s.settimeout(5)
+    got = b""
+    try:
+        while True:
+            d = s.recv(4096)
+            if not d:
+                break
+            got += d
+    except (socket.timeout, ConnectionResetError):
+        pass
+    s.close()
+    c = RawH2(shard.port)
+    r = c.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString())
+    assert r.trailer("grpc-status") == "0"
+    c.close()
+
+
+def test_server_sends_settings_first(shard):
+    s = socket.create_connection(("127.0.0.1", shard.port), timeout=5)
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    head = b""
+    while len(head) < 9:
+        head += s.recv(9 - len(head))
+    assert head[3] == 0x4, "first frame must be SETTINGS"
+    assert head[4] & 1 == 0, "and not an ACK"
+    s.close()
+
+
+def test_idle_connection_many_streams_then_goaway_on_sigterm(pb, server_factory):
+    srv = server_factory(["shard", "--synthetic", "100x8", "--port", "0"])
+    c = RawH2(srv.port)
+    r = c.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString())
+    assert r.trailer("grpc-status") == "0"
+    import signal
+    srv.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while c.goaway is None and not c.closed and time.monotonic() < deadline:
+        c.pump(0.1)
+    assert c.goaway is not None or c.closed
+    assert srv.proc.wait(timeout=10) == 0
+    c.close()
