@@ -139,7 +139,6 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         if streams.removeValue(forKey: id) != nil {
             state.openStreams.wrappingSubtract(1, ordering: .relaxed)
         }
-        if goingAway && streams.isEmpty { flush() }
     }
 
     /// Performs what a stream's state machine decided.

@@ -1,0 +1,156 @@
+import Testing
+import RPCCore
+@testable import RPCHTTP2
+
+/// A client session and a server session wired back to back in memory: every byte one flushes
+/// is fed to the other, optionally in small pieces.
+struct Pipe {
+    let client: HTTP2Session
+    let server: HTTP2Session
+    var serverEvents: [HTTP2Event] = []
+    var clientEvents: [HTTP2Event] = []
+    var chunk = Int.max
+
+    init(chunk: Int = .max, serverConfig: HTTP2Configuration = HTTP2Configuration()) throws {
+        client = try HTTP2Session(role: .client)
+        server = try HTTP2Session(role: .server, configuration: serverConfig)
+        self.chunk = chunk
+    }
+
+    mutating func pump() throws {
+        for _ in 0 ..< 100 {
+            var c2s: [UInt8] = []
+            try client.flush { c2s.append(contentsOf: $0) }
+            clientEvents += client.takeEvents()
+            var s2c: [UInt8] = []
+            try server.flush { s2c.append(contentsOf: $0) }
+            serverEvents += server.takeEvents()
+            if c2s.isEmpty && s2c.isEmpty { return }
+            var i = 0
+            while i < c2s.count {
+                let n = min(chunk, c2s.count - i)
+                serverEvents += try c2s[i ..< i + n].withUnsafeBytes { try server.receive($0) }
+                i += n
+            }
+            i = 0
+            while i < s2c.count {
+                let n = min(chunk, s2c.count - i)
+                clientEvents += try s2c[i ..< i + n].withUnsafeBytes { try client.receive($0) }
+                i += n
+            }
+        }
+    }
+}
+
+let requestHeaders: [(String, String)] = [(":method", "POST"), (":scheme", "http"), (":path", "/a.B/C"), (":authority", "x"),
+                                          ("content-type", "application/grpc"), ("te", "trailers")]
+
+@Suite struct HTTP2SessionTests {
+    @Test(arguments: [Int.max, 1, 7, 100])
+    func requestResponseRoundTrip(chunk: Int) throws {
+        var p = try Pipe(chunk: chunk)
+        let body = FramedMessage(payload: Array(repeating: 0x5A, count: 40_000))
+        let id = try p.client.submitRequest(headers: requestHeaders, body: body)
+        try p.pump()
+        // The server saw the request headers, the whole body, and the end of the stream.
+        var got: [UInt8] = []
+        var sawHeaders = false, sawEnd = false
+        for e in p.serverEvents {
+            switch e {
+            case .headers(let sid, let h, _, let tooLarge):
+                #expect(sid == id)
+                #expect(!tooLarge)
+                #expect(h.contains { $0.name == ":path" && $0.value == "/a.B/C" })
+                sawHeaders = true
+            case .data(_, let b): got += b
+            case .endStream: sawEnd = true
+            default: break
+            }
+        }
+        #expect(sawHeaders && sawEnd)
+        #expect(got == body.bytes)
+
+        // Response: headers, two messages, trailers.
+        try p.server.submitResponse(stream: id, headers: [(":status", "200"), ("content-type", "application/grpc")])
+        let m1 = FramedMessage(payload: Array(repeating: 1, count: 70_000))
+        p.server.enqueue(stream: id, m1)
+        try p.pump()
+        let m2 = FramedMessage(payload: [2, 2])
+        p.server.enqueue(stream: id, m2)
+        p.server.finish(stream: id, trailers: [("grpc-status", "0")])
+        try p.pump()
+        var parser = ClientResponseParser()
+        var closed = false
+        for e in p.clientEvents {
+            switch e {
+            case .headers(_, let h, let end, _): parser.receivedHeaders(h, endStream: end)
+            case .data(_, let b): b.withUnsafeBytes { parser.receivedData($0) }
+            case .streamClosed(_, let code): closed = true; #expect(code == 0)
+            default: break
+            }
+        }
+        #expect(closed)
+        #expect(parser.finalStatus(streamClosedWithError: nil) == nil)
+        #expect(parser.messages == [Array(m1.payload), Array(m2.payload)])
+    }
+
+    @Test func headerListLimitIsCounted() throws {
+        var cfg = HTTP2Configuration()
+        cfg.maxHeaderListBytes = 1024
+        var p = try Pipe(serverConfig: cfg)
+        var h = requestHeaders
+        for i in 0 ..< 20 { h.append(("x-pad-\(i)", String(repeating: "v", count: 100))) }
+        _ = try p.client.submitRequest(headers: h, body: FramedMessage(payload: []))
+        try p.pump()
+        let tooLarge = p.serverEvents.contains { if case .headers(_, _, _, true) = $0 { return true } else { return false } }
+        #expect(tooLarge)
+    }
+
+    @Test func resetAfterEndStreamArrivesAfterTrailers() throws {
+        var p = try Pipe()
+        let id = try p.client.submitRequest(headers: requestHeaders, body: FramedMessage(payload: [1]))
+        try p.pump()
+        try p.server.submitHeaders(stream: id, headers: [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "8")],
+                                   endStream: true)
+        p.server.resetAfterEndStream(stream: id)
+        try p.pump()
+        // The client saw the status before the stream closed.
+        guard let first = p.clientEvents.firstIndex(where: { if case .headers = $0 { true } else { false } }),
+              let closed = p.clientEvents.firstIndex(where: { if case .streamClosed = $0 { true } else { false } }) else {
+            Issue.record("expected headers and close: \(p.clientEvents)"); return
+        }
+        #expect(first < closed)
+    }
+
+    @Test func clientResetIsSeenByServer() throws {
+        var p = try Pipe()
+        let id = try p.client.submitRequest(headers: requestHeaders, body: FramedMessage(payload: [1]))
+        try p.pump()
+        p.client.reset(stream: id, errorCode: 8)
+        try p.pump()
+        #expect(p.serverEvents.contains { if case .streamClosed(id, 8) = $0 { return true } else { return false } })
+    }
+
+    @Test func serverSendsSettingsFirst() throws {
+        let s = try HTTP2Session(role: .server)
+        var out: [UInt8] = []
+        try s.flush { out.append(contentsOf: $0) }
+        #expect(out.count >= 9)
+        #expect(out[3] == 0x4)  // SETTINGS
+    }
+
+    @Test func badPrefaceIsAnError() throws {
+        let s = try HTTP2Session(role: .server)
+        let junk = Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
+        #expect(throws: HTTP2Error.self) { _ = try junk.withUnsafeBytes { try s.receive($0) } }
+    }
+
+    @Test func goAwayIsReported() throws {
+        var p = try Pipe()
+        _ = try p.client.submitRequest(headers: requestHeaders, body: FramedMessage(payload: [1]))
+        try p.pump()
+        p.server.submitGoAway(errorCode: 0, debug: "bye")
+        try p.pump()
+        #expect(p.clientEvents.contains { if case .goAway(1, 0) = $0 { return true } else { return false } })
+    }
+}
