@@ -125,6 +125,24 @@ struct HealthCommand: AsyncParsableCommand {
     }
 }
 
+/// `shardrank info`: what a shard serves.
+struct InfoCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "info", abstract: "Show what a shard serves.")
+
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        let timeout = Duration.milliseconds(client.timeoutMs)
+        let info = try await withChannel(client) { (ch) throws(RPCError) in
+            try await ShardClient(channel: ch).info(timeout: timeout)
+        }
+        print("source \(info.source)  version \(info.version)  shard \(info.shard) of \(info.shardCount)  hash \(info.hash)  mapped \(info.mappedBytes) bytes")
+        for t in info.tables {
+            print("  \(t.name.padding(12))  \(String(describing: t.kind).padding(10))  dim \(t.dim)  \(t.dtype)  rows \(t.rows)")
+        }
+    }
+}
+
 enum VectorDecoding {
     /// The rows of a LookupResponse as floats (f16 widened, int8 × scale).
     static func floats(_ r: LookupResponse) -> [[Float]] {
@@ -155,6 +173,7 @@ func format3(_ x: Float) -> String {
 }
 
 extension String {
+    func padding(_ n: Int) -> String { count >= n ? self : self + String(repeating: " ", count: n - count) }
     func leftPadded(_ n: Int) -> String { count >= n ? self : String(repeating: " ", count: n - count) + self }
 }
 

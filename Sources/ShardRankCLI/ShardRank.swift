@@ -6,5 +6,5 @@ struct ShardRank: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "shardrank",
         abstract: "ShardRank: a sharded, gRPC-wire-compatible recommendation server.",
-        subcommands: [ShardCommand.self, LookupCommand.self, HealthCommand.self] + extraCommands)
+        subcommands: [ShardCommand.self, LookupCommand.self, HealthCommand.self, InfoCommand.self] + extraCommands)
 }

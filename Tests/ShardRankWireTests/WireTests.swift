@@ -111,3 +111,35 @@ import RPCCore
         #expect(try LookupRequest.decode(bytes).table == "a")
     }
 }
+
+@Suite struct RecommenderWireTests {
+    @Test func recommendRequestRoundTrip() throws {
+        let full = RecommendRequest(userID: 42, context: RecommendContext(recentItemIDs: [1, 2, 3], country: "DE", genres: ["Drama", "Sci-Fi"],
+                                                                          excludeIDs: [9]),
+                                    k: 20, budgets: Budgets(similarPerItem: 10, genre: 50, country: 50, popular: 30, search: 200),
+                                    model: "mlp", diversityLambda: 0.7, minCoverage: 0.5, genreCap: 3)
+        #expect(try RecommendRequest.decode(Array(full.encoded().payload)) == full)
+        let bare = RecommendRequest(userID: 1)
+        #expect(try RecommendRequest.decode(Array(bare.encoded().payload)) == bare)
+    }
+
+    @Test func recommendResponseRoundTrip() throws {
+        let r = RecommendResponse(items: [ScoredItem(itemID: 5, score: 0.9, sources: [.search, .genre]), ScoredItem(itemID: 6, score: 0.1)],
+                                  version: 3,
+                                  timings: StageTimings(retrieveMicros: 1, filterMicros: 2, gatherMicros: 3, rankMicros: 4, postRankMicros: 5, totalMicros: 15),
+                                  coverage: Coverage(shardsAsked: 4, shardsAnswered: 3, sourcesFailed: [.country], degraded: true,
+                                                     degradedReasons: ["shard 2 missed its deadline"]),
+                                  candidates: 321)
+        #expect(try RecommendResponse.decode(Array(r.encoded().payload)) == r)
+    }
+
+    @Test func rankAndSimilarRoundTrip() throws {
+        let rq = RankRequest(userID: 7, candidateIDs: [3, 1, 2], model: "dot", k: 2)
+        #expect(try RankRequest.decode(Array(rq.encoded().payload)) == rq)
+        let sq = SimilarRequest(itemID: 99, k: 5)
+        #expect(try SimilarRequest.decode(Array(sq.encoded().payload)) == sq)
+        let resp = ItemsResponse(items: [ScoredItem(itemID: 1, score: 2, sources: [.caller])], version: 1, coverage: Coverage(shardsAsked: 1, shardsAnswered: 1))
+        #expect(try ItemsResponse.decodeRank(Array(resp.encodedAsRank().payload)) == resp)
+        #expect(try ItemsResponse.decodeSimilar(Array(resp.encodedAsSimilar().payload)) == resp)
+    }
+}

@@ -1,0 +1,24 @@
+public import RPCCore
+public import RPCTransport
+public import ShardRankWire
+
+/// Typed async stub for `shardrank.v1.Recommender` on an `RPCChannel`.
+public struct RecommenderClient: Sendable {
+    public let channel: RPCChannel
+    public init(channel: RPCChannel) { self.channel = channel }
+
+    public func recommend(_ request: RecommendRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> RecommendResponse {
+        let bytes = try await channel.unary(path: "/shardrank.v1.Recommender/Recommend", request: request.encoded(), metadata: metadata, timeout: timeout)
+        return try decodeResponse { () throws(RPCError) in try RecommendResponse.decode(bytes) }
+    }
+
+    public func rank(_ request: RankRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> ItemsResponse {
+        let bytes = try await channel.unary(path: "/shardrank.v1.Recommender/Rank", request: request.encoded(), metadata: metadata, timeout: timeout)
+        return try decodeResponse { () throws(RPCError) in try ItemsResponse.decodeRank(bytes) }
+    }
+
+    public func similar(_ request: SimilarRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> ItemsResponse {
+        let bytes = try await channel.unary(path: "/shardrank.v1.Recommender/Similar", request: request.encoded(), metadata: metadata, timeout: timeout)
+        return try decodeResponse { () throws(RPCError) in try ItemsResponse.decodeSimilar(bytes) }
+    }
+}

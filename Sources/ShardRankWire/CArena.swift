@@ -1,0 +1,43 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Owns the C memory behind a C message being built for packing: every string and array handed
+/// to protobuf-c structs is copied here and freed together when the arena is released. Lifetime:
+/// create, fill the C struct, pack, let the arena go. Not thread-safe; never escapes an encode.
+final class CArena {
+    private var blocks: [UnsafeMutableRawPointer] = []
+
+    deinit { for b in blocks { free(b) } }
+
+    /// A NUL-terminated copy of `s`.
+    func string(_ s: String) -> UnsafeMutablePointer<CChar> {
+        let p = strdup(s)!
+        blocks.append(UnsafeMutableRawPointer(p))
+        return p
+    }
+
+    /// A copy of `values`, or nil when empty.
+    func array<T>(_ values: [T]) -> UnsafeMutablePointer<T>? {
+        guard !values.isEmpty else { return nil }
+        let p = malloc(MemoryLayout<T>.stride * values.count)!
+        blocks.append(p)
+        let t = p.bindMemory(to: T.self, capacity: values.count)
+        for (i, v) in values.enumerated() { (t + i).initialize(to: v) }
+        return t
+    }
+
+    /// One zeroed `T` (a C struct to fill).
+    func object<T>(_ value: T) -> UnsafeMutablePointer<T> {
+        let p = malloc(MemoryLayout<T>.stride)!
+        blocks.append(p)
+        let t = p.bindMemory(to: T.self, capacity: 1)
+        t.initialize(to: value)
+        return t
+    }
+
+    /// An array of pointers to copies of `values`.
+    func pointerArray<T>(_ values: [T]) -> UnsafeMutablePointer<UnsafeMutablePointer<T>?>? {
+        array(values.map { Optional(object($0)) })
+    }
+}

@@ -1,0 +1,322 @@
+internal import CProtobufC
+internal import CShardRankProto
+public import RPCCore
+
+// Swift values of the `shardrank.v1.Recommender` messages.
+
+/// A retrieval source (proto `shardrank.v1.Source`).
+public enum Source: UInt32, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+    case unspecified = 0, similar = 1, genre = 2, country = 3, popular = 4, search = 5, caller = 6
+    public var description: String {
+        switch self {
+        case .unspecified: "unspecified"
+        case .similar: "similar"
+        case .genre: "genre"
+        case .country: "country"
+        case .popular: "popular"
+        case .search: "search"
+        case .caller: "caller"
+        }
+    }
+}
+
+public struct RecommendContext: Sendable, Hashable {
+    public var recentItemIDs: [UInt64] = []
+    public var country: String = ""
+    public var genres: [String] = []
+    public var excludeIDs: [UInt64] = []
+    public init(recentItemIDs: [UInt64] = [], country: String = "", genres: [String] = [], excludeIDs: [UInt64] = []) {
+        self.recentItemIDs = recentItemIDs; self.country = country; self.genres = genres; self.excludeIDs = excludeIDs
+    }
+}
+
+public struct Budgets: Sendable, Hashable {
+    public var similarPerItem: UInt32 = 0, genre: UInt32 = 0, country: UInt32 = 0, popular: UInt32 = 0, search: UInt32 = 0
+    public init(similarPerItem: UInt32 = 0, genre: UInt32 = 0, country: UInt32 = 0, popular: UInt32 = 0, search: UInt32 = 0) {
+        self.similarPerItem = similarPerItem; self.genre = genre; self.country = country; self.popular = popular; self.search = search
+    }
+}
+
+public struct RecommendRequest: Sendable, Hashable {
+    public var userID: UInt64
+    public var context: RecommendContext?
+    public var k: UInt32
+    public var budgets: Budgets?
+    public var model: String
+    public var diversityLambda: Float
+    public var minCoverage: Float
+    public var genreCap: UInt32
+
+    public init(userID: UInt64, context: RecommendContext? = nil, k: UInt32 = 10, budgets: Budgets? = nil, model: String = "",
+                diversityLambda: Float = 0, minCoverage: Float = 0, genreCap: UInt32 = 0) {
+        self.userID = userID; self.context = context; self.k = k; self.budgets = budgets; self.model = model
+        self.diversityLambda = diversityLambda; self.minCoverage = minCoverage; self.genreCap = genreCap
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws(RPCError) -> RecommendRequest {
+        try ProtoC.unpack(bytes, "shardrank.v1.RecommendRequest", unpack: shardrank__v1__recommend_request__unpack,
+                          free: shardrank__v1__recommend_request__free_unpacked) { m in
+            let p = m.pointee
+            var ctx: RecommendContext?
+            if let c = p.context?.pointee {
+                ctx = RecommendContext(recentItemIDs: ProtoC.array(c.recent_item_ids, c.n_recent_item_ids), country: ProtoC.string(c.country),
+                                       genres: (0 ..< c.n_genres).map { ProtoC.string(c.genres[$0]) },
+                                       excludeIDs: ProtoC.array(c.exclude_ids, c.n_exclude_ids))
+            }
+            var budgets: Budgets?
+            if let b = p.budgets?.pointee {
+                budgets = Budgets(similarPerItem: b.similar_per_item, genre: b.genre, country: b.country, popular: b.popular, search: b.search)
+            }
+            return RecommendRequest(userID: p.user_id, context: ctx, k: p.k, budgets: budgets, model: ProtoC.string(p.model),
+                                    diversityLambda: p.diversity_lambda, minCoverage: p.min_coverage, genreCap: p.genre_cap)
+        }
+    }
+
+    public func encoded() -> FramedMessage {
+        let arena = CArena()
+        var m = Shardrank__V1__RecommendRequest()
+        shardrank__v1__recommend_request__init(&m)
+        m.user_id = userID
+        m.k = k
+        m.model = arena.string(model)
+        m.diversity_lambda = diversityLambda
+        m.min_coverage = minCoverage
+        m.genre_cap = genreCap
+        if let c = context {
+            var cc = Shardrank__V1__Context()
+            shardrank__v1__context__init(&cc)
+            cc.n_recent_item_ids = c.recentItemIDs.count
+            cc.recent_item_ids = arena.array(c.recentItemIDs)
+            cc.country = arena.string(c.country)
+            cc.n_genres = c.genres.count
+            cc.genres = arena.array(c.genres.map { Optional(arena.string($0)) })
+            cc.n_exclude_ids = c.excludeIDs.count
+            cc.exclude_ids = arena.array(c.excludeIDs)
+            m.context = arena.object(cc)
+        }
+        if let b = budgets {
+            var cb = Shardrank__V1__Budgets()
+            shardrank__v1__budgets__init(&cb)
+            cb.similar_per_item = b.similarPerItem
+            cb.genre = b.genre
+            cb.country = b.country
+            cb.popular = b.popular
+            cb.search = b.search
+            m.budgets = arena.object(cb)
+        }
+        return withExtendedLifetime(arena) { ProtoC.pack(&m) }
+    }
+}
+
+public struct ScoredItem: Sendable, Hashable {
+    public var itemID: UInt64
+    public var score: Float
+    public var sources: [Source]
+    public init(itemID: UInt64, score: Float, sources: [Source] = []) { self.itemID = itemID; self.score = score; self.sources = sources }
+}
+
+public struct StageTimings: Sendable, Hashable {
+    public var retrieveMicros: UInt64 = 0, filterMicros: UInt64 = 0, gatherMicros: UInt64 = 0, rankMicros: UInt64 = 0
+    public var postRankMicros: UInt64 = 0, totalMicros: UInt64 = 0
+    public init(retrieveMicros: UInt64 = 0, filterMicros: UInt64 = 0, gatherMicros: UInt64 = 0, rankMicros: UInt64 = 0,
+                postRankMicros: UInt64 = 0, totalMicros: UInt64 = 0) {
+        self.retrieveMicros = retrieveMicros; self.filterMicros = filterMicros; self.gatherMicros = gatherMicros
+        self.rankMicros = rankMicros; self.postRankMicros = postRankMicros; self.totalMicros = totalMicros
+    }
+}
+
+public struct Coverage: Sendable, Hashable {
+    public var shardsAsked: UInt32 = 0, shardsAnswered: UInt32 = 0
+    public var sourcesFailed: [Source] = []
+    public var degraded = false
+    public var degradedReasons: [String] = []
+    public init(shardsAsked: UInt32 = 0, shardsAnswered: UInt32 = 0, sourcesFailed: [Source] = [], degraded: Bool = false,
+                degradedReasons: [String] = []) {
+        self.shardsAsked = shardsAsked; self.shardsAnswered = shardsAnswered; self.sourcesFailed = sourcesFailed
+        self.degraded = degraded; self.degradedReasons = degradedReasons
+    }
+}
+
+/// The shape shared by RecommendResponse, RankResponse and SimilarResponse.
+public struct RecommendResponse: Sendable, Hashable {
+    public var items: [ScoredItem]
+    public var version: UInt64
+    public var timings: StageTimings?
+    public var coverage: Coverage?
+    public var candidates: UInt32
+
+    public init(items: [ScoredItem], version: UInt64, timings: StageTimings? = nil, coverage: Coverage? = nil, candidates: UInt32 = 0) {
+        self.items = items; self.version = version; self.timings = timings; self.coverage = coverage; self.candidates = candidates
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws(RPCError) -> RecommendResponse {
+        try ProtoC.unpack(bytes, "shardrank.v1.RecommendResponse", unpack: shardrank__v1__recommend_response__unpack,
+                          free: shardrank__v1__recommend_response__free_unpacked) { m in
+            let p = m.pointee
+            return RecommendResponse(items: decodeItems(p.items, p.n_items), version: p.version,
+                                     timings: p.timings.map { t in
+                                         let x = t.pointee
+                                         return StageTimings(retrieveMicros: x.retrieve_us, filterMicros: x.filter_us, gatherMicros: x.gather_us,
+                                                             rankMicros: x.rank_us, postRankMicros: x.post_rank_us, totalMicros: x.total_us)
+                                     },
+                                     coverage: p.coverage.map { decodeCoverage($0.pointee) }, candidates: p.candidates)
+        }
+    }
+
+    public func encoded() -> FramedMessage {
+        let arena = CArena()
+        var m = Shardrank__V1__RecommendResponse()
+        shardrank__v1__recommend_response__init(&m)
+        m.n_items = items.count
+        m.items = encodeItems(items, arena)
+        m.version = version
+        if let t = timings {
+            var ct = Shardrank__V1__StageTimings()
+            shardrank__v1__stage_timings__init(&ct)
+            ct.retrieve_us = t.retrieveMicros; ct.filter_us = t.filterMicros; ct.gather_us = t.gatherMicros
+            ct.rank_us = t.rankMicros; ct.post_rank_us = t.postRankMicros; ct.total_us = t.totalMicros
+            m.timings = arena.object(ct)
+        }
+        if let c = coverage { m.coverage = encodeCoverage(c, arena) }
+        m.candidates = candidates
+        return withExtendedLifetime(arena) { ProtoC.pack(&m) }
+    }
+}
+
+public struct RankRequest: Sendable, Hashable {
+    public var userID: UInt64
+    public var candidateIDs: [UInt64]
+    public var model: String
+    public var k: UInt32
+    public init(userID: UInt64, candidateIDs: [UInt64], model: String = "", k: UInt32 = 0) {
+        self.userID = userID; self.candidateIDs = candidateIDs; self.model = model; self.k = k
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws(RPCError) -> RankRequest {
+        try ProtoC.unpack(bytes, "shardrank.v1.RankRequest", unpack: shardrank__v1__rank_request__unpack,
+                          free: shardrank__v1__rank_request__free_unpacked) { m in
+            RankRequest(userID: m.pointee.user_id, candidateIDs: ProtoC.array(m.pointee.candidate_ids, m.pointee.n_candidate_ids),
+                        model: ProtoC.string(m.pointee.model), k: m.pointee.k)
+        }
+    }
+
+    public func encoded() -> FramedMessage {
+        let arena = CArena()
+        var m = Shardrank__V1__RankRequest()
+        shardrank__v1__rank_request__init(&m)
+        m.user_id = userID
+        m.n_candidate_ids = candidateIDs.count
+        m.candidate_ids = arena.array(candidateIDs)
+        m.model = arena.string(model)
+        m.k = k
+        return withExtendedLifetime(arena) { ProtoC.pack(&m) }
+    }
+}
+
+public struct SimilarRequest: Sendable, Hashable {
+    public var itemID: UInt64
+    public var k: UInt32
+    public init(itemID: UInt64, k: UInt32 = 10) { self.itemID = itemID; self.k = k }
+
+    public static func decode(_ bytes: [UInt8]) throws(RPCError) -> SimilarRequest {
+        try ProtoC.unpack(bytes, "shardrank.v1.SimilarRequest", unpack: shardrank__v1__similar_request__unpack,
+                          free: shardrank__v1__similar_request__free_unpacked) { m in
+            SimilarRequest(itemID: m.pointee.item_id, k: m.pointee.k)
+        }
+    }
+
+    public func encoded() -> FramedMessage {
+        var m = Shardrank__V1__SimilarRequest()
+        shardrank__v1__similar_request__init(&m)
+        m.item_id = itemID
+        m.k = k
+        return ProtoC.pack(&m)
+    }
+}
+
+/// RankResponse and SimilarResponse: items, version, coverage.
+public struct ItemsResponse: Sendable, Hashable {
+    public var items: [ScoredItem]
+    public var version: UInt64
+    public var coverage: Coverage?
+    public init(items: [ScoredItem], version: UInt64, coverage: Coverage? = nil) {
+        self.items = items; self.version = version; self.coverage = coverage
+    }
+
+    public static func decodeRank(_ bytes: [UInt8]) throws(RPCError) -> ItemsResponse {
+        try ProtoC.unpack(bytes, "shardrank.v1.RankResponse", unpack: shardrank__v1__rank_response__unpack,
+                          free: shardrank__v1__rank_response__free_unpacked) { m in
+            ItemsResponse(items: decodeItems(m.pointee.items, m.pointee.n_items), version: m.pointee.version,
+                          coverage: m.pointee.coverage.map { decodeCoverage($0.pointee) })
+        }
+    }
+
+    public static func decodeSimilar(_ bytes: [UInt8]) throws(RPCError) -> ItemsResponse {
+        try ProtoC.unpack(bytes, "shardrank.v1.SimilarResponse", unpack: shardrank__v1__similar_response__unpack,
+                          free: shardrank__v1__similar_response__free_unpacked) { m in
+            ItemsResponse(items: decodeItems(m.pointee.items, m.pointee.n_items), version: m.pointee.version,
+                          coverage: m.pointee.coverage.map { decodeCoverage($0.pointee) })
+        }
+    }
+
+    public func encodedAsRank() -> FramedMessage {
+        let arena = CArena()
+        var m = Shardrank__V1__RankResponse()
+        shardrank__v1__rank_response__init(&m)
+        m.n_items = items.count
+        m.items = encodeItems(items, arena)
+        m.version = version
+        if let c = coverage { m.coverage = encodeCoverage(c, arena) }
+        return withExtendedLifetime(arena) { ProtoC.pack(&m) }
+    }
+
+    public func encodedAsSimilar() -> FramedMessage {
+        let arena = CArena()
+        var m = Shardrank__V1__SimilarResponse()
+        shardrank__v1__similar_response__init(&m)
+        m.n_items = items.count
+        m.items = encodeItems(items, arena)
+        m.version = version
+        if let c = coverage { m.coverage = encodeCoverage(c, arena) }
+        return withExtendedLifetime(arena) { ProtoC.pack(&m) }
+    }
+}
+
+private func decodeItems(_ p: UnsafeMutablePointer<UnsafeMutablePointer<Shardrank__V1__ScoredItem>?>?, _ n: Int) -> [ScoredItem] {
+    (0 ..< n).map { i in
+        let it = p![i]!.pointee
+        return ScoredItem(itemID: it.item_id, score: it.score,
+                          sources: ProtoC.array(it.sources, it.n_sources).map { Source(rawValue: $0.rawValue) ?? .unspecified })
+    }
+}
+
+private func encodeItems(_ items: [ScoredItem], _ arena: CArena) -> UnsafeMutablePointer<UnsafeMutablePointer<Shardrank__V1__ScoredItem>?>? {
+    arena.pointerArray(items.map { it in
+        var c = Shardrank__V1__ScoredItem()
+        shardrank__v1__scored_item__init(&c)
+        c.item_id = it.itemID
+        c.score = it.score
+        c.n_sources = it.sources.count
+        c.sources = arena.array(it.sources.map { Shardrank__V1__Source(rawValue: $0.rawValue) })
+        return c
+    })
+}
+
+private func decodeCoverage(_ c: Shardrank__V1__Coverage) -> Coverage {
+    Coverage(shardsAsked: c.shards_asked, shardsAnswered: c.shards_answered,
+             sourcesFailed: ProtoC.array(c.sources_failed, c.n_sources_failed).map { Source(rawValue: $0.rawValue) ?? .unspecified },
+             degraded: c.degraded != 0, degradedReasons: (0 ..< c.n_degraded_reasons).map { ProtoC.string(c.degraded_reasons[$0]) })
+}
+
+private func encodeCoverage(_ c: Coverage, _ arena: CArena) -> UnsafeMutablePointer<Shardrank__V1__Coverage> {
+    var cc = Shardrank__V1__Coverage()
+    shardrank__v1__coverage__init(&cc)
+    cc.shards_asked = c.shardsAsked
+    cc.shards_answered = c.shardsAnswered
+    cc.n_sources_failed = c.sourcesFailed.count
+    cc.sources_failed = arena.array(c.sourcesFailed.map { Shardrank__V1__Source(rawValue: $0.rawValue) })
+    cc.degraded = c.degraded ? 1 : 0
+    cc.n_degraded_reasons = c.degradedReasons.count
+    cc.degraded_reasons = arena.array(c.degradedReasons.map { Optional(arena.string($0)) })
+    return arena.object(cc)
+}
