@@ -21,6 +21,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private var context: ChannelHandlerContext?
     private var peer = ""
     private var goingAway = false
+    /// Reused for every flush: once the previous write completed, NIO holds no reference and
+    /// `clear()` keeps the storage, so steady-state flushes allocate nothing.
+    private var outBuffer: ByteBuffer?
 
     final class Stream {
         var machine: ServerStreamStateMachine
@@ -287,12 +290,11 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     /// Writes whatever the session has pending; closes the channel once the session is done.
     private func flush() {
         guard let context else { return }
-        var buffer = context.channel.allocator.buffer(capacity: 0)
+        var buffer = outBuffer ?? context.channel.allocator.buffer(capacity: 96 << 10)
+        outBuffer = nil
+        buffer.clear()
         do {
-            try session.flush { bytes in
-                if buffer.capacity == 0 { buffer.reserveCapacity(max(bytes.count, 16 << 10)) }
-                buffer.writeBytes(bytes)
-            }
+            try session.flush { bytes in buffer.writeBytes(bytes) }
         } catch {
             logger.debug("HTTP/2 send failed to \(peer): \(error)")
             context.close(promise: nil)
@@ -300,6 +302,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         }
         for e in session.takeEvents() { handle(e) }
         let done = !session.isActive || (goingAway && streams.isEmpty)
+        defer { outBuffer = buffer }
         if buffer.readableBytes > 0 {
             let written = context.writeAndFlush(wrapOutboundOut(buffer))
             if done {
