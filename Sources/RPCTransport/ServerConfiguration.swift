@@ -18,6 +18,9 @@ public struct ServerConfiguration: Sendable {
     public var maxMessageLength: Int = 4 << 20
     /// Handlers running at once in this process; beyond it a call fails RESOURCE_EXHAUSTED at once.
     public var maxInFlightHandlers: Int = 4096
+    /// A connection with no open stream for this long gets a GOAWAY and is closed (gRPC's
+    /// MAX_CONNECTION_IDLE); nil keeps idle connections forever.
+    public var maxConnectionIdle: Duration? = .seconds(300)
     /// How long a graceful shutdown waits for in-flight calls before closing connections.
     public var drainTimeout: Duration = .seconds(10)
 

@@ -24,6 +24,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     /// Reused for every flush: once the previous write completed, NIO holds no reference and
     /// `clear()` keeps the storage, so steady-state flushes allocate nothing.
     private var outBuffer: ByteBuffer?
+    /// Closes the connection after `maxConnectionIdle` without streams (GOAWAY first).
+    private var idleTask: Scheduled<Void>?
 
     final class Stream {
         var machine: ServerStreamStateMachine
@@ -66,11 +68,13 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     func channelActive(context: ChannelHandlerContext) {
         if state.shuttingDown.load(ordering: .relaxed) { goingAway = true; session.submitGoAway() }
+        armIdleTimer()
         flush()  // SETTINGS first
         context.fireChannelActive()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        idleTask?.cancel()
         let gone = RPCError(.unavailable, "connection closed")
         for (id, s) in streams {
             s.deadlineTask?.cancel()
@@ -95,8 +99,12 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         flush()
     }
 
+    /// Back-pressure: while the socket cannot take more, stop reading new requests (no new
+    /// handlers run, so no new responses pile up) and leave frames in nghttp2's queue.
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { flush() }
+        let writable = context.channel.isWritable
+        context.channel.setOption(ChannelOptions.autoRead, value: writable).whenFailure { _ in }
+        if writable { flush() }
         context.fireChannelWritabilityChanged()
     }
 
@@ -117,6 +125,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             }
             let s = Stream(limits: .init(maxMessageLength: config.maxMessageLength))
             streams[id] = s
+            idleTask?.cancel()
+            idleTask = nil
             state.openStreams.wrappingAdd(1, ordering: .relaxed)
             let action = s.machine.receivedHeaders(headers, endStream: endStream, headerListTooLarge: tooLarge, router: router)
             apply(action, id)
@@ -142,6 +152,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         if streams.removeValue(forKey: id) != nil {
             state.openStreams.wrappingSubtract(1, ordering: .relaxed)
         }
+        if streams.isEmpty { armIdleTimer() }
     }
 
     /// Performs what a stream's state machine decided.
@@ -279,6 +290,19 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     // MARK: - Shutdown and output
 
+    private func armIdleTimer() {
+        idleTask?.cancel()
+        guard let loop = context?.eventLoop, let idle = config.maxConnectionIdle else { return }
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        let ns = idle.components.seconds * 1_000_000_000 + idle.components.attoseconds / 1_000_000_000
+        idleTask = loop.scheduleTask(in: .nanoseconds(ns)) {
+            let h = bound.value
+            guard h.streams.isEmpty else { return }
+            h.logger.debug("closing idle connection from \(h.peer)")
+            h.beginGracefulShutdown()
+        }
+    }
+
     /// GOAWAY naming the last stream processed: running calls finish, new ones go elsewhere.
     func beginGracefulShutdown() {
         guard !goingAway else { return }
@@ -290,6 +314,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     /// Writes whatever the session has pending; closes the channel once the session is done.
     private func flush() {
         guard let context else { return }
+        // A slow reader: leave the frames in nghttp2's queue (bounded by flow control and the
+        // stream limit) instead of piling bytes into the channel; resume on writability.
+        guard context.channel.isWritable else { return }
         var buffer = outBuffer ?? context.channel.allocator.buffer(capacity: 96 << 10)
         outBuffer = nil
         buffer.clear()

@@ -88,6 +88,9 @@ struct ServerOptions: ParsableArguments {
     @Option(help: "Seconds a graceful shutdown waits for in-flight calls.")
     var drainSeconds: Double = 10
 
+    @Option(help: "Seconds a connection may stay without streams before the server closes it (0: never).")
+    var maxConnectionIdleSeconds: Double = 300
+
     @Option(help: "Log level: trace, debug, info, warning, error.")
     var logLevel: String = "info"
 
@@ -102,6 +105,7 @@ struct ServerOptions: ParsableArguments {
         c.http2.maxConcurrentStreams = maxConcurrentStreams
         c.maxInFlightHandlers = maxInFlight
         c.drainTimeout = .milliseconds(Int(drainSeconds * 1000))
+        c.maxConnectionIdle = maxConnectionIdleSeconds > 0 ? .milliseconds(Int(maxConnectionIdleSeconds * 1000)) : nil
         return c
     }
 }

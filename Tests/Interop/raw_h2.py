@@ -69,12 +69,19 @@ class RawH2:
             chunk = payload[i:i + step]
             deadline = time.monotonic() + 10
             while self.conn.local_flow_control_window(sid) < len(chunk) and time.monotonic() < deadline:
-                self.sock.sendall(self.conn.data_to_send())
+                try:
+                    self.sock.sendall(self.conn.data_to_send())
+                except OSError:
+                    self.closed = True
+                    return
                 self.pump(0.05)
                 if self.closed or sid not in self.conn.streams:
                     return
             self.conn.send_data(sid, chunk, end_stream=end and i + step >= len(payload))
-        self.sock.sendall(self.conn.data_to_send())
+        try:
+            self.sock.sendall(self.conn.data_to_send())
+        except OSError:
+            self.closed = True
 
     def call(self, path, body=b"", wait=5, **kw):
         sid = self.start(path, body, **kw)
@@ -85,6 +92,9 @@ class RawH2:
         try:
             data = self.sock.recv(1 << 16)
         except socket.timeout:
+            return
+        except OSError:
+            self.closed = True
             return
         if not data:
             self.closed = True

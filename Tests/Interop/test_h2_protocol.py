@@ -5,6 +5,7 @@ import struct
 import time
 
 import h2.errors
+import h2.settings
 import pytest
 
 from raw_h2 import RawH2, grpc_frame
@@ -212,3 +213,37 @@ def test_idle_connection_many_streams_then_goaway_on_sigterm(pb, server_factory)
     assert c.goaway is not None or c.closed
     assert srv.proc.wait(timeout=10) == 0
     c.close()
+
+
+def test_idle_connection_is_closed(pb, server_factory):
+    srv = server_factory(["shard", "--synthetic", "100x8", "--port", "0", "--max-connection-idle-seconds", "0.3"])
+    c = RawH2(srv.port)
+    r = c.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString())
+    assert r.trailer("grpc-status") == "0"
+    deadline = time.monotonic() + 3
+    while c.goaway is None and not c.closed and time.monotonic() < deadline:
+        c.pump(0.1)
+    assert c.goaway is not None, "idle connection got no GOAWAY"
+    c.close()
+
+
+def test_slow_reader_does_not_grow_server_memory(pb, shard):
+    """A client that asks for many large responses and never reads: the server's memory stays bounded."""
+    c = RawH2(shard.port)
+    c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+    c.conn.increment_flow_control_window(2**31 - 1 - 65535)
+    c.sock.sendall(c.conn.data_to_send())
+    rss0 = shard.rss_bytes()
+    body = pb.shard_pb2.LookupRequest(table="items", ids=list(range(1000)) * 16).SerializeToString()  # ~4 MiB answer
+    for _ in range(100):
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, c.request_headers("/shardrank.v1.Shard/Lookup"), end_stream=False)
+        c.send_data(sid, grpc_frame(body), end=True)
+        if c.closed:
+            break
+    time.sleep(1.0)
+    # 100 answers of 4 MiB would be 400 MiB: the server stops reading requests while the socket is
+    # backed up, so only the requests of the first reads are answered and held.
+    grown = shard.rss_bytes() - rss0
+    c.close()
+    assert grown < (150 << 20), grown
