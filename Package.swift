@@ -69,8 +69,8 @@ let package = Package(
         .testTarget(name: "RPCCoreTests", dependencies: ["RPCCore"]),
         .testTarget(name: "RPCHTTP2Tests", dependencies: ["RPCHTTP2", "RPCCore"]),
         .testTarget(name: "ShardRankWireTests", dependencies: ["ShardRankWire", "RPCCore"]),
-        .testTarget(name: "ShardRankKernelsTests", dependencies: ["ShardRankKernels"]),
-        .testTarget(name: "ShardRankTablesTests", dependencies: ["ShardRankTables"]),
+        .testTarget(name: "ShardRankKernelsTests", dependencies: ["ShardRankKernels"], exclude: ["Fixtures"]),
+        .testTarget(name: "ShardRankTablesTests", dependencies: ["ShardRankTables", "ShardRankKernels"]),
         .testTarget(name: "EndToEndTests", dependencies: [
             "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient", "ShardServer",
             .product(name: "NIOCore", package: "swift-nio"),

@@ -1,2 +1,209 @@
+// Runtime dispatch, the top-k heap, the fused search loop and the OpenBLAS wrapper.
 #include "CShardRankKernels.h"
-int32_t srk_cpu_features(void) { return 1; }
+#include <pthread.h>
+#include <string.h>
+
+extern const srk_kernels srk_kernels_baseline;
+#if defined(__x86_64__)
+extern const srk_kernels srk_kernels_avx2;
+extern const srk_kernels srk_kernels_avx512;
+#endif
+
+// ---- CPU features (computed once; the only process-wide state, immutable afterwards) ---
+static pthread_once_t srk_once = PTHREAD_ONCE_INIT;
+static int32_t srk_supported = 1;
+
+static void srk_detect(void) {
+    int32_t mask = 1 << SRK_ISA_BASELINE;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    // __builtin_cpu_supports also checks that the OS saves the YMM/ZMM state (XCR0).
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        mask |= 1 << SRK_ISA_AVX2;
+    if ((mask & (1 << SRK_ISA_AVX2)) && __builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq"))
+        mask |= 1 << SRK_ISA_AVX512;
+#endif
+    srk_supported = mask;
+}
+
+int32_t srk_isa_supported(void) {
+    pthread_once(&srk_once, srk_detect);
+    return srk_supported;
+}
+
+int32_t srk_isa_best(void) {
+    int32_t m = srk_isa_supported();
+    if (m & (1 << SRK_ISA_AVX512)) return SRK_ISA_AVX512;
+    if (m & (1 << SRK_ISA_AVX2)) return SRK_ISA_AVX2;
+    return SRK_ISA_BASELINE;
+}
+
+const srk_kernels *srk_kernels_for(int32_t isa) {
+    if (isa < 0 || isa >= SRK_ISA_COUNT || !(srk_isa_supported() & (1 << isa))) return NULL;
+    switch (isa) {
+#if defined(__x86_64__)
+    case SRK_ISA_AVX512: return &srk_kernels_avx512;
+    case SRK_ISA_AVX2: return &srk_kernels_avx2;
+#endif
+    default: return &srk_kernels_baseline;
+    }
+}
+
+float srk_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t em = h & 0x7fffu;
+    uint32_t bits;
+    if (em >= 0x7c00u) bits = 0x7f800000u | ((em & 0x3ffu) << 13);
+    else if (em >= 0x0400u) bits = (em << 13) + ((127u - 15u) << 23);
+    else { float f = (float)em * 0x1p-24f; memcpy(&bits, &f, 4); }
+    bits |= sign;
+    float f; memcpy(&f, &bits, 4);
+    return f;
+}
+
+// ---- Top-k heap ----------------------------------------------------------------------
+// worse(a, b): a ranks below b (lower score, or equal score and higher id).
+static inline int srk_worse(float sa, uint64_t ia, float sb, uint64_t ib) {
+    return sa < sb || (sa == sb && ia > ib);
+}
+
+static inline void srk_sift_down(srk_topk *h, int64_t i) {
+    float *s = h->scores; uint64_t *id = h->ids; int64_t n = h->count;
+    float xs = s[i]; uint64_t xi = id[i];
+    for (;;) {
+        int64_t l = 2 * i + 1;
+        if (l >= n) break;
+        int64_t c = l;
+        if (l + 1 < n && srk_worse(s[l + 1], id[l + 1], s[l], id[l])) c = l + 1;
+        if (!srk_worse(s[c], id[c], xs, xi)) break;
+        s[i] = s[c]; id[i] = id[c]; i = c;
+    }
+    s[i] = xs; id[i] = xi;
+}
+
+static inline void srk_push(srk_topk *h, float score, uint64_t id) {
+    if (score != score || h->capacity <= 0) return;
+    float *s = h->scores; uint64_t *ids = h->ids;
+    if (h->count < h->capacity) {
+        int64_t i = h->count++;
+        while (i > 0) {
+            int64_t p = (i - 1) / 2;
+            if (!srk_worse(score, id, s[p], ids[p])) break;
+            s[i] = s[p]; ids[i] = ids[p]; i = p;
+        }
+        s[i] = score; ids[i] = id;
+    } else if (srk_worse(s[0], ids[0], score, id)) {
+        s[0] = score; ids[0] = id;
+        srk_sift_down(h, 0);
+    }
+}
+
+void srk_topk_push(srk_topk *h, float score, uint64_t id) { srk_push(h, score, id); }
+
+static inline int srk_excluded(uint64_t id, const uint64_t *ex, int64_t n) {
+    int64_t lo = 0, hi = n;
+    while (lo < hi) {
+        int64_t mid = (lo + hi) >> 1;
+        if (ex[mid] < id) lo = mid + 1; else hi = mid;
+    }
+    return lo < n && ex[lo] == id;
+}
+
+void srk_topk_push_many(srk_topk *h, const float *scores, const uint64_t *ids, uint64_t base_id,
+                        int64_t n, const uint64_t *exclude, int64_t nexclude) {
+    if (h->capacity <= 0) return;
+    int64_t i = 0;
+    // Fill phase: every item is offered until the heap is full.
+    for (; i < n && h->count < h->capacity; i++) {
+        uint64_t id = ids ? ids[i] : base_id + (uint64_t)i;
+        if (nexclude && srk_excluded(id, exclude, nexclude)) continue;
+        srk_push(h, scores[i], id);
+    }
+    // Steady state: a cheap threshold test rejects almost everything.
+    float thr = h->count ? h->scores[0] : 0;
+    typedef float srk_v16 __attribute__((vector_size(64), aligned(4)));
+    typedef int32_t srk_m16 __attribute__((vector_size(64)));
+    for (; i + 16 <= n; i += 16) {
+        // 16 at a time: skip the whole run when none reaches the threshold.
+        srk_v16 v;
+        memcpy(&v, scores + i, sizeof v);
+        srk_m16 ge = v >= thr;
+        srk_m16 any = ge;
+        int hit = 0;
+        for (int t = 0; t < 16; t++) hit |= any[t];
+        if (!hit) continue;
+        for (int t = 0; t < 16; t++) {
+            float sc = scores[i + t];
+            if (!(sc >= thr)) continue;
+            uint64_t id = ids ? ids[i + t] : base_id + (uint64_t)(i + t);
+            if (nexclude && srk_excluded(id, exclude, nexclude)) continue;
+            srk_push(h, sc, id);
+            thr = h->scores[0];
+        }
+    }
+    for (; i < n; i++) {
+        float sc = scores[i];
+        if (!(sc >= thr)) continue; // also drops NaN
+        uint64_t id = ids ? ids[i] : base_id + (uint64_t)i;
+        if (nexclude && srk_excluded(id, exclude, nexclude)) continue;
+        srk_push(h, sc, id);
+        thr = h->scores[0];
+    }
+}
+
+void srk_topk_sort(srk_topk *h) {
+    // Heap-sort: repeatedly move the worst to the end -> best first.
+    int64_t n = h->count;
+    for (int64_t end = n - 1; end > 0; end--) {
+        float ts = h->scores[0]; uint64_t ti = h->ids[0];
+        h->scores[0] = h->scores[end]; h->ids[0] = h->ids[end];
+        h->scores[end] = ts; h->ids[end] = ti;
+        h->count = end;
+        srk_sift_down(h, 0);
+    }
+    h->count = n;
+}
+
+// ---- Fused search --------------------------------------------------------------------
+static const size_t srk_elem_size[SRK_DTYPE_COUNT] = { 4, 2, 1 };
+
+void srk_search(const srk_kernels *k, int32_t dtype, const float *queries, int64_t nq,
+                const void *rows, const float *scales, const uint64_t *ids, int64_t n, int64_t d,
+                const uint64_t *exclude, int64_t nexclude, srk_topk *heaps, float *scratch) {
+    srk_dot_fn dot = k->dot[dtype];
+    const char *base = (const char *)rows;
+    size_t rowBytes = (size_t)d * srk_elem_size[dtype];
+    for (int64_t i0 = 0; i0 < n; i0 += SRK_SEARCH_BLOCK) {
+        int64_t m = n - i0 < SRK_SEARCH_BLOCK ? n - i0 : SRK_SEARCH_BLOCK;
+        dot(queries, nq, d, base + (size_t)i0 * rowBytes, scales ? scales + i0 : NULL, NULL,
+            m, d, scratch, SRK_SEARCH_BLOCK);
+        for (int64_t qi = 0; qi < nq; qi++)
+            srk_topk_push_many(&heaps[qi], scratch + qi * SRK_SEARCH_BLOCK, ids + i0, 0, m,
+                               exclude, nexclude);
+    }
+}
+
+// ---- OpenBLAS --------------------------------------------------------------------------
+// Declared here rather than through cblas.h so that no OpenBLAS header is needed to build.
+enum { SRK_CblasRowMajor = 101, SRK_CblasNoTrans = 111, SRK_CblasTrans = 112 };
+extern void cblas_sgemm(int order, int transA, int transB, int m, int n, int k, float alpha,
+                        const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
+extern void openblas_set_num_threads(int n);
+extern char *openblas_get_corename(void);
+
+static pthread_once_t srk_blas_once = PTHREAD_ONCE_INIT;
+static void srk_blas_init(void) { openblas_set_num_threads(1); }
+
+void srk_blas_sgemm_nt(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                       const float *b, int64_t ldb, float *c, int64_t ldc) {
+    pthread_once(&srk_blas_once, srk_blas_init);
+    cblas_sgemm(SRK_CblasRowMajor, SRK_CblasNoTrans, SRK_CblasTrans, (int)m, (int)n, (int)k, 1.0f,
+                a, (int)lda, b, (int)ldb, 0.0f, c, (int)ldc);
+}
+
+const char *srk_blas_corename(void) {
+    pthread_once(&srk_blas_once, srk_blas_init);
+    return openblas_get_corename();
+}

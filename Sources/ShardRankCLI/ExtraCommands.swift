@@ -1,4 +1,4 @@
 import ArgumentParser
 
 /// Subcommands that live in their own files (build, ...).
-let extraCommands: [any ParsableCommand.Type] = []
+let extraCommands: [any ParsableCommand.Type] = [BuildCommand.self]

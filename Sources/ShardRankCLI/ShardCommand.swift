@@ -1,9 +1,11 @@
 import ArgumentParser
+import Dispatch
 import Logging
 import RPCCore
 import RPCTransport
 import ShardRankWire
 import ShardServer
+import ShardRankKernels
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -26,6 +28,12 @@ struct ShardCommand: AsyncParsableCommand {
     @Option(help: "Number of shards.")
     var of: Int = 1
 
+    @Option(help: "Seconds between checks for a newer table-set version (0: only on SIGHUP).")
+    var reloadSeconds: Double = 5
+
+    @Flag(help: "Answer ids that hash to another shard as missing instead of INVALID_ARGUMENT.")
+    var allowForeignIds = false
+
     @OptionGroup var server: ServerOptions
 
     func validate() throws {
@@ -39,15 +47,27 @@ struct ShardCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = makeLogger("shardrank.shard", level: server.logLevel)
         let backend: any ShardBackend
+        var hangup: (any DispatchSourceSignal)?
         if let s = synthetic {
             let (rows, dim) = try parseShape(s)
             backend = SyntheticBackend(table: SyntheticTable(rows: rows, dim: dim))
         } else {
-            throw ValidationError("--tables is not available yet in this build: use --synthetic ROWSxDIM")
+            let pool = WorkerPool(threadCount: server.workers ?? WorkerPool.defaultThreadCount)
+            let tb: TableSetBackend
+            do {
+                tb = try TableSetBackend(root: tables!, shard: shard, of: of, pool: pool, allowForeignIDs: allowForeignIds, logger: logger)
+            } catch {
+                logger.error("cannot serve \(tables!): \(error)")
+                throw ExitCode(2)
+            }
+            if reloadSeconds > 0 { tb.startPolling(every: .milliseconds(Int(reloadSeconds * 1000))) }
+            hangup = onSIGHUP { tb.reloadSoon() }
+            backend = tb
         }
         let health = HealthService(services: ["shardrank.v1.Shard"])
         let router = Router(services: [health, ShardService(backend: backend)])
         try await serve(router: router, health: health, options: server, logger: logger, what: "shard")
+        hangup?.cancel()
     }
 }
 

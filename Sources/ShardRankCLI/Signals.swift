@@ -34,3 +34,12 @@ private final class NSLockish: @unchecked Sendable {
     init() { pthread_mutex_init(&m, nil) }
     func withLock<R>(_ body: () -> R) -> R { pthread_mutex_lock(&m); defer { pthread_mutex_unlock(&m) }; return body() }
 }
+
+/// Runs `body` on every SIGHUP while the returned source is alive (cancel it to stop).
+func onSIGHUP(_ body: @escaping @Sendable () -> Void) -> any DispatchSourceSignal {
+    signal(SIGHUP, SIG_IGN)
+    let src = DispatchSource.makeSignalSource(signal: SIGHUP, queue: DispatchQueue(label: "shardrank.sighup"))
+    src.setEventHandler(handler: body)
+    src.resume()
+    return src
+}

@@ -78,7 +78,7 @@ struct Harness {
         let h = try Harness.start()
         let client = ShardClient(channel: h.channel)
         let ids: [UInt64] = [0, 5, 999, 1000, 5]
-        let r = try await client.lookup(LookupRequest(table: "items", ids: ids), timeout: .seconds(5))
+        let r = try await client.lookup(LookupRequest(table: "items", ids: ids), timeout: .seconds(30))
         #expect(r.missingIDs == [1000])
         #expect(r.dim == 16)
         var expected: [Float] = []
@@ -95,7 +95,7 @@ struct Harness {
             for i in 0 ..< 300 {
                 group.addTask {
                     let id = UInt64(i % 1000)
-                    let r = try await client.lookup(LookupRequest(table: "items", ids: [id]), timeout: .seconds(10))
+                    let r = try await client.lookup(LookupRequest(table: "items", ids: [id]), timeout: .seconds(30))
                     let first = r.vectors.withUnsafeBytes { $0.load(as: Float.self) }
                     #expect(first == SyntheticTable.value(row: id, column: 0))
                 }

@@ -1,4 +1,117 @@
+// CShardRankKernels: ISA-specific compute kernels behind one runtime-dispatch table.
+//
+// Every symbol carries the `srk_` prefix. Only ShardRankKernels imports this module
+// (`internal import`); no type from here appears in a public Swift signature.
+//
+// Conventions: row-major matrices, explicit dimension `d`, 64-bit counts. Pointers are
+// borrowed for the duration of the call only; nothing is retained. All functions are
+// reentrant and thread-safe (no global mutable state besides the once-initialised
+// CPU feature word).
 #pragma once
 #include <stdint.h>
-/// Returns a bitmask of the ISA variants this CPU can run (bit 0: baseline).
-int32_t srk_cpu_features(void);
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Instruction-set variants. Each is a complete copy of the kernels compiled with
+/// `__attribute__((target(...)))`; the baseline one needs only SSE2.
+enum {
+    SRK_ISA_BASELINE = 0, ///< SSE2 (x86-64 baseline) / portable C vectors elsewhere
+    SRK_ISA_AVX2 = 1,     ///< AVX2 + FMA + F16C
+    SRK_ISA_AVX512 = 2,   ///< AVX-512 F/BW/VL/DQ + FMA + F16C
+    SRK_ISA_COUNT = 3
+};
+
+/// Row element types.
+enum {
+    SRK_DTYPE_F32 = 0,  ///< float
+    SRK_DTYPE_F16 = 1,  ///< IEEE binary16 bit patterns (uint16_t, little-endian)
+    SRK_DTYPE_I8 = 2,   ///< int8_t with one float scale per row
+    SRK_DTYPE_COUNT = 3
+};
+
+/// out[qi * ldo + i] = dot(q + qi * ldq, row(i)) * scale(row(i)) for qi < nq, i < n.
+/// row(i) = rows + (idx ? idx[i] : i) * d elements; scale is 1 except for SRK_DTYPE_I8
+/// where it is scales[idx ? idx[i] : i]. `rows`: element type given by the table slot.
+typedef void (*srk_dot_fn)(const float *q, int64_t nq, int64_t ldq,
+                           const void *rows, const float *scales, const int64_t *idx,
+                           int64_t n, int64_t d, float *out, int64_t ldo);
+
+/// out[i] = |row(i)|^2 (including the int8 scale squared).
+typedef void (*srk_sqnorm_fn)(const void *rows, const float *scales, const int64_t *idx,
+                              int64_t n, int64_t d, float *out);
+
+/// Floats needed to hold B (n x k) packed for this variant's GEMM.
+typedef int64_t (*srk_gemm_packed_size_fn)(int64_t n, int64_t k);
+/// Packs B[n x k] (row-major, leading dimension ldb) into `out` (packed_size floats).
+typedef void (*srk_gemm_pack_b_fn)(int64_t n, int64_t k, const float *b, int64_t ldb, float *out);
+/// C[m x n] = A[m x k] * B^T where `bp` is B packed by the same variant's pack_b.
+typedef void (*srk_gemm_nt_packed_fn)(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                                      const float *bp, float *c, int64_t ldc);
+
+typedef struct srk_kernels {
+    int32_t isa;
+    const char *name;
+    srk_dot_fn dot[SRK_DTYPE_COUNT];
+    srk_sqnorm_fn sqnorm[SRK_DTYPE_COUNT];
+    // Hand-written register-blocked GEMM of this ISA (B packed once, e.g. at model load).
+    srk_gemm_packed_size_fn gemm_packed_size;
+    srk_gemm_pack_b_fn gemm_pack_b;
+    srk_gemm_nt_packed_fn gemm_nt_packed;
+} srk_kernels;
+
+/// Bitmask (1 << SRK_ISA_x) of the variants this CPU and OS can run. Baseline is always set.
+int32_t srk_isa_supported(void);
+/// The best supported variant.
+int32_t srk_isa_best(void);
+/// The kernel table of `isa`, or NULL if this CPU cannot run it.
+const srk_kernels *srk_kernels_for(int32_t isa);
+
+// ---- Top-k heap ---------------------------------------------------------------------
+/// A bounded min-heap keeping the `capacity` best (score, id) pairs. "Better" means a
+/// higher score, ties broken towards the lower id. The root is the worst kept item.
+/// Storage is owned by the caller (`scores`/`ids`: `capacity` elements each).
+typedef struct srk_topk {
+    float *scores;
+    uint64_t *ids;
+    int64_t count;
+    int64_t capacity;
+} srk_topk;
+
+/// Offers one item; NaN scores are ignored.
+void srk_topk_push(srk_topk *h, float score, uint64_t id);
+/// Offers n items (ids[i] or base_id + i when ids is NULL), skipping ids present in the
+/// sorted ascending array `exclude` (nexclude elements, may be NULL when 0).
+void srk_topk_push_many(srk_topk *h, const float *scores, const uint64_t *ids, uint64_t base_id,
+                        int64_t n, const uint64_t *exclude, int64_t nexclude);
+/// Sorts the heap contents in place, best first; the heap is then no longer a heap
+/// (reset count to reuse).
+void srk_topk_sort(srk_topk *h);
+
+// ---- Fused search --------------------------------------------------------------------
+/// Number of rows scored per block inside srk_search; scratch must hold nq * this floats.
+#define SRK_SEARCH_BLOCK 256
+
+/// For each query qi < nq, offers every row i < n (id ids[i]) with score
+/// dot(q_qi, row i) (* scales[i] for int8) to heaps[qi], skipping excluded ids.
+/// `queries`: nq * d floats. `rows`: n * d elements of `dtype`. `scratch`: nq * SRK_SEARCH_BLOCK floats.
+void srk_search(const srk_kernels *k, int32_t dtype, const float *queries, int64_t nq,
+                const void *rows, const float *scales, const uint64_t *ids, int64_t n, int64_t d,
+                const uint64_t *exclude, int64_t nexclude, srk_topk *heaps, float *scratch);
+
+// ---- OpenBLAS -------------------------------------------------------------------------
+/// C = A * B^T via OpenBLAS cblas_sgemm, run on the calling thread only (OpenBLAS's own
+/// threading is switched off once, at first use).
+void srk_blas_sgemm_nt(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                       const float *b, int64_t ldb, float *c, int64_t ldc);
+/// The OpenBLAS core name (e.g. "SkylakeX"), static storage.
+const char *srk_blas_corename(void);
+
+/// Converts one binary16 bit pattern to float (exact, handles subnormals/Inf/NaN).
+float srk_f16_to_f32(uint16_t h);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,131 @@
+internal import ArgumentParser
+internal import ShardRankTables
+internal import Synchronization
+#if canImport(Glibc)
+internal import Glibc
+#elseif canImport(Darwin)
+internal import Darwin
+#endif
+
+/// `shardrank build --input DIR --out ROOT --shards S [--dtype f32|f16|int8] [--similar K] [--recent N]`:
+/// turns an input directory (DESIGN.md §2) into the next table-set version `ROOT/v<N+1>/`.
+/// Progress goes to stderr; on bad input it prints `error: FILE:LINE: message` and exits 1 with
+/// nothing published. On success it prints the published version directory on stdout.
+struct BuildCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "build",
+        abstract: "Build the next version of a sharded table set from an input directory.",
+        discussion: """
+        Reads items.npy + item_ids.npy (required), users.npy + user_ids.npy, items.csv, users.csv, \
+        interactions.csv and lists/*.csv|*.jsonl from --input, validates everything, and publishes \
+        ROOT/v<N+1>/ (manifest.json last). Bad input: "error: FILE:LINE: message", exit 1, nothing \
+        published. See docs/table-format.md.
+        """)
+
+    @Option(name: .long, help: "Input directory (items.npy, item_ids.npy, items.csv, users.csv, interactions.csv, ...).")
+    var input: String
+
+    @Option(name: .long, help: "Table-set root; the new version is written to ROOT/v<N+1>/.")
+    var out: String
+
+    @Option(name: .long, help: "Number of shards S (1...65536).")
+    var shards: Int
+
+    @Option(name: .long, help: "Element type of the embedding tables: f32, f16 or int8.")
+    var dtype: String = "f32"
+
+    @Option(name: .long, help: "Compute the 'similar' table: top K items per item by exact inner product (O(M² · D): minutes at 100k items).")
+    var similar: Int?
+
+    @Option(name: .long, help: "Recent items kept per user profile.")
+    var recent: Int = 50
+
+    @Option(name: .customLong("list-length"), help: "Length of the genre_top, country_top and popular lists.")
+    var listLength: Int = 1000
+
+    @Flag(name: .long, help: "No progress output on stderr.")
+    var quiet = false
+
+    func validate() throws {
+        guard TableDType(name: dtype) != nil else { throw ValidationError("--dtype must be f32, f16 or int8, got '\(dtype)'") }
+        guard shards >= 1 && shards <= 65_536 else { throw ValidationError("--shards must be in 1...65536") }
+        if let similar, similar < 1 { throw ValidationError("--similar must be ≥ 1") }
+        guard recent >= 0 else { throw ValidationError("--recent must be ≥ 0") }
+        guard listLength >= 1 else { throw ValidationError("--list-length must be ≥ 1") }
+    }
+
+    func run() throws {
+        var options = BuildOptions(shardCount: shards, dtype: TableDType(name: dtype)!, similarK: similar, recentN: recent,
+                                   listLength: listLength)
+        options.seed = StableHash.defaultSeed
+        let bar = ProgressBar(enabled: !quiet)
+        let version: UInt64
+        do {
+            version = try TableSetBuilder.build(inputDirectory: input, root: out, options: options) { bar.update($0) }
+        } catch let error as TableError {
+            bar.finish()
+            writeStderr("error: \(error)\n")
+            throw ExitCode(1)
+        }
+        bar.finish()
+        print(TableSetCatalog(root: out).directory(of: version))
+    }
+}
+
+private func writeStderr(_ s: String) {
+    var s = s
+    s.withUTF8 { buf in
+        var off = 0
+        while off < buf.count {
+            let n = write(2, buf.baseAddress! + off, buf.count - off)
+            if n <= 0 { break }
+            off += n
+        }
+    }
+}
+
+/// A one-line progress bar on stderr, redrawn at most ~10 times a second. Thread-safe.
+private final class ProgressBar: Sendable {
+    private struct State {
+        var lastStage = ""
+        var lastDraw: UInt64 = 0
+        var drawn = false
+    }
+
+    private let enabled: Bool
+    private let state = Mutex(State())
+
+    init(enabled: Bool) { self.enabled = enabled }
+
+    func update(_ p: BuildProgress) {
+        guard enabled else { return }
+        state.withLock { st in
+            let now = Self.nowMillis()
+            let complete = p.done >= p.total
+            if p.stage == st.lastStage && !complete && now &- st.lastDraw < 100 { return }
+            if p.stage != st.lastStage && st.drawn { writeStderr("\n") }
+            st.lastStage = p.stage
+            st.lastDraw = now
+            let frac = p.total > 0 ? min(1, Double(p.done) / Double(p.total)) : 1
+            let width = 30
+            let filled = Int(frac * Double(width))
+            let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
+            writeStderr("\r\(p.stage) [\(bar)] \(Int(frac * 100))% (\(p.done)/\(p.total))")
+            st.drawn = true
+        }
+    }
+
+    func finish() {
+        guard enabled else { return }
+        state.withLock { st in
+            if st.drawn { writeStderr("\n") }
+            st.drawn = false
+        }
+    }
+
+    private static func nowMillis() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
+    }
+}

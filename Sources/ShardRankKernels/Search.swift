@@ -1,0 +1,71 @@
+internal import CShardRankKernels
+
+/// The fused search kernel: B queries against N rows → per-query top-k, without
+/// materialising the B × N score matrix (rows are scored in blocks of 256 and filtered
+/// against each query's heap threshold).
+public enum Search {
+    /// Per-query top-`k` of `queries · rows`, best first.
+    ///
+    /// - Parameters:
+    ///   - queries: `queryCount * rows.dimension` floats, row-major.
+    ///   - rows: the table slice to scan (f32, f16 or int8 with row scales).
+    ///   - ids: `rows.count` ids, the id of each row (parallel array).
+    ///   - k: results per query.
+    ///   - excluding: ids never returned (any order, duplicates allowed).
+    ///   - pool: when given and `rows.count ≥ 2 * minRowsPerTask`, the rows are split into
+    ///     blocks over the pool's threads, each with its own heaps, merged at the end.
+    /// - Returns: `queryCount` lists of at most `k` items, each ranked best first.
+    /// Allocates its heaps and scratch once per call (O(threads · queryCount · k)).
+    public static func topK(queries: UnsafePointer<Float>, queryCount: Int, rows: RowMatrix,
+                            ids: UnsafePointer<UInt64>, k: Int, excluding: [UInt64] = [],
+                            pool: WorkerPool? = nil, minRowsPerTask: Int = 32_768,
+                            isa: KernelISA = .best) -> [[ScoredItem]] {
+        precondition(queryCount >= 0 && k >= 0)
+        guard queryCount > 0 else { return [] }
+        guard k > 0, rows.count > 0 else { return Array(repeating: [], count: queryCount) }
+        let exclude = Array(Set(excluding)).sorted()
+        let participants = pool?.participants(count: rows.count, minChunk: minRowsPerTask) ?? 1
+        let heapCount = participants * queryCount
+        let heapScores = UnsafeMutablePointer<Float>.allocate(capacity: heapCount * k)
+        let heapIDs = UnsafeMutablePointer<UInt64>.allocate(capacity: heapCount * k)
+        let heaps = UnsafeMutablePointer<srk_topk>.allocate(capacity: heapCount)
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: heapCount * Int(SRK_SEARCH_BLOCK))
+        defer {
+            heapScores.deallocate(); heapIDs.deallocate(); heaps.deallocate(); scratch.deallocate()
+        }
+        for h in 0..<heapCount {
+            (heaps + h).initialize(to: srk_topk(scores: heapScores + h * k, ids: heapIDs + h * k,
+                                                count: 0, capacity: Int64(k)))
+        }
+        let table = isa.table
+        let dtype = rows.elementType.rawValue
+        exclude.withUnsafeBufferPointer { ex in
+            let run = { (range: Range<Int>, p: Int) in
+                let part = rows.slice(range)
+                srk_search(table, dtype, queries, Int64(queryCount), part.base, part.scales,
+                           ids + range.lowerBound, Int64(range.count), Int64(rows.dimension),
+                           ex.baseAddress, Int64(ex.count), heaps + p * queryCount,
+                           scratch + p * queryCount * Int(SRK_SEARCH_BLOCK))
+            }
+            if let pool, participants > 1 {
+                pool.parallelFor(count: rows.count, minChunk: minRowsPerTask, run)
+            } else {
+                run(0..<rows.count, 0)
+            }
+        }
+        // Merge the participants' heaps into the first participant's.
+        var results: [[ScoredItem]] = []
+        results.reserveCapacity(queryCount)
+        for q in 0..<queryCount {
+            let dst = heaps + q
+            for p in 1..<max(participants, 1) {
+                let src = heaps[p * queryCount + q]
+                srk_topk_push_many(dst, src.scores, src.ids, 0, src.count, nil, 0)
+            }
+            srk_topk_sort(dst)
+            let h = dst.pointee
+            results.append((0..<Int(h.count)).map { ScoredItem(id: h.ids![$0], score: h.scores![$0]) })
+        }
+        return results
+    }
+}

@@ -1,0 +1,176 @@
+internal import CShardRankKernels
+
+/// An item id with its score. Ranking: higher score first, ties towards the lower id.
+public struct ScoredItem: Sendable, Hashable, CustomStringConvertible {
+    public var id: UInt64
+    public var score: Float
+
+    public init(id: UInt64, score: Float) {
+        self.id = id
+        self.score = score
+    }
+
+    /// True if `a` ranks before `b` (higher score, or equal score and lower id).
+    @inlinable
+    public static func ranksBefore(_ a: ScoredItem, _ b: ScoredItem) -> Bool {
+        a.score > b.score || (a.score == b.score && a.id < b.id)
+    }
+
+    public var description: String { "\(id):\(score)" }
+}
+
+/// A bounded heap that keeps the `capacity` best items offered to it (see `ScoredItem`
+/// for the order). Storage is allocated once in `init` and reused across `reset()`s;
+/// offering items allocates nothing. NaN scores are ignored.
+///
+/// Not thread-safe: one thread at a time (give each thread its own heap).
+public final class TopKHeap {
+    public let capacity: Int
+    let heap: UnsafeMutablePointer<srk_topk>
+
+    /// - Parameter capacity: k, the number of items kept (≥ 0).
+    public init(capacity: Int) {
+        precondition(capacity >= 0)
+        self.capacity = capacity
+        heap = .allocate(capacity: 1)
+        heap.initialize(to: srk_topk(scores: .allocate(capacity: max(capacity, 1)),
+                                     ids: .allocate(capacity: max(capacity, 1)),
+                                     count: 0, capacity: Int64(capacity)))
+    }
+
+    deinit {
+        heap.pointee.scores!.deallocate()
+        heap.pointee.ids!.deallocate()
+        heap.deallocate()
+    }
+
+    /// Number of items held (≤ capacity).
+    public var count: Int { Int(heap.pointee.count) }
+
+    /// The score an item must beat to enter, once full; nil while not full.
+    public var threshold: Float? { count < capacity || capacity == 0 ? nil : heap.pointee.scores![0] }
+
+    /// Empties the heap, keeping its storage.
+    public func reset() { heap.pointee.count = 0 }
+
+    /// Offers one item.
+    public func push(score: Float, id: UInt64) { srk_topk_push(heap, score, id) }
+
+    /// Offers `scores.count` items with ids `ids[i]` (or `firstID + i` when `ids` is nil),
+    /// skipping ids in `excluding`, which must be sorted ascending.
+    /// - Parameter ids: nil or `scores.count` ids.
+    public func push(scores: UnsafeBufferPointer<Float>, ids: UnsafeBufferPointer<UInt64>? = nil,
+                     firstID: UInt64 = 0, excluding: UnsafeBufferPointer<UInt64>? = nil) {
+        precondition(ids == nil || ids!.count >= scores.count)
+        guard let s = scores.baseAddress else { return }
+        srk_topk_push_many(heap, s, ids?.baseAddress, firstID, Int64(scores.count),
+                           excluding?.baseAddress, Int64(excluding?.count ?? 0))
+    }
+
+    /// The held items, best first. The heap keeps its contents.
+    public func sortedItems() -> [ScoredItem] {
+        let n = count
+        srk_topk_sort(heap)
+        let s = heap.pointee.scores!, ids = heap.pointee.ids!
+        let result = (0..<n).map { ScoredItem(id: ids[$0], score: s[$0]) }
+        // A list sorted worst-first is a valid heap: reverse to restore the invariant.
+        var lo = 0, hi = n - 1
+        while lo < hi {
+            swap(&s[lo], &s[hi]); swap(&ids[lo], &ids[hi])
+            lo += 1; hi -= 1
+        }
+        return result
+    }
+}
+
+/// Top-k selection and merging of ranked lists.
+public enum TopK {
+    /// The best `k` of `scores` (ids `ids[i]`, or `firstID + i` when `ids` is nil), best
+    /// first, skipping ids in `excluding` (sorted ascending).
+    public static func select(scores: UnsafeBufferPointer<Float>, ids: UnsafeBufferPointer<UInt64>? = nil,
+                              firstID: UInt64 = 0, k: Int,
+                              excluding: UnsafeBufferPointer<UInt64>? = nil) -> [ScoredItem] {
+        let heap = TopKHeap(capacity: k)
+        heap.push(scores: scores, ids: ids, firstID: firstID, excluding: excluding)
+        return heap.sortedItems()
+    }
+
+    /// k-way merge of lists each sorted best first (e.g. per-shard top-k results) into the
+    /// best `k` overall, best first. Ids are assumed distinct across lists (shards partition
+    /// the rows); use `mergeCandidates` when they are not.
+    public static func merge(_ lists: [[ScoredItem]], k: Int) -> [ScoredItem] {
+        var out: [ScoredItem] = []
+        out.reserveCapacity(min(k, lists.reduce(0) { $0 + $1.count }))
+        // Binary heap of list cursors keyed by their head item (best at the root).
+        var heads: [(list: Int, pos: Int)] = []
+        heads.reserveCapacity(lists.count)
+        func before(_ a: (list: Int, pos: Int), _ b: (list: Int, pos: Int)) -> Bool {
+            ScoredItem.ranksBefore(lists[a.list][a.pos], lists[b.list][b.pos])
+        }
+        func siftDown(_ start: Int) {
+            var i = start
+            while true {
+                let l = 2 * i + 1
+                if l >= heads.count { break }
+                var c = l
+                if l + 1 < heads.count && before(heads[l + 1], heads[l]) { c = l + 1 }
+                if !before(heads[c], heads[i]) { break }
+                heads.swapAt(i, c); i = c
+            }
+        }
+        for (i, l) in lists.enumerated() where !l.isEmpty { heads.append((i, 0)) }
+        for i in stride(from: heads.count / 2 - 1, through: 0, by: -1) { siftDown(i) }
+        while out.count < k, let top = heads.first {
+            out.append(lists[top.list][top.pos])
+            if top.pos + 1 < lists[top.list].count {
+                heads[0].pos += 1
+            } else {
+                heads[0] = heads[heads.count - 1]
+                heads.removeLast()
+            }
+            if !heads.isEmpty { siftDown(0) }
+        }
+        return out
+    }
+
+    /// Merges candidate lists from up to 8 sources, removing duplicate ids. Each result keeps
+    /// the best score any source gave it and `sources`, a bitmask with bit `s` set when list
+    /// `s` proposed the id. Results are ranked best first; the input lists need not be sorted.
+    public static func mergeCandidates(_ lists: [[ScoredItem]]) -> [MergedCandidate] {
+        precondition(lists.count <= 8, "mergeCandidates: at most 8 sources")
+        var all: [MergedCandidate] = []
+        all.reserveCapacity(lists.reduce(0) { $0 + $1.count })
+        for (s, l) in lists.enumerated() {
+            for it in l { all.append(MergedCandidate(id: it.id, score: it.score, sources: UInt8(1) << s)) }
+        }
+        all.sort { $0.id < $1.id }
+        var merged: [MergedCandidate] = []
+        merged.reserveCapacity(all.count)
+        for c in all {
+            if let last = merged.last, last.id == c.id {
+                let i = merged.count - 1
+                merged[i].sources |= c.sources
+                if c.score > last.score || last.score.isNaN { merged[i].score = c.score }
+            } else {
+                merged.append(c)
+            }
+        }
+        merged.sort { ScoredItem.ranksBefore($0.item, $1.item) }
+        return merged
+    }
+}
+
+/// A deduplicated candidate: its best score and which sources (bit per source list) proposed it.
+public struct MergedCandidate: Sendable, Hashable {
+    public var id: UInt64
+    public var score: Float
+    public var sources: UInt8
+
+    public init(id: UInt64, score: Float, sources: UInt8) {
+        self.id = id
+        self.score = score
+        self.sources = sources
+    }
+
+    public var item: ScoredItem { ScoredItem(id: id, score: score) }
+}

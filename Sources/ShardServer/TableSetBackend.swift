@@ -1,0 +1,303 @@
+import Dispatch
+public import Logging
+import Synchronization
+public import RPCCore
+public import ShardRankWire
+public import ShardRankTables
+public import ShardRankKernels
+
+/// Serves shard `shard` of `shardCount` of the newest complete table-set version under `root`,
+/// with hot reload.
+///
+/// Versions: requests read one immutable `LoadedTableSet` snapshot each, so every row of one
+/// response comes from one version (no torn reads). A newer complete version is loaded and
+/// verified on a background queue, warmed, then swapped in atomically; versions only move
+/// forward; a version that fails to load or does not match (different dims, shard count) is
+/// rejected with a logged reason while the current one keeps serving. The previous version stays
+/// available for `previousVersionGrace` to requests that pin it (`version` field); its mapping is
+/// released when the last request using it finishes.
+public final class TableSetBackend: ShardBackend {
+    public let root: String
+    public let shard: Int
+    public let shardCount: Int
+    /// Accept ids that hash to another shard (answered as missing) instead of INVALID_ARGUMENT.
+    public let allowForeignIDs: Bool
+    public let previousVersionGrace: Duration
+    private let pool: WorkerPool
+    private let logger: Logger
+    private let state: Mutex<State>
+    private let reloadQueue = DispatchQueue(label: "shardrank.shard.reload")
+    /// Touched only on `reloadQueue` (and in deinit).
+    nonisolated(unsafe) private var pollTimer: (any DispatchSourceTimer)?
+    private let stats = Stats()
+
+    struct State {
+        var current: LoadedTableSet
+        var previous: LoadedTableSet?
+        var previousUntil: ContinuousClock.Instant = .now
+        var rejected: [UInt64: String] = [:]
+    }
+
+    final class Stats: Sendable {
+        let reloads = Atomic<Int>(0)
+        let rejections = Atomic<Int>(0)
+    }
+
+    public enum ReloadOutcome: Sendable, Equatable {
+        case unchanged(UInt64)
+        case switched(from: UInt64, to: UInt64)
+        case rejected(version: UInt64, reason: String)
+    }
+
+    /// Loads and verifies the newest complete version (blocking).
+    /// - Throws: `TableError` when the root holds no complete version or it does not load.
+    public init(root: String, shard: Int, of shardCount: Int, pool: WorkerPool, allowForeignIDs: Bool = false,
+                previousVersionGrace: Duration = .seconds(30), logger: Logger = Logger(label: "shardrank.shard")) throws {
+        self.root = root
+        self.shard = shard
+        self.shardCount = shardCount
+        self.pool = pool
+        self.allowForeignIDs = allowForeignIDs
+        self.previousVersionGrace = previousVersionGrace
+        self.logger = logger
+        guard let newest = try TableSetCatalog(root: root).newestVersion() else {
+            throw TableError(.notFound, "no complete table-set version under \(root) (expected \(root)/v<N>/manifest.json)")
+        }
+        let ts = try TableSetLoader.load(root: root, version: newest, shard: shard, of: shardCount)
+        ts.warm()
+        state = Mutex(State(current: ts))
+        logger.info("serving table set \(root) v\(newest), shard \(shard) of \(shardCount): \(ts.tables.keys.sorted().joined(separator: ", "))")
+    }
+
+    deinit { pollTimer?.cancel() }
+
+    /// The version answering new requests.
+    public var currentVersion: UInt64 { state.withLock { $0.current.version } }
+    public var reloadCount: Int { stats.reloads.load(ordering: .relaxed) }
+    public var rejectionCount: Int { stats.rejections.load(ordering: .relaxed) }
+
+    /// Polls `root` for a newer complete version every `interval`.
+    public func startPolling(every interval: Duration) {
+        let t = DispatchSource.makeTimerSource(queue: reloadQueue)
+        let ms = Int(interval.components.seconds * 1000 + interval.components.attoseconds / 1_000_000_000_000_000)
+        t.schedule(deadline: .now() + .milliseconds(ms), repeating: .milliseconds(max(ms, 10)))
+        t.setEventHandler { [weak self] in _ = self?.reloadOnQueue() }
+        t.resume()
+        reloadQueue.sync {
+            pollTimer?.cancel()
+            pollTimer = t
+        }
+    }
+
+    /// Checks for a newer version now (SIGHUP, admin call), off the caller's thread.
+    public func reloadSoon() {
+        reloadQueue.async { [weak self] in _ = self?.reloadOnQueue() }
+    }
+
+    /// Checks for a newer version and switches to it if it loads; blocking (for tests and tools).
+    public func reloadNow() -> ReloadOutcome {
+        reloadQueue.sync { reloadOnQueue() }
+    }
+
+    private func reloadOnQueue() -> ReloadOutcome {
+        let (current, rejected) = state.withLock { ($0.current, $0.rejected) }
+        dropExpiredPrevious()
+        let newest: UInt64?
+        do { newest = try TableSetCatalog(root: root).newestVersion() } catch {
+            logger.warning("cannot list \(root): \(error)")
+            return .unchanged(current.version)
+        }
+        guard let newest, newest > current.version else { return .unchanged(current.version) }
+        if let reason = rejected[newest] { return .rejected(version: newest, reason: reason) }
+        do {
+            let next = try TableSetLoader.load(root: root, version: newest, shard: shard, of: shardCount)
+            try Self.checkCompatible(next, with: current)
+            next.warm()
+            state.withLock { s in
+                s.previous = s.current
+                s.previousUntil = ContinuousClock.now.advanced(by: previousVersionGrace)
+                s.current = next
+            }
+            stats.reloads.wrappingAdd(1, ordering: .relaxed)
+            logger.info("switched to table set v\(newest) (was v\(current.version))")
+            return .switched(from: current.version, to: newest)
+        } catch {
+            let reason = "\(error)"
+            state.withLock { $0.rejected[newest] = reason }
+            stats.rejections.wrappingAdd(1, ordering: .relaxed)
+            logger.error("rejected table set v\(newest): \(reason); still serving v\(current.version)")
+            return .rejected(version: newest, reason: reason)
+        }
+    }
+
+    private func dropExpiredPrevious() {
+        state.withLock { s in
+            if s.previous != nil && ContinuousClock.now >= s.previousUntil { s.previous = nil }
+        }
+    }
+
+    /// A new version must keep the dims and dtypes of the embedding tables both versions have.
+    static func checkCompatible(_ next: LoadedTableSet, with current: LoadedTableSet) throws {
+        for (name, table) in current.tables {
+            guard case .embedding(let old) = table, case .embedding(let new)? = next.tables[name] else { continue }
+            if old.dim != new.dim {
+                throw TableError(.mismatch, "table '\(name)' has dim \(new.dim) in v\(next.version) but \(old.dim) in v\(current.version)")
+            }
+        }
+    }
+
+    /// The snapshot for a request: the current version, or the previous one when pinned.
+    private func snapshot(pinned: UInt64) throws(RPCError) -> LoadedTableSet {
+        let (cur, prev) = state.withLock { s in (s.current, s.previous) }
+        if pinned == 0 || pinned == cur.version { return cur }
+        if let prev, prev.version == pinned { return prev }
+        throw RPCError(.failedPrecondition, "table-set version \(pinned) is not served by shard \(shard) (serving v\(cur.version))")
+    }
+
+    private func tableMissing(_ name: String, _ ts: LoadedTableSet, want: String) -> RPCError {
+        if let t = ts.tables[name] {
+            return RPCError(.invalidArgument, "table '\(name)' is a \(t.kind) table, not \(want)")
+        }
+        return RPCError(.notFound, "unknown table '\(name)' in table set v\(ts.version) (tables: \(ts.tables.keys.sorted().joined(separator: ", ")))")
+    }
+
+    // MARK: - Lookup
+
+    public func lookup(_ req: LookupRequest, context: ServerContext) throws(RPCError) -> FramedMessage {
+        let ts = try snapshot(pinned: req.version)
+        guard let table = ts.embedding(req.table) else { throw tableMissing(req.table, ts, want: "an embedding table") }
+        if !allowForeignIDs {
+            for id in req.ids where ts.router.shard(ofID: id) != shard {
+                throw RPCError(.invalidArgument, "id \(id) belongs to shard \(ts.router.shard(ofID: id)) of \(shardCount), not shard \(shard)")
+            }
+        }
+        let target: TableDType
+        switch req.dtype {
+        case .unspecified: target = table.dtype
+        case .f32: target = .f32
+        case .f16: target = .f16
+        case .int8: target = .int8
+        }
+        // Resolve every id once; rows are then copied by index (repeated ids copy the same row).
+        var rows = [Int](repeating: -1, count: req.ids.count)
+        var missing: [UInt64] = []
+        var found = 0
+        for (i, id) in req.ids.enumerated() {
+            if let r = table.rowIndex(of: id) { rows[i] = r; found += 1 } else { missing.append(id) }
+        }
+        let outStride = table.dim * target.elementSize
+        var scales = [Float](repeating: 1, count: target == .int8 ? found : 0)
+        var scratch = [Float](repeating: 0, count: target == table.dtype ? 0 : table.dim)
+        if target == .int8 && table.dtype != .int8 {
+            // Quantisation happens during the gather; compute the scales first so the encoder can
+            // write them before the vectors (the vectors field is appended in place last).
+            scratch.withUnsafeMutableBufferPointer { sp in
+                var k = 0
+                for r in rows where r >= 0 {
+                    table.decodeRow(at: r, into: sp)
+                    var m: Float = 0
+                    for j in 0 ..< table.dim { m = max(m, abs(sp[j])) }
+                    scales[k] = m > 0 ? m / 127 : 1
+                    k += 1
+                }
+            }
+        } else if target == .int8 {
+            var k = 0
+            for r in rows where r >= 0 { scales[k] = table.scale(at: r); k += 1 }
+        }
+        let scaleBytes: [UInt8] = scales.isEmpty ? [] : scales.withUnsafeBytes { Array($0) }
+        return LookupResponse.encode(dim: UInt32(table.dim), dtype: DType(rawValue: target.rawValue)!, missingIDs: missing,
+                                     version: ts.version, scales: scaleBytes, shard: UInt32(shard), shardCount: UInt32(shardCount),
+                                     vectorBytes: found * outStride) { dst in
+            var k = 0
+            if target == table.dtype {
+                for r in rows where r >= 0 {
+                    (dst.baseAddress! + k * outStride).copyMemory(from: table.rowPointer(at: r), byteCount: outStride)
+                    k += 1
+                }
+                return
+            }
+            scratch.withUnsafeMutableBufferPointer { sp in
+                for r in rows where r >= 0 {
+                    table.decodeRow(at: r, into: sp)
+                    let out = dst.baseAddress! + k * outStride
+                    switch target {
+                    case .f32:
+                        out.copyMemory(from: sp.baseAddress!, byteCount: outStride)
+                    case .f16:
+                        for j in 0 ..< table.dim {
+                            out.storeBytes(of: Float16(sp[j]).bitPattern.littleEndian, toByteOffset: j * 2, as: UInt16.self)
+                        }
+                    case .int8:
+                        let s = scales[k]
+                        for j in 0 ..< table.dim {
+                            let q = max(-127, min(127, (sp[j] / s).rounded()))
+                            out.storeBytes(of: Int8(q), toByteOffset: j, as: Int8.self)
+                        }
+                    }
+                    k += 1
+                }
+            }
+        }
+    }
+
+    // MARK: - Search, Lists, Info
+
+    public func search(_ req: SearchRequest, context: ServerContext) throws(RPCError) -> SearchResponse {
+        let ts = try snapshot(pinned: req.version)
+        guard let table = ts.embedding(req.table) else { throw tableMissing(req.table, ts, want: "an embedding table") }
+        guard Int(req.dim) == table.dim else {
+            throw RPCError(.invalidArgument, "query dim \(req.dim) does not match table '\(req.table)' dim \(table.dim)")
+        }
+        try context.checkCancellation()
+        let k = Int(req.k)
+        // Queries go in batches so a cancel or an expired deadline stops the work between batches.
+        let batch = 16
+        var results: [SearchHits] = []
+        results.reserveCapacity(req.queryCount)
+        var start = 0
+        while start < req.queryCount {
+            try context.checkCancellation()
+            let n = min(batch, req.queryCount - start)
+            let hits = req.queries.withUnsafeBufferPointer { q in
+                Search.topK(queries: q.baseAddress! + start * table.dim, queryCount: n, rows: table.rowMatrix,
+                            ids: table.ids.baseAddress!, k: k, excluding: req.excludeIDs, pool: pool)
+            }
+            for h in hits { results.append(SearchHits(ids: h.map(\.id), scores: h.map(\.score))) }
+            start += n
+        }
+        return SearchResponse(results: results, version: ts.version, shard: UInt32(shard), shardCount: UInt32(shardCount))
+    }
+
+    public func lists(_ req: ListsRequest, context: ServerContext) throws(RPCError) -> ListsResponse {
+        let ts = try snapshot(pinned: req.version)
+        guard let table = ts.list(req.table) else { throw tableMissing(req.table, ts, want: "a list table") }
+        var lists: [RankedList] = []
+        var missing: [String] = []
+        for key in req.keys {
+            guard let l = table.list(forKey: key) else { missing.append(key); continue }
+            let n = req.limit == 0 ? l.count : min(l.count, Int(req.limit))
+            lists.append(RankedList(key: key, ids: Array(l.ids.prefix(n)), scores: Array(l.scores.prefix(n))))
+        }
+        return ListsResponse(lists: lists, missingKeys: missing, version: ts.version, shard: UInt32(shard), shardCount: UInt32(shardCount))
+    }
+
+    public func info() -> InfoResponse {
+        let ts = state.withLock { $0.current }
+        let tables = ts.tables.keys.sorted().map { name -> TableInfo in
+            let t = ts.tables[name]!
+            switch t {
+            case .embedding(let e):
+                return TableInfo(name: name, kind: .embedding, dim: UInt32(e.dim), dtype: DType(rawValue: e.dtype.rawValue)!, rows: UInt64(e.rowCount))
+            case .list:
+                return TableInfo(name: name, kind: .list, dim: 0, dtype: .unspecified, rows: UInt64(t.rowCount))
+            case .profile:
+                return TableInfo(name: name, kind: .profile, dim: 0, dtype: .unspecified, rows: UInt64(t.rowCount))
+            case .attribute:
+                return TableInfo(name: name, kind: .attribute, dim: 0, dtype: .unspecified, rows: UInt64(t.rowCount))
+            }
+        }
+        return InfoResponse(version: ts.version, shard: UInt32(shard), shardCount: UInt32(shardCount), tables: tables,
+                            mappedBytes: UInt64(ts.mappedBytes), source: root, hash: StableHash.functionName)
+    }
+}

@@ -1,0 +1,225 @@
+"""Table-set shards called by a stock gRPC client: a table set built by `shardrank build` from an
+input directory written with numpy, served by two shard processes, checked byte for byte; then
+hot reload under load (rows are a function of (id, version): no torn batch, versions never go
+backwards, no failed request) and a corrupt version that must not replace a good one."""
+import glob
+import os
+import signal
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from conftest import shardrank_bin
+from tables_support import build, item_vectors, shard_of, write_input
+
+
+def make_root(tmp_path, shards):
+    inp = tmp_path / "input"
+    ids, dim = write_input(str(inp))
+    root = tmp_path / "tables"
+    out = build(shardrank_bin(), str(inp), str(root), shards)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("/v1")
+    return {"root": str(root), "input": str(inp), "ids": [int(i) for i in ids], "dim": dim, "tmp": tmp_path}
+
+
+@pytest.fixture
+def table_root(tmp_path):
+    """Two shards."""
+    return make_root(tmp_path, 2)
+
+
+@pytest.fixture
+def single_root(tmp_path):
+    """One shard (for reload tests, which rebuild it)."""
+    return make_root(tmp_path, 1)
+
+
+def shard_stub(pb, srv):
+    ch = grpc.insecure_channel(srv.target)
+    return ch, pb.shard_pb2_grpc.ShardStub(ch)
+
+
+def test_lookup_rows_exact_per_shard(pb, table_root, server_factory):
+    ids, dim = table_root["ids"], table_root["dim"]
+    for s in range(2):
+        srv = server_factory(["shard", "--tables", table_root["root"], "--shard", str(s), "--of", "2", "--port", "0"])
+        ch, stub = shard_stub(pb, srv)
+        with ch:
+            mine = [i for i in ids if shard_of(i, 2) == s]
+            assert 100 < len(mine) < 300
+            ask = mine[:50] + [mine[0]]
+            r = stub.Lookup(pb.shard_pb2.LookupRequest(table="items", ids=ask), timeout=5)
+            assert r.version == 1 and r.shard == s and r.shard_count == 2
+            assert r.vectors == item_vectors(ask, dim, 1).astype("<f4").tobytes()
+            # f16 conversion on the way out
+            r16 = stub.Lookup(pb.shard_pb2.LookupRequest(table="items", ids=ask[:5], dtype=pb.common_pb2.DTYPE_F16), timeout=5)
+            assert r16.vectors == item_vectors(ask[:5], dim, 1).astype("<f2").tobytes()
+            # ids of the other shard are refused, unknown ids are missing
+            other = next(i for i in ids if shard_of(i, 2) != s)
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Lookup(pb.shard_pb2.LookupRequest(table="items", ids=[mine[0], other]), timeout=5)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert f"shard {shard_of(other, 2)}" in e.value.details()
+            absent = next(i for i in range(10**6, 10**6 + 100) if shard_of(i, 2) == s)
+            r = stub.Lookup(pb.shard_pb2.LookupRequest(table="items", ids=[absent, mine[1]]), timeout=5)
+            assert list(r.missing_ids) == [absent]
+            # wrong kinds and unknown tables
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Lookup(pb.shard_pb2.LookupRequest(table="popular", ids=[1]), timeout=5)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Lookup(pb.shard_pb2.LookupRequest(table="nope", ids=[1]), timeout=5)
+            assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_search_equals_bruteforce_on_the_slice(pb, table_root, server_factory):
+    ids, dim = table_root["ids"], table_root["dim"]
+    srv = server_factory(["shard", "--tables", table_root["root"], "--shard", "1", "--of", "2", "--port", "0"])
+    ch, stub = shard_stub(pb, srv)
+    with ch:
+        mine = np.array([i for i in ids if shard_of(i, 2) == 1])
+        rows = item_vectors(mine, dim, 1)
+        q = np.random.default_rng(5).standard_normal((4, dim)).astype(np.float32)
+        excl = [int(mine[3]), int(mine[7])]
+        r = stub.Search(pb.shard_pb2.SearchRequest(table="items", queries=q.tobytes(), dim=dim, k=7, exclude_ids=excl), timeout=10)
+        scores = q @ rows.T
+        for qi, hits in enumerate(r.results):
+            order = sorted((int(i) for i in range(len(mine)) if int(mine[i]) not in excl), key=lambda i: (-scores[qi, i], mine[i]))[:7]
+            assert list(hits.ids) == [int(mine[i]) for i in order]
+            assert np.allclose(hits.scores, scores[qi, order], rtol=1e-4, atol=1e-3)
+
+
+def test_lists_and_info(pb, table_root, server_factory):
+    srvs = [server_factory(["shard", "--tables", table_root["root"], "--shard", str(s), "--of", "2", "--port", "0"]) for s in range(2)]
+    found = {}
+    for srv in srvs:
+        ch, stub = shard_stub(pb, srv)
+        with ch:
+            info = stub.Info(pb.shard_pb2.InfoRequest(), timeout=5)
+            names = {t.name for t in info.tables}
+            assert {"items", "users", "popular", "genre_top"} <= names
+            assert info.hash == "splitmix64+jump-v1"
+            r = stub.Lists(pb.shard_pb2.ListsRequest(table="genre_top", keys=["Drama", "Comedy", "Nope"], limit=5), timeout=5)
+            for l in r.lists:
+                assert len(l.ids) <= 5 and list(l.scores) == sorted(l.scores, reverse=True)
+                found[l.key] = list(l.ids)
+            assert "Nope" in r.missing_keys
+    assert set(found) == {"Drama", "Comedy"}  # each key lives on exactly one shard
+
+
+def corrupt_newest(root):
+    newest = sorted(glob.glob(os.path.join(root, "v*")), key=lambda p: int(p.rsplit("v", 1)[1]))[-1]
+    files = sorted(f for f in glob.glob(os.path.join(newest, "*")) if not f.endswith("manifest.json"))
+    target = next(f for f in files if "items" in os.path.basename(f))
+    with open(target, "r+b") as f:
+        f.seek(os.path.getsize(target) // 2)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0xFF]))
+    return newest
+
+
+def test_hot_reload_under_load(pb, single_root, server_factory):
+    table_root = single_root
+    ids, dim, root = table_root["ids"], table_root["dim"], table_root["root"]
+    srv = server_factory(["shard", "--tables", root, "--shard", "0", "--of", "1", "--port", "0", "--reload-seconds", "0"])
+    ch, stub = shard_stub(pb, srv)
+    stop = threading.Event()
+    ledger = {"ok": 0, "failed": [], "torn": 0, "backwards": 0, "versions": set()}
+
+    def worker(seed):
+        rng = np.random.default_rng(seed)
+        last = 0
+        while not stop.is_set():
+            ask = [int(x) for x in rng.choice(ids, size=32)]
+            try:
+                r = stub.Lookup(pb.shard_pb2.LookupRequest(table="items", ids=ask), timeout=5)
+            except grpc.RpcError as e:
+                ledger["failed"].append(e.code())
+                continue
+            ledger["ok"] += 1
+            ledger["versions"].add(r.version)
+            if r.version < last:
+                ledger["backwards"] += 1
+            last = r.version
+            if r.vectors != item_vectors(ask, dim, r.version).astype("<f4").tobytes():
+                ledger["torn"] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for v in range(2, 5):
+            write_input(table_root["input"], version=v)
+            out = build(shardrank_bin(), table_root["input"], root, 1)
+            assert out.returncode == 0, out.stderr
+            srv.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while v not in ledger["versions"] and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert v in ledger["versions"], f"v{v} never served"
+        # A corrupt newer version is rejected; v4 keeps serving.
+        write_input(table_root["input"], version=5)
+        assert build(shardrank_bin(), table_root["input"], root, 1).returncode == 0
+        corrupt_newest(root)
+        srv.proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    ch.close()
+    assert ledger["failed"] == []
+    assert ledger["torn"] == 0
+    assert ledger["backwards"] == 0
+    assert 5 not in ledger["versions"]
+    assert ledger["ok"] > 100
+    # Health stayed SERVING and the shard still answers from v4.
+    with grpc.insecure_channel(srv.target) as ch2:
+        h = pb.health_pb2_grpc.HealthStub(ch2)
+        assert h.Check(pb.health_pb2.HealthCheckRequest(), timeout=5).status == pb.health_pb2.HealthCheckResponse.SERVING
+        r = pb.shard_pb2_grpc.ShardStub(ch2).Lookup(pb.shard_pb2.LookupRequest(table="items", ids=ids[:3]), timeout=5)
+        assert r.version == 4
+
+
+def test_pinned_version(pb, single_root, server_factory):
+    table_root = single_root
+    root = table_root["root"]
+    srv = server_factory(["shard", "--tables", root, "--shard", "0", "--of", "1", "--port", "0", "--reload-seconds", "0.2"])
+    ch, stub = shard_stub(pb, srv)
+    with ch:
+        write_input(table_root["input"], version=2)
+        assert build(shardrank_bin(), table_root["input"], root, 1).returncode == 0
+        deadline = time.monotonic() + 10
+        while stub.Info(pb.shard_pb2.InfoRequest(), timeout=5).version != 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ids = table_root["ids"][:4]
+        # The previous version stays readable for requests that pin it (a rollout in progress).
+        r1 = stub.Lookup(pb.shard_pb2.LookupRequest(table="items", ids=ids, version=1), timeout=5)
+        assert r1.version == 1 and r1.vectors == item_vectors(ids, table_root["dim"], 1).astype("<f4").tobytes()
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Lookup(pb.shard_pb2.LookupRequest(table="items", ids=ids, version=7), timeout=5)
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_shard_refuses_missing_or_bad_tables(tmp_path, server_factory):
+    import subprocess
+    out = subprocess.run([shardrank_bin(), "shard", "--tables", str(tmp_path / "none"), "--port", "0"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0
+    assert "no complete table-set version" in out.stderr
+
+
+def test_build_errors_name_file_and_row(tmp_path):
+    inp = tmp_path / "in"
+    write_input(str(inp))
+    with open(inp / "interactions.csv", "a") as f:
+        f.write("1,999999,5,4\n")
+    out = build(shardrank_bin(), str(inp), str(tmp_path / "root"), 2)
+    assert out.returncode != 0
+    assert "interactions.csv:" in out.stderr and "999999" in out.stderr
+    assert not os.path.exists(tmp_path / "root" / "v1" / "manifest.json")

@@ -1,3 +1,0 @@
-import Testing
-@testable import ShardRankKernels
-@Test func placeholder() { #expect(Bool(true)) }

@@ -1,3 +1,0 @@
-import Testing
-@testable import ShardRankTables
-@Test func placeholder() { #expect(Bool(true)) }
