@@ -19,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // ---- C: system libraries and generated code --------------------------------------
@@ -53,8 +54,18 @@ let package = Package(
             "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankTables", "ShardRankKernels",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: swiftSettings),
+        .target(name: "Coordinator", dependencies: [
+            "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient", "ShardRankKernels", "ShardRankTables",
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: swiftSettings),
+        .target(name: "ShardRankSynth", dependencies: ["ShardRankTables"], swiftSettings: swiftSettings),
+        .target(name: "LoadTest", dependencies: [
+            "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient",
+            .product(name: "Histogram", package: "hdrhistogram-swift"),
+        ], swiftSettings: swiftSettings),
         .executableTarget(name: "ShardRankCLI", dependencies: [
             "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient", "ShardServer", "ShardRankTables",
+            "Coordinator", "ShardRankSynth", "LoadTest", "ShardRankKernels",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -71,6 +82,9 @@ let package = Package(
         .testTarget(name: "ShardRankWireTests", dependencies: ["ShardRankWire", "RPCCore"]),
         .testTarget(name: "ShardRankKernelsTests", dependencies: ["ShardRankKernels"], exclude: ["Fixtures"]),
         .testTarget(name: "ShardRankTablesTests", dependencies: ["ShardRankTables", "ShardRankKernels"]),
+        .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", "ShardRankWire", "RPCCore", "ShardRankKernels"]),
+        .testTarget(name: "ShardRankSynthTests", dependencies: ["ShardRankSynth", "ShardRankTables"]),
+        .testTarget(name: "LoadTestTests", dependencies: ["LoadTest"]),
         .testTarget(name: "EndToEndTests", dependencies: [
             "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient", "ShardServer",
             .product(name: "NIOCore", package: "swift-nio"),

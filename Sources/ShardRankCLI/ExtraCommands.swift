@@ -1,4 +1,7 @@
 import ArgumentParser
 
 /// Subcommands that live in their own files (build, ...).
-let extraCommands: [any ParsableCommand.Type] = [BuildCommand.self]
+let extraCommands: [any ParsableCommand.Type] = [
+    BuildCommand.self, SynthCommand.self, CoordinatorCommand.self, RecommendCommand.self,
+    LoadtestCommand.self, EvalCommand.self,
+]

@@ -1,0 +1,2 @@
+/// The recsys load driver (issue 6).
+public enum LoadTestModule {}

@@ -1,0 +1,2 @@
+/// The deterministic synthetic world (issue 7).
+public enum Synth {}

@@ -1,0 +1,4 @@
+import Testing
+@testable import Coordinator
+
+@Test func moduleLinks() { #expect(String(describing: CoordinatorModule.self).isEmpty == false) }

@@ -1,0 +1,4 @@
+import Testing
+@testable import LoadTest
+
+@Test func moduleLinks() { #expect(String(describing: LoadTestModule.self).isEmpty == false) }
