@@ -62,6 +62,8 @@ let package = Package(
         .target(name: "LoadTest", dependencies: [
             "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient",
             .product(name: "Histogram", package: "hdrhistogram-swift"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
         ], swiftSettings: swiftSettings),
         .executableTarget(name: "ShardRankCLI", dependencies: [
             "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient", "ShardServer", "ShardRankTables",
@@ -82,9 +84,16 @@ let package = Package(
         .testTarget(name: "ShardRankWireTests", dependencies: ["ShardRankWire", "RPCCore"]),
         .testTarget(name: "ShardRankKernelsTests", dependencies: ["ShardRankKernels"], exclude: ["Fixtures"]),
         .testTarget(name: "ShardRankTablesTests", dependencies: ["ShardRankTables", "ShardRankKernels"]),
-        .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", "ShardRankWire", "RPCCore", "ShardRankKernels"]),
+        .testTarget(name: "CoordinatorTests", dependencies: [
+            "Coordinator", "ShardRankWire", "RPCCore", "RPCTransport", "ShardRankKernels", "ShardRankTables", "ShardServer",
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "ShardRankSynthTests", dependencies: ["ShardRankSynth", "ShardRankTables"]),
-        .testTarget(name: "LoadTestTests", dependencies: ["LoadTest"]),
+        .testTarget(name: "LoadTestTests", dependencies: [
+            "LoadTest", "RPCCore", "RPCTransport", "ShardRankWire", "ShardServer",
+            .product(name: "NIOPosix", package: "swift-nio"),
+        ]),
         .testTarget(name: "EndToEndTests", dependencies: [
             "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient", "ShardServer",
             .product(name: "NIOCore", package: "swift-nio"),

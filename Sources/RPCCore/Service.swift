@@ -17,11 +17,15 @@ public struct RPCMethod: Sendable {
     }
 
     public typealias UnaryHandler = @Sendable (_ request: [UInt8], _ context: ServerContext) throws(RPCError) -> FramedMessage
+    public typealias AsyncUnaryHandler = @Sendable (_ request: [UInt8], _ context: ServerContext) async throws(RPCError) -> FramedMessage
     public typealias ServerStreamingHandler = @Sendable (_ request: [UInt8], _ context: ServerContext, _ writer: any ResponseStreamWriter) throws(RPCError) -> Void
 
     public enum Handler: Sendable {
         /// One request message, one response message.
         case unary(UnaryHandler)
+        /// One request, one response, computed by an async function (it may call other servers).
+        /// It runs as a task; a cancel or an expired deadline cancels the task.
+        case asyncUnary(AsyncUnaryHandler)
         /// One request message; the handler sends any number of messages and then finishes the
         /// writer, possibly later and from another thread.
         case serverStreaming(ServerStreamingHandler)

@@ -260,6 +260,21 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                     loop.execute { bound.value.handlerReturned(id, result) }
                 }
             }
+        case .asyncUnary(let handler):
+            guard state.tryAcquireHandler(limit: config.maxInFlightHandlers) else {
+                apply(s.machine.abort(RPCError(.resourceExhausted,
+                      "server overloaded: \(config.maxInFlightHandlers) calls in flight")), id)
+                return
+            }
+            let bound = NIOLoopBound(self, eventLoop: loop)
+            let state = self.state
+            let task = Task {
+                let result: Result<FramedMessage, RPCError>
+                do throws(RPCError) { result = .success(try await handler(request, ctx)) } catch { result = .failure(error) }
+                state.releaseHandler()
+                loop.execute { bound.value.handlerReturned(id, result) }
+            }
+            ctx.whenCancelled { task.cancel() }
         case .serverStreaming(let handler):
             let writer = StreamWriter(bound: NIOLoopBound(self, eventLoop: loop), id: id)
             do throws(RPCError) {

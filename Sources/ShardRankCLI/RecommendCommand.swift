@@ -1,10 +1,77 @@
 import ArgumentParser
+import RPCCore
+import RPCTransport
+import ShardRankClient
+import ShardRankWire
 
-/// `shardrank recommend` (being built).
-struct RecommendCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "recommend", abstract: "(not available yet in this build)")
+/// `shardrank recommend`: the CLI client of `Recommender/Recommend`.
+struct RecommendCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "recommend", abstract: "Ask a coordinator for recommendations.")
 
-    func run() throws {
-        throw ValidationError("'shardrank recommend' is not available yet in this build")
+    @Option(help: "Coordinator address HOST:PORT.")
+    var coordinator: String
+
+    @Option(help: "User id.")
+    var user: UInt64
+
+    @Option(help: "How many items.")
+    var k: UInt32 = 10
+
+    @Option(help: "Model: dot or mlp.")
+    var model: String = ""
+
+    @Option(help: "MMR trade-off in (0, 1] (1 = relevance only; default: the server's).")
+    var lambda: Float = 0
+
+    @Option(help: "At most this many items per genre (0 = no cap).")
+    var genreCap: UInt32 = 0
+
+    @Option(help: "Comma-separated recent item ids (overrides the stored profile).")
+    var recent: String?
+
+    @Option(help: "Comma-separated item ids never to return.")
+    var exclude: String?
+
+    @Option(help: "Deadline in milliseconds.")
+    var timeoutMs: Int = 1000
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() async throws {
+        func ids(_ s: String?, _ flag: String) throws -> [UInt64] {
+            guard let s else { return [] }
+            return try s.split(separator: ",").map {
+                guard let v = UInt64($0.trimmingCharacters()) else { throw ValidationError("\(flag): '\($0)' is not an unsigned integer") }
+                return v
+            }
+        }
+        let ctx = RecommendContext(recentItemIDs: try ids(recent, "--recent"), excludeIDs: try ids(exclude, "--exclude"))
+        let req = RecommendRequest(userID: user, context: ctx, k: k, model: model, diversityLambda: lambda, genreCap: genreCap)
+        let timeout = Duration.milliseconds(timeoutMs)
+        let r = try await withChannel(ClientOptions.parse(["--target", coordinator, "--timeout-ms", String(timeoutMs)])) { (ch) throws(RPCError) in
+            try await RecommenderClient(channel: ch).recommend(req, timeout: timeout)
+        }
+        if json {
+            let items = r.items.map { "{\"item_id\":\($0.itemID),\"score\":\($0.score),\"sources\":[\($0.sources.map { "\"\($0)\"" }.joined(separator: ","))]}" }
+            let cov = r.coverage ?? Coverage()
+            let t = r.timings ?? StageTimings()
+            print("{\"user_id\":\(user),\"version\":\(r.version),\"cold_start\":\(r.coldStart),\"candidates\":\(r.candidates),\"items\":[\(items.joined(separator: ","))],"
+                + "\"timings_us\":{\"retrieve\":\(t.retrieveMicros),\"filter\":\(t.filterMicros),\"gather\":\(t.gatherMicros),\"rank\":\(t.rankMicros),\"post_rank\":\(t.postRankMicros),\"total\":\(t.totalMicros)},"
+                + "\"coverage\":{\"shards_asked\":\(cov.shardsAsked),\"shards_answered\":\(cov.shardsAnswered),\"degraded\":\(cov.degraded),\"reasons\":[\(cov.degradedReasons.map { "\"\($0.replacingOccurrences(of: "\"", with: "'"))\"" }.joined(separator: ","))]}}")
+            return
+        }
+        print("user \(user)  version \(r.version)  candidates \(r.candidates)\(r.coldStart ? "  (cold start)" : "")")
+        print("rank".leftPadded(4) + "  " + "item".leftPadded(10) + "  " + "score".leftPadded(9) + "  sources")
+        for (i, it) in r.items.enumerated() {
+            print(String(i + 1).leftPadded(4) + "  " + String(it.itemID).leftPadded(10) + "  " + format3(it.score).leftPadded(9) + "  "
+                  + it.sources.map(\.description).joined(separator: ","))
+        }
+        if let t = r.timings {
+            print("timings µs: retrieve \(t.retrieveMicros)  filter \(t.filterMicros)  gather \(t.gatherMicros)  rank \(t.rankMicros)  post-rank \(t.postRankMicros)  total \(t.totalMicros)")
+        }
+        if let c = r.coverage, c.degraded || c.shardsAnswered < c.shardsAsked {
+            print("DEGRADED: \(c.shardsAnswered)/\(c.shardsAsked) shards answered; " + c.degradedReasons.joined(separator: "; "))
+        }
     }
 }

@@ -23,6 +23,16 @@ public struct ShardClient: Sendable {
         return try decodeResponse { () throws(RPCError) in try ListsResponse.decode(bytes) }
     }
 
+    public func profiles(_ request: ProfilesRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> ProfilesResponse {
+        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Profiles", request: request.encoded(), metadata: metadata, timeout: timeout)
+        return try decodeResponse { () throws(RPCError) in try ProfilesResponse.decode(bytes) }
+    }
+
+    public func attributes(_ request: AttributesRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> AttributesResponse {
+        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Attributes", request: request.encoded(), metadata: metadata, timeout: timeout)
+        return try decodeResponse { () throws(RPCError) in try AttributesResponse.decode(bytes) }
+    }
+
     public func info(timeout: Duration? = nil) async throws(RPCError) -> InfoResponse {
         let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Info", request: InfoRequest().encoded(), timeout: timeout)
         return try decodeResponse { () throws(RPCError) in try InfoResponse.decode(bytes) }

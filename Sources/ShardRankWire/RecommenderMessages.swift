@@ -144,9 +144,12 @@ public struct RecommendResponse: Sendable, Hashable {
     public var timings: StageTimings?
     public var coverage: Coverage?
     public var candidates: UInt32
+    public var coldStart: Bool
 
-    public init(items: [ScoredItem], version: UInt64, timings: StageTimings? = nil, coverage: Coverage? = nil, candidates: UInt32 = 0) {
+    public init(items: [ScoredItem], version: UInt64, timings: StageTimings? = nil, coverage: Coverage? = nil, candidates: UInt32 = 0,
+                coldStart: Bool = false) {
         self.items = items; self.version = version; self.timings = timings; self.coverage = coverage; self.candidates = candidates
+        self.coldStart = coldStart
     }
 
     public static func decode(_ bytes: [UInt8]) throws(RPCError) -> RecommendResponse {
@@ -159,7 +162,8 @@ public struct RecommendResponse: Sendable, Hashable {
                                          return StageTimings(retrieveMicros: x.retrieve_us, filterMicros: x.filter_us, gatherMicros: x.gather_us,
                                                              rankMicros: x.rank_us, postRankMicros: x.post_rank_us, totalMicros: x.total_us)
                                      },
-                                     coverage: p.coverage.map { decodeCoverage($0.pointee) }, candidates: p.candidates)
+                                     coverage: p.coverage.map { decodeCoverage($0.pointee) }, candidates: p.candidates,
+                                     coldStart: p.cold_start != 0)
         }
     }
 
@@ -179,6 +183,7 @@ public struct RecommendResponse: Sendable, Hashable {
         }
         if let c = coverage { m.coverage = encodeCoverage(c, arena) }
         m.candidates = candidates
+        m.cold_start = coldStart ? 1 : 0
         return withExtendedLifetime(arena) { ProtoC.pack(&m) }
     }
 }

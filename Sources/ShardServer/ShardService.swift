@@ -18,6 +18,8 @@ public protocol ShardBackend: Sendable {
     func lookup(_ request: LookupRequest, context: ServerContext) throws(RPCError) -> FramedMessage
     func search(_ request: SearchRequest, context: ServerContext) throws(RPCError) -> SearchResponse
     func lists(_ request: ListsRequest, context: ServerContext) throws(RPCError) -> ListsResponse
+    func profiles(_ request: ProfilesRequest, context: ServerContext) throws(RPCError) -> ProfilesResponse
+    func attributes(_ request: AttributesRequest, context: ServerContext) throws(RPCError) -> AttributesResponse
     func info() -> InfoResponse
 }
 
@@ -64,6 +66,20 @@ public struct ShardService: RPCService {
                     throw RPCError(.invalidArgument, "Lists of \(req.keys.count) keys exceeds the limit of \(limits.maxListKeys)")
                 }
                 return try backend.lists(req, context: ctx).encoded()
+            }),
+            RPCMethod(service: serviceName, method: "Profiles", placement: .inline, handler: .unary { bytes, ctx throws(RPCError) in
+                let req = try ProfilesRequest.decode(bytes)
+                guard req.userIDs.count <= limits.maxLookupIDs else {
+                    throw RPCError(.invalidArgument, "Profiles of \(req.userIDs.count) users exceeds the limit of \(limits.maxLookupIDs)")
+                }
+                return try backend.profiles(req, context: ctx).encoded()
+            }),
+            RPCMethod(service: serviceName, method: "Attributes", placement: .inline, handler: .unary { bytes, ctx throws(RPCError) in
+                let req = try AttributesRequest.decode(bytes)
+                guard req.itemIDs.count <= limits.maxLookupIDs else {
+                    throw RPCError(.invalidArgument, "Attributes of \(req.itemIDs.count) items exceeds the limit of \(limits.maxLookupIDs)")
+                }
+                return try backend.attributes(req, context: ctx).encoded()
             }),
             RPCMethod(service: serviceName, method: "Info", placement: .inline, handler: .unary { bytes, _ throws(RPCError) in
                 _ = try InfoRequest.decode(bytes)

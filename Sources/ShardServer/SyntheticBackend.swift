@@ -101,6 +101,14 @@ public struct SyntheticBackend: ShardBackend {
         throw RPCError(.notFound, "unknown list table '\(req.table)': the synthetic shard serves no list tables")
     }
 
+    public func profiles(_ req: ProfilesRequest, context: ServerContext) throws(RPCError) -> ProfilesResponse {
+        throw RPCError(.notFound, "unknown profile table '\(req.table)': the synthetic shard serves no profile tables")
+    }
+
+    public func attributes(_ req: AttributesRequest, context: ServerContext) throws(RPCError) -> AttributesResponse {
+        throw RPCError(.notFound, "unknown attribute table '\(req.table)': the synthetic shard serves no attribute tables")
+    }
+
     public func info() -> InfoResponse {
         InfoResponse(version: Self.version, shard: 0, shardCount: 1,
                      tables: [TableInfo(name: Self.tableName, kind: .embedding, dim: UInt32(table.dim), dtype: .f32, rows: UInt64(table.rows))],

@@ -282,6 +282,31 @@ public final class TableSetBackend: ShardBackend {
         return ListsResponse(lists: lists, missingKeys: missing, version: ts.version, shard: UInt32(shard), shardCount: UInt32(shardCount))
     }
 
+    public func profiles(_ req: ProfilesRequest, context: ServerContext) throws(RPCError) -> ProfilesResponse {
+        let ts = try snapshot(pinned: req.version)
+        guard let table = ts.profile(req.table) else { throw tableMissing(req.table, ts, want: "a profile table") }
+        var out: [UserProfile] = []
+        var missing: [UInt64] = []
+        for id in req.userIDs {
+            guard let p = table.profile(forUser: id) else { missing.append(id); continue }
+            out.append(UserProfile(userID: id, recentItemIDs: Array(p.recentItems), topGenres: table.topGenreNames(p),
+                                   country: table.countryName(p) ?? ""))
+        }
+        return ProfilesResponse(profiles: out, missingUserIDs: missing, version: ts.version, shard: UInt32(shard), shardCount: UInt32(shardCount))
+    }
+
+    public func attributes(_ req: AttributesRequest, context: ServerContext) throws(RPCError) -> AttributesResponse {
+        let ts = try snapshot(pinned: req.version)
+        guard let table = ts.attribute(req.table) else { throw tableMissing(req.table, ts, want: "an attribute table") }
+        var ids: [UInt64] = [], masks: [UInt64] = [], times: [Int64] = [], pops: [Float] = [], missing: [UInt64] = []
+        for id in req.itemIDs {
+            guard let a = table.attributes(forItem: id) else { missing.append(id); continue }
+            ids.append(id); masks.append(a.genresMask); times.append(a.timestamp); pops.append(a.popularity)
+        }
+        return AttributesResponse(itemIDs: ids, genreMasks: masks, timestamps: times, popularity: pops, genres: table.genres,
+                                  missingItemIDs: missing, version: ts.version, shard: UInt32(shard), shardCount: UInt32(shardCount))
+    }
+
     public func info() -> InfoResponse {
         let ts = state.withLock { $0.current }
         let tables = ts.tables.keys.sorted().map { name -> TableInfo in

@@ -195,7 +195,7 @@ def test_cancellation_stops_server_work(pb, big_shard):
         time.sleep(0.3)
         busy0 = big_shard.cpu_seconds()
         time.sleep(0.3)
-        assert big_shard.cpu_seconds() - busy0 > 0.15, "the search should be running"
+        assert big_shard.cpu_seconds() - busy0 > 0.05, "the search should be running"
         assert fut.cancel()
         time.sleep(0.2)
         idle0 = big_shard.cpu_seconds()

@@ -1055,7 +1055,7 @@ const ProtobufCMessageDescriptor shardrank__v1__coverage__descriptor =
   (ProtobufCMessageInit) shardrank__v1__coverage__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor shardrank__v1__recommend_response__field_descriptors[5] =
+static const ProtobufCFieldDescriptor shardrank__v1__recommend_response__field_descriptors[6] =
 {
   {
     "items",
@@ -1117,9 +1117,22 @@ static const ProtobufCFieldDescriptor shardrank__v1__recommend_response__field_d
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "cold_start",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__RecommendResponse, cold_start),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned shardrank__v1__recommend_response__field_indices_by_name[] = {
   4,   /* field[4] = candidates */
+  5,   /* field[5] = cold_start */
   3,   /* field[3] = coverage */
   0,   /* field[0] = items */
   2,   /* field[2] = timings */
@@ -1128,7 +1141,7 @@ static const unsigned shardrank__v1__recommend_response__field_indices_by_name[]
 static const ProtobufCIntRange shardrank__v1__recommend_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 5 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor shardrank__v1__recommend_response__descriptor =
 {
@@ -1138,7 +1151,7 @@ const ProtobufCMessageDescriptor shardrank__v1__recommend_response__descriptor =
   "Shardrank__V1__RecommendResponse",
   "shardrank.v1",
   sizeof(Shardrank__V1__RecommendResponse),
-  5,
+  6,
   shardrank__v1__recommend_response__field_descriptors,
   shardrank__v1__recommend_response__field_indices_by_name,
   1,  shardrank__v1__recommend_response__number_ranges,

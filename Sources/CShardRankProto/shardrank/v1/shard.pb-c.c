@@ -502,6 +502,231 @@ void   shardrank__v1__info_response__free_unpacked
   assert(message->base.descriptor == &shardrank__v1__info_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   shardrank__v1__profiles_request__init
+                     (Shardrank__V1__ProfilesRequest         *message)
+{
+  static const Shardrank__V1__ProfilesRequest init_value = SHARDRANK__V1__PROFILES_REQUEST__INIT;
+  *message = init_value;
+}
+size_t shardrank__v1__profiles_request__get_packed_size
+                     (const Shardrank__V1__ProfilesRequest *message)
+{
+  assert(message->base.descriptor == &shardrank__v1__profiles_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t shardrank__v1__profiles_request__pack
+                     (const Shardrank__V1__ProfilesRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &shardrank__v1__profiles_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t shardrank__v1__profiles_request__pack_to_buffer
+                     (const Shardrank__V1__ProfilesRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &shardrank__v1__profiles_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Shardrank__V1__ProfilesRequest *
+       shardrank__v1__profiles_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Shardrank__V1__ProfilesRequest *)
+     protobuf_c_message_unpack (&shardrank__v1__profiles_request__descriptor,
+                                allocator, len, data);
+}
+void   shardrank__v1__profiles_request__free_unpacked
+                     (Shardrank__V1__ProfilesRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &shardrank__v1__profiles_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   shardrank__v1__user_profile__init
+                     (Shardrank__V1__UserProfile         *message)
+{
+  static const Shardrank__V1__UserProfile init_value = SHARDRANK__V1__USER_PROFILE__INIT;
+  *message = init_value;
+}
+size_t shardrank__v1__user_profile__get_packed_size
+                     (const Shardrank__V1__UserProfile *message)
+{
+  assert(message->base.descriptor == &shardrank__v1__user_profile__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t shardrank__v1__user_profile__pack
+                     (const Shardrank__V1__UserProfile *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &shardrank__v1__user_profile__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t shardrank__v1__user_profile__pack_to_buffer
+                     (const Shardrank__V1__UserProfile *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &shardrank__v1__user_profile__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Shardrank__V1__UserProfile *
+       shardrank__v1__user_profile__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Shardrank__V1__UserProfile *)
+     protobuf_c_message_unpack (&shardrank__v1__user_profile__descriptor,
+                                allocator, len, data);
+}
+void   shardrank__v1__user_profile__free_unpacked
+                     (Shardrank__V1__UserProfile *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &shardrank__v1__user_profile__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   shardrank__v1__profiles_response__init
+                     (Shardrank__V1__ProfilesResponse         *message)
+{
+  static const Shardrank__V1__ProfilesResponse init_value = SHARDRANK__V1__PROFILES_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t shardrank__v1__profiles_response__get_packed_size
+                     (const Shardrank__V1__ProfilesResponse *message)
+{
+  assert(message->base.descriptor == &shardrank__v1__profiles_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t shardrank__v1__profiles_response__pack
+                     (const Shardrank__V1__ProfilesResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &shardrank__v1__profiles_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t shardrank__v1__profiles_response__pack_to_buffer
+                     (const Shardrank__V1__ProfilesResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &shardrank__v1__profiles_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Shardrank__V1__ProfilesResponse *
+       shardrank__v1__profiles_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Shardrank__V1__ProfilesResponse *)
+     protobuf_c_message_unpack (&shardrank__v1__profiles_response__descriptor,
+                                allocator, len, data);
+}
+void   shardrank__v1__profiles_response__free_unpacked
+                     (Shardrank__V1__ProfilesResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &shardrank__v1__profiles_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   shardrank__v1__attributes_request__init
+                     (Shardrank__V1__AttributesRequest         *message)
+{
+  static const Shardrank__V1__AttributesRequest init_value = SHARDRANK__V1__ATTRIBUTES_REQUEST__INIT;
+  *message = init_value;
+}
+size_t shardrank__v1__attributes_request__get_packed_size
+                     (const Shardrank__V1__AttributesRequest *message)
+{
+  assert(message->base.descriptor == &shardrank__v1__attributes_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t shardrank__v1__attributes_request__pack
+                     (const Shardrank__V1__AttributesRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &shardrank__v1__attributes_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t shardrank__v1__attributes_request__pack_to_buffer
+                     (const Shardrank__V1__AttributesRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &shardrank__v1__attributes_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Shardrank__V1__AttributesRequest *
+       shardrank__v1__attributes_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Shardrank__V1__AttributesRequest *)
+     protobuf_c_message_unpack (&shardrank__v1__attributes_request__descriptor,
+                                allocator, len, data);
+}
+void   shardrank__v1__attributes_request__free_unpacked
+                     (Shardrank__V1__AttributesRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &shardrank__v1__attributes_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   shardrank__v1__attributes_response__init
+                     (Shardrank__V1__AttributesResponse         *message)
+{
+  static const Shardrank__V1__AttributesResponse init_value = SHARDRANK__V1__ATTRIBUTES_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t shardrank__v1__attributes_response__get_packed_size
+                     (const Shardrank__V1__AttributesResponse *message)
+{
+  assert(message->base.descriptor == &shardrank__v1__attributes_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t shardrank__v1__attributes_response__pack
+                     (const Shardrank__V1__AttributesResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &shardrank__v1__attributes_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t shardrank__v1__attributes_response__pack_to_buffer
+                     (const Shardrank__V1__AttributesResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &shardrank__v1__attributes_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Shardrank__V1__AttributesResponse *
+       shardrank__v1__attributes_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Shardrank__V1__AttributesResponse *)
+     protobuf_c_message_unpack (&shardrank__v1__attributes_response__descriptor,
+                                allocator, len, data);
+}
+void   shardrank__v1__attributes_response__free_unpacked
+                     (Shardrank__V1__AttributesResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &shardrank__v1__attributes_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 static const ProtobufCFieldDescriptor shardrank__v1__lookup_request__field_descriptors[4] =
 {
   {
@@ -1394,17 +1619,458 @@ const ProtobufCMessageDescriptor shardrank__v1__info_response__descriptor =
   (ProtobufCMessageInit) shardrank__v1__info_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCMethodDescriptor shardrank__v1__shard__method_descriptors[4] =
+static const ProtobufCFieldDescriptor shardrank__v1__profiles_request__field_descriptors[3] =
+{
+  {
+    "table",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__ProfilesRequest, table),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "user_ids",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Shardrank__V1__ProfilesRequest, n_user_ids),
+    offsetof(Shardrank__V1__ProfilesRequest, user_ids),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "version",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__ProfilesRequest, version),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned shardrank__v1__profiles_request__field_indices_by_name[] = {
+  0,   /* field[0] = table */
+  1,   /* field[1] = user_ids */
+  2,   /* field[2] = version */
+};
+static const ProtobufCIntRange shardrank__v1__profiles_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor shardrank__v1__profiles_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "shardrank.v1.ProfilesRequest",
+  "ProfilesRequest",
+  "Shardrank__V1__ProfilesRequest",
+  "shardrank.v1",
+  sizeof(Shardrank__V1__ProfilesRequest),
+  3,
+  shardrank__v1__profiles_request__field_descriptors,
+  shardrank__v1__profiles_request__field_indices_by_name,
+  1,  shardrank__v1__profiles_request__number_ranges,
+  (ProtobufCMessageInit) shardrank__v1__profiles_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor shardrank__v1__user_profile__field_descriptors[4] =
+{
+  {
+    "user_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__UserProfile, user_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "recent_item_ids",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Shardrank__V1__UserProfile, n_recent_item_ids),
+    offsetof(Shardrank__V1__UserProfile, recent_item_ids),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "top_genres",
+    3,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Shardrank__V1__UserProfile, n_top_genres),
+    offsetof(Shardrank__V1__UserProfile, top_genres),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "country",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__UserProfile, country),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned shardrank__v1__user_profile__field_indices_by_name[] = {
+  3,   /* field[3] = country */
+  1,   /* field[1] = recent_item_ids */
+  2,   /* field[2] = top_genres */
+  0,   /* field[0] = user_id */
+};
+static const ProtobufCIntRange shardrank__v1__user_profile__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor shardrank__v1__user_profile__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "shardrank.v1.UserProfile",
+  "UserProfile",
+  "Shardrank__V1__UserProfile",
+  "shardrank.v1",
+  sizeof(Shardrank__V1__UserProfile),
+  4,
+  shardrank__v1__user_profile__field_descriptors,
+  shardrank__v1__user_profile__field_indices_by_name,
+  1,  shardrank__v1__user_profile__number_ranges,
+  (ProtobufCMessageInit) shardrank__v1__user_profile__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor shardrank__v1__profiles_response__field_descriptors[5] =
+{
+  {
+    "profiles",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Shardrank__V1__ProfilesResponse, n_profiles),
+    offsetof(Shardrank__V1__ProfilesResponse, profiles),
+    &shardrank__v1__user_profile__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "missing_user_ids",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Shardrank__V1__ProfilesResponse, n_missing_user_ids),
+    offsetof(Shardrank__V1__ProfilesResponse, missing_user_ids),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "version",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__ProfilesResponse, version),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "shard",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__ProfilesResponse, shard),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "shard_count",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__ProfilesResponse, shard_count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned shardrank__v1__profiles_response__field_indices_by_name[] = {
+  1,   /* field[1] = missing_user_ids */
+  0,   /* field[0] = profiles */
+  3,   /* field[3] = shard */
+  4,   /* field[4] = shard_count */
+  2,   /* field[2] = version */
+};
+static const ProtobufCIntRange shardrank__v1__profiles_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 5 }
+};
+const ProtobufCMessageDescriptor shardrank__v1__profiles_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "shardrank.v1.ProfilesResponse",
+  "ProfilesResponse",
+  "Shardrank__V1__ProfilesResponse",
+  "shardrank.v1",
+  sizeof(Shardrank__V1__ProfilesResponse),
+  5,
+  shardrank__v1__profiles_response__field_descriptors,
+  shardrank__v1__profiles_response__field_indices_by_name,
+  1,  shardrank__v1__profiles_response__number_ranges,
+  (ProtobufCMessageInit) shardrank__v1__profiles_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor shardrank__v1__attributes_request__field_descriptors[3] =
+{
+  {
+    "table",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__AttributesRequest, table),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "item_ids",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Shardrank__V1__AttributesRequest, n_item_ids),
+    offsetof(Shardrank__V1__AttributesRequest, item_ids),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "version",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__AttributesRequest, version),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned shardrank__v1__attributes_request__field_indices_by_name[] = {
+  1,   /* field[1] = item_ids */
+  0,   /* field[0] = table */
+  2,   /* field[2] = version */
+};
+static const ProtobufCIntRange shardrank__v1__attributes_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor shardrank__v1__attributes_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "shardrank.v1.AttributesRequest",
+  "AttributesRequest",
+  "Shardrank__V1__AttributesRequest",
+  "shardrank.v1",
+  sizeof(Shardrank__V1__AttributesRequest),
+  3,
+  shardrank__v1__attributes_request__field_descriptors,
+  shardrank__v1__attributes_request__field_indices_by_name,
+  1,  shardrank__v1__attributes_request__number_ranges,
+  (ProtobufCMessageInit) shardrank__v1__attributes_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor shardrank__v1__attributes_response__field_descriptors[9] =
+{
+  {
+    "item_ids",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Shardrank__V1__AttributesResponse, n_item_ids),
+    offsetof(Shardrank__V1__AttributesResponse, item_ids),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "genre_masks",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Shardrank__V1__AttributesResponse, n_genre_masks),
+    offsetof(Shardrank__V1__AttributesResponse, genre_masks),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "timestamps",
+    3,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_INT64,
+    offsetof(Shardrank__V1__AttributesResponse, n_timestamps),
+    offsetof(Shardrank__V1__AttributesResponse, timestamps),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "popularity",
+    4,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_FLOAT,
+    offsetof(Shardrank__V1__AttributesResponse, n_popularity),
+    offsetof(Shardrank__V1__AttributesResponse, popularity),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "genres",
+    5,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Shardrank__V1__AttributesResponse, n_genres),
+    offsetof(Shardrank__V1__AttributesResponse, genres),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "missing_item_ids",
+    6,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Shardrank__V1__AttributesResponse, n_missing_item_ids),
+    offsetof(Shardrank__V1__AttributesResponse, missing_item_ids),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "version",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__AttributesResponse, version),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "shard",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__AttributesResponse, shard),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "shard_count",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__AttributesResponse, shard_count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned shardrank__v1__attributes_response__field_indices_by_name[] = {
+  1,   /* field[1] = genre_masks */
+  4,   /* field[4] = genres */
+  0,   /* field[0] = item_ids */
+  5,   /* field[5] = missing_item_ids */
+  3,   /* field[3] = popularity */
+  7,   /* field[7] = shard */
+  8,   /* field[8] = shard_count */
+  2,   /* field[2] = timestamps */
+  6,   /* field[6] = version */
+};
+static const ProtobufCIntRange shardrank__v1__attributes_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 9 }
+};
+const ProtobufCMessageDescriptor shardrank__v1__attributes_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "shardrank.v1.AttributesResponse",
+  "AttributesResponse",
+  "Shardrank__V1__AttributesResponse",
+  "shardrank.v1",
+  sizeof(Shardrank__V1__AttributesResponse),
+  9,
+  shardrank__v1__attributes_response__field_descriptors,
+  shardrank__v1__attributes_response__field_indices_by_name,
+  1,  shardrank__v1__attributes_response__number_ranges,
+  (ProtobufCMessageInit) shardrank__v1__attributes_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCMethodDescriptor shardrank__v1__shard__method_descriptors[6] =
 {
   { "Lookup", &shardrank__v1__lookup_request__descriptor, &shardrank__v1__lookup_response__descriptor },
   { "Search", &shardrank__v1__search_request__descriptor, &shardrank__v1__search_response__descriptor },
   { "Lists", &shardrank__v1__lists_request__descriptor, &shardrank__v1__lists_response__descriptor },
   { "Info", &shardrank__v1__info_request__descriptor, &shardrank__v1__info_response__descriptor },
+  { "Profiles", &shardrank__v1__profiles_request__descriptor, &shardrank__v1__profiles_response__descriptor },
+  { "Attributes", &shardrank__v1__attributes_request__descriptor, &shardrank__v1__attributes_response__descriptor },
 };
 const unsigned shardrank__v1__shard__method_indices_by_name[] = {
+  5,        /* Attributes */
   3,        /* Info */
   2,        /* Lists */
   0,        /* Lookup */
+  4,        /* Profiles */
   1         /* Search */
 };
 const ProtobufCServiceDescriptor shardrank__v1__shard__descriptor =
@@ -1414,7 +2080,7 @@ const ProtobufCServiceDescriptor shardrank__v1__shard__descriptor =
   "Shard",
   "Shardrank__V1__Shard",
   "shardrank.v1",
-  4,
+  6,
   shardrank__v1__shard__method_descriptors,
   shardrank__v1__shard__method_indices_by_name
 };
@@ -1449,6 +2115,22 @@ void shardrank__v1__shard__info(ProtobufCService *service,
 {
   assert(service->descriptor == &shardrank__v1__shard__descriptor);
   service->invoke(service, 3, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void shardrank__v1__shard__profiles(ProtobufCService *service,
+                                    const Shardrank__V1__ProfilesRequest *input,
+                                    Shardrank__V1__ProfilesResponse_Closure closure,
+                                    void *closure_data)
+{
+  assert(service->descriptor == &shardrank__v1__shard__descriptor);
+  service->invoke(service, 4, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void shardrank__v1__shard__attributes(ProtobufCService *service,
+                                      const Shardrank__V1__AttributesRequest *input,
+                                      Shardrank__V1__AttributesResponse_Closure closure,
+                                      void *closure_data)
+{
+  assert(service->descriptor == &shardrank__v1__shard__descriptor);
+  service->invoke(service, 5, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void shardrank__v1__shard__init (Shardrank__V1__Shard_Service *service,
                                  Shardrank__V1__Shard_ServiceDestroy destroy)

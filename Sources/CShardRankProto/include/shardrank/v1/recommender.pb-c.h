@@ -154,11 +154,18 @@ struct  Shardrank__V1__RecommendResponse
   uint64_t version;
   Shardrank__V1__StageTimings *timings;
   Shardrank__V1__Coverage *coverage;
+  /*
+   * Distinct candidates after merge and filter (what the ranker scored).
+   */
   uint32_t candidates;
+  /*
+   * The user had no stored vector or profile: answered from context, country and popular only.
+   */
+  protobuf_c_boolean cold_start;
 };
 #define SHARDRANK__V1__RECOMMEND_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__recommend_response__descriptor) \
-    , 0,NULL, 0, NULL, NULL, 0 }
+    , 0,NULL, 0, NULL, NULL, 0, 0 }
 
 
 struct  Shardrank__V1__RankRequest

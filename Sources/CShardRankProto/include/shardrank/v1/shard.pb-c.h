@@ -27,6 +27,11 @@ typedef struct Shardrank__V1__ListsResponse Shardrank__V1__ListsResponse;
 typedef struct Shardrank__V1__InfoRequest Shardrank__V1__InfoRequest;
 typedef struct Shardrank__V1__TableInfo Shardrank__V1__TableInfo;
 typedef struct Shardrank__V1__InfoResponse Shardrank__V1__InfoResponse;
+typedef struct Shardrank__V1__ProfilesRequest Shardrank__V1__ProfilesRequest;
+typedef struct Shardrank__V1__UserProfile Shardrank__V1__UserProfile;
+typedef struct Shardrank__V1__ProfilesResponse Shardrank__V1__ProfilesResponse;
+typedef struct Shardrank__V1__AttributesRequest Shardrank__V1__AttributesRequest;
+typedef struct Shardrank__V1__AttributesResponse Shardrank__V1__AttributesResponse;
 
 
 /* --- enums --- */
@@ -242,6 +247,114 @@ struct  Shardrank__V1__InfoResponse
     , 0, 0, 0, 0,NULL, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
 
 
+struct  Shardrank__V1__ProfilesRequest
+{
+  ProtobufCMessage base;
+  /*
+   * Profile table name ("profiles" for table sets built from an input directory).
+   */
+  char *table;
+  size_t n_user_ids;
+  uint64_t *user_ids;
+  uint64_t version;
+};
+#define SHARDRANK__V1__PROFILES_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__profiles_request__descriptor) \
+    , (char *)protobuf_c_empty_string, 0,NULL, 0 }
+
+
+struct  Shardrank__V1__UserProfile
+{
+  ProtobufCMessage base;
+  uint64_t user_id;
+  /*
+   * Most recent first.
+   */
+  size_t n_recent_item_ids;
+  uint64_t *recent_item_ids;
+  /*
+   * Most watched first (at most 3).
+   */
+  size_t n_top_genres;
+  char **top_genres;
+  /*
+   * Empty when unknown.
+   */
+  char *country;
+};
+#define SHARDRANK__V1__USER_PROFILE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__user_profile__descriptor) \
+    , 0, 0,NULL, 0,NULL, (char *)protobuf_c_empty_string }
+
+
+struct  Shardrank__V1__ProfilesResponse
+{
+  ProtobufCMessage base;
+  /*
+   * Profiles of the users this shard holds, in request order.
+   */
+  size_t n_profiles;
+  Shardrank__V1__UserProfile **profiles;
+  size_t n_missing_user_ids;
+  uint64_t *missing_user_ids;
+  uint64_t version;
+  uint32_t shard;
+  uint32_t shard_count;
+};
+#define SHARDRANK__V1__PROFILES_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__profiles_response__descriptor) \
+    , 0,NULL, 0,NULL, 0, 0, 0 }
+
+
+struct  Shardrank__V1__AttributesRequest
+{
+  ProtobufCMessage base;
+  /*
+   * Attribute table name ("attributes" for table sets built from an input directory).
+   */
+  char *table;
+  size_t n_item_ids;
+  uint64_t *item_ids;
+  uint64_t version;
+};
+#define SHARDRANK__V1__ATTRIBUTES_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__attributes_request__descriptor) \
+    , (char *)protobuf_c_empty_string, 0,NULL, 0 }
+
+
+struct  Shardrank__V1__AttributesResponse
+{
+  ProtobufCMessage base;
+  /*
+   * Parallel arrays over the found items, in request order.
+   */
+  size_t n_item_ids;
+  uint64_t *item_ids;
+  /*
+   * Bit g set = the item has genre `genres[g]`.
+   */
+  size_t n_genre_masks;
+  uint64_t *genre_masks;
+  size_t n_timestamps;
+  int64_t *timestamps;
+  size_t n_popularity;
+  float *popularity;
+  /*
+   * The table's genre vocabulary (bit order).
+   */
+  size_t n_genres;
+  char **genres;
+  size_t n_missing_item_ids;
+  uint64_t *missing_item_ids;
+  uint64_t version;
+  uint32_t shard;
+  uint32_t shard_count;
+};
+#define SHARDRANK__V1__ATTRIBUTES_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__attributes_response__descriptor) \
+    , 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0, 0, 0 }
+
+
 /* Shardrank__V1__LookupRequest methods */
 void   shardrank__v1__lookup_request__init
                      (Shardrank__V1__LookupRequest         *message);
@@ -451,6 +564,101 @@ Shardrank__V1__InfoResponse *
 void   shardrank__v1__info_response__free_unpacked
                      (Shardrank__V1__InfoResponse *message,
                       ProtobufCAllocator *allocator);
+/* Shardrank__V1__ProfilesRequest methods */
+void   shardrank__v1__profiles_request__init
+                     (Shardrank__V1__ProfilesRequest         *message);
+size_t shardrank__v1__profiles_request__get_packed_size
+                     (const Shardrank__V1__ProfilesRequest   *message);
+size_t shardrank__v1__profiles_request__pack
+                     (const Shardrank__V1__ProfilesRequest   *message,
+                      uint8_t             *out);
+size_t shardrank__v1__profiles_request__pack_to_buffer
+                     (const Shardrank__V1__ProfilesRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Shardrank__V1__ProfilesRequest *
+       shardrank__v1__profiles_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   shardrank__v1__profiles_request__free_unpacked
+                     (Shardrank__V1__ProfilesRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Shardrank__V1__UserProfile methods */
+void   shardrank__v1__user_profile__init
+                     (Shardrank__V1__UserProfile         *message);
+size_t shardrank__v1__user_profile__get_packed_size
+                     (const Shardrank__V1__UserProfile   *message);
+size_t shardrank__v1__user_profile__pack
+                     (const Shardrank__V1__UserProfile   *message,
+                      uint8_t             *out);
+size_t shardrank__v1__user_profile__pack_to_buffer
+                     (const Shardrank__V1__UserProfile   *message,
+                      ProtobufCBuffer     *buffer);
+Shardrank__V1__UserProfile *
+       shardrank__v1__user_profile__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   shardrank__v1__user_profile__free_unpacked
+                     (Shardrank__V1__UserProfile *message,
+                      ProtobufCAllocator *allocator);
+/* Shardrank__V1__ProfilesResponse methods */
+void   shardrank__v1__profiles_response__init
+                     (Shardrank__V1__ProfilesResponse         *message);
+size_t shardrank__v1__profiles_response__get_packed_size
+                     (const Shardrank__V1__ProfilesResponse   *message);
+size_t shardrank__v1__profiles_response__pack
+                     (const Shardrank__V1__ProfilesResponse   *message,
+                      uint8_t             *out);
+size_t shardrank__v1__profiles_response__pack_to_buffer
+                     (const Shardrank__V1__ProfilesResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Shardrank__V1__ProfilesResponse *
+       shardrank__v1__profiles_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   shardrank__v1__profiles_response__free_unpacked
+                     (Shardrank__V1__ProfilesResponse *message,
+                      ProtobufCAllocator *allocator);
+/* Shardrank__V1__AttributesRequest methods */
+void   shardrank__v1__attributes_request__init
+                     (Shardrank__V1__AttributesRequest         *message);
+size_t shardrank__v1__attributes_request__get_packed_size
+                     (const Shardrank__V1__AttributesRequest   *message);
+size_t shardrank__v1__attributes_request__pack
+                     (const Shardrank__V1__AttributesRequest   *message,
+                      uint8_t             *out);
+size_t shardrank__v1__attributes_request__pack_to_buffer
+                     (const Shardrank__V1__AttributesRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Shardrank__V1__AttributesRequest *
+       shardrank__v1__attributes_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   shardrank__v1__attributes_request__free_unpacked
+                     (Shardrank__V1__AttributesRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Shardrank__V1__AttributesResponse methods */
+void   shardrank__v1__attributes_response__init
+                     (Shardrank__V1__AttributesResponse         *message);
+size_t shardrank__v1__attributes_response__get_packed_size
+                     (const Shardrank__V1__AttributesResponse   *message);
+size_t shardrank__v1__attributes_response__pack
+                     (const Shardrank__V1__AttributesResponse   *message,
+                      uint8_t             *out);
+size_t shardrank__v1__attributes_response__pack_to_buffer
+                     (const Shardrank__V1__AttributesResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Shardrank__V1__AttributesResponse *
+       shardrank__v1__attributes_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   shardrank__v1__attributes_response__free_unpacked
+                     (Shardrank__V1__AttributesResponse *message,
+                      ProtobufCAllocator *allocator);
 /* --- per-message closures --- */
 
 typedef void (*Shardrank__V1__LookupRequest_Closure)
@@ -486,6 +694,21 @@ typedef void (*Shardrank__V1__TableInfo_Closure)
 typedef void (*Shardrank__V1__InfoResponse_Closure)
                  (const Shardrank__V1__InfoResponse *message,
                   void *closure_data);
+typedef void (*Shardrank__V1__ProfilesRequest_Closure)
+                 (const Shardrank__V1__ProfilesRequest *message,
+                  void *closure_data);
+typedef void (*Shardrank__V1__UserProfile_Closure)
+                 (const Shardrank__V1__UserProfile *message,
+                  void *closure_data);
+typedef void (*Shardrank__V1__ProfilesResponse_Closure)
+                 (const Shardrank__V1__ProfilesResponse *message,
+                  void *closure_data);
+typedef void (*Shardrank__V1__AttributesRequest_Closure)
+                 (const Shardrank__V1__AttributesRequest *message,
+                  void *closure_data);
+typedef void (*Shardrank__V1__AttributesResponse_Closure)
+                 (const Shardrank__V1__AttributesResponse *message,
+                  void *closure_data);
 
 /* --- services --- */
 
@@ -509,6 +732,14 @@ struct Shardrank__V1__Shard_Service
                const Shardrank__V1__InfoRequest *input,
                Shardrank__V1__InfoResponse_Closure closure,
                void *closure_data);
+  void (*profiles)(Shardrank__V1__Shard_Service *service,
+                   const Shardrank__V1__ProfilesRequest *input,
+                   Shardrank__V1__ProfilesResponse_Closure closure,
+                   void *closure_data);
+  void (*attributes)(Shardrank__V1__Shard_Service *service,
+                     const Shardrank__V1__AttributesRequest *input,
+                     Shardrank__V1__AttributesResponse_Closure closure,
+                     void *closure_data);
 };
 typedef void (*Shardrank__V1__Shard_ServiceDestroy)(Shardrank__V1__Shard_Service *);
 void shardrank__v1__shard__init (Shardrank__V1__Shard_Service *service,
@@ -520,7 +751,9 @@ void shardrank__v1__shard__init (Shardrank__V1__Shard_Service *service,
       function_prefix__ ## lookup,\
       function_prefix__ ## search,\
       function_prefix__ ## lists,\
-      function_prefix__ ## info  }
+      function_prefix__ ## info,\
+      function_prefix__ ## profiles,\
+      function_prefix__ ## attributes  }
 void shardrank__v1__shard__lookup(ProtobufCService *service,
                                   const Shardrank__V1__LookupRequest *input,
                                   Shardrank__V1__LookupResponse_Closure closure,
@@ -537,6 +770,14 @@ void shardrank__v1__shard__info(ProtobufCService *service,
                                 const Shardrank__V1__InfoRequest *input,
                                 Shardrank__V1__InfoResponse_Closure closure,
                                 void *closure_data);
+void shardrank__v1__shard__profiles(ProtobufCService *service,
+                                    const Shardrank__V1__ProfilesRequest *input,
+                                    Shardrank__V1__ProfilesResponse_Closure closure,
+                                    void *closure_data);
+void shardrank__v1__shard__attributes(ProtobufCService *service,
+                                      const Shardrank__V1__AttributesRequest *input,
+                                      Shardrank__V1__AttributesResponse_Closure closure,
+                                      void *closure_data);
 
 /* --- descriptors --- */
 
@@ -551,6 +792,11 @@ extern const ProtobufCMessageDescriptor shardrank__v1__lists_response__descripto
 extern const ProtobufCMessageDescriptor shardrank__v1__info_request__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__table_info__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__info_response__descriptor;
+extern const ProtobufCMessageDescriptor shardrank__v1__profiles_request__descriptor;
+extern const ProtobufCMessageDescriptor shardrank__v1__user_profile__descriptor;
+extern const ProtobufCMessageDescriptor shardrank__v1__profiles_response__descriptor;
+extern const ProtobufCMessageDescriptor shardrank__v1__attributes_request__descriptor;
+extern const ProtobufCMessageDescriptor shardrank__v1__attributes_response__descriptor;
 extern const ProtobufCServiceDescriptor shardrank__v1__shard__descriptor;
 
 PROTOBUF_C__END_DECLS

@@ -1,0 +1,264 @@
+public import Logging
+import Synchronization
+public import RPCCore
+public import ShardRankWire
+public import ShardRankKernels
+public import ShardRankTables
+import ShardRankClient
+
+/// The two-stage pipeline behind `shardrank.v1.Recommender`: parallel retrieval sources →
+/// merge & dedupe → filter → gather → rank → post-rank → top-k, every sub-call carrying the
+/// remaining deadline, and a coverage report whenever anything was missing.
+public final class Recommender: Sendable {
+    public let cluster: ShardCluster
+    public let settings: CoordinatorSettings
+    public let router: ShardRouter
+    public let model: MLPModel?
+    public let pool: WorkerPool
+    let logger: Logger
+
+    /// Bits of the merged candidates' source mask, in this order.
+    static let sourceOrder: [Source] = [.similar, .genre, .country, .popular, .search, .caller]
+
+    public init(cluster: ShardCluster, model: MLPModel? = nil, pool: WorkerPool, logger: Logger) {
+        self.cluster = cluster
+        self.settings = cluster.settings
+        self.router = ShardRouter(shardCount: cluster.shardCount)
+        self.model = model
+        self.pool = pool
+        self.logger = logger
+    }
+
+    // MARK: - Request plumbing
+
+    /// Per-request state: the deadline, the pinned version, and what went missing.
+    final class Trace: @unchecked Sendable {
+        let start = ContinuousClock.now
+        let deadline: ContinuousClock.Instant
+        let version: UInt64
+        private let lock = Mutex<(failed: Set<Source>, reasons: [String], asked: Set<Int>, answered: Set<Int>, versions: Set<UInt64>)>(([], [], [], [], []))
+
+        init(deadline: ContinuousClock.Instant, version: UInt64) { self.deadline = deadline; self.version = version }
+
+        func fail(_ source: Source?, _ reason: String) {
+            lock.withLock { s in
+                if let source { s.failed.insert(source) }
+                s.reasons.append(reason)
+            }
+        }
+        func asked(_ shard: Int) { lock.withLock { _ = $0.asked.insert(shard) } }
+        func answered(_ shard: Int, version: UInt64) { lock.withLock { _ = $0.answered.insert(shard); _ = $0.versions.insert(version) } }
+
+        /// A stage deadline: `fraction` of the time left, from now.
+        func stageDeadline(_ fraction: Double) -> ContinuousClock.Instant {
+            let left = ContinuousClock.now.duration(to: deadline)
+            if left <= .zero { return deadline }
+            return ContinuousClock.now.advanced(by: left * fraction)
+        }
+
+        func coverage(shardCount: Int) -> Coverage {
+            lock.withLock { s in
+                Coverage(shardsAsked: UInt32(s.asked.count), shardsAnswered: UInt32(s.answered.count),
+                         sourcesFailed: Recommender.sourceOrder.filter { s.failed.contains($0) },
+                         degraded: !s.reasons.isEmpty, degradedReasons: s.reasons)
+            }
+        }
+
+        var answeredVersions: Set<UInt64> { lock.withLock { $0.versions } }
+        var shardsAskedAnswered: (Int, Int) { lock.withLock { ($0.asked.count, $0.answered.count) } }
+    }
+
+    func makeTrace(_ ctx: ServerContext) -> Trace {
+        let deadline = ctx.deadline ?? ContinuousClock.now.advanced(by: .microseconds(Int(settings.defaultDeadlineMs * 1000)))
+        return Trace(deadline: deadline, version: cluster.pinnedVersion)
+    }
+
+    static func micros(_ d: Duration) -> UInt64 {
+        UInt64(max(0, d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000))
+    }
+
+    // MARK: - Building blocks
+
+    /// The user's vector (nil for an unknown user) — one Lookup on the user's shard.
+    func userVector(_ user: UInt64, trace: Trace, deadline: ContinuousClock.Instant) async -> (vector: [Float]?, failed: Bool) {
+        let shard = router.shard(ofID: user)
+        let table = settings.usersTable, version = trace.version
+        do throws(RPCError) {
+            let r = try await cluster.call(shard: shard, deadline: deadline) { c, t throws(RPCError) in
+                try await c.lookup(LookupRequest(table: table, ids: [user], dtype: .f32, version: version), timeout: t)
+            }
+            guard !r.vectors.isEmpty else { return (nil, false) }
+            return (r.vectors.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }, false)
+        } catch {
+            if error.code == .notFound { return (nil, false) }  // no users table: every user is cold
+            trace.fail(.search, "user vector: shard \(shard): \(error)")
+            return (nil, true)
+        }
+    }
+
+    func profile(_ user: UInt64, trace: Trace, deadline: ContinuousClock.Instant) async -> UserProfile? {
+        let shard = router.shard(ofID: user)
+        let table = settings.profilesTable, version = trace.version
+        do throws(RPCError) {
+            let r = try await cluster.call(shard: shard, deadline: deadline) { c, t throws(RPCError) in
+                try await c.profiles(ProfilesRequest(table: table, userIDs: [user], version: version), timeout: t)
+            }
+            return r.profiles.first
+        } catch {
+            if error.code != .notFound { trace.fail(nil, "profile: shard \(shard): \(error)") }
+            return nil
+        }
+    }
+
+    /// Lists by key, each key fetched from its shard (one call per shard).
+    func lists(table: String, keys: [String], limit: Int, source: Source, trace: Trace,
+               deadline: ContinuousClock.Instant) async -> [RankedList] {
+        guard !keys.isEmpty, limit > 0 else { return [] }
+        var byShard: [Int: [String]] = [:]
+        for k in keys { byShard[router.shard(ofKey: k), default: []].append(k) }
+        let version = trace.version
+        return await withTaskGroup(of: [RankedList].self) { group in
+            for (shard, ks) in byShard {
+                group.addTask {
+                    do throws(RPCError) {
+                        let r = try await self.cluster.call(shard: shard, deadline: deadline) { c, t throws(RPCError) in
+                            try await c.lists(ListsRequest(table: table, keys: ks, limit: UInt32(limit), version: version), timeout: t)
+                        }
+                        return r.lists
+                    } catch {
+                        if error.code != .notFound { trace.fail(source, "\(source) lists: shard \(shard): \(error)") }
+                        return []
+                    }
+                }
+            }
+            var out: [RankedList] = []
+            for await l in group { out += l }
+            return out
+        }
+    }
+
+    /// Inner-product search of `query` on every shard, k-way merged; `exclude` pushed down.
+    func search(query: [Float], k: Int, exclude: [UInt64], trace: Trace, deadline: ContinuousClock.Instant) async -> [ShardRankKernels.ScoredItem] {
+        guard k > 0 else { return [] }
+        let dim = UInt32(query.count), table = settings.itemsTable, version = trace.version
+        let perShard = await withTaskGroup(of: [ShardRankKernels.ScoredItem]?.self) { group in
+            for shard in 0 ..< cluster.shardCount {
+                trace.asked(shard)
+                group.addTask {
+                    do throws(RPCError) {
+                        let r = try await self.cluster.call(shard: shard, deadline: deadline) { c, t throws(RPCError) in
+                            try await c.search(SearchRequest(table: table, queries: query, dim: dim, k: UInt32(k), excludeIDs: exclude,
+                                                             version: version), timeout: t)
+                        }
+                        trace.answered(shard, version: r.version)
+                        guard let hits = r.results.first else { return [] }
+                        return zip(hits.ids, hits.scores).map { ShardRankKernels.ScoredItem(id: $0, score: $1) }
+                    } catch {
+                        trace.fail(.search, "search: shard \(shard) of \(self.cluster.shardCount) did not answer: \(error)")
+                        return nil
+                    }
+                }
+            }
+            var lists: [[ShardRankKernels.ScoredItem]] = []
+            for await l in group { if let l { lists.append(l) } }
+            return lists
+        }
+        return TopK.merge(perShard, k: k)
+    }
+
+    /// Vectors of `ids` (f32, row-major, in the returned id order; ids whose shard failed or that
+    /// no shard holds are dropped).
+    func gather(_ ids: [UInt64], dim: Int?, trace: Trace, deadline: ContinuousClock.Instant) async -> (ids: [UInt64], vectors: [Float], dim: Int) {
+        var byShard: [Int: [UInt64]] = [:]
+        for id in ids { byShard[router.shard(ofID: id), default: []].append(id) }
+        let table = settings.itemsTable, version = trace.version
+        let parts = await withTaskGroup(of: (ids: [UInt64], vectors: [Float], dim: Int)?.self) { group in
+            for (shard, list) in byShard {
+                group.addTask {
+                    do throws(RPCError) {
+                        let r = try await self.cluster.call(shard: shard, deadline: deadline) { c, t throws(RPCError) in
+                            try await c.lookup(LookupRequest(table: table, ids: list, version: version), timeout: t)
+                        }
+                        let missing = Set(r.missingIDs)
+                        let found = list.filter { !missing.contains($0) }
+                        return (found, Self.decodeRows(r), Int(r.dim))
+                    } catch {
+                        trace.fail(nil, "gather: shard \(shard): \(error) (\(list.count) candidates dropped)")
+                        return nil
+                    }
+                }
+            }
+            var out: [(ids: [UInt64], vectors: [Float], dim: Int)] = []
+            for await p in group { if let p { out.append(p) } }
+            return out
+        }
+        var outIDs: [UInt64] = [], outVecs: [Float] = []
+        var d = dim ?? parts.first?.dim ?? 0
+        for p in parts where p.dim == d || d == 0 {
+            d = p.dim
+            outIDs += p.ids
+            outVecs += p.vectors
+        }
+        return (outIDs, outVecs, d)
+    }
+
+    /// A LookupResponse's rows as f32.
+    static func decodeRows(_ r: LookupResponse) -> [Float] {
+        let dim = Int(r.dim)
+        guard dim > 0 else { return [] }
+        switch r.dtype {
+        case .f32, .unspecified:
+            return r.vectors.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        case .f16:
+            return r.vectors.withUnsafeBytes { b in b.bindMemory(to: UInt16.self).map { Float(Float16(bitPattern: UInt16(littleEndian: $0))) } }
+        case .int8:
+            let n = r.vectors.count / dim
+            var out = [Float](repeating: 0, count: n * dim)
+            r.vectors.withUnsafeBytes { v in
+                r.scales.withUnsafeBytes { s in
+                    let q = v.bindMemory(to: Int8.self)
+                    let sc = s.bindMemory(to: Float.self)
+                    for i in 0 ..< n { for j in 0 ..< dim { out[i * dim + j] = Float(q[i * dim + j]) * sc[i] } }
+                }
+            }
+            return out
+        }
+    }
+
+    /// Scores candidates with the chosen model.
+    func score(model name: String, user: [Float]?, vectors: [Float], count: Int, dim: Int) throws(RPCError) -> [Float] {
+        guard count > 0 else { return [] }
+        var scores = [Float](repeating: 0, count: count)
+        switch name {
+        case "", "dot":
+            guard let user else { return scores }
+            user.withUnsafeBufferPointer { u in
+                vectors.withUnsafeBufferPointer { v in
+                    scores.withUnsafeMutableBufferPointer { s in
+                        InnerProducts.dot(query: u.baseAddress!, rows: RowMatrix(f32: v.baseAddress!, count: count, dimension: dim), scores: s.baseAddress!)
+                    }
+                }
+            }
+        case "mlp":
+            guard let model else { throw RPCError(.invalidArgument, "model 'mlp' is not loaded (start the coordinator with --model FILE)") }
+            guard model.itemDimension == 0 || model.itemDimension == dim else {
+                throw RPCError(.failedPrecondition, "the MLP expects item vectors of dim \(model.itemDimension), the tables have \(dim)")
+            }
+            guard let user, model.userDimension == 0 || model.userDimension == user.count else {
+                // Cold start: no user vector; keep retrieval order.
+                return scores
+            }
+            user.withUnsafeBufferPointer { u in
+                vectors.withUnsafeBufferPointer { v in
+                    scores.withUnsafeMutableBufferPointer { s in
+                        model.score(user: u.baseAddress!, items: RowMatrix(f32: v.baseAddress!, count: count, dimension: dim), count: count,
+                                    scores: s.baseAddress!, pool: pool)
+                    }
+                }
+            }
+        default:
+            throw RPCError(.invalidArgument, "unknown model '\(name)' (known: dot, mlp)")
+        }
+        return scores
+    }
+}

@@ -1,0 +1,272 @@
+public import Logging
+public import NIOCore
+import NIOPosix
+import Synchronization
+public import RPCCore
+import RPCTransport
+import ShardRankClient
+import ShardRankWire
+
+/// One replica of one shard: its channel, load and health.
+final class Replica: Sendable {
+    let shard: Int
+    let address: String
+    let channel: RPCChannel
+    let client: ShardClient
+    /// Calls in flight (least-outstanding choice).
+    let outstanding = Atomic<Int>(0)
+    let state = Mutex(State())
+
+    struct State {
+        var serving = true
+        var consecutiveFailures = 0
+        var ejectedUntil: ContinuousClock.Instant?
+        var ejections = 0
+        /// Recent latencies in ms (ring buffer) for the hedge delay.
+        var latencies: [Double] = []
+        var next = 0
+        var version: UInt64 = 0
+    }
+
+    init(shard: Int, address: String, group: any EventLoopGroup) throws(RPCError) {
+        self.shard = shard
+        self.address = address
+        var config = ClientConfiguration()
+        config.connections = 2
+        config.initialBackoff = .milliseconds(50)
+        config.maxBackoff = .milliseconds(1000)
+        channel = try RPCChannel(target: address, group: group, configuration: config)
+        client = ShardClient(channel: channel)
+    }
+
+    func isUsable(at now: ContinuousClock.Instant) -> Bool {
+        state.withLock { s in s.serving && (s.ejectedUntil.map { now >= $0 } ?? true) }
+    }
+
+    /// The hedge delay: the given quantile of recent latencies (at least `minimum`).
+    func hedgeDelay(quantile: Double, minimum: Double) -> Duration {
+        let ms = state.withLock { s -> Double in
+            guard s.latencies.count >= 8 else { return 10 }
+            let sorted = s.latencies.sorted()
+            return sorted[min(sorted.count - 1, Int(Double(sorted.count) * quantile))]
+        }
+        return .microseconds(Int(max(ms, minimum) * 1000))
+    }
+
+    func recordSuccess(ms: Double) {
+        state.withLock { s in
+            s.consecutiveFailures = 0
+            if s.latencies.count < 128 { s.latencies.append(ms) } else { s.latencies[s.next] = ms; s.next = (s.next + 1) % 128 }
+        }
+    }
+
+    /// Counts a transport-level failure; returns true when the replica was ejected by it.
+    func recordFailure(ejectAfter: Int, ejection: Double) -> Bool {
+        state.withLock { s in
+            s.consecutiveFailures += 1
+            guard s.consecutiveFailures >= ejectAfter, s.ejectedUntil == nil else { return false }
+            let ms = min(10_000, ejection * Double(1 << min(s.ejections, 4)))
+            s.ejectedUntil = ContinuousClock.now.advanced(by: .milliseconds(Int(ms)))
+            s.ejections += 1
+            return true
+        }
+    }
+}
+
+/// The coordinator's view of the shard servers: replicas per shard, chosen by least outstanding
+/// requests among the healthy ones; hedging to a second replica after an adaptive delay, with the
+/// loser cancelled; ejection of replicas that keep failing, re-admitted after a health check; and
+/// the table-set version every replica holds (for pinning).
+public final class ShardCluster: Sendable {
+    public let shardCount: Int
+    let replicas: [[Replica]]
+    let settings: CoordinatorSettings
+    let logger: Logger
+    private let healthTask = Mutex<Task<Void, Never>?>(nil)
+    let hedges = Atomic<Int>(0)
+    let ejections = Atomic<Int>(0)
+
+    public init(topology: Topology, group: any EventLoopGroup, logger: Logger) throws(RPCError) {
+        shardCount = topology.shardCount
+        settings = topology.settings
+        self.logger = logger
+        var r: [[Replica]] = []
+        for (i, list) in topology.shards.enumerated() {
+            var l: [Replica] = []
+            for a in list { l.append(try Replica(shard: i, address: a, group: group)) }
+            r.append(l)
+        }
+        replicas = r
+    }
+
+    /// Starts health checks (and version reads) every `healthIntervalMs`.
+    public func startHealthChecks() {
+        let interval = settings.healthIntervalMs
+        let task = Task { [weak self] in
+            var tick = 0
+            while !Task.isCancelled {
+                guard let self else { return }
+                await self.checkAll(readVersions: tick % 4 == 0)
+                tick += 1
+                try? await Task.sleep(for: .milliseconds(Int(interval)))
+            }
+        }
+        healthTask.withLock { $0?.cancel(); $0 = task }
+    }
+
+    /// One round of health checks, concurrently over every replica.
+    public func checkAll(readVersions: Bool = true) async {
+        await withTaskGroup(of: Void.self) { group in
+            for r in replicas.joined() {
+                group.addTask {
+                    let serving: Bool
+                    do {
+                        serving = try await HealthClient(channel: r.channel).check(timeout: .milliseconds(200)) == .serving
+                    } catch {
+                        serving = false
+                    }
+                    var version: UInt64?
+                    if serving && readVersions, let info = try? await r.client.info(timeout: .milliseconds(200)) {
+                        version = info.version
+                    }
+                    r.state.withLock { s in
+                        s.serving = serving
+                        if let version { s.version = version }
+                        if serving, let until = s.ejectedUntil, ContinuousClock.now >= until {
+                            s.ejectedUntil = nil
+                            s.consecutiveFailures = 0
+                        }
+                        if serving && s.ejectedUntil == nil { s.ejections = 0 }
+                    }
+                }
+            }
+        }
+    }
+
+    public func stop() async {
+        healthTask.withLock { $0?.cancel() }
+        for r in replicas.joined() { await r.channel.close() }
+    }
+
+    /// The version to pin: the lowest version any serving replica reports (every shard holds it,
+    /// the newer ones as their previous version during a rollout); 0 when unknown.
+    public var pinnedVersion: UInt64 {
+        var v: UInt64 = .max
+        for r in replicas.joined() {
+            let (serving, version) = r.state.withLock { ($0.serving, $0.version) }
+            if serving && version > 0 { v = min(v, version) }
+        }
+        return v == .max ? 0 : v
+    }
+
+    private func pick(shard: Int, excluding: Set<String>) -> Replica? {
+        let now = ContinuousClock.now
+        let candidates = replicas[shard].filter { !excluding.contains($0.address) }
+        let usable = candidates.filter { $0.isUsable(at: now) }
+        if let best = usable.min(by: { $0.outstanding.load(ordering: .relaxed) < $1.outstanding.load(ordering: .relaxed) }) {
+            return best
+        }
+        // Nothing healthy: try a serving-unknown or ejected replica rather than nothing.
+        return candidates.first { r in r.state.withLock { $0.serving } }
+    }
+
+    /// Calls shard `shard` before `deadline`: on the least-loaded healthy replica, hedged to a
+    /// second one after the first's recent p95 latency, retried at once on another replica after
+    /// a transport failure; the loser is cancelled (its stream reset).
+    /// - Throws: the last error when every attempt failed, DEADLINE_EXCEEDED when time ran out,
+    ///   UNAVAILABLE when the shard has no usable replica.
+    func call<T: Sendable>(shard: Int, deadline: ContinuousClock.Instant,
+                           _ op: @escaping @Sendable (ShardClient, Duration) async throws(RPCError) -> T) async throws(RPCError) -> T {
+        guard let first = pick(shard: shard, excluding: []) else {
+            throw RPCError(.unavailable, "shard \(shard): no healthy replica")
+        }
+        let settings = self.settings
+        let logger = self.logger
+        @Sendable func attempt(_ r: Replica) async -> Result<T, RPCError> {
+            let remaining = ContinuousClock.now.duration(to: deadline)
+            if remaining <= .zero { return .failure(RPCError(.deadlineExceeded, "shard \(shard): no time left")) }
+            r.outstanding.wrappingAdd(1, ordering: .relaxed)
+            defer { r.outstanding.wrappingSubtract(1, ordering: .relaxed) }
+            let t0 = ContinuousClock.now
+            do throws(RPCError) {
+                let v = try await op(r.client, remaining)
+                let d = ContinuousClock.now - t0
+                r.recordSuccess(ms: Double(d.components.attoseconds) / 1e15 + Double(d.components.seconds) * 1000)
+                return .success(v)
+            } catch {
+                if error.code == .unavailable || (error.code == .deadlineExceeded && !Task.isCancelled) {
+                    if r.recordFailure(ejectAfter: settings.ejectAfterFailures, ejection: settings.ejectionMs) {
+                        self.ejections.wrappingAdd(1, ordering: .relaxed)
+                        logger.warning("ejecting replica \(r.address) of shard \(shard) after repeated failures: \(error)")
+                    }
+                }
+                return .failure(error)
+            }
+        }
+        let started = AddressSet(first.address)
+        let result: Result<T, RPCError> = await withTaskGroup(of: HedgeOutcome<T>.self) { group in
+            group.addTask { .done(await attempt(first), first.address) }
+            let hasSecond = replicas[shard].count > 1
+            if hasSecond {
+                let delay = first.hedgeDelay(quantile: settings.hedgeQuantile, minimum: settings.minHedgeDelayMs)
+                group.addTask {
+                    try? await Task.sleep(for: delay)
+                    if Task.isCancelled { return .skipped }
+                    let tried = started.withLock { $0 }
+                    guard let second = self.pick(shard: shard, excluding: tried) else { return .skipped }
+                    started.withLock { _ = $0.insert(second.address) }
+                    self.hedges.wrappingAdd(1, ordering: .relaxed)
+                    return .done(await attempt(second), second.address)
+                }
+            }
+            var lastError = RPCError(.unavailable, "shard \(shard): no replica answered")
+            var running = hasSecond ? 2 : 1
+            while running > 0, let outcome = await group.next() {
+                running -= 1
+                switch outcome {
+                case .skipped:
+                    continue
+                case .done(.success(let v), _):
+                    group.cancelAll()
+                    return .success(v)
+                case .done(.failure(let e), _):
+                    lastError = e
+                    // Retry a transport failure elsewhere at once (not an application error).
+                    guard e.code == .unavailable else { continue }
+                    let tried = started.withLock { $0 }
+                    if let other = self.pick(shard: shard, excluding: tried), ContinuousClock.now < deadline {
+                        started.withLock { _ = $0.insert(other.address) }
+                        running += 1
+                        group.addTask { .done(await attempt(other), other.address) }
+                    }
+                }
+            }
+            return .failure(lastError)
+        }
+        return try result.get()
+    }
+
+    /// Replica states for Info/debugging: (shard, address, serving, ejected, outstanding, version).
+    public var replicaStates: [(shard: Int, address: String, serving: Bool, ejected: Bool, outstanding: Int, version: UInt64)] {
+        let now = ContinuousClock.now
+        return replicas.joined().map { r in
+            let s = r.state.withLock { $0 }
+            return (r.shard, r.address, s.serving, s.ejectedUntil.map { now < $0 } ?? false, r.outstanding.load(ordering: .relaxed), s.version)
+        }
+    }
+
+    public var hedgeCount: Int { hedges.load(ordering: .relaxed) }
+    public var ejectionCount: Int { ejections.load(ordering: .relaxed) }
+}
+
+enum HedgeOutcome<T: Sendable>: Sendable {
+    case done(Result<T, RPCError>, String)
+    case skipped
+}
+
+/// The replicas one call has tried (shared by its hedge tasks).
+final class AddressSet: Sendable {
+    private let set: Mutex<Set<String>>
+    init(_ first: String) { set = Mutex([first]) }
+    func withLock<R: Sendable>(_ body: (inout Set<String>) -> R) -> R { set.withLock { body(&$0) } }
+}

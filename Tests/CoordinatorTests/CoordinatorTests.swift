@@ -1,0 +1,253 @@
+import Foundation
+import Logging
+import NIOPosix
+import Testing
+import RPCCore
+import RPCTransport
+import ShardRankKernels
+import ShardRankTables
+import ShardRankWire
+import ShardServer
+@testable import Coordinator
+
+/// An in-process cluster: a table set with known vectors, S shard servers (R replicas each) on
+/// loopback, and a `Recommender` over them.
+final class Cluster: @unchecked Sendable {
+    static let dim = 8
+    static let itemIDs: [UInt64] = (0 ..< 240).map { 1000 + UInt64($0) }
+    static let userIDs: [UInt64] = (1 ... 12).map { UInt64($0) }
+    static let genres = ["Action", "Comedy", "Drama"]
+
+    let root: String
+    var servers: [[RPCServer]] = []
+    let recommender: Recommender
+    let cluster: ShardCluster
+
+    static func itemVector(_ id: UInt64) -> [Float] {
+        (0 ..< dim).map { j in Float(sin(Double(id) * 0.91 + Double(j) * 1.7)) }
+    }
+    static func userVector(_ id: UInt64) -> [Float] {
+        (0 ..< dim).map { j in Float(cos(Double(id) * 0.37 + Double(j) * 0.5)) }
+    }
+    static func recentItems(_ user: UInt64) -> [UInt64] { [itemIDs[Int(user) * 3], itemIDs[Int(user) * 3 + 1]] }
+
+    init(shards: Int = 2, replicas: Int = 1, settings: (inout CoordinatorSettings) -> Void = { _ in }) async throws {
+        root = NSTemporaryDirectory() + "shardrank-coord-\(UInt64.random(in: 0 ... .max))"
+        let b = try TableSetBuilder(root: root, shardCount: shards, genres: Cluster.genres, countries: ["DE", "FR"])
+        let items = Cluster.itemIDs.flatMap(Cluster.itemVector)
+        try items.withUnsafeBufferPointer { try b.addEmbedding(name: "items", ids: Cluster.itemIDs, vectors: $0, dim: Cluster.dim) }
+        let users = Cluster.userIDs.flatMap(Cluster.userVector)
+        try users.withUnsafeBufferPointer { try b.addEmbedding(name: "users", ids: Cluster.userIDs, vectors: $0, dim: Cluster.dim) }
+        try b.addProfiles(Cluster.userIDs.map { UserProfileRecord(userID: $0, recentItems: Cluster.recentItems($0), topGenres: [Int($0) % 3], country: 0) })
+        try b.addAttributes(Cluster.itemIDs.enumerated().map { i, id in
+            ItemAttributeRecord(itemID: id, attributes: ItemAttributes(genresMask: UInt64(1) << UInt64(i % 3), timestamp: Int64(i), popularity: Float(240 - i)))
+        })
+        // popular: the first 30 items by id.
+        try b.addList(name: "popular", lists: [RankedListRecord(key: "all", ids: Array(Cluster.itemIDs.prefix(30)),
+                                                                scores: (0 ..< 30).map { Float(30 - $0) })])
+        try b.addList(name: "genre_top", lists: Cluster.genres.enumerated().map { g, name in
+            let ids = Cluster.itemIDs.enumerated().filter { $0.offset % 3 == g }.map(\.element).prefix(20)
+            return RankedListRecord(key: name, ids: Array(ids), scores: (0 ..< ids.count).map { Float(20 - $0) })
+        })
+        _ = try b.publish()
+
+        var topoShards: [[String]] = []
+        for s in 0 ..< shards {
+            var row: [RPCServer] = []
+            var addrs: [String] = []
+            for _ in 0 ..< replicas {
+                let backend = try TableSetBackend(root: root, shard: s, of: shards, pool: WorkerPool(threadCount: 1))
+                var config = ServerConfiguration()
+                config.eventLoopThreads = 1
+                config.workerThreads = 1
+                let server = RPCServer(configuration: config, router: Router(services: [HealthService(services: []), ShardService(backend: backend)]))
+                let port = try server.start()
+                row.append(server)
+                addrs.append("127.0.0.1:\(port)")
+            }
+            servers.append(row)
+            topoShards.append(addrs)
+        }
+        var topo = Topology(tables: root, shards: topoShards)
+        topo.settings.healthIntervalMs = 50
+        settings(&topo.settings)
+        cluster = try ShardCluster(topology: topo, group: MultiThreadedEventLoopGroup.singleton, logger: Logger(label: "test"))
+        await cluster.checkAll()
+        recommender = Recommender(cluster: cluster, pool: WorkerPool(threadCount: 1), logger: Logger(label: "test"))
+    }
+
+    func stop() async {
+        await cluster.stop()
+        for row in servers { for s in row { await s.shutdownGracefully() } }
+        try? FileManager.default.removeItem(atPath: root)
+    }
+
+    static func context(ms: Int = 2000) -> ServerContext {
+        ServerContext(path: "/shardrank.v1.Recommender/Recommend", deadline: ContinuousClock.now.advanced(by: .milliseconds(ms)))
+    }
+
+    /// Exhaustive scoring of every item by `V_u · V_m` (the ceiling), excluding `seen`.
+    static func exhaustive(user: UInt64, k: Int, excluding seen: Set<UInt64>) -> [UInt64] {
+        let u = userVector(user)
+        let scored = itemIDs.filter { !seen.contains($0) }.map { id -> (UInt64, Float) in
+            let v = itemVector(id)
+            var s: Float = 0
+            for j in 0 ..< dim { s += u[j] * v[j] }
+            return (id, s)
+        }
+        return scored.sorted { $0.1 > $1.1 || ($0.1 == $1.1 && $0.0 < $1.0) }.prefix(k).map(\.0)
+    }
+}
+
+func searchOnly(_ s: inout CoordinatorSettings) {
+    s.similarPerItem = 0; s.genreBudget = 0; s.countryBudget = 0; s.popularBudget = 0
+    s.searchBudget = 50
+}
+
+@Suite(.serialized) struct CoordinatorTests {
+    @Test func searchOnlyEqualsExhaustiveScoring() async throws {
+        let c = try await Cluster(settings: searchOnly)
+        for user in Cluster.userIDs.prefix(5) {
+            let r = try await c.recommender.recommend(RecommendRequest(userID: user, k: 10, diversityLambda: 1), context: Cluster.context())
+            let want = Cluster.exhaustive(user: user, k: 10, excluding: Set(Cluster.recentItems(user)))
+            #expect(r.items.map(\.itemID) == want)
+            #expect(r.items.allSatisfy { $0.sources == [.search] })
+            #expect(r.coverage?.degraded == false)
+            #expect(r.coverage?.shardsAsked == 2 && r.coverage?.shardsAnswered == 2)
+            #expect(r.version == 1)
+        }
+        await c.stop()
+    }
+
+    @Test func sourcesAreMergedFilteredAndRemembered() async throws {
+        let c = try await Cluster()
+        let user: UInt64 = 4
+        let exclude: [UInt64] = [1000, 1001, 1002]
+        let r = try await c.recommender.recommend(RecommendRequest(userID: user, context: RecommendContext(excludeIDs: exclude), k: 100,
+                                                                   diversityLambda: 1), context: Cluster.context())
+        let ids = r.items.map(\.itemID)
+        #expect(Set(ids).count == ids.count, "duplicates in the answer")
+        let seen = Set(Cluster.recentItems(user) + exclude)
+        #expect(ids.allSatisfy { !seen.contains($0) }, "seen or excluded items returned")
+        // popular items (ids 1000..1029) that survive the filter carry the popular source.
+        let popular = r.items.filter { $0.itemID < 1030 }
+        #expect(!popular.isEmpty)
+        #expect(popular.allSatisfy { $0.sources.contains(.popular) })
+        #expect(r.items.contains { $0.sources.count >= 2 }, "some item should be proposed by two sources")
+        // Ranked by V_u · V_m: scores non-increasing.
+        #expect(zip(r.items, r.items.dropFirst()).allSatisfy { $0.score >= $1.score })
+        let t = try #require(r.timings)
+        #expect(t.totalMicros >= t.retrieveMicros + t.filterMicros + t.gatherMicros + t.rankMicros + t.postRankMicros)
+        #expect(r.candidates >= UInt32(ids.count))
+        await c.stop()
+    }
+
+    @Test func mmrWithLambdaOneEqualsPlainRankingAndLowerLambdaDiversifies() async throws {
+        let c = try await Cluster(settings: searchOnly)
+        let plain = try await c.recommender.recommend(RecommendRequest(userID: 2, k: 10, diversityLambda: 1), context: Cluster.context())
+        #expect(plain.items.map(\.itemID) == Cluster.exhaustive(user: 2, k: 10, excluding: Set(Cluster.recentItems(2))))
+        let diverse = try await c.recommender.recommend(RecommendRequest(userID: 2, k: 10, diversityLambda: 0.3), context: Cluster.context())
+        #expect(diverse.items.count == 10)
+        #expect(diverse.items.map(\.itemID) != plain.items.map(\.itemID))
+        #expect(diverse.items.first?.itemID == plain.items.first?.itemID, "the first MMR pick is the most relevant")
+        await c.stop()
+    }
+
+    @Test func genreCapIsApplied() async throws {
+        let c = try await Cluster(settings: searchOnly)
+        let r = try await c.recommender.recommend(RecommendRequest(userID: 3, k: 6, diversityLambda: 1, genreCap: 2), context: Cluster.context())
+        #expect(r.items.count == 6)
+        var perGenre = [0, 0, 0]
+        for it in r.items { perGenre[Int(it.itemID - 1000) % 3] += 1 }
+        #expect(perGenre.allSatisfy { $0 <= 2 })
+        await c.stop()
+    }
+
+    @Test func coldStartUsesPopularAndIsMarked() async throws {
+        let c = try await Cluster()
+        let r = try await c.recommender.recommend(RecommendRequest(userID: 999_999, k: 5), context: Cluster.context())
+        #expect(r.coldStart)
+        #expect(r.items.count == 5)
+        #expect(r.items.allSatisfy { $0.sources.contains(.popular) || $0.sources.contains(.genre) })
+        await c.stop()
+    }
+
+    @Test func inputErrorsAreInvalidArgument() async throws {
+        let c = try await Cluster()
+        let bad = [RecommendRequest(userID: 1, k: 0), RecommendRequest(userID: 1, k: 100_000), RecommendRequest(userID: 1, model: "xgb"),
+                   RecommendRequest(userID: 1, model: "mlp"), RecommendRequest(userID: 1, budgets: Budgets(search: 1_000_000)),
+                   RecommendRequest(userID: 1, diversityLambda: 2), RecommendRequest(userID: 1, minCoverage: -1)]
+        for req in bad {
+            do {
+                _ = try await c.recommender.recommend(req, context: Cluster.context())
+                Issue.record("accepted \(req)")
+            } catch {
+                #expect(error.code == .invalidArgument, "\(req)")
+            }
+        }
+        await c.stop()
+    }
+
+    @Test func aDeadShardIsFlaggedAndMinCoverageRefuses() async throws {
+        let c = try await Cluster(settings: searchOnly)
+        await c.servers[1][0].shutdownGracefully()
+        let r = try await c.recommender.recommend(RecommendRequest(userID: 5, k: 10, diversityLambda: 1), context: Cluster.context(ms: 500))
+        let cov = try #require(r.coverage)
+        #expect(cov.degraded)
+        #expect(cov.shardsAsked == 2 && cov.shardsAnswered == 1)
+        #expect(cov.sourcesFailed.contains(.search))
+        #expect(!cov.degradedReasons.isEmpty)
+        do {
+            _ = try await c.recommender.recommend(RecommendRequest(userID: 5, k: 10, diversityLambda: 1, minCoverage: 1),
+                                                  context: Cluster.context(ms: 500))
+            Issue.record("expected UNAVAILABLE below min coverage")
+        } catch {
+            #expect(error.code == .unavailable)
+        }
+        await c.stop()
+    }
+
+    @Test func aDeadReplicaFailsNoRequest() async throws {
+        let c = try await Cluster(shards: 2, replicas: 2, settings: searchOnly)
+        await c.servers[0][0].shutdownGracefully()
+        for user in Cluster.userIDs {
+            let r = try await c.recommender.recommend(RecommendRequest(userID: user, k: 10, diversityLambda: 1), context: Cluster.context(ms: 1000))
+            #expect(r.coverage?.shardsAnswered == 2, "user \(user): \(r.coverage?.degradedReasons ?? [])")
+            #expect(r.items.map(\.itemID) == Cluster.exhaustive(user: user, k: 10, excluding: Set(Cluster.recentItems(user))))
+        }
+        await c.stop()
+    }
+
+    @Test func rankAndSimilar() async throws {
+        let c = try await Cluster(settings: searchOnly)
+        let cands: [UInt64] = [1005, 1100, 1200, 1033, 1005, 5555]
+        let r = try await c.recommender.rank(RankRequest(userID: 7, candidateIDs: cands, k: 0), context: Cluster.context())
+        let want = Cluster.exhaustive(user: 7, k: 240, excluding: []).filter { [1005, 1100, 1200, 1033].contains($0) }
+        #expect(r.items.map(\.itemID) == want)
+        #expect(r.coverage?.degradedReasons.contains { $0.contains("not found") } == true)
+        let s = try await c.recommender.similar(SimilarRequest(itemID: 1010, k: 5), context: Cluster.context())
+        #expect(s.items.count == 5)
+        #expect(!s.items.contains { $0.itemID == 1010 })
+        #expect(s.items.allSatisfy { $0.sources == [.search] })
+        await c.stop()
+    }
+
+    @Test func topologyParsingErrorsNameTheKey() throws {
+        let good = #"{"tables": "/t", "shards": [["127.0.0.1:1", "127.0.0.1:2"], ["h:3"]], "coordinators": ["127.0.0.1:7000"], "coordinator": {"search_budget": 300}}"#
+        let t = try Topology.parse(Data(good.utf8))
+        #expect(t.shardCount == 2 && t.shards[0].count == 2 && t.settings.searchBudget == 300)
+        let cases: [(String, String)] = [
+            (#"{"shards": []}"#, "shards"), (#"{"shards": [["nohost"]]}"#, "shards[0][0]"), (#"[1]"#, "object"),
+            (#"{"shards": [["a:1"]], "bogus": 1}"#, "bogus"), (#"{"shards": [["a:1"]], "coordinator": {"search_budget": -1}}"#, "search_budget"),
+            ("not json", "JSON"),
+        ]
+        for (text, word) in cases {
+            do {
+                _ = try Topology.parse(Data(text.utf8))
+                Issue.record("accepted \(text)")
+            } catch {
+                #expect("\(error)".contains(word), "\(error)")
+            }
+        }
+    }
+}
