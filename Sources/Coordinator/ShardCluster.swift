@@ -159,15 +159,19 @@ public final class ShardCluster: Sendable {
         return v == .max ? 0 : v
     }
 
-    private func pick(shard: Int, excluding: Set<String>) -> Replica? {
+    /// The least-loaded usable replica not in `excluding`; with `lastResort`, an ejected or
+    /// unknown one when no usable replica is left (a retry after a transport failure).
+    private func pick(shard: Int, excluding: Set<String>, lastResort: Bool = true) -> Replica? {
         let now = ContinuousClock.now
         let candidates = replicas[shard].filter { !excluding.contains($0.address) }
         let usable = candidates.filter { $0.isUsable(at: now) }
         if let best = usable.min(by: { $0.outstanding.load(ordering: .relaxed) < $1.outstanding.load(ordering: .relaxed) }) {
             return best
         }
-        // Nothing healthy: try a serving-unknown or ejected replica rather than nothing.
-        return candidates.first { r in r.state.withLock { $0.serving } }
+        guard lastResort else { return nil }
+        // Nothing healthy: an ejected replica that still answers health checks, then any other
+        // replica, rather than failing without trying (ejection is a heuristic).
+        return candidates.first { r in r.state.withLock { $0.serving } } ?? candidates.first
     }
 
     /// Calls shard `shard` before `deadline`: on the least-loaded healthy replica, hedged to a
@@ -213,7 +217,7 @@ public final class ShardCluster: Sendable {
                     try? await Task.sleep(for: delay)
                     if Task.isCancelled { return .skipped }
                     let tried = started.withLock { $0 }
-                    guard let second = self.pick(shard: shard, excluding: tried) else { return .skipped }
+                    guard let second = self.pick(shard: shard, excluding: tried, lastResort: false) else { return .skipped }
                     started.withLock { _ = $0.insert(second.address) }
                     self.hedges.wrappingAdd(1, ordering: .relaxed)
                     return .done(await attempt(second), second.address)
@@ -231,7 +235,13 @@ public final class ShardCluster: Sendable {
                     return .success(v)
                 case .done(.failure(let e), _):
                     lastError = e
-                    // Retry a transport failure elsewhere at once (not an application error).
+                    // An application error (NOT_FOUND, INVALID_ARGUMENT, ...) is the shard's answer:
+                    // another replica would say the same.
+                    guard e.code == .unavailable || e.code == .deadlineExceeded || e.code == .resourceExhausted else {
+                        group.cancelAll()
+                        return .failure(e)
+                    }
+                    // Retry a transport failure elsewhere at once.
                     guard e.code == .unavailable else { continue }
                     let tried = started.withLock { $0 }
                     if let other = self.pick(shard: shard, excluding: tried), ContinuousClock.now < deadline {

@@ -251,3 +251,23 @@ func searchOnly(_ s: inout CoordinatorSettings) {
         }
     }
 }
+
+@Suite(.serialized) struct ShardClusterTests {
+    /// Every call to a shard with one dead replica succeeds (retried or hedged to the live one).
+    @Test func callsSurviveADeadReplica() async throws {
+        let c = try await Cluster(shards: 1, replicas: 2)
+        await c.servers[0][0].shutdownGracefully()
+        var failures: [String] = []
+        for i in 0 ..< 60 {
+            do {
+                _ = try await c.cluster.call(shard: 0, deadline: ContinuousClock.now.advanced(by: .seconds(1))) { client, t throws(RPCError) in
+                    try await client.lists(ListsRequest(table: "popular", keys: ["all"], limit: 5), timeout: t)
+                }
+            } catch {
+                failures.append("\(i): \(error)")
+            }
+        }
+        #expect(failures.isEmpty, "\(failures)")
+        await c.stop()
+    }
+}
