@@ -20,6 +20,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // ---- C: system libraries and generated code --------------------------------------
@@ -58,6 +60,14 @@ let package = Package(
             "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient", "ShardRankKernels", "ShardRankTables",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: swiftSettings),
+        .target(name: "ShardRankAdmin", dependencies: [
+            "RPCCore", "RPCTransport",
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ], swiftSettings: swiftSettings),
         .target(name: "ShardRankSynth", dependencies: ["ShardRankTables"], swiftSettings: swiftSettings),
         .target(name: "LoadTest", dependencies: [
             "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient",
@@ -67,7 +77,8 @@ let package = Package(
         ], swiftSettings: swiftSettings),
         .executableTarget(name: "ShardRankCLI", dependencies: [
             "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient", "ShardServer", "ShardRankTables",
-            "Coordinator", "ShardRankSynth", "LoadTest", "ShardRankKernels",
+            "Coordinator", "ShardRankSynth", "LoadTest", "ShardRankKernels", "ShardRankAdmin",
+            .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

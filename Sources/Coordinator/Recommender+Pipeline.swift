@@ -160,8 +160,10 @@ extension Recommender {
                                    rankMicros: Self.micros(t4 - t3), postRankMicros: Self.micros(t5 - t4),
                                    totalMicros: Self.micros(ContinuousClock.now - trace.start))
         let version = trace.answeredVersions.max() ?? trace.version
-        return RecommendResponse(items: out, version: version, timings: timings, coverage: coverage, candidates: UInt32(merged.count),
-                                 coldStart: coldStart)
+        let response = RecommendResponse(items: out, version: version, timings: timings, coverage: coverage, candidates: UInt32(merged.count),
+                                         coldStart: coldStart)
+        observer?.answered(response)
+        return response
     }
 
     /// Genre bitmasks of `ids` (0 where unknown).

@@ -16,11 +16,13 @@ public final class Recommender: Sendable {
     public let model: MLPModel?
     public let pool: WorkerPool
     let logger: Logger
+    let observer: (any RecommendObserver)?
 
     /// Bits of the merged candidates' source mask, in this order.
     static let sourceOrder: [Source] = [.similar, .genre, .country, .popular, .search, .caller]
 
-    public init(cluster: ShardCluster, model: MLPModel? = nil, pool: WorkerPool, logger: Logger) {
+    public init(cluster: ShardCluster, model: MLPModel? = nil, pool: WorkerPool, logger: Logger, observer: (any RecommendObserver)? = nil) {
+        self.observer = observer
         self.cluster = cluster
         self.settings = cluster.settings
         self.router = ShardRouter(shardCount: cluster.shardCount)
@@ -261,4 +263,9 @@ public final class Recommender: Sendable {
         }
         return scores
     }
+}
+
+/// Sees every Recommend answer (metrics: per-stage latency, degraded and cold-start shares).
+public protocol RecommendObserver: Sendable {
+    func answered(_ response: RecommendResponse)
 }

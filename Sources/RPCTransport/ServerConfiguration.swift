@@ -21,6 +21,8 @@ public struct ServerConfiguration: Sendable {
     /// A connection with no open stream for this long gets a GOAWAY and is closed (gRPC's
     /// MAX_CONNECTION_IDLE); nil keeps idle connections forever.
     public var maxConnectionIdle: Duration? = .seconds(300)
+    /// Told about every call's start and outcome (metrics); nil for none.
+    public var observer: (any RPCServerObserver)?
     /// How long a graceful shutdown waits for in-flight calls before closing connections.
     public var drainTimeout: Duration = .seconds(10)
 
@@ -41,3 +43,12 @@ public enum System {
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// Sees every call: for metrics. Called on event loops: must be cheap and thread-safe.
+public protocol RPCServerObserver: Sendable {
+    /// A call's headers were accepted (`path` is a known method).
+    func callStarted(path: String)
+    /// A call ended with `status` (nil = OK) after `duration` since its headers arrived; also for
+    /// calls rejected before a handler ran (path "unknown" when it did not resolve).
+    func callFinished(path: String, status: RPCStatusCode, duration: Duration)
+}

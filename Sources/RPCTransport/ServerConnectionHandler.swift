@@ -33,6 +33,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         var serverContext: ServerContext?
         var deadlineTask: Scheduled<Void>?
         var deadline: ContinuousClock.Instant?
+        let started = ContinuousClock.now
+        var observedPath: String?
+        var finished = false
         init(limits: ServerStreamStateMachine.Limits) { machine = ServerStreamStateMachine(limits: limits) }
     }
 
@@ -78,6 +81,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         let gone = RPCError(.unavailable, "connection closed")
         for (id, s) in streams {
             s.deadlineTask?.cancel()
+            if s.call != nil { observeEnd(s, .unavailable) }
             s.serverContext?.cancel(gone)
             removeStream(id)
         }
@@ -168,6 +172,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             session.resetAfterEndStream(stream: id)
         case .accepted(let call):
             s.call = call
+            if let o = config.observer {
+                s.observedPath = call.method.path
+                o.callStarted(path: call.method.path)
+            }
             if let t = call.timeout {
                 s.deadline = ContinuousClock.now.advanced(by: .nanoseconds(t.nanoseconds))
                 let loop = context!.eventLoop
@@ -180,6 +188,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             invoke(call, request: request, stream: s, id: id)
         case .sendResponse(let message):
             s.deadlineTask?.cancel()
+            observeEnd(s, .ok)
             do {
                 try session.submitResponse(stream: id, headers: Self.responseHeaders)
                 session.enqueue(stream: id, message)
@@ -193,6 +202,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             session.enqueue(stream: id, message)
         case .finish(let error, let headersSent, let cancelHandler, let resetAfter):
             s.deadlineTask?.cancel()
+            observeEnd(s, error?.code ?? .ok)
             if cancelHandler, let error { s.serverContext?.cancel(error) }
             let status = Self.statusHeaders(error)
             if headersSent {
@@ -203,8 +213,15 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             if resetAfter { session.resetAfterEndStream(stream: id) }
         case .cancelHandler(let error):
             s.deadlineTask?.cancel()
+            observeEnd(s, error.code)
             s.serverContext?.cancel(error)
         }
+    }
+
+    private func observeEnd(_ s: Stream, _ code: RPCStatusCode) {
+        guard let o = config.observer, !s.finished else { return }
+        s.finished = true
+        o.callFinished(path: s.observedPath ?? "unknown", status: code, duration: ContinuousClock.now - s.started)
     }
 
     static let responseHeaders: [(String, String)] = [(":status", "200"), ("content-type", "application/grpc")]

@@ -6,6 +6,8 @@ import RPCCore
 import RPCTransport
 import ShardRankKernels
 import ShardRankWire
+import ShardRankAdmin
+import Prometheus
 
 /// `shardrank coordinator`: serves `shardrank.v1.Recommender` over the shards of a topology.
 struct CoordinatorCommand: AsyncParsableCommand {
@@ -51,11 +53,53 @@ struct CoordinatorCommand: AsyncParsableCommand {
         await cluster.checkAll()
         cluster.startHealthChecks()
         let pool = WorkerPool(threadCount: server.workers ?? WorkerPool.defaultThreadCount)
-        let recommender = Recommender(cluster: cluster, model: mlp, pool: pool, logger: logger)
+        let metrics = ServerMetrics(bootstrapSwiftMetrics: true)
+        let recommender = Recommender(cluster: cluster, model: mlp, pool: pool, logger: logger,
+                                      observer: RecommendMetrics(metrics: metrics))
+        let pinned = metrics.registry.makeGauge(name: "shardrank_pinned_version", help: "Table-set version the coordinator pins")
+        let hedges = metrics.registry.makeGauge(name: "shardrank_hedges_total", help: "Hedged shard calls since start")
+        let ejections = metrics.registry.makeGauge(name: "shardrank_ejections_total", help: "Replica ejections since start")
+        let servingReplicas = metrics.registry.makeGauge(name: "shardrank_replicas_serving", help: "Replicas that are SERVING and not ejected")
+        metrics.addCollector { _ in
+            pinned.set(to: Double(cluster.pinnedVersion))
+            hedges.set(to: Double(cluster.hedgeCount))
+            ejections.set(to: Double(cluster.ejectionCount))
+            servingReplicas.set(to: Double(cluster.replicaStates.filter { $0.serving && !$0.ejected }.count))
+        }
         let health = HealthService(services: ["shardrank.v1.Recommender"])
         let router = Router(services: [health, RecommenderService(recommender: recommender)])
         logger.info("coordinator over \(topo.shardCount) shards (\(topo.shards.map(\.count).reduce(0, +)) replicas), pinned version \(cluster.pinnedVersion)")
-        try await serve(router: router, health: health, options: server, logger: logger, what: "coordinator")
+        try await serve(router: router, health: health, options: server, logger: logger, what: "coordinator", metrics: metrics)
         await cluster.stop()
+    }
+}
+
+/// Per-stage latency histograms and degraded / cold-start counters of Recommend.
+struct RecommendMetrics: RecommendObserver {
+    let stages: [(KeyPath<StageTimings, UInt64> & Sendable, DurationHistogram)]
+    let degraded: Prometheus.Counter
+    let coldStart: Prometheus.Counter
+    let answered: Prometheus.Counter
+
+    init(metrics: ServerMetrics) {
+        let r = metrics.registry
+        func h(_ stage: String) -> DurationHistogram {
+            r.makeDurationHistogram(name: "shardrank_recommend_stage_seconds", labels: [("stage", stage)], buckets: ServerMetrics.latencyBuckets,
+                                    help: "Recommend latency by pipeline stage")
+        }
+        stages = [(\.retrieveMicros, h("retrieve")), (\.filterMicros, h("filter")), (\.gatherMicros, h("gather")),
+                  (\.rankMicros, h("rank")), (\.postRankMicros, h("post_rank")), (\.totalMicros, h("total"))]
+        degraded = r.makeCounter(name: "shardrank_recommend_degraded_total", help: "Recommend answers flagged degraded")
+        coldStart = r.makeCounter(name: "shardrank_recommend_cold_start_total", help: "Recommend answers for users without vector or profile")
+        answered = r.makeCounter(name: "shardrank_recommend_answers_total", help: "Recommend answers")
+    }
+
+    func answered(_ response: RecommendResponse) {
+        answered.increment()
+        if response.coverage?.degraded == true { degraded.increment() }
+        if response.coldStart { coldStart.increment() }
+        if let t = response.timings {
+            for (kp, hist) in stages { hist.record(.microseconds(Int64(t[keyPath: kp]))) }
+        }
     }
 }

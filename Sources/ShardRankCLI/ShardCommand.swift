@@ -6,6 +6,7 @@ import RPCTransport
 import ShardRankWire
 import ShardServer
 import ShardRankKernels
+import ShardRankAdmin
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -66,7 +67,20 @@ struct ShardCommand: AsyncParsableCommand {
         }
         let health = HealthService(services: ["shardrank.v1.Shard"])
         let router = Router(services: [health, ShardService(backend: backend)])
-        try await serve(router: router, health: health, options: server, logger: logger, what: "shard")
+        let metrics = ServerMetrics(bootstrapSwiftMetrics: true)
+        let version = metrics.registry.makeGauge(name: "shardrank_table_set_version", help: "Table-set version answering new requests")
+        let mapped = metrics.registry.makeGauge(name: "shardrank_mapped_bytes", help: "Bytes of table files mapped")
+        let reloads = metrics.registry.makeGauge(name: "shardrank_reloads_total", help: "Table-set versions switched to since start")
+        let rejected = metrics.registry.makeGauge(name: "shardrank_reload_rejections_total", help: "Table-set versions rejected since start")
+        let tableBackend = backend as? TableSetBackend
+        metrics.addCollector { _ in
+            let info = backend.info()
+            version.set(to: Double(info.version))
+            mapped.set(to: Double(info.mappedBytes))
+            reloads.set(to: Double(tableBackend?.reloadCount ?? 0))
+            rejected.set(to: Double(tableBackend?.rejectionCount ?? 0))
+        }
+        try await serve(router: router, health: health, options: server, logger: logger, what: "shard", metrics: metrics)
         hangup?.cancel()
     }
 }
@@ -114,6 +128,9 @@ struct ServerOptions: ParsableArguments {
     @Option(help: "Log level: trace, debug, info, warning, error.")
     var logLevel: String = "info"
 
+    @Option(help: "Serve Prometheus metrics (/metrics) and /healthz over HTTP on this port (0 picks one); off when not given.")
+    var adminPort: Int?
+
     func configuration() -> ServerConfiguration {
         var c = ServerConfiguration()
         c.host = host
@@ -136,14 +153,28 @@ func makeLogger(_ label: String, level: String) -> Logger {
     return l
 }
 
-/// Starts `router` on a server, prints the bound address, waits for SIGTERM/SIGINT, then:
-/// health → NOT_SERVING, end health watches, GOAWAY, drain, exit.
-func serve(router: Router, health: HealthService, options: ServerOptions, logger: Logger, what: String) async throws {
-    let server = RPCServer(configuration: options.configuration(), router: router, logger: logger)
+/// Starts `router` on a server (and the admin endpoint when asked), prints the bound address,
+/// waits for SIGTERM/SIGINT, then: health → NOT_SERVING, end health watches, GOAWAY, drain, exit.
+func serve(router: Router, health: HealthService, options: ServerOptions, logger: Logger, what: String,
+           metrics: ServerMetrics = ServerMetrics()) async throws {
+    var config = options.configuration()
+    config.observer = metrics
+    let server = RPCServer(configuration: config, router: router, logger: logger)
     let port: Int
     do { port = try server.start() } catch {
         logger.error("\(error)")
         throw ExitCode(3)
+    }
+    var admin: AdminServer?
+    if let adminPort = options.adminPort {
+        do {
+            admin = try await AdminServer(host: options.host, port: adminPort, metrics: metrics, group: server.group)
+        } catch {
+            logger.error("cannot listen for admin HTTP on \(options.host):\(adminPort): \(error)")
+            _ = await server.shutdownGracefully()
+            throw ExitCode(3)
+        }
+        printFlushed("shardrank \(what): admin listening on \(options.host):\(admin!.port)")
     }
     printFlushed("shardrank \(what): listening on \(options.host):\(port)")
     let sig = await waitForTerminationSignal()
@@ -151,6 +182,7 @@ func serve(router: Router, health: HealthService, options: ServerOptions, logger
     health.setAllNotServing()
     try? await Task.sleep(for: .milliseconds(100))
     health.finishWatchers()
+    await admin?.close()
     let drained = await server.shutdownGracefully()
     logger.info(drained ? "drained; exiting" : "drain timed out; exiting")
 }

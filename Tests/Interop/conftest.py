@@ -58,7 +58,12 @@ class Server:
 
     def __init__(self, args):
         self.proc = subprocess.Popen([shardrank_bin()] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.preamble = ""
         line = self.proc.stdout.readline()
+        while "admin listening" in line:
+            self.preamble += line
+            line = self.proc.stdout.readline()
+        self.preamble += line
         m = re.search(r"listening on (\S+):(\d+)", line)
         if not m:
             self.proc.kill()

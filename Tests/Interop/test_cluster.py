@@ -33,7 +33,10 @@ class LocalCluster:
                 "coordinator": dict({"health_interval_ms": 100, "default_deadline_ms": 1000}, **(settings or {}))}
         path = tmp / "topology.json"
         path.write_text(json.dumps(topo))
-        self.coordinator = factory(["coordinator", "--topology", str(path), "--port", "0", "--log-level", "warning"])
+        self.coordinator = factory(["coordinator", "--topology", str(path), "--port", "0", "--log-level", "warning",
+                                    "--admin-port", "0"])
+        import re
+        self.admin_port = int(re.search(r"admin listening on \S+:(\d+)", self.coordinator.preamble).group(1))
         self.channel = grpc.insecure_channel(self.coordinator.target)
 
     def close(self):
@@ -72,6 +75,13 @@ def test_recommend_through_a_real_cluster(pb, rpb, tmp_path, server_factory):
     with pytest.raises(grpc.RpcError) as e:
         stub.Recommend(rpb[0].RecommendRequest(user_id=1, k=5, model="mlp"), timeout=2)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # Metrics: answers, per-stage histograms, replicas serving
+    from test_metrics import scrape, value
+    text = scrape(cl.admin_port)
+    assert value(text, "shardrank_recommend_answers_total") >= 1
+    assert value(text, "shardrank_recommend_stage_seconds_count", stage="retrieve") >= 1
+    assert value(text, "shardrank_replicas_serving") == 2
+    assert value(text, "shardrank_rpc_requests_total", method="/shardrank.v1.Recommender/Recommend", code="INVALID_ARGUMENT") == 2
     # Rank and Similar
     rr = stub.Rank(rpb[0].RankRequest(user_id=7, candidate_ids=cl.ids[:20], k=5), timeout=2)
     assert len(rr.items) == 5

@@ -1,0 +1,76 @@
+public import Prometheus
+import Metrics
+public import RPCCore
+public import RPCTransport
+import Synchronization
+
+/// The process's metrics: a Prometheus registry (also the swift-metrics backend, so any library
+/// using swift-metrics lands in it), RPC counters and latency histograms fed by the server's
+/// observer hook, and gauges refreshed by collectors right before each scrape.
+public final class ServerMetrics: RPCServerObserver, Sendable {
+    public let registry: PrometheusCollectorRegistry
+    private let handles = Mutex<[String: MethodHandles]>([:])
+    private let collectors = Mutex<[@Sendable (ServerMetrics) -> Void]>([])
+    private let inFlight: Prometheus.Gauge
+    public static let latencyBuckets: [Duration] = [
+        .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5),
+        .milliseconds(10), .milliseconds(20), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(1000),
+    ]
+
+    struct MethodHandles: @unchecked Sendable {
+        let latency: DurationHistogram
+        var byStatus: [RPCStatusCode: Prometheus.Counter]
+    }
+
+    /// - Parameter bootstrapSwiftMetrics: also make this registry the swift-metrics backend
+    ///   (once per process).
+    public init(bootstrapSwiftMetrics: Bool = false) {
+        registry = PrometheusCollectorRegistry()
+        inFlight = registry.makeGauge(name: "shardrank_rpc_in_flight", help: "Calls being handled")
+        if bootstrapSwiftMetrics {
+            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        }
+    }
+
+    private func handles(for path: String) -> MethodHandles {
+        handles.withLock { h in h[path] ?? handlesUnlocked(&h, path) }
+    }
+
+    public func callStarted(path: String) {
+        inFlight.increment()
+    }
+
+    public func callFinished(path: String, status: RPCStatusCode, duration: Duration) {
+        if path != "unknown" { inFlight.decrement() }
+        let counter = handles.withLock { h -> Prometheus.Counter in
+            if let c = h[path]?.byStatus[status] { return c }
+            let c = registry.makeCounter(name: "shardrank_rpc_requests_total", labels: [("method", path), ("code", status.description)],
+                                         help: "Calls by method and gRPC status")
+            if h[path] == nil { _ = self.handlesUnlocked(&h, path) }
+            h[path]!.byStatus[status] = c
+            return c
+        }
+        counter.increment()
+        if path != "unknown" { handles(for: path).latency.record(duration) }
+    }
+
+    private func handlesUnlocked(_ h: inout [String: MethodHandles], _ path: String) -> MethodHandles {
+        let x = MethodHandles(latency: registry.makeDurationHistogram(name: "shardrank_rpc_duration_seconds", labels: [("method", path)],
+                                                                      buckets: Self.latencyBuckets,
+                                                                      help: "Latency of calls from request headers to the status"),
+                              byStatus: [:])
+        h[path] = x
+        return x
+    }
+
+    /// Registers work run before every scrape (to refresh gauges of other components).
+    public func addCollector(_ body: @escaping @Sendable (ServerMetrics) -> Void) {
+        collectors.withLock { $0.append(body) }
+    }
+
+    /// The Prometheus text exposition of every metric, collectors run first.
+    public func exposition() -> [UInt8] {
+        for c in collectors.withLock({ $0 }) { c(self) }
+        return registry.emitToBuffer()
+    }
+}
