@@ -26,6 +26,9 @@ extension Recommender {
         guard req.minCoverage.isFinite, req.minCoverage >= 0, req.minCoverage <= 1 else {
             throw RPCError(.invalidArgument, "min_coverage=\(req.minCoverage) is out of range [0, 1]")
         }
+        for s in req.sources where ![.similar, .genre, .country, .popular, .search].contains(s) {
+            throw RPCError(.invalidArgument, "sources: \(s) is not a retrieval source (similar, genre, country, popular, search)")
+        }
     }
 
     /// `Recommend`: the whole two-stage pipeline.
@@ -34,11 +37,13 @@ extension Recommender {
         let trace = makeTrace(ctx)
         let b = req.budgets ?? Budgets()
         func budget(_ v: UInt32, _ d: Int) -> Int { v == 0 ? d : Int(v) }
-        let similarPerItem = budget(b.similarPerItem, settings.similarPerItem)
-        let genreBudget = budget(b.genre, settings.genreBudget)
-        let countryBudget = budget(b.country, settings.countryBudget)
-        let popularBudget = budget(b.popular, settings.popularBudget)
-        let searchBudget = budget(b.search, settings.searchBudget)
+        let only = Set(req.sources)
+        func on(_ s: Source) -> Bool { only.isEmpty || only.contains(s) }
+        let similarPerItem = on(.similar) ? budget(b.similarPerItem, settings.similarPerItem) : 0
+        let genreBudget = on(.genre) ? budget(b.genre, settings.genreBudget) : 0
+        let countryBudget = on(.country) ? budget(b.country, settings.countryBudget) : 0
+        let popularBudget = on(.popular) ? budget(b.popular, settings.popularBudget) : 0
+        let searchBudget = on(.search) ? budget(b.search, settings.searchBudget) : 0
         let k = Int(req.k)
 
         // --- Retrieve: profile and user vector first (unless the context gives them), then the
@@ -66,11 +71,11 @@ extension Recommender {
         let perGenre = genres.isEmpty ? 0 : max(1, genreBudget / genres.count)
         async let similarLists = lists(table: "similar", keys: recent.map { String($0) }, limit: similarPerItem, source: .similar,
                                        trace: trace, deadline: retrieveDeadline)
-        async let genreLists = lists(table: "genre_top", keys: genres, limit: perGenre + seenCount, source: .genre,
+        async let genreLists = lists(table: "genre_top", keys: genreBudget == 0 ? [] : genres, limit: perGenre + seenCount, source: .genre,
                                      trace: trace, deadline: retrieveDeadline)
-        async let countryLists = lists(table: "country_top", keys: country.isEmpty ? [] : [country], limit: countryBudget + seenCount,
+        async let countryLists = lists(table: "country_top", keys: country.isEmpty || countryBudget == 0 ? [] : [country], limit: countryBudget + seenCount,
                                        source: .country, trace: trace, deadline: retrieveDeadline)
-        async let popularLists = lists(table: "popular", keys: ["all"], limit: popularBudget + seenCount, source: .popular,
+        async let popularLists = lists(table: "popular", keys: popularBudget == 0 ? [] : ["all"], limit: popularBudget + seenCount, source: .popular,
                                        trace: trace, deadline: retrieveDeadline)
         async let searched: [ShardRankKernels.ScoredItem] = search(query: userVec ?? [], k: userVec == nil ? 0 : searchBudget,
                                                                    exclude: seenList, trace: trace, deadline: retrieveDeadline)

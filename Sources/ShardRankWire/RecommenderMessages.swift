@@ -46,11 +46,13 @@ public struct RecommendRequest: Sendable, Hashable {
     public var diversityLambda: Float
     public var minCoverage: Float
     public var genreCap: UInt32
+    /// Only these retrieval sources (all when empty).
+    public var sources: [Source]
 
     public init(userID: UInt64, context: RecommendContext? = nil, k: UInt32 = 10, budgets: Budgets? = nil, model: String = "",
-                diversityLambda: Float = 0, minCoverage: Float = 0, genreCap: UInt32 = 0) {
+                diversityLambda: Float = 0, minCoverage: Float = 0, genreCap: UInt32 = 0, sources: [Source] = []) {
         self.userID = userID; self.context = context; self.k = k; self.budgets = budgets; self.model = model
-        self.diversityLambda = diversityLambda; self.minCoverage = minCoverage; self.genreCap = genreCap
+        self.diversityLambda = diversityLambda; self.minCoverage = minCoverage; self.genreCap = genreCap; self.sources = sources
     }
 
     public static func decode(_ bytes: [UInt8]) throws(RPCError) -> RecommendRequest {
@@ -68,7 +70,8 @@ public struct RecommendRequest: Sendable, Hashable {
                 budgets = Budgets(similarPerItem: b.similar_per_item, genre: b.genre, country: b.country, popular: b.popular, search: b.search)
             }
             return RecommendRequest(userID: p.user_id, context: ctx, k: p.k, budgets: budgets, model: ProtoC.string(p.model),
-                                    diversityLambda: p.diversity_lambda, minCoverage: p.min_coverage, genreCap: p.genre_cap)
+                                    diversityLambda: p.diversity_lambda, minCoverage: p.min_coverage, genreCap: p.genre_cap,
+                                    sources: ProtoC.array(p.sources, p.n_sources).map { Source(rawValue: $0.rawValue) ?? .unspecified })
         }
     }
 
@@ -82,6 +85,8 @@ public struct RecommendRequest: Sendable, Hashable {
         m.diversity_lambda = diversityLambda
         m.min_coverage = minCoverage
         m.genre_cap = genreCap
+        m.n_sources = sources.count
+        m.sources = arena.array(sources.map { Shardrank__V1__Source(rawValue: $0.rawValue) })
         if let c = context {
             var cc = Shardrank__V1__Context()
             shardrank__v1__context__init(&cc)

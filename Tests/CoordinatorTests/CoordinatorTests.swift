@@ -163,6 +163,20 @@ func searchOnly(_ s: inout CoordinatorSettings) {
         await c.stop()
     }
 
+    @Test func onlyTheRequestedSourcesRun() async throws {
+        let c = try await Cluster()
+        let r = try await c.recommender.recommend(RecommendRequest(userID: 2, k: 10, diversityLambda: 1, sources: [.popular]), context: Cluster.context())
+        #expect(r.items.count == 10)
+        #expect(r.items.allSatisfy { $0.sources == [.popular] && $0.itemID < 1030 })
+        do {
+            _ = try await c.recommender.recommend(RecommendRequest(userID: 2, sources: [.caller]), context: Cluster.context())
+            Issue.record("accepted a non-retrieval source")
+        } catch {
+            #expect(error.code == .invalidArgument)
+        }
+        await c.stop()
+    }
+
     @Test func coldStartUsesPopularAndIsMarked() async throws {
         let c = try await Cluster()
         let r = try await c.recommender.recommend(RecommendRequest(userID: 999_999, k: 5), context: Cluster.context())

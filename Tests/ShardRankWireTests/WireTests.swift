@@ -117,7 +117,7 @@ import RPCCore
         let full = RecommendRequest(userID: 42, context: RecommendContext(recentItemIDs: [1, 2, 3], country: "DE", genres: ["Drama", "Sci-Fi"],
                                                                           excludeIDs: [9]),
                                     k: 20, budgets: Budgets(similarPerItem: 10, genre: 50, country: 50, popular: 30, search: 200),
-                                    model: "mlp", diversityLambda: 0.7, minCoverage: 0.5, genreCap: 3)
+                                    model: "mlp", diversityLambda: 0.7, minCoverage: 0.5, genreCap: 3, sources: [.popular, .search])
         #expect(try RecommendRequest.decode(Array(full.encoded().payload)) == full)
         let bare = RecommendRequest(userID: 1)
         #expect(try RecommendRequest.decode(Array(bare.encoded().payload)) == bare)

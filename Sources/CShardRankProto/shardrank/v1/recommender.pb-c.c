@@ -669,7 +669,7 @@ const ProtobufCMessageDescriptor shardrank__v1__budgets__descriptor =
   (ProtobufCMessageInit) shardrank__v1__budgets__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor shardrank__v1__recommend_request__field_descriptors[8] =
+static const ProtobufCFieldDescriptor shardrank__v1__recommend_request__field_descriptors[9] =
 {
   {
     "user_id",
@@ -767,6 +767,18 @@ static const ProtobufCFieldDescriptor shardrank__v1__recommend_request__field_de
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "sources",
+    9,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_ENUM,
+    offsetof(Shardrank__V1__RecommendRequest, n_sources),
+    offsetof(Shardrank__V1__RecommendRequest, sources),
+    &shardrank__v1__source__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned shardrank__v1__recommend_request__field_indices_by_name[] = {
   3,   /* field[3] = budgets */
@@ -776,12 +788,13 @@ static const unsigned shardrank__v1__recommend_request__field_indices_by_name[] 
   2,   /* field[2] = k */
   6,   /* field[6] = min_coverage */
   4,   /* field[4] = model */
+  8,   /* field[8] = sources */
   0,   /* field[0] = user_id */
 };
 static const ProtobufCIntRange shardrank__v1__recommend_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 8 }
+  { 0, 9 }
 };
 const ProtobufCMessageDescriptor shardrank__v1__recommend_request__descriptor =
 {
@@ -791,7 +804,7 @@ const ProtobufCMessageDescriptor shardrank__v1__recommend_request__descriptor =
   "Shardrank__V1__RecommendRequest",
   "shardrank.v1",
   sizeof(Shardrank__V1__RecommendRequest),
-  8,
+  9,
   shardrank__v1__recommend_request__field_descriptors,
   shardrank__v1__recommend_request__field_indices_by_name,
   1,  shardrank__v1__recommend_request__number_ranges,

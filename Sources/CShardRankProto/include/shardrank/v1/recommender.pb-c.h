@@ -96,10 +96,16 @@ struct  Shardrank__V1__RecommendRequest
    * At most this many items per genre in the answer; 0 = no cap.
    */
   uint32_t genre_cap;
+  /*
+   * When not empty, only these retrieval sources run (e.g. [SOURCE_POPULAR] for a popularity
+   * baseline, [SOURCE_SEARCH] for exhaustive inner-product scoring with a large search budget).
+   */
+  size_t n_sources;
+  Shardrank__V1__Source *sources;
 };
 #define SHARDRANK__V1__RECOMMEND_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__recommend_request__descriptor) \
-    , 0, NULL, 0, NULL, (char *)protobuf_c_empty_string, 0, 0, 0 }
+    , 0, NULL, 0, NULL, (char *)protobuf_c_empty_string, 0, 0, 0, 0,NULL }
 
 
 struct  Shardrank__V1__ScoredItem
