@@ -68,6 +68,8 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ], swiftSettings: swiftSettings),
+        .target(name: "ShardRankEval", dependencies: ["RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient"],
+                swiftSettings: swiftSettings),
         .target(name: "ShardRankSynth", dependencies: ["ShardRankTables"], swiftSettings: swiftSettings),
         .target(name: "LoadTest", dependencies: [
             "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient",
@@ -77,7 +79,7 @@ let package = Package(
         ], swiftSettings: swiftSettings),
         .executableTarget(name: "ShardRankCLI", dependencies: [
             "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient", "ShardServer", "ShardRankTables",
-            "Coordinator", "ShardRankSynth", "LoadTest", "ShardRankKernels", "ShardRankAdmin",
+            "Coordinator", "ShardRankSynth", "LoadTest", "ShardRankKernels", "ShardRankAdmin", "ShardRankEval",
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "NIOCore", package: "swift-nio"),
@@ -100,6 +102,7 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        .testTarget(name: "ShardRankEvalTests", dependencies: ["ShardRankEval"]),
         .testTarget(name: "ShardRankSynthTests", dependencies: ["ShardRankSynth", "ShardRankTables"]),
         .testTarget(name: "LoadTestTests", dependencies: [
             "LoadTest", "RPCCore", "RPCTransport", "ShardRankWire", "ShardServer",

@@ -1,10 +1,117 @@
 import ArgumentParser
+import Foundation
+import NIOPosix
+import RPCCore
+import RPCTransport
+import ShardRankEval
 
-/// `shardrank eval` (being built).
-struct EvalCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "eval", abstract: "(not available yet in this build)")
+/// `shardrank eval`: how many candidates should retrieval fetch? Replays held-out users against a
+/// live coordinator per retrieval budget, beside the exhaustive ceiling and a popularity baseline.
+struct EvalCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "eval",
+        abstract: "Offline evaluation: precision/recall/MAP/NDCG@K, coverage and latency against the retrieval budget.")
 
-    func run() throws {
-        throw ValidationError("'shardrank eval' is not available yet in this build")
+    @Option(help: "Coordinator address HOST:PORT.")
+    var coordinator: String
+
+    @Option(help: "Held-out interactions CSV (user_id,item_id,timestamp[,rating]).")
+    var heldout: String
+
+    @Option(help: "Comma-separated cut-offs K.")
+    var k: String = "10,20,50"
+
+    @Option(help: "Comma-separated total retrieval budgets.")
+    var budgets: String = "50,100,200,500,1000,2000"
+
+    @Option(help: "Model: dot or mlp.")
+    var model: String = "dot"
+
+    @Option(help: "Evaluate at most this many users (the lowest ids; 0 = all).")
+    var users: Int = 1000
+
+    @Option(help: "Requests in flight.")
+    var concurrency: Int = 4
+
+    @Option(help: "Per-request deadline in milliseconds.")
+    var timeoutMs: Int = 2000
+
+    @Option(help: "Catalog size for coverage (default: the rows of item_ids.npy next to the held-out file).")
+    var catalogSize: Int?
+
+    @Flag(help: "Print the report as JSON.")
+    var json = false
+
+    @Option(help: "Also write the JSON report to this file.")
+    var out: String?
+
+    func parseList(_ s: String, _ flag: String) throws -> [Int] {
+        let v = try s.split(separator: ",").map { part -> Int in
+            guard let x = Int(part.trimmingCharacters(in: .whitespaces)), x > 0 else { throw ValidationError("\(flag): '\(part)' is not a positive integer") }
+            return x
+        }
+        guard !v.isEmpty else { throw ValidationError("\(flag) is empty") }
+        return v
+    }
+
+    func run() async throws {
+        let ks = try parseList(k, "--k").sorted()
+        let budgetList = try parseList(budgets, "--budgets")
+        guard ks.last! <= 1000 else { throw ValidationError("--k values must be <= 1000") }
+        let held: HeldOut
+        do { held = try HeldOut.read(path: heldout) } catch {
+            FileHandleStderr.write("shardrank eval: \(error)\n")
+            throw ExitCode(2)
+        }
+        let catalog = catalogSize ?? Self.npyRows((heldout as NSString).deletingLastPathComponent + "/item_ids.npy")
+        var ids = held.relevant.keys.sorted()
+        if users > 0 { ids = Array(ids.prefix(users)) }
+        let group = MultiThreadedEventLoopGroup.singleton
+        let channel: RPCChannel
+        do { channel = try RPCChannel(target: coordinator, group: group) } catch { throw ValidationError(error.message) }
+        let eval = Evaluation(channel: channel, ks: ks, budgets: budgetList, model: model, concurrency: concurrency,
+                              timeout: .milliseconds(timeoutMs), catalogSize: catalog)
+        let rows = await eval.run(heldOut: held, users: ids) { FileHandleStderr.write($0 + "\n") }
+        await channel.close()
+        if rows.allSatisfy({ $0.users == 0 }) {
+            FileHandleStderr.write("shardrank eval: every request failed (is the coordinator at \(coordinator) up?)\n")
+            throw ExitCode(1)
+        }
+        let report = EvalReport(coordinator: coordinator, heldout: heldout, model: model, ks: ks, catalogSize: catalog, rows: rows)
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        enc.keyEncodingStrategy = .convertToSnakeCase
+        let data = try enc.encode(report)
+        if let out { try data.write(to: URL(fileURLWithPath: out)) }
+        if json {
+            print(String(decoding: data, as: UTF8.self))
+            return
+        }
+        print("held-out users evaluated: \(ids.count)  model: \(model)  catalog: \(catalog.map(String.init) ?? "?")")
+        for kk in ks {
+            print("\n@K=\(kk)")
+            let heads: [String] = ["recall", "prec", "MAP", "MAPcrs", "NDCG", "cover", "p50ms", "p99ms"]
+            print("config".padding(22) + heads.map { $0.leftPadded(8) }.joined() + "  fail/degr")
+            for r in rows {
+                let m = r.metrics[String(kk)] ?? [:]
+                func f(_ x: Double?) -> String { String(format: "%.4f", x ?? 0) }
+                let name = r.budget > 0 ? "\(r.name) B=\(r.budget)" : r.name
+                let cells: [String] = [f(m["recall"]), f(m["precision"]), f(m["map_common"]), f(m["map_course"]), f(m["ndcg"]),
+                                       f(r.catalogCoverage), String(format: "%.1f", r.latencyP50Ms), String(format: "%.1f", r.latencyP99Ms)]
+                print(name.padding(22) + cells.map { $0.leftPadded(8) }.joined() + "  \(r.failed)/\(r.degraded)")
+            }
+        }
+        print("\nMAP = common AP@K (÷ min(K, #relevant)); MAPcrs = course AP@N = (1/N) Σ P(k)·rel(k).")
+    }
+
+    /// Rows of a 1-D `.npy` file from its header, or nil.
+    static func npyRows(_ path: String) -> Int? {
+        guard let h = FileHandle(forReadingAtPath: path) else { return nil }
+        defer { try? h.close() }
+        guard let head = try? h.read(upToCount: 256), head.count > 10 else { return nil }
+        let text = String(decoding: head, as: UTF8.self)
+        guard let r = text.range(of: "'shape': (") else { return nil }
+        let rest = text[r.upperBound...]
+        return Int(rest.prefix { $0.isNumber })
     }
 }
