@@ -16,7 +16,7 @@ extension HTTP2Session {
         nghttp2_session_callbacks_set_on_header_callback(cbs) { _, frame, name, namelen, value, valuelen, _, userData in
             let s = HTTP2Session.from(userData)
             let id = frame!.pointee.hd.stream_id
-            guard var p = s.pendingHeaders[id] else { return 0 }
+            guard let p = s.pendingHeaders[id] else { return 0 }
             if p.tooLarge { return 0 }
             p.bytes += namelen + valuelen + 32
             if p.bytes > s.configuration.maxHeaderListBytes {
@@ -25,7 +25,6 @@ extension HTTP2Session {
                 p.headers.append((String(decoding: UnsafeBufferPointer(start: name, count: namelen), as: UTF8.self),
                                   String(decoding: UnsafeBufferPointer(start: value, count: valuelen), as: UTF8.self)))
             }
-            s.pendingHeaders[id] = p
             return 0
         }
 
@@ -84,7 +83,7 @@ extension HTTP2Session {
             let s = HTTP2Session.from(userData)
             let id = frame!.pointee.hd.stream_id
             s.sink?(UnsafeRawBufferPointer(start: framehd, count: 9))
-            guard var o = s.outbound[id] else { return Int32(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue) }
+            guard let o = s.outbound[id] else { return Int32(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue) }
             var remaining = length
             while remaining > 0, let first = o.chunks.first {
                 let take = min(remaining, first.bytes.count - o.offset)
@@ -99,7 +98,6 @@ extension HTTP2Session {
                     o.offset = 0
                 }
             }
-            s.outbound[id] = o
             return 0
         }
     }
@@ -109,7 +107,7 @@ extension HTTP2Session {
     /// queue is empty, and at the end either sets END_STREAM or submits the trailers.
     static let readCallback: nghttp2_data_source_read_callback = { session, streamID, _, length, dataFlags, _, userData in
         let s = HTTP2Session.from(userData)
-        guard var o = s.outbound[streamID] else {
+        guard let o = s.outbound[streamID] else {
             return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
         }
         let n = min(length, o.pendingBytes)
@@ -123,7 +121,6 @@ extension HTTP2Session {
             }
         } else if n == 0 {
             o.deferred = true
-            s.outbound[streamID] = o
             return Int(NGHTTP2_ERR_DEFERRED.rawValue)
         }
         dataFlags!.pointee = flags

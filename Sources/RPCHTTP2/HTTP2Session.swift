@@ -73,13 +73,14 @@ public final class HTTP2Session {
     var resetAfterEnd: Set<Int32> = []
     var resetsDue: [Int32] = []
 
-    struct PendingHeaders {
+    /// Classes, not structs: mutated in place through the dictionary (no copy-on-write per frame).
+    final class PendingHeaders {
         var headers: [(name: String, value: String)] = []
         var bytes = 0
         var tooLarge = false
     }
 
-    struct OutboundStream {
+    final class OutboundStream {
         var chunks: [FramedMessage] = []
         var offset = 0  // into chunks[0].bytes
         var pendingBytes = 0
@@ -90,6 +91,7 @@ public final class HTTP2Session {
         /// nghttp2 was told NGHTTP2_ERR_DEFERRED; resume when data is added.
         var deferred = false
         var finished = false
+        init() {}
     }
 
     public init(role: Role, configuration: HTTP2Configuration = HTTP2Configuration()) throws(HTTP2Error) {
@@ -223,7 +225,7 @@ public final class HTTP2Session {
         var provider = HTTP2Session.dataProvider()
         let stream = HTTP2Session.withNV(headers) { nv, n in nghttp2_submit_request(session, nil, nv, n, &provider, nil) }
         if stream < 0 { throw HTTP2Error(code: stream, operation: "nghttp2_submit_request") }
-        var o = OutboundStream()
+        let o = OutboundStream()
         o.chunks = [body]
         o.pendingBytes = body.bytes.count
         o.endStreamAfterData = true
@@ -234,23 +236,21 @@ public final class HTTP2Session {
 
     /// Queues a message on a stream started with `submitResponse`.
     public func enqueue(stream: Int32, _ message: FramedMessage) {
-        guard var o = outbound[stream], !o.finished else { return }
+        guard let o = outbound[stream], !o.finished else { return }
         o.pendingBytes += message.bytes.count
         o.chunks.append(message)
         let resume = o.deferred
         o.deferred = false
-        outbound[stream] = o
         if resume { nghttp2_session_resume_data(session, stream) }
     }
 
     /// Ends a stream started with `submitResponse`: trailers go after the queued data.
     public func finish(stream: Int32, trailers: [(String, String)]) {
-        guard var o = outbound[stream], !o.finished else { return }
+        guard let o = outbound[stream], !o.finished else { return }
         o.trailers = trailers
         o.finished = true
         let resume = o.deferred
         o.deferred = false
-        outbound[stream] = o
         if resume { nghttp2_session_resume_data(session, stream) }
     }
 
