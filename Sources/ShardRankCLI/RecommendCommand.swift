@@ -1,3 +1,4 @@
+import Foundation
 import ArgumentParser
 import RPCCore
 import RPCTransport
@@ -38,6 +39,9 @@ struct RecommendCommand: AsyncParsableCommand {
     @Flag(help: "Print JSON.")
     var json = false
 
+    @Option(help: "items.csv (item_id,genres,timestamp[,title]) to show each item's genres and title.")
+    var items: String?
+
     func run() async throws {
         func ids(_ s: String?, _ flag: String) throws -> [UInt64] {
             guard let s else { return [] }
@@ -61,11 +65,17 @@ struct RecommendCommand: AsyncParsableCommand {
                 + "\"coverage\":{\"shards_asked\":\(cov.shardsAsked),\"shards_answered\":\(cov.shardsAnswered),\"degraded\":\(cov.degraded),\"reasons\":[\(cov.degradedReasons.map { "\"\($0.replacingOccurrences(of: "\"", with: "'"))\"" }.joined(separator: ","))]}}")
             return
         }
+        let info = try items.map { try Self.itemInfo(path: $0, ids: Set(r.items.map(\.itemID))) } ?? [:]
         print("user \(user)  version \(r.version)  candidates \(r.candidates)\(r.coldStart ? "  (cold start)" : "")")
-        print("rank".leftPadded(4) + "  " + "item".leftPadded(10) + "  " + "score".leftPadded(9) + "  sources")
+        let srcWidth = 28
+        let head: [String] = ["rank".leftPadded(4), "item".leftPadded(10), "score".leftPadded(9), "sources".padding(srcWidth)]
+        let tail: String = items == nil ? "" : "  genres / title"
+        print(head.joined(separator: "  ") + tail)
         for (i, it) in r.items.enumerated() {
-            print(String(i + 1).leftPadded(4) + "  " + String(it.itemID).leftPadded(10) + "  " + format3(it.score).leftPadded(9) + "  "
-                  + it.sources.map(\.description).joined(separator: ","))
+            let extra = info[it.itemID].map { "  \($0.genres)\($0.title.isEmpty ? "" : "  \($0.title)")" } ?? ""
+            let cells: [String] = [String(i + 1).leftPadded(4), String(it.itemID).leftPadded(10), format3(it.score).leftPadded(9),
+                                   it.sources.map(\.description).joined(separator: ",").padding(srcWidth)]
+            print(cells.joined(separator: "  ") + extra)
         }
         if let t = r.timings {
             print("timings µs: retrieve \(t.retrieveMicros)  filter \(t.filterMicros)  gather \(t.gatherMicros)  rank \(t.rankMicros)  post-rank \(t.postRankMicros)  total \(t.totalMicros)")
@@ -73,5 +83,28 @@ struct RecommendCommand: AsyncParsableCommand {
         if let c = r.coverage, c.degraded || c.shardsAnswered < c.shardsAsked {
             print("DEGRADED: \(c.shardsAnswered)/\(c.shardsAsked) shards answered; " + c.degradedReasons.joined(separator: "; "))
         }
+    }
+}
+
+extension RecommendCommand {
+    /// Genres and title of `ids` from an items.csv (read line by line; only the wanted rows kept).
+    static func itemInfo(path: String, ids: Set<UInt64>) throws -> [UInt64: (genres: String, title: String)] {
+        guard let f = fopen(path, "r") else { throw ValidationError("--items: cannot open \(path)") }
+        defer { fclose(f) }
+        var out: [UInt64: (genres: String, title: String)] = [:]
+        var line: UnsafeMutablePointer<CChar>?
+        var cap = 0
+        var header: [String] = []
+        while getline(&line, &cap, f) > 0 {
+            let text = String(cString: line!).trimmingCharacters(in: .newlines)
+            let fields = text.split(separator: ",", maxSplits: 3, omittingEmptySubsequences: false).map(String.init)
+            if header.isEmpty { header = fields; continue }
+            guard let iid = header.firstIndex(of: "item_id"), iid < fields.count, let id = UInt64(fields[iid]), ids.contains(id) else { continue }
+            let g = header.firstIndex(of: "genres").flatMap { $0 < fields.count ? fields[$0] : nil } ?? ""
+            let t = header.firstIndex(of: "title").flatMap { $0 < fields.count ? fields[$0] : nil } ?? ""
+            out[id] = (g, t)
+        }
+        free(line)
+        return out
     }
 }
