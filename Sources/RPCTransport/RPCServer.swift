@@ -44,6 +44,9 @@ public final class RPCServer: Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 4)
+            // Responses are often larger than NIO's default 64 KiB high-water mark: with it, every
+            // 64 KiB Lookup answer would flip the channel unwritable and pause reading (stop-and-go).
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: 1 << 20, high: 4 << 20))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let handler = try ServerConnectionHandler(router: router, config: config, state: state, pool: pool, logger: logger)

@@ -1,0 +1,473 @@
+"""The cluster scripts against real processes: cluster/up, status, down on loopback (re-runs, a
+taken port, only verified PIDs signalled), the netns mode (one network namespace per process,
+links cut and healed with cluster/fault), and the Kubernetes manifests of cluster/k8s/generate
+validated against the Kubernetes schemas (PyPI kubernetes-validate, pinned in
+cluster/requirements.txt). Every run directory is a temp dir, every cluster is taken down (and
+its namespaces removed) even when a test fails."""
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, shardrank_bin
+from tables_support import build, write_input
+
+CLUSTER = os.path.join(ROOT, "cluster")
+
+
+def sh(*argv, timeout=60):
+    env = dict(os.environ, SHARDRANK_BIN=shardrank_bin())
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def cluster(cmd, *args, timeout=60):
+    return sh(os.path.join(CLUSTER, cmd), *args, timeout=timeout)
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def bindable(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def has_admin_port():
+    return "--admin-port" in sh(shardrank_bin(), "shard", "--help", timeout=30).stdout
+
+
+def alive(pid):
+    """Running and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def status_json(topo, run_dir):
+    out = cluster("status", topo, "--run-dir", run_dir, "--json", timeout=30)
+    return out.returncode, json.loads(out.stdout or "[]")
+
+
+def proc_name(row):
+    return f"shard-{row['shard']}-{row['replica']}" if row["role"] == "shard" else f"coordinator-{row['replica']}"
+
+
+def recommend(target, user=7):
+    out = sh(shardrank_bin(), "recommend", "--coordinator", target, "--user", str(user), "--json", "--timeout-ms", "1000",
+             timeout=30)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cluster-tables")
+    write_input(str(d / "input"), n_items=400, n_users=40)
+    out = build(shardrank_bin(), str(d / "input"), str(d / "tables"), 2)
+    assert out.returncode == 0, out.stderr
+    return str(d / "tables")
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    d = str(tmp_path / "run")
+    yield d
+    # Always taken down, even when the test failed half-way.
+    cluster("down", "--run-dir", d, "--grace", "5", timeout=60)
+
+
+def write_topology(path, tables, shards, coordinators, **extra):
+    topo = {"tables": tables, "shards": shards, "coordinators": coordinators,
+            "coordinator": {"health_interval_ms": 100, "default_deadline_ms": 1000}, **extra}
+    path.write_text(json.dumps(topo))
+    return str(path)
+
+
+def test_local_up_status_rerun_down(tables, tmp_path, run_dir):
+    p0, p1, pc = free_ports(3)
+    extra = {}
+    if has_admin_port():  # metrics on PORT+offset for every process
+        offset = next((o for o in range(1000, 4000, 7) if all(p + o < 65536 and bindable(p + o) for p in (p0, p1, pc))), None)
+        if offset:
+            extra["admin"] = {"port_offset": offset}
+    topo = write_topology(tmp_path / "two.json", tables, [[f"127.0.0.1:{p0}"], [f"127.0.0.1:{p1}"]], [f"127.0.0.1:{pc}"],
+                          **extra)
+    t0 = time.monotonic()
+    up = cluster("up", topo, "--run-dir", run_dir, "--timeout", "20")
+    assert up.returncode == 0, up.stderr
+    assert time.monotonic() - t0 < 20
+    assert len([l for l in up.stdout.splitlines() if " SERVING" in l]) == 3, up.stdout
+
+    rc, rows = status_json(topo, run_dir)
+    assert rc == 0
+    assert [(r["role"], r["shard"], r["replica"], r["address"], r["health"]) for r in rows] == [
+        ("shard", 0, 0, f"127.0.0.1:{p0}", "SERVING"), ("shard", 1, 0, f"127.0.0.1:{p1}", "SERVING"),
+        ("coordinator", None, 0, f"127.0.0.1:{pc}", "SERVING")]
+    pids = {proc_name(r): r["pid"] for r in rows}
+    assert all(alive(p) for p in pids.values())
+    for name in ("shard-0-0", "shard-1-0", "coordinator-0"):
+        assert os.path.exists(os.path.join(run_dir, name + ".pid")) and os.path.exists(os.path.join(run_dir, name + ".log"))
+    text = cluster("status", topo, "--run-dir", run_dir)
+    assert text.returncode == 0 and len(text.stdout.splitlines()) == 4  # header + one line per process
+
+    # The cluster answers, over both shards.
+    doc = recommend(f"127.0.0.1:{pc}")
+    assert len(doc["items"]) == 10 and not doc["coverage"]["degraded"] and doc["coverage"]["shards_answered"] == 2
+
+    if extra:
+        import urllib.request
+        assert [r["admin"] for r in rows] == [f"127.0.0.1:{p + extra['admin']['port_offset']}" for p in (p0, p1, pc)]
+        for r in rows:
+            with urllib.request.urlopen(f"http://{r['admin']}/metrics", timeout=5) as resp:
+                assert resp.status == 200 and b"shardrank_" in resp.read()
+
+    # Up again: nothing restarted.
+    again = cluster("up", topo, "--run-dir", run_dir, "--json")
+    assert again.returncode == 0, again.stderr
+    assert "already up" in again.stderr
+    assert {proc_name(r): r["pid"] for r in json.loads(again.stdout)} == pids
+
+    # A dead shard shows in status, and up restarts just that one.
+    victim = pids["shard-1-0"]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while alive(victim) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rc, rows = status_json(topo, run_dir)
+    assert rc == 1 and [r["health"] for r in rows] == ["SERVING", "STOPPED", "SERVING"]
+    healed = cluster("up", topo, "--run-dir", run_dir, "--json")
+    assert healed.returncode == 0, healed.stderr
+    rows = json.loads(healed.stdout)
+    assert all(r["health"] == "SERVING" for r in rows)
+    assert rows[0]["pid"] == pids["shard-0-0"] and rows[2]["pid"] == pids["coordinator-0"]
+    assert rows[1]["pid"] != victim
+
+    # A pid file that names someone else's process is never signalled.
+    os.kill(rows[1]["pid"], signal.SIGKILL)
+    stranger = subprocess.Popen(["sleep", "30"])
+    try:
+        with open(f"/proc/{stranger.pid}/stat") as f:
+            start = f.read().rsplit(")", 1)[1].split()[19]
+        with open(os.path.join(run_dir, "shard-1-0.pid"), "w") as f:
+            f.write(f"{stranger.pid} {start}\n")
+        # A process that does not stop on SIGTERM (here: SIGSTOPped) is SIGKILLed after the grace time.
+        os.kill(rows[0]["pid"], signal.SIGSTOP)
+        t0 = time.monotonic()
+        down = cluster("down", topo, "--run-dir", run_dir, "--grace", "1")
+        assert down.returncode == 0, down.stderr
+        assert "SIGKILL" in down.stderr and time.monotonic() - t0 < 10
+        assert stranger.poll() is None, "cluster/down signalled a process it did not start"
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+    # Down: nothing left, pid files and state gone, logs kept; down and status when down are fine.
+    for pid in (rows[0]["pid"], rows[2]["pid"]):
+        assert not alive(pid)
+    assert not [f for f in os.listdir(run_dir) if f.endswith(".pid")]
+    assert not os.path.exists(os.path.join(run_dir, "cluster.json"))
+    assert os.path.exists(os.path.join(run_dir, "shard-0-0.log"))
+    assert cluster("down", topo, "--run-dir", run_dir).returncode == 0
+    st = cluster("status", topo, "--run-dir", run_dir)
+    assert st.returncode == 1 and "nothing is up" in st.stderr
+
+
+def test_a_taken_port_is_refused_by_address(tables, tmp_path, run_dir):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+    try:
+        p1, pc = free_ports(2)
+        topo = write_topology(tmp_path / "clash.json", tables, [[f"127.0.0.1:{p1}"], [f"127.0.0.1:{taken}"]], [f"127.0.0.1:{pc}"])
+        out = cluster("up", topo, "--run-dir", run_dir, timeout=30)
+        assert out.returncode != 0
+        assert f"127.0.0.1:{taken}" in out.stderr and "in use" in out.stderr, out.stderr
+        # Nothing was started: the other ports are still free, no pid files, no state.
+        for p in (p1, pc):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", p))
+            s.close()
+        assert not [f for f in os.listdir(run_dir) if f.endswith(".pid") or f == "cluster.json"]
+    finally:
+        holder.close()
+
+
+def test_a_process_that_fails_to_start_is_reported_and_undone(tables, tmp_path, run_dir):
+    ports = free_ports(4)
+    # Three shards over a table set built for two: every shard exits at once with a reason.
+    topo = write_topology(tmp_path / "three.json", tables, [[f"127.0.0.1:{p}"] for p in ports[:3]], [f"127.0.0.1:{ports[3]}"])
+    out = cluster("up", topo, "--run-dir", run_dir, "--timeout", "20")
+    assert out.returncode == 2
+    assert "exited with status" in out.stderr and "of 3" in out.stderr, out.stderr  # the log's last lines
+    assert not [f for f in os.listdir(run_dir) if f.endswith(".pid") or f == "cluster.json"]
+    assert all(bindable(p) for p in ports)
+
+
+def test_clear_refusals(tables, tmp_path, capsys, monkeypatch):
+    spec = importlib.util.spec_from_file_location("cluster_tool", os.path.join(CLUSTER, "cluster.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    topo = write_topology(tmp_path / "t.json", tables, [["127.0.0.1:7101"]], [])
+    # The netns mode without root.
+    monkeypatch.setattr(tool.os, "geteuid", lambda: 1000)
+    assert tool.main(["up", "--netns", topo, "--run-dir", str(tmp_path / "r")]) == 2
+    assert "needs root" in capsys.readouterr().err
+    monkeypatch.undo()
+    # Non-loopback addresses without --netns; a missing table set.
+    bad = write_topology(tmp_path / "far.json", tables, [["10.1.2.3:7101"]], [])
+    assert tool.main(["up", bad, "--run-dir", str(tmp_path / "r")]) == 2
+    assert "10.1.2.3:7101" in capsys.readouterr().err
+    nowhere = write_topology(tmp_path / "none.json", str(tmp_path / "nope"), [["127.0.0.1:7101"]], [])
+    assert tool.main(["up", nowhere, "--run-dir", str(tmp_path / "r")]) == 2
+    assert "no table set" in capsys.readouterr().err
+    assert tool.main(["fault", "cut", "0", "0", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "netns" in capsys.readouterr().err
+    for cmd in ("up", "down", "status", "fault"):
+        h = cluster(cmd, "--help", timeout=10)
+        assert h.returncode == 0 and "usage: cluster " + cmd in h.stdout
+
+
+def test_4x2_plus_coordinator_serves_within_10s(tmp_path_factory, tmp_path, run_dir):
+    d = tmp_path_factory.mktemp("cluster-tables-4")
+    write_input(str(d / "input"), n_items=400, n_users=40)
+    assert build(shardrank_bin(), str(d / "input"), str(d / "tables"), 4).returncode == 0
+    ports = free_ports(9)
+    topo = write_topology(tmp_path / "big.json", str(d / "tables"),
+                          [[f"127.0.0.1:{ports[s]}", f"127.0.0.1:{ports[4 + s]}"] for s in range(4)], [f"127.0.0.1:{ports[8]}"])
+    t0 = time.monotonic()
+    up = cluster("up", topo, "--run-dir", run_dir, "--timeout", "10")
+    took = time.monotonic() - t0
+    assert up.returncode == 0, up.stderr
+    assert took <= 10, f"4x2+1 took {took:.1f} s to reach SERVING"
+    rows = status_json(topo, run_dir)[1]
+    assert len(rows) == 9 and all(r["health"] == "SERVING" for r in rows)
+    doc = recommend(rows[-1]["address"])
+    assert doc["coverage"]["shards_answered"] == 4 and not doc["coverage"]["degraded"]
+    assert cluster("down", topo, "--run-dir", run_dir).returncode == 0
+    assert not any(alive(r["pid"]) for r in rows)
+
+
+def test_down_and_status_without_a_topology_cover_every_cluster_under_run(tmp_path, capsys, monkeypatch):
+    spec = importlib.util.spec_from_file_location("cluster_tool", os.path.join(CLUSTER, "cluster.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.setattr(tool, "DEFAULT_RUN_ROOT", str(tmp_path))
+    for name in ("a", "b"):
+        d = tmp_path / name
+        d.mkdir()
+        procs = tool.processes({"shards": [["127.0.0.1:9"]], "coordinators": []})
+        (d / "cluster.json").write_text(json.dumps({"topology": f"/x/{name}.json", "mode": "local", "binary": shardrank_bin(),
+                                                    "run_dir": str(d), "source_processes": procs, "processes": procs,
+                                                    "netns": None}))
+        (d / "shard-0-0.pid").write_text("999999999 1\n")  # stale: never signalled, just removed
+    assert tool.main(["status", "--json"]) == 1
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["cluster"], r["health"]) for r in rows] == [("a", "STOPPED"), ("b", "STOPPED")]
+    assert tool.main(["down"]) == 0
+    assert not list(tmp_path.glob("*/cluster.json")) and not list(tmp_path.glob("*/*.pid"))
+    assert tool.main(["status"]) == 1 and "nothing is up" in capsys.readouterr().err
+
+
+def netns_unavailable():
+    if os.geteuid() != 0:
+        return "not root: network namespaces need root"
+    if shutil.which("ip") is None:
+        return "iproute2 (ip) is not installed"
+    probe = f"srprobe{os.getpid()}"
+    out = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, timeout=10)
+    if out.returncode != 0:
+        return f"`ip netns add` fails here: {out.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=10)
+    return None
+
+
+def test_netns_cluster_with_a_cut_link(tables, tmp_path, run_dir):
+    reason = netns_unavailable()
+    if reason:
+        pytest.skip(reason)
+    # The topology's loopback addresses become one address per namespace; the ports stay.
+    topo = write_topology(tmp_path / "hosts.json", tables, [["127.0.0.1:7101"], ["127.0.0.1:7102"]], ["127.0.0.1:7000"])
+    state = None
+    try:
+        up = cluster("up", "--netns", topo, "--run-dir", run_dir, "--timeout", "20")
+        assert up.returncode == 0, up.stderr
+        with open(os.path.join(run_dir, "cluster.json")) as f:
+            state = json.load(f)
+        rc, rows = status_json(topo, run_dir)
+        assert rc == 0 and all(r["health"] == "SERVING" for r in rows)
+        subnet = state["netns"]["subnet"]
+        assert all(re.fullmatch(r"10\.77\.\d+\.\d+:\d+", r["address"]) for r in rows), rows
+        assert len({r["address"].split(":")[0] for r in rows}) == 3  # three "hosts"
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert all(r["netns"] in names for r in rows)
+        with open(os.path.join(run_dir, "topology.json")) as f:
+            eff = json.load(f)
+        assert eff["shards"] == [[rows[0]["address"]], [rows[1]["address"]]] and eff["coordinators"] == [rows[2]["address"]]
+        # Each shard process really listens inside its own namespace only.
+        ss = subprocess.run(["ip", "netns", "exec", rows[0]["netns"], "ss", "-Hltn"], capture_output=True, text=True).stdout
+        assert rows[0]["address"] in ss and rows[1]["address"] not in ss
+        coord = rows[2]["address"]
+        doc = recommend(coord)
+        assert len(doc["items"]) == 10 and not doc["coverage"]["degraded"]
+
+        # Cut shard 1's link: its health check fails from outside, answers are flagged degraded.
+        assert cluster("fault", "cut", "1", "0", topo, "--run-dir", run_dir).returncode == 0
+        rc, cut_rows = status_json(topo, run_dir)
+        assert rc == 1 and [r["health"] for r in cut_rows] == ["SERVING", "DOWN", "SERVING"]
+        t0 = time.monotonic()
+        doc = recommend(coord, user=8)
+        assert doc["coverage"]["degraded"] and time.monotonic() - t0 < 3
+        lst = cluster("fault", "list", topo, "--run-dir", run_dir)
+        assert re.search(r"shard-1-0 .* CUT", lst.stdout), lst.stdout
+
+        # Heal: full answers again within a few seconds (ejection ends on a SERVING health check).
+        assert cluster("fault", "heal", "1", "0", topo, "--run-dir", run_dir).returncode == 0
+        deadline = time.monotonic() + 10
+        while True:
+            doc = recommend(coord, user=8)
+            if not doc["coverage"]["degraded"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert not doc["coverage"]["degraded"] and len(doc["items"]) == 10
+
+        # Blackhole shard 0 towards the coordinator: still SERVING to a health check from this host,
+        # but the coordinator's calls time out and its answers are flagged; heal undoes it.
+        assert cluster("fault", "blackhole", "0", "0", topo, "--run-dir", run_dir).returncode == 0
+        assert re.search(r"shard-0-0 .* BLACKHOLE " + re.escape(rows[2]["address"].split(":")[0]),
+                         cluster("fault", "list", topo, "--run-dir", run_dir).stdout)
+        h = sh(shardrank_bin(), "health", "--target", rows[0]["address"], "--timeout-ms", "1000")
+        assert h.returncode == 0 and "SERVING" in h.stdout
+        assert recommend(coord, user=9)["coverage"]["degraded"]
+        assert cluster("fault", "heal", "0", "0", topo, "--run-dir", run_dir).returncode == 0
+        deadline = time.monotonic() + 10
+        while True:
+            doc = recommend(coord, user=9)
+            if not doc["coverage"]["degraded"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert not doc["coverage"]["degraded"]
+
+        down = cluster("down", topo, "--run-dir", run_dir)
+        assert down.returncode == 0, down.stderr
+        assert not any(alive(r["pid"]) for r in rows)
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert not any(r["netns"] in names for r in rows)
+        links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+        assert state["netns"]["bridge"] not in links
+        assert subnet not in subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+    finally:
+        cluster("down", "--run-dir", run_dir, "--grace", "5")
+        if state:  # belt and braces: nothing of ours survives a failed test
+            for h in state["netns"]["hosts"].values():
+                subprocess.run(["ip", "netns", "del", h["netns"]], capture_output=True)
+            subprocess.run(["ip", "link", "del", state["netns"]["bridge"]], capture_output=True)
+
+
+def kubernetes_validate():
+    try:
+        import kubernetes_validate as kv
+        import yaml  # noqa: F401
+        return kv
+    except ImportError:
+        pass
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", os.path.join(CLUSTER, "requirements.txt")],
+                         capture_output=True, text=True, timeout=180)
+    if out.returncode != 0:
+        pytest.fail(f"cannot install cluster/requirements.txt (kubernetes-validate): {out.stderr[-500:]}")
+    import importlib
+    importlib.invalidate_caches()
+    import kubernetes_validate as kv
+    return kv
+
+
+def test_k8s_manifests_validate(tmp_path):
+    kv = kubernetes_validate()
+    import yaml
+    topo = {"tables": "/srv/tables", "model": "/srv/tables/models/mlp.safetensors", "admin": {"port_offset": 1000},
+            "shards": [["a:1", "b:1"], ["c:1", "d:1"], ["e:1", "f:1"]], "coordinators": ["x:1", "y:1"],
+            "coordinator": {"search_budget": 150}}
+    (tmp_path / "t.json").write_text(json.dumps(topo))
+    out = subprocess.run([os.path.join(CLUSTER, "k8s", "generate"), str(tmp_path / "t.json"), str(tmp_path / "k8s"),
+                          "--namespace", "recs"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    docs = []
+    for name in sorted(os.listdir(tmp_path / "k8s")):
+        with open(tmp_path / "k8s" / name) as f:
+            docs += [d for d in yaml.safe_load_all(f) if d]
+    for version in ("1.30.0", kv.latest_version()):
+        for d in docs:
+            kv.validate(d, version, strict=True)  # raises ValidationError
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    assert sorted(by_kind) == ["ConfigMap", "Deployment", "Namespace", "PersistentVolumeClaim", "Service", "StatefulSet"]
+    headless = [s for s in by_kind["Service"] if s["spec"].get("clusterIP") == "None"]
+    assert len(headless) == 1
+    sets = by_kind["StatefulSet"]
+    assert len(sets) == 2 and all(s["spec"]["replicas"] == 3 and s["spec"]["serviceName"] == headless[0]["metadata"]["name"]
+                                  for s in sets)
+    topo_cm = json.loads(by_kind["ConfigMap"][0]["data"]["topology.json"])
+    assert topo_cm["shards"][2] == ["shardrank-shard-r0-2.shardrank-shard.recs.svc.cluster.local:7100",
+                                    "shardrank-shard-r1-2.shardrank-shard.recs.svc.cluster.local:7100"]
+    assert topo_cm["coordinator"] == {"search_budget": 150} and topo_cm["model"] == "/tables/models/mlp.safetensors"
+    dep = by_kind["Deployment"][0]
+    assert dep["spec"]["replicas"] == 2
+    pods = [s["spec"]["template"]["spec"] for s in sets] + [dep["spec"]["template"]["spec"]]
+    for pod in pods:
+        c = pod["containers"][0]
+        port = c["ports"][0]["containerPort"]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert c[probe]["grpc"]["port"] == port
+        assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
+        assert [p["containerPort"] for p in c["ports"]] == [port, port + 1000]  # grpc, admin (metrics)
+    shard_cmd = sets[0]["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    assert "--of 3" in shard_cmd and "HOSTNAME##*-" in shard_cmd  # shard index = pod ordinal
+    assert any(v.get("persistentVolumeClaim") for v in sets[0]["spec"]["template"]["spec"]["volumes"])
+    assert "--model" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    # The validator is not a rubber stamp: a broken probe and an unknown field are rejected.
+    broken = json.loads(json.dumps(sets[0]))
+    broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"] = "grpc-port"
+    with pytest.raises(kv.ValidationError):
+        kv.validate(broken, "1.30.0", strict=True)
+    broken = json.loads(json.dumps(sets[0]))
+    broken["spec"]["template"]["spec"]["containers"][0]["replicaz"] = 2
+    with pytest.raises(kv.ValidationError):
+        kv.validate(broken, "1.30.0", strict=True)
+
+    # The committed example is what the generator makes of the committed example topology.
+    regen = tmp_path / "example"
+    out = subprocess.run([os.path.join(CLUSTER, "k8s", "generate"), os.path.join(CLUSTER, "examples", "local-4x2.json"),
+                          str(regen)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    committed = os.path.join(CLUSTER, "k8s", "example")
+    assert sorted(os.listdir(regen)) == sorted(os.listdir(committed))
+    for name in os.listdir(regen):
+        with open(regen / name) as a, open(os.path.join(committed, name)) as b:
+            assert a.read() == b.read(), f"cluster/k8s/example/{name} is stale: rerun cluster/k8s/generate"
