@@ -180,7 +180,7 @@ extension Recommender {
             for (shard, list) in byShard {
                 group.addTask {
                     do throws(RPCError) {
-                        let r = try await self.cluster.call(shard: shard, deadline: deadline) { c, t throws(RPCError) in
+                        let r = try await self.shardCall(shard, trace: trace, deadline: deadline) { c, t throws(RPCError) in
                             try await c.attributes(AttributesRequest(table: table, itemIDs: list, version: version), timeout: t)
                         }
                         return Array(zip(r.itemIDs, r.genreMasks))

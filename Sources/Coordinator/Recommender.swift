@@ -38,7 +38,7 @@ public final class Recommender: Sendable {
         let start = ContinuousClock.now
         let deadline: ContinuousClock.Instant
         let version: UInt64
-        private let lock = Mutex<(failed: Set<Source>, reasons: [String], asked: Set<Int>, answered: Set<Int>, versions: Set<UInt64>)>(([], [], [], [], []))
+        private let lock = Mutex<(failed: Set<Source>, reasons: [String], asked: Set<Int>, failedShards: Set<Int>, versions: Set<UInt64>)>(([], [], [], [], []))
 
         init(deadline: ContinuousClock.Instant, version: UInt64) { self.deadline = deadline; self.version = version }
 
@@ -48,8 +48,10 @@ public final class Recommender: Sendable {
                 s.reasons.append(reason)
             }
         }
+        /// Every shard a request calls is "asked"; one that failed any call is not "answered".
         func asked(_ shard: Int) { lock.withLock { _ = $0.asked.insert(shard) } }
-        func answered(_ shard: Int, version: UInt64) { lock.withLock { _ = $0.answered.insert(shard); _ = $0.versions.insert(version) } }
+        func shardFailed(_ shard: Int) { lock.withLock { _ = $0.failedShards.insert(shard) } }
+        func answered(_ shard: Int, version: UInt64) { lock.withLock { _ = $0.versions.insert(version) } }
 
         /// A stage deadline: `fraction` of the time left, from now.
         func stageDeadline(_ fraction: Double) -> ContinuousClock.Instant {
@@ -60,14 +62,14 @@ public final class Recommender: Sendable {
 
         func coverage(shardCount: Int) -> Coverage {
             lock.withLock { s in
-                Coverage(shardsAsked: UInt32(s.asked.count), shardsAnswered: UInt32(s.answered.count),
+                Coverage(shardsAsked: UInt32(s.asked.count), shardsAnswered: UInt32(s.asked.subtracting(s.failedShards).count),
                          sourcesFailed: Recommender.sourceOrder.filter { s.failed.contains($0) },
                          degraded: !s.reasons.isEmpty, degradedReasons: s.reasons)
             }
         }
 
         var answeredVersions: Set<UInt64> { lock.withLock { $0.versions } }
-        var shardsAskedAnswered: (Int, Int) { lock.withLock { ($0.asked.count, $0.answered.count) } }
+        var searchFailures: Int { lock.withLock { $0.failedShards.count } }
     }
 
     func makeTrace(_ ctx: ServerContext) -> Trace {
@@ -81,12 +83,25 @@ public final class Recommender: Sendable {
 
     // MARK: - Building blocks
 
+    /// A shard call that counts in the request's coverage: the shard is asked, and marked failed
+    /// unless it answers (NOT_FOUND — e.g. a table set without that table — is an answer).
+    func shardCall<T: Sendable>(_ shard: Int, trace: Trace, deadline: ContinuousClock.Instant,
+                                _ op: @escaping @Sendable (ShardClient, Duration) async throws(RPCError) -> T) async throws(RPCError) -> T {
+        trace.asked(shard)
+        do throws(RPCError) {
+            return try await cluster.call(shard: shard, deadline: deadline, op)
+        } catch {
+            if error.code != .notFound { trace.shardFailed(shard) }
+            throw error
+        }
+    }
+
     /// The user's vector (nil for an unknown user) — one Lookup on the user's shard.
     func userVector(_ user: UInt64, trace: Trace, deadline: ContinuousClock.Instant) async -> (vector: [Float]?, failed: Bool) {
         let shard = router.shard(ofID: user)
         let table = settings.usersTable, version = trace.version
         do throws(RPCError) {
-            let r = try await cluster.call(shard: shard, deadline: deadline) { c, t throws(RPCError) in
+            let r = try await shardCall(shard, trace: trace, deadline: deadline) { c, t throws(RPCError) in
                 try await c.lookup(LookupRequest(table: table, ids: [user], dtype: .f32, version: version), timeout: t)
             }
             guard !r.vectors.isEmpty else { return (nil, false) }
@@ -102,7 +117,7 @@ public final class Recommender: Sendable {
         let shard = router.shard(ofID: user)
         let table = settings.profilesTable, version = trace.version
         do throws(RPCError) {
-            let r = try await cluster.call(shard: shard, deadline: deadline) { c, t throws(RPCError) in
+            let r = try await shardCall(shard, trace: trace, deadline: deadline) { c, t throws(RPCError) in
                 try await c.profiles(ProfilesRequest(table: table, userIDs: [user], version: version), timeout: t)
             }
             return r.profiles.first
@@ -123,7 +138,7 @@ public final class Recommender: Sendable {
             for (shard, ks) in byShard {
                 group.addTask {
                     do throws(RPCError) {
-                        let r = try await self.cluster.call(shard: shard, deadline: deadline) { c, t throws(RPCError) in
+                        let r = try await self.shardCall(shard, trace: trace, deadline: deadline) { c, t throws(RPCError) in
                             try await c.lists(ListsRequest(table: table, keys: ks, limit: UInt32(limit), version: version), timeout: t)
                         }
                         return r.lists
@@ -148,7 +163,7 @@ public final class Recommender: Sendable {
                 trace.asked(shard)
                 group.addTask {
                     do throws(RPCError) {
-                        let r = try await self.cluster.call(shard: shard, deadline: deadline) { c, t throws(RPCError) in
+                        let r = try await self.shardCall(shard, trace: trace, deadline: deadline) { c, t throws(RPCError) in
                             try await c.search(SearchRequest(table: table, queries: query, dim: dim, k: UInt32(k), excludeIDs: exclude,
                                                              version: version), timeout: t)
                         }
@@ -178,7 +193,7 @@ public final class Recommender: Sendable {
             for (shard, list) in byShard {
                 group.addTask {
                     do throws(RPCError) {
-                        let r = try await self.cluster.call(shard: shard, deadline: deadline) { c, t throws(RPCError) in
+                        let r = try await self.shardCall(shard, trace: trace, deadline: deadline) { c, t throws(RPCError) in
                             try await c.lookup(LookupRequest(table: table, ids: list, version: version), timeout: t)
                         }
                         let missing = Set(r.missingIDs)

@@ -170,17 +170,31 @@ public final class RPCChannel: Sendable {
         }
         if let best { return best.box }
         if let waitOn {
-            do {
-                if let deadline {
-                    let remaining = ContinuousClock.now.duration(to: deadline)
-                    if remaining <= .zero { throw RPCError(.deadlineExceeded, "deadline exceeded while connecting to \(target)") }
+            // Wait for the connection, but never past the call's deadline (a blackholed host
+            // leaves a connect attempt pending for `connectTimeout`).
+            let target = self.target
+            let result: Result<ConnectionBox, RPCError> = await withTaskGroup(of: Result<ConnectionBox, RPCError>?.self) { group in
+                group.addTask {
+                    do { return .success(try await waitOn.get()) } catch let e as RPCError { return .failure(e) } catch {
+                        return .failure(RPCError(.unavailable, "cannot connect to \(target): \(error)"))
+                    }
                 }
-                return try await waitOn.get()
-            } catch let e as RPCError {
-                throw e
-            } catch {
-                throw RPCError(.unavailable, "cannot connect to \(target): \(error)")
+                if let deadline {
+                    group.addTask {
+                        try? await Task.sleep(until: deadline, clock: .continuous)
+                        if Task.isCancelled { return nil }
+                        return .failure(RPCError(.deadlineExceeded, "deadline exceeded while connecting to \(target)"))
+                    }
+                }
+                while let r = await group.next() {
+                    if let r {
+                        group.cancelAll()
+                        return r
+                    }
+                }
+                return .failure(RPCError(.unavailable, "cannot connect to \(target)"))
             }
+            return try result.get()
         }
         throw RPCError(.unavailable, "cannot connect to \(target): \(backoffError ?? "no connection") (retrying with backoff)")
     }

@@ -22,6 +22,7 @@ func withChannel<T>(_ options: ClientOptions, _ body: (RPCChannel) async throws(
     let group = MultiThreadedEventLoopGroup.singleton
     var config = ClientConfiguration()
     config.connections = 1
+    config.connectTimeout = .milliseconds(max(1, min(options.timeoutMs, 2000)))
     let channel: RPCChannel
     do { channel = try RPCChannel(target: options.target, group: group, configuration: config) } catch {
         throw ValidationError(error.message)
