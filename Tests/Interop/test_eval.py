@@ -43,6 +43,14 @@ def test_eval_on_a_synthetic_world(tmp_path, server_factory):
         assert r["metrics"]["10"]["recall"] >= 0.95 * exhaustive["metrics"]["10"]["recall"]
         assert r["latency_p99_ms"] >= r["latency_p50_ms"] > 0
     assert exhaustive["metrics"]["10"]["recall"] > popularity["metrics"]["10"]["recall"]
+    # The PNG of quality and p99 against budget.
+    import os
+    png = tmp_path / "eval.png"
+    root_dir = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    out = subprocess.run([os.path.join(root_dir, "scripts", "plot"), str(report_path), "--out", str(png)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     # The course AP is never above the common one for the same list (it divides by N >= min(N, #relevant)).
     assert exhaustive["metrics"]["10"]["map_course"] <= exhaustive["metrics"]["10"]["map_common"] + 1e-12
 
