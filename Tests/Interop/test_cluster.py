@@ -114,18 +114,24 @@ def test_sigstop_a_shard_keeps_the_deadline_and_recovers(pb, rpb, tmp_path, serv
     victim = cl.shards[0][0].proc
     victim.send_signal(signal.SIGSTOP)
     late = 0
+    server_late = 0
     try:
         for user in range(1, 15):
             t0 = time.monotonic()
             try:
                 r = recommend(rpb, cl, user, timeout=0.3)
                 assert r.coverage.degraded, "a partial answer must be flagged"
+                # The coordinator's own clock: it answered within the deadline + 5 ms.
+                if r.timings.total_us > 305_000:
+                    server_late += 1
             except grpc.RpcError as e:
                 assert e.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
-            if time.monotonic() - t0 > 0.3 + 0.005 + 0.03:  # + scheduling slack of this shared 2-core machine
+            # The client's view, with slack for this shared 2-core machine's scheduling: nothing hangs.
+            if time.monotonic() - t0 > 0.3 + 0.1:
                 late += 1
     finally:
         victim.send_signal(signal.SIGCONT)
+    assert server_late == 0
     assert late == 0
     # Full coverage returns within about a second.
     deadline = time.monotonic() + 3
