@@ -29,6 +29,7 @@ let package = Package(
                        providers: [.apt(["libnghttp2-dev"])]),
         .systemLibrary(name: "CProtobufC", pkgConfig: "libprotobuf-c",
                        providers: [.apt(["libprotobuf-c-dev"])]),
+        .systemLibrary(name: "CShardRankSystem"),
         .target(name: "CShardRankProto", dependencies: ["CProtobufC"],
                 cSettings: [.unsafeFlags(["-Wno-everything"])]),
         .target(name: "CShardRankKernels",
@@ -79,7 +80,7 @@ let package = Package(
         ], swiftSettings: swiftSettings),
         .executableTarget(name: "ShardRankCLI", dependencies: [
             "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient", "ShardServer", "ShardRankTables",
-            "Coordinator", "ShardRankSynth", "LoadTest", "ShardRankKernels", "ShardRankAdmin", "ShardRankEval",
+            "Coordinator", "ShardRankSynth", "LoadTest", "ShardRankKernels", "ShardRankAdmin", "ShardRankEval", "CShardRankSystem",
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "NIOCore", package: "swift-nio"),
