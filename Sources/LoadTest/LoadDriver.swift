@@ -1,0 +1,339 @@
+import NIOCore
+import NIOPosix
+public import RPCCore
+import RPCTransport
+import ShardRankClient
+import ShardRankWire
+import Synchronization
+
+/// One measured request, for `--latency-log` (an independent check of the percentiles).
+public struct LatencyRecord: Sendable {
+    public var operation: LoadOperation
+    /// Intended send time, µs after the start of the measured phase.
+    public var intendedMicros: Int64
+    public var latencyNanos: UInt64
+    public var status: RPCStatusCode
+}
+
+/// The load driver, modelled on h2load: a worker per thread, each with its own event loop and its
+/// own connections; a warm-up phase whose requests are not counted, then a measured phase; the run
+/// stops by itself at `warmup + duration` plus at most one request timeout to drain what is in flight
+/// (open loop: two, when the driver is so far behind that overdue sends are failed unsent).
+///
+/// A request belongs to the phase of its *intended* send time. Open loop: request i of a worker is
+/// due at its schedule's time and its latency runs from then, however late it actually left (the
+/// largest lag is reported). Closed loop: each of `concurrency` tasks sends, waits, and sends again.
+public enum LoadDriver {
+    /// Runs one load test. `progress` gets a one-line status once a second (nil: silent).
+    /// - Throws: `LoadTestError` for a bad configuration or a target that cannot be reached or
+    ///   lacks the table; failed requests during the run are counted, not thrown.
+    public static func run(_ config: LoadTestConfiguration,
+                           progress: (@Sendable (String) -> Void)? = nil) async throws(LoadTestError) -> LoadResult {
+        try config.validate()
+        let shape = try await resolveShape(config)
+        return await execute(config, shape: shape, progress: progress)
+    }
+
+    /// Learns the query dimension and the id space from the target's `Info` (shard) or checks its
+    /// health (coordinator).
+    static func resolveShape(_ c: LoadTestConfiguration) async throws(LoadTestError) -> RequestShape {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        var cc = ClientConfiguration()
+        cc.connections = 1
+        let channel: RPCChannel
+        do { channel = try RPCChannel(target: c.target, group: group, configuration: cc) } catch {
+            try? await group.shutdownGracefully()
+            throw LoadTestError("--target: \(error.message)")
+        }
+        let result: Result<RequestShape, LoadTestError>
+        do throws(LoadTestError) { result = .success(try await probe(c, channel)) } catch { result = .failure(error) }
+        await channel.close()
+        try? await group.shutdownGracefully()
+        return try result.get()
+    }
+
+    private static func probe(_ c: LoadTestConfiguration, _ channel: RPCChannel) async throws(LoadTestError) -> RequestShape {
+        if c.mix.targetsShard {
+            let info: InfoResponse
+            do { info = try await ShardClient(channel: channel).info(timeout: .seconds(5)) } catch {
+                throw LoadTestError("cannot get Info from shard \(c.target): \(error)")
+            }
+            guard let t = info.tables.first(where: { $0.name == c.table }) else {
+                throw LoadTestError("--table '\(c.table)' is not served by \(c.target) (it has: \(info.tables.map(\.name).joined(separator: ", ")))")
+            }
+            if c.mix.contains(.search), t.kind != .embedding {
+                throw LoadTestError("--table '\(c.table)' is a \(t.kind) table: Search needs an embedding table")
+            }
+            let rows = Int(clamping: t.rows)
+            return RequestShape(configuration: c, dim: c.dim ?? Int(t.dim), idSpace: c.idSpace ?? max(1, rows))
+        } else {
+            do {
+                let s = try await HealthClient(channel: channel).check(timeout: .seconds(5))
+                guard s == .serving else { throw LoadTestError("coordinator \(c.target) is not SERVING (\(s))") }
+            } catch let e as LoadTestError { throw e } catch {
+                throw LoadTestError("cannot reach coordinator \(c.target): \(error)")
+            }
+            return RequestShape(configuration: c, dim: c.dim ?? 0, idSpace: c.idSpace ?? 1_000_000)
+        }
+    }
+
+    /// Runs the configured phases against an already resolved shape.
+    public static func execute(_ config: LoadTestConfiguration, shape: RequestShape,
+                               progress: (@Sendable (String) -> Void)?) async -> LoadResult {
+        let clock = ContinuousClock()
+        let workers = (0 ..< config.threads).map { w in
+            Worker(index: w, configuration: config, connections: config.connections / config.threads + (w < config.connections % config.threads ? 1 : 0))
+        }
+        let origin = clock.now.advanced(by: .milliseconds(20))
+        let timeline = Timeline(origin: origin, measureStart: origin.advanced(by: config.warmup),
+                                end: origin.advanced(by: config.warmup + config.duration))
+
+        let reporter: Task<Void, Never>? = progress.map { sink in
+            Task {
+                var tick = 1
+                var cumulative = PhaseStats()
+                while !Task.isCancelled {
+                    do { try await Task.sleep(until: origin.advanced(by: .seconds(tick)), clock: .continuous) } catch { break }
+                    var interval = IntervalStats()
+                    for w in workers { interval.merge(w.takeInterval()) }
+                    // The second just ended counts as measured when it began at or after the warm-up.
+                    let measuring = origin.advanced(by: .seconds(tick - 1)) >= timeline.measureStart
+                    if measuring { cumulative = PhaseStats(); for w in workers { cumulative.merge(w.peekMeasured()) } }
+                    let inFlight = workers.reduce(0) { $0 + $1.inFlight.load(ordering: .relaxed) }
+                    sink(progressLine(second: tick, measuring: measuring, interval: interval, inFlight: inFlight,
+                                      measuredP99: measuring ? cumulative.latency.summary.p99Ms : nil))
+                    tick += 1
+                }
+            }
+        }
+
+        await withTaskGroup(of: Void.self) { group in
+            for w in workers {
+                group.addTask {
+                    switch config.mode {
+                    case .closed(let concurrency):
+                        let share = concurrency / config.threads + (w.index < concurrency % config.threads ? 1 : 0)
+                        await runClosed(w, tasks: share, shape: shape, config: config, timeline: timeline)
+                    case .open(let rate, let arrivals):
+                        await runOpen(w, rate: rate, arrivals: arrivals, shape: shape, config: config, timeline: timeline)
+                    }
+                }
+            }
+        }
+        reporter?.cancel()
+        _ = await reporter?.value
+
+        var total = PhaseStats()
+        var log: [LatencyRecord] = []
+        for w in workers {
+            let (s, l) = w.finish()
+            total.merge(s)
+            log += l
+        }
+        for w in workers { await w.close() }
+        log.sort { $0.intendedMicros < $1.intendedMicros }
+        return LoadResult(report: LoadReport(configuration: config, shape: shape, stats: total), stats: total, latencyLog: log)
+    }
+
+    static func progressLine(second: Int, measuring: Bool, interval: IntervalStats, inFlight: Int, measuredP99: Double?) -> String {
+        let s = interval.latency.summary
+        var line = "[\(pad(String(second), 4))s \(measuring ? "measure" : "warm-up")] \(pad(String(interval.completed), 7)) req/s"
+        line += "  errors \(interval.errors)"
+        line += "  p50 \(fmt(s.p50Ms)) ms  p99 \(fmt(s.p99Ms)) ms  max \(fmt(s.maxMs)) ms  in-flight \(inFlight)"
+        if let measuredP99 { line += "  (measured p99 so far \(fmt(measuredP99)) ms)" }
+        return line
+    }
+
+    static func runClosed(_ w: Worker, tasks: Int, shape: RequestShape, config: LoadTestConfiguration, timeline: Timeline) async {
+        let caller = Caller(channel: w.channel, timeout: config.timeout, dim: shape.dim)
+        await withDiscardingTaskGroup { group in
+            for j in 0 ..< tasks {
+                let seed = Xoshiro256.derive(config.seed, w.index << 20 | j)
+                group.addTask {
+                    var gen = RequestGenerator(shape: shape, seed: seed)
+                    while true {
+                        let req = gen.next()
+                        let start = ContinuousClock.now
+                        if start >= timeline.end { break }
+                        let measured = start >= timeline.measureStart
+                        if measured { w.noteSent(req.operation, lagNanos: 0) }
+                        w.inFlight.wrappingAdd(1, ordering: .relaxed)
+                        let out = await caller.call(req)
+                        let done = ContinuousClock.now
+                        w.inFlight.wrappingSubtract(1, ordering: .relaxed)
+                        w.record(req.operation, intended: start, done: done, outcome: out, timeline: timeline, measured: measured)
+                    }
+                }
+            }
+        }
+    }
+
+    static func runOpen(_ w: Worker, rate: Double, arrivals: Arrivals, shape: RequestShape, config: LoadTestConfiguration,
+                        timeline: Timeline) async {
+        let caller = Caller(channel: w.channel, timeout: config.timeout, dim: shape.dim)
+        let perWorker = rate / Double(config.threads)
+        // Stagger constant-rate workers so their sends interleave instead of colliding.
+        var schedule = ArrivalSchedule(rate: perWorker, arrivals: arrivals, seed: Xoshiro256.derive(config.seed, w.index),
+                                       phase: Double(w.index) / rate)
+        let maxInFlight = max(1, config.maxInFlight / config.threads)
+        var gen = RequestGenerator(shape: shape, seed: Xoshiro256.derive(config.seed ^ 0xA5A5, w.index))
+        let giveUp = timeline.end.advanced(by: config.timeout)
+        await withDiscardingTaskGroup { group in
+            while true {
+                let intended = timeline.origin.advanced(by: .seconds(double: schedule.next()))
+                if intended >= timeline.end { break }
+                if intended > ContinuousClock.now {
+                    try? await Task.sleep(until: intended, tolerance: .microseconds(50), clock: .continuous)
+                }
+                while w.inFlight.load(ordering: .relaxed) >= maxInFlight && ContinuousClock.now < giveUp {
+                    try? await Task.sleep(for: .microseconds(200))
+                }
+                let req = gen.next()
+                let measured = intended >= timeline.measureStart
+                let now = ContinuousClock.now
+                if now >= giveUp {
+                    // So far behind that the request could not finish within its deadline even if
+                    // sent now: it fails as DEADLINE_EXCEEDED, charged from its intended time, and
+                    // the run still ends by `end + 2 × timeout`.
+                    if measured { w.noteSent(req.operation, lagNanos: (now - intended).nanoseconds) }
+                    w.record(req.operation, intended: intended, done: now, outcome: .failed(.deadlineExceeded), timeline: timeline,
+                             measured: measured)
+                    continue
+                }
+                if measured { w.noteSent(req.operation, lagNanos: (now - intended).nanoseconds) }
+                w.inFlight.wrappingAdd(1, ordering: .relaxed)
+                group.addTask {
+                    let out = await caller.call(req)
+                    let done = ContinuousClock.now
+                    w.inFlight.wrappingSubtract(1, ordering: .relaxed)
+                    w.record(req.operation, intended: intended, done: done, outcome: out, timeline: timeline, measured: measured)
+                }
+            }
+        }
+    }
+}
+
+/// The result of one run: the report (what `--json` prints), the merged stats and, when asked
+/// for, one record per measured request.
+public struct LoadResult: Sendable {
+    public var report: LoadReport
+    public var stats: PhaseStats
+    public var latencyLog: [LatencyRecord]
+}
+
+struct Timeline: Sendable {
+    let origin: ContinuousClock.Instant
+    let measureStart: ContinuousClock.Instant
+    let end: ContinuousClock.Instant
+}
+
+/// Counters of the last second, for the progress line.
+struct IntervalStats: Sendable {
+    var latency = LatencyHistogram()
+    var completed = 0
+    var errors = 0
+    mutating func merge(_ o: IntervalStats) { latency.merge(o.latency); completed += o.completed; errors += o.errors }
+}
+
+/// One worker: an event loop thread, its channel (connections), and what it measured.
+/// `record` and `noteSent` are called from any task; the state is behind a mutex.
+final class Worker: Sendable {
+    let index: Int
+    let group: MultiThreadedEventLoopGroup
+    let channel: RPCChannel
+    let inFlight = Atomic<Int>(0)
+    private let keepLog: Bool
+    private let state = Mutex<(measured: PhaseStats, interval: IntervalStats, log: [LatencyRecord])>((PhaseStats(), IntervalStats(), []))
+
+    init(index: Int, configuration: LoadTestConfiguration, connections: Int) {
+        self.index = index
+        keepLog = configuration.keepLatencyLog
+        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        var cc = ClientConfiguration()
+        cc.connections = connections
+        // The target was validated and reached in resolveShape.
+        channel = try! RPCChannel(target: configuration.target, group: group, configuration: cc)
+    }
+
+    func noteSent(_ op: LoadOperation, lagNanos: UInt64) {
+        state.withLock { $0.measured.noteSent(op, lagNanos: lagNanos) }
+    }
+
+    func record(_ op: LoadOperation, intended: ContinuousClock.Instant, done: ContinuousClock.Instant, outcome: Outcome,
+                timeline: Timeline, measured: Bool) {
+        let latency = (done - intended).nanoseconds
+        state.withLock { s in
+            s.interval.latency.record(nanoseconds: latency)
+            s.interval.completed += 1
+            if case .failed = outcome { s.interval.errors += 1 }
+            guard measured else { return }
+            s.measured.record(op, latencyNanos: latency, outcome: outcome)
+            if keepLog {
+                let status: RPCStatusCode = if case .failed(let c) = outcome { c } else { .ok }
+                s.log.append(LatencyRecord(operation: op, intendedMicros: Int64((intended - timeline.measureStart).nanoseconds / 1000),
+                                           latencyNanos: latency, status: status))
+            }
+        }
+    }
+
+    func takeInterval() -> IntervalStats {
+        state.withLock { s in let i = s.interval; s.interval = IntervalStats(); return i }
+    }
+
+    func peekMeasured() -> PhaseStats { state.withLock { $0.measured } }
+
+    func finish() -> (PhaseStats, [LatencyRecord]) {
+        state.withLock { s in let r = (s.measured, s.log); s.log = []; return r }
+    }
+
+    func close() async {
+        await channel.close()
+        try? await group.shutdownGracefully()
+    }
+}
+
+/// Sends one planned request and classifies the answer.
+struct Caller: Sendable {
+    let channel: RPCChannel
+    let timeout: Duration
+    let dim: Int
+
+    func call(_ r: PlannedRequest) async -> Outcome {
+        do throws(RPCError) {
+            switch r {
+            case .lookup(let q):
+                let resp = try await ShardClient(channel: channel).lookup(q, timeout: timeout)
+                let rowBytes = Int(resp.dim) * resp.dtype.elementSize
+                let rows = rowBytes > 0 ? resp.vectors.count / rowBytes : 0
+                return .ok(vectors: rows, degraded: false, timings: nil)
+            case .search(let q):
+                _ = try await ShardClient(channel: channel).search(q, timeout: timeout)
+                return .ok(vectors: 0, degraded: false, timings: nil)
+            case .recommend(let q):
+                let resp = try await RecommenderClient(channel: channel).recommend(q, timeout: timeout)
+                let t = resp.timings.map { [$0.retrieveMicros, $0.filterMicros, $0.gatherMicros, $0.rankMicros, $0.postRankMicros, $0.totalMicros] }
+                return .ok(vectors: 0, degraded: resp.coverage?.degraded ?? false, timings: t)
+            case .rank(let q):
+                let resp = try await RecommenderClient(channel: channel).rank(q, timeout: timeout)
+                return .ok(vectors: 0, degraded: resp.coverage?.degraded ?? false, timings: nil)
+            case .similar(let q):
+                let resp = try await RecommenderClient(channel: channel).similar(q, timeout: timeout)
+                return .ok(vectors: 0, degraded: resp.coverage?.degraded ?? false, timings: nil)
+            }
+        } catch {
+            return .failed(error.code)
+        }
+    }
+}
+
+func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : String(repeating: " ", count: n - s.count) + s }
+
+func fmt(_ x: Double) -> String {
+    let r = (x * 1000).rounded() / 1000
+    var s = String(r)
+    if let dot = s.firstIndex(of: ".") {
+        let decimals = s.distance(from: dot, to: s.endIndex) - 1
+        if decimals < 3 { s += String(repeating: "0", count: 3 - decimals) }
+    }
+    return s
+}

@@ -1,2 +1,0 @@
-/// The recsys load driver (issue 6).
-public enum LoadTestModule {}

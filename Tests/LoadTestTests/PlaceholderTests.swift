@@ -1,4 +1,0 @@
-import Testing
-@testable import LoadTest
-
-@Test func moduleLinks() { #expect(String(describing: LoadTestModule.self).isEmpty == false) }
