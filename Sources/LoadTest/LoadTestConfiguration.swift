@@ -52,6 +52,8 @@ public struct LoadTestConfiguration: Sendable {
     public var users = 100_000
     /// Candidate ids per Rank call.
     public var candidates = 100
+    /// Recommend/Rank: the ranking model ("" = the coordinator's default, dot).
+    public var model = ""
 
     public init(target: String) { self.target = target }
 

@@ -35,11 +35,12 @@ public struct RequestShape: Sendable {
     public var ids: [UInt64]?
     public var users: Int
     public var candidates: Int
+    public var model: String
 
     public init(configuration c: LoadTestConfiguration, dim: Int, idSpace: Int) {
         mix = c.mix; table = c.table; batch = c.batch; dtype = c.dtype; k = c.k; queries = c.queries
         self.dim = dim; zipf = c.zipf; self.idSpace = c.ids?.count ?? idSpace; ids = c.ids
-        users = c.users; candidates = c.candidates
+        users = c.users; candidates = c.candidates; model = c.model
     }
 }
 
@@ -79,11 +80,11 @@ public struct RequestGenerator: Sendable {
             for _ in 0 ..< n { q.append(Float(rng.nextUnit() * 2 - 1)) }
             return .search(SearchRequest(table: shape.table, queries: q, dim: UInt32(shape.dim), k: UInt32(shape.k ?? 100)))
         case .recommend:
-            return .recommend(RecommendRequest(userID: userID(), k: UInt32(shape.k ?? 10)))
+            return .recommend(RecommendRequest(userID: userID(), k: UInt32(shape.k ?? 10), model: shape.model))
         case .rank:
             var c = [UInt64](); c.reserveCapacity(shape.candidates)
             for _ in 0 ..< shape.candidates { c.append(itemID()) }
-            return .rank(RankRequest(userID: userID(), candidateIDs: c, k: UInt32(shape.k ?? 10)))
+            return .rank(RankRequest(userID: userID(), candidateIDs: c, model: shape.model, k: UInt32(shape.k ?? 10)))
         case .similar:
             return .similar(SimilarRequest(itemID: itemID(), k: UInt32(shape.k ?? 10)))
         }

@@ -89,6 +89,9 @@ struct LoadtestCommand: AsyncParsableCommand {
     @Option(help: "Rank: candidate ids per call.")
     var candidates: Int = 100
 
+    @Option(help: "Recommend/Rank: ranking model, dot or mlp (default: the coordinator's).")
+    var model: String = ""
+
     @Option(help: "Per-request deadline in milliseconds.")
     var timeoutMs: Int = 5000
 
@@ -147,6 +150,7 @@ struct LoadtestCommand: AsyncParsableCommand {
         }
         c.users = users
         c.candidates = candidates
+        c.model = model
         guard timeoutMs >= 1 else { throw ValidationError("--timeout-ms must be ≥ 1") }
         c.timeout = .milliseconds(timeoutMs)
         c.maxInFlight = maxInFlight
