@@ -169,16 +169,23 @@ void srk_topk_sort(srk_topk *h) {
 // ---- Fused search --------------------------------------------------------------------
 static const size_t srk_elem_size[SRK_DTYPE_COUNT] = { 4, 2, 1 };
 
+int32_t srk_stream_flags(int32_t dtype, int64_t nq, int64_t bytes) {
+    // Measured (docs/kernels.md): +20-35 % for an int8 scan of 64 MB, +0-15 % for f16; for f32
+    // neutral from DRAM and -20 % from L3, so f32 never streams. Many queries: compute-bound.
+    return (dtype != SRK_DTYPE_F32 && nq < 4 && bytes >= ((int64_t)32 << 20)) ? SRK_DOT_STREAM : 0;
+}
+
 void srk_search(const srk_kernels *k, int32_t dtype, const float *queries, int64_t nq,
                 const void *rows, const float *scales, const uint64_t *ids, int64_t n, int64_t d,
                 const uint64_t *exclude, int64_t nexclude, srk_topk *heaps, float *scratch) {
     srk_dot_fn dot = k->dot[dtype];
     const char *base = (const char *)rows;
     size_t rowBytes = (size_t)d * srk_elem_size[dtype];
+    int32_t flags = srk_stream_flags(dtype, nq, (int64_t)rowBytes * n);
     for (int64_t i0 = 0; i0 < n; i0 += SRK_SEARCH_BLOCK) {
         int64_t m = n - i0 < SRK_SEARCH_BLOCK ? n - i0 : SRK_SEARCH_BLOCK;
         dot(queries, nq, d, base + (size_t)i0 * rowBytes, scales ? scales + i0 : NULL, NULL,
-            m, d, scratch, SRK_SEARCH_BLOCK);
+            m, d, scratch, SRK_SEARCH_BLOCK, flags);
         for (int64_t qi = 0; qi < nq; qi++)
             srk_topk_push_many(&heaps[qi], scratch + qi * SRK_SEARCH_BLOCK, ids + i0, 0, m,
                                exclude, nexclude);

@@ -174,16 +174,22 @@ INLINE vf_t NAME(const float *q, int64_t ldq, const T *const *rp, int64_t D) {  
 DEFINE_TILE(tile_f32, float, ldf, ID_F)
 DEFINE_TILE(tile_f16, uint16_t, ldh, h2f)
 DEFINE_TILE(tile_i8, int8_t, ldb, I8_F)
+
 // How many groups ahead to prefetch gathered rows.
 #define PF_GROUPS 2
+// How many groups ahead to prefetch a contiguous scan (SRK_DOT_STREAM): measured best for
+// int8 (+30%) and f16 (+15%) search over 1M rows; f32 is bandwidth-bound either way.
+#define PF_STREAM_GROUPS 4
 
-// Driver: rows in groups of W (last group padded by repeating its last row), every query
-// against the group while its rows are hot in L1.
-#define DEFINE_DOT(NAME, T, GROUP, TILE, IS_I8)                                                    \
-INLINE void NAME##_d(const float *q, int64_t nq, int64_t ldq, const T *rows,                      \
+// Driver: rows in groups of W (last group padded by repeating its last row); queries in
+// QB-query tiles, then one at a time, against the group while its rows are hot in L1.
+// Gathered rows are prefetched PF_GROUPS groups ahead.
+#define DEFINE_DOT(NAME, T, GROUP, TILE, IS_I8)                                              \
+INLINE void NAME##_d(const float *q, int64_t nq, int64_t ldq, const T *rows,                 \
                      const float *scales, const int64_t *idx, int64_t n, int64_t d,          \
-                     float *out, int64_t ldo, int64_t D) {                                   \
+                     float *out, int64_t ldo, int32_t flags, int64_t D) {                    \
     const T *rp[W];                                                                          \
+    const int64_t groupBytes = W * d * (int64_t)sizeof(T);                                   \
     for (int64_t i = 0; i < n; i += W) {                                                     \
         int64_t m = n - i < W ? n - i : W;                                                   \
         vf_t sc = (vf_t){0} + 1.0f;                                                          \
@@ -194,14 +200,21 @@ INLINE void NAME##_d(const float *q, int64_t nq, int64_t ldq, const T *rows,    
             if (IS_I8) sc[r] = scales[row];                                                  \
         }                                                                                    \
         if (idx) {                                                                           \
-            int64_t pf = i + PF_GROUPS * W;                                                  \
-            int64_t pe = pf + W < n ? pf + W : n;                                            \
+            /* the first group also starts the fetches of groups 1..PF_GROUPS */             \
+            int64_t pf = i == 0 ? W : i + PF_GROUPS * W;                                     \
+            int64_t pe = i + PF_GROUPS * W + W < n ? i + PF_GROUPS * W + W : n;              \
             for (int64_t t = pf; t < pe; t++) {                                              \
                 const char *base = (const char *)(rows + idx[t] * d);                        \
                 for (int64_t off = 0; off < d * (int64_t)sizeof(T); off += 64)               \
                     __builtin_prefetch(base + off, 0, 3);                                    \
                 if (IS_I8) __builtin_prefetch(scales + idx[t], 0, 3);                        \
             }                                                                                \
+        } else if (flags & SRK_DOT_STREAM) {                                                 \
+            /* a long contiguous scan: fetch PF_STREAM_GROUPS groups ahead, past the end of  \
+               this call's rows too (the caller streams on; prefetches never fault) */        \
+            uintptr_t pb = (uintptr_t)(rows + i * d) + PF_STREAM_GROUPS * groupBytes;        \
+            for (int64_t off = 0; off < groupBytes; off += 64)                               \
+                __builtin_prefetch((const void *)(pb + off), 0, 3);                          \
         }                                                                                    \
         int64_t qi = 0;                                                                      \
         if (QB > 1) {                                                                        \
@@ -225,14 +238,14 @@ INLINE void NAME##_d(const float *q, int64_t nq, int64_t ldq, const T *rows,    
 }                                                                                            \
 static void NAME(const float *q, int64_t nq, int64_t ldq, const void *rows_,                 \
                  const float *scales, const int64_t *idx, int64_t n, int64_t d,              \
-                 float *out, int64_t ldo) {                                                  \
+                 float *out, int64_t ldo, int32_t flags) {                                   \
     const T *rows = (const T *)rows_;                                                        \
     switch (d) { /* literal dimensions let the compiler unroll the column loop */            \
-    case 32:  NAME##_d(q, nq, ldq, rows, scales, idx, n, d, out, ldo, 32); break;            \
-    case 64:  NAME##_d(q, nq, ldq, rows, scales, idx, n, d, out, ldo, 64); break;            \
-    case 128: NAME##_d(q, nq, ldq, rows, scales, idx, n, d, out, ldo, 128); break;           \
-    case 256: NAME##_d(q, nq, ldq, rows, scales, idx, n, d, out, ldo, 256); break;           \
-    default:  NAME##_d(q, nq, ldq, rows, scales, idx, n, d, out, ldo, d); break;             \
+    case 32:  NAME##_d(q, nq, ldq, rows, scales, idx, n, d, out, ldo, flags, 32); break;     \
+    case 64:  NAME##_d(q, nq, ldq, rows, scales, idx, n, d, out, ldo, flags, 64); break;     \
+    case 128: NAME##_d(q, nq, ldq, rows, scales, idx, n, d, out, ldo, flags, 128); break;    \
+    case 256: NAME##_d(q, nq, ldq, rows, scales, idx, n, d, out, ldo, flags, 256); break;    \
+    default:  NAME##_d(q, nq, ldq, rows, scales, idx, n, d, out, ldo, flags, d); break;      \
     }                                                                                        \
 }                                                                                            \
 static void NAME##_sqnorm(const void *rows_, const float *scales, const int64_t *idx,        \
@@ -281,51 +294,60 @@ static void gemm_pack_b(int64_t n, int64_t k, const float *b, int64_t ldb, float
     }
 }
 
-// A is packed per block of MR rows (k-major, KC columns at a time) so that the micro-kernel
-// broadcasts from one contiguous buffer instead of juggling MR row pointers.
-enum { KC = 512 };
+// Blocking: A is packed in blocks of MC rows × KC columns as MR-row micro-panels (k-major), so
+// the micro-kernel broadcasts from one contiguous buffer; each B panel slice (KC × NR, ≤ 32 KiB)
+// then stays in L1 while it is swept over the MC/MR micro-panels of the block.
+enum { KC = 256, MC = 4 * MR };
+
+INLINE void gemm_micro(int64_t kb, const float *ak, const float *bk, float *c, int64_t ldc,
+                       int64_t mb, int64_t nb, int accumulate) {
+    vf_t acc0[MR], acc1[MR];
+    _Pragma("clang loop unroll(full)")
+    for (int r = 0; r < MR; r++) { acc0[r] = (vf_t){0}; acc1[r] = (vf_t){0}; }
+    for (int64_t kk = 0; kk < kb; kk++, bk += NR, ak += MR) {
+        vf_t b0 = ldf(bk), b1 = ldf(bk + W);
+        _Pragma("clang loop unroll(full)")
+        for (int r = 0; r < MR; r++) {
+            vf_t av = SRK_SPLAT(ak[r]);
+            acc0[r] = SRK_FMA(av, b0, acc0[r]);
+            acc1[r] = SRK_FMA(av, b1, acc1[r]);
+        }
+    }
+    for (int r = 0; r < mb; r++) {
+        float *cr = c + r * ldc;
+        if (nb == NR) {
+            if (accumulate) { acc0[r] += ldf(cr); acc1[r] += ldf(cr + W); }
+            stf(cr, acc0[r]); stf(cr + W, acc1[r]);
+        } else {
+            float tmp[NR];
+            stf(tmp, acc0[r]); stf(tmp + W, acc1[r]);
+            for (int64_t jj = 0; jj < nb; jj++) cr[jj] = accumulate ? cr[jj] + tmp[jj] : tmp[jj];
+        }
+    }
+}
 
 static void gemm_nt_packed(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                            const float *bp, float *c, int64_t ldc) {
-    float apack[MR * KC] __attribute__((aligned(64)));
-    for (int64_t i0 = 0; i0 < m; i0 += MR) {
-        int64_t mb = m - i0 < MR ? m - i0 : MR;
-        for (int64_t k0 = 0; k0 < k; k0 += KC) {
-            int64_t kb = k - k0 < KC ? k - k0 : KC;
-            for (int r = 0; r < MR; r++) {
-                const float *ar = a + (i0 + (r < mb ? r : mb - 1)) * lda + k0;
-                for (int64_t kk = 0; kk < kb; kk++) apack[kk * MR + r] = ar[kk];
+    float apack[MC * KC] __attribute__((aligned(64)));
+    for (int64_t k0 = 0; k0 < k; k0 += KC) {
+        int64_t kb = k - k0 < KC ? k - k0 : KC;
+        for (int64_t i0 = 0; i0 < m; i0 += MC) {
+            int64_t mc = m - i0 < MC ? m - i0 : MC;
+            // Pack: micro-panel p holds rows i0 + p*MR .. +MR (the last row repeated past m).
+            for (int64_t p = 0; p * MR < mc; p++) {
+                float *dst = apack + p * MR * kb;
+                for (int r = 0; r < MR; r++) {
+                    int64_t row = p * MR + r < mc ? p * MR + r : mc - 1;
+                    const float *ar = a + (i0 + row) * lda + k0;
+                    for (int64_t kk = 0; kk < kb; kk++) dst[kk * MR + r] = ar[kk];
+                }
             }
             for (int64_t j0 = 0; j0 < n; j0 += NR) {
                 int64_t nb = n - j0 < NR ? n - j0 : NR;
-                vf_t acc0[MR], acc1[MR];
-                _Pragma("clang loop unroll(full)")
-                for (int r = 0; r < MR; r++) { acc0[r] = (vf_t){0}; acc1[r] = (vf_t){0}; }
                 const float *bk = bp + j0 * k + k0 * NR;
-                const float *ak = apack;
-                for (int64_t kk = 0; kk < kb; kk++, bk += NR, ak += MR) {
-                    vf_t b0 = ldf(bk), b1 = ldf(bk + W);
-                    _Pragma("clang loop unroll(full)")
-                    for (int r = 0; r < MR; r++) {
-                        vf_t av = SRK_SPLAT(ak[r]);
-                        acc0[r] = SRK_FMA(av, b0, acc0[r]);
-                        acc1[r] = SRK_FMA(av, b1, acc1[r]);
-                    }
-                }
-                for (int r = 0; r < mb; r++) {
-                    float *cr = c + (i0 + r) * ldc + j0;
-                    if (k0 > 0) {
-                        float tmp[NR];
-                        for (int64_t jj = 0; jj < nb; jj++) tmp[jj] = cr[jj];
-                        for (int64_t jj = nb; jj < NR; jj++) tmp[jj] = 0;
-                        acc0[r] += ldf(tmp); acc1[r] += ldf(tmp + W);
-                    }
-                    if (nb == NR) { stf(cr, acc0[r]); stf(cr + W, acc1[r]); }
-                    else {
-                        float tmp[NR];
-                        stf(tmp, acc0[r]); stf(tmp + W, acc1[r]);
-                        for (int64_t jj = 0; jj < nb; jj++) cr[jj] = tmp[jj];
-                    }
+                for (int64_t p = 0; p * MR < mc; p++) {
+                    int64_t mb = mc - p * MR < MR ? mc - p * MR : MR;
+                    gemm_micro(kb, apack + p * MR * kb, bk, c + (i0 + p * MR) * ldc + j0, ldc, mb, nb, k0 > 0);
                 }
             }
         }

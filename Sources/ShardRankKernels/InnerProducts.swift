@@ -32,8 +32,11 @@ public enum InnerProducts {
         guard n > 0, queryCount > 0 else { return }
         let d = rows.dimension
         let fn = dotKernel(isa, rows.elementType)
+        // A long contiguous scan may get software prefetch ahead of the hardware's.
+        let flags = rowIndices == nil
+            ? srk_stream_flags(rows.elementType.rawValue, Int64(queryCount), Int64(n * d * rows.elementType.byteWidth)) : 0
         fn(queries, Int64(queryCount), Int64(d), rows.base, rows.scales,
-           rowIndices?.baseAddress, Int64(n), Int64(d), scores, Int64(n))
+           rowIndices?.baseAddress, Int64(n), Int64(d), scores, Int64(n), flags)
     }
 
     /// `out[i] = |row(i)|²` (with the int8 scale). `out`: `rowIndices?.count ?? rows.count` floats.

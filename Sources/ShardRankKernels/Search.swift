@@ -25,16 +25,25 @@ public enum Search {
         guard k > 0, rows.count > 0 else { return Array(repeating: [], count: queryCount) }
         let exclude = Array(Set(excluding)).sorted()
         let participants = pool?.participants(count: rows.count, minChunk: minRowsPerTask) ?? 1
-        let heapCount = participants * queryCount
-        let heapScores = UnsafeMutablePointer<Float>.allocate(capacity: heapCount * k)
-        let heapIDs = UnsafeMutablePointer<UInt64>.allocate(capacity: heapCount * k)
-        let heaps = UnsafeMutablePointer<srk_topk>.allocate(capacity: heapCount)
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: heapCount * Int(SRK_SEARCH_BLOCK))
+        // Per-participant state, each participant's part padded to whole cache lines so that
+        // two threads never write the same line.
+        let heapStride = (queryCount + 1) & ~1          // srk_topk is 32 bytes: 2 per line
+        let kStride = (k + 15) & ~15                     // 16 floats / 8 ids per line
+        let heapCount = participants * heapStride
+        let heapScores = UnsafeMutableRawPointer.allocate(byteCount: heapCount * kStride * 4, alignment: 64)
+            .bindMemory(to: Float.self, capacity: heapCount * kStride)
+        let heapIDs = UnsafeMutableRawPointer.allocate(byteCount: heapCount * kStride * 8, alignment: 64)
+            .bindMemory(to: UInt64.self, capacity: heapCount * kStride)
+        let heaps = UnsafeMutableRawPointer.allocate(byteCount: heapCount * MemoryLayout<srk_topk>.stride, alignment: 64)
+            .bindMemory(to: srk_topk.self, capacity: heapCount)
+        let scratchCount = participants * queryCount * Int(SRK_SEARCH_BLOCK)
+        let scratch = UnsafeMutableRawPointer.allocate(byteCount: scratchCount * 4, alignment: 64)
+            .bindMemory(to: Float.self, capacity: scratchCount)
         defer {
             heapScores.deallocate(); heapIDs.deallocate(); heaps.deallocate(); scratch.deallocate()
         }
         for h in 0..<heapCount {
-            (heaps + h).initialize(to: srk_topk(scores: heapScores + h * k, ids: heapIDs + h * k,
+            (heaps + h).initialize(to: srk_topk(scores: heapScores + h * kStride, ids: heapIDs + h * kStride,
                                                 count: 0, capacity: Int64(k)))
         }
         let table = isa.table
@@ -44,7 +53,7 @@ public enum Search {
                 let part = rows.slice(range)
                 srk_search(table, dtype, queries, Int64(queryCount), part.base, part.scales,
                            ids + range.lowerBound, Int64(range.count), Int64(rows.dimension),
-                           ex.baseAddress, Int64(ex.count), heaps + p * queryCount,
+                           ex.baseAddress, Int64(ex.count), heaps + p * heapStride,
                            scratch + p * queryCount * Int(SRK_SEARCH_BLOCK))
             }
             if let pool, participants > 1 {
@@ -59,7 +68,7 @@ public enum Search {
         for q in 0..<queryCount {
             let dst = heaps + q
             for p in 1..<max(participants, 1) {
-                let src = heaps[p * queryCount + q]
+                let src = heaps[p * heapStride + q]
                 srk_topk_push_many(dst, src.scores, src.ids, 0, src.count, nil, 0)
             }
             srk_topk_sort(dst)

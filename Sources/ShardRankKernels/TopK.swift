@@ -69,11 +69,34 @@ public final class TopKHeap {
 
     /// The held items, best first. The heap keeps its contents.
     public func sortedItems() -> [ScoredItem] {
+        [ScoredItem](unsafeUninitializedCapacity: count) { buffer, initialized in
+            let s = heap.pointee.scores!, ids = heap.pointee.ids!
+            initialized = withSortedContents { n in
+                for i in 0..<n { (buffer.baseAddress! + i).initialize(to: ScoredItem(id: ids[i], score: s[i])) }
+                return n
+            }
+        }
+    }
+
+    /// Writes the held items best first into `ids` and `scores` (each with room for `count`
+    /// elements) without allocating, and returns how many were written. The heap keeps its
+    /// contents.
+    public func sorted(ids outIDs: UnsafeMutablePointer<UInt64>, scores outScores: UnsafeMutablePointer<Float>) -> Int {
+        let s = heap.pointee.scores!, ids = heap.pointee.ids!
+        return withSortedContents { n in
+            outIDs.update(from: ids, count: n)
+            outScores.update(from: s, count: n)
+            return n
+        }
+    }
+
+    /// Sorts the storage best first, runs `body(count)`, then restores the heap order
+    /// (a list sorted worst-first is a valid heap, so reversing suffices).
+    private func withSortedContents(_ body: (Int) -> Int) -> Int {
         let n = count
         srk_topk_sort(heap)
+        let result = body(n)
         let s = heap.pointee.scores!, ids = heap.pointee.ids!
-        let result = (0..<n).map { ScoredItem(id: ids[$0], score: s[$0]) }
-        // A list sorted worst-first is a valid heap: reverse to restore the invariant.
         var lo = 0, hi = n - 1
         while lo < hi {
             swap(&s[lo], &s[hi]); swap(&ids[lo], &ids[hi])

@@ -121,6 +121,51 @@ import ShardRankKernels
         #expect(a == b)
     }
 
+    /// Layers wider than the GEMM's k-block (256) and row/column counts that are not multiples
+    /// of its tiles, against a Double forward pass, for every backend, with and without a pool.
+    @Test func wideLayersMatchDoubleReference() throws {
+        var rng = SplitMix64(seed: 7)
+        let dims = [600, 70, 33, 1], count = 50
+        var tensors: [(name: String, shape: [Int], values: [Float])] = []
+        var layers: [MLPConfig.Layer] = []
+        for l in 0..<3 {
+            tensors.append(("w\(l)", [dims[l + 1], dims[l]], (0..<(dims[l + 1] * dims[l])).map { _ in rng.uniform(0.125) }))
+            tensors.append(("b\(l)", [dims[l + 1]], (0..<dims[l + 1]).map { _ in rng.uniform(0.25) }))
+            layers.append(.init(weight: "w\(l)", bias: "b\(l)", activation: l == 2 ? "sigmoid" : "relu"))
+        }
+        let config = MLPConfig(features: [.init(kind: "item", dim: 8), .init(kind: "dense", dim: 592)], layers: layers)
+        let model = try MLPModel(weights: SafeTensors.serialize(tensors), config: Array(JSONEncoder().encode(config)))
+        let items = (0..<(count * 8)).map { _ in rng.uniform() }
+        let dense = (0..<(count * 592)).map { _ in rng.uniform() }
+        var expected = [Double]()
+        for c in 0..<count {
+            var x = (0..<8).map { Double(items[c * 8 + $0]) } + (0..<592).map { Double(dense[c * 592 + $0]) }
+            for l in 0..<3 {
+                let w = tensors[2 * l].values, b = tensors[2 * l + 1].values
+                x = (0..<dims[l + 1]).map { o in
+                    var s = Double(b[o])
+                    for i in 0..<dims[l] { s += Double(w[o * dims[l] + i]) * x[i] }
+                    return l == 2 ? 1 / (1 + exp(-s)) : max(s, 0)
+                }
+            }
+            expected.append(x[0])
+        }
+        let pool = WorkerPool(threadCount: 2)
+        for gemm in Self.backends {
+            for usePool in [false, true] {
+                var scores = [Float](repeating: .nan, count: count)
+                items.withUnsafeBufferPointer { it in
+                    dense.withUnsafeBufferPointer { de in
+                        model.score(user: nil, items: RowMatrix(f32: it.baseAddress!, count: count, dimension: 8), count: count,
+                                    dense: de.baseAddress!, scores: &scores, pool: usePool ? pool : nil, minRowsPerTask: 7, gemm: gemm)
+                    }
+                }
+                let worst = (0..<count).map { abs(Double(scores[$0]) - expected[$0]) / expected[$0] }.max()!
+                #expect(worst <= 1e-5, "\(gemm) pool=\(usePool): relative error \(worst)")
+            }
+        }
+    }
+
     // ---- malformed or mismatched models --------------------------------------------------
     func load(_ tensors: [(name: String, shape: [Int], values: [Float])], _ config: MLPConfig) -> ModelError? {
         load(SafeTensors.serialize(tensors), config)

@@ -38,6 +38,9 @@ import ShardRankKernels
             #expect(heap.sortedItems() == expected, "sortedItems keeps the contents")
             heap.push(score: 1, id: 3)
             #expect(heap.sortedItems() == [ScoredItem(id: 100, score: 2), ScoredItem(id: 2, score: 1), ScoredItem(id: 3, score: 1)])
+            var ids = [UInt64](repeating: 0, count: 3), scores = [Float](repeating: 0, count: 3)
+            #expect(heap.sorted(ids: &ids, scores: &scores) == 3)
+            #expect(ids == [100, 2, 3] && scores == [2, 1, 1])
         }
     }
 
