@@ -181,9 +181,12 @@ public final class ShardCluster: Sendable {
     ///   UNAVAILABLE when the shard has no usable replica.
     func call<T: Sendable>(shard: Int, deadline: ContinuousClock.Instant,
                            _ op: @escaping @Sendable (ShardClient, Duration) async throws(RPCError) -> T) async throws(RPCError) -> T {
-        guard let first = pick(shard: shard, excluding: []) else {
+        // A shard none of whose replicas is SERVING (health checks) and un-ejected gets no traffic:
+        // the caller degrades at once instead of waiting out its deadline on a dead replica.
+        guard let first = pick(shard: shard, excluding: [], lastResort: false) else {
             throw RPCError(.unavailable, "shard \(shard): no healthy replica")
         }
+        let deadline = min(deadline, ContinuousClock.now.advanced(by: .microseconds(Int(settings.maxShardCallMs * 1000))))
         let settings = self.settings
         let logger = self.logger
         @Sendable func attempt(_ r: Replica) async -> Result<T, RPCError> {

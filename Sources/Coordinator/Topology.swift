@@ -105,6 +105,9 @@ public struct CoordinatorSettings: Sendable, Equatable {
     /// keeps failing, up to 10 s); it comes back after a health check says SERVING.
     public var ejectAfterFailures = 3
     public var ejectionMs: Double = 1000
+    /// The longest one shard call may take, whatever the caller's deadline (a long client deadline
+    /// must not turn a stuck shard into a slow answer).
+    public var maxShardCallMs: Double = 100
     /// How often replicas are health-checked (and their versions read).
     public var healthIntervalMs: Double = 250
     /// Table names.
@@ -124,7 +127,7 @@ public struct CoordinatorSettings: Sendable, Equatable {
         func int(_ k: String) throws -> Int? { try num(k).map { Int($0) } }
         let known: Set<String> = ["default_deadline_ms", "similar_per_item", "genre_budget", "country_budget", "popular_budget",
                                   "search_budget", "recent_items", "diversity_lambda", "hedge_quantile", "min_hedge_delay_ms",
-                                  "eject_after_failures", "ejection_ms", "health_interval_ms"]
+                                  "eject_after_failures", "ejection_ms", "health_interval_ms", "max_shard_call_ms"]
         for k in c.keys where !known.contains(k) {
             throw Topology.Error(description: "unknown key 'coordinator.\(k)' (known: \(known.sorted().joined(separator: ", ")))")
         }
@@ -144,5 +147,6 @@ public struct CoordinatorSettings: Sendable, Equatable {
         if let v = try int("eject_after_failures") { ejectAfterFailures = max(1, v) }
         if let v = try num("ejection_ms") { ejectionMs = v }
         if let v = try num("health_interval_ms") { healthIntervalMs = max(10, v) }
+        if let v = try num("max_shard_call_ms") { maxShardCallMs = max(1, v) }
     }
 }
