@@ -176,3 +176,29 @@ def test_rf2_killing_a_replica_under_load_fails_nothing(pb, rpb, tmp_path, serve
     assert ledger["failed"] == []
     assert ledger["ok"] > 20
     assert ledger["degraded"] == 0, f"with a live replica every answer is complete: {ledger.get('reasons')}"
+
+
+def test_loadtest_against_a_cluster_reconciles_with_metrics(pb, rpb, tmp_path, server_factory):
+    """The load driver accounts for every request (sent = ok + errors, degraded among ok), its
+    client-side percentiles sit above the responses' own server timings, and the coordinator's
+    /metrics counted exactly what it sent."""
+    import subprocess
+    from test_metrics import scrape, value
+    cl = LocalCluster(tmp_path, server_factory)
+    out = subprocess.run([shardrank_bin(), "loadtest", "--target", cl.coordinator.target, "--mix", "recommend", "--rate", "40",
+                          "--warmup", "0", "--duration", "2", "--users", "60", "--json", "--quiet"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    assert rep["sent"] == 80
+    assert rep["sent"] == rep["ok"] + rep["error_count"]
+    assert rep["degraded"] <= rep["ok"]
+    total = rep["stages"]["total"]
+    assert rep["latency"]["p50_ms"] >= total["p50_ms"] * 0.99
+    assert rep["latency"]["p99_ms"] >= total["p50_ms"]
+    text = scrape(cl.admin_port)
+    counted = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                  if line.startswith("shardrank_rpc_requests_total{") and 'method="/shardrank.v1.Recommender/Recommend"' in line)
+    assert counted == rep["sent"]
+    assert value(text, "shardrank_recommend_answers_total") == rep["ok"]
+    cl.close()
