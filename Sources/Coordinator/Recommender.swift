@@ -198,7 +198,7 @@ public final class Recommender: Sendable {
                         }
                         let missing = Set(r.missingIDs)
                         let found = list.filter { !missing.contains($0) }
-                        return (found, Self.decodeRows(r), Int(r.dim))
+                        return (found, r.floatRows(), Int(r.dim))
                     } catch {
                         trace.fail(nil, "gather: shard \(shard): \(error) (\(list.count) candidates dropped)")
                         return nil
@@ -217,29 +217,6 @@ public final class Recommender: Sendable {
             outVecs += p.vectors
         }
         return (outIDs, outVecs, d)
-    }
-
-    /// A LookupResponse's rows as f32.
-    static func decodeRows(_ r: LookupResponse) -> [Float] {
-        let dim = Int(r.dim)
-        guard dim > 0 else { return [] }
-        switch r.dtype {
-        case .f32, .unspecified:
-            return r.vectors.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
-        case .f16:
-            return r.vectors.withUnsafeBytes { b in b.bindMemory(to: UInt16.self).map { Float(Float16(bitPattern: UInt16(littleEndian: $0))) } }
-        case .int8:
-            let n = r.vectors.count / dim
-            var out = [Float](repeating: 0, count: n * dim)
-            r.vectors.withUnsafeBytes { v in
-                r.scales.withUnsafeBytes { s in
-                    let q = v.bindMemory(to: Int8.self)
-                    let sc = s.bindMemory(to: Float.self)
-                    for i in 0 ..< n { for j in 0 ..< dim { out[i * dim + j] = Float(q[i * dim + j]) * sc[i] } }
-                }
-            }
-            return out
-        }
     }
 
     /// Scores candidates with the chosen model.

@@ -87,7 +87,8 @@ struct LookupCommand: AsyncParsableCommand {
         let resp = try await withChannel(client) { (ch) throws(RPCError) in
             try await ShardClient(channel: ch).lookup(request, timeout: timeout)
         }
-        let rows = VectorDecoding.floats(resp)
+        let flat = resp.floatRows()
+        let rows = resp.dim == 0 ? [] : stride(from: 0, to: flat.count, by: Int(resp.dim)).map { Array(flat[$0 ..< $0 + Int(resp.dim)]) }
         let missing = Set(resp.missingIDs)
         let found = idList.filter { !missing.contains($0) }
         if json {
@@ -140,30 +141,6 @@ struct InfoCommand: AsyncParsableCommand {
         print("source \(info.source)  version \(info.version)  shard \(info.shard) of \(info.shardCount)  hash \(info.hash)  mapped \(info.mappedBytes) bytes")
         for t in info.tables {
             print("  \(t.name.padding(12))  \(String(describing: t.kind).padding(10))  dim \(t.dim)  \(t.dtype)  rows \(t.rows)")
-        }
-    }
-}
-
-enum VectorDecoding {
-    /// The rows of a LookupResponse as floats (f16 widened, int8 × scale).
-    static func floats(_ r: LookupResponse) -> [[Float]] {
-        let dim = Int(r.dim)
-        guard dim > 0, r.dtype != .unspecified else { return [] }
-        let n = r.vectors.count / (dim * r.dtype.elementSize)
-        return r.vectors.withUnsafeBytes { v in
-            (0 ..< n).map { i in
-                (0 ..< dim).map { j -> Float in
-                    switch r.dtype {
-                    case .f32, .unspecified:
-                        return Float(bitPattern: UInt32(littleEndian: v.loadUnaligned(fromByteOffset: (i * dim + j) * 4, as: UInt32.self)))
-                    case .f16:
-                        return Float(Float16(bitPattern: UInt16(littleEndian: v.loadUnaligned(fromByteOffset: (i * dim + j) * 2, as: UInt16.self))))
-                    case .int8:
-                        let s = r.scales.withUnsafeBytes { Float(bitPattern: UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self))) }
-                        return Float(v.load(fromByteOffset: i * dim + j, as: Int8.self)) * s
-                    }
-                }
-            }
         }
     }
 }

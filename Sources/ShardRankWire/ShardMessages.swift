@@ -399,3 +399,33 @@ public struct InfoResponse: Sendable, Hashable {
         }
     }
 }
+
+extension LookupResponse {
+    /// The found rows as f32, row-major (`found × dim` floats): f16 widened, int8 × its row scale.
+    public func floatRows() -> [Float] {
+        let dim = Int(self.dim)
+        guard dim > 0 else { return [] }
+        switch dtype {
+        case .f32, .unspecified:
+            return vectors.withUnsafeBytes { b in
+                (0 ..< b.count / 4).map { Float(bitPattern: UInt32(littleEndian: b.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self))) }
+            }
+        case .f16:
+            return vectors.withUnsafeBytes { b in
+                (0 ..< b.count / 2).map { Float(Float16(bitPattern: UInt16(littleEndian: b.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self)))) }
+            }
+        case .int8:
+            let n = vectors.count / dim
+            var out = [Float](repeating: 0, count: n * dim)
+            vectors.withUnsafeBytes { v in
+                scales.withUnsafeBytes { s in
+                    for i in 0 ..< n {
+                        let scale = Float(bitPattern: UInt32(littleEndian: s.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self)))
+                        for j in 0 ..< dim { out[i * dim + j] = Float(v.load(fromByteOffset: i * dim + j, as: Int8.self)) * scale }
+                    }
+                }
+            }
+            return out
+        }
+    }
+}
