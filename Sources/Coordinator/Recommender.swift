@@ -38,6 +38,7 @@ public final class Recommender: Sendable {
         let start = ContinuousClock.now
         let deadline: ContinuousClock.Instant
         let version: UInt64
+        var requestID = ""
         private let lock = Mutex<(failed: Set<Source>, reasons: [String], asked: Set<Int>, failedShards: Set<Int>, versions: Set<UInt64>)>(([], [], [], [], []))
 
         init(deadline: ContinuousClock.Instant, version: UInt64) { self.deadline = deadline; self.version = version }
@@ -74,7 +75,9 @@ public final class Recommender: Sendable {
 
     func makeTrace(_ ctx: ServerContext) -> Trace {
         let deadline = ctx.deadline ?? ContinuousClock.now.advanced(by: .microseconds(Int(settings.defaultDeadlineMs * 1000)))
-        return Trace(deadline: deadline, version: cluster.pinnedVersion)
+        let t = Trace(deadline: deadline, version: cluster.pinnedVersion)
+        t.requestID = ctx.requestID
+        return t
     }
 
     static func micros(_ d: Duration) -> UInt64 {
@@ -89,7 +92,7 @@ public final class Recommender: Sendable {
                                 _ op: @escaping @Sendable (ShardClient, Duration) async throws(RPCError) -> T) async throws(RPCError) -> T {
         trace.asked(shard)
         do throws(RPCError) {
-            return try await cluster.call(shard: shard, deadline: deadline, op)
+            return try await cluster.call(shard: shard, deadline: deadline, requestID: trace.requestID, op)
         } catch {
             if error.code != .notFound { trace.shardFailed(shard) }
             throw error

@@ -179,7 +179,7 @@ public final class ShardCluster: Sendable {
     /// a transport failure; the loser is cancelled (its stream reset).
     /// - Throws: the last error when every attempt failed, DEADLINE_EXCEEDED when time ran out,
     ///   UNAVAILABLE when the shard has no usable replica.
-    func call<T: Sendable>(shard: Int, deadline: ContinuousClock.Instant,
+    func call<T: Sendable>(shard: Int, deadline: ContinuousClock.Instant, requestID: String = "",
                            _ op: @escaping @Sendable (ShardClient, Duration) async throws(RPCError) -> T) async throws(RPCError) -> T {
         // A shard none of whose replicas is SERVING (health checks) and un-ejected gets no traffic:
         // the caller degrades at once instead of waiting out its deadline on a dead replica.
@@ -196,7 +196,7 @@ public final class ShardCluster: Sendable {
             defer { r.outstanding.wrappingSubtract(1, ordering: .relaxed) }
             let t0 = ContinuousClock.now
             do throws(RPCError) {
-                let v = try await op(r.client, remaining)
+                let v = try await op(r.client.forwarding(requestID: requestID), remaining)
                 let d = ContinuousClock.now - t0
                 r.recordSuccess(ms: Double(d.components.attoseconds) / 1e15 + Double(d.components.seconds) * 1000)
                 return .success(v)

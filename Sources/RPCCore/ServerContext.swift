@@ -13,16 +13,21 @@ public final class ServerContext: Sendable {
     public let deadline: ContinuousClock.Instant?
     /// The peer's address, for logs.
     public let peer: String
+    /// Correlates the log lines of one request across processes: the caller's `x-request-id`
+    /// metadata when it sent one, else an id the server made up. Forward it on sub-calls.
+    public let requestID: String
 
     private let cancelled = Atomic<Bool>(false)
     private let cancelReason = Mutex<RPCError?>(nil)
     private let onCancel = Mutex<[@Sendable () -> Void]>([])
 
-    public init(path: String, metadata: Metadata = Metadata(), deadline: ContinuousClock.Instant? = nil, peer: String = "") {
+    public init(path: String, metadata: Metadata = Metadata(), deadline: ContinuousClock.Instant? = nil, peer: String = "",
+                requestID: String? = nil) {
         self.path = path
         self.metadata = metadata
         self.deadline = deadline
         self.peer = peer
+        self.requestID = requestID ?? metadata.string("x-request-id") ?? ""
     }
 
     /// True once the call was cancelled; a handler should stop its work and return.

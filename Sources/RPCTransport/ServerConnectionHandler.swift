@@ -21,6 +21,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private var context: ChannelHandlerContext?
     private var peer = ""
     private var goingAway = false
+    /// Distinguishes this connection in generated request ids.
+    private let connectionTag = String(UInt32.random(in: 0 ... .max), radix: 36)
     /// Reused for every flush: once the previous write completed, NIO holds no reference and
     /// `clear()` keeps the storage, so steady-state flushes allocate nothing.
     private var outBuffer: ByteBuffer?
@@ -35,6 +37,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         var deadline: ContinuousClock.Instant?
         let started = ContinuousClock.now
         var observedPath: String?
+        var requestID: String?
         var finished = false
         init(limits: ServerStreamStateMachine.Limits) { machine = ServerStreamStateMachine(limits: limits) }
     }
@@ -219,9 +222,19 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     private func observeEnd(_ s: Stream, _ code: RPCStatusCode) {
-        guard let o = config.observer, !s.finished else { return }
+        guard !s.finished else { return }
         s.finished = true
-        o.callFinished(path: s.observedPath ?? "unknown", status: code, duration: ContinuousClock.now - s.started)
+        let duration = ContinuousClock.now - s.started
+        let path = s.call?.method.path ?? "unknown"
+        // One structured line per call (debug; server-side failures at warning). Never payloads.
+        let level: Logger.Level = (code == .internal || code == .unknown || code == .dataLoss) ? .warning : .debug
+        if logger.logLevel <= level {
+            logger.log(level: level, "call", metadata: [
+                "request_id": "\(s.requestID ?? "-")", "method": "\(path)", "status": "\(code)", "peer": "\(peer)",
+                "ms": "\(Double(duration.components.attoseconds) / 1e15 + Double(duration.components.seconds) * 1000)",
+            ])
+        }
+        config.observer?.callFinished(path: s.observedPath ?? "unknown", status: code, duration: duration)
     }
 
     static let responseHeaders: [(String, String)] = [(":status", "200"), ("content-type", "application/grpc")]
@@ -245,7 +258,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     private func invoke(_ call: ServerStreamStateMachine.Call, request: [UInt8], stream s: Stream, id: Int32) {
         let loop = context!.eventLoop
-        let ctx = ServerContext(path: call.method.path, metadata: call.metadata, deadline: s.deadline, peer: peer)
+        let requestID = call.metadata.string("x-request-id") ?? "\(connectionTag)-\(id)"
+        s.requestID = requestID
+        let ctx = ServerContext(path: call.method.path, metadata: call.metadata, deadline: s.deadline, peer: peer, requestID: requestID)
         s.serverContext = ctx
         state.acceptedCalls.wrappingAdd(1, ordering: .relaxed)
         switch call.method.handler {

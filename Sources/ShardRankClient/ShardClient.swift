@@ -6,30 +6,50 @@ public import ShardRankWire
 /// Every method throws `RPCError`: the server's status, or the transport's.
 public struct ShardClient: Sendable {
     public let channel: RPCChannel
-    public init(channel: RPCChannel) { self.channel = channel }
+    /// Sent with every call (e.g. `x-request-id` of the request being served), before per-call metadata.
+    public var defaultMetadata: Metadata
+    public init(channel: RPCChannel, defaultMetadata: Metadata = Metadata()) {
+        self.channel = channel
+        self.defaultMetadata = defaultMetadata
+    }
+
+    /// A copy of this client that sends `requestID` as `x-request-id`.
+    public func forwarding(requestID: String) -> ShardClient {
+        guard !requestID.isEmpty else { return self }
+        var md = defaultMetadata
+        md.add("x-request-id", requestID)
+        return ShardClient(channel: channel, defaultMetadata: md)
+    }
+
+    func merged(_ md: Metadata) -> Metadata {
+        if defaultMetadata.isEmpty { return md }
+        var out = defaultMetadata
+        for (k, v) in md { out.add(k, v) }
+        return out
+    }
 
     public func lookup(_ request: LookupRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> LookupResponse {
-        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Lookup", request: request.encoded(), metadata: metadata, timeout: timeout)
+        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Lookup", request: request.encoded(), metadata: merged(metadata), timeout: timeout)
         return try decodeResponse { () throws(RPCError) in try LookupResponse.decode(bytes) }
     }
 
     public func search(_ request: SearchRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> SearchResponse {
-        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Search", request: request.encoded(), metadata: metadata, timeout: timeout)
+        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Search", request: request.encoded(), metadata: merged(metadata), timeout: timeout)
         return try decodeResponse { () throws(RPCError) in try SearchResponse.decode(bytes) }
     }
 
     public func lists(_ request: ListsRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> ListsResponse {
-        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Lists", request: request.encoded(), metadata: metadata, timeout: timeout)
+        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Lists", request: request.encoded(), metadata: merged(metadata), timeout: timeout)
         return try decodeResponse { () throws(RPCError) in try ListsResponse.decode(bytes) }
     }
 
     public func profiles(_ request: ProfilesRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> ProfilesResponse {
-        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Profiles", request: request.encoded(), metadata: metadata, timeout: timeout)
+        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Profiles", request: request.encoded(), metadata: merged(metadata), timeout: timeout)
         return try decodeResponse { () throws(RPCError) in try ProfilesResponse.decode(bytes) }
     }
 
     public func attributes(_ request: AttributesRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> AttributesResponse {
-        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Attributes", request: request.encoded(), metadata: metadata, timeout: timeout)
+        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Attributes", request: request.encoded(), metadata: merged(metadata), timeout: timeout)
         return try decodeResponse { () throws(RPCError) in try AttributesResponse.decode(bytes) }
     }
 

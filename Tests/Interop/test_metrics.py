@@ -40,3 +40,28 @@ def test_shard_metrics(pb, server_factory):
     assert value(text, "shardrank_table_set_version") == 1
     with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=5) as r:
         assert r.read() == b"ok\n"
+
+
+def test_request_ids_in_structured_logs_and_forwarded(pb, tmp_path, server_factory):
+    """A call's x-request-id appears in the server's structured log line for it, and the
+    coordinator forwards it to the shard calls it makes for that request."""
+    import json
+    from tables_support import build, write_input
+    from conftest import shardrank_bin
+    inp = tmp_path / "in"
+    write_input(str(inp), n_items=100, n_users=10)
+    assert build(shardrank_bin(), str(inp), str(tmp_path / "t"), 1).returncode == 0
+    shard = server_factory(["shard", "--tables", str(tmp_path / "t"), "--port", "0", "--log-level", "debug"])
+    topo = tmp_path / "topo.json"
+    topo.write_text(json.dumps({"shards": [[shard.target]]}))
+    coord = server_factory(["coordinator", "--topology", str(topo), "--port", "0", "--log-level", "debug"])
+    from shardrank.v1 import recommender_pb2, recommender_pb2_grpc
+    with grpc.insecure_channel(coord.target) as ch:
+        recommender_pb2_grpc.RecommenderStub(ch).Recommend(recommender_pb2.RecommendRequest(user_id=3, k=5), timeout=5,
+                                                           metadata=[("x-request-id", "req-7f3a")])
+    coord.stop()
+    shard.stop()
+    clog = coord.proc.stderr.read()
+    slog = shard.proc.stderr.read()
+    assert "request_id=req-7f3a" in clog and "method=/shardrank.v1.Recommender/Recommend" in clog
+    assert "request_id=req-7f3a" in slog and "method=/shardrank.v1.Shard/Search" in slog
