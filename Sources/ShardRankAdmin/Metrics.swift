@@ -32,35 +32,31 @@ public final class ServerMetrics: RPCServerObserver, Sendable {
         }
     }
 
-    private func handles(for path: String) -> MethodHandles {
-        handles.withLock { h in h[path] ?? handlesUnlocked(&h, path) }
-    }
-
     public func callStarted(path: String) {
         inFlight.increment()
     }
 
+    /// One lock acquisition per call: the (method, status) counter and the method's histogram,
+    /// created on first use.
     public func callFinished(path: String, status: RPCStatusCode, duration: Duration) {
         if path != "unknown" { inFlight.decrement() }
-        let counter = handles.withLock { h -> Prometheus.Counter in
-            if let c = h[path]?.byStatus[status] { return c }
-            let c = registry.makeCounter(name: "shardrank_rpc_requests_total", labels: [("method", path), ("code", status.description)],
-                                         help: "Calls by method and gRPC status")
-            if h[path] == nil { _ = self.handlesUnlocked(&h, path) }
-            h[path]!.byStatus[status] = c
-            return c
+        let (counter, latency) = handles.withLock { h -> (Prometheus.Counter, DurationHistogram) in
+            var m = h[path] ?? MethodHandles(
+                latency: registry.makeDurationHistogram(name: "shardrank_rpc_duration_seconds", labels: [("method", path)],
+                                                        buckets: Self.latencyBuckets,
+                                                        help: "Latency of calls from request headers to the status"),
+                byStatus: [:])
+            let c = m.byStatus[status] ?? registry.makeCounter(name: "shardrank_rpc_requests_total",
+                                                               labels: [("method", path), ("code", status.description)],
+                                                               help: "Calls by method and gRPC status")
+            if m.byStatus[status] == nil {
+                m.byStatus[status] = c
+                h[path] = m
+            }
+            return (c, m.latency)
         }
         counter.increment()
-        if path != "unknown" { handles(for: path).latency.record(duration) }
-    }
-
-    private func handlesUnlocked(_ h: inout [String: MethodHandles], _ path: String) -> MethodHandles {
-        let x = MethodHandles(latency: registry.makeDurationHistogram(name: "shardrank_rpc_duration_seconds", labels: [("method", path)],
-                                                                      buckets: Self.latencyBuckets,
-                                                                      help: "Latency of calls from request headers to the status"),
-                              byStatus: [:])
-        h[path] = x
-        return x
+        if path != "unknown" { latency.record(duration) }
     }
 
     /// Registers work run before every scrape (to refresh gauges of other components).

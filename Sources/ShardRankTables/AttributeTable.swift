@@ -54,17 +54,12 @@ public final class AttributeTable: @unchecked Sendable {
         self.timestamps = file.typed(.timestamps, as: Int64.self)
         self.popularity = file.typed(.popularity, as: Float.self)
         self.seed = file.seed
-        let seed = file.seed
-        self.index = try SlotIndex.validate(file, rows: rows) { index, r in
-            let id = ids[r]
-            return index.find(hash: StableHash.hash(id: id, seed: seed)) { ids[$0] == id }
-        }
+        self.index = try SlotIndex.validate(file, ids: ids, seed: file.seed)
     }
 
     /// The row of item `id` in this slice, or `nil`.
     public func rowIndex(of id: UInt64) -> Int? {
-        let ids = self.ids
-        return index.find(hash: StableHash.hash(id: id, seed: seed)) { ids[$0] == id }
+        index.row(of: id, ids: ids, seed: seed)
     }
 
     public func attributes(at row: Int) -> ItemAttributes {

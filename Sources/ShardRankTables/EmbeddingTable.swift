@@ -50,11 +50,7 @@ public final class EmbeddingTable: @unchecked Sendable {
         self.rowsBase = file.section(.vectors).baseAddress ?? file.mapping.bytes.baseAddress!
         let scales = dtype == .int8 ? file.typed(.scales, as: Float.self) : nil
         self.scales = scales
-        let seed = file.seed
-        self.index = try SlotIndex.validate(file, rows: rows) { index, r in
-            let id = ids[r]
-            return index.find(hash: StableHash.hash(id: id, seed: seed)) { ids[$0] == id }
-        }
+        self.index = try SlotIndex.validate(file, ids: ids, seed: file.seed)
         if let scales {
             for (r, s) in scales.enumerated() where !(s.isFinite && s >= 0) {
                 throw TableError.corrupt(file.path, "row \(r) has scale \(s)")
@@ -70,8 +66,7 @@ public final class EmbeddingTable: @unchecked Sendable {
 
     @usableFromInline
     func _rowIndex(of id: UInt64) -> Int? {
-        let ids = self.ids
-        return index.find(hash: StableHash.hash(id: id, seed: seed)) { ids[$0] == id }
+        index.row(of: id, ids: ids, seed: seed)
     }
 
     /// The first byte of row `row` (`rowStride` bytes, little-endian elements of `dtype`).

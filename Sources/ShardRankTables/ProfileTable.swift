@@ -66,17 +66,12 @@ public final class ProfileTable: @unchecked Sendable {
         self.genreSlots = genreSlots
         self.country = country
         self.seed = file.seed
-        let seed = file.seed
-        self.index = try SlotIndex.validate(file, rows: rows) { index, r in
-            let id = ids[r]
-            return index.find(hash: StableHash.hash(id: id, seed: seed)) { ids[$0] == id }
-        }
+        self.index = try SlotIndex.validate(file, ids: ids, seed: file.seed)
     }
 
     /// The row of user `id` in this slice, or `nil`.
     public func rowIndex(of id: UInt64) -> Int? {
-        let ids = self.ids
-        return index.find(hash: StableHash.hash(id: id, seed: seed)) { ids[$0] == id }
+        index.row(of: id, ids: ids, seed: seed)
     }
 
     /// The profile at `row`.

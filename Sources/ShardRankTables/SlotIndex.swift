@@ -42,6 +42,18 @@ struct SlotIndex: @unchecked Sendable {
         return slots
     }
 
+    /// The row of `id` in an id-keyed table whose row ids are `ids` (embedding, profile and
+    /// attribute tables all index their ids this way).
+    @inline(__always)
+    func row(of id: UInt64, ids: UnsafeBufferPointer<UInt64>, seed: UInt64) -> Int? {
+        find(hash: StableHash.hash(id: id, seed: seed)) { ids[$0] == id }
+    }
+
+    /// `validate` for an id-keyed table: every row's id must be found at its own row.
+    static func validate(_ file: TableFile, ids: UnsafeBufferPointer<UInt64>, seed: UInt64) throws -> SlotIndex {
+        try validate(file, rows: ids.count) { index, r in index.row(of: ids[r], ids: ids, seed: seed) }
+    }
+
     /// Structural checks of a loaded index against `rows` keys; `lookupRow(r)` must find row `r`
     /// (which also proves the keys are unique). Throws `TableError(.corrupt)`.
     static func validate(_ file: TableFile, rows: Int, lookupRow: (SlotIndex, Int) -> Int?) throws -> SlotIndex {

@@ -116,12 +116,5 @@ enum ProtoC {
         return Array(UnsafeBufferPointer(start: d, count: b.len))
     }
 
-    /// Runs `body` with NUL-terminated copies of `strings` as a `char **` array valid for the call.
-    static func withCStrings<R>(_ strings: [String], _ body: (UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> R) -> R {
-        if strings.isEmpty { return body(nil) }
-        var ptrs: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
-        defer { for p in ptrs { free(p) } }
-        return ptrs.withUnsafeMutableBufferPointer { body($0.baseAddress) }
-    }
 }
 

@@ -131,23 +131,18 @@ public struct SearchRequest: Sendable, Hashable {
     }
 
     public func encoded() -> FramedMessage {
+        let arena = CArena()
         var m = Shardrank__V1__SearchRequest()
         shardrank__v1__search_request__init(&m)
-        var q = queries, ex = excludeIDs
-        return ProtoC.withCString(table) { t in
-            q.withUnsafeMutableBytes { qp in
-                ex.withUnsafeMutableBufferPointer { ep in
-                    m.table = t
-                    m.queries = ProtobufCBinaryData(len: qp.count, data: qp.baseAddress?.assumingMemoryBound(to: UInt8.self))
-                    m.dim = dim
-                    m.k = k
-                    m.n_exclude_ids = ep.count
-                    m.exclude_ids = ep.baseAddress
-                    m.version = version
-                    return ProtoC.pack(&m)
-                }
-            }
-        }
+        m.table = arena.string(table)
+        let q = queries.withUnsafeBytes { Array($0) }
+        m.queries = ProtobufCBinaryData(len: q.count, data: arena.array(q))
+        m.dim = dim
+        m.k = k
+        m.n_exclude_ids = excludeIDs.count
+        m.exclude_ids = arena.array(excludeIDs)
+        m.version = version
+        return withExtendedLifetime(arena) { ProtoC.pack(&m) }
     }
 }
 
@@ -179,36 +174,23 @@ public struct SearchResponse: Sendable, Hashable {
     }
 
     public func encoded() -> FramedMessage {
+        let arena = CArena()
         var m = Shardrank__V1__SearchResponse()
         shardrank__v1__search_response__init(&m)
-        // Flatten every hit list into two buffers that outlive the pack call.
-        var allIDs = results.flatMap(\.ids)
-        var allScores = results.flatMap(\.scores)
-        var hits = [Shardrank__V1__SearchHits](repeating: Shardrank__V1__SearchHits(), count: results.count)
-        return allIDs.withUnsafeMutableBufferPointer { idp in
-            allScores.withUnsafeMutableBufferPointer { sp in
-                hits.withUnsafeMutableBufferPointer { hp in
-                    var offset = 0
-                    for (i, r) in results.enumerated() {
-                        shardrank__v1__search_hits__init(&hp[i])
-                        hp[i].n_ids = r.ids.count
-                        hp[i].ids = idp.baseAddress.map { $0 + offset }
-                        hp[i].n_scores = r.scores.count
-                        hp[i].scores = sp.baseAddress.map { $0 + offset }
-                        offset += r.ids.count
-                    }
-                    var ptrs: [UnsafeMutablePointer<Shardrank__V1__SearchHits>?] = (0 ..< hp.count).map { hp.baseAddress! + $0 }
-                    return ptrs.withUnsafeMutableBufferPointer { pp in
-                        m.n_results = pp.count
-                        m.results = pp.baseAddress
-                        m.version = version
-                        m.shard = shard
-                        m.shard_count = shardCount
-                        return ProtoC.pack(&m)
-                    }
-                }
-            }
-        }
+        m.n_results = results.count
+        m.results = arena.pointerArray(results.map { r in
+            var h = Shardrank__V1__SearchHits()
+            shardrank__v1__search_hits__init(&h)
+            h.n_ids = r.ids.count
+            h.ids = arena.array(r.ids)
+            h.n_scores = r.scores.count
+            h.scores = arena.array(r.scores)
+            return h
+        })
+        m.version = version
+        m.shard = shard
+        m.shard_count = shardCount
+        return withExtendedLifetime(arena) { ProtoC.pack(&m) }
     }
 }
 
@@ -237,18 +219,15 @@ public struct ListsRequest: Sendable, Hashable {
     }
 
     public func encoded() -> FramedMessage {
+        let arena = CArena()
         var m = Shardrank__V1__ListsRequest()
         shardrank__v1__lists_request__init(&m)
-        return ProtoC.withCString(table) { t in
-            ProtoC.withCStrings(keys) { kp in
-                m.table = t
-                m.n_keys = keys.count
-                m.keys = kp
-                m.limit = limit
-                m.version = version
-                return ProtoC.pack(&m)
-            }
-        }
+        m.table = arena.string(table)
+        m.n_keys = keys.count
+        m.keys = arena.array(keys.map { Optional(arena.string($0)) })
+        m.limit = limit
+        m.version = version
+        return withExtendedLifetime(arena) { ProtoC.pack(&m) }
     }
 }
 
@@ -276,42 +255,26 @@ public struct ListsResponse: Sendable, Hashable {
     }
 
     public func encoded() -> FramedMessage {
+        let arena = CArena()
         var m = Shardrank__V1__ListsResponse()
         shardrank__v1__lists_response__init(&m)
-        var allIDs = lists.flatMap(\.ids)
-        var allScores = lists.flatMap(\.scores)
-        var cl = [Shardrank__V1__RankedList](repeating: Shardrank__V1__RankedList(), count: lists.count)
-        return ProtoC.withCStrings(lists.map(\.key)) { keyPtrs in
-            ProtoC.withCStrings(missingKeys) { missingPtrs in
-                allIDs.withUnsafeMutableBufferPointer { idp in
-                    allScores.withUnsafeMutableBufferPointer { sp in
-                        cl.withUnsafeMutableBufferPointer { lp in
-                            var offset = 0
-                            for (i, l) in lists.enumerated() {
-                                shardrank__v1__ranked_list__init(&lp[i])
-                                lp[i].key = keyPtrs![i]
-                                lp[i].n_ids = l.ids.count
-                                lp[i].ids = idp.baseAddress.map { $0 + offset }
-                                lp[i].n_scores = l.scores.count
-                                lp[i].scores = sp.baseAddress.map { $0 + offset }
-                                offset += l.ids.count
-                            }
-                            var ptrs: [UnsafeMutablePointer<Shardrank__V1__RankedList>?] = (0 ..< lp.count).map { lp.baseAddress! + $0 }
-                            return ptrs.withUnsafeMutableBufferPointer { pp in
-                                m.n_lists = pp.count
-                                m.lists = pp.baseAddress
-                                m.n_missing_keys = missingKeys.count
-                                m.missing_keys = missingPtrs
-                                m.version = version
-                                m.shard = shard
-                                m.shard_count = shardCount
-                                return ProtoC.pack(&m)
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        m.n_lists = lists.count
+        m.lists = arena.pointerArray(lists.map { l in
+            var c = Shardrank__V1__RankedList()
+            shardrank__v1__ranked_list__init(&c)
+            c.key = arena.string(l.key)
+            c.n_ids = l.ids.count
+            c.ids = arena.array(l.ids)
+            c.n_scores = l.scores.count
+            c.scores = arena.array(l.scores)
+            return c
+        })
+        m.n_missing_keys = missingKeys.count
+        m.missing_keys = arena.array(missingKeys.map { Optional(arena.string($0)) })
+        m.version = version
+        m.shard = shard
+        m.shard_count = shardCount
+        return withExtendedLifetime(arena) { ProtoC.pack(&m) }
     }
 }
 
@@ -366,37 +329,27 @@ public struct InfoResponse: Sendable, Hashable {
     }
 
     public func encoded() -> FramedMessage {
+        let arena = CArena()
         var m = Shardrank__V1__InfoResponse()
         shardrank__v1__info_response__init(&m)
-        var ct = [Shardrank__V1__TableInfo](repeating: Shardrank__V1__TableInfo(), count: tables.count)
-        return ProtoC.withCStrings(tables.map(\.name)) { names in
-            ProtoC.withCString(source) { src in
-                ProtoC.withCString(hash) { h in
-                    ct.withUnsafeMutableBufferPointer { tp in
-                        for (i, t) in tables.enumerated() {
-                            shardrank__v1__table_info__init(&tp[i])
-                            tp[i].name = names![i]
-                            tp[i].kind = Shardrank__V1__TableKind(rawValue: t.kind.rawValue)
-                            tp[i].dim = t.dim
-                            tp[i].dtype = Shardrank__V1__DType(rawValue: t.dtype.rawValue)
-                            tp[i].rows = t.rows
-                        }
-                        var ptrs: [UnsafeMutablePointer<Shardrank__V1__TableInfo>?] = (0 ..< tp.count).map { tp.baseAddress! + $0 }
-                        return ptrs.withUnsafeMutableBufferPointer { pp in
-                            m.version = version
-                            m.shard = shard
-                            m.shard_count = shardCount
-                            m.n_tables = pp.count
-                            m.tables = pp.baseAddress
-                            m.mapped_bytes = mappedBytes
-                            m.source = src
-                            m.hash = h
-                            return ProtoC.pack(&m)
-                        }
-                    }
-                }
-            }
-        }
+        m.version = version
+        m.shard = shard
+        m.shard_count = shardCount
+        m.n_tables = tables.count
+        m.tables = arena.pointerArray(tables.map { t in
+            var c = Shardrank__V1__TableInfo()
+            shardrank__v1__table_info__init(&c)
+            c.name = arena.string(t.name)
+            c.kind = Shardrank__V1__TableKind(rawValue: t.kind.rawValue)
+            c.dim = t.dim
+            c.dtype = Shardrank__V1__DType(rawValue: t.dtype.rawValue)
+            c.rows = t.rows
+            return c
+        })
+        m.mapped_bytes = mappedBytes
+        m.source = arena.string(source)
+        m.hash = arena.string(hash)
+        return withExtendedLifetime(arena) { ProtoC.pack(&m) }
     }
 }
 

@@ -1,5 +1,6 @@
 public import RPCCore
 public import ShardRankWire
+import ShardRankKernels
 
 /// Serves `SyntheticTable` as table `items` (version 1, shard 0 of 1).
 public struct SyntheticBackend: ShardBackend {
@@ -79,19 +80,22 @@ public struct SyntheticBackend: ShardBackend {
         let exclude = Set(req.excludeIDs)
         let k = min(Int(req.k), table.rows)
         var results: [SearchHits] = []
+        // Scalar scoring on purpose (the synthetic table is the slow, checkable fixture that the
+        // deadline and cancellation tests rely on); selection uses the kernels' heap.
+        let heap = TopKHeap(capacity: k)
         for q in 0 ..< req.queryCount {
             try context.checkCancellation()
-            var heap = TopK(k: k)
+            heap.reset()
             req.queries.withUnsafeBufferPointer { qp in
                 let query = qp.baseAddress! + q * table.dim
                 for i in 0 ..< table.rows where !exclude.contains(UInt64(i)) {
                     let row = table.row(UInt64(i))!
                     var s: Float = 0
                     for j in 0 ..< table.dim { s += query[j] * row[j] }
-                    heap.insert(id: UInt64(i), score: s)
+                    heap.push(score: s, id: UInt64(i))
                 }
             }
-            let sorted = heap.sorted()
+            let sorted = heap.sortedItems()
             results.append(SearchHits(ids: sorted.map(\.id), scores: sorted.map(\.score)))
         }
         return SearchResponse(results: results, version: Self.version)
@@ -114,44 +118,6 @@ public struct SyntheticBackend: ShardBackend {
                      tables: [TableInfo(name: Self.tableName, kind: .embedding, dim: UInt32(table.dim), dtype: .f32, rows: UInt64(table.rows))],
                      mappedBytes: UInt64(table.rows * table.dim * 4), source: "synthetic:\(table.rows)x\(table.dim)", hash: "none")
     }
-}
-
-/// A bounded min-heap keeping the best `k` (score, id) pairs; ties go to the lower id.
-struct TopK {
-    let k: Int
-    private(set) var items: [(id: UInt64, score: Float)] = []
-
-    init(k: Int) { self.k = k; items.reserveCapacity(k) }
-
-    @inline(__always)
-    static func better(_ a: (id: UInt64, score: Float), _ b: (id: UInt64, score: Float)) -> Bool {
-        a.score > b.score || (a.score == b.score && a.id < b.id)
-    }
-
-    mutating func insert(id: UInt64, score: Float) {
-        let e = (id: id, score: score)
-        if items.count < k {
-            items.append(e)
-            var i = items.count - 1
-            while i > 0 {
-                let p = (i - 1) / 2
-                if TopK.better(items[p], items[i]) { items.swapAt(p, i); i = p } else { break }
-            }
-        } else if k > 0, TopK.better(e, items[0]) {
-            items[0] = e
-            var i = 0
-            while true {
-                let l = 2 * i + 1, r = l + 1
-                var w = i
-                if l < items.count && TopK.better(items[w], items[l]) { w = l }
-                if r < items.count && TopK.better(items[w], items[r]) { w = r }
-                if w == i { break }
-                items.swapAt(i, w); i = w
-            }
-        }
-    }
-
-    func sorted() -> [(id: UInt64, score: Float)] { items.sorted(by: TopK.better) }
 }
 
 extension Float {
