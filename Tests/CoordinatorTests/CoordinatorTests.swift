@@ -22,6 +22,8 @@ final class Cluster: @unchecked Sendable {
     var servers: [[RPCServer]] = []
     let recommender: Recommender
     let cluster: ShardCluster
+    /// Every shard call's remaining time as the shard saw it (its `grpc-timeout`).
+    let seenDeadlines = DeadlineLog()
 
     static func itemVector(_ id: UInt64) -> [Float] {
         (0 ..< dim).map { j in Float(sin(Double(id) * 0.91 + Double(j) * 1.7)) }
@@ -56,7 +58,8 @@ final class Cluster: @unchecked Sendable {
             var row: [RPCServer] = []
             var addrs: [String] = []
             for _ in 0 ..< replicas {
-                let backend = try TableSetBackend(root: root, shard: s, of: shards, pool: WorkerPool(threadCount: 1))
+                let backend = RecordingBackend(inner: try TableSetBackend(root: root, shard: s, of: shards, pool: WorkerPool(threadCount: 1)),
+                                               log: seenDeadlines)
                 var config = ServerConfiguration()
                 config.eventLoopThreads = 1
                 config.workerThreads = 1
@@ -99,6 +102,25 @@ final class Cluster: @unchecked Sendable {
     }
 }
 
+final class DeadlineLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var remaining: [Duration?] = []
+    func add(_ d: Duration?) { lock.lock(); remaining.append(d); lock.unlock() }
+    var all: [Duration?] { lock.lock(); defer { lock.unlock() }; return remaining }
+}
+
+/// A shard backend that records the deadline every call arrived with.
+struct RecordingBackend: ShardBackend {
+    let inner: TableSetBackend
+    let log: DeadlineLog
+    func lookup(_ r: LookupRequest, context: ServerContext) throws(RPCError) -> FramedMessage { log.add(context.timeRemaining); return try inner.lookup(r, context: context) }
+    func search(_ r: SearchRequest, context: ServerContext) throws(RPCError) -> SearchResponse { log.add(context.timeRemaining); return try inner.search(r, context: context) }
+    func lists(_ r: ListsRequest, context: ServerContext) throws(RPCError) -> ListsResponse { log.add(context.timeRemaining); return try inner.lists(r, context: context) }
+    func profiles(_ r: ProfilesRequest, context: ServerContext) throws(RPCError) -> ProfilesResponse { log.add(context.timeRemaining); return try inner.profiles(r, context: context) }
+    func attributes(_ r: AttributesRequest, context: ServerContext) throws(RPCError) -> AttributesResponse { log.add(context.timeRemaining); return try inner.attributes(r, context: context) }
+    func info() -> InfoResponse { inner.info() }
+}
+
 func searchOnly(_ s: inout CoordinatorSettings) {
     s.similarPerItem = 0; s.genreBudget = 0; s.countryBudget = 0; s.popularBudget = 0
     s.searchBudget = 50
@@ -115,6 +137,20 @@ func searchOnly(_ s: inout CoordinatorSettings) {
             #expect(r.coverage?.degraded == false)
             #expect(r.coverage?.shardsAsked == 2 && r.coverage?.shardsAnswered == 2)
             #expect(r.version == 1)
+        }
+        await c.stop()
+    }
+
+    /// Every sub-call carries a deadline: never more than the request's remaining time nor the
+    /// per-call cap, so shards stop work the coordinator can no longer use.
+    @Test func shardsSeeThePropagatedDeadlines() async throws {
+        let c = try await Cluster()
+        _ = try await c.recommender.recommend(RecommendRequest(userID: 4, k: 10), context: Cluster.context(ms: 60))
+        let seen = c.seenDeadlines.all
+        #expect(seen.count >= 4, "profile, user vector, lists and searches reach the shards")
+        for d in seen {
+            let d = try #require(d, "a shard call arrived without grpc-timeout")
+            #expect(d > .zero && d <= .milliseconds(60))
         }
         await c.stop()
     }
