@@ -1,5 +1,7 @@
 // Runtime dispatch, the top-k heap, the fused search loop and the OpenBLAS wrapper.
 #include "CShardRankKernels.h"
+#include "search_vnni.h"
+#include <math.h>
 #include <pthread.h>
 #include <string.h>
 
@@ -12,6 +14,7 @@ extern const srk_kernels srk_kernels_avx512;
 // ---- CPU features (computed once; the only process-wide state, immutable afterwards) ---
 static pthread_once_t srk_once = PTHREAD_ONCE_INIT;
 static int32_t srk_supported = 1;
+static int32_t srk_vnni = 0;
 
 static void srk_detect(void) {
     int32_t mask = 1 << SRK_ISA_BASELINE;
@@ -24,6 +27,7 @@ static void srk_detect(void) {
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512dq"))
         mask |= 1 << SRK_ISA_AVX512;
+    srk_vnni = (mask & (1 << SRK_ISA_AVX512)) && __builtin_cpu_supports("avx512vnni");
 #endif
     srk_supported = mask;
 }
@@ -31,6 +35,11 @@ static void srk_detect(void) {
 int32_t srk_isa_supported(void) {
     pthread_once(&srk_once, srk_detect);
     return srk_supported;
+}
+
+int32_t srk_vnni_supported(void) {
+    pthread_once(&srk_once, srk_detect);
+    return srk_vnni;
 }
 
 int32_t srk_isa_best(void) {
@@ -175,12 +184,87 @@ int32_t srk_stream_flags(int32_t dtype, int64_t nq, int64_t bytes) {
     return (dtype != SRK_DTYPE_F32 && nq < 4 && bytes >= ((int64_t)32 << 20)) ? SRK_DOT_STREAM : 0;
 }
 
+// Splits query q (d <= SRK_VNNI_MAX_DIM floats) into the prefilter's int8 digits; 0 when the
+// query is all zeros, not finite or of extreme magnitude (the caller then scans exactly).
+static int srk_i8_query_make(const float *q, int64_t d, srk_i8_query *out) {
+    double m = 0;
+    for (int64_t j = 0; j < d; j++) {
+        if (!isfinite(q[j])) return 0;
+        double a = fabs((double)q[j]);
+        if (a > m) m = a;
+    }
+    // Far from float's normal range the products below would lose the precision the bound
+    // assumes: leave such queries to the exact scan.
+    if (m < 1e-25 || m > 1e25) return 0;
+    memset(out->hi, 0, sizeof out->hi);
+    memset(out->lo, 0, sizeof out->lo);
+    const double sq = m / 127.0, u = sq / 256.0;
+    double e2 = 0, l1 = 0;
+    int64_t shi = 0, slo = 0;
+    for (int64_t j = 0; j < d; j++) {
+        double x = (double)q[j];
+        double h = nearbyint(x / sq);
+        if (h > 127) h = 127; else if (h < -127) h = -127;
+        double e = x - sq * h;                      // |e| <= sq / 2 (+ rounding)
+        double l = nearbyint(e / u);
+        if (l > 127) l = 127; else if (l < -127) l = -127;
+        double r = x - u * (256.0 * h + l);         // the residual the bound must cover
+        e2 += r * r;
+        l1 += fabs(x);
+        out->hi[j] = (int8_t)h; out->lo[j] = (int8_t)l;
+        shi += (int64_t)h; slo += (int64_t)l;
+    }
+    out->correction = (int32_t)(128 * (256 * shi + slo));
+    out->unit = (float)u;
+    // |sum r_j e2_j| <= ||r||_2 ||e2||_2 <= 128 sqrt(d) ||e2||_2. Rounding: the exact kernel's
+    // f32 sum is within d * 2^-24 * sum|q_j r_j| <= d * 2^-24 * 128 * l1 of the real value, and
+    // the prefilter's float conversion and products (unit rounded to float, s up to 2^31)
+    // within a few 2^-24 of |s * unit| <= 128 * l1 + ...: 1e-5 * 128 * l1 * max(1, d / 64)
+    // covers both with a wide margin.
+    double rounding = 1e-5 * 128.0 * l1 * (d > 64 ? (double)d / 64.0 : 1.0);
+    out->slack = (float)((128.0 * sqrt((double)d) * sqrt(e2) + rounding) * (1.0 + 1e-6) + 1e-30);
+    return 1;
+}
+
 void srk_search(const srk_kernels *k, int32_t dtype, const float *queries, int64_t nq,
                 const void *rows, const float *scales, const uint64_t *ids, int64_t n, int64_t d,
-                const uint64_t *exclude, int64_t nexclude, srk_topk *heaps, float *scratch) {
+                const uint64_t *exclude, int64_t nexclude, srk_topk *heaps, float *scratch,
+                int32_t mode) {
     srk_dot_fn dot = k->dot[dtype];
     const char *base = (const char *)rows;
     size_t rowBytes = (size_t)d * srk_elem_size[dtype];
+#if defined(__x86_64__)
+    // int8 rows on a CPU with VNNI: the prefilter (search_vnni.c) scores every row with integer
+    // arithmetic and an error bound; only rows that can reach each query's top-k are scored
+    // exactly. Same results as the exact scan below, at a fraction of its arithmetic.
+    if (dtype == SRK_DTYPE_I8 && scales && mode != SRK_SEARCH_EXACT && k->isa == SRK_ISA_AVX512 &&
+        d >= 1 && d <= SRK_VNNI_MAX_DIM && nq >= 1 && nq <= 64 && srk_vnni_supported()) {
+        srk_i8_query qs[nq];
+        int ok = 1;
+        for (int64_t qi = 0; qi < nq && ok; qi++) ok = srk_i8_query_make(queries + qi * d, d, &qs[qi]);
+        if (ok) {
+            int32_t cand[SRK_SEARCH_BLOCK];
+            int64_t idx[SRK_SEARCH_BLOCK];
+            uint64_t cid[SRK_SEARCH_BLOCK];
+            for (int64_t i0 = 0; i0 < n; i0 += SRK_SEARCH_BLOCK) {
+                int64_t m = n - i0 < SRK_SEARCH_BLOCK ? n - i0 : SRK_SEARCH_BLOCK;
+                const int8_t *blk = (const int8_t *)(base + (size_t)i0 * rowBytes);
+                for (int64_t qi = 0; qi < nq; qi++) {
+                    srk_topk *h = &heaps[qi];
+                    if (h->capacity <= 0) continue;
+                    float thr = h->count < h->capacity ? -INFINITY : h->scores[0];
+                    int64_t c = srk_i8_vnni_candidates(blk, scales + i0, m, d, &qs[qi], thr, cand);
+                    if (c == 0) continue;
+                    for (int64_t t = 0; t < c; t++) { idx[t] = cand[t]; cid[t] = ids[i0 + cand[t]]; }
+                    float *exact = scratch + qi * SRK_SEARCH_BLOCK;
+                    dot(queries + qi * d, 1, d, blk, scales + i0, idx, c, d, exact, SRK_SEARCH_BLOCK, 0);
+                    srk_topk_push_many(h, exact, cid, 0, c, exclude, nexclude);
+                }
+            }
+            return;
+        }
+    }
+#endif
     int32_t flags = srk_stream_flags(dtype, nq, (int64_t)rowBytes * n);
     for (int64_t i0 = 0; i0 < n; i0 += SRK_SEARCH_BLOCK) {
         int64_t m = n - i0 < SRK_SEARCH_BLOCK ? n - i0 : SRK_SEARCH_BLOCK;

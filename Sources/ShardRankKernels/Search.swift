@@ -14,12 +14,16 @@ public enum Search {
     ///   - excluding: ids never returned (any order, duplicates allowed).
     ///   - pool: when given and `rows.count ≥ 2 * minRowsPerTask`, the rows are split into
     ///     blocks over the pool's threads, each with its own heaps, merged at the end.
+    ///   - exact: score every row with the dot kernel. By default int8 rows on a CPU with
+    ///     AVX-512 VNNI go through an integer prefilter with a proven error bound that skips
+    ///     only rows which cannot reach the top-k (same results, less arithmetic; see
+    ///     docs/kernels.md); this switch exists for tests and benchmarks.
     /// - Returns: `queryCount` lists of at most `k` items, each ranked best first.
     /// Allocates its heaps and scratch once per call (O(threads · queryCount · k)).
     public static func topK(queries: UnsafePointer<Float>, queryCount: Int, rows: RowMatrix,
                             ids: UnsafePointer<UInt64>, k: Int, excluding: [UInt64] = [],
                             pool: WorkerPool? = nil, minRowsPerTask: Int = 32_768,
-                            isa: KernelISA = .best) -> [[ScoredItem]] {
+                            isa: KernelISA = .best, exact: Bool = false) -> [[ScoredItem]] {
         precondition(queryCount >= 0 && k >= 0)
         guard queryCount > 0 else { return [] }
         guard k > 0, rows.count > 0 else { return Array(repeating: [], count: queryCount) }
@@ -54,7 +58,8 @@ public enum Search {
                 srk_search(table, dtype, queries, Int64(queryCount), part.base, part.scales,
                            ids + range.lowerBound, Int64(range.count), Int64(rows.dimension),
                            ex.baseAddress, Int64(ex.count), heaps + p * heapStride,
-                           scratch + p * queryCount * Int(SRK_SEARCH_BLOCK))
+                           scratch + p * queryCount * Int(SRK_SEARCH_BLOCK),
+                           exact ? SRK_SEARCH_EXACT : SRK_SEARCH_AUTO)
             }
             if let pool, participants > 1 {
                 pool.parallelFor(count: rows.count, minChunk: minRowsPerTask, run)

@@ -107,9 +107,19 @@ void srk_topk_sort(srk_topk *h);
 /// For each query qi < nq, offers every row i < n (id ids[i]) with score
 /// dot(q_qi, row i) (* scales[i] for int8) to heaps[qi], skipping excluded ids.
 /// `queries`: nq * d floats. `rows`: n * d elements of `dtype`. `scratch`: nq * SRK_SEARCH_BLOCK floats.
+/// `mode`: SRK_SEARCH_AUTO, or SRK_SEARCH_EXACT to score every row with `k`'s dot kernel even
+/// where the int8 VNNI prefilter applies (int8 rows, d <= 128, the AVX-512 table, a CPU with
+/// AVX-512 VNNI). The prefilter only skips rows that provably cannot enter a heap, and scores
+/// the others with the same dot kernel, so both modes give the same heaps.
 void srk_search(const srk_kernels *k, int32_t dtype, const float *queries, int64_t nq,
                 const void *rows, const float *scales, const uint64_t *ids, int64_t n, int64_t d,
-                const uint64_t *exclude, int64_t nexclude, srk_topk *heaps, float *scratch);
+                const uint64_t *exclude, int64_t nexclude, srk_topk *heaps, float *scratch,
+                int32_t mode);
+#define SRK_SEARCH_AUTO 0
+#define SRK_SEARCH_EXACT 1
+
+/// 1 when the CPU has AVX-512 VNNI (and the AVX-512 variant runs), else 0.
+int32_t srk_vnni_supported(void);
 
 // ---- OpenBLAS -------------------------------------------------------------------------
 /// C = A * B^T via OpenBLAS cblas_sgemm, run on the calling thread only (OpenBLAS's own
