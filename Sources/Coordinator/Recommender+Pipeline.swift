@@ -1,3 +1,10 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
 public import RPCCore
 public import ShardRankWire
 import ShardRankKernels
@@ -22,6 +29,9 @@ extension Recommender {
         }
         guard req.diversityLambda.isFinite, req.diversityLambda >= 0, req.diversityLambda <= 1 else {
             throw RPCError(.invalidArgument, "diversity_lambda=\(req.diversityLambda) is out of range [0, 1]")
+        }
+        guard req.freshnessWeight.isFinite, req.freshnessWeight >= 0 else {
+            throw RPCError(.invalidArgument, "freshness_weight=\(req.freshnessWeight) must be finite and >= 0")
         }
         guard req.minCoverage.isFinite, req.minCoverage >= 0, req.minCoverage <= 1 else {
             throw RPCError(.invalidArgument, "min_coverage=\(req.minCoverage) is out of range [0, 1]")
@@ -103,7 +113,11 @@ extension Recommender {
         let merged = TopK.mergeCandidates(sourceLists)
         let t2 = ContinuousClock.now
 
-        // --- Gather vectors of the candidates (one Lookup per shard).
+        // --- Gather vectors of the candidates (one Lookup per shard); the attributes post-ranking
+        // needs (genre cap, freshness) are fetched at the same time.
+        let needAttributes = req.genreCap > 0 || req.freshnessWeight > 0
+        async let attributesTask: [UInt64: ItemAttributes]? = needAttributes
+            ? itemAttributes(merged.map(\.id), trace: trace, deadline: trace.stageDeadline(0.85)) : nil
         let gathered = await gather(merged.map(\.id), dim: userVec?.count, trace: trace, deadline: trace.stageDeadline(0.85))
         let t3 = ContinuousClock.now
 
@@ -117,12 +131,18 @@ extension Recommender {
         }
         let t4 = ContinuousClock.now
 
-        // --- Post-rank: MMR (λ) and an optional per-genre cap.
+        // --- Post-rank: freshness boost, MMR (λ) and an optional per-genre cap.
         let lambda = req.diversityLambda == 0 ? settings.diversityLambda : req.diversityLambda
         var order: [Int]
+        let attributes = await attributesTask
         var genreMasks: [UInt64]? = nil
-        if req.genreCap > 0 {
-            genreMasks = await attributesMasks(gathered.ids, trace: trace, deadline: trace.stageDeadline(0.9))
+        if req.genreCap > 0, let attributes {
+            genreMasks = gathered.ids.map { attributes[$0]?.genresMask ?? 0 }
+        }
+        if req.freshnessWeight > 0, let attributes {
+            let now = req.nowUnixSeconds != 0 ? Double(req.nowUnixSeconds) : Self.unixNow()
+            let halfLife = req.freshnessHalfLifeSeconds != 0 ? Double(req.freshnessHalfLifeSeconds) : settings.freshnessHalfLifeSeconds
+            Self.boostFreshness(&scores, ids: gathered.ids, attributes: attributes, weight: req.freshnessWeight, now: now, halfLife: halfLife)
         }
         if lambda < 1, n > 0 {
             order = scores.withUnsafeBufferPointer { s in
@@ -171,30 +191,59 @@ extension Recommender {
         return response
     }
 
-    /// Genre bitmasks of `ids` (0 where unknown).
-    func attributesMasks(_ ids: [UInt64], trace: Trace, deadline: ContinuousClock.Instant) async -> [UInt64] {
+    /// What post-ranking reads of an item.
+    struct ItemAttributes: Sendable {
+        var genresMask: UInt64
+        var timestamp: Int64
+    }
+
+    /// Attributes of `ids` (one call per shard); items without attributes, or on a shard that
+    /// failed (flagged degraded), are absent.
+    func itemAttributes(_ ids: [UInt64], trace: Trace, deadline: ContinuousClock.Instant) async -> [UInt64: ItemAttributes] {
         var byShard: [Int: [UInt64]] = [:]
         for id in ids { byShard[router.shard(ofID: id), default: []].append(id) }
         let table = settings.attributesTable, version = trace.version
-        let found = await withTaskGroup(of: [(UInt64, UInt64)].self) { group in
+        return await withTaskGroup(of: [(UInt64, ItemAttributes)].self) { group in
             for (shard, list) in byShard {
                 group.addTask {
                     do throws(RPCError) {
                         let r = try await self.shardCall(shard, trace: trace, deadline: deadline) { c, t throws(RPCError) in
                             try await c.attributes(AttributesRequest(table: table, itemIDs: list, version: version), timeout: t)
                         }
-                        return Array(zip(r.itemIDs, r.genreMasks))
+                        return (0 ..< r.itemIDs.count).map { i in
+                            (r.itemIDs[i], ItemAttributes(genresMask: i < r.genreMasks.count ? r.genreMasks[i] : 0,
+                                                          timestamp: i < r.timestamps.count ? r.timestamps[i] : 0))
+                        }
                     } catch {
-                        trace.fail(nil, "attributes: shard \(shard): \(error) (genre cap not applied to its items)")
+                        trace.fail(nil, "attributes: shard \(shard): \(error) (genre cap and freshness boost not applied to its items)")
                         return []
                     }
                 }
             }
-            var m: [UInt64: UInt64] = [:]
-            for await l in group { for (id, mask) in l { m[id] = mask } }
+            var m: [UInt64: ItemAttributes] = [:]
+            m.reserveCapacity(ids.count)
+            for await l in group { for (id, a) in l { m[id] = a } }
             return m
         }
-        return ids.map { found[$0] ?? 0 }
+    }
+
+    /// Adds `weight * 2^(-age / halfLife)` to each score, age = `now` - the item's timestamp in
+    /// seconds (clamped at 0: an item from the future counts as new). Items without attributes
+    /// get no boost.
+    static func boostFreshness(_ scores: inout [Float], ids: [UInt64], attributes: [UInt64: ItemAttributes],
+                               weight: Float, now: Double, halfLife: Double) {
+        for i in 0 ..< min(scores.count, ids.count) {
+            guard let a = attributes[ids[i]] else { continue }
+            let age = max(0, now - Double(a.timestamp))
+            scores[i] += weight * Float(exp2(-age / halfLife))
+        }
+    }
+
+    /// Wall-clock time in Unix seconds.
+    static func unixNow() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
     }
 
     /// `Rank`: scores caller-supplied candidates for a user.

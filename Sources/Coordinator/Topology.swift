@@ -94,6 +94,8 @@ public struct CoordinatorSettings: Sendable, Equatable {
     public var recentItems = 10
     /// Default MMR λ (1 = relevance only).
     public var diversityLambda: Float = 1.0
+    /// Half-life of the freshness boost when a request sets none (seconds).
+    public var freshnessHalfLifeSeconds: Double = 7 * 86_400
     /// Upper bounds accepted in requests.
     public var maxK = 1000
     public var maxBudget = 10_000
@@ -126,7 +128,7 @@ public struct CoordinatorSettings: Sendable, Equatable {
         }
         func int(_ k: String) throws -> Int? { try num(k).map { Int($0) } }
         let known: Set<String> = ["default_deadline_ms", "similar_per_item", "genre_budget", "country_budget", "popular_budget",
-                                  "search_budget", "recent_items", "diversity_lambda", "hedge_quantile", "min_hedge_delay_ms",
+                                  "search_budget", "recent_items", "diversity_lambda", "freshness_half_life_s", "hedge_quantile", "min_hedge_delay_ms",
                                   "eject_after_failures", "ejection_ms", "health_interval_ms", "max_shard_call_ms"]
         for k in c.keys where !known.contains(k) {
             throw Topology.Error(description: "unknown key 'coordinator.\(k)' (known: \(known.sorted().joined(separator: ", ")))")
@@ -141,6 +143,10 @@ public struct CoordinatorSettings: Sendable, Equatable {
         if let v = try num("diversity_lambda") {
             guard v <= 1 else { throw Topology.Error(description: "coordinator.diversity_lambda must be in [0, 1]") }
             diversityLambda = Float(v)
+        }
+        if let v = try num("freshness_half_life_s") {
+            guard v > 0 else { throw Topology.Error(description: "coordinator.freshness_half_life_s must be > 0") }
+            freshnessHalfLifeSeconds = v
         }
         if let v = try num("hedge_quantile") { hedgeQuantile = min(1, v) }
         if let v = try num("min_hedge_delay_ms") { minHedgeDelayMs = v }

@@ -27,6 +27,15 @@ struct RecommendCommand: AsyncParsableCommand {
     @Option(help: "At most this many items per genre (0 = no cap).")
     var genreCap: UInt32 = 0
 
+    @Option(help: "Freshness boost: add W * 2^(-age / half-life) to each score (0 = off).")
+    var freshnessWeight: Float = 0
+
+    @Option(help: "Half-life of the freshness boost in seconds (0 = the server's default, 7 days).")
+    var freshnessHalfLifeS: UInt32 = 0
+
+    @Option(help: "'Now' for item ages in Unix seconds (0 = the coordinator's clock).")
+    var now: Int64 = 0
+
     @Option(help: "Comma-separated recent item ids (overrides the stored profile).")
     var recent: String?
 
@@ -51,7 +60,8 @@ struct RecommendCommand: AsyncParsableCommand {
             }
         }
         let ctx = RecommendContext(recentItemIDs: try ids(recent, "--recent"), excludeIDs: try ids(exclude, "--exclude"))
-        let req = RecommendRequest(userID: user, context: ctx, k: k, model: model, diversityLambda: lambda, genreCap: genreCap)
+        let req = RecommendRequest(userID: user, context: ctx, k: k, model: model, diversityLambda: lambda, genreCap: genreCap,
+                                   freshnessWeight: freshnessWeight, freshnessHalfLifeSeconds: freshnessHalfLifeS, nowUnixSeconds: now)
         let timeout = Duration.milliseconds(timeoutMs)
         let r = try await withChannel(ClientOptions.parse(["--target", coordinator, "--timeout-ms", String(timeoutMs)])) { (ch) throws(RPCError) in
             try await RecommenderClient(channel: ch).recommend(req, timeout: timeout)

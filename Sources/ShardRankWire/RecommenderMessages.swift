@@ -48,11 +48,19 @@ public struct RecommendRequest: Sendable, Hashable {
     public var genreCap: UInt32
     /// Only these retrieval sources (all when empty).
     public var sources: [Source]
+    /// Freshness boost: `freshnessWeight * 2^(-age / halfLife)` added to each score (0 = off).
+    public var freshnessWeight: Float
+    /// Half-life of the boost in seconds (0 = the server default).
+    public var freshnessHalfLifeSeconds: UInt32
+    /// "Now" for item ages in Unix seconds (0 = the coordinator's clock).
+    public var nowUnixSeconds: Int64
 
     public init(userID: UInt64, context: RecommendContext? = nil, k: UInt32 = 10, budgets: Budgets? = nil, model: String = "",
-                diversityLambda: Float = 0, minCoverage: Float = 0, genreCap: UInt32 = 0, sources: [Source] = []) {
+                diversityLambda: Float = 0, minCoverage: Float = 0, genreCap: UInt32 = 0, sources: [Source] = [],
+                freshnessWeight: Float = 0, freshnessHalfLifeSeconds: UInt32 = 0, nowUnixSeconds: Int64 = 0) {
         self.userID = userID; self.context = context; self.k = k; self.budgets = budgets; self.model = model
         self.diversityLambda = diversityLambda; self.minCoverage = minCoverage; self.genreCap = genreCap; self.sources = sources
+        self.freshnessWeight = freshnessWeight; self.freshnessHalfLifeSeconds = freshnessHalfLifeSeconds; self.nowUnixSeconds = nowUnixSeconds
     }
 
     public static func decode(_ bytes: [UInt8]) throws(RPCError) -> RecommendRequest {
@@ -71,7 +79,9 @@ public struct RecommendRequest: Sendable, Hashable {
             }
             return RecommendRequest(userID: p.user_id, context: ctx, k: p.k, budgets: budgets, model: ProtoC.string(p.model),
                                     diversityLambda: p.diversity_lambda, minCoverage: p.min_coverage, genreCap: p.genre_cap,
-                                    sources: ProtoC.array(p.sources, p.n_sources).map { Source(rawValue: $0.rawValue) ?? .unspecified })
+                                    sources: ProtoC.array(p.sources, p.n_sources).map { Source(rawValue: $0.rawValue) ?? .unspecified },
+                                    freshnessWeight: p.freshness_weight, freshnessHalfLifeSeconds: p.freshness_half_life_s,
+                                    nowUnixSeconds: p.now_unix_s)
         }
     }
 
@@ -85,6 +95,9 @@ public struct RecommendRequest: Sendable, Hashable {
         m.diversity_lambda = diversityLambda
         m.min_coverage = minCoverage
         m.genre_cap = genreCap
+        m.freshness_weight = freshnessWeight
+        m.freshness_half_life_s = freshnessHalfLifeSeconds
+        m.now_unix_s = nowUnixSeconds
         m.n_sources = sources.count
         m.sources = arena.array(sources.map { Shardrank__V1__Source(rawValue: $0.rawValue) })
         if let c = context {

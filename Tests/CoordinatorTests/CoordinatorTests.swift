@@ -199,6 +199,53 @@ func searchOnly(_ s: inout CoordinatorSettings) {
         await c.stop()
     }
 
+    @Test func freshnessBoostAddsTheDecayedWeight() async throws {
+        // Item i (id 1000 + i) has timestamp i; every item is a search candidate.
+        let c = try await Cluster(settings: { searchOnly(&$0); $0.searchBudget = 240 })
+        let user: UInt64 = 3
+        let seen = Set(Cluster.recentItems(user))
+        let u = Cluster.userVector(user)
+        func dot(_ id: UInt64) -> Float { zip(u, Cluster.itemVector(id)).reduce(0) { $0 + $1.0 * $1.1 } }
+        // A weight far above the dot products' range (|score| <= 8): the newest items win, in order.
+        let fresh = try await c.recommender.recommend(
+            RecommendRequest(userID: user, k: 5, diversityLambda: 1, freshnessWeight: 10_000, freshnessHalfLifeSeconds: 10, nowUnixSeconds: 239),
+            context: Cluster.context())
+        #expect(fresh.items.map(\.itemID) == [1239, 1238, 1237, 1236, 1235])
+        // Each score is the dot product plus weight * 2^(-age / half-life).
+        for it in fresh.items {
+            let age = Double(239 - Int(it.itemID - 1000))
+            let want = dot(it.itemID) + 10_000 * Float(exp2(-age / 10))
+            #expect(abs(it.score - want) <= 1e-3 * abs(want), "item \(it.itemID): \(it.score) vs \(want)")
+        }
+        #expect(fresh.coverage?.degraded == false)
+        // A moderate weight re-orders by relevance + recency exactly as computed here.
+        let mixed = try await c.recommender.recommend(
+            RecommendRequest(userID: user, k: 10, diversityLambda: 1, freshnessWeight: 2, freshnessHalfLifeSeconds: 60, nowUnixSeconds: 239),
+            context: Cluster.context())
+        func boosted(_ id: UInt64) -> Float {
+            let age = Double(239 - Int(id - 1000))
+            return dot(id) + 2 * Float(exp2(-age / 60))
+        }
+        let candidates: [(id: UInt64, score: Float)] = Cluster.itemIDs.filter { !seen.contains($0) }.map { ($0, boosted($0)) }
+        let ranked = candidates.sorted { a, b in a.score > b.score || (a.score == b.score && a.id < b.id) }
+        let want: [UInt64] = ranked.prefix(10).map(\.id)
+        #expect(mixed.items.map(\.itemID) == want)
+        // The coordinator's clock (2026): items stamped in 1970 get no measurable boost.
+        let old = try await c.recommender.recommend(RecommendRequest(userID: user, k: 10, diversityLambda: 1, freshnessWeight: 1),
+                                                    context: Cluster.context())
+        #expect(old.items.map(\.itemID) == Cluster.exhaustive(user: user, k: 10, excluding: seen))
+        for bad: Float in [-1, .nan, .infinity] {
+            do {
+                _ = try await c.recommender.recommend(RecommendRequest(userID: user, freshnessWeight: bad), context: Cluster.context())
+                Issue.record("accepted freshness_weight \(bad)")
+            } catch {
+                #expect(error.code == .invalidArgument)
+                #expect(error.message.contains("freshness_weight"))
+            }
+        }
+        await c.stop()
+    }
+
     @Test func onlyTheRequestedSourcesRun() async throws {
         let c = try await Cluster()
         let r = try await c.recommender.recommend(RecommendRequest(userID: 2, k: 10, diversityLambda: 1, sources: [.popular]), context: Cluster.context())

@@ -669,7 +669,7 @@ const ProtobufCMessageDescriptor shardrank__v1__budgets__descriptor =
   (ProtobufCMessageInit) shardrank__v1__budgets__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor shardrank__v1__recommend_request__field_descriptors[9] =
+static const ProtobufCFieldDescriptor shardrank__v1__recommend_request__field_descriptors[12] =
 {
   {
     "user_id",
@@ -779,22 +779,61 @@ static const ProtobufCFieldDescriptor shardrank__v1__recommend_request__field_de
     0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "freshness_weight",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FLOAT,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__RecommendRequest, freshness_weight),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "freshness_half_life_s",
+    11,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__RecommendRequest, freshness_half_life_s),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "now_unix_s",
+    12,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__RecommendRequest, now_unix_s),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned shardrank__v1__recommend_request__field_indices_by_name[] = {
   3,   /* field[3] = budgets */
   1,   /* field[1] = context */
   5,   /* field[5] = diversity_lambda */
+  10,   /* field[10] = freshness_half_life_s */
+  9,   /* field[9] = freshness_weight */
   7,   /* field[7] = genre_cap */
   2,   /* field[2] = k */
   6,   /* field[6] = min_coverage */
   4,   /* field[4] = model */
+  11,   /* field[11] = now_unix_s */
   8,   /* field[8] = sources */
   0,   /* field[0] = user_id */
 };
 static const ProtobufCIntRange shardrank__v1__recommend_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 9 }
+  { 0, 12 }
 };
 const ProtobufCMessageDescriptor shardrank__v1__recommend_request__descriptor =
 {
@@ -804,7 +843,7 @@ const ProtobufCMessageDescriptor shardrank__v1__recommend_request__descriptor =
   "Shardrank__V1__RecommendRequest",
   "shardrank.v1",
   sizeof(Shardrank__V1__RecommendRequest),
-  9,
+  12,
   shardrank__v1__recommend_request__field_descriptors,
   shardrank__v1__recommend_request__field_indices_by_name,
   1,  shardrank__v1__recommend_request__number_ranges,

@@ -102,10 +102,25 @@ struct  Shardrank__V1__RecommendRequest
    */
   size_t n_sources;
   Shardrank__V1__Source *sources;
+  /*
+   * Freshness boost (post-rank, before MMR and the genre cap): each candidate's score gets
+   * freshness_weight * 2^(-age / half-life) added, age = now - the item's timestamp (attribute
+   * table `item_attributes`), clamped at 0. 0 = off; must be finite and >= 0.
+   */
+  float freshness_weight;
+  /*
+   * Half-life of the boost in seconds; 0 = the server default (7 days).
+   */
+  uint32_t freshness_half_life_s;
+  /*
+   * "Now" for the age in Unix seconds; 0 = the coordinator's clock (set it to replay a
+   * historical data set such as MovieLens).
+   */
+  int64_t now_unix_s;
 };
 #define SHARDRANK__V1__RECOMMEND_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__recommend_request__descriptor) \
-    , 0, NULL, 0, NULL, (char *)protobuf_c_empty_string, 0, 0, 0, 0,NULL }
+    , 0, NULL, 0, NULL, (char *)protobuf_c_empty_string, 0, 0, 0, 0,NULL, 0, 0, 0 }
 
 
 struct  Shardrank__V1__ScoredItem
