@@ -103,6 +103,7 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        .testTarget(name: "ShardServerTests", dependencies: ["ShardServer", "ShardRankTables", "ShardRankKernels", "RPCCore", "ShardRankWire"]),
         .testTarget(name: "ShardRankEvalTests", dependencies: ["ShardRankEval"]),
         .testTarget(name: "ShardRankSynthTests", dependencies: ["ShardRankSynth", "ShardRankTables"]),
         .testTarget(name: "LoadTestTests", dependencies: [

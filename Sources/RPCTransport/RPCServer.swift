@@ -37,6 +37,34 @@ public final class RPCServer: Sendable {
     /// - Throws: when the address cannot be bound (port taken: the error names it).
     @discardableResult
     public func start() throws -> Int {
+        do {
+            return try bind(makeBootstrap()).wait()
+        } catch {
+            throw RPCServerError("cannot listen on \(configuration.host):\(configuration.port): \(error)")
+        }
+    }
+
+    /// `start()` without blocking the calling thread: for async code that may run on an event
+    /// loop (when NIO's event loops are Swift Concurrency's global executor, blocking one on a
+    /// future is a precondition failure).
+    @discardableResult
+    public func listen() async throws -> Int {
+        do {
+            return try await bind(makeBootstrap()).get()
+        } catch {
+            throw RPCServerError("cannot listen on \(configuration.host):\(configuration.port): \(error)")
+        }
+    }
+
+    private func bind(_ bootstrap: ServerBootstrap) -> EventLoopFuture<Int> {
+        let configuration = self.configuration
+        return bootstrap.bind(host: configuration.host, port: configuration.port).map { ch in
+            self.channel.withLock { $0 = ch }
+            return ch.localAddress?.port ?? configuration.port
+        }
+    }
+
+    private func makeBootstrap() -> ServerBootstrap {
         pool.start()
         let router = self.router, config = self.configuration, state = self.state, pool = self.pool, logger = self.logger
         let bootstrap = ServerBootstrap(group: group)
@@ -53,14 +81,7 @@ public final class RPCServer: Sendable {
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
-        let ch: any Channel
-        do {
-            ch = try bootstrap.bind(host: configuration.host, port: configuration.port).wait()
-        } catch {
-            throw RPCServerError("cannot listen on \(configuration.host):\(configuration.port): \(error)")
-        }
-        channel.withLock { $0 = ch }
-        return ch.localAddress?.port ?? configuration.port
+        return bootstrap
     }
 
     /// The bound port, once started.

@@ -166,7 +166,7 @@ func serve(router: Router, health: HealthService, options: ServerOptions, logger
     config.observer = metrics
     let server = RPCServer(configuration: config, router: router, logger: logger)
     let port: Int
-    do { port = try server.start() } catch {
+    do { port = try await server.listen() } catch {
         logger.error("\(error)")
         throw ExitCode(3)
     }

@@ -14,6 +14,8 @@ public enum Search {
     ///   - excluding: ids never returned (any order, duplicates allowed).
     ///   - pool: when given and `rows.count ≥ 2 * minRowsPerTask`, the rows are split into
     ///     blocks over the pool's threads, each with its own heaps, merged at the end.
+    ///   - perQueryK: when given (`queryCount` values, each in 0...k), query `q` gets at most
+    ///     `perQueryK[q]` results instead of `k`.
     ///   - exact: score every row with the dot kernel. By default int8 rows on a CPU with
     ///     AVX-512 VNNI go through an integer prefilter with a proven error bound that skips
     ///     only rows which cannot reach the top-k (same results, less arithmetic; see
@@ -21,10 +23,12 @@ public enum Search {
     /// - Returns: `queryCount` lists of at most `k` items, each ranked best first.
     /// Allocates its heaps and scratch once per call (O(threads · queryCount · k)).
     public static func topK(queries: UnsafePointer<Float>, queryCount: Int, rows: RowMatrix,
-                            ids: UnsafePointer<UInt64>, k: Int, excluding: [UInt64] = [],
+                            ids: UnsafePointer<UInt64>, k: Int, excluding: [UInt64] = [], perQueryK: [Int]? = nil,
                             pool: WorkerPool? = nil, minRowsPerTask: Int = 32_768,
                             isa: KernelISA = .best, exact: Bool = false) -> [[ScoredItem]] {
         precondition(queryCount >= 0 && k >= 0)
+        precondition(perQueryK.map { $0.count == queryCount && $0.allSatisfy { $0 >= 0 && $0 <= k } } ?? true,
+                     "perQueryK needs queryCount values in 0...k")
         guard queryCount > 0 else { return [] }
         guard k > 0, rows.count > 0 else { return Array(repeating: [], count: queryCount) }
         let exclude = Array(Set(excluding)).sorted()
@@ -47,8 +51,10 @@ public enum Search {
             heapScores.deallocate(); heapIDs.deallocate(); heaps.deallocate(); scratch.deallocate()
         }
         for h in 0..<heapCount {
+            let q = h % heapStride
+            let capacity = q < queryCount ? perQueryK?[q] ?? k : 0
             (heaps + h).initialize(to: srk_topk(scores: heapScores + h * kStride, ids: heapIDs + h * kStride,
-                                                count: 0, capacity: Int64(k)))
+                                                count: 0, capacity: Int64(capacity)))
         }
         let table = isa.table
         let dtype = rows.elementType.rawValue

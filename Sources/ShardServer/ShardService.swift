@@ -17,10 +17,22 @@ public struct ShardLimits: Sendable, Hashable {
 public protocol ShardBackend: Sendable {
     func lookup(_ request: LookupRequest, context: ServerContext) throws(RPCError) -> FramedMessage
     func search(_ request: SearchRequest, context: ServerContext) throws(RPCError) -> SearchResponse
+    /// Search without holding a thread while it waits (e.g. to join a batch); by default `search`.
+    func searchAsync(_ request: SearchRequest, context: ServerContext) async throws(RPCError) -> SearchResponse
+    /// True when Search should be served through `searchAsync` (the backend batches concurrent
+    /// calls itself); false: `search` on the worker pool.
+    var asyncSearch: Bool { get }
     func lists(_ request: ListsRequest, context: ServerContext) throws(RPCError) -> ListsResponse
     func profiles(_ request: ProfilesRequest, context: ServerContext) throws(RPCError) -> ProfilesResponse
     func attributes(_ request: AttributesRequest, context: ServerContext) throws(RPCError) -> AttributesResponse
     func info() -> InfoResponse
+}
+
+extension ShardBackend {
+    public var asyncSearch: Bool { false }
+    public func searchAsync(_ request: SearchRequest, context: ServerContext) async throws(RPCError) -> SearchResponse {
+        try search(request, context: context)
+    }
 }
 
 /// `shardrank.v1.Shard`: decodes, validates what is common to every backend, and calls the backend.
@@ -36,6 +48,21 @@ public struct ShardService: RPCService {
         self.limits = limits
     }
 
+    static func decodeSearch(_ bytes: [UInt8], _ limits: ShardLimits) throws(RPCError) -> SearchRequest {
+        let req = try SearchRequest.decode(bytes)
+        guard req.queryCount >= 1 else { throw RPCError(.invalidArgument, "Search needs at least one query") }
+        guard req.queryCount <= limits.maxSearchQueries else {
+            throw RPCError(.invalidArgument, "Search of \(req.queryCount) queries exceeds the limit of \(limits.maxSearchQueries)")
+        }
+        guard req.k >= 1 && req.k <= limits.maxSearchK else {
+            throw RPCError(.invalidArgument, "Search k=\(req.k) is out of range 1...\(limits.maxSearchK)")
+        }
+        guard req.queries.allSatisfy({ $0.isFinite }) else {
+            throw RPCError(.invalidArgument, "Search queries contain NaN or infinite values")
+        }
+        return req
+    }
+
     public var methods: [RPCMethod] {
         let backend = self.backend, limits = self.limits
         return [
@@ -46,20 +73,13 @@ public struct ShardService: RPCService {
                 }
                 return try backend.lookup(req, context: ctx)
             }),
-            RPCMethod(service: serviceName, method: "Search", placement: .workerPool, handler: .unary { bytes, ctx throws(RPCError) in
-                let req = try SearchRequest.decode(bytes)
-                guard req.queryCount >= 1 else { throw RPCError(.invalidArgument, "Search needs at least one query") }
-                guard req.queryCount <= limits.maxSearchQueries else {
-                    throw RPCError(.invalidArgument, "Search of \(req.queryCount) queries exceeds the limit of \(limits.maxSearchQueries)")
+            RPCMethod(service: serviceName, method: "Search", placement: .workerPool, handler: backend.asyncSearch
+                ? .asyncUnary { bytes, ctx throws(RPCError) in
+                    try await backend.searchAsync(try Self.decodeSearch(bytes, limits), context: ctx).encoded()
                 }
-                guard req.k >= 1 && req.k <= limits.maxSearchK else {
-                    throw RPCError(.invalidArgument, "Search k=\(req.k) is out of range 1...\(limits.maxSearchK)")
-                }
-                guard req.queries.allSatisfy({ $0.isFinite }) else {
-                    throw RPCError(.invalidArgument, "Search queries contain NaN or infinite values")
-                }
-                return try backend.search(req, context: ctx).encoded()
-            }),
+                : .unary { bytes, ctx throws(RPCError) in
+                    try backend.search(try Self.decodeSearch(bytes, limits), context: ctx).encoded()
+                }),
             RPCMethod(service: serviceName, method: "Lists", placement: .inline, handler: .unary { bytes, ctx throws(RPCError) in
                 let req = try ListsRequest.decode(bytes)
                 guard req.keys.count <= limits.maxListKeys else {

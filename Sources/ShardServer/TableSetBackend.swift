@@ -24,6 +24,8 @@ public final class TableSetBackend: ShardBackend {
     public let allowForeignIDs: Bool
     public let previousVersionGrace: Duration
     private let pool: WorkerPool
+    /// Concurrent Search calls share passes over the table.
+    let batcher: SearchBatcher
     private let logger: Logger
     private let state: Mutex<State>
     private let reloadQueue = DispatchQueue(label: "shardrank.shard.reload")
@@ -57,6 +59,7 @@ public final class TableSetBackend: ShardBackend {
         self.shard = shard
         self.shardCount = shardCount
         self.pool = pool
+        self.batcher = SearchBatcher(pool: pool)
         self.allowForeignIDs = allowForeignIDs
         self.previousVersionGrace = previousVersionGrace
         self.logger = logger
@@ -245,10 +248,7 @@ public final class TableSetBackend: ShardBackend {
 
     public func search(_ req: SearchRequest, context: ServerContext) throws(RPCError) -> SearchResponse {
         let ts = try snapshot(pinned: req.version)
-        guard let table = ts.embedding(req.table) else { throw tableMissing(req.table, ts, want: "an embedding table") }
-        guard Int(req.dim) == table.dim else {
-            throw RPCError(.invalidArgument, "query dim \(req.dim) does not match table '\(req.table)' dim \(table.dim)")
-        }
+        let table = try searchTable(req, ts)
         try context.checkCancellation()
         let k = Int(req.k)
         // Queries go in batches so a cancel or an expired deadline stops the work between batches.
@@ -267,6 +267,29 @@ public final class TableSetBackend: ShardBackend {
             start += n
         }
         return SearchResponse(results: results, version: ts.version, shard: UInt32(shard), shardCount: UInt32(shardCount))
+    }
+
+    public var asyncSearch: Bool { true }
+
+    /// Search through the batcher: concurrent calls share passes over the table (SearchBatcher).
+    public func searchAsync(_ req: SearchRequest, context: ServerContext) async throws(RPCError) -> SearchResponse {
+        let ts = try snapshot(pinned: req.version)
+        let table = try searchTable(req, ts)
+        try context.checkCancellation()
+        let hits = try await batcher.search { done in
+            SearchBatcher.Job(owner: ts, table: table, queries: req.queries, queryCount: req.queryCount, k: Int(req.k),
+                              exclude: req.excludeIDs, context: context, done: done)
+        }
+        return SearchResponse(results: hits.map { h in SearchHits(ids: h.map(\.id), scores: h.map(\.score)) }, version: ts.version,
+                              shard: UInt32(shard), shardCount: UInt32(shardCount))
+    }
+
+    private func searchTable(_ req: SearchRequest, _ ts: LoadedTableSet) throws(RPCError) -> EmbeddingTable {
+        guard let table = ts.embedding(req.table) else { throw tableMissing(req.table, ts, want: "an embedding table") }
+        guard Int(req.dim) == table.dim else {
+            throw RPCError(.invalidArgument, "query dim \(req.dim) does not match table '\(req.table)' dim \(table.dim)")
+        }
+        return table
     }
 
     public func lists(_ req: ListsRequest, context: ServerContext) throws(RPCError) -> ListsResponse {

@@ -1,0 +1,175 @@
+import Dispatch
+import Synchronization
+public import RPCCore
+public import ShardRankKernels
+public import ShardRankTables
+
+/// Runs the shard's Search calls as passes over the table, one pass at a time, and lets every
+/// call that arrives while a pass runs join the next one.
+///
+/// An int8 scan of a shard slice is bound by memory bandwidth once the slice is out of the
+/// caches (several ms per pass from DRAM), and the arithmetic per extra query is small next to
+/// the bytes read (docs/kernels.md). So a burst of concurrent Searches costs one pass per
+/// burst rather than one per call, which is what keeps the tail short when a coordinator's
+/// fan-outs pile up. With one call at a time nothing waits: the call starts its pass at once.
+///
+/// Calls with different exclusions share a pass by asking each query for `k + |exclude|`
+/// results without exclusions and removing their own excluded ids afterwards — the top `k` of
+/// the rest is exactly the excluded search's answer. A call that is already cancelled (deadline
+/// passed, RST_STREAM) when its pass is formed is answered with its cancellation error and costs
+/// nothing. Calls are grouped per table object (one version of one table); a pass takes at most
+/// `maxQueriesPerPass` queries (a single larger call runs alone, in chunks, checking
+/// cancellation between chunks).
+public final class SearchBatcher: Sendable {
+    public struct Job: Sendable {
+        /// Keeps the table's mapping alive until the pass is done.
+        public let owner: any Sendable
+        public let table: EmbeddingTable
+        public let queries: [Float]
+        public let queryCount: Int
+        public let k: Int
+        public let exclude: [UInt64]
+        public let context: ServerContext
+        public let done: @Sendable (Result<[[ScoredItem]], RPCError>) -> Void
+
+        public init(owner: any Sendable, table: EmbeddingTable, queries: [Float], queryCount: Int, k: Int, exclude: [UInt64],
+                    context: ServerContext, done: @escaping @Sendable (Result<[[ScoredItem]], RPCError>) -> Void) {
+            self.owner = owner; self.table = table; self.queries = queries; self.queryCount = queryCount; self.k = k
+            self.exclude = exclude; self.context = context; self.done = done
+        }
+    }
+
+    /// Counters: passes run and calls answered (their ratio is the mean batch size).
+    public struct Stats: Sendable, Equatable {
+        public var passes = 0
+        public var calls = 0
+        public var largestBatch = 0
+    }
+
+    private struct State {
+        var jobs: [Job] = []
+        var running = false
+        var held = false
+        var stats = Stats()
+    }
+
+    public let maxQueriesPerPass: Int
+    private let pool: WorkerPool?
+    private let state = Mutex<State>(State())
+    private let queue = DispatchQueue(label: "shardrank.shard.search")
+
+    public init(pool: WorkerPool?, maxQueriesPerPass: Int = 64) {
+        self.pool = pool
+        self.maxQueriesPerPass = max(1, maxQueriesPerPass)
+    }
+
+    public var stats: Stats { state.withLock { $0.stats } }
+
+    /// Queues `job`; its `done` is called once, from the pass's thread.
+    public func submit(_ job: Job) {
+        let start = state.withLock { s -> Bool in
+            s.jobs.append(job)
+            if s.running || s.held { return false }
+            s.running = true
+            return true
+        }
+        if start { queue.async { self.drain() } }
+    }
+
+    /// The same as `submit`, awaiting the answer.
+    public func search(_ job: (@escaping @Sendable (Result<[[ScoredItem]], RPCError>) -> Void) -> Job) async throws(RPCError) -> [[ScoredItem]] {
+        let result: Result<[[ScoredItem]], RPCError> = await withCheckedContinuation { cont in
+            submit(job { cont.resume(returning: $0) })
+        }
+        return try result.get()
+    }
+
+    /// Tests: while held, submitted jobs only queue; `release` then runs them (as one pass
+    /// where they fit).
+    func hold() { state.withLock { $0.held = true } }
+    func release() {
+        let start = state.withLock { s -> Bool in
+            s.held = false
+            if s.running || s.jobs.isEmpty { return false }
+            s.running = true
+            return true
+        }
+        if start { queue.async { self.drain() } }
+    }
+
+    private func drain() {
+        while true {
+            let batch: [Job] = state.withLock { s in
+                if s.jobs.isEmpty || s.held { s.running = false; return [] }
+                var take: [Job] = [], rest: [Job] = []
+                var queries = 0
+                for j in s.jobs {
+                    if take.isEmpty || (j.table === take[0].table && queries + j.queryCount <= maxQueriesPerPass) {
+                        take.append(j)
+                        queries += j.queryCount
+                    } else {
+                        rest.append(j)
+                    }
+                }
+                s.jobs = rest
+                s.stats.passes += 1
+                s.stats.calls += take.count
+                s.stats.largestBatch = max(s.stats.largestBatch, take.count)
+                return take
+            }
+            if batch.isEmpty { return }
+            run(batch)
+        }
+    }
+
+    private func run(_ batch: [Job]) {
+        var live: [Job] = []
+        for j in batch {
+            if j.context.isCancelled { j.done(.failure(j.context.cancellationError ?? .cancelled())) } else { live.append(j) }
+        }
+        guard let first = live.first else { return }
+        let rows = first.table.rowMatrix
+        let ids = first.table.ids.baseAddress!
+        if live.count == 1 {
+            // Alone: its own exclusions in the kernel; chunks of 16 queries so that a cancel or
+            // an expired deadline stops a large call between chunks.
+            var results: [[ScoredItem]] = []
+            results.reserveCapacity(first.queryCount)
+            var start = 0
+            while start < first.queryCount {
+                if first.context.isCancelled { first.done(.failure(first.context.cancellationError ?? .cancelled())); return }
+                let n = min(16, first.queryCount - start)
+                let hits = first.queries.withUnsafeBufferPointer { q in
+                    Search.topK(queries: q.baseAddress! + start * rows.dimension, queryCount: n, rows: rows, ids: ids,
+                                k: first.k, excluding: first.exclude, pool: pool)
+                }
+                results.append(contentsOf: hits)
+                start += n
+            }
+            first.done(.success(results))
+            return
+        }
+        // Together: one pass; each query asks for k + |its exclusions| and filters afterwards.
+        var queries: [Float] = []
+        var ks: [Int] = []
+        var excludeSets: [Set<UInt64>] = []
+        for j in live {
+            queries.append(contentsOf: j.queries)
+            let ex = Set(j.exclude)
+            excludeSets.append(ex)
+            ks.append(contentsOf: repeatElement(j.k + ex.count, count: j.queryCount))
+        }
+        let hits = queries.withUnsafeBufferPointer { q in
+            Search.topK(queries: q.baseAddress!, queryCount: ks.count, rows: rows, ids: ids, k: ks.max() ?? 0,
+                        perQueryK: ks, pool: pool)
+        }
+        var at = 0
+        for (j, ex) in zip(live, excludeSets) {
+            let mine = hits[at ..< at + j.queryCount].map { list in
+                Array((ex.isEmpty ? list : list.filter { !ex.contains($0.id) }).prefix(j.k))
+            }
+            at += j.queryCount
+            j.done(.success(mine))
+        }
+    }
+}
