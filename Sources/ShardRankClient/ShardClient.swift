@@ -33,6 +33,13 @@ public struct ShardClient: Sendable {
         return try decodeResponse { () throws(RPCError) in try LookupResponse.decode(bytes) }
     }
 
+    /// Lookup for callers that only check the answer (the load driver): the response is walked
+    /// in place (`LookupResponse.summary`) instead of decoded and copied.
+    public func lookupSummary(_ request: LookupRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> LookupResponse.Summary {
+        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Lookup", request: request.encoded(), metadata: merged(metadata), timeout: timeout)
+        return try decodeResponse { () throws(RPCError) in try LookupResponse.summary(bytes) }
+    }
+
     public func search(_ request: SearchRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> SearchResponse {
         let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Search", request: request.encoded(), metadata: merged(metadata), timeout: timeout)
         return try decodeResponse { () throws(RPCError) in try SearchResponse.decode(bytes) }
