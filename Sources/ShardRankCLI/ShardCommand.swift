@@ -36,6 +36,9 @@ struct ShardCommand: AsyncParsableCommand {
     @Flag(help: "Answer ids that hash to another shard as missing instead of INVALID_ARGUMENT.")
     var allowForeignIds = false
 
+    @Flag(inversion: .prefixedNo, help: "Lock the served table files in memory (mlock), so no Lookup waits on a page fault; a table that cannot be locked is served unlocked with a warning.")
+    var lockTables = true
+
     @OptionGroup var server: ServerOptions
 
     func validate() throws {
@@ -57,7 +60,8 @@ struct ShardCommand: AsyncParsableCommand {
             let pool = WorkerPool(threadCount: server.workers ?? WorkerPool.defaultThreadCount)
             let tb: TableSetBackend
             do {
-                tb = try TableSetBackend(root: tables!, shard: shard, of: of, pool: pool, allowForeignIDs: allowForeignIds, logger: logger)
+                tb = try TableSetBackend(root: tables!, shard: shard, of: of, pool: pool, allowForeignIDs: allowForeignIds,
+                                         lockTables: lockTables, logger: logger)
             } catch {
                 logger.error("cannot serve \(tables!): \(error)")
                 throw ExitCode(2)

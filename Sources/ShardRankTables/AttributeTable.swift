@@ -78,4 +78,5 @@ public final class AttributeTable: @unchecked Sendable {
     }
 
     public func warm() { file.mapping.adviseWillNeed() }
+    func lockInMemory() -> String? { file.mapping.lockInMemory() }
 }

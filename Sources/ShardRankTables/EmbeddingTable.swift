@@ -207,6 +207,7 @@ public final class EmbeddingTable: @unchecked Sendable {
 
     /// Asks the kernel to page the file in (warming before serving).
     public func warm() { file.mapping.adviseWillNeed() }
+    func lockInMemory() -> String? { file.mapping.lockInMemory() }
 }
 
 /// IEEE-754 binary16 conversions without `Float16` (for targets lacking it).

@@ -99,4 +99,5 @@ public final class ListTable: @unchecked Sendable {
     public var keys: [String] { (0..<keyCount).map(key(at:)) }
 
     public func warm() { file.mapping.adviseWillNeed() }
+    func lockInMemory() -> String? { file.mapping.lockInMemory() }
 }

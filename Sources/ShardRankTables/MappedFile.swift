@@ -36,6 +36,14 @@ final class MappedFile: @unchecked Sendable {
         _ = madvise(UnsafeMutableRawPointer(mutating: base), bytes.count, MADV_WILLNEED)
     }
 
+    /// Locks the mapping in memory (`mlock`: every page read in now, none paged out later).
+    /// - Returns: nil on success, else why not (e.g. the RLIMIT_MEMLOCK limit without CAP_IPC_LOCK).
+    func lockInMemory() -> String? {
+        guard let base = bytes.baseAddress else { return nil }
+        if mlock(base, bytes.count) == 0 { return nil }
+        return FileIO.errnoMessage("mlock")
+    }
+
     deinit {
         if let base = bytes.baseAddress {
             munmap(UnsafeMutableRawPointer(mutating: base), bytes.count)

@@ -97,4 +97,5 @@ public final class ProfileTable: @unchecked Sendable {
     public func countryName(_ p: UserProfileView) -> String? { p.countryIndex.map { countries[Int($0)] } }
 
     public func warm() { file.mapping.adviseWillNeed() }
+    func lockInMemory() -> String? { file.mapping.lockInMemory() }
 }

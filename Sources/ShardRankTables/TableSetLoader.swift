@@ -41,6 +41,15 @@ public enum LoadedTable: Sendable {
         case .attribute(let t): t.warm()
         }
     }
+
+    func lockInMemory() -> String? {
+        switch self {
+        case .embedding(let t): t.lockInMemory()
+        case .list(let t): t.lockInMemory()
+        case .profile(let t): t.lockInMemory()
+        case .attribute(let t): t.lockInMemory()
+        }
+    }
 }
 
 /// Shard I of S of one table-set version: every table's file for that shard, mapped and verified.
@@ -89,6 +98,15 @@ public final class LoadedTableSet: Sendable {
 
     /// Asks the kernel to page every file in (call before switching to this version).
     public func warm() { for t in tables.values { t.warm() } }
+
+    /// Locks every table's mapping in memory (`mlock`), so that serving never waits on a page
+    /// fault: the kernel may otherwise drop clean file pages of a quiet table (memory pressure,
+    /// or a VM's cold-page reclaim) and the next Lookup reads them back from disk on the event
+    /// loop. Locked pages are released with the mapping.
+    /// - Returns: one line per table that could not be locked (it still serves, unlocked).
+    public func lockInMemory() -> [String] {
+        tables.keys.sorted().compactMap { name in tables[name]!.lockInMemory().map { "table '\(name)': \($0)" } }
+    }
 }
 
 /// The versions under a table-set root: `<root>/v<N>/` directories with a complete manifest.

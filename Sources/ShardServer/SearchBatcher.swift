@@ -18,8 +18,10 @@ public import ShardRankTables
 /// the rest is exactly the excluded search's answer. A call that is already cancelled (deadline
 /// passed, RST_STREAM) when its pass is formed is answered with its cancellation error and costs
 /// nothing. Calls are grouped per table object (one version of one table); a pass takes at most
-/// `maxQueriesPerPass` queries (a single larger call runs alone, in chunks, checking
-/// cancellation between chunks).
+/// `maxQueriesPerPass` queries (a single larger call runs alone, in chunks of 16 queries,
+/// checking cancellation between chunks and yielding to waiting calls: its remaining queries
+/// go to the back of the queue, so a 1024-query call never holds up the one-query calls of a
+/// coordinator's fan-out).
 public final class SearchBatcher: Sendable {
     public struct Job: Sendable {
         /// Keeps the table's mapping alive until the pass is done.
@@ -145,6 +147,16 @@ public final class SearchBatcher: Sendable {
                 }
                 results.append(contentsOf: hits)
                 start += n
+                // A large call must not hold up the calls behind it: when others wait, its
+                // remaining queries go to the back of the queue and it continues later.
+                if start < first.queryCount && state.withLock({ !$0.jobs.isEmpty }) {
+                    let done = results, original = first
+                    let rest = Job(owner: first.owner, table: first.table, queries: Array(first.queries[(start * rows.dimension)...]),
+                                   queryCount: first.queryCount - start, k: first.k, exclude: first.exclude, context: first.context,
+                                   done: { r in original.done(r.map { done + $0 }) })
+                    state.withLock { $0.jobs.append(rest) }
+                    return
+                }
             }
             first.done(.success(results))
             return

@@ -23,6 +23,8 @@ public final class TableSetBackend: ShardBackend {
     /// Accept ids that hash to another shard (answered as missing) instead of INVALID_ARGUMENT.
     public let allowForeignIDs: Bool
     public let previousVersionGrace: Duration
+    /// Lock each served version's mappings in memory (see `LoadedTableSet.lockInMemory`).
+    public let lockTables: Bool
     private let pool: WorkerPool
     /// Concurrent Search calls share passes over the table.
     let batcher: SearchBatcher
@@ -54,7 +56,8 @@ public final class TableSetBackend: ShardBackend {
     /// Loads and verifies the newest complete version (blocking).
     /// - Throws: `TableError` when the root holds no complete version or it does not load.
     public init(root: String, shard: Int, of shardCount: Int, pool: WorkerPool, allowForeignIDs: Bool = false,
-                previousVersionGrace: Duration = .seconds(30), logger: Logger = Logger(label: "shardrank.shard")) throws {
+                previousVersionGrace: Duration = .seconds(30), lockTables: Bool = false,
+                logger: Logger = Logger(label: "shardrank.shard")) throws {
         self.root = root
         self.shard = shard
         self.shardCount = shardCount
@@ -62,12 +65,14 @@ public final class TableSetBackend: ShardBackend {
         self.batcher = SearchBatcher(pool: pool)
         self.allowForeignIDs = allowForeignIDs
         self.previousVersionGrace = previousVersionGrace
+        self.lockTables = lockTables
         self.logger = logger
         guard let newest = try TableSetCatalog(root: root).newestVersion() else {
             throw TableError(.notFound, "no complete table-set version under \(root) (expected \(root)/v<N>/manifest.json)")
         }
         let ts = try TableSetLoader.load(root: root, version: newest, shard: shard, of: shardCount)
         ts.warm()
+        if lockTables { for w in ts.lockInMemory() { logger.warning("not locked in memory (serving anyway): \(w)") } }
         state = Mutex(State(current: ts))
         logger.info("serving table set \(root) v\(newest), shard \(shard) of \(shardCount): \(ts.tables.keys.sorted().joined(separator: ", "))")
     }
@@ -116,6 +121,7 @@ public final class TableSetBackend: ShardBackend {
             let next = try TableSetLoader.load(root: root, version: newest, shard: shard, of: shardCount)
             try Self.checkCompatible(next, with: current)
             next.warm()
+            if lockTables { for w in next.lockInMemory() { logger.warning("v\(newest) not locked in memory (serving anyway): \(w)") } }
             state.withLock { s in
                 s.previous = s.current
                 s.previousUntil = ContinuousClock.now.advanced(by: previousVersionGrace)

@@ -11,14 +11,14 @@ import ShardRankWire
     static let dim = 16
 
     /// A one-shard int8 table set of `n` items with pseudo-random vectors, and its backend.
-    static func backend(n: Int = 3000) throws -> (TableSetBackend, String) {
+    static func backend(n: Int = 3000, lockTables: Bool = false) throws -> (TableSetBackend, String) {
         let root = NSTemporaryDirectory() + "shardrank-batch-\(UInt64.random(in: 0 ... .max))"
         let b = try TableSetBuilder(root: root, shardCount: 1, genres: ["A"], countries: ["DE"])
         let ids = (0 ..< n).map { UInt64($0 * 3 + 7) }
         let vectors = (0 ..< n * dim).map { i in Float(sin(Double(i) * 0.731) + cos(Double(i / dim) * 0.37)) }
         try vectors.withUnsafeBufferPointer { try b.addEmbedding(name: "items", ids: ids, vectors: $0, dim: dim, dtype: .int8) }
         _ = try b.publish()
-        return (try TableSetBackend(root: root, shard: 0, of: 1, pool: WorkerPool(threadCount: 2)), root)
+        return (try TableSetBackend(root: root, shard: 0, of: 1, pool: WorkerPool(threadCount: 2), lockTables: lockTables), root)
     }
 
     static func context(ms: Int = 5000) -> ServerContext {
@@ -85,6 +85,27 @@ import ShardRankWire
         }
         let rb = try await b
         #expect(rb.results[0].ids.count == 5)
+    }
+
+    @Test func aLargeCallYieldsToWaitingCallsBetweenChunks() async throws {
+        let (backend, root) = try Self.backend(n: 800)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let big = SearchRequest(table: "items", queries: Self.query(8, count: 200), dim: UInt32(Self.dim), k: 3, excludeIDs: [10])
+        let small = SearchRequest(table: "items", queries: Self.query(9), dim: UInt32(Self.dim), k: 3)
+        let wantBig = try backend.search(big, context: Self.context())
+        let wantSmall = try backend.search(small, context: Self.context())
+        backend.batcher.hold()
+        async let a = backend.searchAsync(big, context: Self.context())
+        try await Task.sleep(for: .milliseconds(50))
+        async let b = backend.searchAsync(small, context: Self.context())
+        try await Task.sleep(for: .milliseconds(50))
+        let before = backend.batcher.stats
+        backend.batcher.release()
+        let (ga, gb) = try await (a, b)
+        #expect(ga.results == wantBig.results)
+        #expect(gb.results == wantSmall.results)
+        // The big call went first, was split where the small one waited, and finished later.
+        #expect(backend.batcher.stats.passes - before.passes >= 2)
     }
 
     @Test func aLargeCallRunsAloneInChunks() async throws {
