@@ -1,6 +1,6 @@
 // BenchKernels: throughput of the ShardRank kernels. Build in release:
 //   swift build -c release --product BenchKernels
-// Usage: BenchKernels [--json] [--quick] [--only SUBSTRING] [--cputime]
+// Usage: BenchKernels [--json] [--quick] [--only SUBSTRING] [--cputime] [--paired R]
 // With --json: one object per case per line:
 //   {"kernel","dtype","dim","n","batch","threads","per_second","unit"}
 // Each figure is the median of several timed repetitions (see `measure`).
@@ -12,6 +12,11 @@ let json = args.contains("--json")
 let quick = args.contains("--quick")
 let only: String? = args.firstIndex(of: "--only").map { args[$0 + 1] }
 let reps = quick ? 3 : 7
+/// `--paired R`: for the MLP, R rounds of 1-thread, 2-thread, 1-thread samples of 0.1 s each,
+/// reported as the median of the per-round ratios 2-thread / mean(1-thread) (kernel
+/// "<name>_scaling", unit "x"). Both sides of each ratio run within 0.3 s of each other, so a
+/// burst of load from another process on this shared machine hits one round, not the figure.
+let paired: Int? = args.firstIndex(of: "--paired").map { Int(args[$0 + 1])! }
 let minTime = quick ? 0.1 : 0.3
 
 func log(_ s: String) { FileHandle.standardError.write((s + "\n").data(using: .utf8)!) }
@@ -51,7 +56,7 @@ func report(_ kernel: String, _ dtype: String, dim: Int, n: Int, batch: Int, thr
             _ perSecond: Double, _ unit: String) {
     if json {
         out("{\"kernel\":\"\(kernel)\",\"dtype\":\"\(dtype)\",\"dim\":\(dim),\"n\":\(n),\"batch\":\(batch),"
-              + "\"threads\":\(threads),\"per_second\":\(String(format: "%.1f", perSecond)),\"unit\":\"\(unit)\"}")
+              + "\"threads\":\(threads),\"per_second\":\(String(format: unit == "x" ? "%.3f" : "%.1f", perSecond)),\"unit\":\"\(unit)\"}")
     } else {
         out(String(format: "%-16@ %-5@ dim=%-4d n=%-8d batch=%-3d threads=%d  %12.4g %@",
                      kernel as NSString, dtype as NSString, dim, n, batch, threads, perSecond, unit as NSString))
@@ -60,10 +65,24 @@ func report(_ kernel: String, _ dtype: String, dim: Int, n: Int, batch: Int, thr
 
 func enabled(_ name: String) -> Bool { only.map { name.contains($0) } ?? true }
 
-var rng = SystemRandomNumberGenerator()
+/// splitmix64, seeded from the system once: the data only needs to look random, and
+/// SystemRandomNumberGenerator costs a system call per value (minutes of setup for the
+/// 1M-row tables).
+struct FastRandom: RandomNumberGenerator {
+    var state: UInt64
+    init() { var s = SystemRandomNumberGenerator(); state = s.next() }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+var rng = FastRandom()
 func randomFloats(_ n: Int) -> UnsafeMutablePointer<Float> {
     let p = UnsafeMutableRawPointer.allocate(byteCount: n * 4, alignment: 64).bindMemory(to: Float.self, capacity: n)
-    var g = SystemRandomNumberGenerator()
+    var g = FastRandom()
     for i in 0..<n { p[i] = Float.random(in: -1..<1, using: &g) }
     return p
 }
@@ -184,6 +203,27 @@ if enabled("mlp") {
                 }
                 checksum += Double(scores[0])
                 report(name, "f32", dim: 256, n: n, batch: 1, threads: threads, r, "candidates/s")
+            }
+            if let rounds = paired {
+                func sample(_ threads: Int) -> Double {
+                    let start = seconds()
+                    var units = 0, elapsed = 0.0
+                    repeat {
+                        model.score(user: user, items: RowMatrix(f32: items, count: n, dimension: 64), count: n,
+                                    dense: dense, scores: scores, pool: pools[threads]!, gemm: backend)
+                        units += n
+                        elapsed = seconds() - start
+                    } while elapsed < 0.1
+                    return Double(units) / elapsed
+                }
+                _ = sample(2)
+                var ratios: [Double] = []
+                for _ in 0..<rounds {
+                    let a = sample(1), b = sample(2), c = sample(1)
+                    ratios.append(b / ((a + c) / 2))
+                }
+                ratios.sort()
+                report(name + "_scaling", "f32", dim: 256, n: n, batch: 1, threads: 2, ratios[ratios.count / 2], "x")
             }
         }
     }

@@ -52,7 +52,9 @@ struct CoordinatorCommand: AsyncParsableCommand {
         }
         await cluster.checkAll()
         cluster.startHealthChecks()
-        let pool = WorkerPool(threadCount: server.workers ?? WorkerPool.defaultThreadCount)
+        // No spin-waiting in servers: several server processes usually share the cores (a
+        // spinning pool thread takes CPU another process needs); see docs/kernels.md.
+        let pool = WorkerPool(threadCount: server.workers ?? WorkerPool.defaultThreadCount, spinMicroseconds: 0)
         let metrics = ServerMetrics(bootstrapSwiftMetrics: true)
         let recommender = Recommender(cluster: cluster, model: mlp, pool: pool, logger: logger,
                                       observer: RecommendMetrics(metrics: metrics))

@@ -57,7 +57,9 @@ struct ShardCommand: AsyncParsableCommand {
             let (rows, dim) = try parseShape(s)
             backend = SyntheticBackend(table: SyntheticTable(rows: rows, dim: dim))
         } else {
-            let pool = WorkerPool(threadCount: server.workers ?? WorkerPool.defaultThreadCount)
+            // No spin-waiting in servers: several server processes usually share the cores (a
+            // spinning pool thread takes CPU another process needs); see docs/kernels.md.
+            let pool = WorkerPool(threadCount: server.workers ?? WorkerPool.defaultThreadCount, spinMicroseconds: 0)
             let tb: TableSetBackend
             do {
                 tb = try TableSetBackend(root: tables!, shard: shard, of: of, pool: pool, allowForeignIDs: allowForeignIds,

@@ -80,6 +80,42 @@ import ShardRankKernels
         }
     }
 
+    /// Contiguous rows with fewer queries than a tile take a separate loop (rows at constant
+    /// offsets, no pointer table); it must give bit-for-bit the sums of the general loop, which
+    /// gathered rows always take (here: the identity gather), for every query count around
+    /// the tile size, row counts around the group width, and long scans that prefetch
+    /// (SRK_DOT_STREAM: f16/int8 beyond 512 KB). Non-integer inputs, so any change of
+    /// summation order would show.
+    @Test(arguments: cases)
+    func contiguousFastPathEqualsGeneralPath(isa: KernelISA, type: RowElementType) {
+        for d in kernelDimensions {
+            var rng = SplitMix64(seed: UInt64(500 + d))
+            let counts = [1, 15, 16, 17, 33, 100] + (d == 64 ? [9_000] : [])
+            for count in counts {
+                let rows = OwnedRows(type, count: count, dimension: d, integer: false, rng: &rng)
+                let identity = (0..<Int64(count)).map { $0 }
+                for queryCount in 1...5 {
+                    let queries = makeQueries(queryCount, d, integer: false, rng: &rng)
+                    var contiguous = [Float](repeating: .nan, count: queryCount * count), gathered = contiguous
+                    queries.withUnsafeBufferPointer { q in
+                        contiguous.withUnsafeMutableBufferPointer { out in
+                            InnerProducts.batchDot(queries: q.baseAddress!, queryCount: queryCount, rows: rows.matrix,
+                                                   scores: out.baseAddress!, isa: isa)
+                        }
+                        identity.withUnsafeBufferPointer { idx in
+                            gathered.withUnsafeMutableBufferPointer { out in
+                                InnerProducts.batchDot(queries: q.baseAddress!, queryCount: queryCount, rows: rows.matrix,
+                                                       rowIndices: idx, scores: out.baseAddress!, isa: isa)
+                            }
+                        }
+                    }
+                    let same = zip(contiguous, gathered).allSatisfy { $0.bitPattern == $1.bitPattern }
+                    #expect(same, "\(isa) \(type) d=\(d) n=\(count) queries=\(queryCount)")
+                }
+            }
+        }
+    }
+
     @Test(arguments: cases)
     func squaredNormsAndCosine(isa: KernelISA, type: RowElementType) {
         for d in kernelDimensions {

@@ -166,6 +166,47 @@ import ShardRankKernels
         }
     }
 
+    /// The pool splits candidates at multiples of 12 rows (whole micro-tiles); each row's score
+    /// does not depend on which chunk or tile it lands in, so every split gives bit-identical
+    /// scores to the single-thread call, for counts around the tile and block sizes.
+    @Test func poolSplitIsBitIdentical() throws {
+        var rng = SplitMix64(seed: 11)
+        let dims = [40, 48, 24, 1]
+        var tensors: [(name: String, shape: [Int], values: [Float])] = []
+        var layers: [MLPConfig.Layer] = []
+        for l in 0..<3 {
+            tensors.append(("w\(l)", [dims[l + 1], dims[l]], (0..<(dims[l + 1] * dims[l])).map { _ in rng.uniform(0.25) }))
+            tensors.append(("b\(l)", [dims[l + 1]], (0..<dims[l + 1]).map { _ in rng.uniform(0.25) }))
+            layers.append(.init(weight: "w\(l)", bias: "b\(l)", activation: l == 2 ? "sigmoid" : "relu"))
+        }
+        let config = MLPConfig(features: [.init(kind: "user", dim: 8), .init(kind: "item", dim: 8),
+                                          .init(kind: "user_item_product", dim: 8), .init(kind: "dense", dim: 16)],
+                               layers: layers)
+        let model = try MLPModel(weights: SafeTensors.serialize(tensors), config: Array(JSONEncoder().encode(config)))
+        let maxCount = 1_000
+        let user = (0..<8).map { _ in rng.uniform() }
+        let items = UnsafeMutablePointer<Float>.allocate(capacity: maxCount * 8)
+        defer { items.deallocate() }
+        for i in 0..<(maxCount * 8) { items[i] = rng.uniform() }
+        let dense = (0..<(maxCount * 16)).map { _ in rng.uniform() }
+        let pools = [WorkerPool(threadCount: 2), WorkerPool(threadCount: 3, spinMicroseconds: 0)]
+        for gemm in Self.backends {
+            for count in [1, 11, 12, 13, 24, 25, 143, 144, 145, 300, 1_000] {
+                var single = [Float](repeating: .nan, count: count)
+                let rows = RowMatrix(f32: items, count: count, dimension: 8)
+                model.score(user: user, items: rows, count: count, dense: dense, scores: &single, gemm: gemm)
+                for pool in pools {
+                    for minRows in [1, 7, 12, 64] {
+                        var split = [Float](repeating: .nan, count: count)
+                        model.score(user: user, items: rows, count: count, dense: dense, scores: &split,
+                                    pool: pool, minRowsPerTask: minRows, gemm: gemm)
+                        #expect(split == single, "\(gemm) count=\(count) threads=\(pool.threadCount) minRows=\(minRows)")
+                    }
+                }
+            }
+        }
+    }
+
     // ---- malformed or mismatched models --------------------------------------------------
     func load(_ tensors: [(name: String, shape: [Int], values: [Float])], _ config: MLPConfig) -> ModelError? {
         load(SafeTensors.serialize(tensors), config)

@@ -132,6 +132,17 @@ const char *srk_blas_corename(void);
 /// Converts one binary16 bit pattern to float (exact, handles subnormals/Inf/NaN).
 float srk_f16_to_f32(uint16_t h);
 
+/// A spin-wait hint (x86 `pause`, AArch64 `yield`, nothing elsewhere) for WorkerPool's
+/// bounded spins: it lets the sibling hyperthread run and avoids the memory-order
+/// mis-speculation penalty when the polled value changes.
+static inline void srk_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 #ifdef __cplusplus
 }
 #endif
