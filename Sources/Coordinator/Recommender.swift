@@ -17,6 +17,8 @@ public final class Recommender: Sendable {
     public let pool: WorkerPool
     let logger: Logger
     let observer: (any RecommendObserver)?
+    /// Ranked lists already fetched, per table-set version (see `ListCache`).
+    let listCache = ListCache()
 
     /// Bits of the merged candidates' source mask, in this order.
     static let sourceOrder: [Source] = [.similar, .genre, .country, .popular, .search, .caller]
@@ -130,19 +132,35 @@ public final class Recommender: Sendable {
         }
     }
 
-    /// Lists by key, each key fetched from its shard (one call per shard).
+    /// Lists by key, each key fetched from its shard (one call per shard), except keys whose
+    /// list for the request's version is already in `listCache` (a table set never changes
+    /// after it is published, so a list of version v is the same for every request pinned to v).
     func lists(table: String, keys: [String], limit: Int, source: Source, trace: Trace,
                deadline: ContinuousClock.Instant) async -> [RankedList] {
         guard !keys.isEmpty, limit > 0 else { return [] }
-        var byShard: [Int: [String]] = [:]
-        for k in keys { byShard[router.shard(ofKey: k), default: []].append(k) }
         let version = trace.version
+        var cached: [RankedList] = []
+        var byShard: [Int: [String]] = [:]
+        for k in keys {
+            if let l = listCache.get(version: version, table: table, key: k, limit: limit) {
+                if !l.ids.isEmpty { cached.append(l) }
+            } else {
+                byShard[router.shard(ofKey: k), default: []].append(k)
+            }
+        }
+        if byShard.isEmpty { return cached }
+        let cache = listCache
         return await withTaskGroup(of: [RankedList].self) { group in
             for (shard, ks) in byShard {
                 group.addTask {
                     do throws(RPCError) {
                         let r = try await self.shardCall(shard, trace: trace, deadline: deadline) { c, t throws(RPCError) in
                             try await c.lists(ListsRequest(table: table, keys: ks, limit: UInt32(limit), version: version), timeout: t)
+                        }
+                        // Only answers from the pinned version are cached (version 0 = unknown).
+                        if r.version == version {
+                            for l in r.lists { cache.put(version: version, table: table, list: l, limit: limit) }
+                            for k in r.missingKeys { cache.put(version: version, table: table, list: RankedList(key: k, ids: [], scores: []), limit: limit) }
                         }
                         return r.lists
                     } catch {
@@ -151,7 +169,7 @@ public final class Recommender: Sendable {
                     }
                 }
             }
-            var out: [RankedList] = []
+            var out: [RankedList] = cached
             for await l in group { out += l }
             return out
         }
@@ -263,4 +281,48 @@ public final class Recommender: Sendable {
 /// Sees every Recommend answer (metrics: per-stage latency, degraded and cold-start shares).
 public protocol RecommendObserver: Sendable {
     func answered(_ response: RecommendResponse)
+}
+
+/// Ranked lists (item → similar, genre → top, country → top, popular) already fetched, keyed by
+/// table-set version, table and key. Lists are immutable within a version, so a hit is exactly
+/// what the shard would answer; entries of other versions are dropped when a new version shows
+/// up, and the cache is cleared when it reaches `capacity` entries. A list fetched with limit L
+/// answers requests for at most L items (or any limit when it came back shorter than L: then it
+/// is the whole list).
+final class ListCache: Sendable {
+    struct Key: Hashable { let table: String; let key: String }
+    struct Entry { let list: RankedList; let complete: Bool }
+    private struct State { var version: UInt64 = 0; var entries: [Key: Entry] = [:]; var hits = 0; var misses = 0 }
+    private let state = Mutex<State>(State())
+    let capacity: Int
+
+    init(capacity: Int = 20_000) { self.capacity = capacity }
+
+    func get(version: UInt64, table: String, key: String, limit: Int) -> RankedList? {
+        guard version != 0 else { return nil }
+        return state.withLock { s in
+            guard s.version == version, let e = s.entries[Key(table: table, key: key)], e.complete || e.list.ids.count >= limit else {
+                s.misses += 1
+                return nil
+            }
+            s.hits += 1
+            if e.list.ids.count <= limit { return e.list }
+            return RankedList(key: key, ids: Array(e.list.ids.prefix(limit)), scores: Array(e.list.scores.prefix(limit)))
+        }
+    }
+
+    func put(version: UInt64, table: String, list: RankedList, limit: Int) {
+        guard version != 0 else { return }
+        state.withLock { s in
+            if version > s.version { s.version = version; s.entries.removeAll(keepingCapacity: true) }
+            guard version == s.version else { return }
+            if s.entries.count >= capacity { s.entries.removeAll(keepingCapacity: true) }
+            let k = Key(table: table, key: list.key)
+            if let old = s.entries[k], old.complete || old.list.ids.count >= list.ids.count { return }
+            s.entries[k] = Entry(list: list, complete: list.ids.count < limit)
+        }
+    }
+
+    /// Hits and misses so far (for tests and metrics).
+    var counts: (hits: Int, misses: Int) { state.withLock { ($0.hits, $0.misses) } }
 }

@@ -246,6 +246,42 @@ func searchOnly(_ s: inout CoordinatorSettings) {
         await c.stop()
     }
 
+    @Test func listsComeFromTheCacheOnTheSecondRequest() async throws {
+        let c = try await Cluster()
+        let req = RecommendRequest(userID: 2, k: 10, diversityLambda: 1)
+        let first = try await c.recommender.recommend(req, context: Cluster.context())
+        let callsFirst = c.seenDeadlines.all.count
+        let second = try await c.recommender.recommend(req, context: Cluster.context())
+        let callsSecond = c.seenDeadlines.all.count - callsFirst
+        #expect(first.items == second.items)
+        #expect(callsSecond < callsFirst, "popular and genre lists were not fetched again (\(callsFirst) then \(callsSecond) shard calls)")
+        #expect(c.recommender.listCache.counts.hits >= 2)
+        await c.stop()
+    }
+
+    @Test func listCacheHonoursLimitsAndVersions() {
+        let cache = ListCache(capacity: 3)
+        func list(_ key: String, _ n: Int) -> RankedList {
+            RankedList(key: key, ids: (0 ..< n).map { UInt64($0) }, scores: (0 ..< n).map { Float(100 - $0) })
+        }
+        cache.put(version: 1, table: "popular", list: list("all", 5), limit: 5)     // maybe longer on the shard
+        #expect(cache.get(version: 1, table: "popular", key: "all", limit: 3)?.ids == [0, 1, 2])
+        #expect(cache.get(version: 1, table: "popular", key: "all", limit: 5)?.ids.count == 5)
+        #expect(cache.get(version: 1, table: "popular", key: "all", limit: 6) == nil, "a 5-item answer to limit 5 may be a prefix")
+        cache.put(version: 1, table: "popular", list: list("all", 7), limit: 10)    // shorter than asked: the whole list
+        #expect(cache.get(version: 1, table: "popular", key: "all", limit: 100)?.ids.count == 7)
+        #expect(cache.get(version: 1, table: "genre_top", key: "all", limit: 1) == nil, "tables are separate")
+        #expect(cache.get(version: 2, table: "popular", key: "all", limit: 1) == nil, "versions are separate")
+        cache.put(version: 2, table: "popular", list: list("all", 2), limit: 10)
+        #expect(cache.get(version: 1, table: "popular", key: "all", limit: 1) == nil, "a newer version drops the older one")
+        cache.put(version: 1, table: "popular", list: list("x", 2), limit: 10)
+        #expect(cache.get(version: 1, table: "popular", key: "x", limit: 1) == nil, "an older version is not stored")
+        cache.put(version: 0, table: "popular", list: list("y", 2), limit: 10)
+        #expect(cache.get(version: 0, table: "popular", key: "y", limit: 1) == nil, "version 0 (unknown) is never cached")
+        for k in ["a", "b", "c", "d"] { cache.put(version: 2, table: "t", list: list(k, 1), limit: 10) }
+        #expect(cache.get(version: 2, table: "t", key: "d", limit: 1) != nil, "full: cleared, then the new entry stored")
+    }
+
     @Test func onlyTheRequestedSourcesRun() async throws {
         let c = try await Cluster()
         let r = try await c.recommender.recommend(RecommendRequest(userID: 2, k: 10, diversityLambda: 1, sources: [.popular]), context: Cluster.context())
