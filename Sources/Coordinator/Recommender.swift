@@ -1,6 +1,6 @@
 public import Logging
 import Synchronization
-public import RPCCore
+import RPCCore
 public import ShardRankWire
 public import ShardRankKernels
 public import ShardRankTables

@@ -1,4 +1,4 @@
-public import Synchronization
+import Synchronization
 
 /// What a handler knows about its call: the method, the caller's metadata, the deadline, and a
 /// cancellation flag the transport sets when the stream is reset, its deadline passes, or the

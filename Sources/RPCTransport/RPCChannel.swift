@@ -1,5 +1,5 @@
 public import NIOCore
-public import NIOPosix
+import NIOPosix
 public import RPCCore
 public import RPCHTTP2
 import Synchronization

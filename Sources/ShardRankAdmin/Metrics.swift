@@ -26,7 +26,7 @@ public final class ServerMetrics: RPCServerObserver, Sendable {
     ///   (once per process).
     public init(bootstrapSwiftMetrics: Bool = false) {
         registry = PrometheusCollectorRegistry()
-        inFlight = registry.makeGauge(name: "shardrank_rpc_in_flight", help: "Calls being handled")
+        inFlight = registry.gauge(name: "shardrank_rpc_in_flight", help: "Calls being handled")
         if bootstrapSwiftMetrics {
             MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         }
@@ -42,11 +42,11 @@ public final class ServerMetrics: RPCServerObserver, Sendable {
         if path != "unknown" { inFlight.decrement() }
         let (counter, latency) = handles.withLock { h -> (Prometheus.Counter, DurationHistogram) in
             var m = h[path] ?? MethodHandles(
-                latency: registry.makeDurationHistogram(name: "shardrank_rpc_duration_seconds", labels: [("method", path)],
+                latency: registry.durationHistogram(name: "shardrank_rpc_duration_seconds", labels: [("method", path)],
                                                         buckets: Self.latencyBuckets,
                                                         help: "Latency of calls from request headers to the status"),
                 byStatus: [:])
-            let c = m.byStatus[status] ?? registry.makeCounter(name: "shardrank_rpc_requests_total",
+            let c = m.byStatus[status] ?? registry.counter(name: "shardrank_rpc_requests_total",
                                                                labels: [("method", path), ("code", status.description)],
                                                                help: "Calls by method and gRPC status")
             if m.byStatus[status] == nil {
@@ -68,5 +68,30 @@ public final class ServerMetrics: RPCServerObserver, Sendable {
     public func exposition() -> [UInt8] {
         for c in collectors.withLock({ $0 }) { c(self) }
         return registry.emitToBuffer()
+    }
+}
+
+/// The registry's metric makers under their full Prometheus names (swift-prometheus deprecated
+/// the name-and-help forms in favour of a `MetricNameDescriptor`; the whole name goes in
+/// `metricName`, so the exposed names do not change).
+extension PrometheusCollectorRegistry {
+    static func descriptor(_ name: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
+    }
+
+    public func gauge(name: String, help: String) -> Prometheus.Gauge {
+        makeGauge(descriptor: Self.descriptor(name, help))
+    }
+
+    public func counter(name: String, help: String) -> Prometheus.Counter {
+        makeCounter(descriptor: Self.descriptor(name, help))
+    }
+
+    public func counter(name: String, labels: [(String, String)], help: String) -> Prometheus.Counter {
+        makeCounter(descriptor: Self.descriptor(name, help), labels: labels)
+    }
+
+    public func durationHistogram(name: String, labels: [(String, String)], buckets: [Duration], help: String) -> DurationHistogram {
+        makeDurationHistogram(descriptor: Self.descriptor(name, help), labels: labels, buckets: buckets)
     }
 }

@@ -58,10 +58,10 @@ struct CoordinatorCommand: AsyncParsableCommand {
         let metrics = ServerMetrics(bootstrapSwiftMetrics: true)
         let recommender = Recommender(cluster: cluster, model: mlp, pool: pool, logger: logger,
                                       observer: RecommendMetrics(metrics: metrics))
-        let pinned = metrics.registry.makeGauge(name: "shardrank_pinned_version", help: "Table-set version the coordinator pins")
-        let hedges = metrics.registry.makeGauge(name: "shardrank_hedges_total", help: "Hedged shard calls since start")
-        let ejections = metrics.registry.makeGauge(name: "shardrank_ejections_total", help: "Replica ejections since start")
-        let servingReplicas = metrics.registry.makeGauge(name: "shardrank_replicas_serving", help: "Replicas that are SERVING and not ejected")
+        let pinned = metrics.registry.gauge(name: "shardrank_pinned_version", help: "Table-set version the coordinator pins")
+        let hedges = metrics.registry.gauge(name: "shardrank_hedges_total", help: "Hedged shard calls since start")
+        let ejections = metrics.registry.gauge(name: "shardrank_ejections_total", help: "Replica ejections since start")
+        let servingReplicas = metrics.registry.gauge(name: "shardrank_replicas_serving", help: "Replicas that are SERVING and not ejected")
         metrics.addCollector { _ in
             pinned.set(to: Double(cluster.pinnedVersion))
             hedges.set(to: Double(cluster.hedgeCount))
@@ -86,14 +86,14 @@ struct RecommendMetrics: RecommendObserver {
     init(metrics: ServerMetrics) {
         let r = metrics.registry
         func h(_ stage: String) -> DurationHistogram {
-            r.makeDurationHistogram(name: "shardrank_recommend_stage_seconds", labels: [("stage", stage)], buckets: ServerMetrics.latencyBuckets,
+            r.durationHistogram(name: "shardrank_recommend_stage_seconds", labels: [("stage", stage)], buckets: ServerMetrics.latencyBuckets,
                                     help: "Recommend latency by pipeline stage")
         }
         stages = [(\.retrieveMicros, h("retrieve")), (\.filterMicros, h("filter")), (\.gatherMicros, h("gather")),
                   (\.rankMicros, h("rank")), (\.postRankMicros, h("post_rank")), (\.totalMicros, h("total"))]
-        degraded = r.makeCounter(name: "shardrank_recommend_degraded_total", help: "Recommend answers flagged degraded")
-        coldStart = r.makeCounter(name: "shardrank_recommend_cold_start_total", help: "Recommend answers for users without vector or profile")
-        answered = r.makeCounter(name: "shardrank_recommend_answers_total", help: "Recommend answers")
+        degraded = r.counter(name: "shardrank_recommend_degraded_total", help: "Recommend answers flagged degraded")
+        coldStart = r.counter(name: "shardrank_recommend_cold_start_total", help: "Recommend answers for users without vector or profile")
+        answered = r.counter(name: "shardrank_recommend_answers_total", help: "Recommend answers")
     }
 
     func answered(_ response: RecommendResponse) {

@@ -75,10 +75,10 @@ struct ShardCommand: AsyncParsableCommand {
         let health = HealthService(services: ["shardrank.v1.Shard"])
         let router = Router(services: [health, ShardService(backend: backend)])
         let metrics = ServerMetrics(bootstrapSwiftMetrics: true)
-        let version = metrics.registry.makeGauge(name: "shardrank_table_set_version", help: "Table-set version answering new requests")
-        let mapped = metrics.registry.makeGauge(name: "shardrank_mapped_bytes", help: "Bytes of table files mapped")
-        let reloads = metrics.registry.makeGauge(name: "shardrank_reloads_total", help: "Table-set versions switched to since start")
-        let rejected = metrics.registry.makeGauge(name: "shardrank_reload_rejections_total", help: "Table-set versions rejected since start")
+        let version = metrics.registry.gauge(name: "shardrank_table_set_version", help: "Table-set version answering new requests")
+        let mapped = metrics.registry.gauge(name: "shardrank_mapped_bytes", help: "Bytes of table files mapped")
+        let reloads = metrics.registry.gauge(name: "shardrank_reloads_total", help: "Table-set versions switched to since start")
+        let rejected = metrics.registry.gauge(name: "shardrank_reload_rejections_total", help: "Table-set versions rejected since start")
         let tableBackend = backend as? TableSetBackend
         metrics.addCollector { _ in
             let info = backend.info()

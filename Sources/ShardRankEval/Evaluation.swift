@@ -1,5 +1,5 @@
-public import Foundation
-public import RPCCore
+import Foundation
+import RPCCore
 public import RPCTransport
 public import ShardRankWire
 import ShardRankClient

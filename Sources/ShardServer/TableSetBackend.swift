@@ -3,7 +3,7 @@ public import Logging
 import Synchronization
 public import RPCCore
 public import ShardRankWire
-public import ShardRankTables
+import ShardRankTables
 public import ShardRankKernels
 
 /// Serves shard `shard` of `shardCount` of the newest complete table-set version under `root`,
