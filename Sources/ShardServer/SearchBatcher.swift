@@ -45,7 +45,6 @@ public final class SearchBatcher: Sendable {
     public struct Stats: Sendable, Equatable {
         public var passes = 0
         public var calls = 0
-        public var largestBatch = 0
     }
 
     private struct State {
@@ -116,12 +115,35 @@ public final class SearchBatcher: Sendable {
                 s.jobs = rest
                 s.stats.passes += 1
                 s.stats.calls += take.count
-                s.stats.largestBatch = max(s.stats.largestBatch, take.count)
                 return take
             }
             if batch.isEmpty { return }
             run(batch)
         }
+    }
+
+    /// One call's queries against `table` in chunks of 16, checking `context` for cancellation
+    /// (its deadline, RST_STREAM) before each chunk; after a chunk, stops early when `yield`
+    /// says so. The shard's synchronous Search uses it too, never yielding.
+    /// - Returns: the results so far and the index of the first query not yet scored.
+    static func chunked(table: EmbeddingTable, queries: [Float], queryCount: Int, k: Int, exclude: [UInt64], pool: WorkerPool?,
+                        context: ServerContext, yield: () -> Bool = { false }) throws(RPCError) -> ([[ScoredItem]], Int) {
+        let rows = table.rowMatrix
+        var results: [[ScoredItem]] = []
+        results.reserveCapacity(queryCount)
+        var start = 0
+        while start < queryCount {
+            try context.checkCancellation()
+            let n = min(16, queryCount - start)
+            let hits = queries.withUnsafeBufferPointer { q in
+                Search.topK(queries: q.baseAddress! + start * rows.dimension, queryCount: n, rows: rows, ids: table.ids.baseAddress!,
+                            k: k, excluding: exclude, pool: pool)
+            }
+            results.append(contentsOf: hits)
+            start += n
+            if start < queryCount && yield() { break }
+        }
+        return (results, start)
     }
 
     private func run(_ batch: [Job]) {
@@ -133,32 +155,28 @@ public final class SearchBatcher: Sendable {
         let rows = first.table.rowMatrix
         let ids = first.table.ids.baseAddress!
         if live.count == 1 {
-            // Alone: its own exclusions in the kernel; chunks of 16 queries so that a cancel or
-            // an expired deadline stops a large call between chunks.
-            var results: [[ScoredItem]] = []
-            results.reserveCapacity(first.queryCount)
-            var start = 0
-            while start < first.queryCount {
-                if first.context.isCancelled { first.done(.failure(first.context.cancellationError ?? .cancelled())); return }
-                let n = min(16, first.queryCount - start)
-                let hits = first.queries.withUnsafeBufferPointer { q in
-                    Search.topK(queries: q.baseAddress! + start * rows.dimension, queryCount: n, rows: rows, ids: ids,
-                                k: first.k, excluding: first.exclude, pool: pool)
+            // Alone: its own exclusions in the kernel, in chunks. A large call must not hold up
+            // the calls behind it: when others wait, its remaining queries go to the back of the
+            // queue and it continues later.
+            let results: [[ScoredItem]], next: Int
+            do throws(RPCError) {
+                (results, next) = try Self.chunked(table: first.table, queries: first.queries, queryCount: first.queryCount,
+                                                   k: first.k, exclude: first.exclude, pool: pool, context: first.context) {
+                    self.state.withLock { !$0.jobs.isEmpty }
                 }
-                results.append(contentsOf: hits)
-                start += n
-                // A large call must not hold up the calls behind it: when others wait, its
-                // remaining queries go to the back of the queue and it continues later.
-                if start < first.queryCount && state.withLock({ !$0.jobs.isEmpty }) {
-                    let done = results, original = first
-                    let rest = Job(owner: first.owner, table: first.table, queries: Array(first.queries[(start * rows.dimension)...]),
-                                   queryCount: first.queryCount - start, k: first.k, exclude: first.exclude, context: first.context,
-                                   done: { r in original.done(r.map { done + $0 }) })
-                    state.withLock { $0.jobs.append(rest) }
-                    return
-                }
+            } catch {
+                first.done(.failure(error))
+                return
             }
-            first.done(.success(results))
+            if next < first.queryCount {
+                let original = first
+                let rest = Job(owner: first.owner, table: first.table, queries: Array(first.queries[(next * rows.dimension)...]),
+                               queryCount: first.queryCount - next, k: first.k, exclude: first.exclude, context: first.context,
+                               done: { r in original.done(r.map { results + $0 }) })
+                state.withLock { $0.jobs.append(rest) }
+            } else {
+                first.done(.success(results))
+            }
             return
         }
         // Together: one pass; each query asks for k + |its exclusions| and filters afterwards.

@@ -255,24 +255,9 @@ public final class TableSetBackend: ShardBackend {
     public func search(_ req: SearchRequest, context: ServerContext) throws(RPCError) -> SearchResponse {
         let ts = try snapshot(pinned: req.version)
         let table = try searchTable(req, ts)
-        try context.checkCancellation()
-        let k = Int(req.k)
-        // Queries go in batches so a cancel or an expired deadline stops the work between batches.
-        let batch = 16
-        var results: [SearchHits] = []
-        results.reserveCapacity(req.queryCount)
-        var start = 0
-        while start < req.queryCount {
-            try context.checkCancellation()
-            let n = min(batch, req.queryCount - start)
-            let hits = req.queries.withUnsafeBufferPointer { q in
-                Search.topK(queries: q.baseAddress! + start * table.dim, queryCount: n, rows: table.rowMatrix,
-                            ids: table.ids.baseAddress!, k: k, excluding: req.excludeIDs, pool: pool)
-            }
-            for h in hits { results.append(SearchHits(ids: h.map(\.id), scores: h.map(\.score))) }
-            start += n
-        }
-        return SearchResponse(results: results, version: ts.version, shard: UInt32(shard), shardCount: UInt32(shardCount))
+        let (hits, _) = try SearchBatcher.chunked(table: table, queries: req.queries, queryCount: req.queryCount, k: Int(req.k),
+                                                  exclude: req.excludeIDs, pool: pool, context: context)
+        return searchResponse(hits, ts)
     }
 
     public var asyncSearch: Bool { true }
@@ -286,8 +271,12 @@ public final class TableSetBackend: ShardBackend {
             SearchBatcher.Job(owner: ts, table: table, queries: req.queries, queryCount: req.queryCount, k: Int(req.k),
                               exclude: req.excludeIDs, context: context, done: done)
         }
-        return SearchResponse(results: hits.map { h in SearchHits(ids: h.map(\.id), scores: h.map(\.score)) }, version: ts.version,
-                              shard: UInt32(shard), shardCount: UInt32(shardCount))
+        return searchResponse(hits, ts)
+    }
+
+    private func searchResponse(_ hits: [[ShardRankKernels.ScoredItem]], _ ts: LoadedTableSet) -> SearchResponse {
+        SearchResponse(results: hits.map { h in SearchHits(ids: h.map(\.id), scores: h.map(\.score)) }, version: ts.version,
+                       shard: UInt32(shard), shardCount: UInt32(shardCount))
     }
 
     private func searchTable(_ req: SearchRequest, _ ts: LoadedTableSet) throws(RPCError) -> EmbeddingTable {
