@@ -1,25 +1,37 @@
+public import NIOCore
+
 /// A serialized gRPC message with its 5-byte Length-Prefixed-Message header already in place:
 /// byte 0 is the compressed flag (always 0 here), bytes 1...4 the big-endian payload length.
 /// Encoders write the payload directly after the prefix, so framing never copies the payload.
+///
+/// The bytes live in a NIO `ByteBuffer` (the readable bytes are prefix + payload) so that the
+/// transport can hand slices of it to the socket as they are: a response is written from the
+/// buffer its encoder filled, without another copy. Only the buffer type comes from NIOCore;
+/// nothing here does I/O.
 public struct FramedMessage: Sendable {
     public static let prefixLength = 5
+    private static let allocator = ByteBufferAllocator()
 
-    /// Prefix + payload.
-    public private(set) var bytes: [UInt8]
+    /// Prefix + payload (the readable bytes).
+    public let buffer: ByteBuffer
 
     /// Allocates `payloadLength + 5` bytes, writes the prefix, and lets `fill` write exactly the
     /// payload into the buffer it is given (`payloadLength` bytes).
     public init(payloadLength: Int, fill: (UnsafeMutableRawBufferPointer) -> Void) {
         precondition(payloadLength >= 0 && payloadLength <= Int(UInt32.max))
-        bytes = [UInt8](unsafeUninitializedCapacity: payloadLength + 5) { buf, count in
+        let total = payloadLength + 5
+        var b = FramedMessage.allocator.buffer(capacity: total)
+        b.writeWithUnsafeMutableBytes(minimumWritableBytes: total) { raw in
+            let buf = UnsafeMutableRawBufferPointer(rebasing: raw[0 ..< total])
             buf[0] = 0
             buf[1] = UInt8(truncatingIfNeeded: payloadLength >> 24)
             buf[2] = UInt8(truncatingIfNeeded: payloadLength >> 16)
             buf[3] = UInt8(truncatingIfNeeded: payloadLength >> 8)
             buf[4] = UInt8(truncatingIfNeeded: payloadLength)
-            fill(UnsafeMutableRawBufferPointer(rebasing: UnsafeMutableRawBufferPointer(buf)[5...]))
-            count = payloadLength + 5
+            fill(UnsafeMutableRawBufferPointer(rebasing: buf[5...]))
+            return total
         }
+        buffer = b
     }
 
     /// Frames a payload by copying it.
@@ -30,7 +42,18 @@ public struct FramedMessage: Sendable {
         }
     }
 
-    public var payloadLength: Int { bytes.count - 5 }
+    /// Prefix + payload length in bytes.
+    public var count: Int { buffer.readableBytes }
+    public var payloadLength: Int { buffer.readableBytes - 5 }
+
+    /// Calls `body` with prefix + payload, in place.
+    public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try buffer.withUnsafeReadableBytes(body)
+    }
+
+    /// Prefix + payload, copied into an array (tests, diagnostics; the transport never copies).
+    public var bytes: [UInt8] { Array(buffer.readableBytesView) }
+    /// The payload, copied (tests, diagnostics).
     public var payload: ArraySlice<UInt8> { bytes[5...] }
 }
 

@@ -15,7 +15,14 @@ public final class ServerContext: Sendable {
     public let peer: String
     /// Correlates the log lines of one request across processes: the caller's `x-request-id`
     /// metadata when it sent one, else an id the server made up. Forward it on sub-calls.
-    public let requestID: String
+    public var requestID: String {
+        if let givenRequestID { return givenRequestID }
+        return "\(generatedIDPrefix)-\(generatedIDNumber)"
+    }
+    private let givenRequestID: String?
+    // The parts of a generated id, joined only when someone asks (most calls never log it).
+    private let generatedIDPrefix: String
+    private let generatedIDNumber: Int64
 
     private let cancelled = Atomic<Bool>(false)
     private let cancelReason = Mutex<RPCError?>(nil)
@@ -27,7 +34,23 @@ public final class ServerContext: Sendable {
         self.metadata = metadata
         self.deadline = deadline
         self.peer = peer
-        self.requestID = requestID ?? metadata.string("x-request-id") ?? ""
+        self.givenRequestID = requestID ?? metadata.string("x-request-id") ?? ""
+        self.generatedIDPrefix = ""
+        self.generatedIDNumber = 0
+    }
+
+    /// A context whose request id is the caller's `x-request-id`, or else
+    /// `"<generatedIDPrefix>-<generatedIDNumber>"` (e.g. a connection tag and a stream id), built
+    /// only when it is read.
+    public init(path: String, metadata: Metadata, deadline: ContinuousClock.Instant?, peer: String,
+                generatedIDPrefix: String, generatedIDNumber: Int64) {
+        self.path = path
+        self.metadata = metadata
+        self.deadline = deadline
+        self.peer = peer
+        self.givenRequestID = metadata.isEmpty ? nil : metadata.string("x-request-id")
+        self.generatedIDPrefix = generatedIDPrefix
+        self.generatedIDNumber = generatedIDNumber
     }
 
     /// True once the call was cancelled; a handler should stop its work and return.

@@ -8,11 +8,18 @@ public struct ServerStreamStateMachine: Sendable {
         public init(maxMessageLength: Int = 4 << 20) { self.maxMessageLength = maxMessageLength }
     }
 
-    /// What the call asked for, once its headers were accepted.
-    public struct Call: Sendable {
+    /// What the call asked for, once its headers were accepted. A class: it travels through
+    /// several actions and states, and one reference is cheaper to copy than its fields.
+    public final class Call: Sendable {
         public let method: RPCMethod
         public let metadata: Metadata
         public let timeout: GRPCTimeout?
+
+        init(method: RPCMethod, metadata: Metadata, timeout: GRPCTimeout?) {
+            self.method = method
+            self.metadata = metadata
+            self.timeout = timeout
+        }
     }
 
     public enum Action: Sendable {

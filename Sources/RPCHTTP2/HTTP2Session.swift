@@ -62,30 +62,45 @@ public final class HTTP2Session {
 
     // Recorded by callbacks, drained by `receive`.
     var events: [HTTP2Event] = []
-    // Header blocks being received, by stream.
-    var pendingHeaders: [Int32: PendingHeaders] = [:]
+    // The header block being received: HTTP/2 sends a block (HEADERS + CONTINUATION) without
+    // interleaving other frames, so there is at most one, for `pendingHeadersStream` (0: none).
+    // The object is reused.
+    let pendingHeaders = PendingHeaders()
+    var pendingHeadersStream: Int32 = 0
+    // Header strings seen before on this connection, reused instead of decoded again.
+    var headerStrings = HeaderStringCache()
     // Outbound DATA queued per stream.
     var outbound: [Int32: OutboundStream] = [:]
-    // The sink during `flush`.
+    // The sinks during `flush`: bytes serialised by nghttp2 (frame headers, HEADERS, SETTINGS, ...)
+    // and, when set, the spans of queued messages that DATA frames carry (else copied into `sink`).
     var sink: ((UnsafeRawBufferPointer) -> Void)?
+    var messageSink: ((FramedMessage, Range<Int>) -> Void)?
     var inCallback = false
     // Streams to reset (NO_ERROR) once their END_STREAM frame went out, and those now due.
     var resetAfterEnd: Set<Int32> = []
     var resetsDue: [Int32] = []
 
-    /// Classes, not structs: mutated in place through the dictionary (no copy-on-write per frame).
+    /// A class, not a struct: mutated in place from the callbacks (no copy-on-write per header).
     final class PendingHeaders {
         var headers: [(name: String, value: String)] = []
         var bytes = 0
         var tooLarge = false
+
+        /// A new, empty list (the previous one was handed out in an event).
+        func reset() {
+            headers = []
+            headers.reserveCapacity(12)
+            bytes = 0
+            tooLarge = false
+        }
     }
 
     final class OutboundStream {
         var chunks: [FramedMessage] = []
-        var offset = 0  // into chunks[0].bytes
+        var offset = 0  // into chunks[0]'s bytes
         var pendingBytes = 0
         /// Trailers to send after the data (server), or nil.
-        var trailers: [(String, String)]?
+        var trailers: PreparedHeaders?
         /// End the stream after the data with END_STREAM on the last DATA frame (client request).
         var endStreamAfterData = false
         /// nghttp2 was told NGHTTP2_ERR_DEFERRED; resume when data is added.
@@ -142,8 +157,11 @@ public final class HTTP2Session {
         nghttp2_session_del(session)  // the one delete site
     }
 
-    static func from(_ userData: UnsafeMutableRawPointer?) -> HTTP2Session {
-        Unmanaged<HTTP2Session>.fromOpaque(userData!).takeUnretainedValue()
+    /// `body` with the session behind `userData`, borrowed: no retain/release per callback (the
+    /// session is alive for the whole C call that invokes the callback: its owner is calling it).
+    @inline(__always)
+    static func with<R>(_ userData: UnsafeMutableRawPointer?, _ body: (HTTP2Session) -> R) -> R {
+        Unmanaged<HTTP2Session>.fromOpaque(userData!)._withUnsafeGuaranteedRef(body)
     }
 
     // MARK: - Input
@@ -171,16 +189,37 @@ public final class HTTP2Session {
         try withoutActuallyEscaping(sink) { (s) throws(HTTP2Error) in
             self.sink = s
             defer { self.sink = nil }
-            while true {
-                inCallback = true
-                let rv = nghttp2_session_send(session)
-                inCallback = false
-                if rv != 0 { throw HTTP2Error(code: rv, operation: "nghttp2_session_send") }
-                if resetsDue.isEmpty { break }
-                // The END_STREAM of these streams is on the wire: now tell the peer to stop sending.
-                for id in resetsDue { _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), id, 0) }
-                resetsDue.removeAll()
+            try sendLoop()
+        }
+    }
+
+    /// `flush(into:)` without copying message payloads: the bytes nghttp2 serialises go to
+    /// `sink`, and each DATA frame's payload is handed to `messages` as a span of a queued
+    /// message, in wire order between the `sink` calls (the frame header goes to `sink` first).
+    /// The owner writes both, in the order they were produced.
+    public func flush(into sink: (UnsafeRawBufferPointer) -> Void,
+                      messages: (FramedMessage, Range<Int>) -> Void) throws(HTTP2Error) {
+        precondition(!inCallback, "HTTP2Session re-entered")
+        try withoutActuallyEscaping(sink) { (s) throws(HTTP2Error) in
+            try withoutActuallyEscaping(messages) { (m) throws(HTTP2Error) in
+                self.sink = s
+                self.messageSink = m
+                defer { self.sink = nil; self.messageSink = nil }
+                try sendLoop()
             }
+        }
+    }
+
+    private func sendLoop() throws(HTTP2Error) {
+        while true {
+            inCallback = true
+            let rv = nghttp2_session_send(session)
+            inCallback = false
+            if rv != 0 { throw HTTP2Error(code: rv, operation: "nghttp2_session_send") }
+            if resetsDue.isEmpty { break }
+            // The END_STREAM of these streams is on the wire: now tell the peer to stop sending.
+            for id in resetsDue { _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), id, 0) }
+            resetsDue.removeAll()
         }
     }
 
@@ -210,9 +249,14 @@ public final class HTTP2Session {
     /// Response headers followed by a data stream for `stream` (server). Data is queued with
     /// `enqueue(stream:_:)` and ended with `finish(stream:trailers:)`.
     public func submitResponse(stream: Int32, headers: [(String, String)]) throws(HTTP2Error) {
+        try submitResponse(stream: stream, headers: PreparedHeaders(headers))
+    }
+
+    /// `submitResponse` with headers prepared once (no per-call encoding).
+    public func submitResponse(stream: Int32, headers: PreparedHeaders) throws(HTTP2Error) {
         outbound[stream] = OutboundStream()
         var provider = HTTP2Session.dataProvider()
-        let rv = HTTP2Session.withNV(headers) { nv, n in nghttp2_submit_response(session, stream, nv, n, &provider) }
+        let rv = headers.withNV { nv, n in nghttp2_submit_response(session, stream, nv, n, &provider) }
         if rv != 0 {
             outbound[stream] = nil
             throw HTTP2Error(code: rv, operation: "nghttp2_submit_response")
@@ -227,7 +271,7 @@ public final class HTTP2Session {
         if stream < 0 { throw HTTP2Error(code: stream, operation: "nghttp2_submit_request") }
         let o = OutboundStream()
         o.chunks = [body]
-        o.pendingBytes = body.bytes.count
+        o.pendingBytes = body.count
         o.endStreamAfterData = true
         o.finished = true
         outbound[stream] = o
@@ -237,7 +281,7 @@ public final class HTTP2Session {
     /// Queues a message on a stream started with `submitResponse`.
     public func enqueue(stream: Int32, _ message: FramedMessage) {
         guard let o = outbound[stream], !o.finished else { return }
-        o.pendingBytes += message.bytes.count
+        o.pendingBytes += message.count
         o.chunks.append(message)
         let resume = o.deferred
         o.deferred = false
@@ -246,6 +290,11 @@ public final class HTTP2Session {
 
     /// Ends a stream started with `submitResponse`: trailers go after the queued data.
     public func finish(stream: Int32, trailers: [(String, String)]) {
+        finish(stream: stream, trailers: PreparedHeaders(trailers))
+    }
+
+    /// `finish` with trailers prepared once (no per-call encoding).
+    public func finish(stream: Int32, trailers: PreparedHeaders) {
         guard let o = outbound[stream], !o.finished else { return }
         o.trailers = trailers
         o.finished = true

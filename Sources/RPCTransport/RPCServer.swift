@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 public import NIOPosix
 public import Logging
 public import RPCCore
@@ -19,6 +19,7 @@ public final class RPCServer: Sendable {
     private let state = ServerState()
     private let channel = Mutex<(any Channel)?>(nil)
     private let ownsGroup: Bool
+    private let poolStarted = Atomic<Bool>(false)
 
     /// - Parameter group: event loops to use; by default the server creates its own
     ///   (`configuration.eventLoopThreads`) and shuts them down at the end.
@@ -65,7 +66,7 @@ public final class RPCServer: Sendable {
     }
 
     private func makeBootstrap() -> ServerBootstrap {
-        pool.start()
+        if !poolStarted.exchange(true, ordering: .relaxed) { pool.start() }
         let router = self.router, config = self.configuration, state = self.state, pool = self.pool, logger = self.logger
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
@@ -82,6 +83,14 @@ public final class RPCServer: Sendable {
                 }
             }
         return bootstrap
+    }
+
+    /// A connection handler serving this server's router with its configuration and worker
+    /// pool, for a channel the caller made and drives itself: the in-process RPC benchmark puts
+    /// it on an `EmbeddedChannel` (the whole server path, bytes in to bytes out, without sockets).
+    public func makeConnectionHandler() throws -> any ChannelHandler {
+        if !poolStarted.exchange(true, ordering: .relaxed) { pool.start() }
+        return try ServerConnectionHandler(router: router, config: configuration, state: state, pool: pool, logger: logger)
     }
 
     /// The bound port, once started.

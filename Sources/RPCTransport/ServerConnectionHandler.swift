@@ -24,10 +24,15 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     /// Distinguishes this connection in generated request ids.
     private let connectionTag = String(UInt32.random(in: 0 ... .max), radix: 36)
     /// Reused for every flush: once the previous write completed, NIO holds no reference and
-    /// `clear()` keeps the storage, so steady-state flushes allocate nothing.
+    /// `clear()` keeps the storage, so steady-state flushes allocate nothing for it.
     private var outBuffer: ByteBuffer?
-    /// Closes the connection after `maxConnectionIdle` without streams (GOAWAY first).
+    /// Closes the connection after `maxConnectionIdle` without streams (GOAWAY first). One timer
+    /// at a time, never cancelled on the request path: it checks `idleSince` when it fires and
+    /// re-arms for the rest of the interval (a timer per request would cost a heap insert and
+    /// removal on every call).
     private var idleTask: Scheduled<Void>?
+    /// When the last stream closed; nil while streams are open.
+    private var idleSince: NIODeadline?
 
     final class Stream {
         var machine: ServerStreamStateMachine
@@ -37,7 +42,6 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         var deadline: ContinuousClock.Instant?
         let started = ContinuousClock.now
         var observedPath: String?
-        var requestID: String?
         var finished = false
         init(limits: ServerStreamStateMachine.Limits) { machine = ServerStreamStateMachine(limits: limits) }
     }
@@ -132,8 +136,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             }
             let s = Stream(limits: .init(maxMessageLength: config.maxMessageLength))
             streams[id] = s
-            idleTask?.cancel()
-            idleTask = nil
+            idleSince = nil
             state.openStreams.wrappingAdd(1, ordering: .relaxed)
             let action = s.machine.receivedHeaders(headers, endStream: endStream, headerListTooLarge: tooLarge, router: router)
             apply(action, id)
@@ -159,7 +162,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         if streams.removeValue(forKey: id) != nil {
             state.openStreams.wrappingSubtract(1, ordering: .relaxed)
         }
-        if streams.isEmpty { armIdleTimer() }
+        if streams.isEmpty, idleSince == nil { armIdleTimer() }
     }
 
     /// Performs what a stream's state machine decided.
@@ -193,15 +196,15 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             s.deadlineTask?.cancel()
             observeEnd(s, .ok)
             do {
-                try session.submitResponse(stream: id, headers: Self.responseHeaders)
+                try session.submitResponse(stream: id, headers: Self.preparedResponseHeaders)
                 session.enqueue(stream: id, message)
-                session.finish(stream: id, trailers: [("grpc-status", "0")])
+                session.finish(stream: id, trailers: Self.preparedOKTrailers)
             } catch {
                 logger.warning("submitting response on stream \(id) failed: \(error)")
                 session.reset(stream: id, errorCode: 2)
             }
         case .sendMessage(let message, let withHeaders):
-            if withHeaders { try? session.submitResponse(stream: id, headers: Self.responseHeaders) }
+            if withHeaders { try? session.submitResponse(stream: id, headers: Self.preparedResponseHeaders) }
             session.enqueue(stream: id, message)
         case .finish(let error, let headersSent, let cancelHandler, let resetAfter):
             s.deadlineTask?.cancel()
@@ -209,7 +212,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             if cancelHandler, let error { s.serverContext?.cancel(error) }
             let status = Self.statusHeaders(error)
             if headersSent {
-                session.finish(stream: id, trailers: status)
+                session.finish(stream: id, trailers: error == nil ? Self.preparedOKTrailers : PreparedHeaders(status))
             } else {
                 try? session.submitHeaders(stream: id, headers: Self.responseHeaders + status, endStream: true)
             }
@@ -230,7 +233,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         let level: Logger.Level = (code == .internal || code == .unknown || code == .dataLoss) ? .warning : .debug
         if logger.logLevel <= level {
             logger.log(level: level, "call", metadata: [
-                "request_id": "\(s.requestID ?? "-")", "method": "\(path)", "status": "\(code)", "peer": "\(peer)",
+                "request_id": "\(s.serverContext?.requestID ?? "-")", "method": "\(path)", "status": "\(code)", "peer": "\(peer)",
                 "ms": "\(Double(duration.components.attoseconds) / 1e15 + Double(duration.components.seconds) * 1000)",
             ])
         }
@@ -238,6 +241,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     static let responseHeaders: [(String, String)] = [(":status", "200"), ("content-type", "application/grpc")]
+    static let preparedResponseHeaders = PreparedHeaders(constant: responseHeaders)
+    static let preparedOKTrailers = PreparedHeaders(constant: [("grpc-status", "0")])
 
     static func statusHeaders(_ error: RPCError?) -> [(String, String)] {
         guard let error else { return [("grpc-status", "0")] }
@@ -258,9 +263,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     private func invoke(_ call: ServerStreamStateMachine.Call, request: [UInt8], stream s: Stream, id: Int32) {
         let loop = context!.eventLoop
-        let requestID = call.metadata.string("x-request-id") ?? "\(connectionTag)-\(id)"
-        s.requestID = requestID
-        let ctx = ServerContext(path: call.method.path, metadata: call.metadata, deadline: s.deadline, peer: peer, requestID: requestID)
+        let ctx = ServerContext(path: call.method.path, metadata: call.metadata, deadline: s.deadline, peer: peer,
+                                generatedIDPrefix: connectionTag, generatedIDNumber: Int64(id))
         s.serverContext = ctx
         state.acceptedCalls.wrappingAdd(1, ordering: .relaxed)
         switch call.method.handler {
@@ -337,16 +341,36 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     // MARK: - Shutdown and output
 
+    /// The connection just became idle: note when, and make sure a check is scheduled.
     private func armIdleTimer() {
-        idleTask?.cancel()
-        guard let loop = context?.eventLoop, let idle = config.maxConnectionIdle else { return }
+        guard config.maxConnectionIdle != nil else { return }
+        idleSince = .now()
+        if idleTask == nil { scheduleIdleCheck(in: idleInterval) }
+    }
+
+    private var idleInterval: TimeAmount {
+        guard let idle = config.maxConnectionIdle else { return .seconds(0) }
+        return .nanoseconds(idle.components.seconds * 1_000_000_000 + idle.components.attoseconds / 1_000_000_000)
+    }
+
+    private func scheduleIdleCheck(in delay: TimeAmount) {
+        guard let loop = context?.eventLoop else { return }
         let bound = NIOLoopBound(self, eventLoop: loop)
-        let ns = idle.components.seconds * 1_000_000_000 + idle.components.attoseconds / 1_000_000_000
-        idleTask = loop.scheduleTask(in: .nanoseconds(ns)) {
-            let h = bound.value
-            guard h.streams.isEmpty else { return }
-            h.logger.debug("closing idle connection from \(h.peer)")
-            h.beginGracefulShutdown()
+        idleTask = loop.scheduleTask(in: delay) { bound.value.idleCheck() }
+    }
+
+    /// Busy since: the next transition to idle re-arms. Idle long enough: GOAWAY. Idle for less:
+    /// check again when the interval since it became idle is over.
+    private func idleCheck() {
+        idleTask = nil
+        guard let since = idleSince, streams.isEmpty, !goingAway else { return }
+        let due = since + idleInterval
+        let now = NIODeadline.now()
+        if now >= due {
+            logger.debug("closing idle connection from \(peer)")
+            beginGracefulShutdown()
+        } else {
+            scheduleIdleCheck(in: due - now)
         }
     }
 
@@ -359,34 +383,72 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     /// Writes whatever the session has pending; closes the channel once the session is done.
+    ///
+    /// What nghttp2 serialises (frame headers, HEADERS, SETTINGS, ...) is collected in one reused
+    /// buffer; large DATA payloads are written as slices of the response buffers their encoders
+    /// filled (no copy), small ones are copied in with the rest. All of it goes out in one
+    /// gathering write (`writev`) at the end.
     private func flush() {
         guard let context else { return }
         // A slow reader: leave the frames in nghttp2's queue (bounded by flow control and the
         // stream limit) instead of piling bytes into the channel; resume on writability.
         guard context.channel.isWritable else { return }
-        var buffer = outBuffer ?? context.channel.allocator.buffer(capacity: 96 << 10)
+        var buffer = outBuffer ?? context.channel.allocator.buffer(capacity: 16 << 10)
         outBuffer = nil
         buffer.clear()
+        segments.removeAll(keepingCapacity: true)
+        var cut = 0  // start of the serialised bytes not yet in `segments`
         do {
-            try session.flush { bytes in buffer.writeBytes(bytes) }
+            try session.flush(into: { bytes in buffer.writeBytes(bytes) }, messages: { message, span in
+                if span.count < Self.copyBelow {
+                    message.withUnsafeBytes { _ = buffer.writeBytes(UnsafeRawBufferPointer(rebasing: $0[span])) }
+                    return
+                }
+                if buffer.writerIndex > cut { segments.append(.serialised(cut ..< buffer.writerIndex)); cut = buffer.writerIndex }
+                segments.append(.message(message.buffer.getSlice(at: message.buffer.readerIndex + span.lowerBound, length: span.count)!))
+            })
         } catch {
             logger.debug("HTTP/2 send failed to \(peer): \(error)")
             context.close(promise: nil)
             return
         }
+        if buffer.writerIndex > cut { segments.append(.serialised(cut ..< buffer.writerIndex)) }
         for e in session.takeEvents() { handle(e) }
         let done = !session.isActive || (goingAway && streams.isEmpty)
         defer { outBuffer = buffer }
-        if buffer.readableBytes > 0 {
-            let written = context.writeAndFlush(wrapOutboundOut(buffer))
-            if done {
+        if !segments.isEmpty {
+            // Slices are taken only now, after the last write into `buffer` (a slice taken
+            // earlier would make the next write copy the whole buffer).
+            // When the session is done, close once the last byte went out.
+            let lastWritten: EventLoopPromise<Void>? = done ? context.eventLoop.makePromise() : nil
+            for (i, seg) in segments.enumerated() {
+                let promise = i == segments.count - 1 ? lastWritten : nil
+                switch seg {
+                case .serialised(let r): context.write(wrapOutboundOut(buffer.getSlice(at: r.lowerBound, length: r.count)!), promise: promise)
+                case .message(let b): context.write(wrapOutboundOut(b), promise: promise)
+                }
+            }
+            segments.removeAll(keepingCapacity: true)
+            context.flush()
+            if let lastWritten {
                 let channel = context.channel
-                written.whenComplete { _ in channel.close(promise: nil) }
+                lastWritten.futureResult.whenComplete { _ in channel.close(promise: nil) }
             }
         } else if done {
             context.close(promise: nil)
         }
     }
+
+    /// DATA payload spans shorter than this are copied next to their frame header instead of
+    /// written as their own slice (an iovec per small message costs more than the copy).
+    static let copyBelow = 4096
+
+    private enum Segment {
+        case serialised(Range<Int>)  // of `outBuffer`
+        case message(ByteBuffer)     // a slice of a response's own buffer
+    }
+    /// Reused by every flush (keeps its capacity).
+    private var segments: [Segment] = []
 }
 
 /// The writer a server-streaming handler gets: hops every call to the stream's event loop.

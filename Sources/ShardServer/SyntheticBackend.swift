@@ -44,6 +44,16 @@ public struct SyntheticBackend: ShardBackend {
         let table = self.table
         return LookupResponse.encode(dim: UInt32(dim), dtype: dtype, missingIDs: missing, version: Self.version, scales: scales,
                                      shard: 0, shardCount: 1, vectorBytes: found * dim * dtype.elementSize) { dst in
+            if dtype == .f32 || dtype == .unspecified {
+                // Rows as they are: one prefetching gather (missing ids are skipped).
+                let ids = req.ids
+                withUnsafeTemporaryAllocation(of: Int.self, capacity: ids.count) { rows in
+                    for (i, id) in ids.enumerated() { rows[i] = id < UInt64(table.rows) ? Int(id) : -1 }
+                    RowGather.gather(into: dst.baseAddress!, base: table.row(0)!, rowBytes: dim * 4,
+                                     rows: UnsafeBufferPointer(rows))
+                }
+                return
+            }
             var offset = 0
             var rowIndex = 0
             for id in req.ids {

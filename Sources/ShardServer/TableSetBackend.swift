@@ -220,9 +220,10 @@ public final class TableSetBackend: ShardBackend {
                                      vectorBytes: found * outStride) { dst in
             var k = 0
             if target == table.dtype {
-                for r in rows where r >= 0 {
-                    (dst.baseAddress! + k * outStride).copyMemory(from: table.rowPointer(at: r), byteCount: outStride)
-                    k += 1
+                // Rows as stored: one prefetching gather (rows[i] < 0: missing, skipped).
+                guard found > 0 else { return }
+                _ = rows.withUnsafeBufferPointer { rp in
+                    RowGather.gather(into: dst.baseAddress!, base: table.rowPointer(at: 0), rowBytes: outStride, rows: rp)
                 }
                 return
             }

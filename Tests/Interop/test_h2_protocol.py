@@ -227,6 +227,25 @@ def test_idle_connection_is_closed(pb, server_factory):
     c.close()
 
 
+def test_idle_timer_counts_from_the_last_call(pb, server_factory):
+    """Calls spaced closer than the idle limit keep the connection; once it is idle for the limit, GOAWAY."""
+    srv = server_factory(["shard", "--synthetic", "100x8", "--port", "0", "--max-connection-idle-seconds", "0.5"])
+    c = RawH2(srv.port)
+    start = time.monotonic()
+    while time.monotonic() - start < 1.6:  # > 3 idle limits in total, never 0.5 s without a call
+        r = c.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString())
+        last_call = time.monotonic()
+        assert r.trailer("grpc-status") == "0"
+        assert c.goaway is None and not c.closed, "busy connection was closed as idle"
+        c.pump(0.25)
+    while c.goaway is None and not c.closed and time.monotonic() - last_call < 3:
+        c.pump(0.05)
+    idle_for = time.monotonic() - last_call
+    assert c.goaway is not None, "idle connection got no GOAWAY"
+    assert 0.4 <= idle_for < 1.5, f"GOAWAY after {idle_for:.2f} s idle (limit 0.5 s)"
+    c.close()
+
+
 def test_slow_reader_does_not_grow_server_memory(pb, shard):
     """A client that asks for many large responses and never reads: the server's memory stays bounded."""
     c = RawH2(shard.port)

@@ -79,3 +79,22 @@ import Testing
         #expect(!Metadata.isReserved("x-user"))
     }
 }
+
+@Suite struct ServerContextRequestIDTests {
+    @Test func generatedIDIsBuiltFromItsParts() {
+        let ctx = ServerContext(path: "/a.B/C", metadata: Metadata(), deadline: nil, peer: "p",
+                                generatedIDPrefix: "k3x", generatedIDNumber: 17)
+        #expect(ctx.requestID == "k3x-17")
+    }
+
+    @Test func callersRequestIDWins() {
+        var md = Metadata()
+        md.add("x-request-id", "from-caller")
+        let ctx = ServerContext(path: "/a.B/C", metadata: md, deadline: nil, peer: "p",
+                                generatedIDPrefix: "k3x", generatedIDNumber: 17)
+        #expect(ctx.requestID == "from-caller")
+        #expect(ServerContext(path: "/a.B/C", metadata: md).requestID == "from-caller")
+        #expect(ServerContext(path: "/a.B/C", requestID: "given").requestID == "given")
+        #expect(ServerContext(path: "/a.B/C").requestID == "")
+    }
+}

@@ -121,6 +121,14 @@ void srk_search(const srk_kernels *k, int32_t dtype, const float *queries, int64
 /// 1 when the CPU has AVX-512 VNNI (and the AVX-512 variant runs), else 0.
 int32_t srk_vnni_supported(void);
 
+// ---- Gather ---------------------------------------------------------------------------
+/// Copies rows `rows[i]` (those >= 0, in order) of the row-major table at `base` (`row_bytes`
+/// per row) contiguously into `dst`; returns how many rows it copied. Rows `SRK_GATHER_AHEAD`
+/// positions ahead are prefetched, so the cache misses of a random-id gather overlap instead
+/// of stalling one row at a time. Bounds are the caller's: every row >= 0 must be in the table.
+int64_t srk_gather_rows(void *dst, const void *base, int64_t row_bytes, const int64_t *rows, int64_t n);
+#define SRK_GATHER_AHEAD 8
+
 // ---- OpenBLAS -------------------------------------------------------------------------
 /// C = A * B^T via OpenBLAS cblas_sgemm, run on the calling thread only (OpenBLAS's own
 /// threading is switched off once, at first use).
