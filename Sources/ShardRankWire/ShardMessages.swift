@@ -15,10 +15,65 @@ public struct LookupRequest: Sendable, Hashable {
         self.table = table; self.ids = ids; self.dtype = dtype; self.version = version
     }
 
+    /// Decodes a request: the common shape by `decodeCanonical` (the hot path of every Lookup),
+    /// anything else by protobuf-c, whose answer and errors are the reference.
     public static func decode(_ bytes: [UInt8]) throws(RPCError) -> LookupRequest {
+        if let r = decodeCanonical(bytes) { return r }
+        return try decodeWithProtobufC(bytes)
+    }
+
+    static func decodeWithProtobufC(_ bytes: [UInt8]) throws(RPCError) -> LookupRequest {
         try ProtoC.unpack(bytes, "shardrank.v1.LookupRequest", unpack: shardrank__v1__lookup_request__unpack, free: shardrank__v1__lookup_request__free_unpacked) { (m) throws(RPCError) in
             LookupRequest(table: ProtoC.string(m.pointee.table), ids: ProtoC.array(m.pointee.ids, m.pointee.n_ids),
                           dtype: try DType(wire: m.pointee.dtype.rawValue, field: "LookupRequest.dtype"), version: m.pointee.version)
+        }
+    }
+
+    /// A direct walk of the wire format for the shape clients send — fields 1 (table), 2 (ids,
+    /// packed or not), 3 (dtype), 4 (version), in any order and repeated as protobuf allows (last
+    /// scalar wins, ids concatenate) — that returns exactly what protobuf-c would, or nil for
+    /// anything else (an unknown field, a truncated or over-long varint, a table name with a NUL
+    /// byte, a dtype beyond 32 bits), which then goes to protobuf-c. The 256 packed ids of a
+    /// typical Lookup decode here without protobuf-c's two passes and temporary array.
+    static func decodeCanonical(_ bytes: [UInt8]) -> LookupRequest? {
+        bytes.withUnsafeBufferPointer { b -> LookupRequest? in
+            var c = WireCursor(b)
+            var table = ""
+            var ids: [UInt64] = []
+            var dtype: UInt64 = 0
+            var version: UInt64 = 0
+            while c.i < c.end {
+                guard let key = c.varint() else { return nil }
+                switch key {
+                case 0x0A:  // 1: table, length-delimited
+                    guard let s = c.lengthDelimited() else { return nil }
+                    if s.contains(0) { return nil }  // protobuf-c's C string would end there
+                    table = String(decoding: s, as: UTF8.self)
+                case 0x12:  // 2: ids, packed
+                    guard let s = c.lengthDelimited() else { return nil }
+                    var count = 0  // varints end in a byte without the continuation bit (branch-free count)
+                    for byte in s { count &+= Int((byte >> 7) ^ 1) }
+                    ids.reserveCapacity(ids.count + count)
+                    var p = WireCursor(s)
+                    while p.i < p.end {
+                        guard let v = p.varint() else { return nil }
+                        ids.append(v)
+                    }
+                case 0x10:  // 2: one id, unpacked
+                    guard let v = c.varint() else { return nil }
+                    ids.append(v)
+                case 0x18:  // 3: dtype
+                    guard let v = c.varint(), v <= UInt64(Int32.max) else { return nil }
+                    dtype = v
+                case 0x20:  // 4: version
+                    guard let v = c.varint() else { return nil }
+                    version = v
+                default:
+                    return nil
+                }
+            }
+            guard let d = DType(rawValue: UInt32(dtype)) else { return nil }  // protobuf-c path names the error
+            return LookupRequest(table: table, ids: ids, dtype: d, version: version)
         }
     }
 
@@ -380,5 +435,47 @@ extension LookupResponse {
             }
             return out
         }
+    }
+}
+
+/// Reads protobuf wire-format primitives from a buffer (the fast paths that bypass protobuf-c).
+struct WireCursor {
+    let b: UnsafeBufferPointer<UInt8>
+    var i = 0
+    let end: Int
+
+    init(_ b: UnsafeBufferPointer<UInt8>) {
+        self.b = b
+        end = b.count
+    }
+
+    /// A varint as protobuf-c reads it (at most 10 bytes), or nil when it is truncated or has
+    /// bits past 64 (the caller then leaves the message to protobuf-c).
+    @inline(__always)
+    mutating func varint() -> UInt64? {
+        guard i < end else { return nil }
+        let first = b[i]
+        if first < 0x80 { i += 1; return UInt64(first) }
+        var v: UInt64 = 0
+        var shift: UInt64 = 0
+        while i < end {
+            let byte = b[i]
+            i += 1
+            if shift == 63 && byte > 1 { return nil }
+            v |= UInt64(byte & 0x7F) << shift
+            if byte & 0x80 == 0 { return v }
+            shift += 7
+            if shift > 63 { return nil }
+        }
+        return nil
+    }
+
+    /// A length prefix and the bytes it covers, or nil when they run past the end.
+    @inline(__always)
+    mutating func lengthDelimited() -> UnsafeBufferPointer<UInt8>? {
+        guard let len = varint(), len <= UInt64(end - i) else { return nil }
+        let s = UnsafeBufferPointer(rebasing: b[i ..< i + Int(len)])
+        i += Int(len)
+        return s
     }
 }

@@ -143,3 +143,89 @@ import RPCCore
         #expect(try ItemsResponse.decodeSimilar(Array(resp.encodedAsSimilar().payload)) == resp)
     }
 }
+
+/// `LookupRequest.decode` walks the usual shape itself and hands anything else to protobuf-c:
+/// whatever the walk accepts must be exactly what protobuf-c decodes.
+@Suite struct LookupRequestFastPathTests {
+    struct Rng {
+        var s: UInt64
+        mutating func next() -> UInt64 {
+            s &+= 0x9E37_79B9_7F4A_7C15
+            var z = s
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
+    func varint(_ v: UInt64) -> [UInt8] {
+        var v = v, out: [UInt8] = []
+        while v >= 0x80 { out.append(UInt8(v & 0x7F) | 0x80); v >>= 7 }
+        out.append(UInt8(v))
+        return out
+    }
+
+    @Test func encodedRequestsTakeTheFastPathAndMatchProtobufC() throws {
+        var rng = Rng(s: 1)
+        for round in 0 ..< 300 {
+            let n = Int(rng.next() % 300)
+            let ids = (0 ..< n).map { _ in rng.next() >> (rng.next() % 64) }
+            let r = LookupRequest(table: round % 7 == 0 ? "" : "items-\(round)", ids: ids,
+                                  dtype: DType.allCases[round % DType.allCases.count], version: rng.next() % 3 == 0 ? 0 : rng.next())
+            let bytes = Array(r.encoded().payload)
+            let fast = LookupRequest.decodeCanonical(bytes)
+            #expect(fast == r)
+            #expect(try LookupRequest.decodeWithProtobufC(bytes) == r)
+        }
+    }
+
+    @Test func otherValidShapesMatchProtobufC() throws {
+        let t: [UInt8] = [0x0A, 0x02, 0x61, 0x62]  // table "ab"
+        let cases: [[UInt8]] = [
+            [],                                                          // all defaults
+            [0x10, 0x05, 0x10, 0x07] + t,                                // unpacked ids, table last
+            [0x12, 0x02, 0x01, 0x02, 0x10, 0x03, 0x12, 0x01, 0x04] + t,  // packed, unpacked, packed: concatenated
+            t + [0x0A, 0x01, 0x63],                                      // table twice: last wins
+            [0x18, 0x01, 0x18, 0x03, 0x20, 0x09, 0x20, 0x00],            // dtype and version twice
+            [0x12, 0x00] + t,                                            // empty packed ids
+            [0x12, 0x0A] + varint(.max) + t,                             // the largest id (10-byte varint)
+            [0x8A, 0x00, 0x01, 0x61],                                    // a non-minimal key for field 1
+            [0x0A, 0x02, 0xC3, 0x28],                                    // invalid UTF-8: repaired the same way
+        ]
+        for bytes in cases {
+            let slow = try LookupRequest.decodeWithProtobufC(bytes)
+            #expect(try LookupRequest.decode(bytes) == slow, "bytes \(bytes)")
+            if let fast = LookupRequest.decodeCanonical(bytes) { #expect(fast == slow, "bytes \(bytes)") }
+        }
+        #expect(LookupRequest.decodeCanonical([0x12, 0x0A] + varint(.max)) == LookupRequest(table: "", ids: [.max]))
+    }
+
+    @Test func mutatedMessagesAgreeWithProtobufC() {
+        var rng = Rng(s: 7)
+        var fastTaken = 0, fallbacks = 0
+        for round in 0 ..< 3000 {
+            let r = LookupRequest(table: "t\(round % 5)", ids: (0 ..< Int(rng.next() % 12)).map { _ in rng.next() % 100_000 },
+                                  dtype: .f32, version: rng.next() % 4)
+            var bytes = Array(r.encoded().payload)
+            switch rng.next() % 4 {
+            case 0 where !bytes.isEmpty: bytes[Int(rng.next() % UInt64(bytes.count))] = UInt8(truncatingIfNeeded: rng.next())
+            case 1 where !bytes.isEmpty: bytes.removeLast(Int(rng.next() % UInt64(bytes.count)) + 1)
+            case 2: bytes.insert(UInt8(truncatingIfNeeded: rng.next()), at: Int(rng.next() % UInt64(bytes.count + 1)))
+            default: bytes += (0 ..< Int(rng.next() % 4)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+            }
+            let slow: LookupRequest?
+            do { slow = try LookupRequest.decodeWithProtobufC(bytes) } catch { slow = nil }
+            if let fast = LookupRequest.decodeCanonical(bytes) {
+                fastTaken += 1
+                #expect(slow == fast, "bytes \(bytes)")
+            } else {
+                fallbacks += 1
+            }
+            // The public entry point succeeds exactly when protobuf-c does, with its answer.
+            let viaDecode: LookupRequest?
+            do { viaDecode = try LookupRequest.decode(bytes) } catch { viaDecode = nil }
+            #expect(viaDecode == slow, "bytes \(bytes)")
+        }
+        #expect(fastTaken > 500 && fallbacks > 500, "fast \(fastTaken), fallback \(fallbacks)")
+    }
+}
