@@ -240,7 +240,7 @@ public final class HTTP2Session {
     /// Response headers for `stream`. With `endStream` it is a headers-only (Trailers-Only) answer.
     public func submitHeaders(stream: Int32, headers: [(String, String)], endStream: Bool) throws(HTTP2Error) {
         let flags = endStream ? UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) : UInt8(NGHTTP2_FLAG_NONE.rawValue)
-        let rv = HTTP2Session.withNV(headers) { nv, n in
+        let rv = PreparedHeaders(headers).withNV { nv, n in
             nghttp2_submit_headers(session, flags, stream, nil, nv, n, nil)
         }
         if rv < 0 { throw HTTP2Error(code: rv, operation: "nghttp2_submit_headers") }
@@ -267,7 +267,7 @@ public final class HTTP2Session {
     /// - Returns: the new stream id.
     public func submitRequest(headers: [(String, String)], body: FramedMessage) throws(HTTP2Error) -> Int32 {
         var provider = HTTP2Session.dataProvider()
-        let stream = HTTP2Session.withNV(headers) { nv, n in nghttp2_submit_request(session, nil, nv, n, &provider, nil) }
+        let stream = PreparedHeaders(headers).withNV { nv, n in nghttp2_submit_request(session, nil, nv, n, &provider, nil) }
         if stream < 0 { throw HTTP2Error(code: stream, operation: "nghttp2_submit_request") }
         let o = OutboundStream()
         o.chunks = [body]
@@ -337,28 +337,5 @@ public final class HTTP2Session {
         p.source.ptr = nil
         p.read_callback = HTTP2Session.readCallback
         return p
-    }
-
-    /// Calls `body` with an `nghttp2_nv` array for `headers`; nghttp2 copies names and values
-    /// during the call, so the storage only lives for the call.
-    static func withNV<R>(_ headers: [(String, String)], _ body: (UnsafeMutablePointer<nghttp2_nv>, Int) -> R) -> R {
-        var storage = [UInt8]()
-        var spans: [(Int, Int, Int, Int)] = []
-        spans.reserveCapacity(headers.count)
-        for (n, v) in headers {
-            let ns = storage.count
-            storage.append(contentsOf: n.utf8)
-            let vs = storage.count
-            storage.append(contentsOf: v.utf8)
-            spans.append((ns, vs - ns, vs, storage.count - vs))
-        }
-        storage.append(0)
-        return storage.withUnsafeMutableBufferPointer { buf in
-            var nva = spans.map { s in
-                nghttp2_nv(name: buf.baseAddress! + s.0, value: buf.baseAddress! + s.2, namelen: s.1, valuelen: s.3,
-                           flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
-            }
-            return nva.withUnsafeMutableBufferPointer { body($0.baseAddress!, $0.count) }
-        }
     }
 }

@@ -210,11 +210,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             s.deadlineTask?.cancel()
             observeEnd(s, error?.code ?? .ok)
             if cancelHandler, let error { s.serverContext?.cancel(error) }
-            let status = Self.statusHeaders(error)
             if headersSent {
-                session.finish(stream: id, trailers: error == nil ? Self.preparedOKTrailers : PreparedHeaders(status))
+                session.finish(stream: id, trailers: error == nil ? Self.preparedOKTrailers : PreparedHeaders(Self.statusHeaders(error)))
             } else {
-                try? session.submitHeaders(stream: id, headers: Self.responseHeaders + status, endStream: true)
+                try? session.submitHeaders(stream: id, headers: Self.responseHeaders + Self.statusHeaders(error), endStream: true)
             }
             if resetAfter { session.resetAfterEndStream(stream: id) }
         case .cancelHandler(let error):
