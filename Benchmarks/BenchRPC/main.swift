@@ -1,7 +1,9 @@
 // BenchRPC: the server's own CPU cost per call, without sockets. Build in release:
 //   swift build -c release --product BenchRPC
 // Usage: BenchRPC [--ids N[,N...]] [--batch K] [--seconds S] [--reps R] [--rows N] [--fresh-ids]
-//                 [--no-metrics] [--json]
+//                 [--calls N] [--no-metrics] [--json]
+//   --calls N: exactly N calls per rep (rounded up to whole batches) instead of --seconds, so that
+//   an instruction count (scripts/profile-rpc: callgrind) covers a known number of calls.
 //   --fresh-ids: new random ids for every call (cache-cold gathers, as real traffic on a large
 //   table) instead of one id list repeated (as `scripts/bench-rpc`'s h2load body).
 //
@@ -35,6 +37,7 @@ let metrics = !args.contains("--no-metrics")
 let json = args.contains("--json")
 let freshIDs = args.contains("--fresh-ids")
 let rows = Int(option("--rows") ?? "100000")!, dim = 64
+let fixedCalls = option("--calls").map { Int($0)! }
 
 func log(_ s: String) { FileHandle.standardError.write((s + "\n").data(using: .utf8)!) }
 func now() -> Double {
@@ -122,7 +125,19 @@ func check(_ events: [HTTP2Event], calls: Int, expectedBytes: Int, firstIDs: [UI
     }
 }
 
-var rng = SystemRandomNumberGenerator()
+/// Ids drawn from a fixed seed: every run sends the same requests (varint lengths, rows), so an
+/// instruction count is the same from run to run.
+struct SeededGenerator: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {  // SplitMix64
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+var rng = SeededGenerator(state: 42)
 for ids in idCounts {
     let idList = (0 ..< ids).map { _ in UInt64.random(in: 0 ..< UInt64(rows), using: &rng) }
     let body = LookupRequest(table: "items", ids: idList, dtype: .f32, version: 0).encoded()
@@ -152,7 +167,7 @@ for ids in idCounts {
             totalCalls += batch
             check(try conn.clientReceive(), calls: batch, expectedBytes: expectedBytes, firstIDs: checked || freshIDs ? nil : idList)
             checked = true
-        } while Date().timeIntervalSince(wall0) < seconds
+        } while fixedCalls.map { calls < $0 } ?? (Date().timeIntervalSince(wall0) < seconds)
         if warm { warm = false; continue }
         perCall.append(serverSeconds / Double(calls) * 1e6)
     }
