@@ -2,8 +2,9 @@ import Testing
 import ShardRankKernels
 
 @Suite struct RowGatherTests {
-    @Test(arguments: [1, 4, 64, 256, 260])
-    func gatherEqualsRowByRowCopy(rowBytes: Int) {
+    /// Every variant, at the sizes with specialised loops (64, 128, 256, 512) and others.
+    @Test(arguments: KernelISA.supported, [1, 4, 63, 64, 128, 256, 260, 512, 576])
+    func gatherEqualsRowByRowCopy(isa: KernelISA, rowBytes: Int) {
         let rowCount = 1000
         let table = (0 ..< rowCount * rowBytes).map { UInt8(truncatingIfNeeded: $0 &* 131 &+ $0 >> 8) }
         var rng = SplitMix64(seed: UInt64(rowBytes))
@@ -17,7 +18,7 @@ import ShardRankKernels
             var got = [UInt8](repeating: 0xEE, count: want.count + 16)
             let copied = table.withUnsafeBytes { t in
                 got.withUnsafeMutableBytes { d in
-                    rows.withUnsafeBufferPointer { RowGather.gather(into: d.baseAddress!, base: t.baseAddress!, rowBytes: rowBytes, rows: $0) }
+                    rows.withUnsafeBufferPointer { RowGather.gather(into: d.baseAddress!, base: t.baseAddress!, rowBytes: rowBytes, rows: $0, isa: isa) }
                 }
             }
             #expect(copied == rows.filter { $0 >= 0 }.count)

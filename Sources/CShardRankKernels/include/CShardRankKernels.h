@@ -127,6 +127,10 @@ int32_t srk_vnni_supported(void);
 /// positions ahead are prefetched, so the cache misses of a random-id gather overlap instead
 /// of stalling one row at a time. Bounds are the caller's: every row >= 0 must be in the table.
 int64_t srk_gather_rows(void *dst, const void *base, int64_t row_bytes, const int64_t *rows, int64_t n);
+/// `srk_gather_rows` with the variant of `isa` (SRK_ISA_*; tests compare them): -1 when this CPU
+/// cannot run it. Rows of 64, 128, 256 and 512 bytes take loops specialised for that size.
+int64_t srk_gather_rows_isa(int32_t isa, void *dst, const void *base, int64_t row_bytes, const int64_t *rows,
+                            int64_t n);
 #define SRK_GATHER_AHEAD 8
 
 // ---- OpenBLAS -------------------------------------------------------------------------
