@@ -51,13 +51,18 @@ public struct LookupRequest: Sendable, Hashable {
                     table = String(decoding: s, as: UTF8.self)
                 case 0x12:  // 2: ids, packed
                     guard let s = c.lengthDelimited() else { return nil }
-                    var count = 0  // varints end in a byte without the continuation bit (branch-free count)
-                    for byte in s { count &+= Int((byte >> 7) ^ 1) }
-                    ids.reserveCapacity(ids.count + count)
-                    var p = WireCursor(s)
-                    while p.i < p.end {
-                        guard let v = p.varint() else { return nil }
-                        ids.append(v)
+                    let count = WireCursor.varintCount(s)
+                    if ids.isEmpty {
+                        // The usual case: one packed field, decoded straight into the array.
+                        guard let decoded = WireCursor.packedVarints(s, count: count) else { return nil }
+                        ids = decoded
+                    } else {
+                        ids.reserveCapacity(ids.count + count)
+                        var p = WireCursor(s)
+                        while p.i < p.end {
+                            guard let v = p.varint() else { return nil }
+                            ids.append(v)
+                        }
                     }
                 case 0x10:  // 2: one id, unpacked
                     guard let v = c.varint() else { return nil }
@@ -468,6 +473,80 @@ struct WireCursor {
             if shift > 63 { return nil }
         }
         return nil
+    }
+
+    /// How many varints `s` holds: its bytes without the continuation bit, counted 8 at a time.
+    static func varintCount(_ s: UnsafeBufferPointer<UInt8>) -> Int {
+        guard let base = s.baseAddress else { return 0 }
+        let raw = UnsafeRawPointer(base)
+        var count = 0, i = 0
+        while i + 8 <= s.count {
+            count &+= (~raw.loadUnaligned(fromByteOffset: i, as: UInt64.self) & 0x8080_8080_8080_8080).nonzeroBitCount
+            i += 8
+        }
+        while i < s.count {
+            count &+= Int((base[i] >> 7) ^ 1)
+            i += 1
+        }
+        return count
+    }
+
+    /// The varints of a packed field holding `count` of them (its bytes without the continuation
+    /// bit), decoded as `varint()` does into a new array; nil when one is truncated or has bits
+    /// past 64. Each decoded varint consumes one terminating byte, so at most `count` are written.
+    static func packedVarints(_ s: UnsafeBufferPointer<UInt8>, count: Int) -> [UInt64]? {
+        guard let base = s.baseAddress, count > 0 else { return s.isEmpty ? [] : nil }
+        var ok = true
+        let out = [UInt64](unsafeUninitializedCapacity: count) { dst, initialized in
+            var p = base
+            let end = base + s.count
+            var k = 0
+            decoding: while p < end {
+                let first = p.pointee
+                if first < 0x80 {
+                    dst[k] = UInt64(first)
+                    k += 1
+                    p += 1
+                    continue
+                }
+                // Ids below 2^21 (the usual catalog) take 2 or 3 bytes: unrolled.
+                if end - p >= 3 {
+                    let second = p[1], third = p[2]
+                    if second < 0x80 {
+                        dst[k] = UInt64(first & 0x7F) | UInt64(second) << 7
+                        k += 1
+                        p += 2
+                        continue
+                    }
+                    if third < 0x80 {
+                        dst[k] = UInt64(first & 0x7F) | UInt64(second & 0x7F) << 7 | UInt64(third) << 14
+                        k += 1
+                        p += 3
+                        continue
+                    }
+                }
+                p += 1
+                var v = UInt64(first & 0x7F)
+                var shift: UInt64 = 7
+                while p < end {
+                    let byte = p.pointee
+                    p += 1
+                    if shift == 63 && byte > 1 { break }
+                    v |= UInt64(byte & 0x7F) << shift
+                    if byte & 0x80 == 0 {
+                        dst[k] = v
+                        k += 1
+                        continue decoding
+                    }
+                    shift += 7
+                    if shift > 63 { break }
+                }
+                ok = false  // truncated, or too long
+                break
+            }
+            initialized = k
+        }
+        return ok ? out : nil
     }
 
     /// A length prefix and the bytes it covers, or nil when they run past the end.

@@ -200,6 +200,33 @@ import RPCCore
         #expect(LookupRequest.decodeCanonical([0x12, 0x0A] + varint(.max)) == LookupRequest(table: "", ids: [.max]))
     }
 
+    /// The packed-ids decoder at its edges: what it accepts equals protobuf-c, and what it leaves
+    /// (truncated, over-long, bits past 64) goes to protobuf-c, whose answer `decode` returns.
+    @Test func packedIDsAtTheEdges() throws {
+        let ten = varint(.max)  // 10 bytes, last byte 0x01
+        var tooWide = ten
+        tooWide[9] = 0x02  // bit 64 set
+        let eleven = Array(ten.dropLast()) + [0x81, 0x00]  // 11 bytes
+        let cases: [(bytes: [UInt8], fast: [UInt64]?)] = [
+            ([0x12, 0x03, 0x01, 0x7F, 0x00], [1, 127, 0]),
+            ([0x12, 0x04, 0x80, 0x01, 0xFF, 0x7F], [128, 16383]),
+            ([0x12, 0x0B] + ten + [0x05], [.max, 5]),
+            ([0x12, 0x01, 0x80], nil),                         // only a continuation byte
+            ([0x12, 0x03, 0x01, 0x02, 0x83], nil),             // the last varint truncated
+            ([0x12, 0x0A] + tooWide, nil),                     // bits past 64
+            ([0x12, 0x0B] + eleven, nil),                      // 11 bytes
+        ]
+        for (bytes, fast) in cases {
+            #expect(LookupRequest.decodeCanonical(bytes)?.ids == fast, "bytes \(bytes)")
+            let slow: LookupRequest?
+            do { slow = try LookupRequest.decodeWithProtobufC(bytes) } catch { slow = nil }
+            if let fast { #expect(slow?.ids == fast, "bytes \(bytes)") }
+            let viaDecode: LookupRequest?
+            do { viaDecode = try LookupRequest.decode(bytes) } catch { viaDecode = nil }
+            #expect(viaDecode == slow, "bytes \(bytes)")
+        }
+    }
+
     @Test func mutatedMessagesAgreeWithProtobufC() {
         var rng = Rng(s: 7)
         var fastTaken = 0, fallbacks = 0
