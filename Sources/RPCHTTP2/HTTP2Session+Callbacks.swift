@@ -66,7 +66,8 @@ extension HTTP2Session {
         nghttp2_session_callbacks_set_on_frame_send_callback(cbs) { _, frame, userData in
             HTTP2Session.with(userData) { s in
                 let hd = frame!.pointee.hd
-                if hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0, s.resetAfterEnd.remove(hd.stream_id) != nil {
+                if !s.resetAfterEnd.isEmpty, hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0,
+                   s.resetAfterEnd.remove(hd.stream_id) != nil {
                     s.resetsDue.append(hd.stream_id)
                 }
                 return 0
@@ -75,7 +76,7 @@ extension HTTP2Session {
 
         nghttp2_session_callbacks_set_on_stream_close_callback(cbs) { _, streamID, errorCode, userData in
             HTTP2Session.with(userData) { s in
-                s.resetAfterEnd.remove(streamID)
+                if !s.resetAfterEnd.isEmpty { s.resetAfterEnd.remove(streamID) }
                 if s.pendingHeadersStream == streamID {
                     s.pendingHeadersStream = 0
                     s.pendingHeaders.reset()
@@ -97,11 +98,10 @@ extension HTTP2Session {
         // DATA frames with NGHTTP2_DATA_FLAG_NO_COPY: the 9-byte frame header, then the payload
         // straight from the queued message: as spans to `messageSink` (no copy), or copied into
         // the sink.
-        nghttp2_session_callbacks_set_send_data_callback(cbs) { _, frame, framehd, length, _, userData in
+        nghttp2_session_callbacks_set_send_data_callback(cbs) { _, _, framehd, length, source, userData in
             HTTP2Session.with(userData) { s in
-                let id = frame!.pointee.hd.stream_id
                 s.sink?(UnsafeRawBufferPointer(start: framehd, count: 9))
-                guard let o = s.outbound[id] else { return Int32(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue) }
+                guard let o = HTTP2Session.outboundStream(source) else { return Int32(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue) }
                 var remaining = length
                 while remaining > 0, let first = o.chunks.first {
                     let take = min(remaining, first.count - o.offset)
@@ -125,12 +125,19 @@ extension HTTP2Session {
         }
     }
 
+    /// The queue behind a data provider's source (`dataProvider(_:)`), borrowed.
+    @inline(__always)
+    static func outboundStream(_ source: UnsafeMutablePointer<nghttp2_data_source>?) -> OutboundStream? {
+        guard let p = source?.pointee.ptr else { return nil }
+        return Unmanaged<OutboundStream>.fromOpaque(p).takeUnretainedValue()
+    }
+
     /// The data source of every stream this side sends a body on: says how much of the queued
     /// data goes in the next DATA frame (NO_COPY: `send_data_callback` writes it), defers when the
     /// queue is empty, and at the end either sets END_STREAM or submits the trailers.
-    static let readCallback: nghttp2_data_source_read_callback = { session, streamID, _, length, dataFlags, _, userData in
+    static let readCallback: nghttp2_data_source_read_callback = { session, streamID, _, length, dataFlags, source, userData in
         HTTP2Session.with(userData) { s in
-            guard let o = s.outbound[streamID] else {
+            guard let o = HTTP2Session.outboundStream(source), !o.cancelled else {
                 return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
             }
             let n = min(length, o.pendingBytes)

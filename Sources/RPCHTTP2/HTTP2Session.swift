@@ -69,7 +69,10 @@ public final class HTTP2Session {
     var pendingHeadersStream: Int32 = 0
     // Header strings seen before on this connection, reused instead of decoded again.
     var headerStrings = HeaderStringCache()
-    // Outbound DATA queued per stream.
+    // Outbound DATA queued per stream, from the submission until the stream closes. The owner of
+    // every OutboundStream: each stream's nghttp2 data provider holds it unretained (`source.ptr`,
+    // handed back to the data callbacks), valid because nghttp2 calls those only while the stream
+    // is open, and the entry is removed only when nghttp2 reports the stream closed.
     var outbound: [Int32: OutboundStream] = [:]
     // The sinks during `flush`: bytes serialised by nghttp2 (frame headers, HEADERS, SETTINGS, ...)
     // and, when set, the spans of queued messages that DATA frames carry (else copied into `sink`).
@@ -106,6 +109,8 @@ public final class HTTP2Session {
         /// nghttp2 was told NGHTTP2_ERR_DEFERRED; resume when data is added.
         var deferred = false
         var finished = false
+        /// The stream was reset by this side: send no more of it.
+        var cancelled = false
         init() {}
     }
 
@@ -254,8 +259,13 @@ public final class HTTP2Session {
 
     /// `submitResponse` with headers prepared once (no per-call encoding).
     public func submitResponse(stream: Int32, headers: PreparedHeaders) throws(HTTP2Error) {
-        outbound[stream] = OutboundStream()
-        var provider = HTTP2Session.dataProvider()
+        // A second response on a stream would free the queue the first one's provider points to.
+        guard outbound[stream] == nil else {
+            throw HTTP2Error(code: Int32(NGHTTP2_ERR_INVALID_STREAM_STATE.rawValue), operation: "submitResponse")
+        }
+        let o = OutboundStream()
+        outbound[stream] = o
+        var provider = HTTP2Session.dataProvider(o)
         let rv = headers.withNV { nv, n in nghttp2_submit_response(session, stream, nv, n, &provider) }
         if rv != 0 {
             outbound[stream] = nil
@@ -266,10 +276,10 @@ public final class HTTP2Session {
     /// Starts a request (client) whose body is `body`, ended by END_STREAM after it.
     /// - Returns: the new stream id.
     public func submitRequest(headers: [(String, String)], body: FramedMessage) throws(HTTP2Error) -> Int32 {
-        var provider = HTTP2Session.dataProvider()
+        let o = OutboundStream()
+        var provider = HTTP2Session.dataProvider(o)
         let stream = PreparedHeaders(headers).withNV { nv, n in nghttp2_submit_request(session, nil, nv, n, &provider, nil) }
         if stream < 0 { throw HTTP2Error(code: stream, operation: "nghttp2_submit_request") }
-        let o = OutboundStream()
         o.chunks = [body]
         o.pendingBytes = body.count
         o.endStreamAfterData = true
@@ -312,7 +322,8 @@ public final class HTTP2Session {
 
     /// Resets a stream (RST_STREAM) with an HTTP/2 error code (0 NO_ERROR, 8 CANCEL, ...).
     public func reset(stream: Int32, errorCode: UInt32) {
-        outbound[stream] = nil
+        // The queue stays until the stream closes (its provider points to it); nothing more is sent.
+        outbound[stream]?.cancelled = true
         _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, errorCode)
     }
 
@@ -332,9 +343,10 @@ public final class HTTP2Session {
 
     // MARK: - Helpers
 
-    static func dataProvider() -> nghttp2_data_provider {
+    /// A data provider whose source is `o`, unretained (owned by `outbound`).
+    static func dataProvider(_ o: OutboundStream) -> nghttp2_data_provider {
         var p = nghttp2_data_provider()
-        p.source.ptr = nil
+        p.source.ptr = Unmanaged.passUnretained(o).toOpaque()
         p.read_callback = HTTP2Session.readCallback
         return p
     }

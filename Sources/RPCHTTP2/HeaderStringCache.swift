@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Turns received header bytes into Strings without decoding the same bytes again and again.
 ///
 /// A client sends nearly the same header block on every call of a connection (`:method POST`,
@@ -11,7 +17,10 @@ struct HeaderStringCache {
         ":method", ":scheme", ":path", ":authority", ":status", "content-type", "te", "user-agent",
         "grpc-accept-encoding", "accept-encoding", "grpc-encoding", "content-length", "grpc-status", "grpc-message",
     ]
-    private static let nameBytes: [[UInt8]] = names.map { Array($0.utf8) }
+    /// `names` as bytes, one after the other, and where each starts (plus the end): one buffer
+    /// to scan, no array per name.
+    private static let nameBlob: [UInt8] = names.flatMap { Array($0.utf8) }
+    private static let nameStarts: [Int] = names.reduce(into: [0]) { $0.append($0.last! + $1.utf8.count) }
 
     /// Per name of `names`: the bytes and the String of the last value seen.
     private var lastValueBytes: [[UInt8]] = Array(repeating: [], count: HeaderStringCache.names.count)
@@ -26,7 +35,7 @@ struct HeaderStringCache {
         }
         let n = Self.names[i]
         if value.count > Self.maxCachedValue { return (n, Self.decode(value)) }
-        let same = lastValueBytes[i].withUnsafeBytes { last in last.count == value.count && last.elementsEqual(value) }
+        let same = lastValueBytes[i].withUnsafeBytes { last in Self.equal(last, value) }
         if !same {
             lastValueBytes[i] = Array(value)
             lastValue[i] = Self.decode(value)
@@ -37,16 +46,22 @@ struct HeaderStringCache {
     private static func index(of name: UnsafeRawBufferPointer) -> Int? {
         let n = name.count
         guard n >= 2, n <= 20 else { return nil }
-        let first = name[0], last = name[n - 1]
-        for i in 0 ..< nameBytes.count {
-            let match = nameBytes[i].withUnsafeBytes { b in
-                guard b.count == n, b[0] == first, b[n - 1] == last else { return false }
-                for k in 1 ..< n - 1 where b[k] != name[k] { return false }
-                return true
+        return nameBlob.withUnsafeBytes { blob in
+            nameStarts.withUnsafeBufferPointer { starts in
+                for i in 0 ..< starts.count - 1 where starts[i + 1] - starts[i] == n {
+                    if equal(UnsafeRawBufferPointer(rebasing: blob[starts[i] ..< starts[i + 1]]), name) { return i }
+                }
+                return nil
             }
-            if match { return i }
         }
-        return nil
+    }
+
+    /// Byte equality (`memcmp`), for header names and values.
+    @inline(__always)
+    private static func equal(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
+        guard a.count == b.count else { return false }
+        guard a.count > 0 else { return true }
+        return memcmp(a.baseAddress!, b.baseAddress!, a.count) == 0
     }
 
     private static func decode(_ bytes: UnsafeRawBufferPointer) -> String {

@@ -13,6 +13,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     private let session: HTTP2Session
     private let router: Router
+    private let observers: MethodObservers?
     private let config: ServerConfiguration
     private let state: ServerState
     private let pool: NIOThreadPool
@@ -41,14 +42,17 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         var deadlineTask: Scheduled<Void>?
         var deadline: ContinuousClock.Instant?
         let started = ContinuousClock.now
-        var observedPath: String?
+        /// The method's observer, once the call was accepted and counted as started.
+        var observer: (any RPCMethodObserver)?
         var finished = false
         init(limits: ServerStreamStateMachine.Limits) { machine = ServerStreamStateMachine(limits: limits) }
     }
 
-    init(router: Router, config: ServerConfiguration, state: ServerState, pool: NIOThreadPool, logger: Logger) throws {
+    init(router: Router, observers: MethodObservers?, config: ServerConfiguration, state: ServerState, pool: NIOThreadPool,
+         logger: Logger) throws {
         self.session = try HTTP2Session(role: .server, configuration: config.http2)
         self.router = router
+        self.observers = observers
         self.config = config
         self.state = state
         self.pool = pool
@@ -131,7 +135,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         case .headers(let id, let headers, let endStream, let tooLarge):
             if let s = streams[id] {
                 // Trailers from the client: only END_STREAM matters.
-                if endStream { apply(s.machine.receivedEndStream(), id) }
+                if endStream { apply(s.machine.receivedEndStream(), s, id) }
                 return
             }
             let s = Stream(limits: .init(maxMessageLength: config.maxMessageLength))
@@ -139,17 +143,17 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             idleSince = nil
             state.openStreams.wrappingAdd(1, ordering: .relaxed)
             let action = s.machine.receivedHeaders(headers, endStream: endStream, headerListTooLarge: tooLarge, router: router)
-            apply(action, id)
+            apply(action, s, id)
         case .data(let id, let bytes):
             guard let s = streams[id] else { return }
             let action = bytes.withUnsafeBytes { s.machine.receivedData($0, endStream: false) }
-            apply(action, id)
+            apply(action, s, id)
         case .endStream(let id):
             guard let s = streams[id] else { return }
-            apply(s.machine.receivedEndStream(), id)
+            apply(s.machine.receivedEndStream(), s, id)
         case .streamClosed(let id, let code):
             guard let s = streams[id] else { return }
-            if code != 0 { apply(s.machine.peerReset(), id) }
+            if code != 0 { apply(s.machine.peerReset(), s, id) }
             s.deadlineTask?.cancel()
             if code != 0 { s.serverContext?.cancel(RPCError(.cancelled, "the client cancelled the call")) }
             removeStream(id)
@@ -166,8 +170,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     /// Performs what a stream's state machine decided.
-    private func apply(_ action: ServerStreamStateMachine.Action, _ id: Int32) {
-        guard let s = streams[id] else { return }
+    /// `s` is the stream `id` (in `streams`): callers have it at hand, so it is not looked up again.
+    private func apply(_ action: ServerStreamStateMachine.Action, _ s: Stream, _ id: Int32) {
         switch action {
         case .none:
             break
@@ -178,9 +182,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             session.resetAfterEndStream(stream: id)
         case .accepted(let call):
             s.call = call
-            if let o = config.observer {
-                s.observedPath = call.method.path
-                o.callStarted(path: call.method.path)
+            if let o = observers?.byIndex[call.method.index] {
+                s.observer = o
+                o.callStarted()
             }
             if let t = call.timeout {
                 s.deadline = ContinuousClock.now.advanced(by: .nanoseconds(t.nanoseconds))
@@ -236,7 +240,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                 "ms": "\(Double(duration.components.attoseconds) / 1e15 + Double(duration.components.seconds) * 1000)",
             ])
         }
-        config.observer?.callFinished(path: s.observedPath ?? "unknown", status: code, duration: duration)
+        if let observers { (s.observer ?? observers.unknown).callFinished(status: code, duration: duration) }
     }
 
     static let responseHeaders: [(String, String)] = [(":status", "200"), ("content-type", "application/grpc")]
@@ -254,7 +258,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private func deadlineExpired(_ id: Int32) {
         guard let s = streams[id] else { return }
         let ms = Double(s.call?.timeout?.nanoseconds ?? 0) / 1e6
-        apply(s.machine.abort(RPCError(.deadlineExceeded, "deadline of \(ms) ms exceeded")), id)
+        apply(s.machine.abort(RPCError(.deadlineExceeded, "deadline of \(ms) ms exceeded")), s, id)
         flush()
     }
 
@@ -270,7 +274,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         case .unary(let handler):
             guard state.tryAcquireHandler(limit: config.maxInFlightHandlers) else {
                 apply(s.machine.abort(RPCError(.resourceExhausted,
-                      "server overloaded: \(config.maxInFlightHandlers) calls in flight")), id)
+                      "server overloaded: \(config.maxInFlightHandlers) calls in flight")), s, id)
                 return
             }
             switch call.method.placement {
@@ -278,7 +282,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                 let result: Result<FramedMessage, RPCError>
                 do throws(RPCError) { result = .success(try handler(request, ctx)) } catch { result = .failure(error) }
                 state.releaseHandler()
-                apply(s.machine.handlerReturned(result), id)
+                apply(s.machine.handlerReturned(result), s, id)
             case .workerPool:
                 let bound = NIOLoopBound(self, eventLoop: loop)
                 let state = self.state
@@ -298,7 +302,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         case .asyncUnary(let handler):
             guard state.tryAcquireHandler(limit: config.maxInFlightHandlers) else {
                 apply(s.machine.abort(RPCError(.resourceExhausted,
-                      "server overloaded: \(config.maxInFlightHandlers) calls in flight")), id)
+                      "server overloaded: \(config.maxInFlightHandlers) calls in flight")), s, id)
                 return
             }
             let bound = NIOLoopBound(self, eventLoop: loop)
@@ -315,26 +319,26 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             do throws(RPCError) {
                 try handler(request, ctx, writer)
             } catch {
-                apply(s.machine.handlerFinished(error), id)
+                apply(s.machine.handlerFinished(error), s, id)
             }
         }
     }
 
     private func handlerReturned(_ id: Int32, _ result: Result<FramedMessage, RPCError>) {
         guard let s = streams[id] else { return }  // reset or expired meanwhile
-        apply(s.machine.handlerReturned(result), id)
+        apply(s.machine.handlerReturned(result), s, id)
         flush()
     }
 
     fileprivate func streamSend(_ id: Int32, _ message: FramedMessage) {
         guard let s = streams[id] else { return }
-        apply(s.machine.handlerSent(message), id)
+        apply(s.machine.handlerSent(message), s, id)
         flush()
     }
 
     fileprivate func streamFinish(_ id: Int32, _ error: RPCError?) {
         guard let s = streams[id] else { return }
-        apply(s.machine.handlerFinished(error), id)
+        apply(s.machine.handlerFinished(error), s, id)
         flush()
     }
 
