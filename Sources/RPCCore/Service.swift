@@ -35,6 +35,9 @@ public struct RPCMethod: Sendable {
     public let path: String
     public let placement: Placement
     public let handler: Handler
+    /// Its position in the router's `paths` (set when a router registers it; -1 before): lets
+    /// the transport keep per-method state in an array instead of a dictionary keyed by path.
+    public internal(set) var index: Int = -1
 
     public init(service: String, method: String, placement: Placement, handler: Handler) {
         self.path = "/\(service)/\(method)"
@@ -54,6 +57,8 @@ public protocol RPCService: Sendable {
 public struct Router: Sendable {
     private var methods: [String: RPCMethod] = [:]
     private var services: Set<String> = []
+    /// Every registered method path; `paths[m.index] == m.path` for the methods this router returns.
+    public private(set) var paths: [String] = []
 
     public init(services: [any RPCService] = []) {
         for s in services { register(s) }
@@ -63,7 +68,14 @@ public struct Router: Sendable {
         services.insert(service.serviceName)
         for m in service.methods {
             precondition(m.path.hasPrefix("/\(service.serviceName)/"), "method \(m.path) is not in \(service.serviceName)")
-            methods[m.path] = m
+            var registered = m
+            if let existing = methods[m.path] {
+                registered.index = existing.index  // re-registered: replaces the handler, keeps the slot
+            } else {
+                registered.index = paths.count
+                paths.append(m.path)
+            }
+            methods[m.path] = registered
         }
     }
 

@@ -15,6 +15,7 @@ public final class RPCServer: Sendable {
     public let group: MultiThreadedEventLoopGroup
     private let pool: NIOThreadPool
     private let router: Router
+    private let observers: MethodObservers?
     private let logger: Logger
     private let state = ServerState()
     private let channel = Mutex<(any Channel)?>(nil)
@@ -27,6 +28,7 @@ public final class RPCServer: Sendable {
                 group: MultiThreadedEventLoopGroup? = nil) {
         self.configuration = configuration
         self.router = router
+        self.observers = configuration.observer.map { MethodObservers($0, router: router) }
         self.logger = logger
         self.group = group ?? MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoopThreads)
         self.ownsGroup = group == nil
@@ -67,7 +69,8 @@ public final class RPCServer: Sendable {
 
     private func makeBootstrap() -> ServerBootstrap {
         if !poolStarted.exchange(true, ordering: .relaxed) { pool.start() }
-        let router = self.router, config = self.configuration, state = self.state, pool = self.pool, logger = self.logger
+        let router = self.router, observers = self.observers, config = self.configuration, state = self.state, pool = self.pool
+        let logger = self.logger
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -78,7 +81,8 @@ public final class RPCServer: Sendable {
             .childChannelOption(.writeBufferWaterMark, value: .init(low: 1 << 20, high: 4 << 20))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let handler = try ServerConnectionHandler(router: router, config: config, state: state, pool: pool, logger: logger)
+                    let handler = try ServerConnectionHandler(router: router, observers: observers, config: config, state: state, pool: pool,
+                                                              logger: logger)
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
@@ -90,7 +94,8 @@ public final class RPCServer: Sendable {
     /// it on an `EmbeddedChannel` (the whole server path, bytes in to bytes out, without sockets).
     public func makeConnectionHandler() throws -> any ChannelHandler {
         if !poolStarted.exchange(true, ordering: .relaxed) { pool.start() }
-        return try ServerConnectionHandler(router: router, config: configuration, state: state, pool: pool, logger: logger)
+        return try ServerConnectionHandler(router: router, observers: observers, config: configuration, state: state, pool: pool,
+                                           logger: logger)
     }
 
     /// The bound port, once started.

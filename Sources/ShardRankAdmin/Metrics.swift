@@ -1,6 +1,6 @@
 public import Prometheus
 import Metrics
-public import RPCCore
+import RPCCore
 public import RPCTransport
 import Synchronization
 
@@ -9,18 +9,12 @@ import Synchronization
 /// observer hook, and gauges refreshed by collectors right before each scrape.
 public final class ServerMetrics: RPCServerObserver, Sendable {
     public let registry: PrometheusCollectorRegistry
-    private let handles = Mutex<[String: MethodHandles]>([:])
     private let collectors = Mutex<[@Sendable (ServerMetrics) -> Void]>([])
     private let inFlight: Prometheus.Gauge
     public static let latencyBuckets: [Duration] = [
         .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5),
         .milliseconds(10), .milliseconds(20), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(1000),
     ]
-
-    struct MethodHandles: @unchecked Sendable {
-        let latency: DurationHistogram
-        var byStatus: [RPCStatusCode: Prometheus.Counter]
-    }
 
     /// - Parameter bootstrapSwiftMetrics: also make this registry the swift-metrics backend
     ///   (once per process).
@@ -32,31 +26,10 @@ public final class ServerMetrics: RPCServerObserver, Sendable {
         }
     }
 
-    public func callStarted(path: String) {
-        inFlight.increment()
-    }
-
-    /// One lock acquisition per call: the (method, status) counter and the method's histogram,
-    /// created on first use.
-    public func callFinished(path: String, status: RPCStatusCode, duration: Duration) {
-        if path != "unknown" { inFlight.decrement() }
-        let (counter, latency) = handles.withLock { h -> (Prometheus.Counter, DurationHistogram) in
-            var m = h[path] ?? MethodHandles(
-                latency: registry.durationHistogram(name: "shardrank_rpc_duration_seconds", labels: [("method", path)],
-                                                        buckets: Self.latencyBuckets,
-                                                        help: "Latency of calls from request headers to the status"),
-                byStatus: [:])
-            let c = m.byStatus[status] ?? registry.counter(name: "shardrank_rpc_requests_total",
-                                                               labels: [("method", path), ("code", status.description)],
-                                                               help: "Calls by method and gRPC status")
-            if m.byStatus[status] == nil {
-                m.byStatus[status] = c
-                h[path] = m
-            }
-            return (c, m.latency)
-        }
-        counter.increment()
-        if path != "unknown" { latency.record(duration) }
+    /// One method's metrics, made when the server is: its latency histogram and OK counter exist
+    /// from the start (exposed as 0 until used), counters of other codes on first use.
+    public func methodObserver(path: String) -> any RPCMethodObserver {
+        MethodMetrics(registry: registry, path: path, inFlight: path == "unknown" ? nil : inFlight)
     }
 
     /// Registers work run before every scrape (to refresh gauges of other components).
@@ -71,6 +44,52 @@ public final class ServerMetrics: RPCServerObserver, Sendable {
     }
 }
 
+/// The metrics of one method (or of the calls that resolved to none: `path` "unknown", which
+/// has neither a latency histogram nor an in-flight count). A call that ends OK touches only
+/// atomics and the histogram; a lock is taken for the other codes' counters.
+final class MethodMetrics: RPCMethodObserver, Sendable {
+    private let registry: PrometheusCollectorRegistry
+    private let path: String
+    private let inFlight: Prometheus.Gauge?
+    private let latency: DurationHistogram?
+    private let ok: Prometheus.Counter?
+    private let byStatus = Mutex<[RPCStatusCode: Prometheus.Counter]>([:])
+
+    init(registry: PrometheusCollectorRegistry, path: String, inFlight: Prometheus.Gauge?) {
+        self.registry = registry
+        self.path = path
+        self.inFlight = inFlight
+        let known = path != "unknown"
+        latency = known ? registry.durationHistogram(name: "shardrank_rpc_duration_seconds", labels: [("method", path)],
+                                                     buckets: ServerMetrics.latencyBuckets,
+                                                     help: "Latency of calls from request headers to the status") : nil
+        ok = known ? Self.counter(registry, path, .ok) : nil
+    }
+
+    static func counter(_ registry: PrometheusCollectorRegistry, _ path: String, _ status: RPCStatusCode) -> Prometheus.Counter {
+        registry.counter(name: "shardrank_rpc_requests_total", labels: [("method", path), ("code", status.description)],
+                         help: "Calls by method and gRPC status")
+    }
+
+    func callStarted() {
+        inFlight?.increment()
+    }
+
+    func callFinished(status: RPCStatusCode, duration: Duration) {
+        inFlight?.decrement()
+        if status == .ok, let ok {
+            ok.increment()
+        } else {
+            byStatus.withLock { counters -> Prometheus.Counter in
+                if let c = counters[status] { return c }
+                let c = Self.counter(registry, path, status)
+                counters[status] = c
+                return c
+            }.increment()
+        }
+        latency?.record(duration)
+    }
+}
 /// The registry's metric makers under their full Prometheus names (swift-prometheus deprecated
 /// the name-and-help forms in favour of a `MetricNameDescriptor`; the whole name goes in
 /// `metricName`, so the exposed names do not change).

@@ -32,7 +32,17 @@ def test_shard_metrics(pb, server_factory):
         for _ in range(3):
             with pytest.raises(grpc.RpcError):
                 stub.Lookup(pb.shard_pb2.LookupRequest(table="nope", ids=[1]), timeout=5)
+        for _ in range(2):
+            with pytest.raises(grpc.RpcError) as e:
+                ch.unary_unary("/shardrank.v1.Shard/Nope")(b"", timeout=5)
+            assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
     text = scrape(admin)
+    # Calls that resolved to no method are counted under method="unknown", with no histogram.
+    assert value(text, "shardrank_rpc_requests_total", method="unknown", code="UNIMPLEMENTED") == 2
+    assert value(text, "shardrank_rpc_duration_seconds_count", method="unknown") is None
+    # Every served method's OK counter and histogram exist from the start, at 0 until used.
+    assert value(text, "shardrank_rpc_requests_total", method="/shardrank.v1.Shard/Search", code="OK") == 0
+    assert value(text, "shardrank_rpc_duration_seconds_count", method="/shardrank.v1.Shard/Search") == 0
     assert value(text, "shardrank_rpc_requests_total", method="/shardrank.v1.Shard/Lookup", code="OK") == 7
     assert value(text, "shardrank_rpc_requests_total", method="/shardrank.v1.Shard/Lookup", code="NOT_FOUND") == 3
     assert value(text, "shardrank_rpc_duration_seconds_count", method="/shardrank.v1.Shard/Lookup") == 10
