@@ -322,8 +322,15 @@ public final class HTTP2Session {
 
     /// Resets a stream (RST_STREAM) with an HTTP/2 error code (0 NO_ERROR, 8 CANCEL, ...).
     public func reset(stream: Int32, errorCode: UInt32) {
-        // The queue stays until the stream closes (its provider points to it); nothing more is sent.
-        outbound[stream]?.cancelled = true
+        // An open stream's queue stays until nghttp2 reports it closed (its provider points to
+        // it); nothing more of it is sent. A stream nghttp2 never opened (a request whose HEADERS
+        // had not gone out: nghttp2 cancels them, and will neither read its data nor report a
+        // close) drops its queue now.
+        if nghttp2_session_find_stream(session, stream) == nil {
+            outbound[stream] = nil
+        } else {
+            outbound[stream]?.cancelled = true
+        }
         _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, errorCode)
     }
 

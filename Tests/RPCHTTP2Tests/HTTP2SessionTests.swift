@@ -11,8 +11,9 @@ struct Pipe {
     var clientEvents: [HTTP2Event] = []
     var chunk = Int.max
 
-    init(chunk: Int = .max, serverConfig: HTTP2Configuration = HTTP2Configuration()) throws {
-        client = try HTTP2Session(role: .client)
+    init(chunk: Int = .max, serverConfig: HTTP2Configuration = HTTP2Configuration(),
+         clientConfig: HTTP2Configuration = HTTP2Configuration()) throws {
+        client = try HTTP2Session(role: .client, configuration: clientConfig)
         server = try HTTP2Session(role: .server, configuration: serverConfig)
         self.chunk = chunk
     }
@@ -129,6 +130,56 @@ let requestHeaders: [(String, String)] = [(":method", "POST"), (":scheme", "http
         p.client.reset(stream: id, errorCode: 8)
         try p.pump()
         #expect(p.serverEvents.contains { if case .streamClosed(id, 8) = $0 { return true } else { return false } })
+    }
+
+    /// A request reset before its HEADERS went out: nghttp2 cancels it and never opens the
+    /// stream, so its queued body is dropped at once (nothing else would ever release it).
+    @Test func requestResetBeforeItIsSentIsDropped() throws {
+        var p = try Pipe()
+        try p.pump()  // SETTINGS both ways
+        let id = try p.client.submitRequest(headers: requestHeaders, body: FramedMessage(payload: Array(repeating: 7, count: 50_000)))
+        p.client.reset(stream: id, errorCode: 8)
+        #expect(p.client.outbound[id] == nil)
+        try p.pump()
+        #expect(!p.serverEvents.contains { if case .headers(id, _, _, _) = $0 { return true } else { return false } })
+        #expect(!p.serverEvents.contains { if case .data(id, _) = $0 { return true } else { return false } })
+        // The connection still works.
+        let next = try p.client.submitRequest(headers: requestHeaders, body: FramedMessage(payload: [1]))
+        try p.pump()
+        #expect(p.serverEvents.contains { if case .headers(next, _, _, _) = $0 { return true } else { return false } })
+    }
+
+    /// A response reset by the server while most of its body is still queued (the client's
+    /// stream window is smaller than the body): no DATA follows the reset, and the queue, kept
+    /// while the stream was open because its data provider points to it, is released when it closes.
+    @Test func responseResetMidBodySendsNoMoreAndReleasesTheQueue() throws {
+        var small = HTTP2Configuration()
+        small.initialWindowSize = 16 << 10
+        var p = try Pipe(clientConfig: small)
+        let id = try p.client.submitRequest(headers: requestHeaders, body: FramedMessage(payload: [1]))
+        try p.pump()
+        try p.server.submitResponse(stream: id, headers: [(":status", "200"), ("content-type", "application/grpc")])
+        p.server.enqueue(stream: id, FramedMessage(payload: Array(repeating: 9, count: 200_000)))
+        p.server.finish(stream: id, trailers: [("grpc-status", "0")])
+        // One flush: the server sends what the 16 KiB window allows (the client's WINDOW_UPDATE
+        // is not delivered before the reset).
+        var s2c: [UInt8] = []
+        try p.server.flush { s2c.append(contentsOf: $0) }
+        p.clientEvents += try s2c.withUnsafeBytes { try p.client.receive($0) }
+        let before = p.clientEvents.reduce(0) { if case .data(id, let b) = $1 { return $0 + b.count } else { return $0 } }
+        #expect(before > 0 && before < 200_005, "the window stops the body part way")
+        #expect(p.server.outbound[id] != nil)
+        p.server.reset(stream: id, errorCode: 8)
+        try p.pump()
+        let after = p.clientEvents.reduce(0) { if case .data(id, let b) = $1 { return $0 + b.count } else { return $0 } }
+        #expect(after == before, "DATA after the reset")
+        #expect(p.clientEvents.contains { if case .streamClosed(id, 8) = $0 { return true } else { return false } })
+        #expect(p.server.outbound[id] == nil)
+        // A second response on a stream that has one is refused (it would orphan the first queue).
+        let id2 = try p.client.submitRequest(headers: requestHeaders, body: FramedMessage(payload: [1]))
+        try p.pump()
+        try p.server.submitResponse(stream: id2, headers: [(":status", "200")])
+        #expect(throws: HTTP2Error.self) { try p.server.submitResponse(stream: id2, headers: [(":status", "200")]) }
     }
 
     @Test func serverSendsSettingsFirst() throws {
