@@ -45,20 +45,24 @@ SRK_GATHER_FN(gather_avx2, __attribute__((target("avx2"))))
 SRK_GATHER_FN(gather_avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))))
 #endif
 
-int64_t srk_gather_rows_isa(int32_t isa, void *dst, const void *base, int64_t row_bytes, const int64_t *rows,
-                            int64_t n) {
-    char *out = (char *)dst;
-    const char *b = (const char *)base;
-    if (isa < 0 || isa >= SRK_ISA_COUNT || !(srk_isa_supported() & (1 << isa))) return -1;
+typedef int64_t (*gather_fn)(char *, const char *, int64_t, const int64_t *, int64_t);
+
+static gather_fn gather_variant(int32_t isa) {
     switch (isa) {
 #if defined(__x86_64__)
-    case SRK_ISA_AVX512: return gather_avx512(out, b, row_bytes, rows, n);
-    case SRK_ISA_AVX2: return gather_avx2(out, b, row_bytes, rows, n);
+    case SRK_ISA_AVX512: return gather_avx512;
+    case SRK_ISA_AVX2: return gather_avx2;
 #endif
-    default: return gather_baseline(out, b, row_bytes, rows, n);
+    default: return gather_baseline;
     }
 }
 
+int64_t srk_gather_rows_isa(int32_t isa, void *dst, const void *base, int64_t row_bytes, const int64_t *rows,
+                            int64_t n) {
+    if (srk_kernels_for(isa) == NULL) return -1;  // not a variant this CPU runs
+    return gather_variant(isa)((char *)dst, (const char *)base, row_bytes, rows, n);
+}
+
 int64_t srk_gather_rows(void *dst, const void *base, int64_t row_bytes, const int64_t *rows, int64_t n) {
-    return srk_gather_rows_isa(srk_isa_best(), dst, base, row_bytes, rows, n);
+    return gather_variant(srk_isa_best())((char *)dst, (const char *)base, row_bytes, rows, n);
 }

@@ -51,19 +51,9 @@ public struct LookupRequest: Sendable, Hashable {
                     table = String(decoding: s, as: UTF8.self)
                 case 0x12:  // 2: ids, packed
                     guard let s = c.lengthDelimited() else { return nil }
-                    let count = WireCursor.varintCount(s)
-                    if ids.isEmpty {
-                        // The usual case: one packed field, decoded straight into the array.
-                        guard let decoded = WireCursor.packedVarints(s, count: count) else { return nil }
-                        ids = decoded
-                    } else {
-                        ids.reserveCapacity(ids.count + count)
-                        var p = WireCursor(s)
-                        while p.i < p.end {
-                            guard let v = p.varint() else { return nil }
-                            ids.append(v)
-                        }
-                    }
+                    guard let decoded = WireCursor.packedVarints(s, count: WireCursor.varintCount(s)) else { return nil }
+                    // The usual case is one packed field: its array becomes `ids`, no copy.
+                    if ids.isEmpty { ids = decoded } else { ids += decoded }
                 case 0x10:  // 2: one id, unpacked
                     guard let v = c.varint() else { return nil }
                     ids.append(v)
