@@ -102,6 +102,8 @@ let package = Package(
         // ---- Benchmarks (executables, never tests) ---------------------------------------
         .executableTarget(name: "BenchKernels", dependencies: ["ShardRankKernels"],
                           path: "Benchmarks/BenchKernels", swiftSettings: swiftSettings),
+        .executableTarget(name: "BenchANN", dependencies: ["ShardRankKernels"],
+                          path: "Benchmarks/BenchANN", swiftSettings: swiftSettings),
         .executableTarget(name: "BenchRPC", dependencies: [
             "RPCCore", "RPCHTTP2", "RPCTransport", "ShardRankWire", "ShardServer", "ShardRankAdmin", "CShardRankSystem",
             .product(name: "NIOCore", package: "swift-nio"),

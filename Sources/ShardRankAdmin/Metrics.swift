@@ -102,6 +102,10 @@ extension PrometheusCollectorRegistry {
         makeGauge(descriptor: Self.descriptor(name, help))
     }
 
+    public func gauge(name: String, labels: [(String, String)], help: String) -> Prometheus.Gauge {
+        makeGauge(descriptor: Self.descriptor(name, help), labels: labels)
+    }
+
     public func counter(name: String, help: String) -> Prometheus.Counter {
         makeCounter(descriptor: Self.descriptor(name, help))
     }

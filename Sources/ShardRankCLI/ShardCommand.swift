@@ -8,6 +8,8 @@ import ShardRankWire
 import ShardServer
 import ShardRankKernels
 import ShardRankAdmin
+import Prometheus
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -39,6 +41,15 @@ struct ShardCommand: AsyncParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Lock the served table files in memory (mlock), so no Lookup waits on a page fault; a table that cannot be locked is served unlocked with a warning.")
     var lockTables = true
 
+    @Option(name: .customLong("ann-shadow-every"), help: "Re-run every N-th approximate Search query exactly, off the request path, to export its recall@k (shardrank_ann_recall); 0 turns it off.")
+    var annShadowEvery: Int = 100
+
+    @Option(name: .customLong("ann-min-rows"), help: "Slices with fewer rows are always searched exactly.")
+    var annMinRows: Int = 10_000
+
+    @Option(name: .customLong("ann-max-excluded-share"), help: "A Search whose exclusions cover more of the slice than this share is answered exactly.")
+    var annMaxExcludedShare: Double = 0.25
+
     @OptionGroup var server: ServerOptions
 
     func validate() throws {
@@ -47,6 +58,9 @@ struct ShardCommand: AsyncParsableCommand {
         if let s = synthetic { _ = try parseShape(s) }
         if of < 1 { throw ValidationError("--of must be >= 1") }
         if shard < 0 || shard >= of { throw ValidationError("--shard must be in 0..<\(of)") }
+        if annShadowEvery < 0 { throw ValidationError("--ann-shadow-every must be >= 0") }
+        if annMinRows < 0 { throw ValidationError("--ann-min-rows must be >= 0") }
+        if !(annMaxExcludedShare >= 0 && annMaxExcludedShare <= 1) { throw ValidationError("--ann-max-excluded-share must be in 0...1") }
     }
 
     func run() async throws {
@@ -62,8 +76,12 @@ struct ShardCommand: AsyncParsableCommand {
             let pool = WorkerPool(threadCount: server.workers ?? WorkerPool.defaultThreadCount, spinMicroseconds: 0)
             let tb: TableSetBackend
             do {
+                var ann = ANNServing()
+                ann.shadowEvery = annShadowEvery
+                ann.minRows = annMinRows
+                ann.maxExcludedShare = annMaxExcludedShare
                 tb = try TableSetBackend(root: tables!, shard: shard, of: of, pool: pool, allowForeignIDs: allowForeignIds,
-                                         lockTables: lockTables, logger: logger)
+                                         lockTables: lockTables, annServing: ann, logger: logger)
             } catch {
                 logger.error("cannot serve \(tables!): \(error)")
                 throw ExitCode(2)
@@ -80,7 +98,27 @@ struct ShardCommand: AsyncParsableCommand {
         let reloads = metrics.registry.gauge(name: "shardrank_reloads_total", help: "Table-set versions switched to since start")
         let rejected = metrics.registry.gauge(name: "shardrank_reload_rejections_total", help: "Table-set versions rejected since start")
         let tableBackend = backend as? TableSetBackend
+        // Recall of approximate Search measured by the sampled shadow exact searches, per table.
+        let recallGauges = Mutex<[String: (recall: Prometheus.Gauge, queries: Prometheus.Gauge, skipped: Prometheus.Gauge)]>([:])
         metrics.addCollector { _ in
+            if let monitor = tableBackend?.recallMonitor {
+                for (table, r) in monitor.snapshot {
+                    let g = recallGauges.withLock { gs in
+                        if let g = gs[table] { return g }
+                        let g = (recall: metrics.registry.gauge(name: "shardrank_ann_recall", labels: [("table", table)],
+                                                                help: "recall@k of approximate Search against exact, over sampled queries since start"),
+                                 queries: metrics.registry.gauge(name: "shardrank_ann_recall_queries", labels: [("table", table)],
+                                                                 help: "Approximate Search queries re-run exactly to measure recall"),
+                                 skipped: metrics.registry.gauge(name: "shardrank_ann_recall_skipped", labels: [("table", table)],
+                                                                 help: "Sampled queries skipped because a shadow search was still running"))
+                        gs[table] = g
+                        return g
+                    }
+                    g.recall.set(to: r.recall)
+                    g.queries.set(to: Double(r.queries))
+                    g.skipped.set(to: Double(r.skipped))
+                }
+            }
             let info = backend.info()
             version.set(to: Double(info.version))
             mapped.set(to: Double(info.mappedBytes))

@@ -56,6 +56,9 @@ public enum TableKind: UInt32, Sendable, Hashable, CaseIterable, Codable, Custom
     case profile = 3
     /// item id → genres bitmask, timestamp, popularity.
     case attribute = 4
+    /// An approximate-nearest-neighbour index over an embedding table's shard file (IVF-PQ4).
+    /// Never a table of its own in the manifest: it hangs off its embedding table (`index`).
+    case annIndex = 5
 
     public var name: String {
         switch self {
@@ -63,6 +66,7 @@ public enum TableKind: UInt32, Sendable, Hashable, CaseIterable, Codable, Custom
         case .list: "list"
         case .profile: "profile"
         case .attribute: "attribute"
+        case .annIndex: "ann-index"
         }
     }
 
@@ -152,12 +156,19 @@ enum SectionID: UInt32, CaseIterable {
     case genreMask = 40      // u64[rows]
     case timestamps = 41     // i64[rows]
     case popularity = 42     // f32[rows]
+    case annParams = 50      // u64[8]: layout version, lists, subspaces, subspace dim, positions, table checksum, 0, 0
+    case annCentroids = 51   // f32[lists * dim]
+    case annCodebooks = 52   // f32[subspaces * 16 * subspace dim]
+    case annListOffsets = 53 // i64[lists + 1]
+    case annCodes = 54       // u8[positions / 32 * 16 * subspaces]
+    case annRows = 55        // u32[positions]
 
     var elementSize: Int {
         switch self {
-        case .ids, .keyOffsets, .listOffsets, .listIDs, .recentOffsets, .recentIDs, .genreMask, .timestamps: 8
-        case .index, .scales, .listScores, .profileGenres, .profileCountry, .popularity: 4
-        case .keyBytes: 1
+        case .ids, .keyOffsets, .listOffsets, .listIDs, .recentOffsets, .recentIDs, .genreMask, .timestamps,
+             .annParams, .annListOffsets: 8
+        case .index, .scales, .listScores, .profileGenres, .profileCountry, .popularity, .annCentroids, .annCodebooks, .annRows: 4
+        case .keyBytes, .annCodes: 1
         case .vectors: 1 // the vectors section counts bytes
         }
     }
@@ -169,6 +180,7 @@ enum SectionID: UInt32, CaseIterable {
         case .list: [.keyOffsets, .keyBytes, .index, .listOffsets, .listIDs, .listScores]
         case .profile: [.ids, .index, .recentOffsets, .recentIDs, .profileGenres, .profileCountry]
         case .attribute: [.ids, .index, .genreMask, .timestamps, .popularity]
+        case .annIndex: [.annParams, .annCentroids, .annCodebooks, .annListOffsets, .annCodes, .annRows]
         }
     }
 }

@@ -1,3 +1,4 @@
+public import ShardRankKernels
 #if canImport(FoundationEssentials)
 internal import FoundationEssentials
 #else
@@ -16,6 +17,20 @@ public struct BuildOptions: Sendable {
     /// Length of the computed `genre_top`, `country_top` and `popular` lists.
     public var listLength: Int = 1000
     public var seed: UInt64 = StableHash.defaultSeed
+    /// Build an ANN index over each shard of the `items` table (nil: none).
+    public var ann: ANNBuild? = nil
+
+    /// What `--ann` asks for.
+    public struct ANNBuild: Sendable {
+        public var options: IVFPQBuildOptions
+        public var defaults: ANNSearchParameters
+        /// The manifest's default search mode: "ann" or "exact".
+        public var defaultMode: String
+        public var pool: WorkerPool?
+        public init(options: IVFPQBuildOptions, defaults: ANNSearchParameters, defaultMode: String = "ann", pool: WorkerPool?) {
+            self.options = options; self.defaults = defaults; self.defaultMode = defaultMode; self.pool = pool
+        }
+    }
 
     public init(shardCount: Int, dtype: TableDType = .f32, similarK: Int? = nil, recentN: Int = 50, listLength: Int = 1000) {
         self.shardCount = shardCount
@@ -51,7 +66,8 @@ extension TableSetBuilder {
     /// 1-based line (CSV, JSONL) or row (`.npy`); nothing is published then.
     @discardableResult
     public static func build(inputDirectory dir: String, root: String, options: BuildOptions,
-                             progress: (@Sendable (BuildProgress) -> Void)? = nil) throws -> UInt64 {
+                             progress: (@Sendable (BuildProgress) -> Void)? = nil,
+                             annReport: ((ANNIndexReport) -> Void)? = nil) throws -> UInt64 {
         guard options.shardCount >= 1 && options.shardCount <= 65_536 else {
             throw TableError(.invalidInput, "--shards must be in 1...65536, got \(options.shardCount)")
         }
@@ -261,6 +277,11 @@ extension TableSetBuilder {
                                           genres: genreVocabulary, countries: countryVocabulary, progress: progress)
         try builder.addEmbedding(name: StandardTable.items, ids: items.ids, vectors: items.array.floats(), dim: items.dim,
                                  dtype: options.dtype, source: items.array.path, validated: true)
+        if let ann = options.ann {
+            let report = try builder.addANNIndex(table: StandardTable.items, options: ann.options, defaults: ann.defaults,
+                                                 defaultMode: ann.defaultMode, pool: ann.pool)
+            annReport?(report)
+        }
         if let users {
             try builder.addEmbedding(name: StandardTable.users, ids: users.ids, vectors: users.array.floats(), dim: users.dim,
                                      dtype: options.dtype, source: users.array.path, validated: true)

@@ -1,3 +1,4 @@
+public import ShardRankKernels
 #if canImport(Glibc)
 internal import Glibc
 #elseif canImport(Darwin)
@@ -343,6 +344,104 @@ public final class TableSetBuilder {
         }
     }
 
+    // MARK: - ANN indexes
+
+    /// What `addANNIndex` measured.
+    public struct ANNIndexReport: Sendable {
+        public var lists: Int
+        public var subspaces: Int
+        /// recall@10 of the default knobs against exact search, over `sampledQueries` stored rows
+        /// used as queries (each against its own shard's slice).
+        public var recallAt10: Double
+        public var sampledQueries: Int
+        public var seconds: Double
+    }
+
+    /// Builds an IVF-PQ4 index for each shard file of the embedding table `table` (already added
+    /// to this version) and records it in the manifest entry of that table. The index describes
+    /// the rows as stored (after f16/int8 conversion). `options.lists` nil = per shard,
+    /// `IVFPQBuilder.defaultListCount(rows:)`. Then measures recall@10 of `defaults` against the
+    /// exact scan on up to `recallSample` stored rows (seeded) used as queries.
+    /// - Throws: `TableError(.invalidInput)` for an unknown or non-embedding table, or what the
+    ///   index builder refuses (e.g. non-finite values).
+    @discardableResult
+    public func addANNIndex(table name: String, options: IVFPQBuildOptions, defaults: ANNSearchParameters,
+                            defaultMode: String = "ann", pool: WorkerPool?, recallSample: Int = 200) throws -> ANNIndexReport {
+        guard let ti = tables.firstIndex(where: { $0.name == name }) else {
+            throw TableError(.invalidInput, "--ann: no table \(name) in this build")
+        }
+        guard tables[ti].kind == .embedding, tables[ti].index == nil else {
+            throw TableError(.invalidInput, "--ann: table \(name) is not an embedding table without an index")
+        }
+        guard defaultMode == "ann" || defaultMode == "exact" else { throw TableError(.invalidInput, "default mode must be ann or exact") }
+        let start = ContinuousClock.now
+        let dir = try versionDirectory()
+        var files: [TableSetManifest.File] = []
+        var lists = 0, subspaces = 0
+        var hits = 0, asked = 0
+        var rng = SplitMix64Sampler(seed: options.seed ^ 0xA11CE)
+        // One list count for every shard (the manifest records one), from the average slice.
+        var opts = options
+        if opts.lists == nil {
+            opts.lists = IVFPQBuilder.defaultListCount(rows: max(1, Int(tables[ti].rows) / router.shardCount))
+        }
+        for shard in 0..<router.shardCount {
+            let entry = tables[ti].shards[shard]
+            let tableFile = try TableFile.open(path: dir + "/" + entry.file)
+            let table = try EmbeddingTable(name: name, file: tableFile)
+            let rows = table.rowMatrix
+            let fileName = TableSetManifest.indexFileName(table: name, shard: shard, shardCount: router.shardCount)
+            let written: WrittenTableFile
+            if rows.count == 0 {
+                throw TableError(.invalidInput, "--ann: shard \(shard) of table \(name) has no rows to index")
+            }
+            let data: IVFPQIndexData
+            do {
+                data = try IVFPQBuilder.build(rows: rows, options: opts, pool: pool) { stage, fraction in
+                    self.progress?(BuildProgress(stage: "index \(name) shard \(shard + 1)/\(self.router.shardCount): \(stage)",
+                                                 done: Int(fraction * 100), total: 100))
+                }
+            } catch let e as IVFPQBuilder.BuildError {
+                throw TableError(.invalidInput, "--ann: table \(name) shard \(shard): \(e.description)")
+            }
+            written = try ANNIndexTable.write(path: dir + "/" + fileName, data: data, tableFile: tableFile, rows: rows.count,
+                                              shard: shard, shardCount: router.shardCount, seed: router.seed)
+            guard lists == 0 || lists == data.listCount else {
+                throw TableError(.invalidInput, "--ann: shard \(shard) of table \(name) has \(rows.count) rows, too few for \(lists) lists")
+            }
+            lists = data.listCount
+            subspaces = data.subspaces
+            files.append(.init(shard: shard, file: fileName, rows: UInt64(rows.count), bytes: UInt64(written.fileSize),
+                               checksum: "xxh64:" + hex(written.headerChecksum).dropFirst(2)))
+            // Recall of the defaults on this shard: stored rows as queries, exact scan as truth.
+            let share = (recallSample * rows.count + Int(tables[ti].rows) - 1) / max(1, Int(tables[ti].rows))
+            let queries = (0..<min(share, rows.count)).map { _ in Int(rng.next() % UInt64(rows.count)) }
+            var q = [Float](repeating: 0, count: table.dim)
+            let index = data.index
+            for r in queries {
+                q.withUnsafeMutableBufferPointer { table.decodeRow(at: r, into: $0) }
+                let exact = q.withUnsafeBufferPointer {
+                    Search.topK(queries: $0.baseAddress!, queryCount: 1, rows: rows, ids: table.ids.baseAddress!, k: 10)[0]
+                }
+                let approx = q.withUnsafeBufferPointer {
+                    index.search(query: $0.baseAddress!, k: 10, parameters: defaults, rows: rows, ids: table.ids.baseAddress!).items
+                }
+                let want = Set(exact.map(\.id))
+                hits += approx.filter { want.contains($0.id) }.count
+                asked += exact.count
+            }
+            withExtendedLifetime(data) {}
+        }
+        let recall = asked > 0 ? Double(hits) / Double(asked) : 1
+        tables[ti].index = TableSetManifest.ANNIndexSpec(
+            kind: "ivfpq4", lists: lists, subspaces: subspaces, subspaceDim: options.subspaceDimension, seed: hex(options.seed),
+            defaultMode: defaultMode, nprobe: defaults.nprobe, rerank: defaults.rerank,
+            recallAt10: (recall * 10_000).rounded() / 10_000, shards: files)
+        let elapsed = ContinuousClock.now - start
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+        return ANNIndexReport(lists: lists, subspaces: subspaces, recallAt10: recall, sampledQueries: asked / 10, seconds: seconds)
+    }
+
     // MARK: - Publishing
 
     /// Writes the manifest (temp → fsync → rename) after fsyncing the version directory, then
@@ -363,6 +462,16 @@ public final class TableSetBuilder {
         try FileIO.syncDirectory(root)
         published = true
         return version
+    }
+
+    /// SplitMix64 for the builder's seeded samples.
+    struct SplitMix64Sampler {
+        var state: UInt64
+        init(seed: UInt64) { state = seed }
+        mutating func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            return StableHash.mix64(state)
+        }
     }
 
     static func utcTimestamp() -> String {

@@ -65,9 +65,12 @@ public final class LoadedTableSet: Sendable {
     public let router: ShardRouter
     /// Tables by name.
     public let tables: [String: LoadedTable]
+    /// ANN indexes by the name of the embedding table they index.
+    public let indexes: [String: ANNIndexTable]
 
     init(root: String, version: UInt64, manifest: TableSetManifest, shard: Int, router: ShardRouter,
-         tables: [String: LoadedTable]) {
+         tables: [String: LoadedTable], indexes: [String: ANNIndexTable] = [:]) {
+        self.indexes = indexes
         self.root = root
         self.version = version
         self.manifest = manifest
@@ -93,11 +96,17 @@ public final class LoadedTableSet: Sendable {
         if case .attribute(let t)? = tables[name] { return t } else { return nil }
     }
 
+    /// The ANN index of embedding table `name`, if the table set has one.
+    public func index(_ name: String) -> ANNIndexTable? { indexes[name] }
+
     /// Bytes mapped by all files of this shard.
-    public var mappedBytes: Int { tables.values.reduce(0) { $0 + $1.mappedBytes } }
+    public var mappedBytes: Int { tables.values.reduce(0) { $0 + $1.mappedBytes } + indexes.values.reduce(0) { $0 + $1.mappedBytes } }
 
     /// Asks the kernel to page every file in (call before switching to this version).
-    public func warm() { for t in tables.values { t.warm() } }
+    public func warm() {
+        for t in tables.values { t.warm() }
+        for i in indexes.values { i.warm() }
+    }
 
     /// Locks every table's mapping in memory (`mlock`), so that serving never waits on a page
     /// fault: the kernel may otherwise drop clean file pages of a quiet table (memory pressure,
@@ -106,6 +115,7 @@ public final class LoadedTableSet: Sendable {
     /// - Returns: one line per table that could not be locked (it still serves, unlocked).
     public func lockInMemory() -> [String] {
         tables.keys.sorted().compactMap { name in tables[name]!.lockInMemory().map { "table '\(name)': \($0)" } }
+            + indexes.keys.sorted().compactMap { name in indexes[name]!.lockInMemory().map { "index of '\(name)': \($0)" } }
     }
 }
 
@@ -186,6 +196,7 @@ public enum TableSetLoader {
         }
         let router = ShardRouter(shardCount: shardCount, seed: manifest.hash.seedValue!)
         var tables: [String: LoadedTable] = [:]
+        var indexes: [String: ANNIndexTable] = [:]
         for t in manifest.tables {
             let entry = t.shards[shard]
             let path = catalog.directory(of: v) + "/" + entry.file
@@ -197,11 +208,15 @@ public enum TableSetLoader {
             case .list: table = .list(try ListTable(name: t.name, file: file))
             case .profile: table = .profile(try ProfileTable(name: t.name, file: file, genres: manifest.genres, countries: manifest.countries))
             case .attribute: table = .attribute(try AttributeTable(name: t.name, file: file, genres: manifest.genres))
+            case .annIndex: throw TableError.corrupt(mpath, "table \(t.name) has kind ann-index")
             }
             try checkRouting(table, file: file, shard: shard, router: router)
             tables[t.name] = table
+            if let spec = t.index, case .embedding(let et) = table {
+                indexes[t.name] = try loadIndex(spec, of: et, tableFile: file, directory: catalog.directory(of: v), shard: shard, router: router)
+            }
         }
-        return LoadedTableSet(root: root, version: v, manifest: manifest, shard: shard, router: router, tables: tables)
+        return LoadedTableSet(root: root, version: v, manifest: manifest, shard: shard, router: router, tables: tables, indexes: indexes)
     }
 
     private static func check(_ file: TableFile, against t: TableSetManifest.Table, entry: TableSetManifest.File,
@@ -222,6 +237,24 @@ public enum TableSetLoader {
             throw mismatch("file is shard \(file.shard) of \(file.shardCount), expected \(shard) of \(router.shardCount)")
         }
         guard file.seed == router.seed else { throw mismatch("hash seed \(hex(file.seed)), manifest says \(hex(router.seed))") }
+    }
+
+    /// Maps and verifies shard `shard`'s index file of an embedding table.
+    private static func loadIndex(_ spec: TableSetManifest.ANNIndexSpec, of table: EmbeddingTable, tableFile: TableFile,
+                                  directory: String, shard: Int, router: ShardRouter) throws -> ANNIndexTable {
+        let entry = spec.shards[shard]
+        let file = try TableFile.open(path: directory + "/" + entry.file)
+        func mismatch(_ what: String) -> TableError {
+            TableError(.mismatch, "index file does not match the manifest: \(what)", path: file.path)
+        }
+        guard UInt64(file.mapping.bytes.count) == entry.bytes else { throw mismatch("\(file.mapping.bytes.count) bytes, manifest says \(entry.bytes)") }
+        guard "xxh64:" + hex(file.headerChecksum).dropFirst(2) == entry.checksum else {
+            throw mismatch("checksum \(hex(file.headerChecksum)), manifest says \(entry.checksum)")
+        }
+        guard file.shard == shard, file.shardCount == router.shardCount, file.seed == router.seed else {
+            throw mismatch("file is shard \(file.shard) of \(file.shardCount), expected \(shard) of \(router.shardCount)")
+        }
+        return try ANNIndexTable(file: file, table: table, tableFile: tableFile, spec: spec)
     }
 
     /// Every key of the file must belong to this shard.

@@ -46,6 +46,29 @@ public struct TableSetManifest: Codable, Sendable, Equatable {
         public var rows: UInt64
         /// One file per shard, `shards[i].shard == i`.
         public var shards: [File]
+        /// The approximate-nearest-neighbour index of an embedding table (absent: none).
+        public var index: ANNIndexSpec?
+    }
+
+    /// An embedding table's ANN index: one file per shard (IVF-PQ4 over that shard's rows), the
+    /// parameters it was built with and the search defaults.
+    public struct ANNIndexSpec: Codable, Sendable, Equatable {
+        /// `ivfpq4`: k-means lists + 4-bit product-quantised residuals + exact re-rank.
+        public var kind: String
+        public var lists: Int
+        public var subspaces: Int
+        public var subspaceDim: Int
+        /// The build seed as `0x` + 16 hex digits.
+        public var seed: String
+        /// The search mode a request with mode UNSPECIFIED gets: `ann` or `exact`.
+        public var defaultMode: String
+        /// Search defaults (a request's 0 means these).
+        public var nprobe: Int
+        public var rerank: Int
+        /// recall@10 of the default knobs against exact search on a sample of the rows, measured
+        /// by the builder (nil when not measured).
+        public var recallAt10: Double?
+        public var shards: [File]
     }
 
     public struct File: Codable, Sendable, Equatable {
@@ -118,6 +141,24 @@ public struct TableSetManifest: Codable, Sendable, Equatable {
                 guard t.dim == TableFormat.profileGenreSlots else { throw TableError.corrupt(path, "profile table \(t.name) has dim \(t.dim)") }
             case .list, .attribute:
                 break
+            case .annIndex:
+                throw TableError.corrupt(path, "table \(t.name) has kind ann-index, which only an embedding table's index may have")
+            }
+            if let ix = t.index {
+                guard t.kind == .embedding else { throw TableError.corrupt(path, "table \(t.name) is not an embedding table but has an index") }
+                guard ix.kind == "ivfpq4" else { throw TableError.corrupt(path, "table \(t.name): unknown index kind \(ix.kind)") }
+                guard ix.defaultMode == "ann" || ix.defaultMode == "exact" else {
+                    throw TableError.corrupt(path, "table \(t.name): index default mode \(ix.defaultMode) is not ann or exact")
+                }
+                guard ix.nprobe >= 1, ix.rerank >= 1, ix.lists >= 1 else { throw TableError.corrupt(path, "table \(t.name): bad index parameters") }
+                guard ix.shards.count == shardCount else {
+                    throw TableError.corrupt(path, "table \(t.name)'s index has \(ix.shards.count) files for \(shardCount) shards")
+                }
+                for (i, f) in ix.shards.enumerated() {
+                    guard f.shard == i, TableSetManifest.isValidFileName(f.file), f.rows == t.shards[i].rows else {
+                        throw TableError.corrupt(path, "table \(t.name)'s index file \(i) is not for shard \(i)'s rows")
+                    }
+                }
             }
         }
     }
@@ -138,5 +179,10 @@ public struct TableSetManifest: Codable, Sendable, Equatable {
     /// The file name of (table, shard): `<table>.<shard>-of-<S>.srt`.
     static func fileName(table: String, shard: Int, shardCount: Int) -> String {
         "\(table).\(shard)-of-\(shardCount).srt"
+    }
+
+    /// The file name of a table's ANN index for a shard: `<table>.<shard>-of-<S>.ann.srt`.
+    static func indexFileName(table: String, shard: Int, shardCount: Int) -> String {
+        "\(table).\(shard)-of-\(shardCount).ann.srt"
     }
 }

@@ -150,6 +150,16 @@ public struct LookupResponse: Sendable, Hashable {
     }
 }
 
+/// How a Search is answered (proto `shardrank.v1.SearchMode`).
+public enum SearchMode: UInt32, Sendable, Hashable, CaseIterable {
+    /// The table set's default (requests only).
+    case unspecified = 0
+    /// A scan of the whole slice.
+    case exact = 1
+    /// Through the slice's approximate-nearest-neighbour index.
+    case ann = 2
+}
+
 public struct SearchRequest: Sendable, Hashable {
     public var table: String
     /// queryCount × dim little-endian f32.
@@ -158,9 +168,15 @@ public struct SearchRequest: Sendable, Hashable {
     public var k: UInt32
     public var excludeIDs: [UInt64]
     public var version: UInt64
+    public var mode: SearchMode
+    /// ANN knobs; 0 = the index's defaults.
+    public var nprobe: UInt32
+    public var rerank: UInt32
 
-    public init(table: String, queries: [Float], dim: UInt32, k: UInt32, excludeIDs: [UInt64] = [], version: UInt64 = 0) {
+    public init(table: String, queries: [Float], dim: UInt32, k: UInt32, excludeIDs: [UInt64] = [], version: UInt64 = 0,
+                mode: SearchMode = .unspecified, nprobe: UInt32 = 0, rerank: UInt32 = 0) {
         self.table = table; self.queries = queries; self.dim = dim; self.k = k; self.excludeIDs = excludeIDs; self.version = version
+        self.mode = mode; self.nprobe = nprobe; self.rerank = rerank
     }
 
     public var queryCount: Int { dim == 0 ? 0 : queries.count / Int(dim) }
@@ -175,8 +191,12 @@ public struct SearchRequest: Sendable, Hashable {
             }
             var floats = [Float](repeating: 0, count: q.len / 4)
             if q.len > 0 { floats.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(start: q.data, count: q.len)) } }
+            guard let mode = SearchMode(rawValue: m.pointee.mode.rawValue) else {
+                throw RPCError(.invalidArgument, "SearchRequest.mode \(m.pointee.mode.rawValue) is not a known SearchMode")
+            }
             return SearchRequest(table: ProtoC.string(m.pointee.table), queries: floats, dim: dim, k: m.pointee.k,
-                                 excludeIDs: ProtoC.array(m.pointee.exclude_ids, m.pointee.n_exclude_ids), version: m.pointee.version)
+                                 excludeIDs: ProtoC.array(m.pointee.exclude_ids, m.pointee.n_exclude_ids), version: m.pointee.version,
+                                 mode: mode, nprobe: m.pointee.nprobe, rerank: m.pointee.rerank)
         }
     }
 
@@ -192,6 +212,9 @@ public struct SearchRequest: Sendable, Hashable {
         m.n_exclude_ids = excludeIDs.count
         m.exclude_ids = arena.array(excludeIDs)
         m.version = version
+        m.mode = Shardrank__V1__SearchMode(rawValue: mode.rawValue)
+        m.nprobe = nprobe
+        m.rerank = rerank
         return withExtendedLifetime(arena) { ProtoC.pack(&m) }
     }
 }
@@ -207,9 +230,11 @@ public struct SearchResponse: Sendable, Hashable {
     public var version: UInt64
     public var shard: UInt32
     public var shardCount: UInt32
+    /// `.exact` or `.ann`: how the queries were answered.
+    public var mode: SearchMode
 
-    public init(results: [SearchHits], version: UInt64, shard: UInt32 = 0, shardCount: UInt32 = 1) {
-        self.results = results; self.version = version; self.shard = shard; self.shardCount = shardCount
+    public init(results: [SearchHits], version: UInt64, shard: UInt32 = 0, shardCount: UInt32 = 1, mode: SearchMode = .exact) {
+        self.results = results; self.version = version; self.shard = shard; self.shardCount = shardCount; self.mode = mode
     }
 
     public static func decode(_ bytes: [UInt8]) throws(RPCError) -> SearchResponse {
@@ -219,7 +244,8 @@ public struct SearchResponse: Sendable, Hashable {
                 let h = m.pointee.results[i]!.pointee
                 results.append(SearchHits(ids: ProtoC.array(h.ids, h.n_ids), scores: ProtoC.array(h.scores, h.n_scores)))
             }
-            return SearchResponse(results: results, version: m.pointee.version, shard: m.pointee.shard, shardCount: m.pointee.shard_count)
+            return SearchResponse(results: results, version: m.pointee.version, shard: m.pointee.shard, shardCount: m.pointee.shard_count,
+                                  mode: SearchMode(rawValue: m.pointee.mode.rawValue) ?? .unspecified)
         }
     }
 
@@ -240,6 +266,7 @@ public struct SearchResponse: Sendable, Hashable {
         m.version = version
         m.shard = shard
         m.shard_count = shardCount
+        m.mode = Shardrank__V1__SearchMode(rawValue: mode.rawValue)
         return withExtendedLifetime(arena) { ProtoC.pack(&m) }
     }
 }

@@ -26,6 +26,10 @@ public final class TableSetBackend: ShardBackend {
     /// Lock each served version's mappings in memory (see `LoadedTableSet.lockInMemory`).
     public let lockTables: Bool
     private let pool: WorkerPool
+    /// How approximate Search is served (thresholds for the exact fallback, limits).
+    public let annServing: ANNServing
+    /// Sampled shadow exact searches measuring ANN recall (nil: off).
+    public let recallMonitor: ANNRecallMonitor?
     /// Concurrent Search calls share passes over the table.
     let batcher: SearchBatcher
     private let logger: Logger
@@ -56,9 +60,11 @@ public final class TableSetBackend: ShardBackend {
     /// Loads and verifies the newest complete version (blocking).
     /// - Throws: `TableError` when the root holds no complete version or it does not load.
     public init(root: String, shard: Int, of shardCount: Int, pool: WorkerPool, allowForeignIDs: Bool = false,
-                previousVersionGrace: Duration = .seconds(30), lockTables: Bool = false,
+                previousVersionGrace: Duration = .seconds(30), lockTables: Bool = false, annServing: ANNServing = ANNServing(),
                 logger: Logger = Logger(label: "shardrank.shard")) throws {
         self.root = root
+        self.annServing = annServing
+        self.recallMonitor = annServing.shadowEvery > 0 ? ANNRecallMonitor(every: annServing.shadowEvery) : nil
         self.shard = shard
         self.shardCount = shardCount
         self.pool = pool
@@ -256,6 +262,9 @@ public final class TableSetBackend: ShardBackend {
     public func search(_ req: SearchRequest, context: ServerContext) throws(RPCError) -> SearchResponse {
         let ts = try snapshot(pinned: req.version)
         let table = try searchTable(req, ts)
+        if let plan = try ANNSearch.plan(req, index: ts.index(req.table), serving: annServing) {
+            return searchResponse(try ANNSearch.run(plan, req, context: context, monitor: recallMonitor), ts, mode: .ann)
+        }
         let (hits, _) = try SearchBatcher.chunked(table: table, queries: req.queries, queryCount: req.queryCount, k: Int(req.k),
                                                   exclude: req.excludeIDs, pool: pool, context: context)
         return searchResponse(hits, ts)
@@ -268,6 +277,10 @@ public final class TableSetBackend: ShardBackend {
         let ts = try snapshot(pinned: req.version)
         let table = try searchTable(req, ts)
         try context.checkCancellation()
+        // Approximate: a few µs per query, no pass over the table to share.
+        if let plan = try ANNSearch.plan(req, index: ts.index(req.table), serving: annServing) {
+            return searchResponse(try ANNSearch.run(plan, req, context: context, monitor: recallMonitor), ts, mode: .ann)
+        }
         let hits = try await batcher.search { done in
             SearchBatcher.Job(owner: ts, table: table, queries: req.queries, queryCount: req.queryCount, k: Int(req.k),
                               exclude: req.excludeIDs, context: context, done: done)
@@ -275,9 +288,9 @@ public final class TableSetBackend: ShardBackend {
         return searchResponse(hits, ts)
     }
 
-    private func searchResponse(_ hits: [[ShardRankKernels.ScoredItem]], _ ts: LoadedTableSet) -> SearchResponse {
+    private func searchResponse(_ hits: [[ShardRankKernels.ScoredItem]], _ ts: LoadedTableSet, mode: SearchMode = .exact) -> SearchResponse {
         SearchResponse(results: hits.map { h in SearchHits(ids: h.map(\.id), scores: h.map(\.score)) }, version: ts.version,
-                       shard: UInt32(shard), shardCount: UInt32(shardCount))
+                       shard: UInt32(shard), shardCount: UInt32(shardCount), mode: mode)
     }
 
     private func searchTable(_ req: SearchRequest, _ ts: LoadedTableSet) throws(RPCError) -> EmbeddingTable {

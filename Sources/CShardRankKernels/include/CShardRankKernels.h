@@ -133,6 +133,48 @@ int64_t srk_gather_rows_isa(int32_t isa, void *dst, const void *base, int64_t ro
                             int64_t n);
 #define SRK_GATHER_AHEAD 8
 
+// ---- ANN: inverted file + 4-bit product quantisation (ann_ivfpq.c) --------------------
+/// Vectors per fast-scan block.
+#define SRK_PQ4_BLOCK 32
+/// Largest number of subspaces (every per-vector sum m * 255 stays below 2^16).
+#define SRK_PQ4_MAX_M 128
+
+/// Scores `nblocks` blocks of 32 PQ4-coded vectors against a u8 lookup table, with the
+/// variant of `isa` (SRK_ISA_*, which the caller has checked the CPU supports).
+/// `codes`: nblocks * 16 * m bytes, m a multiple of 4 and <= SRK_PQ4_MAX_M; in block b, group
+/// g < m/2 is 32 bytes at codes + b*16*m + g*32 whose byte i is
+/// code_{2g}(vector 32b+i) | code_{2g+1}(vector 32b+i) << 4.
+/// `lut`: m * 16 bytes, lut[s*16 + c] the value of code c in subspace s.
+/// `out`: nblocks * 32 values; out[v] = sum over s of lut[s*16 + code_s(v)], exactly.
+void srk_pq4_scan(int32_t isa, const uint8_t *codes, int64_t nblocks, int64_t m, const uint8_t *lut, uint16_t *out);
+
+/// A borrowed view of an IVF-PQ4 index over the rows of one table slice (see ann_ivfpq.c).
+typedef struct srk_ivfpq {
+    int64_t d;                    ///< vector dimension
+    int64_t nlist;                ///< lists (k-means centroids)
+    int64_t m;                    ///< subspaces: a multiple of 4, <= SRK_PQ4_MAX_M
+    int64_t dsub;                 ///< dimensions per subspace; m * dsub >= d (the rest are zero)
+    int64_t max_list;             ///< the longest list, in positions
+    const float *centroids;       ///< nlist * d
+    const float *codebooks;       ///< m * 16 * dsub: codeword c of subspace s at (s*16 + c) * dsub
+    const int64_t *list_offsets;  ///< nlist + 1 positions, multiples of SRK_PQ4_BLOCK
+    const uint8_t *codes;         ///< list_offsets[nlist] / 32 blocks of 16 * m bytes
+    const uint32_t *rows;         ///< list_offsets[nlist] row numbers; UINT32_MAX = padding
+} srk_ivfpq;
+
+/// Bytes of scratch one srk_ivfpq_search call needs (any alignment; reusable across calls).
+int64_t srk_ivfpq_scratch_bytes(const srk_ivfpq *ix, int64_t nprobe, int64_t rerank);
+
+/// One query: probes the `nprobe` lists whose centroids score highest, keeps the `rerank` best
+/// approximate candidates among rows not in `exclude_rows` (sorted ascending, `nexclude`
+/// values), scores them exactly with `k`'s dot kernel over the table's rows (`dtype`, `rows`,
+/// `scales` for int8) and offers each to `out` with id ids[row]. `isa` picks the fast-scan
+/// variant. Returns the number of list positions scanned.
+int64_t srk_ivfpq_search(const srk_kernels *k, int32_t isa, const srk_ivfpq *ix, const float *q,
+                         int32_t dtype, const void *rows, const float *scales, const uint64_t *ids,
+                         const uint32_t *exclude_rows, int64_t nexclude, int64_t nprobe, int64_t rerank,
+                         srk_topk *out, void *scratch);
+
 // ---- OpenBLAS -------------------------------------------------------------------------
 /// C = A * B^T via OpenBLAS cblas_sgemm, run on the calling thread only (OpenBLAS's own
 /// threading is switched off once, at first use).

@@ -933,7 +933,7 @@ const ProtobufCMessageDescriptor shardrank__v1__lookup_response__descriptor =
   (ProtobufCMessageInit) shardrank__v1__lookup_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor shardrank__v1__search_request__field_descriptors[6] =
+static const ProtobufCFieldDescriptor shardrank__v1__search_request__field_descriptors[9] =
 {
   {
     "table",
@@ -1007,19 +1007,58 @@ static const ProtobufCFieldDescriptor shardrank__v1__search_request__field_descr
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "mode",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__SearchRequest, mode),
+    &shardrank__v1__search_mode__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "nprobe",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__SearchRequest, nprobe),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "rerank",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__SearchRequest, rerank),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned shardrank__v1__search_request__field_indices_by_name[] = {
   2,   /* field[2] = dim */
   4,   /* field[4] = exclude_ids */
   3,   /* field[3] = k */
+  6,   /* field[6] = mode */
+  7,   /* field[7] = nprobe */
   1,   /* field[1] = queries */
+  8,   /* field[8] = rerank */
   0,   /* field[0] = table */
   5,   /* field[5] = version */
 };
 static const ProtobufCIntRange shardrank__v1__search_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 6 }
+  { 0, 9 }
 };
 const ProtobufCMessageDescriptor shardrank__v1__search_request__descriptor =
 {
@@ -1029,7 +1068,7 @@ const ProtobufCMessageDescriptor shardrank__v1__search_request__descriptor =
   "Shardrank__V1__SearchRequest",
   "shardrank.v1",
   sizeof(Shardrank__V1__SearchRequest),
-  6,
+  9,
   shardrank__v1__search_request__field_descriptors,
   shardrank__v1__search_request__field_indices_by_name,
   1,  shardrank__v1__search_request__number_ranges,
@@ -1087,7 +1126,7 @@ const ProtobufCMessageDescriptor shardrank__v1__search_hits__descriptor =
   (ProtobufCMessageInit) shardrank__v1__search_hits__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor shardrank__v1__search_response__field_descriptors[4] =
+static const ProtobufCFieldDescriptor shardrank__v1__search_response__field_descriptors[5] =
 {
   {
     "results",
@@ -1137,8 +1176,21 @@ static const ProtobufCFieldDescriptor shardrank__v1__search_response__field_desc
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "mode",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__SearchResponse, mode),
+    &shardrank__v1__search_mode__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned shardrank__v1__search_response__field_indices_by_name[] = {
+  4,   /* field[4] = mode */
   0,   /* field[0] = results */
   2,   /* field[2] = shard */
   3,   /* field[3] = shard_count */
@@ -1147,7 +1199,7 @@ static const unsigned shardrank__v1__search_response__field_indices_by_name[] = 
 static const ProtobufCIntRange shardrank__v1__search_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor shardrank__v1__search_response__descriptor =
 {
@@ -1157,7 +1209,7 @@ const ProtobufCMessageDescriptor shardrank__v1__search_response__descriptor =
   "Shardrank__V1__SearchResponse",
   "shardrank.v1",
   sizeof(Shardrank__V1__SearchResponse),
-  4,
+  5,
   shardrank__v1__search_response__field_descriptors,
   shardrank__v1__search_response__field_indices_by_name,
   1,  shardrank__v1__search_response__number_ranges,
@@ -2055,6 +2107,36 @@ const ProtobufCMessageDescriptor shardrank__v1__attributes_response__descriptor 
   1,  shardrank__v1__attributes_response__number_ranges,
   (ProtobufCMessageInit) shardrank__v1__attributes_response__init,
   NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCEnumValue shardrank__v1__search_mode__enum_values_by_number[3] =
+{
+  { "SEARCH_MODE_UNSPECIFIED", "SHARDRANK__V1__SEARCH_MODE__SEARCH_MODE_UNSPECIFIED", 0 },
+  { "SEARCH_MODE_EXACT", "SHARDRANK__V1__SEARCH_MODE__SEARCH_MODE_EXACT", 1 },
+  { "SEARCH_MODE_ANN", "SHARDRANK__V1__SEARCH_MODE__SEARCH_MODE_ANN", 2 },
+};
+static const ProtobufCIntRange shardrank__v1__search_mode__value_ranges[] = {
+{0, 0},{0, 3}
+};
+static const ProtobufCEnumValueIndex shardrank__v1__search_mode__enum_values_by_name[3] =
+{
+  { "SEARCH_MODE_ANN", 2 },
+  { "SEARCH_MODE_EXACT", 1 },
+  { "SEARCH_MODE_UNSPECIFIED", 0 },
+};
+const ProtobufCEnumDescriptor shardrank__v1__search_mode__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "shardrank.v1.SearchMode",
+  "SearchMode",
+  "Shardrank__V1__SearchMode",
+  "shardrank.v1",
+  3,
+  shardrank__v1__search_mode__enum_values_by_number,
+  3,
+  shardrank__v1__search_mode__enum_values_by_name,
+  1,
+  shardrank__v1__search_mode__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
 static const ProtobufCMethodDescriptor shardrank__v1__shard__method_descriptors[6] =
 {

@@ -36,6 +36,12 @@ typedef struct Shardrank__V1__AttributesResponse Shardrank__V1__AttributesRespon
 
 /* --- enums --- */
 
+typedef enum _Shardrank__V1__SearchMode {
+  SHARDRANK__V1__SEARCH_MODE__SEARCH_MODE_UNSPECIFIED = 0,
+  SHARDRANK__V1__SEARCH_MODE__SEARCH_MODE_EXACT = 1,
+  SHARDRANK__V1__SEARCH_MODE__SEARCH_MODE_ANN = 2
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(SHARDRANK__V1__SEARCH_MODE)
+} Shardrank__V1__SearchMode;
 
 /* --- messages --- */
 
@@ -104,15 +110,28 @@ struct  Shardrank__V1__SearchRequest
   uint32_t dim;
   uint32_t k;
   /*
-   * Ids never to return (already seen, excluded by the caller).
+   * Ids never to return (already seen, excluded by the caller). An approximate search applies
+   * them inside the index traversal: k results come back without post-filtering gaps.
    */
   size_t n_exclude_ids;
   uint64_t *exclude_ids;
   uint64_t version;
+  /*
+   * UNSPECIFIED: the table set's default (its manifest); EXACT forces the scan; ANN asks for the
+   * index (the shard falls back to the exact scan for a table without an index, a small slice,
+   * or exclusions covering a large share of the slice; SearchResponse.mode says which answered).
+   */
+  Shardrank__V1__SearchMode mode;
+  /*
+   * ANN recall knobs; 0 = the index's defaults (recorded in the manifest). nprobe: lists probed
+   * per query; rerank: approximate candidates re-scored exactly per query (raised to k).
+   */
+  uint32_t nprobe;
+  uint32_t rerank;
 };
 #define SHARDRANK__V1__SEARCH_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__search_request__descriptor) \
-    , (char *)protobuf_c_empty_string, {0,NULL}, 0, 0, 0,NULL, 0 }
+    , (char *)protobuf_c_empty_string, {0,NULL}, 0, 0, 0,NULL, 0, SHARDRANK__V1__SEARCH_MODE__SEARCH_MODE_UNSPECIFIED, 0, 0 }
 
 
 struct  Shardrank__V1__SearchHits
@@ -142,10 +161,14 @@ struct  Shardrank__V1__SearchResponse
   uint64_t version;
   uint32_t shard;
   uint32_t shard_count;
+  /*
+   * How the queries were answered: EXACT or ANN.
+   */
+  Shardrank__V1__SearchMode mode;
 };
 #define SHARDRANK__V1__SEARCH_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__search_response__descriptor) \
-    , 0,NULL, 0, 0, 0 }
+    , 0,NULL, 0, 0, 0, SHARDRANK__V1__SEARCH_MODE__SEARCH_MODE_UNSPECIFIED }
 
 
 struct  Shardrank__V1__ListsRequest
@@ -781,6 +804,7 @@ void shardrank__v1__shard__attributes(ProtobufCService *service,
 
 /* --- descriptors --- */
 
+extern const ProtobufCEnumDescriptor    shardrank__v1__search_mode__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__lookup_request__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__lookup_response__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__search_request__descriptor;

@@ -1,0 +1,422 @@
+internal import CShardRankKernels
+
+/// How to build an IVF-PQ4 index (`IVFPQBuilder.build`). Every choice is deterministic for a
+/// given seed: the same rows and options give byte-identical arrays on any number of threads.
+public struct IVFPQBuildOptions: Sendable, Hashable {
+    /// Lists (k-means centroids); nil = `IVFPQBuilder.defaultListCount(rows:)`.
+    public var lists: Int?
+    /// Dimensions per 4-bit subspace (2: 64-dim vectors take 32 codes, 16 bytes).
+    public var subspaceDimension: Int
+    public var seed: UInt64
+    /// Coarse k-means: iterations, and training points per centroid (a seeded sample).
+    public var iterations: Int
+    public var pointsPerCentroid: Int
+    /// Codebook k-means (16 codewords per subspace): sample size and iterations.
+    public var codebookSample: Int
+    public var codebookIterations: Int
+    public init(lists: Int? = nil, subspaceDimension: Int = 2, seed: UInt64 = 0x5eed, iterations: Int = 10,
+                pointsPerCentroid: Int = 32, codebookSample: Int = 65_536, codebookIterations: Int = 16) {
+        self.lists = lists
+        self.subspaceDimension = subspaceDimension
+        self.seed = seed
+        self.iterations = iterations
+        self.pointsPerCentroid = pointsPerCentroid
+        self.codebookSample = codebookSample
+        self.codebookIterations = codebookIterations
+    }
+}
+
+/// An IVF-PQ4 index held in memory (what the builder makes and the index-file writer stores).
+/// Owns its arrays; `index` is a view valid while this object is alive.
+public final class IVFPQIndexData: @unchecked Sendable {
+    public let dimension: Int
+    public let listCount: Int
+    public let subspaces: Int
+    public let subspaceDimension: Int
+    public let centroids: UnsafeMutableBufferPointer<Float>
+    public let codebooks: UnsafeMutableBufferPointer<Float>
+    public let listOffsets: UnsafeMutableBufferPointer<Int64>
+    public let codes: UnsafeMutableBufferPointer<UInt8>
+    public let rows: UnsafeMutableBufferPointer<UInt32>
+
+    init(dimension: Int, listCount: Int, subspaces: Int, subspaceDimension: Int, positions: Int) {
+        func alloc<T>(_ n: Int, _ fill: T) -> UnsafeMutableBufferPointer<T> {
+            let raw = UnsafeMutableRawPointer.allocate(byteCount: max(n, 1) * MemoryLayout<T>.stride, alignment: 64)
+            let p = raw.bindMemory(to: T.self, capacity: max(n, 1))
+            p.initialize(repeating: fill, count: max(n, 1))
+            return UnsafeMutableBufferPointer(start: p, count: n)
+        }
+        self.dimension = dimension
+        self.listCount = listCount
+        self.subspaces = subspaces
+        self.subspaceDimension = subspaceDimension
+        centroids = alloc(listCount * dimension, 0)
+        codebooks = alloc(subspaces * 16 * subspaceDimension, 0)
+        listOffsets = alloc(listCount + 1, 0)
+        codes = alloc(positions / 32 * 16 * subspaces, 0)
+        rows = alloc(positions, UInt32.max)
+    }
+
+    deinit {
+        centroids.baseAddress!.deallocate(); codebooks.baseAddress!.deallocate(); listOffsets.baseAddress!.deallocate()
+        codes.baseAddress!.deallocate(); rows.baseAddress!.deallocate()
+    }
+
+    /// A view of these arrays (valid while `self` is alive: use it inside `withExtendedLifetime`).
+    public var index: IVFPQIndex {
+        IVFPQIndex(dimension: dimension, listCount: listCount, subspaces: subspaces, subspaceDimension: subspaceDimension,
+                   centroids: centroids.baseAddress!, codebooks: codebooks.baseAddress!, listOffsets: listOffsets.baseAddress!,
+                   codes: codes.baseAddress!, rows: rows.baseAddress!)
+    }
+}
+
+/// Builds IVF-PQ4 indexes: coarse k-means (L2, on a seeded sample, GEMM-based assignment),
+/// residual codebooks (16 codewords per subspace), then every row coded and laid out by list.
+public enum IVFPQBuilder {
+    /// The list count used when none is given: about 4·√rows, a power of two, at most rows / 32
+    /// (so that a list holds a few blocks), at least 1.
+    public static func defaultListCount(rows: Int) -> Int {
+        guard rows >= 64 else { return 1 }
+        let target = 4.0 * Double(rows).squareRoot()
+        var n = 1
+        while Double(n * 2) <= target && n * 2 <= rows / 32 { n *= 2 }
+        return n
+    }
+
+    /// Subspaces for a dimension: ⌈dim / dsub⌉ rounded up to a multiple of 4.
+    public static func subspaces(dimension: Int, subspaceDimension: Int) -> Int {
+        let m = (dimension + subspaceDimension - 1) / subspaceDimension
+        return (m + 3) / 4 * 4
+    }
+
+    public struct BuildError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// Builds the index of `rows` (row numbers 0..<rows.count).
+    /// - Parameters:
+    ///   - pool: the work is split into fixed chunks over its threads (results do not depend on
+    ///     the thread count).
+    ///   - progress: called with a phase name and the fraction done (0...1), from the calling thread.
+    /// - Throws: `BuildError` for an empty table, too many rows for `UInt32` row numbers, a
+    ///   dimension too large for 4-bit codes, or non-finite values.
+    public static func build(rows: RowMatrix, options: IVFPQBuildOptions = IVFPQBuildOptions(), pool: WorkerPool? = nil,
+                             progress: (String, Double) -> Void = { _, _ in }) throws -> IVFPQIndexData {
+        let n = rows.count, d = rows.dimension
+        guard n >= 1 else { throw BuildError(description: "cannot index an empty table") }
+        guard n < Int(UInt32.max) else { throw BuildError(description: "\(n) rows exceed the index's 32-bit row numbers") }
+        guard options.subspaceDimension >= 1 else { throw BuildError(description: "subspace dimension must be at least 1") }
+        let m = subspaces(dimension: d, subspaceDimension: options.subspaceDimension)
+        guard m <= Int(SRK_PQ4_MAX_M) else {
+            throw BuildError(description: "dimension \(d) needs \(m) subspaces of \(options.subspaceDimension) (at most \(SRK_PQ4_MAX_M)): use a larger subspace dimension")
+        }
+        let nlist = min(max(1, options.lists ?? defaultListCount(rows: n)), n)
+        let dsub = options.subspaceDimension
+        // All rows as f32 (the index describes the stored values, whatever their dtype).
+        let x = UnsafeMutableBufferPointer<Float>.allocate(capacity: n * d)
+        defer { x.deallocate() }
+        try decode(rows, into: x.baseAddress!, pool: pool)
+        var rng = SplitMix64(state: options.seed)
+
+        // 1. Coarse centroids: k-means on a sample.
+        let sampleCount = min(n, max(nlist, nlist * max(1, options.pointsPerCentroid)))
+        let sample = sampleRows(n: n, count: sampleCount, rng: &rng)
+        let train = UnsafeMutableBufferPointer<Float>.allocate(capacity: sampleCount * d)
+        defer { train.deallocate() }
+        for (i, r) in sample.enumerated() { (train.baseAddress! + i * d).update(from: x.baseAddress! + r * d, count: d) }
+        let centroids = kmeans(points: train.baseAddress!, count: sampleCount, dimension: d, k: nlist,
+                               iterations: options.iterations, rng: &rng, pool: pool) { progress("k-means", $0) }
+
+        // 2. Every row's list.
+        var assign = [Int32](repeating: 0, count: n)
+        assign.withUnsafeMutableBufferPointer { a in
+            nearest(points: x.baseAddress!, count: n, dimension: d, centroids: centroids, k: nlist,
+                    into: a.baseAddress!,
+                    pool: pool) { progress("assign", $0) }
+        }
+
+        // 3. Residual codebooks: per-subspace k-means (16 codewords) on a sample of residuals.
+        let cbSample = sampleRows(n: n, count: min(n, options.codebookSample), rng: &rng)
+        let cb = UnsafeMutableBufferPointer<Float>.allocate(capacity: m * 16 * dsub)
+        defer { cb.deallocate() }
+        cb.initialize(repeating: 0)
+        trainCodebooks(x: x.baseAddress!, d: d, centroids: centroids, assign: assign, sample: cbSample, m: m, dsub: dsub,
+                       iterations: options.codebookIterations, seed: rng.next(), into: cb.baseAddress!, pool: pool)
+        progress("codebooks", 1)
+
+        // 4. Codes of every row (one byte per subspace, packed into blocks below).
+        let flat = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: n * m)
+        defer { flat.deallocate() }
+        encode(x: x.baseAddress!, n: n, d: d, centroids: centroids, assign: assign, codebooks: cb.baseAddress!, m: m, dsub: dsub,
+               into: flat.baseAddress!, pool: pool) { progress("encode", $0) }
+
+        // 5. Layout: lists padded to whole blocks, rows in ascending order within a list.
+        var counts = [Int](repeating: 0, count: nlist)
+        for a in assign { counts[Int(a)] += 1 }
+        var offsets = [Int](repeating: 0, count: nlist + 1)
+        for l in 0..<nlist { offsets[l + 1] = offsets[l] + (counts[l] + 31) / 32 * 32 }
+        let data = IVFPQIndexData(dimension: d, listCount: nlist, subspaces: m, subspaceDimension: dsub, positions: offsets[nlist])
+        centroids.withUnsafeBufferPointer { data.centroids.baseAddress!.update(from: $0.baseAddress!, count: nlist * d) }
+        data.codebooks.baseAddress!.update(from: cb.baseAddress!, count: m * 16 * dsub)
+        for l in 0...nlist { data.listOffsets[l] = Int64(offsets[l]) }
+        var fill = offsets
+        for r in 0..<n {
+            let l = Int(assign[r])
+            let p = fill[l]
+            fill[l] += 1
+            data.rows[p] = UInt32(r)
+            let blk = data.codes.baseAddress! + (p / 32) * 16 * m
+            let v = p % 32
+            for s in 0..<m {
+                let c = flat[r * m + s]
+                blk[(s / 2) * 32 + v] |= s % 2 == 0 ? c : c << 4
+            }
+        }
+        progress("layout", 1)
+        return data
+    }
+
+    // MARK: - Steps
+
+    /// Fixed-size chunks over the pool (the chunking never depends on the thread count).
+    static func chunks(_ count: Int, size: Int, pool: WorkerPool?, _ body: (Range<Int>) -> Void) {
+        let nchunks = (count + size - 1) / size
+        if let pool {
+            pool.parallelFor(count: nchunks, minChunk: 1) { range, _ in
+                for c in range { body((c * size)..<min(count, (c + 1) * size)) }
+            }
+        } else {
+            for c in 0..<nchunks { body((c * size)..<min(count, (c + 1) * size)) }
+        }
+    }
+
+    static func decode(_ rows: RowMatrix, into out: UnsafeMutablePointer<Float>, pool: WorkerPool?) throws {
+        let d = rows.dimension
+        chunks(rows.count, size: 4096, pool: pool) { range in
+            switch rows.elementType {
+            case .f32:
+                (out + range.lowerBound * d).update(from: rows.base.assumingMemoryBound(to: Float.self) + range.lowerBound * d,
+                                                    count: range.count * d)
+            case .f16, .int8:
+                for r in range {
+                    let s = rows.scale(row: r)
+                    for j in 0..<d { out[r * d + j] = rows.value(row: r, column: j) * s }
+                }
+            }
+        }
+        for i in 0..<(rows.count * d) where !out[i].isFinite {
+            throw BuildError(description: "row \(i / d) has a non-finite value")
+        }
+    }
+
+    /// `count` distinct row numbers of `0..<n`, in a seeded random order (a partial shuffle).
+    static func sampleRows(n: Int, count: Int, rng: inout SplitMix64) -> [Int] {
+        if count >= n { return Array(0..<n) }
+        var picked = [Int: Int]() // sparse Fisher-Yates
+        var out = [Int]()
+        out.reserveCapacity(count)
+        for i in 0..<count {
+            let j = i + Int(rng.next() % UInt64(n - i))
+            let vj = picked[j] ?? j
+            picked[j] = picked[i] ?? i
+            out.append(vj)
+        }
+        return out
+    }
+
+    /// For each point, the centroid with the smallest L2 distance (argmax of x·c − |c|²/2; ties
+    /// to the lower centroid), computed with the packed GEMM in chunks of 256 points. (Assigning by
+    /// the largest inner product instead collapses the lists onto a few large-norm centroids on
+    /// skewed-norm data: recall@10 0.002-0.04 on the 1M synth world, BENCHMARKS.md.)
+    static func nearest(points: UnsafePointer<Float>, count: Int, dimension d: Int, centroids: [Float], k: Int,
+                        into out: UnsafeMutablePointer<Int32>, pool: WorkerPool?, progress: (Double) -> Void = { _ in }) {
+        let t = KernelISA.best.table.pointee
+        let packedSize = Int(t.gemm_packed_size(Int64(k), Int64(d)))
+        let packed = UnsafeMutablePointer<Float>.allocate(capacity: packedSize)
+        defer { packed.deallocate() }
+        var half = [Float](repeating: 0, count: k)
+        centroids.withUnsafeBufferPointer { c in
+            t.gemm_pack_b(Int64(k), Int64(d), c.baseAddress!, Int64(d), packed)
+            for j in 0..<k {
+                var s: Float = 0
+                for i in 0..<d { s += c[j * d + i] * c[j * d + i] }
+                half[j] = 0.5 * s
+            }
+        }
+        let chunk = 256
+        let slices = 16 // progress granularity: the points in 16 slices, each chunked over the pool
+        half.withUnsafeBufferPointer { hb in
+            for s in 0..<slices {
+                let lo = count * s / slices, hi = count * (s + 1) / slices
+                chunks(hi - lo, size: chunk, pool: pool) { range in
+                    let r0 = lo + range.lowerBound
+                    withUnsafeTemporaryAllocation(of: Float.self, capacity: chunk * k) { scores in
+                        t.gemm_nt_packed(Int64(range.count), Int64(k), Int64(d), points + r0 * d, Int64(d), packed,
+                                         scores.baseAddress!, Int64(k))
+                        for i in 0..<range.count {
+                            let row = scores.baseAddress! + i * k
+                            var best = 0
+                            var bv = row[0] - hb[0]
+                            for j in 1..<k {
+                                let v = row[j] - hb[j]
+                                if v > bv { bv = v; best = j }
+                            }
+                            out[r0 + i] = Int32(best)
+                        }
+                    }
+                }
+                progress(Double(s + 1) / Double(slices))
+            }
+        }
+    }
+
+    /// Lloyd's k-means (L2) from `k` distinct sample points; an empty cluster takes half of the
+    /// largest one (its centroid split by a small symmetric perturbation). Deterministic.
+    static func kmeans(points: UnsafePointer<Float>, count: Int, dimension d: Int, k: Int, iterations: Int,
+                       rng: inout SplitMix64, pool: WorkerPool?, progress: (Double) -> Void) -> [Float] {
+        var c = [Float](repeating: 0, count: k * d)
+        let init0 = sampleRows(n: count, count: k, rng: &rng)
+        for (j, p) in init0.enumerated() { for i in 0..<d { c[j * d + i] = points[p * d + i] } }
+        var assign = [Int32](repeating: 0, count: count)
+        for it in 0..<max(1, iterations) {
+            assign.withUnsafeMutableBufferPointer { a in
+                nearest(points: points, count: count, dimension: d, centroids: c, k: k, into: a.baseAddress!, pool: pool)
+            }
+            var sums = [Double](repeating: 0, count: k * d)
+            var sizes = [Int](repeating: 0, count: k)
+            for p in 0..<count {
+                let j = Int(assign[p])
+                sizes[j] += 1
+                for i in 0..<d { sums[j * d + i] += Double(points[p * d + i]) }
+            }
+            for j in 0..<k where sizes[j] > 0 {
+                for i in 0..<d { c[j * d + i] = Float(sums[j * d + i] / Double(sizes[j])) }
+            }
+            for j in 0..<k where sizes[j] == 0 {
+                let big = sizes.indices.max { sizes[$0] < sizes[$1] || (sizes[$0] == sizes[$1] && $0 > $1) }!
+                for i in 0..<d {
+                    let v = c[big * d + i]
+                    let e: Float = (i % 2 == 0 ? 1 : -1) * 1e-3 * max(abs(v), 1e-3)
+                    c[j * d + i] = v + e
+                    c[big * d + i] = v - e
+                }
+                sizes[j] = sizes[big] / 2
+                sizes[big] -= sizes[j]
+            }
+            progress(Double(it + 1) / Double(max(1, iterations)))
+        }
+        return c
+    }
+
+    /// 16 codewords per subspace from the residuals of the sampled rows (k-means per subspace,
+    /// subspaces spread over the pool, each deterministic on its own).
+    static func trainCodebooks(x: UnsafePointer<Float>, d: Int, centroids: [Float], assign: [Int32], sample: [Int], m: Int,
+                               dsub: Int, iterations: Int, seed: UInt64, into cb: UnsafeMutablePointer<Float>, pool: WorkerPool?) {
+        let ns = sample.count
+        centroids.withUnsafeBufferPointer { cen in
+            chunks(m, size: 1, pool: pool) { range in
+                for s in range {
+                    // This subspace's residual coordinates of the sample (dims past d are zero).
+                    var pts = [Float](repeating: 0, count: ns * dsub)
+                    for (i, r) in sample.enumerated() {
+                        let l = Int(assign[r])
+                        for t in 0..<dsub {
+                            let j = s * dsub + t
+                            if j < d { pts[i * dsub + t] = x[r * d + j] - cen[l * d + j] }
+                        }
+                    }
+                    var rng = SplitMix64(state: seed ^ UInt64(s) &* 0x9E37_79B9_7F4A_7C15)
+                    let words = smallKMeans(pts, count: ns, dim: dsub, k: 16, iterations: iterations, rng: &rng)
+                    for i in 0..<(16 * dsub) { cb[s * 16 * dsub + i] = words[i] }
+                }
+            }
+        }
+    }
+
+    /// k-means for tiny k and dimension (scalar), starting from k distinct random points
+    /// (fewer points than k: the rest repeat the last point).
+    static func smallKMeans(_ pts: [Float], count n: Int, dim: Int, k: Int, iterations: Int, rng: inout SplitMix64) -> [Float] {
+        var c = [Float](repeating: 0, count: k * dim)
+        guard n > 0 else { return c }
+        let start = sampleRows(n: n, count: min(n, k), rng: &rng)
+        for j in 0..<k {
+            let p = start[min(j, start.count - 1)]
+            for t in 0..<dim { c[j * dim + t] = pts[p * dim + t] }
+        }
+        var assign = [Int](repeating: 0, count: n)
+        var sums = [Double](repeating: 0, count: k * dim)
+        var sizes = [Int](repeating: 0, count: k)
+        pts.withUnsafeBufferPointer { pp in
+            for _ in 0..<max(1, iterations) {
+                c.withUnsafeBufferPointer { cp in
+                    assign.withUnsafeMutableBufferPointer { ap in
+                        for p in 0..<n { ap[p] = nearestWord(pp.baseAddress! + p * dim, cp.baseAddress!, k: k, dim: dim) }
+                    }
+                }
+                for i in sums.indices { sums[i] = 0 }
+                for j in 0..<k { sizes[j] = 0 }
+                for p in 0..<n {
+                    let a = assign[p]
+                    sizes[a] += 1
+                    for t in 0..<dim { sums[a * dim + t] += Double(pp[p * dim + t]) }
+                }
+                for j in 0..<k where sizes[j] > 0 {
+                    for t in 0..<dim { c[j * dim + t] = Float(sums[j * dim + t] / Double(sizes[j])) }
+                }
+            }
+        }
+        return c
+    }
+
+    /// The codeword (of `k`, `dim` floats each) nearest to `x` in L2; ties to the lower one.
+    @inline(__always)
+    static func nearestWord(_ x: UnsafePointer<Float>, _ c: UnsafePointer<Float>, k: Int, dim: Int) -> Int {
+        var best = 0
+        var bd = Float.infinity
+        for j in 0..<k {
+            var dist: Float = 0
+            for t in 0..<dim {
+                let e = x[t] - c[j * dim + t]
+                dist += e * e
+            }
+            if dist < bd { bd = dist; best = j }
+        }
+        return best
+    }
+
+    static func encode(x: UnsafePointer<Float>, n: Int, d: Int, centroids: [Float], assign: [Int32], codebooks cb: UnsafePointer<Float>,
+                       m: Int, dsub: Int, into out: UnsafeMutablePointer<UInt8>, pool: WorkerPool?, progress: (Double) -> Void) {
+        let slices = 8
+        centroids.withUnsafeBufferPointer { cen in
+            assign.withUnsafeBufferPointer { asg in
+                for sl in 0..<slices {
+                    let lo = n * sl / slices, hi = n * (sl + 1) / slices
+                    chunks(hi - lo, size: 4096, pool: pool) { range in
+                        withUnsafeTemporaryAllocation(of: Float.self, capacity: m * dsub) { res in
+                            for r in (lo + range.lowerBound)..<(lo + range.upperBound) {
+                                let l = Int(asg[r])
+                                for j in 0..<(m * dsub) { res[j] = j < d ? x[r * d + j] - cen[l * d + j] : 0 }
+                                for s in 0..<m {
+                                    out[r * m + s] = UInt8(nearestWord(res.baseAddress! + s * dsub, cb + s * 16 * dsub, k: 16, dim: dsub))
+                                }
+                            }
+                        }
+                    }
+                    progress(Double(sl + 1) / Double(slices))
+                }
+            }
+        }
+    }
+}
+
+/// SplitMix64 (Steele, Lea & Flood 2014): the builder's seeded generator.
+struct SplitMix64 {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
