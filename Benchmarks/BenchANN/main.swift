@@ -1,7 +1,7 @@
 // BenchANN: ShardRank's IVF-PQ4 index on a benchmark dataset written by scripts/bench-ann-data.py
 // (base.npy, queries.npy, gt.npy, exclude_<pct>.npy, gt_exclude_<pct>.npy). Build in release:
 //   swift build -c release --product BenchANN
-// Usage: BenchANN --data DIR [--k 10,100] [--dtype f32|int8] [--lists N] [--threads T]
+// Usage: BenchANN --data DIR [--k 10,100] [--dtype f32|int8] [--lists N] [--threads T] [--no-spill] [--dsub D]
 //                 [--sweep NPROBE:RERANK,...] [--excluded 1,10,50] [--seed S] [--name NAME]
 // Prints one JSON object per line (the schema of scripts/bench-ann-report.py):
 //   {"system","dataset","build_s","build_threads","bytes_per_vector","bytes_note"}       (the build)
@@ -90,6 +90,8 @@ let pool = WorkerPool(threadCount: threads)
 var options = IVFPQBuildOptions(seed: seed)
 options.lists = opt("--lists").map { Int($0)! }
 if let v = opt("--dsub") { options.subspaceDimension = Int(v)! }
+if args.contains("--no-spill") { options.spill = false }
+if let v = opt("--spill-weight") { options.spillWeight = Float(v)! }
 let t0 = wallSeconds()
 let data: IVFPQIndexData
 do {
@@ -113,7 +115,7 @@ func sweep(for k: Int) -> [ANNSearchParameters] {
         return s.split(separator: ",").map { p in let v = p.split(separator: ":"); return ANNSearchParameters(nprobe: Int(v[0])!, rerank: Int(v[1])!) }
     }
     let probes = [2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256]
-    let reranks = k <= 10 ? [20, 40, 80, 160] : [200, 400, 800]
+    let reranks = k <= 10 ? [40, 80, 160, 320, 640] : [200, 400, 800, 1600]
     return probes.flatMap { p in reranks.map { ANNSearchParameters(nprobe: p, rerank: $0) } }
 }
 

@@ -122,18 +122,24 @@ static inline void ann_swap(ann_res *h, int64_t a, int64_t b) {
 }
 
 // Moves the `keep` best of the first n items to the front (best not sorted), keep < n.
+// Quickselect with a branch-free Lomuto partition (every element is swapped; the store index
+// advances by the comparison), so the data-dependent branches do not mispredict.
 static void ann_select(ann_res *h, int64_t keep) {
     int64_t lo = 0, hi = h->n - 1, want = keep - 1;
+    float *s = h->s; uint32_t *r = h->r;
     while (lo < hi) {
         int64_t mid = lo + ((hi - lo) >> 1);
-        // median of three to hi, then Lomuto partition descending
-        if (h->s[mid] > h->s[lo]) ann_swap(h, mid, lo);
-        if (h->s[hi] > h->s[lo]) ann_swap(h, hi, lo);
-        if (h->s[mid] > h->s[hi]) ann_swap(h, mid, hi);
-        float pivot = h->s[hi];
+        // median of three to hi, then partition descending
+        if (s[mid] > s[lo]) ann_swap(h, mid, lo);
+        if (s[hi] > s[lo]) ann_swap(h, hi, lo);
+        if (s[mid] > s[hi]) ann_swap(h, mid, hi);
+        const float pivot = s[hi];
         int64_t store = lo;
         for (int64_t i = lo; i < hi; i++) {
-            if (h->s[i] > pivot) { ann_swap(h, i, store); store++; }
+            float si = s[i]; uint32_t ri = r[i];
+            s[i] = s[store]; r[i] = r[store];
+            s[store] = si; r[store] = ri;
+            store += si > pivot;
         }
         ann_swap(h, store, hi);
         if (store == want) break;
@@ -176,8 +182,16 @@ typedef struct {
     float *cand_s;     // 2 * rerank
     uint32_t *cand_r;  // 2 * rerank
     int64_t *idx;      // rerank
+    uint32_t *seen;    // seen_slots: open addressing, row + 1 (0 = empty)
     float *exact;      // rerank
 } ann_scratch;
+
+// Slots of the per-query set that drops duplicate candidates (a power of two >= 4 * rerank).
+static inline int64_t ann_seen_slots(int64_t rerank) {
+    int64_t n = 64;
+    while (n < 4 * rerank) n <<= 1;
+    return n;
+}
 
 static inline int64_t ann_align(int64_t x) { return (x + 63) & ~(int64_t)63; }
 
@@ -195,6 +209,7 @@ static int64_t ann_layout(const srk_ivfpq *ix, int64_t nprobe, int64_t rerank, c
     ANN_TAKE(cand_s, float, 2 * rerank);
     ANN_TAKE(cand_r, uint32_t, 2 * rerank);
     ANN_TAKE(idx, int64_t, rerank);
+    ANN_TAKE(seen, uint32_t, ann_seen_slots(rerank));
     ANN_TAKE(exact, float, rerank);
 #undef ANN_TAKE
     return off;
@@ -309,10 +324,26 @@ int64_t srk_ivfpq_search(const srk_kernels *k, int32_t isa, const srk_ivfpq *ix,
 
     // 4. Exact re-rank of the candidates with the dot kernel (gathered rows, prefetched).
     ann_res_shrink(&ch);
-    const int64_t nc = ch.n;
-    if (nc == 0) return scanned;
-    for (int64_t i = 0; i < nc; i++) sc.idx[i] = (int64_t)sc.cand_r[i];
+    if (ch.n == 0) return scanned;
+    // A spilled row may be a candidate twice (once per list): score it once.
+    const int64_t slots = ann_seen_slots(rerank);
+    memset(sc.seen, 0, (size_t)slots * sizeof(uint32_t));
+    int64_t nc = 0;
+    for (int64_t i = 0; i < ch.n; i++) {
+        const uint32_t row = ch.r[i];
+        uint64_t hsh = ((uint64_t)row * 0x9E3779B97F4A7C15ull) >> 32;
+        for (;;) {
+            uint32_t *slot = &sc.seen[hsh & (uint64_t)(slots - 1)];
+            if (*slot == 0) { *slot = row + 1; sc.cand_r[nc] = row; sc.idx[nc] = (int64_t)row; nc++; break; }
+            if (*slot == row + 1) break;
+            hsh++;
+        }
+    }
     k->dot[dtype](q, 1, d, rows, scales, sc.idx, nc, d, sc.exact, nc, 0);
-    for (int64_t i = 0; i < nc; i++) srk_topk_push(out, sc.exact[i], ids[sc.cand_r[i]]);
+    for (int64_t i = 0; i < nc; i++) {
+        // Only a score that can enter needs its id (a cache miss per row: the tie-break needs it).
+        if (out->count == out->capacity && out->capacity > 0 && sc.exact[i] < out->scores[0]) continue;
+        srk_topk_push(out, sc.exact[i], ids[sc.cand_r[i]]);
+    }
     return scanned;
 }

@@ -51,10 +51,13 @@ struct BuildCommand: ParsableCommand {
     var annLists: Int?
 
     @Option(name: .customLong("ann-nprobe"), help: "Default lists probed per query (recorded in the manifest; requests may override).")
-    var annNprobe: Int = 24
+    var annNprobe: Int = 8
 
     @Option(name: .customLong("ann-rerank"), help: "Default candidates re-scored exactly per query (recorded in the manifest).")
     var annRerank: Int = 160
+
+    @Flag(name: .customLong("ann-spill"), inversion: .prefixedNo, help: "File each item in a second list too (SOAR): twice the codes, much higher recall per list probed.")
+    var annSpill = true
 
     @Option(name: .customLong("ann-default-mode"), help: "Search mode of a request that names none: ann or exact.")
     var annDefaultMode: String = "ann"
@@ -83,7 +86,7 @@ struct BuildCommand: ParsableCommand {
                                    listLength: listLength)
         options.seed = StableHash.defaultSeed
         if ann != "none" {
-            options.ann = BuildOptions.ANNBuild(options: IVFPQBuildOptions(lists: annLists, seed: seed),
+            options.ann = BuildOptions.ANNBuild(options: IVFPQBuildOptions(lists: annLists, seed: seed, spill: annSpill),
                                                 defaults: ANNSearchParameters(nprobe: annNprobe, rerank: annRerank),
                                                 defaultMode: annDefaultMode, pool: WorkerPool(spinMicroseconds: 0))
         }

@@ -14,8 +14,18 @@ public struct IVFPQBuildOptions: Sendable, Hashable {
     /// Codebook k-means (16 codewords per subspace): sample size and iterations.
     public var codebookSample: Int
     public var codebookIterations: Int
+    /// Also file every row in a second list (SOAR, Sun et al. 2023): the list whose residual is
+    /// most orthogonal to the row's primary residual, so that a query the primary list's centroid
+    /// underrates finds the row through the second. Twice the codes, higher recall per list probed.
+    public var spill: Bool
+    /// SOAR's λ: the weight of the residuals' alignment in choosing the second list.
+    public var spillWeight: Float
+
     public init(lists: Int? = nil, subspaceDimension: Int = 2, seed: UInt64 = 0x5eed, iterations: Int = 10,
-                pointsPerCentroid: Int = 32, codebookSample: Int = 65_536, codebookIterations: Int = 16) {
+                pointsPerCentroid: Int = 32, codebookSample: Int = 65_536, codebookIterations: Int = 16,
+                spill: Bool = true, spillWeight: Float = 1) {
+        self.spill = spill
+        self.spillWeight = spillWeight
         self.lists = lists
         self.subspaceDimension = subspaceDimension
         self.seed = seed
@@ -144,15 +154,29 @@ public enum IVFPQBuilder {
                        iterations: options.codebookIterations, seed: rng.next(), into: cb.baseAddress!, pool: pool)
         progress("codebooks", 1)
 
-        // 4. Codes of every row (one byte per subspace, packed into blocks below).
-        let flat = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: n * m)
-        defer { flat.deallocate() }
-        encode(x: x.baseAddress!, n: n, d: d, centroids: centroids, assign: assign, codebooks: cb.baseAddress!, m: m, dsub: dsub,
-               into: flat.baseAddress!, pool: pool) { progress("encode", $0) }
+        // 4. The entries: every row in its list, and (spill) in a second list.
+        var entryRow = [Int32](), entryList = [Int32]()
+        entryRow.reserveCapacity(options.spill ? 2 * n : n)
+        entryList.reserveCapacity(options.spill ? 2 * n : n)
+        let second: [Int32]? = options.spill && nlist > 1
+            ? spillAssign(x: x.baseAddress!, n: n, d: d, centroids: centroids, k: nlist, primary: assign, weight: options.spillWeight, pool: pool)
+            : nil
+        for r in 0..<n {
+            entryRow.append(Int32(r)); entryList.append(assign[r])
+            if let second { entryRow.append(Int32(r)); entryList.append(second[r]) }
+        }
+        progress("spill", 1)
 
-        // 5. Layout: lists padded to whole blocks, rows in ascending order within a list.
+        // 5. Codes of every entry's residual (one byte per subspace, packed into blocks below).
+        let entries = entryRow.count
+        let flat = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: entries * m)
+        defer { flat.deallocate() }
+        encode(x: x.baseAddress!, d: d, centroids: centroids, rows: entryRow, lists: entryList, codebooks: cb.baseAddress!, m: m,
+               dsub: dsub, into: flat.baseAddress!, pool: pool) { progress("encode", $0) }
+
+        // 6. Layout: lists padded to whole blocks, entries in ascending row order within a list.
         var counts = [Int](repeating: 0, count: nlist)
-        for a in assign { counts[Int(a)] += 1 }
+        for a in entryList { counts[Int(a)] += 1 }
         var offsets = [Int](repeating: 0, count: nlist + 1)
         for l in 0..<nlist { offsets[l + 1] = offsets[l] + (counts[l] + 31) / 32 * 32 }
         let data = IVFPQIndexData(dimension: d, listCount: nlist, subspaces: m, subspaceDimension: dsub, positions: offsets[nlist])
@@ -160,15 +184,15 @@ public enum IVFPQBuilder {
         data.codebooks.baseAddress!.update(from: cb.baseAddress!, count: m * 16 * dsub)
         for l in 0...nlist { data.listOffsets[l] = Int64(offsets[l]) }
         var fill = offsets
-        for r in 0..<n {
-            let l = Int(assign[r])
+        for e in 0..<entries {
+            let l = Int(entryList[e])
             let p = fill[l]
             fill[l] += 1
-            data.rows[p] = UInt32(r)
+            data.rows[p] = UInt32(entryRow[e])
             let blk = data.codes.baseAddress! + (p / 32) * 16 * m
             let v = p % 32
             for s in 0..<m {
-                let c = flat[r * m + s]
+                let c = flat[e * m + s]
                 blk[(s / 2) * 32 + v] |= s % 2 == 0 ? c : c << 4
             }
         }
@@ -384,28 +408,84 @@ public enum IVFPQBuilder {
         return best
     }
 
-    static func encode(x: UnsafePointer<Float>, n: Int, d: Int, centroids: [Float], assign: [Int32], codebooks cb: UnsafePointer<Float>,
+    /// Codes of entry e: row `rows[e]`'s residual against centroid `lists[e]`, nearest codeword
+    /// per subspace (L2). `out`: entries × m bytes.
+    static func encode(x: UnsafePointer<Float>, d: Int, centroids: [Float], rows: [Int32], lists: [Int32], codebooks cb: UnsafePointer<Float>,
                        m: Int, dsub: Int, into out: UnsafeMutablePointer<UInt8>, pool: WorkerPool?, progress: (Double) -> Void) {
-        let slices = 8
+        let slices = 8, n = rows.count
         centroids.withUnsafeBufferPointer { cen in
-            assign.withUnsafeBufferPointer { asg in
-                for sl in 0..<slices {
-                    let lo = n * sl / slices, hi = n * (sl + 1) / slices
-                    chunks(hi - lo, size: 4096, pool: pool) { range in
-                        withUnsafeTemporaryAllocation(of: Float.self, capacity: m * dsub) { res in
-                            for r in (lo + range.lowerBound)..<(lo + range.upperBound) {
-                                let l = Int(asg[r])
-                                for j in 0..<(m * dsub) { res[j] = j < d ? x[r * d + j] - cen[l * d + j] : 0 }
-                                for s in 0..<m {
-                                    out[r * m + s] = UInt8(nearestWord(res.baseAddress! + s * dsub, cb + s * 16 * dsub, k: 16, dim: dsub))
-                                }
+            for sl in 0..<slices {
+                let lo = n * sl / slices, hi = n * (sl + 1) / slices
+                chunks(hi - lo, size: 4096, pool: pool) { range in
+                    withUnsafeTemporaryAllocation(of: Float.self, capacity: m * dsub) { res in
+                        for e in (lo + range.lowerBound)..<(lo + range.upperBound) {
+                            let r = Int(rows[e]), l = Int(lists[e])
+                            for j in 0..<(m * dsub) { res[j] = j < d ? x[r * d + j] - cen[l * d + j] : 0 }
+                            for s in 0..<m {
+                                out[e * m + s] = UInt8(nearestWord(res.baseAddress! + s * dsub, cb + s * 16 * dsub, k: 16, dim: dsub))
                             }
                         }
                     }
-                    progress(Double(sl + 1) / Double(slices))
+                }
+                progress(Double(sl + 1) / Double(slices))
+            }
+        }
+    }
+
+    /// SOAR's second list for every row: argmin over centroids c ≠ primary of
+    /// |x − c|² + λ (r·(x − c))² / |r|², r = x − c_primary (two packed GEMMs per 256-row chunk).
+    static func spillAssign(x: UnsafePointer<Float>, n: Int, d: Int, centroids: [Float], k: Int, primary: [Int32], weight: Float,
+                            pool: WorkerPool?) -> [Int32] {
+        let t = KernelISA.best.table.pointee
+        let packed = UnsafeMutablePointer<Float>.allocate(capacity: Int(t.gemm_packed_size(Int64(k), Int64(d))))
+        defer { packed.deallocate() }
+        var norms = [Float](repeating: 0, count: k)
+        centroids.withUnsafeBufferPointer { c in
+            t.gemm_pack_b(Int64(k), Int64(d), c.baseAddress!, Int64(d), packed)
+            for j in 0..<k { var s: Float = 0; for i in 0..<d { s += c[j * d + i] * c[j * d + i] }; norms[j] = s }
+        }
+        var out = [Int32](repeating: 0, count: n)
+        let chunk = 256
+        centroids.withUnsafeBufferPointer { cen in
+            norms.withUnsafeBufferPointer { nb in
+                out.withUnsafeMutableBufferPointer { ob in
+                    let op = ob.baseAddress!
+                    chunks(n, size: chunk, pool: pool) { range in
+                        withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * chunk * k + chunk * d) { buf in
+                            let xs = buf.baseAddress!, rs = xs + chunk * k, res = rs + chunk * k
+                            let r0 = range.lowerBound, cn = range.count
+                            var rx = [Float](repeating: 0, count: cn), rr = [Float](repeating: 0, count: cn)
+                            for i in 0..<cn {
+                                let p = Int(primary[r0 + i])
+                                var a: Float = 0, b: Float = 0
+                                for j in 0..<d {
+                                    let v = x[(r0 + i) * d + j], e = v - cen[p * d + j]
+                                    res[i * d + j] = e
+                                    a += e * v
+                                    b += e * e
+                                }
+                                rx[i] = a; rr[i] = b
+                            }
+                            t.gemm_nt_packed(Int64(cn), Int64(k), Int64(d), x + r0 * d, Int64(d), packed, xs, Int64(k))
+                            t.gemm_nt_packed(Int64(cn), Int64(k), Int64(d), res, Int64(d), packed, rs, Int64(k))
+                            for i in 0..<cn {
+                                let p = Int(primary[r0 + i])
+                                let w = rr[i] > 0 ? weight / rr[i] : 0
+                                var best = -1
+                                var bv = Float.infinity
+                                for j in 0..<k where j != p {
+                                    let align = rx[i] - rs[i * k + j]
+                                    let v = nb[j] - 2 * xs[i * k + j] + w * align * align
+                                    if v < bv { bv = v; best = j }
+                                }
+                                op[r0 + i] = Int32(best)
+                            }
+                        }
+                    }
                 }
             }
         }
+        return out
     }
 }
 

@@ -69,22 +69,27 @@ public struct IVFPQIndex: @unchecked Sendable {
 
     /// Structural checks for an index read from disk: offsets start at 0, are multiples of 32,
     /// never decrease; every row number is `< rowCount` or padding, and each row of the table
-    /// appears exactly once. Returns a description of the first problem, or nil.
+    /// appears once or twice (a spilled row: in two different lists). Returns a description of
+    /// the first problem, or nil.
     public func validate(rowCount: Int) -> String? {
         guard listOffsets[0] == 0 else { return "list offsets do not start at 0" }
         for l in 0..<listCount {
             let a = listOffsets[l], b = listOffsets[l + 1]
             guard b >= a, b % 32 == 0 else { return "list \(l) has bad offsets \(a)..<\(b)" }
         }
-        var seen = [Bool](repeating: false, count: rowCount)
+        var seen = [UInt8](repeating: 0, count: rowCount)
+        var lastList = [Int32](repeating: -1, count: rowCount)
         var count = 0
-        for p in 0..<positions {
-            let r = rows[p]
-            if r == UInt32.max { continue }
-            guard Int(r) < rowCount else { return "position \(p) names row \(r) of \(rowCount)" }
-            guard !seen[Int(r)] else { return "row \(r) is indexed twice" }
-            seen[Int(r)] = true
-            count += 1
+        for l in 0..<listCount {
+            for p in Int(listOffsets[l])..<Int(listOffsets[l + 1]) {
+                let r = rows[p]
+                if r == UInt32.max { continue }
+                guard Int(r) < rowCount else { return "position \(p) names row \(r) of \(rowCount)" }
+                guard seen[Int(r)] < 2, lastList[Int(r)] != Int32(l) else { return "row \(r) is indexed too often" }
+                if seen[Int(r)] == 0 { count += 1 }
+                seen[Int(r)] += 1
+                lastList[Int(r)] = Int32(l)
+            }
         }
         guard count == rowCount else { return "\(count) of \(rowCount) rows are indexed" }
         for i in 0..<(listCount * dimension) where !centroids[i].isFinite { return "centroid value \(i) is not finite" }

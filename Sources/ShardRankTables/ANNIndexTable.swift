@@ -38,7 +38,7 @@ public final class ANNIndexTable: @unchecked Sendable {
             throw TableError(.mismatch, "index was built for other rows (table checksum \(hex(params[5])), the table file's is \(hex(tableFile.headerChecksum)))", path: path)
         }
         guard lists >= 1, lists <= 1 << 24, m >= 4, m % 4 == 0, m <= 128, dsub >= 1, dsub <= 1024, m * dsub >= d,
-              positions >= 0, positions % 32 == 0, positions <= (table.rowCount + 31 * lists) else {
+              positions >= 0, positions % 32 == 0, positions <= (2 * table.rowCount + 31 * lists) else {
             throw TableError.corrupt(path, "bad ANN parameters: \(lists) lists, \(m) subspaces × \(dsub), \(positions) positions")
         }
         guard lists == spec.lists, m == spec.subspaces, dsub == spec.subspaceDim else {

@@ -434,7 +434,8 @@ public final class TableSetBuilder {
         }
         let recall = asked > 0 ? Double(hits) / Double(asked) : 1
         tables[ti].index = TableSetManifest.ANNIndexSpec(
-            kind: "ivfpq4", lists: lists, subspaces: subspaces, subspaceDim: options.subspaceDimension, seed: hex(options.seed),
+            kind: "ivfpq4", lists: lists, subspaces: subspaces, subspaceDim: options.subspaceDimension, spill: options.spill,
+            seed: hex(options.seed),
             defaultMode: defaultMode, nprobe: defaults.nprobe, rerank: defaults.rerank,
             recallAt10: (recall * 10_000).rounded() / 10_000, shards: files)
         let elapsed = ContinuousClock.now - start

@@ -58,6 +58,8 @@ public struct TableSetManifest: Codable, Sendable, Equatable {
         public var lists: Int
         public var subspaces: Int
         public var subspaceDim: Int
+        /// Whether each row is also filed in a second list (SOAR).
+        public var spill: Bool?
         /// The build seed as `0x` + 16 hex digits.
         public var seed: String
         /// The search mode a request with mode UNSPECIFIED gets: `ann` or `exact`.

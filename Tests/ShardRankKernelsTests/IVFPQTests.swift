@@ -35,10 +35,16 @@ import ShardRankKernels
         }
     }
 
-    @Test func everyVariantIsCheckedOnAVX512Machines() {
-        // The AVX-512 fast scan must not silently drop out of the test above on machines that have it.
-        #expect(KernelISA.supported.contains(.baseline))
-        #expect(KernelISA.avx512.isSupported == KernelISA.supported.contains(.avx512))
+    @Test(.enabled(if: KernelISA.avx512.isSupported, "needs a CPU with AVX-512"), arguments: [4, 32, 128])
+    func avx512FastScanEqualsTheReference(subspaces m: Int) {
+        var rng = SplitMix64(seed: 77)
+        let blocks = 3
+        let codes = (0..<(blocks * 16 * m)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        let lut = (0..<(m * 16)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        var want = [UInt16](repeating: 0, count: blocks * 32), got = want
+        PQ4FastScan.reference(codes: codes, blocks: blocks, subspaces: m, lut: lut, out: &want)
+        PQ4FastScan.scan(codes: codes, blocks: blocks, subspaces: m, lut: lut, out: &got, isa: .avx512)
+        #expect(got == want)
     }
 
     func exactTopK(_ x: [Float], d: Int, query: UnsafePointer<Float>, k: Int, excluding: [UInt64] = []) -> [ScoredItem] {
@@ -142,5 +148,59 @@ import ShardRankKernels
             try wide.withUnsafeBufferPointer { try IVFPQBuilder.build(rows: RowMatrix(f32: $0.baseAddress!, count: 2, dimension: 300),
                                                                      options: IVFPQBuildOptions(subspaceDimension: 2)) }
         }
+    }
+}
+
+/// `IVFPQIndex.validate` catches the layouts a damaged or foreign index file could describe.
+@Suite struct IVFPQValidationTests {
+    @Test func brokenLayoutsAreReported() throws {
+        let n = 400, d = 4
+        let x = IVFPQTests.clustered(count: n, dimension: d)
+        let data = try x.withUnsafeBufferPointer { try IVFPQBuilder.build(rows: RowMatrix(f32: $0.baseAddress!, count: n, dimension: d),
+                                                                         options: IVFPQBuildOptions(lists: 4)) }
+        #expect(data.index.validate(rowCount: n) == nil)
+        #expect(data.index.validate(rowCount: n + 1) != nil, "a row missing from the index")
+        #expect(data.index.validate(rowCount: n - 1) != nil, "a row number out of range")
+        // The same row twice in one list.
+        let first = Int(data.listOffsets[0])
+        let saved = data.rows[first + 1]
+        data.rows[first + 1] = data.rows[first]
+        #expect(data.index.validate(rowCount: n) != nil)
+        data.rows[first + 1] = saved
+        // Offsets that are not whole blocks.
+        data.listOffsets[1] += 1
+        #expect(data.index.validate(rowCount: n) != nil)
+        data.listOffsets[1] -= 1
+        data.centroids[0] = .nan
+        #expect(data.index.validate(rowCount: n) != nil)
+    }
+
+    @Test func spillFilesEveryRowInTwoListsAndRaisesRecall() throws {
+        let n = 4000, d = 16
+        let x = IVFPQTests.clustered(count: n, dimension: d, seed: 21)
+        func build(_ spill: Bool) throws -> IVFPQIndexData {
+            try x.withUnsafeBufferPointer { try IVFPQBuilder.build(rows: RowMatrix(f32: $0.baseAddress!, count: n, dimension: d),
+                                                                  options: IVFPQBuildOptions(lists: 64, spill: spill)) }
+        }
+        let one = try build(false), two = try build(true)
+        let count = { (data: IVFPQIndexData) in data.rows.filter { $0 != UInt32.max }.count }
+        #expect(count(one) == n && count(two) == 2 * n)
+        // Recall with few lists probed and a deep re-rank (so the lists decide): spill helps.
+        let ids = (0..<UInt64(n)).map { $0 }
+        var rng = SplitMix64(seed: 8)
+        var hits = [0, 0]
+        for _ in 0..<60 {
+            let q = (0..<d).map { _ in rng.uniform() }
+            let exact = Set(x.withUnsafeBufferPointer { xp in q.withUnsafeBufferPointer { qp in ids.withUnsafeBufferPointer { ip in
+                Search.topK(queries: qp.baseAddress!, queryCount: 1, rows: RowMatrix(f32: xp.baseAddress!, count: n, dimension: d), ids: ip.baseAddress!, k: 10)[0] } } }.map(\.id))
+            for (i, data) in [one, two].enumerated() {
+                let got = x.withUnsafeBufferPointer { xp in q.withUnsafeBufferPointer { qp in ids.withUnsafeBufferPointer { ip in
+                    data.index.search(query: qp.baseAddress!, k: 10, parameters: ANNSearchParameters(nprobe: 2, rerank: 1000),
+                                      rows: RowMatrix(f32: xp.baseAddress!, count: n, dimension: d), ids: ip.baseAddress!).items } } }
+                #expect(Set(got.map(\.id)).count == got.count, "a spilled row returned twice")
+                hits[i] += got.filter { exact.contains($0.id) }.count
+            }
+        }
+        #expect(hits[1] > hits[0], "spill \(hits[1]) vs none \(hits[0]) of 600")
     }
 }
