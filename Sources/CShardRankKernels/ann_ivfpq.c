@@ -295,6 +295,7 @@ int64_t srk_ivfpq_search(const srk_kernels *k, int32_t isa, const srk_ivfpq *ix,
         if (pi + 1 < np) {
             const uint32_t nl = sc.probe_l[pi + 1];
             __builtin_prefetch(ix->codes + (ix->list_offsets[nl] / SRK_PQ4_BLOCK) * 16 * m, 0, 3);
+            __builtin_prefetch(ix->rows + ix->list_offsets[nl], 0, 3);
         }
         srk_pq4_scan(isa, ix->codes + (p0 / SRK_PQ4_BLOCK) * 16 * m, nblocks, m, sc.lut, sc.acc);
         scanned += p1 - p0;
@@ -340,8 +341,20 @@ int64_t srk_ivfpq_search(const srk_kernels *k, int32_t isa, const srk_ivfpq *ix,
         }
     }
     k->dot[dtype](q, 1, d, rows, scales, sc.idx, nc, d, sc.exact, nc, 0);
+    // Only scores that can enter the top-k need their ids (a cache miss per row; the tie-break
+    // needs them): select the k best exact scores first (ann_select on (score, candidate)), then
+    // offer those with a score >= the k-th best.
+    const int64_t want = out->capacity - out->count;
+    float kth = -INFINITY;
+    if (want > 0 && want < nc) {
+        ann_res sel = { sc.cand_s, sc.seen, nc, nc, want, -INFINITY };
+        for (int64_t i = 0; i < nc; i++) { sc.cand_s[i] = sc.exact[i]; sc.seen[i] = (uint32_t)i; }
+        ann_select(&sel, want);
+        kth = sc.cand_s[0];
+        for (int64_t i = 1; i < want; i++) if (sc.cand_s[i] < kth) kth = sc.cand_s[i];
+    }
     for (int64_t i = 0; i < nc; i++) {
-        // Only a score that can enter needs its id (a cache miss per row: the tie-break needs it).
+        if (!(sc.exact[i] >= kth)) continue;
         if (out->count == out->capacity && out->capacity > 0 && sc.exact[i] < out->scores[0]) continue;
         srk_topk_push(out, sc.exact[i], ids[sc.cand_r[i]]);
     }

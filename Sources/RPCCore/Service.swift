@@ -19,6 +19,9 @@ public struct RPCMethod: Sendable {
     public typealias UnaryHandler = @Sendable (_ request: [UInt8], _ context: ServerContext) throws(RPCError) -> FramedMessage
     public typealias AsyncUnaryHandler = @Sendable (_ request: [UInt8], _ context: ServerContext) async throws(RPCError) -> FramedMessage
     public typealias ServerStreamingHandler = @Sendable (_ request: [UInt8], _ context: ServerContext, _ writer: any ResponseStreamWriter) throws(RPCError) -> Void
+    /// Answers through `respond`, exactly once, from any thread: at once (before returning) or later.
+    public typealias DeferredUnaryHandler = @Sendable (_ request: [UInt8], _ context: ServerContext,
+                                                       _ respond: @escaping @Sendable (Result<FramedMessage, RPCError>) -> Void) -> Void
 
     public enum Handler: Sendable {
         /// One request message, one response message.
@@ -29,6 +32,11 @@ public struct RPCMethod: Sendable {
         /// One request message; the handler sends any number of messages and then finishes the
         /// writer, possibly later and from another thread.
         case serverStreaming(ServerStreamingHandler)
+        /// One request, one response: the handler runs on the connection's event loop (it must not
+        /// block) and either answers before returning (no thread hop: a short computation) or hands
+        /// the work to another component that answers later from its own thread (e.g. a batcher).
+        /// Counts toward the in-flight handler limit until answered; `placement` is ignored.
+        case deferredUnary(DeferredUnaryHandler)
     }
 
     /// `/package.Service/Method`.

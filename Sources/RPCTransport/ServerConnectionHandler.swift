@@ -1,4 +1,5 @@
 import NIOCore
+import Synchronization
 import NIOPosix
 import Logging
 import RPCCore
@@ -314,6 +315,15 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                 loop.execute { bound.value.handlerReturned(id, result) }
             }
             ctx.whenCancelled { task.cancel() }
+        case .deferredUnary(let handler):
+            guard state.tryAcquireHandler(limit: config.maxInFlightHandlers) else {
+                apply(s.machine.abort(RPCError(.resourceExhausted,
+                      "server overloaded: \(config.maxInFlightHandlers) calls in flight")), s, id)
+                return
+            }
+            let responder = DeferredResponder(bound: NIOLoopBound(self, eventLoop: loop), id: id, state: state)
+            handler(request, ctx, responder.respond)
+            if let early = responder.handlerReturned() { apply(s.machine.handlerReturned(early), s, id) }
         case .serverStreaming(let handler):
             let writer = StreamWriter(bound: NIOLoopBound(self, eventLoop: loop), id: id)
             do throws(RPCError) {
@@ -324,7 +334,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         }
     }
 
-    private func handlerReturned(_ id: Int32, _ result: Result<FramedMessage, RPCError>) {
+    fileprivate func handlerReturned(_ id: Int32, _ result: Result<FramedMessage, RPCError>) {
         guard let s = streams[id] else { return }  // reset or expired meanwhile
         apply(s.machine.handlerReturned(result), s, id)
         flush()
@@ -467,5 +477,42 @@ private struct StreamWriter: ResponseStreamWriter {
     func finish(_ error: RPCError?) {
         let b = bound, id = id
         b.eventLoop.execute { b.value.streamFinish(id, error) }
+    }
+}
+
+/// The `respond` of a `.deferredUnary` call. An answer given while the handler is still running on
+/// the event loop is kept and applied when it returns (no hop, no extra flush); a later one, from
+/// any thread, is posted to the loop. Only the first answer counts; it releases the handler slot.
+private final class DeferredResponder: @unchecked Sendable {
+    private let bound: NIOLoopBound<ServerConnectionHandler>
+    private let id: Int32
+    private let state: ServerState
+    private let answered = Atomic<Bool>(false)
+    /// Touched only on the event loop.
+    private var inHandler = true
+    private var early: Result<FramedMessage, RPCError>?
+
+    init(bound: NIOLoopBound<ServerConnectionHandler>, id: Int32, state: ServerState) {
+        self.bound = bound
+        self.id = id
+        self.state = state
+    }
+
+    func respond(_ result: Result<FramedMessage, RPCError>) {
+        guard !answered.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        state.releaseHandler()
+        let loop = bound.eventLoop
+        if loop.inEventLoop && inHandler {
+            early = result
+            return
+        }
+        let bound = self.bound, id = self.id
+        loop.execute { bound.value.handlerReturned(id, result) }
+    }
+
+    /// Called on the loop when the handler returns: the answer it gave meanwhile, if any.
+    func handlerReturned() -> Result<FramedMessage, RPCError>? {
+        inHandler = false
+        return early
     }
 }

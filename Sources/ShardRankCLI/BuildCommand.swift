@@ -35,8 +35,11 @@ struct BuildCommand: ParsableCommand {
     @Option(name: .long, help: "Element type of the embedding tables: f32, f16 or int8.")
     var dtype: String = "f32"
 
-    @Option(name: .long, help: "Compute the 'similar' table: top K items per item by exact inner product (O(M² · D): minutes at 100k items).")
+    @Option(name: .long, help: "Compute the 'similar' table: top K items per item by inner product (exact below --similar-exact-below items, else through an IVF-PQ4 index, with its recall@K reported).")
     var similar: Int?
+
+    @Option(name: .customLong("similar-exact-below"), help: "Catalogs smaller than this get exact similar-item lists (O(M² · D)).")
+    var similarExactBelow: Int = 50_000
 
     @Option(name: .long, help: "Recent items kept per user profile.")
     var recent: Int = 50
@@ -51,10 +54,10 @@ struct BuildCommand: ParsableCommand {
     var annLists: Int?
 
     @Option(name: .customLong("ann-nprobe"), help: "Default lists probed per query (recorded in the manifest; requests may override).")
-    var annNprobe: Int = 8
+    var annNprobe: Int = 16
 
     @Option(name: .customLong("ann-rerank"), help: "Default candidates re-scored exactly per query (recorded in the manifest).")
-    var annRerank: Int = 160
+    var annRerank: Int = 240
 
     @Flag(name: .customLong("ann-spill"), inversion: .prefixedNo, help: "File each item in a second list too (SOAR): twice the codes, much higher recall per list probed.")
     var annSpill = true
@@ -72,6 +75,7 @@ struct BuildCommand: ParsableCommand {
         guard TableDType(name: dtype) != nil else { throw ValidationError("--dtype must be f32, f16 or int8, got '\(dtype)'") }
         guard shards >= 1 && shards <= 65_536 else { throw ValidationError("--shards must be in 1...65536") }
         if let similar, similar < 1 { throw ValidationError("--similar must be ≥ 1") }
+        guard similarExactBelow >= 0 else { throw ValidationError("--similar-exact-below must be ≥ 0") }
         guard recent >= 0 else { throw ValidationError("--recent must be ≥ 0") }
         guard listLength >= 1 else { throw ValidationError("--list-length must be ≥ 1") }
         guard ["none", "auto", "ivfpq4"].contains(ann) else { throw ValidationError("--ann must be ivfpq4, auto or none, got '\(ann)'") }
@@ -85,6 +89,7 @@ struct BuildCommand: ParsableCommand {
         var options = BuildOptions(shardCount: shards, dtype: TableDType(name: dtype)!, similarK: similar, recentN: recent,
                                    listLength: listLength)
         options.seed = StableHash.defaultSeed
+        options.similarExactBelow = similarExactBelow
         if ann != "none" {
             options.ann = BuildOptions.ANNBuild(options: IVFPQBuildOptions(lists: annLists, seed: seed, spill: annSpill),
                                                 defaults: ANNSearchParameters(nprobe: annNprobe, rerank: annRerank),
@@ -94,13 +99,23 @@ struct BuildCommand: ParsableCommand {
         let version: UInt64
         let quiet = self.quiet
         do {
-            version = try TableSetBuilder.build(inputDirectory: input, root: out, options: options, progress: { bar.update($0) }) { r in
+            version = try TableSetBuilder.build(inputDirectory: input, root: out, options: options, progress: { bar.update($0) },
+                                                annReport: { r in
                 bar.finish()
                 if !quiet {
                     writeStderr("ann index: \(r.lists) lists × \(r.subspaces) subspaces per shard in \(Int(r.seconds.rounded())) s; "
-                                + "recall@10 of the defaults vs exact: \(r.recallAt10) (\(r.sampledQueries) sampled rows as queries)\n")
+                                + "recall@10 of the defaults (nprobe \(annNprobe), rerank \(annRerank)) vs exact: "
+                                + String(format: "%.4f", r.recallAt10)
+                                + " over \(r.sampledQueries) sampled \(r.queriesGiven ? "user vectors" : "stored rows") as queries\n")
                 }
-            }
+            }, similarReport: { r in
+                bar.finish()
+                if !quiet {
+                    let how = r.approximate ? "through an IVF-PQ4 index, recall@\(r.k) vs exact \(String(format: "%.4f", r.recall)) on \(r.sampled) sampled items"
+                                            : "exact"
+                    writeStderr("similar items: top \(r.k) for \(r.items) items in \(Int(r.seconds.rounded())) s, \(how)\n")
+                }
+            })
         } catch let error as TableError {
             bar.finish()
             writeStderr("error: \(error)\n")

@@ -19,6 +19,13 @@ public struct BuildOptions: Sendable {
     public var seed: UInt64 = StableHash.defaultSeed
     /// Build an ANN index over each shard of the `items` table (nil: none).
     public var ann: ANNBuild? = nil
+    /// `similarK` over catalogs of at least this many items goes through an IVF-PQ4 index
+    /// (`similarSearch` knobs); smaller catalogs are computed exactly.
+    public var similarExactBelow = 50_000
+    /// Item queries need more lists and finer codes than user queries (BENCHMARKS.md, "ANN"):
+    /// 1 dimension per subspace, 64 lists probed, 300 re-ranked.
+    public var similarSearch = ANNSearchParameters(nprobe: 64, rerank: 300)
+    public var similarPool: WorkerPool? = nil
 
     /// What `--ann` asks for.
     public struct ANNBuild: Sendable {
@@ -67,7 +74,8 @@ extension TableSetBuilder {
     @discardableResult
     public static func build(inputDirectory dir: String, root: String, options: BuildOptions,
                              progress: (@Sendable (BuildProgress) -> Void)? = nil,
-                             annReport: ((ANNIndexReport) -> Void)? = nil) throws -> UInt64 {
+                             annReport: ((ANNIndexReport) -> Void)? = nil,
+                             similarReport: ((SimilarItemsReport) -> Void)? = nil) throws -> UInt64 {
         guard options.shardCount >= 1 && options.shardCount <= 65_536 else {
             throw TableError(.invalidInput, "--shards must be in 1...65536, got \(options.shardCount)")
         }
@@ -266,8 +274,24 @@ extension TableSetBuilder {
                                        countryOfUser: countryOfUser, recentN: options.recentN)
         }
         if let k = options.similarK, !supplied.contains(StandardTable.similar) {
-            let lists = SimilarItems.compute(ids: items.ids, vectors: items.array.floats(), dim: items.dim, k: k) { done, total in
-                progress?(BuildProgress(stage: "similar items (top \(k))", done: done, total: total))
+            let lists: [RankedListRecord]
+            if items.ids.count >= options.similarExactBelow {
+                let report: SimilarItemsReport
+                (lists, report) = try SimilarItems.computeApproximate(
+                    ids: items.ids, vectors: items.array.floats(), dim: items.dim, k: k, parameters: options.similarSearch,
+                    options: IVFPQBuildOptions(subspaceDimension: 1, seed: options.ann?.options.seed ?? 1), pool: options.similarPool ?? WorkerPool(spinMicroseconds: 0)
+                ) { stage, done, total in
+                    progress?(BuildProgress(stage: stage, done: done, total: total))
+                }
+                similarReport?(report)
+            } else {
+                let start = ContinuousClock.now
+                lists = SimilarItems.compute(ids: items.ids, vectors: items.array.floats(), dim: items.dim, k: k) { done, total in
+                    progress?(BuildProgress(stage: "similar items (top \(k))", done: done, total: total))
+                }
+                let e = ContinuousClock.now - start
+                similarReport?(SimilarItemsReport(items: items.ids.count, k: k, approximate: false, recall: 1, sampled: 0,
+                                                  seconds: Double(e.components.seconds) + Double(e.components.attoseconds) * 1e-18))
             }
             computedLists.append((StandardTable.similar, lists))
         }
@@ -278,8 +302,11 @@ extension TableSetBuilder {
         try builder.addEmbedding(name: StandardTable.items, ids: items.ids, vectors: items.array.floats(), dim: items.dim,
                                  dtype: options.dtype, source: items.array.path, validated: true)
         if let ann = options.ann {
+            // Recall measured with the user vectors as queries (what the shards' Search serves),
+            // when the input has users of the items' dimension.
+            let userQueries = users.flatMap { $0.dim == items.dim ? $0.array.floats() : nil }
             let report = try builder.addANNIndex(table: StandardTable.items, options: ann.options, defaults: ann.defaults,
-                                                 defaultMode: ann.defaultMode, pool: ann.pool)
+                                                 defaultMode: ann.defaultMode, pool: ann.pool, queries: userQueries)
             annReport?(report)
         }
         if let users {

@@ -350,23 +350,27 @@ public final class TableSetBuilder {
     public struct ANNIndexReport: Sendable {
         public var lists: Int
         public var subspaces: Int
-        /// recall@10 of the default knobs against exact search, over `sampledQueries` stored rows
-        /// used as queries (each against its own shard's slice).
+        /// recall@10 of the default knobs against exact search, over `sampledQueries` queries
+        /// (each against every shard's slice).
         public var recallAt10: Double
         public var sampledQueries: Int
         public var seconds: Double
+        /// The queries were the given query vectors (else stored rows).
+        public var queriesGiven: Bool
     }
 
     /// Builds an IVF-PQ4 index for each shard file of the embedding table `table` (already added
     /// to this version) and records it in the manifest entry of that table. The index describes
     /// the rows as stored (after f16/int8 conversion). `options.lists` nil = per shard,
     /// `IVFPQBuilder.defaultListCount(rows:)`. Then measures recall@10 of `defaults` against the
-    /// exact scan on up to `recallSample` stored rows (seeded) used as queries.
+    /// exact scan on `recallSample` seeded queries: rows of `queries` (e.g. the user vectors, the
+    /// queries the shards will serve; `dim` floats each) when given, else stored rows.
     /// - Throws: `TableError(.invalidInput)` for an unknown or non-embedding table, or what the
     ///   index builder refuses (e.g. non-finite values).
     @discardableResult
     public func addANNIndex(table name: String, options: IVFPQBuildOptions, defaults: ANNSearchParameters,
-                            defaultMode: String = "ann", pool: WorkerPool?, recallSample: Int = 200) throws -> ANNIndexReport {
+                            defaultMode: String = "ann", pool: WorkerPool?, recallSample: Int = 200,
+                            queries: UnsafeBufferPointer<Float>? = nil) throws -> ANNIndexReport {
         guard let ti = tables.firstIndex(where: { $0.name == name }) else {
             throw TableError(.invalidInput, "--ann: no table \(name) in this build")
         }
@@ -413,13 +417,25 @@ public final class TableSetBuilder {
             subspaces = data.subspaces
             files.append(.init(shard: shard, file: fileName, rows: UInt64(rows.count), bytes: UInt64(written.fileSize),
                                checksum: "xxh64:" + hex(written.headerChecksum).dropFirst(2)))
-            // Recall of the defaults on this shard: stored rows as queries, exact scan as truth.
-            let share = (recallSample * rows.count + Int(tables[ti].rows) - 1) / max(1, Int(tables[ti].rows))
-            let queries = (0..<min(share, rows.count)).map { _ in Int(rng.next() % UInt64(rows.count)) }
+            // Recall of the defaults on this shard, the exact scan as truth: the given queries, or
+            // this shard's share of stored rows.
             var q = [Float](repeating: 0, count: table.dim)
             let index = data.index
-            for r in queries {
-                q.withUnsafeMutableBufferPointer { table.decodeRow(at: r, into: $0) }
+            let given = queries.map { $0.count / table.dim } ?? 0
+            let picks: [Int]
+            if given > 0 {
+                var qr = SplitMix64Sampler(seed: options.seed ^ 0x9E3779B9)
+                picks = (0..<min(recallSample, given)).map { _ in Int(qr.next() % UInt64(given)) }
+            } else {
+                let share = (recallSample * rows.count + Int(tables[ti].rows) - 1) / max(1, Int(tables[ti].rows))
+                picks = (0..<min(share, rows.count)).map { _ in Int(rng.next() % UInt64(rows.count)) }
+            }
+            for r in picks {
+                if given > 0 {
+                    q.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: queries!.baseAddress! + r * table.dim, count: table.dim) }
+                } else {
+                    q.withUnsafeMutableBufferPointer { table.decodeRow(at: r, into: $0) }
+                }
                 let exact = q.withUnsafeBufferPointer {
                     Search.topK(queries: $0.baseAddress!, queryCount: 1, rows: rows, ids: table.ids.baseAddress!, k: 10)[0]
                 }
@@ -440,7 +456,10 @@ public final class TableSetBuilder {
             recallAt10: (recall * 10_000).rounded() / 10_000, shards: files)
         let elapsed = ContinuousClock.now - start
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
-        return ANNIndexReport(lists: lists, subspaces: subspaces, recallAt10: recall, sampledQueries: asked / 10, seconds: seconds)
+        let given = (queries?.count ?? 0) >= (tables[ti].dim)
+        return ANNIndexReport(lists: lists, subspaces: subspaces, recallAt10: recall,
+                              sampledQueries: given ? min(recallSample, queries!.count / tables[ti].dim) : asked / 10,
+                              seconds: seconds, queriesGiven: given)
     }
 
     // MARK: - Publishing

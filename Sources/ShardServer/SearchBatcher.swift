@@ -77,14 +77,6 @@ public final class SearchBatcher: Sendable {
         if start { queue.async { self.drain() } }
     }
 
-    /// The same as `submit`, awaiting the answer.
-    public func search(_ job: (@escaping @Sendable (Result<[[ScoredItem]], RPCError>) -> Void) -> Job) async throws(RPCError) -> [[ScoredItem]] {
-        let result: Result<[[ScoredItem]], RPCError> = await withCheckedContinuation { cont in
-            submit(job { cont.resume(returning: $0) })
-        }
-        return try result.get()
-    }
-
     /// Tests: while held, submitted jobs only queue; `release` then runs them (as one pass
     /// where they fit).
     func hold() { state.withLock { $0.held = true } }

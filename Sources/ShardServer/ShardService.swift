@@ -17,11 +17,14 @@ public struct ShardLimits: Sendable, Hashable {
 public protocol ShardBackend: Sendable {
     func lookup(_ request: LookupRequest, context: ServerContext) throws(RPCError) -> FramedMessage
     func search(_ request: SearchRequest, context: ServerContext) throws(RPCError) -> SearchResponse
-    /// Search without holding a thread while it waits (e.g. to join a batch); by default `search`.
-    func searchAsync(_ request: SearchRequest, context: ServerContext) async throws(RPCError) -> SearchResponse
-    /// True when Search should be served through `searchAsync` (the backend batches concurrent
-    /// calls itself); false: `search` on the worker pool.
-    var asyncSearch: Bool { get }
+    /// Search that answers through `respond` (once, from any thread), called on the connection's
+    /// event loop: the backend answers at once when the work is short (an ANN query) and hands
+    /// longer work to its own threads (a batched exact pass) without blocking the loop. Only
+    /// called when `deferredSearch` is true.
+    func searchDeferred(_ request: SearchRequest, context: ServerContext,
+                        respond: @escaping @Sendable (Result<SearchResponse, RPCError>) -> Void)
+    /// True when Search is served through `searchDeferred`; false: `search` on the worker pool.
+    var deferredSearch: Bool { get }
     func lists(_ request: ListsRequest, context: ServerContext) throws(RPCError) -> ListsResponse
     func profiles(_ request: ProfilesRequest, context: ServerContext) throws(RPCError) -> ProfilesResponse
     func attributes(_ request: AttributesRequest, context: ServerContext) throws(RPCError) -> AttributesResponse
@@ -29,15 +32,25 @@ public protocol ShardBackend: Sendable {
 }
 
 extension ShardBackend {
-    public var asyncSearch: Bool { false }
+    public var deferredSearch: Bool { false }
+    public func searchDeferred(_ request: SearchRequest, context: ServerContext,
+                               respond: @escaping @Sendable (Result<SearchResponse, RPCError>) -> Void) {
+        do throws(RPCError) { respond(.success(try search(request, context: context))) } catch { respond(.failure(error)) }
+    }
+
+    /// `searchDeferred` awaited (tests, tools).
     public func searchAsync(_ request: SearchRequest, context: ServerContext) async throws(RPCError) -> SearchResponse {
-        try search(request, context: context)
+        let result: Result<SearchResponse, RPCError> = await withCheckedContinuation { c in
+            searchDeferred(request, context: context) { c.resume(returning: $0) }
+        }
+        return try result.get()
     }
 }
 
 /// `shardrank.v1.Shard`: decodes, validates what is common to every backend, and calls the backend.
-/// Lookup runs inline on the connection's event loop (a gather is a few µs); Search runs on the
-/// worker pool.
+/// Lookup runs inline on the connection's event loop (a gather is a few µs); Search is handed to a
+/// table-set backend on the loop (an ANN query answers there at once, an exact scan joins the
+/// backend's batcher), or runs on the worker pool for the synthetic backend.
 public struct ShardService: RPCService {
     public let serviceName = "shardrank.v1.Shard"
     public let backend: any ShardBackend
@@ -73,9 +86,11 @@ public struct ShardService: RPCService {
                 }
                 return try backend.lookup(req, context: ctx)
             }),
-            RPCMethod(service: serviceName, method: "Search", placement: .workerPool, handler: backend.asyncSearch
-                ? .asyncUnary { bytes, ctx throws(RPCError) in
-                    try await backend.searchAsync(try Self.decodeSearch(bytes, limits), context: ctx).encoded()
+            RPCMethod(service: serviceName, method: "Search", placement: .workerPool, handler: backend.deferredSearch
+                ? .deferredUnary { bytes, ctx, respond in
+                    let req: SearchRequest
+                    do throws(RPCError) { req = try Self.decodeSearch(bytes, limits) } catch { respond(.failure(error)); return }
+                    backend.searchDeferred(req, context: ctx) { respond($0.map { $0.encoded() }) }
                 }
                 : .unary { bytes, ctx throws(RPCError) in
                     try backend.search(try Self.decodeSearch(bytes, limits), context: ctx).encoded()

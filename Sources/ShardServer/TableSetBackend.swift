@@ -270,22 +270,30 @@ public final class TableSetBackend: ShardBackend {
         return searchResponse(hits, ts)
     }
 
-    public var asyncSearch: Bool { true }
+    public var deferredSearch: Bool { true }
 
-    /// Search through the batcher: concurrent calls share passes over the table (SearchBatcher).
-    public func searchAsync(_ req: SearchRequest, context: ServerContext) async throws(RPCError) -> SearchResponse {
-        let ts = try snapshot(pinned: req.version)
-        let table = try searchTable(req, ts)
-        try context.checkCancellation()
-        // Approximate: a few µs per query, no pass over the table to share.
-        if let plan = try ANNSearch.plan(req, index: ts.index(req.table), serving: annServing) {
-            return searchResponse(try ANNSearch.run(plan, req, context: context, monitor: recallMonitor), ts, mode: .ann)
+    /// Search on the connection's event loop: an ANN query is answered at once (tens of µs, no
+    /// thread hop); an exact one joins the batcher, whose pass answers from its own thread
+    /// (concurrent calls share passes over the table: SearchBatcher).
+    public func searchDeferred(_ req: SearchRequest, context: ServerContext,
+                               respond: @escaping @Sendable (Result<SearchResponse, RPCError>) -> Void) {
+        let ts: LoadedTableSet, table: EmbeddingTable
+        do throws(RPCError) {
+            ts = try snapshot(pinned: req.version)
+            table = try searchTable(req, ts)
+            try context.checkCancellation()
+            if let plan = try ANNSearch.plan(req, index: ts.index(req.table), serving: annServing) {
+                respond(.success(searchResponse(try ANNSearch.run(plan, req, context: context, monitor: recallMonitor), ts, mode: .ann)))
+                return
+            }
+        } catch {
+            respond(.failure(error))
+            return
         }
-        let hits = try await batcher.search { done in
-            SearchBatcher.Job(owner: ts, table: table, queries: req.queries, queryCount: req.queryCount, k: Int(req.k),
-                              exclude: req.excludeIDs, context: context, done: done)
-        }
-        return searchResponse(hits, ts)
+        batcher.submit(SearchBatcher.Job(owner: ts, table: table, queries: req.queries, queryCount: req.queryCount, k: Int(req.k),
+                                         exclude: req.excludeIDs, context: context) { [self] result in
+            respond(result.map { searchResponse($0, ts) })
+        })
     }
 
     private func searchResponse(_ hits: [[ShardRankKernels.ScoredItem]], _ ts: LoadedTableSet, mode: SearchMode = .exact) -> SearchResponse {
