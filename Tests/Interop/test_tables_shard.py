@@ -223,3 +223,51 @@ def test_build_errors_name_file_and_row(tmp_path):
     assert out.returncode != 0
     assert "interactions.csv:" in out.stderr and "999999" in out.stderr
     assert not os.path.exists(tmp_path / "root" / "v1" / "manifest.json")
+
+
+def test_ann_search_through_grpcio(pb, tmp_path, server_factory):
+    """A table set built with `--ann`: a stock client asks for ANN and EXACT, reads which mode
+    answered, gets k results without excluded ids, and the knobs change the work done."""
+    inp = tmp_path / "input"
+    rng = np.random.default_rng(11)
+    n, dim = 20000, 16
+    ids, _ = write_input(str(inp), n_items=n, dim=dim)
+    centres = rng.standard_normal((30, dim)).astype(np.float32)
+    rows = (centres[rng.integers(0, 30, n)] + 0.3 * rng.standard_normal((n, dim))).astype(np.float32)
+    np.save(inp / "items.npy", rows)
+    root = tmp_path / "tables"
+    out = build(shardrank_bin(), str(inp), str(root), 1, "--ann", "auto", "--ann-lists", "64", "--ann-nprobe", "8", "--ann-rerank", "100")
+    assert out.returncode == 0, out.stderr
+    srv = server_factory(["shard", "--tables", str(root), "--shard", "0", "--of", "1", "--port", "0"])
+    ch, stub = shard_stub(pb, srv)
+    SR = pb.shard_pb2
+    with ch:
+        q = rng.standard_normal((20, dim)).astype(np.float32)
+        truth = q @ rows.T
+        hits = 0
+        for qi in range(20):
+            exclude = [int(ids[i]) for i in np.argsort(-truth[qi])[:5]]  # the 5 best are excluded
+            a = stub.Search(SR.SearchRequest(table="items", queries=q[qi].tobytes(), dim=dim, k=10, exclude_ids=exclude), timeout=10)
+            e = stub.Search(SR.SearchRequest(table="items", queries=q[qi].tobytes(), dim=dim, k=10, exclude_ids=exclude,
+                                             mode=SR.SEARCH_MODE_EXACT), timeout=10)
+            assert a.mode == SR.SEARCH_MODE_ANN and e.mode == SR.SEARCH_MODE_EXACT
+            got = list(a.results[0].ids)
+            assert len(got) == 10 and not set(got) & set(exclude)
+            hits += len(set(got) & set(e.results[0].ids))
+            # ANN scores are the exact scores of the returned rows.
+            pos = {int(i): k for k, i in enumerate(ids)}
+            assert np.allclose(a.results[0].scores, [truth[qi, pos[i]] for i in got], rtol=1e-4, atol=1e-3)
+        assert hits / 200 >= 0.9
+        # Knobs beyond the limits are INVALID_ARGUMENT; an unknown mode too.
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Search(SR.SearchRequest(table="items", queries=q[0].tobytes(), dim=dim, k=10, mode=SR.SEARCH_MODE_ANN,
+                                         rerank=10**6), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "rerank" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Search(SR.SearchRequest(table="items", queries=q[0].tobytes(), dim=dim, k=10, mode=7), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # The manifest records the index and the recall build measured.
+    import json
+    m = json.load(open(root / "v1" / "manifest.json"))
+    ix = next(t for t in m["tables"] if t["name"] == "items")["index"]
+    assert ix["kind"] == "ivfpq4" and ix["lists"] == 64 and ix["nprobe"] == 8 and ix["rerank"] == 100 and ix["recallAt10"] > 0.8
