@@ -114,7 +114,7 @@ func sweep(for k: Int) -> [ANNSearchParameters] {
     if let s = opt("--sweep") {
         return s.split(separator: ",").map { p in let v = p.split(separator: ":"); return ANNSearchParameters(nprobe: Int(v[0])!, rerank: Int(v[1])!) }
     }
-    let probes = [2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256]
+    let probes = [2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
     let reranks = k <= 10 ? [40, 80, 160, 320, 640] : [200, 400, 800, 1600]
     return probes.flatMap { p in reranks.map { ANNSearchParameters(nprobe: p, rerank: $0) } }
 }

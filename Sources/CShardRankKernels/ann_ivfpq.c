@@ -100,6 +100,21 @@ static void pq4_scan_avx512(const uint8_t *codes, int64_t nblocks, int64_t m, co
 }
 #endif
 
+// Bit v set when a[v] > t, for the 32 values of a block (t in -1...65535).
+static inline uint32_t ann_mask32_scalar(const uint16_t *a, int32_t t) {
+    uint32_t mask = 0;
+    for (int v = 0; v < SRK_PQ4_BLOCK; v++) mask |= (uint32_t)((int32_t)a[v] > t) << v;
+    return mask;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f,avx512bw")))
+static inline uint32_t ann_mask32_avx512(const uint16_t *a, int32_t t) {
+    if (t < 0) return 0xffffffffu;
+    return (uint32_t)_mm512_cmpgt_epu16_mask(_mm512_loadu_si512(a), _mm512_set1_epi16((short)(uint16_t)t));
+}
+#endif
+
 void srk_pq4_scan(int32_t isa, const uint8_t *codes, int64_t nblocks, int64_t m, const uint8_t *lut, uint16_t *out) {
 #if defined(__x86_64__)
     if (isa == SRK_ISA_AVX512) { pq4_scan_avx512(codes, nblocks, m, lut, out); return; }
@@ -302,9 +317,12 @@ int64_t srk_ivfpq_search(const srk_kernels *k, int32_t isa, const srk_ivfpq *ix,
         const uint32_t *prow = ix->rows + p0;
         for (int64_t i0 = 0; i0 < p1 - p0; i0 += SRK_PQ4_BLOCK) {
             // Which of these 32 pass the threshold (branch-free; usually none).
-            uint32_t mask = 0;
             const uint16_t *a = sc.acc + i0;
-            for (int v = 0; v < SRK_PQ4_BLOCK; v++) mask |= (uint32_t)((int32_t)a[v] > t) << v;
+#if defined(__x86_64__)
+            uint32_t mask = isa == SRK_ISA_AVX512 ? ann_mask32_avx512(a, t) : ann_mask32_scalar(a, t);
+#else
+            uint32_t mask = ann_mask32_scalar(a, t);
+#endif
             while (mask) {
                 int v = __builtin_ctz(mask);
                 mask &= mask - 1;
