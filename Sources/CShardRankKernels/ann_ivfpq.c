@@ -255,7 +255,9 @@ int64_t srk_ivfpq_search(const srk_kernels *k, int32_t isa, const srk_ivfpq *ix,
 
     // 2. The query's lookup tables, quantised to u8 with one step for all subspaces.
     float delta_range = 0, bias = 0;
-    for (int64_t j = 0; j < m * dsub; j++) sc.qpad[j] = j < d ? q[j] : 0.0f;
+    // q' = R q (the codes describe rotated residuals), zero-padded to m * dsub.
+    k->dot[SRK_DTYPE_F32](q, 1, d, ix->rotation, NULL, NULL, d, d, sc.qpad, d, 0);
+    for (int64_t j = d; j < m * dsub; j++) sc.qpad[j] = 0.0f;
     for (int64_t s = 0; s < m; s++) {
         float *row = sc.lutf + s * 16;
         const float *cw = ix->codebooks + s * 16 * dsub;

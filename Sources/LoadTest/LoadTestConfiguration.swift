@@ -38,6 +38,8 @@ public struct LoadTestConfiguration: Sendable {
     public var k: Int?
     /// Query vectors per Search call.
     public var queries = 1
+    /// Search mode asked for (`.unspecified`: the table set's default).
+    public var searchMode: SearchMode = .unspecified
     /// Query dimension; nil: the table's, from `Info`.
     public var dim: Int?
     /// Zipf exponent of item and user ids (0: uniform).

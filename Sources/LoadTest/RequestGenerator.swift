@@ -27,6 +27,7 @@ public struct RequestShape: Sendable {
     public var dtype: DType
     public var k: Int?
     public var queries: Int
+    public var searchMode: SearchMode
     /// Search query dimension.
     public var dim: Int
     public var zipf: Double
@@ -38,7 +39,7 @@ public struct RequestShape: Sendable {
     public var model: String
 
     public init(configuration c: LoadTestConfiguration, dim: Int, idSpace: Int) {
-        mix = c.mix; table = c.table; batch = c.batch; dtype = c.dtype; k = c.k; queries = c.queries
+        mix = c.mix; table = c.table; batch = c.batch; dtype = c.dtype; k = c.k; queries = c.queries; searchMode = c.searchMode
         self.dim = dim; zipf = c.zipf; self.idSpace = c.ids?.count ?? idSpace; ids = c.ids
         users = c.users; candidates = c.candidates; model = c.model
     }
@@ -78,7 +79,8 @@ public struct RequestGenerator: Sendable {
             let n = shape.queries * shape.dim
             var q = [Float](); q.reserveCapacity(n)
             for _ in 0 ..< n { q.append(Float(rng.nextUnit() * 2 - 1)) }
-            return .search(SearchRequest(table: shape.table, queries: q, dim: UInt32(shape.dim), k: UInt32(shape.k ?? 100)))
+            return .search(SearchRequest(table: shape.table, queries: q, dim: UInt32(shape.dim), k: UInt32(shape.k ?? 100),
+                                         mode: shape.searchMode))
         case .recommend:
             return .recommend(RecommendRequest(userID: userID(), k: UInt32(shape.k ?? 10), model: shape.model))
         case .rank:

@@ -74,6 +74,9 @@ struct LoadtestCommand: AsyncParsableCommand {
     @Option(help: "Search: query dimension (default: the table's, from Info).")
     var dim: Int?
 
+    @Option(name: .customLong("search-mode"), help: "Search: exact, ann, or default (the table set's).")
+    var searchMode: String = "default"
+
     @Option(help: "Zipf exponent of item and user ids (0 = uniform).")
     var zipf: Double = 0.99
 
@@ -139,6 +142,12 @@ struct LoadtestCommand: AsyncParsableCommand {
         }
         c.k = k
         c.queries = queries
+        switch searchMode {
+        case "default": c.searchMode = .unspecified
+        case "exact": c.searchMode = .exact
+        case "ann": c.searchMode = .ann
+        default: throw ValidationError("--search-mode must be exact, ann or default (got '\(searchMode)')")
+        }
         c.dim = dim
         c.zipf = zipf
         c.idSpace = idSpace

@@ -1,4 +1,9 @@
 internal import CShardRankKernels
+#if canImport(Glibc)
+internal import Glibc
+private func Foundation_log(_ x: Double) -> Double { Glibc.log(x) }
+private func Foundation_cos(_ x: Double) -> Double { Glibc.cos(x) }
+#endif
 
 /// How to build an IVF-PQ4 index (`IVFPQBuilder.build`). Every choice is deterministic for a
 /// given seed: the same rows and options give byte-identical arrays on any number of threads.
@@ -20,10 +25,15 @@ public struct IVFPQBuildOptions: Sendable, Hashable {
     public var spill: Bool
     /// SOAR's λ: the weight of the residuals' alignment in choosing the second list.
     public var spillWeight: Float
+    /// Code residuals after a seeded random rotation (orthogonal, so inner products are
+    /// unchanged): spreads a dominant coordinate (e.g. a popularity dimension) over every
+    /// subspace, so the shared u8 step of the lookup tables loses less precision.
+    public var rotate: Bool
 
     public init(lists: Int? = nil, subspaceDimension: Int = 2, seed: UInt64 = 0x5eed, iterations: Int = 10,
                 pointsPerCentroid: Int = 32, codebookSample: Int = 65_536, codebookIterations: Int = 16,
-                spill: Bool = true, spillWeight: Float = 1) {
+                spill: Bool = true, spillWeight: Float = 1, rotate: Bool = true) {
+        self.rotate = rotate
         self.spill = spill
         self.spillWeight = spillWeight
         self.lists = lists
@@ -45,6 +55,8 @@ public final class IVFPQIndexData: @unchecked Sendable {
     public let subspaceDimension: Int
     public let centroids: UnsafeMutableBufferPointer<Float>
     public let codebooks: UnsafeMutableBufferPointer<Float>
+    /// `dimension²` floats, row-major: residuals are coded as `rotation · (row − centroid)`.
+    public let rotation: UnsafeMutableBufferPointer<Float>
     public let listOffsets: UnsafeMutableBufferPointer<Int64>
     public let codes: UnsafeMutableBufferPointer<UInt8>
     public let rows: UnsafeMutableBufferPointer<UInt32>
@@ -62,20 +74,23 @@ public final class IVFPQIndexData: @unchecked Sendable {
         self.subspaceDimension = subspaceDimension
         centroids = alloc(listCount * dimension, 0)
         codebooks = alloc(subspaces * 16 * subspaceDimension, 0)
+        rotation = alloc(dimension * dimension, 0)
         listOffsets = alloc(listCount + 1, 0)
         codes = alloc(positions / 32 * 16 * subspaces, 0)
         rows = alloc(positions, UInt32.max)
     }
 
     deinit {
-        centroids.baseAddress!.deallocate(); codebooks.baseAddress!.deallocate(); listOffsets.baseAddress!.deallocate()
+        centroids.baseAddress!.deallocate(); codebooks.baseAddress!.deallocate(); rotation.baseAddress!.deallocate()
+        listOffsets.baseAddress!.deallocate()
         codes.baseAddress!.deallocate(); rows.baseAddress!.deallocate()
     }
 
     /// A view of these arrays (valid while `self` is alive: use it inside `withExtendedLifetime`).
     public var index: IVFPQIndex {
         IVFPQIndex(dimension: dimension, listCount: listCount, subspaces: subspaces, subspaceDimension: subspaceDimension,
-                   centroids: centroids.baseAddress!, codebooks: codebooks.baseAddress!, listOffsets: listOffsets.baseAddress!,
+                   centroids: centroids.baseAddress!, codebooks: codebooks.baseAddress!, rotation: rotation.baseAddress!,
+                   listOffsets: listOffsets.baseAddress!,
                    codes: codes.baseAddress!, rows: rows.baseAddress!)
     }
 }
@@ -145,12 +160,13 @@ public enum IVFPQBuilder {
                     pool: pool) { progress("assign", $0) }
         }
 
-        // 3. Residual codebooks: per-subspace k-means (16 codewords) on a sample of residuals.
+        // 3. Residual codebooks: per-subspace k-means (16 codewords) on a sample of (rotated) residuals.
+        let rotation = options.rotate ? randomRotation(d, seed: rng.next()) : (0..<(d * d)).map { $0 % (d + 1) == 0 ? Float(1) : 0 }
         let cbSample = sampleRows(n: n, count: min(n, options.codebookSample), rng: &rng)
         let cb = UnsafeMutableBufferPointer<Float>.allocate(capacity: m * 16 * dsub)
         defer { cb.deallocate() }
         cb.initialize(repeating: 0)
-        trainCodebooks(x: x.baseAddress!, d: d, centroids: centroids, assign: assign, sample: cbSample, m: m, dsub: dsub,
+        trainCodebooks(x: x.baseAddress!, d: d, centroids: centroids, rotation: rotation, assign: assign, sample: cbSample, m: m, dsub: dsub,
                        iterations: options.codebookIterations, seed: rng.next(), into: cb.baseAddress!, pool: pool)
         progress("codebooks", 1)
 
@@ -171,7 +187,7 @@ public enum IVFPQBuilder {
         let entries = entryRow.count
         let flat = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: entries * m)
         defer { flat.deallocate() }
-        encode(x: x.baseAddress!, d: d, centroids: centroids, rows: entryRow, lists: entryList, codebooks: cb.baseAddress!, m: m,
+        encode(x: x.baseAddress!, d: d, centroids: centroids, rotation: rotation, rows: entryRow, lists: entryList, codebooks: cb.baseAddress!, m: m,
                dsub: dsub, into: flat.baseAddress!, pool: pool) { progress("encode", $0) }
 
         // 6. Layout: lists padded to whole blocks, entries in ascending row order within a list.
@@ -182,6 +198,7 @@ public enum IVFPQBuilder {
         let data = IVFPQIndexData(dimension: d, listCount: nlist, subspaces: m, subspaceDimension: dsub, positions: offsets[nlist])
         centroids.withUnsafeBufferPointer { data.centroids.baseAddress!.update(from: $0.baseAddress!, count: nlist * d) }
         data.codebooks.baseAddress!.update(from: cb.baseAddress!, count: m * 16 * dsub)
+        for i in 0..<(d * d) { data.rotation[i] = rotation[i] }
         for l in 0...nlist { data.listOffsets[l] = Int64(offsets[l]) }
         var fill = offsets
         for e in 0..<entries {
@@ -334,27 +351,75 @@ public enum IVFPQBuilder {
 
     /// 16 codewords per subspace from the residuals of the sampled rows (k-means per subspace,
     /// subspaces spread over the pool, each deterministic on its own).
-    static func trainCodebooks(x: UnsafePointer<Float>, d: Int, centroids: [Float], assign: [Int32], sample: [Int], m: Int,
+    static func trainCodebooks(x: UnsafePointer<Float>, d: Int, centroids: [Float], rotation: [Float], assign: [Int32], sample: [Int], m: Int,
                                dsub: Int, iterations: Int, seed: UInt64, into cb: UnsafeMutablePointer<Float>, pool: WorkerPool?) {
-        let ns = sample.count
+        let ns = sample.count, width = m * dsub
+        // The sample's rotated residuals, padded to m × dsub coordinates (zeros past d).
+        var res = [Float](repeating: 0, count: ns * width)
+        res.withUnsafeMutableBufferPointer { rp in
+            rotatedResiduals(x: x, d: d, centroids: centroids, rotation: rotation, rows: sample.map { Int32($0) },
+                             lists: sample.map { assign[$0] }, width: width, into: rp.baseAddress!, pool: pool)
+        }
+        chunks(m, size: 1, pool: pool) { range in
+            for s in range {
+                var pts = [Float](repeating: 0, count: ns * dsub)
+                for i in 0..<ns { for t in 0..<dsub { pts[i * dsub + t] = res[i * width + s * dsub + t] } }
+                var rng = SplitMix64(state: seed ^ UInt64(s) &* 0x9E37_79B9_7F4A_7C15)
+                let words = smallKMeans(pts, count: ns, dim: dsub, k: 16, iterations: iterations, rng: &rng)
+                for i in 0..<(16 * dsub) { cb[s * 16 * dsub + i] = words[i] }
+            }
+        }
+    }
+
+    /// `out[e * width + i] = (rotation · (x[rows[e]] − centroid[lists[e]]))[i]` for i < d, 0 up to
+    /// `width`; chunks of 1024 entries, the rotation applied with the packed GEMM.
+    static func rotatedResiduals(x: UnsafePointer<Float>, d: Int, centroids: [Float], rotation: [Float], rows: [Int32], lists: [Int32],
+                                 width: Int, into out: UnsafeMutablePointer<Float>, pool: WorkerPool?) {
+        let t = KernelISA.best.table.pointee
+        let packed = UnsafeMutablePointer<Float>.allocate(capacity: Int(t.gemm_packed_size(Int64(d), Int64(d))))
+        defer { packed.deallocate() }
+        rotation.withUnsafeBufferPointer { t.gemm_pack_b(Int64(d), Int64(d), $0.baseAddress!, Int64(d), packed) }
+        let chunk = 1024
         centroids.withUnsafeBufferPointer { cen in
-            chunks(m, size: 1, pool: pool) { range in
-                for s in range {
-                    // This subspace's residual coordinates of the sample (dims past d are zero).
-                    var pts = [Float](repeating: 0, count: ns * dsub)
-                    for (i, r) in sample.enumerated() {
-                        let l = Int(assign[r])
-                        for t in 0..<dsub {
-                            let j = s * dsub + t
-                            if j < d { pts[i * dsub + t] = x[r * d + j] - cen[l * d + j] }
-                        }
+            chunks(rows.count, size: chunk, pool: pool) { range in
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * chunk * d) { buf in
+                    let raw = buf.baseAddress!, rot = raw + chunk * d
+                    for (i, e) in range.enumerated() {
+                        let r = Int(rows[e]), l = Int(lists[e])
+                        for j in 0..<d { raw[i * d + j] = x[r * d + j] - cen[l * d + j] }
                     }
-                    var rng = SplitMix64(state: seed ^ UInt64(s) &* 0x9E37_79B9_7F4A_7C15)
-                    let words = smallKMeans(pts, count: ns, dim: dsub, k: 16, iterations: iterations, rng: &rng)
-                    for i in 0..<(16 * dsub) { cb[s * 16 * dsub + i] = words[i] }
+                    t.gemm_nt_packed(Int64(range.count), Int64(d), Int64(d), raw, Int64(d), packed, rot, Int64(d))
+                    for (i, e) in range.enumerated() {
+                        let o = out + e * width
+                        for j in 0..<width { o[j] = j < d ? rot[i * d + j] : 0 }
+                    }
                 }
             }
         }
+    }
+
+    /// A seeded random orthogonal d × d matrix (Gaussian entries, Gram–Schmidt in Double), row-major.
+    static func randomRotation(_ d: Int, seed: UInt64) -> [Float] {
+        var rng = SplitMix64(state: seed)
+        func gaussian() -> Double {
+            let u1 = (Double(rng.next() >> 11) + 0.5) / Double(1 << 53), u2 = Double(rng.next() >> 11) / Double(1 << 53)
+            return (-2 * Foundation_log(u1)).squareRoot() * Foundation_cos(2 * Double.pi * u2)
+        }
+        var q = [Double](repeating: 0, count: d * d)
+        var i = 0
+        while i < d {
+            var v = (0..<d).map { _ in gaussian() }
+            for j in 0..<i {
+                var dot = 0.0
+                for t in 0..<d { dot += v[t] * q[j * d + t] }
+                for t in 0..<d { v[t] -= dot * q[j * d + t] }
+            }
+            let norm = v.reduce(0) { $0 + $1 * $1 }.squareRoot()
+            if norm < 1e-6 { continue } // degenerate draw: draw again
+            for t in 0..<d { q[i * d + t] = v[t] / norm }
+            i += 1
+        }
+        return q.map { Float($0) }
     }
 
     /// k-means for tiny k and dimension (scalar), starting from k distinct random points
@@ -410,25 +475,24 @@ public enum IVFPQBuilder {
 
     /// Codes of entry e: row `rows[e]`'s residual against centroid `lists[e]`, nearest codeword
     /// per subspace (L2). `out`: entries × m bytes.
-    static func encode(x: UnsafePointer<Float>, d: Int, centroids: [Float], rows: [Int32], lists: [Int32], codebooks cb: UnsafePointer<Float>,
-                       m: Int, dsub: Int, into out: UnsafeMutablePointer<UInt8>, pool: WorkerPool?, progress: (Double) -> Void) {
-        let slices = 8, n = rows.count
-        centroids.withUnsafeBufferPointer { cen in
-            for sl in 0..<slices {
-                let lo = n * sl / slices, hi = n * (sl + 1) / slices
-                chunks(hi - lo, size: 4096, pool: pool) { range in
-                    withUnsafeTemporaryAllocation(of: Float.self, capacity: m * dsub) { res in
-                        for e in (lo + range.lowerBound)..<(lo + range.upperBound) {
-                            let r = Int(rows[e]), l = Int(lists[e])
-                            for j in 0..<(m * dsub) { res[j] = j < d ? x[r * d + j] - cen[l * d + j] : 0 }
-                            for s in 0..<m {
-                                out[e * m + s] = UInt8(nearestWord(res.baseAddress! + s * dsub, cb + s * 16 * dsub, k: 16, dim: dsub))
-                            }
-                        }
+    static func encode(x: UnsafePointer<Float>, d: Int, centroids: [Float], rotation: [Float], rows: [Int32], lists: [Int32],
+                       codebooks cb: UnsafePointer<Float>, m: Int, dsub: Int, into out: UnsafeMutablePointer<UInt8>, pool: WorkerPool?,
+                       progress: (Double) -> Void) {
+        let slices = 8, n = rows.count, width = m * dsub
+        for sl in 0..<slices {
+            let lo = n * sl / slices, hi = n * (sl + 1) / slices
+            let res = UnsafeMutablePointer<Float>.allocate(capacity: max(1, (hi - lo) * width))
+            defer { res.deallocate() }
+            rotatedResiduals(x: x, d: d, centroids: centroids, rotation: rotation, rows: Array(rows[lo..<hi]), lists: Array(lists[lo..<hi]),
+                             width: width, into: res, pool: pool)
+            chunks(hi - lo, size: 4096, pool: pool) { range in
+                for e in range {
+                    for s in 0..<m {
+                        out[(lo + e) * m + s] = UInt8(nearestWord(res + e * width + s * dsub, cb + s * 16 * dsub, k: 16, dim: dsub))
                     }
                 }
-                progress(Double(sl + 1) / Double(slices))
             }
+            progress(Double(sl + 1) / Double(slices))
         }
     }
 

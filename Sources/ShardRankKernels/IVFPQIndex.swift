@@ -34,6 +34,8 @@ public struct IVFPQIndex: @unchecked Sendable {
     public let centroids: UnsafePointer<Float>
     /// `subspaces * 16 * subspaceDimension` floats.
     public let codebooks: UnsafePointer<Float>
+    /// `dimension²` floats, row-major, orthogonal: codes describe `rotation · residual`.
+    public let rotation: UnsafePointer<Float>
     /// `listCount + 1` positions, multiples of 32, non-decreasing.
     public let listOffsets: UnsafePointer<Int64>
     /// `positions / 32 * 16 * subspaces` bytes.
@@ -48,7 +50,8 @@ public struct IVFPQIndex: @unchecked Sendable {
     /// Checks the arrays' consistency (offsets monotone and block-aligned, row numbers in range,
     /// each row at most once is *not* checked here: see `validate(rowCount:)`).
     public init(dimension: Int, listCount: Int, subspaces: Int, subspaceDimension: Int,
-                centroids: UnsafePointer<Float>, codebooks: UnsafePointer<Float>, listOffsets: UnsafePointer<Int64>,
+                centroids: UnsafePointer<Float>, codebooks: UnsafePointer<Float>, rotation: UnsafePointer<Float>,
+                listOffsets: UnsafePointer<Int64>,
                 codes: UnsafePointer<UInt8>, rows: UnsafePointer<UInt32>) {
         precondition(dimension >= 1 && listCount >= 1 && subspaces >= 4 && subspaces % 4 == 0
                      && subspaces <= Int(SRK_PQ4_MAX_M) && subspaceDimension >= 1 && subspaces * subspaceDimension >= dimension)
@@ -58,6 +61,7 @@ public struct IVFPQIndex: @unchecked Sendable {
         self.subspaceDimension = subspaceDimension
         self.centroids = centroids
         self.codebooks = codebooks
+        self.rotation = rotation
         self.listOffsets = listOffsets
         self.codes = codes
         self.rows = rows
@@ -94,12 +98,20 @@ public struct IVFPQIndex: @unchecked Sendable {
         guard count == rowCount else { return "\(count) of \(rowCount) rows are indexed" }
         for i in 0..<(listCount * dimension) where !centroids[i].isFinite { return "centroid value \(i) is not finite" }
         for i in 0..<(subspaces * 16 * subspaceDimension) where !codebooks[i].isFinite { return "codebook value \(i) is not finite" }
+        // Orthonormal rows (inner products through the codes equal the real ones).
+        for i in 0..<dimension {
+            for j in i..<dimension {
+                var dot: Double = 0
+                for t in 0..<dimension { dot += Double(rotation[i * dimension + t]) * Double(rotation[j * dimension + t]) }
+                guard dot.isFinite, abs(dot - (i == j ? 1 : 0)) < 1e-3 else { return "rotation is not orthogonal (rows \(i), \(j))" }
+            }
+        }
         return nil
     }
 
     var cView: srk_ivfpq {
         srk_ivfpq(d: Int64(dimension), nlist: Int64(listCount), m: Int64(subspaces), dsub: Int64(subspaceDimension),
-                  max_list: Int64(longestList), centroids: centroids, codebooks: codebooks, list_offsets: listOffsets,
+                  max_list: Int64(longestList), centroids: centroids, codebooks: codebooks, rotation: rotation, list_offsets: listOffsets,
                   codes: codes, rows: rows)
     }
 

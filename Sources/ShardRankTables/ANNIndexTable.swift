@@ -46,6 +46,7 @@ public final class ANNIndexTable: @unchecked Sendable {
         }
         try file.expectCount(.annCentroids, lists * d, "lists × dim")
         try file.expectCount(.annCodebooks, m * 16 * dsub, "subspaces × 16 × subspace dim")
+        try file.expectCount(.annRotation, d * d, "dim × dim")
         try file.expectCount(.annListOffsets, lists + 1, "lists + 1")
         try file.expectCount(.annCodes, positions / 32 * 16 * m, "blocks × 16 × subspaces")
         try file.expectCount(.annRows, positions, "positions")
@@ -58,6 +59,7 @@ public final class ANNIndexTable: @unchecked Sendable {
         }
         let index = IVFPQIndex(dimension: d, listCount: lists, subspaces: m, subspaceDimension: dsub,
                                centroids: ptr(.annCentroids, Float.self), codebooks: ptr(.annCodebooks, Float.self),
+                               rotation: ptr(.annRotation, Float.self),
                                listOffsets: offsets.baseAddress!, codes: ptr(.annCodes, UInt8.self), rows: ptr(.annRows, UInt32.self))
         if let problem = index.validate(rowCount: table.rowCount) { throw TableError.corrupt(path, "ANN index: \(problem)") }
         self.file = file
@@ -78,6 +80,7 @@ public final class ANNIndexTable: @unchecked Sendable {
             SectionSpec(id: .annParams, count: 8) { try $0.append(contentsOf: params) },
             SectionSpec(id: .annCentroids, count: data.centroids.count) { try $0.append(raw(data.centroids)) },
             SectionSpec(id: .annCodebooks, count: data.codebooks.count) { try $0.append(raw(data.codebooks)) },
+            SectionSpec(id: .annRotation, count: data.rotation.count) { try $0.append(raw(data.rotation)) },
             SectionSpec(id: .annListOffsets, count: data.listOffsets.count) { try $0.append(raw(data.listOffsets)) },
             SectionSpec(id: .annCodes, count: data.codes.count) { try $0.append(raw(data.codes)) },
             SectionSpec(id: .annRows, count: data.rows.count) { try $0.append(raw(data.rows)) },

@@ -162,12 +162,13 @@ enum SectionID: UInt32, CaseIterable {
     case annListOffsets = 53 // i64[lists + 1]
     case annCodes = 54       // u8[positions / 32 * 16 * subspaces]
     case annRows = 55        // u32[positions]
+    case annRotation = 56    // f32[dim * dim]
 
     var elementSize: Int {
         switch self {
         case .ids, .keyOffsets, .listOffsets, .listIDs, .recentOffsets, .recentIDs, .genreMask, .timestamps,
              .annParams, .annListOffsets: 8
-        case .index, .scales, .listScores, .profileGenres, .profileCountry, .popularity, .annCentroids, .annCodebooks, .annRows: 4
+        case .index, .scales, .listScores, .profileGenres, .profileCountry, .popularity, .annCentroids, .annCodebooks, .annRows, .annRotation: 4
         case .keyBytes, .annCodes: 1
         case .vectors: 1 // the vectors section counts bytes
         }
@@ -180,7 +181,7 @@ enum SectionID: UInt32, CaseIterable {
         case .list: [.keyOffsets, .keyBytes, .index, .listOffsets, .listIDs, .listScores]
         case .profile: [.ids, .index, .recentOffsets, .recentIDs, .profileGenres, .profileCountry]
         case .attribute: [.ids, .index, .genreMask, .timestamps, .popularity]
-        case .annIndex: [.annParams, .annCentroids, .annCodebooks, .annListOffsets, .annCodes, .annRows]
+        case .annIndex: [.annParams, .annCentroids, .annCodebooks, .annRotation, .annListOffsets, .annCodes, .annRows]
         }
     }
 }

@@ -171,8 +171,25 @@ import ShardRankKernels
         data.listOffsets[1] += 1
         #expect(data.index.validate(rowCount: n) != nil)
         data.listOffsets[1] -= 1
+        let r0 = data.rotation[1]
+        data.rotation[1] += 0.5
+        #expect(data.index.validate(rowCount: n) != nil, "a rotation that is not orthogonal")
+        data.rotation[1] = r0
+        #expect(data.index.validate(rowCount: n) == nil)
         data.centroids[0] = .nan
         #expect(data.index.validate(rowCount: n) != nil)
+    }
+
+    @Test func rotationIsOrthogonalAndOptional() throws {
+        let n = 2000, d = 12
+        let x = IVFPQTests.clustered(count: n, dimension: d, seed: 4)
+        for rotate in [true, false] {
+            let data = try x.withUnsafeBufferPointer { try IVFPQBuilder.build(rows: RowMatrix(f32: $0.baseAddress!, count: n, dimension: d),
+                                                                             options: IVFPQBuildOptions(lists: 16, rotate: rotate)) }
+            #expect(data.index.validate(rowCount: n) == nil)
+            let identity = (0..<(d * d)).allSatisfy { data.rotation[$0] == ($0 % (d + 1) == 0 ? 1 : 0) }
+            #expect(identity == !rotate)
+        }
     }
 
     @Test func spillFilesEveryRowInTwoListsAndRaisesRecall() throws {

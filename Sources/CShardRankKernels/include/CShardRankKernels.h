@@ -157,6 +157,7 @@ typedef struct srk_ivfpq {
     int64_t max_list;             ///< the longest list, in positions
     const float *centroids;       ///< nlist * d
     const float *codebooks;       ///< m * 16 * dsub: codeword c of subspace s at (s*16 + c) * dsub
+    const float *rotation;        ///< d * d, row-major, orthogonal: codes describe rotation * residual
     const int64_t *list_offsets;  ///< nlist + 1 positions, multiples of SRK_PQ4_BLOCK
     const uint8_t *codes;         ///< list_offsets[nlist] / 32 blocks of 16 * m bytes
     const uint32_t *rows;         ///< list_offsets[nlist] row numbers; UINT32_MAX = padding
