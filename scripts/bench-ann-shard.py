@@ -4,7 +4,7 @@
 Starts `shardrank shard --tables ROOT --shard I --of S` (loopback, port 0), then, with a stock grpcio
 client and the committed .proto files:
 
-  cpu     server CPU per Search call (Δ CPU time of all shard threads / calls), exact vs ANN at
+  cpu     server CPU per Search call (Δ utime+stime of the shard process / calls), exact vs ANN at
           the manifest's default knobs, one query per call, k = 10, rounds interleaved (exact, ann,
           exact, ann, ...) and medians quoted; recall@10 of ANN against exact on the same queries
   filter  ANN with 1 %, 10 % and 50 % of all items excluded: the mode that answered, results per
@@ -58,17 +58,11 @@ class Shard:
         raise SystemExit(f"shard did not start: {line!r}")
 
     def cpu(self):
-        """CPU seconds of every thread of the shard, from /proc/PID/task/*/schedstat (nanoseconds;
-        /proc/PID/stat counts 10 ms ticks, too coarse for calls of tens of µs). Threads that
-        ended meanwhile are not counted: the shard's threads live as long as it does."""
-        total = 0
-        for t in os.listdir(f"/proc/{self.proc.pid}/task"):
-            try:
-                with open(f"/proc/{self.proc.pid}/task/{t}/schedstat") as f:
-                    total += int(f.read().split()[0])
-            except OSError:
-                pass
-        return total / 1e9
+        """CPU seconds of the shard process (utime + stime, exited threads included; 10 ms ticks,
+        so every measured window below is long enough for hundreds of ticks)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self):
         if self.proc.poll() is None:
@@ -92,6 +86,10 @@ def main():
     ap.add_argument("--inflight", type=int, default=1,
                     help="calls kept in flight during the cpu rounds (1: one at a time, each exact call a full scan; "
                          "more: exact calls share passes through the shard's batcher, and both amortise wake-ups)")
+    ap.add_argument("--driver-rounds", type=int, default=3,
+                    help="rounds of `shardrank loadtest --mix search` per mode (Swift load driver, closed loop); 0: skip")
+    ap.add_argument("--driver-concurrency", type=int, default=8)
+    ap.add_argument("--driver-seconds", type=float, default=4)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--skip-reload", action="store_true")
     a = ap.parse_args()
@@ -136,9 +134,11 @@ def main():
         for r in range(a.rounds):
             part = range(r * chunk, min(len(qs), (r + 1) * chunk))
             for mode in (EXACT, ANN):
+                # ANN calls are ~10× cheaper: repeat them so both windows span hundreds of ticks.
+                reps = 1 if mode == EXACT else 8
                 c0 = shard.cpu()
                 window = []
-                for i in part:
+                for i in [j for _ in range(reps) for j in part]:
                     req = pb.SearchRequest(table="items", queries=qs[i].tobytes(), dim=dim, k=10, mode=mode)
                     window.append((i, stub.Search.future(req, timeout=30)))
                     if len(window) >= a.inflight:
@@ -149,7 +149,7 @@ def main():
                 for j, f in window:
                     resp = f.result()
                     answers[mode][j] = list(resp.results[0].ids)
-                per[mode].append((shard.cpu() - c0) / len(part) * 1e6)
+                per[mode].append((shard.cpu() - c0) / (len(part) * reps) * 1e6)
         hits = sum(len(set(answers[ANN][i]) & set(answers[EXACT][i])) for i in answers[ANN])
         total = sum(len(answers[EXACT][i]) for i in answers[ANN])
         med = lambda v: float(np.median(v))
@@ -158,6 +158,31 @@ def main():
                          "rounds_exact_us": per[EXACT], "rounds_ann_us": per[ANN],
                          "ann_recall_at_10": hits / max(total, 1)}
         log(f"cpu: exact {med(per[EXACT]):.0f} µs/call, ann {med(per[ANN]):.1f} µs/call, recall@10 {hits / max(total, 1):.4f}")
+
+        # The same comparison driven by the project's load driver (closed loop, uniform random
+        # queries in [-1, 1): CPU only), whose client costs far less per call than grpcio's.
+        if a.driver_rounds > 0:
+            drv = {"exact": [], "ann": []}
+            for r in range(a.driver_rounds):
+                for mode in ("exact", "ann"):
+                    p = subprocess.Popen([a.bin, "loadtest", "--quiet", "--json", "--target", shard.target, "--mix", "search",
+                                          "--search-mode", mode, "--k", "10", "--concurrency", str(a.driver_concurrency),
+                                          "--threads", "1", "--connections", "1", "--warmup", "1",
+                                          "--duration", str(a.driver_seconds), "--zipf", "0", "--seed", str(r + 1)],
+                                         stdout=subprocess.PIPE, text=True)
+                    time.sleep(1.0)
+                    c0 = shard.cpu(); t0 = time.time()
+                    time.sleep(a.driver_seconds)
+                    c1 = shard.cpu(); t1 = time.time()
+                    out, _ = p.communicate(timeout=60)
+                    rep = json.loads(out)
+                    assert rep["error_count"] == 0, rep["errors"]
+                    calls = rep["ok_rps"] * (t1 - t0)
+                    drv[mode].append((c1 - c0) / calls * 1e6)
+            result["driver"] = {"concurrency": a.driver_concurrency, "exact_us_per_call": med(drv["exact"]),
+                                "ann_us_per_call": med(drv["ann"]), "ratio_ann_over_exact": med(drv["ann"]) / med(drv["exact"]),
+                                "rounds_exact_us": drv["exact"], "rounds_ann_us": drv["ann"]}
+            log(f"driver: {result['driver']}")
 
         filt = []
         for share in (0.01, 0.10, 0.50):
@@ -231,6 +256,11 @@ def main():
     print(f"| exact | {c['exact_us_per_call']:.0f} | 1 |")
     print(f"| ann (defaults) | {c['ann_us_per_call']:.1f} | {c['ann_recall_at_10']:.4f} |")
     print(f"\nANN / exact CPU: {c['ratio_ann_over_exact']:.4f} (1/{1 / c['ratio_ann_over_exact']:.0f})\n")
+    if "driver" in result:
+        d = result["driver"]
+        print(f"with `shardrank loadtest --mix search` ({d['concurrency']} in flight, random queries): exact {d['exact_us_per_call']:.0f} µs/call, "
+              f"ann {d['ann_us_per_call']:.1f} µs/call, ANN / exact {d['ratio_ann_over_exact']:.4f} (1/{1 / d['ratio_ann_over_exact']:.0f}); "
+              f"rounds exact {[round(x) for x in d['rounds_exact_us']]}, ann {[round(x, 1) for x in d['rounds_ann_us']]}\n")
     print("| excluded | answered by | queries short of k | excluded ids returned | recall@10 |\n|---|---|---|---|---|")
     for f in result["filter"]:
         print(f"| {f['excluded']:.0%} | {f['answered_by']} | {f['queries_short_of_k']} | {f['excluded_returned']} | {f['recall_at_10']:.4f} |")
