@@ -154,7 +154,8 @@ func run(k: Int, parameters: ANNSearchParameters, truth: [Int64], excluded: [UIn
 for k in ks {
     guard k <= gtk else { fail("k \(k) > ground truth depth \(gtk)") }
     let cases: [(Int, [Int64], [UInt32])] = [(0, gt, [])] + excludedPcts.compactMap { pct in
-        let p = "\(dir)/exclude_\(pct).npy", g = "\(dir)/gt_exclude_\(pct).npy"
+        let pp = pct < 10 ? "0\(pct)" : "\(pct)"  // bench-ann-data.py names them exclude_01, exclude_10, exclude_50
+        let p = "\(dir)/exclude_\(pp).npy", g = "\(dir)/gt_exclude_\(pp).npy"
         guard FileManager.default.fileExists(atPath: p), FileManager.default.fileExists(atPath: g) else { return nil }
         return (pct, Npy(g).int64s, Npy(p).int64s.map { UInt32($0) }.sorted())
     }

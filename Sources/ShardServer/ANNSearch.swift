@@ -79,8 +79,10 @@ enum ANNSearch {
                                  ids: table.ids.baseAddress!, excludedRows: ex, scratch: scratch).items
                 }
             }
-            monitor?.offer(plan.index, query: Array(req.queries[(q * d)..<((q + 1) * d)]), k: k, excludedRows: plan.excludedRows,
-                           answer: items)
+            if let monitor, monitor.sampleNext() {
+                monitor.offer(plan.index, query: Array(req.queries[(q * d)..<((q + 1) * d)]), k: k, excludedRows: plan.excludedRows,
+                              answer: items)
+            }
             results.append(items)
         }
         return results
@@ -115,8 +117,14 @@ public final class ANNRecallMonitor: Sendable {
     /// Per-table recall so far.
     public var snapshot: [String: TableRecall] { stats.withLock { $0 } }
 
+    /// Counts one approximate query; true for every `every`-th (then call `offer`).
+    func sampleNext() -> Bool {
+        every > 0 && counter.wrappingAdd(1, ordering: .relaxed).oldValue % every == 0
+    }
+
+    /// Re-runs a sampled query exactly in the background (or counts it as skipped when the
+    /// previous one is still running).
     func offer(_ index: ANNIndexTable, query: [Float], k: Int, excludedRows: [UInt32], answer: [ShardRankKernels.ScoredItem]) {
-        guard every > 0, counter.wrappingAdd(1, ordering: .relaxed).oldValue % every == 0 else { return }
         let name = index.table.name
         guard busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else {
             stats.withLock { $0[name, default: TableRecall()].skipped += 1 }
