@@ -166,9 +166,7 @@ static void ann_res_shrink(ann_res *h) {
     if (h->n <= h->keep) return;
     ann_select(h, h->keep);
     h->n = h->keep;
-    float t = h->s[0];
-    for (int64_t i = 1; i < h->n; i++) if (h->s[i] < t) t = h->s[i];
-    h->thr = t;
+    h->thr = h->s[h->keep - 1]; // quickselect leaves the keep-th best there, the better ones before it
 }
 
 static inline void ann_res_add(ann_res *h, float s, uint32_t r) {
@@ -370,8 +368,7 @@ int64_t srk_ivfpq_search(const srk_kernels *k, int32_t isa, const srk_ivfpq *ix,
         ann_res sel = { sc.cand_s, sc.seen, nc, nc, want, -INFINITY };
         for (int64_t i = 0; i < nc; i++) { sc.cand_s[i] = sc.exact[i]; sc.seen[i] = (uint32_t)i; }
         ann_select(&sel, want);
-        kth = sc.cand_s[0];
-        for (int64_t i = 1; i < want; i++) if (sc.cand_s[i] < kth) kth = sc.cand_s[i];
+        kth = sc.cand_s[want - 1];
     }
     for (int64_t i = 0; i < nc; i++) {
         if (!(sc.exact[i] >= kth)) continue;
