@@ -69,15 +69,9 @@ func enabled(_ name: String) -> Bool { only.map { name.contains($0) } ?? true }
 /// SystemRandomNumberGenerator costs a system call per value (minutes of setup for the
 /// 1M-row tables).
 struct FastRandom: RandomNumberGenerator {
-    var state: UInt64
-    init() { var s = SystemRandomNumberGenerator(); state = s.next() }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    var inner: SplitMix64
+    init() { var s = SystemRandomNumberGenerator(); inner = SplitMix64(seed: s.next()) }
+    mutating func next() -> UInt64 { inner.next() }
 }
 var rng = FastRandom()
 func randomFloats(_ n: Int) -> UnsafeMutablePointer<Float> {

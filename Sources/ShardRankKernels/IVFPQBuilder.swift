@@ -141,7 +141,7 @@ public enum IVFPQBuilder {
         let x = UnsafeMutableBufferPointer<Float>.allocate(capacity: n * d)
         defer { x.deallocate() }
         try decode(rows, into: x.baseAddress!, pool: pool)
-        var rng = SplitMix64(state: options.seed)
+        var rng = SplitMix64(seed: options.seed)
 
         // 1. Coarse centroids: k-means on a sample.
         let sampleCount = min(n, max(nlist, nlist * max(1, options.pointsPerCentroid)))
@@ -364,7 +364,7 @@ public enum IVFPQBuilder {
             for s in range {
                 var pts = [Float](repeating: 0, count: ns * dsub)
                 for i in 0..<ns { for t in 0..<dsub { pts[i * dsub + t] = res[i * width + s * dsub + t] } }
-                var rng = SplitMix64(state: seed ^ UInt64(s) &* 0x9E37_79B9_7F4A_7C15)
+                var rng = SplitMix64(seed: seed ^ UInt64(s) &* 0x9E37_79B9_7F4A_7C15)
                 let words = smallKMeans(pts, count: ns, dim: dsub, k: 16, iterations: iterations, rng: &rng)
                 for i in 0..<(16 * dsub) { cb[s * 16 * dsub + i] = words[i] }
             }
@@ -400,7 +400,7 @@ public enum IVFPQBuilder {
 
     /// A seeded random orthogonal d × d matrix (Gaussian entries, Gram–Schmidt in Double), row-major.
     static func randomRotation(_ d: Int, seed: UInt64) -> [Float] {
-        var rng = SplitMix64(state: seed)
+        var rng = SplitMix64(seed: seed)
         func gaussian() -> Double {
             let u1 = (Double(rng.next() >> 11) + 0.5) / Double(1 << 53), u2 = Double(rng.next() >> 11) / Double(1 << 53)
             return (-2 * Foundation_log(u1)).squareRoot() * Foundation_cos(2 * Double.pi * u2)
@@ -553,10 +553,12 @@ public enum IVFPQBuilder {
     }
 }
 
-/// SplitMix64 (Steele, Lea & Flood 2014): the builder's seeded generator.
-struct SplitMix64 {
-    var state: UInt64
-    mutating func next() -> UInt64 {
+/// SplitMix64 (Steele, Lea & Flood 2014): a small seeded generator, the same sequence on every
+/// platform (never the system RNG), for builders, tests and benchmarks that must be reproducible.
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+    public var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9

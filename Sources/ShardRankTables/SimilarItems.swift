@@ -131,7 +131,7 @@ extension SimilarItems {
             }
         }
         // Recall against the exact lists on a seeded sample of items.
-        var rng = TableSetBuilder.SplitMix64Sampler(seed: options.seed ^ 0x5EED)
+        var rng = SplitMix64(seed: options.seed ^ 0x5EED)
         let sample = (0..<min(recallSample, n)).map { _ in Int(rng.next() % UInt64(n)) }
         var hits = 0, expected = 0
         ids.withUnsafeBufferPointer { idp in

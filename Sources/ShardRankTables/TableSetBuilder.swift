@@ -383,7 +383,7 @@ public final class TableSetBuilder {
         var files: [TableSetManifest.File] = []
         var lists = 0, subspaces = 0
         var hits = 0, asked = 0
-        var rng = SplitMix64Sampler(seed: options.seed ^ 0xA11CE)
+        var rng = SplitMix64(seed: options.seed ^ 0xA11CE)
         // One list count for every shard (the manifest records one), from the average slice.
         var opts = options
         if opts.lists == nil {
@@ -424,7 +424,7 @@ public final class TableSetBuilder {
             let given = queries.map { $0.count / table.dim } ?? 0
             let picks: [Int]
             if given > 0 {
-                var qr = SplitMix64Sampler(seed: options.seed ^ 0x9E3779B9)
+                var qr = SplitMix64(seed: options.seed ^ 0x9E3779B9)
                 picks = (0..<min(recallSample, given)).map { _ in Int(qr.next() % UInt64(given)) }
             } else {
                 let share = (recallSample * rows.count + Int(tables[ti].rows) - 1) / max(1, Int(tables[ti].rows))
@@ -482,16 +482,6 @@ public final class TableSetBuilder {
         try FileIO.syncDirectory(root)
         published = true
         return version
-    }
-
-    /// SplitMix64 for the builder's seeded samples.
-    struct SplitMix64Sampler {
-        var state: UInt64
-        init(seed: UInt64) { state = seed }
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            return StableHash.mix64(state)
-        }
     }
 
     static func utcTimestamp() -> String {

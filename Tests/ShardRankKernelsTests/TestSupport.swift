@@ -1,18 +1,8 @@
 import ShardRankKernels
 
-/// splitmix64: the deterministic generator shared with scripts/mlp-reference.py.
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
+/// splitmix64 (ShardRankKernels' `SplitMix64`): the deterministic generator shared with
+/// scripts/mlp-reference.py.
+extension SplitMix64 {
     /// In [-scale, scale): ((z >> 40) - 2^23) / 2^23 * scale, exact in Float for power-of-two scales.
     mutating func uniform(_ scale: Float = 1) -> Float {
         Float(Int64(next() >> 40) - (1 << 23)) / Float(1 << 23) * scale
