@@ -140,8 +140,9 @@ public struct IVFPQIndex: @unchecked Sendable {
         let nprobe = min(max(1, parameters.nprobe), listCount)
         let rerank = max(parameters.rerank, k)
         var view = cView
-        let bytes = Int(srk_ivfpq_scratch_bytes(&view, Int64(nprobe), Int64(rerank)))
-        let owned = scratch == nil ? UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64) : nil
+        let owned = scratch == nil
+            ? UnsafeMutableRawPointer.allocate(byteCount: Int(srk_ivfpq_scratch_bytes(&view, Int64(nprobe), Int64(rerank))), alignment: 64)
+            : nil
         defer { owned?.deallocate() }
         return withUnsafeTemporaryAllocation(of: Float.self, capacity: k) { hs in
             withUnsafeTemporaryAllocation(of: UInt64.self, capacity: k) { hi in

@@ -94,7 +94,7 @@ import ShardRankWire
         try Self.publish(root)
         let backend = try Self.backend(root)
         // Exclude the exact answer's top hits plus a random share of the slice.
-        var rng = SystemRandomNumberGenerator()
+        var rng = SplitMix64(seed: UInt64(share * 1000))
         for q in 0 ..< 8 {
             let top = try backend.search(request(q, k: 20, mode: .exact), context: Self.context()).results[0].ids
             let random = (0 ..< Int(share * Double(Self.n))).map { _ in UInt64(Int.random(in: 0 ..< Self.n, using: &rng) * 3 + 7) }
