@@ -87,8 +87,8 @@ extension Recommender {
                                        source: .country, trace: trace, deadline: retrieveDeadline)
         async let popularLists = lists(table: "popular", keys: popularBudget == 0 ? [] : ["all"], limit: popularBudget + seenCount, source: .popular,
                                        trace: trace, deadline: retrieveDeadline)
-        async let searched: [ShardRankKernels.ScoredItem] = search(query: userVec ?? [], k: userVec == nil ? 0 : searchBudget,
-                                                                   exclude: seenList, trace: trace, deadline: retrieveDeadline)
+        async let searched = search(query: userVec ?? [], k: userVec == nil ? 0 : searchBudget, exclude: seenList, withRows: true,
+                                    trace: trace, deadline: retrieveDeadline)
         let sim = await similarLists, gen = await genreLists, cty = await countryLists, pop = await popularLists
         let srch = await searched
         let t1 = ContinuousClock.now
@@ -108,22 +108,23 @@ extension Recommender {
         }
         let sourceLists: [[ShardRankKernels.ScoredItem]] = [
             items(sim, cap: similarPerItem), items(gen, cap: perGenre), items(cty, cap: countryBudget),
-            items(pop, cap: popularBudget), srch.filter { !seen.contains($0.id) },
+            items(pop, cap: popularBudget), srch.items.filter { !seen.contains($0.id) },
         ]
         let merged = TopK.mergeCandidates(sourceLists)
         let t2 = ContinuousClock.now
 
-        // --- Gather vectors of the candidates (one Lookup per shard); the attributes post-ranking
-        // needs (genre cap, freshness) are fetched at the same time.
+        // --- Gather vectors of the candidates: the search hits' rows came with them; the others
+        // take one Lookup per shard. The attributes post-ranking needs (genre cap, freshness) are
+        // fetched at the same time.
         let needAttributes = req.genreCap > 0 || req.freshnessWeight > 0
         async let attributesTask: [UInt64: ItemAttributes]? = needAttributes
             ? itemAttributes(merged.map(\.id), trace: trace, deadline: trace.stageDeadline(0.85)) : nil
-        let gathered = await gather(merged.map(\.id), dim: userVec?.count, trace: trace, deadline: trace.stageDeadline(0.85))
+        let gathered = await assemble(merged.map(\.id), search: srch, dim: userVec?.count, trace: trace, deadline: trace.stageDeadline(0.85))
         let t3 = ContinuousClock.now
 
         // --- Rank.
         let n = gathered.ids.count
-        var scores = try score(model: req.model, user: userVec, vectors: gathered.vectors, count: n, dim: gathered.dim)
+        var scores = try score(model: req.model, user: userVec, rows: n == 0 ? nil : gathered.rows.matrix)
         if userVec == nil {
             // Cold start: no user vector; rank by the best retrieval score, normalised per source.
             let best = Dictionary(uniqueKeysWithValues: merged.map { ($0.id, $0.score) })
@@ -145,16 +146,14 @@ extension Recommender {
             Self.boostFreshness(&scores, ids: gathered.ids, attributes: attributes, weight: req.freshnessWeight, now: now, halfLife: halfLife)
         }
         if lambda < 1, n > 0 {
+            let matrix = gathered.rows.matrix
             order = scores.withUnsafeBufferPointer { s in
-                gathered.vectors.withUnsafeBufferPointer { v in
-                    if let masks = genreMasks {
-                        return masks.withUnsafeBufferPointer { m in
-                            Diversity.mmr(relevance: s, vectors: RowMatrix(f32: v.baseAddress!, count: n, dimension: gathered.dim), lambda: lambda,
-                                          k: k, attributes: m, attributeCap: Int(req.genreCap))
-                        }
+                if let masks = genreMasks {
+                    return masks.withUnsafeBufferPointer { m in
+                        Diversity.mmr(relevance: s, vectors: matrix, lambda: lambda, k: k, attributes: m, attributeCap: Int(req.genreCap))
                     }
-                    return Diversity.mmr(relevance: s, vectors: RowMatrix(f32: v.baseAddress!, count: n, dimension: gathered.dim), lambda: lambda, k: k)
                 }
+                return Diversity.mmr(relevance: s, vectors: matrix, lambda: lambda, k: k)
             }
         } else {
             order = Array(0 ..< n).sorted { a, b in
@@ -287,7 +286,7 @@ extension Recommender {
         }
         let g = await gather([req.itemID], dim: nil, trace: trace, deadline: trace.stageDeadline(0.3))
         guard g.ids.count == 1 else { throw RPCError(.notFound, "item \(req.itemID) is not in table '\(settings.itemsTable)'") }
-        let hits = await search(query: g.vectors, k: k, exclude: [req.itemID], trace: trace, deadline: trace.stageDeadline(0.9))
+        let hits = await search(query: g.vectors, k: k, exclude: [req.itemID], trace: trace, deadline: trace.stageDeadline(0.9)).items
         return ItemsResponse(items: hits.map { ShardRankWire.ScoredItem(itemID: $0.id, score: $0.score, sources: [.search]) },
                              version: trace.answeredVersions.max() ?? trace.version, coverage: trace.coverage(shardCount: cluster.shardCount))
     }
@@ -302,13 +301,13 @@ public struct RecommenderService: RPCService {
     public var methods: [RPCMethod] {
         let r = recommender
         return [
-            RPCMethod(service: serviceName, method: "Recommend", placement: .workerPool, handler: .asyncUnary { bytes, ctx throws(RPCError) in
+            RPCMethod(service: serviceName, method: "Recommend", placement: .inline, handler: .asyncUnary { bytes, ctx throws(RPCError) in
                 try await r.recommend(try RecommendRequest.decode(bytes), context: ctx).encoded()
             }),
-            RPCMethod(service: serviceName, method: "Rank", placement: .workerPool, handler: .asyncUnary { bytes, ctx throws(RPCError) in
+            RPCMethod(service: serviceName, method: "Rank", placement: .inline, handler: .asyncUnary { bytes, ctx throws(RPCError) in
                 try await r.rank(try RankRequest.decode(bytes), context: ctx).encodedAsRank()
             }),
-            RPCMethod(service: serviceName, method: "Similar", placement: .workerPool, handler: .asyncUnary { bytes, ctx throws(RPCError) in
+            RPCMethod(service: serviceName, method: "Similar", placement: .inline, handler: .asyncUnary { bytes, ctx throws(RPCError) in
                 try await r.similar(try SimilarRequest.decode(bytes), context: ctx).encodedAsSimilar()
             }),
         ]

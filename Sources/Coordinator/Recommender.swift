@@ -19,6 +19,8 @@ public final class Recommender: Sendable {
     let observer: (any RecommendObserver)?
     /// Ranked lists already fetched, per table-set version (see `ListCache`).
     let listCache = ListCache()
+    /// Item rows already fetched, per table-set version (see `RowCache`).
+    let rowCache: RowCache
 
     /// Bits of the merged candidates' source mask, in this order.
     static let sourceOrder: [Source] = [.similar, .genre, .country, .popular, .search, .caller]
@@ -28,6 +30,7 @@ public final class Recommender: Sendable {
         self.cluster = cluster
         self.settings = cluster.settings
         self.router = ShardRouter(shardCount: cluster.shardCount)
+        self.rowCache = RowCache(capacityBytes: cluster.settings.rowCacheBytes)
         self.model = model
         self.pool = pool
         self.logger = logger
@@ -175,83 +178,171 @@ public final class Recommender: Sendable {
         }
     }
 
-    /// Inner-product search of `query` on every shard, k-way merged; `exclude` pushed down.
-    func search(query: [Float], k: Int, exclude: [UInt64], trace: Trace, deadline: ContinuousClock.Instant) async -> [ShardRankKernels.ScoredItem] {
-        guard k > 0 else { return [] }
+    /// What a Search fan-out found: the k best hits over every shard, and (with rows) where
+    /// each hit's row is in the shards' answers.
+    struct SearchResult: Sendable {
+        var items: [ShardRankKernels.ScoredItem] = []
+        /// id → (answer, hit index) for hits whose row came back.
+        var rows: [UInt64: (part: Int, index: Int)] = [:]
+        var parts: [SearchResponse] = []
+    }
+
+    /// Inner-product search of `query` on every shard, k-way merged; `exclude` pushed down. With
+    /// `withRows` the shards send the hits' rows too (no second round trip to gather them).
+    func search(query: [Float], k: Int, exclude: [UInt64], withRows: Bool = false, trace: Trace,
+                deadline: ContinuousClock.Instant) async -> SearchResult {
+        guard k > 0 else { return SearchResult() }
         let dim = UInt32(query.count), table = settings.itemsTable, version = trace.version
-        let perShard = await withTaskGroup(of: [ShardRankKernels.ScoredItem]?.self) { group in
+        let parts = await withTaskGroup(of: SearchResponse?.self) { group in
             for shard in 0 ..< cluster.shardCount {
                 trace.asked(shard)
                 group.addTask {
                     do throws(RPCError) {
                         let r = try await self.shardCall(shard, trace: trace, deadline: deadline) { c, t throws(RPCError) in
                             try await c.search(SearchRequest(table: table, queries: query, dim: dim, k: UInt32(k), excludeIDs: exclude,
-                                                             version: version), timeout: t)
+                                                             version: version, withRows: withRows), timeout: t)
                         }
                         trace.answered(shard, version: r.version)
-                        guard let hits = r.results.first else { return [] }
-                        return zip(hits.ids, hits.scores).map { ShardRankKernels.ScoredItem(id: $0, score: $1) }
+                        return r
                     } catch {
                         trace.fail(.search, "search: shard \(shard) of \(self.cluster.shardCount) did not answer: \(error)")
                         return nil
                     }
                 }
             }
-            var lists: [[ShardRankKernels.ScoredItem]] = []
-            for await l in group { if let l { lists.append(l) } }
-            return lists
+            var out: [SearchResponse] = []
+            for await r in group { if let r { out.append(r) } }
+            return out
         }
-        return TopK.merge(perShard, k: k)
+        var result = SearchResult(parts: parts)
+        var lists: [[ShardRankKernels.ScoredItem]] = []
+        for (p, r) in parts.enumerated() {
+            guard let hits = r.results.first else { continue }
+            lists.append(zip(hits.ids, hits.scores).map { ShardRankKernels.ScoredItem(id: $0, score: $1) })
+            if r.dim > 0 && hits.vectors.count == hits.ids.count * Int(r.dim) * r.dtype.elementSize {
+                for (i, id) in hits.ids.enumerated() { result.rows[id] = (p, i) }
+            }
+        }
+        result.items = TopK.merge(lists, k: k)
+        return result
     }
 
-    /// Vectors of `ids` (f32, row-major, in the returned id order; ids whose shard failed or that
-    /// no shard holds are dropped).
-    func gather(_ ids: [UInt64], dim: Int?, trace: Trace, deadline: ContinuousClock.Instant) async -> (ids: [UInt64], vectors: [Float], dim: Int) {
+    /// The vectors of `ids` as one f32 matrix, in `ids` order: rows that came with `search` are
+    /// decoded from its answers, the others fetched with one Lookup per shard. Ids whose shard
+    /// failed or that no shard holds are dropped (the returned ids say which remain).
+    func assemble(_ ids: [UInt64], search: SearchResult = SearchResult(), dim wanted: Int?, trace: Trace,
+                  deadline: ContinuousClock.Instant) async -> (ids: [UInt64], rows: CandidateRows) {
+        let version = trace.version
+        var position: [UInt64: Int] = [:]
+        position.reserveCapacity(ids.count)
+        for (i, id) in ids.enumerated() where position[id] == nil { position[id] = i }
+        // The width is known up front from the user vector, a search answer or the cache.
+        var rows: CandidateRows?
+        if let dim = wanted ?? search.parts.first(where: { $0.dim > 0 }).map({ Int($0.dim) }) ?? rowCache.dimension(version: version) {
+            rows = CandidateRows(count: ids.count, dim: dim)
+        }
+        // Search rows.
+        if let rows {
+            for (p, part) in search.parts.enumerated() where Int(part.dim) == rows.dim {
+                guard let hits = part.results.first else { continue }
+                hits.vectors.withUnsafeBytes { v in
+                    for (i, id) in hits.ids.enumerated() {
+                        guard let row = position[id], search.rows[id]?.part == p else { continue }
+                        rows.set(row: row, from: v, source: i, dtype: part.dtype,
+                                 scale: part.dtype == .int8 && i < hits.scales.count ? hits.scales[i] : 1)
+                    }
+                }
+            }
+            rowCache.copy(version: version, ids: ids, into: rows)
+        }
+        // The rest: one Lookup per shard.
         var byShard: [Int: [UInt64]] = [:]
-        for id in ids { byShard[router.shard(ofID: id), default: []].append(id) }
-        let table = settings.itemsTable, version = trace.version
-        let parts = await withTaskGroup(of: (ids: [UInt64], vectors: [Float], dim: Int)?.self) { group in
+        for (i, id) in ids.enumerated() where rows?.filled[i] != true && position[id] == i {
+            byShard[router.shard(ofID: id), default: []].append(id)
+        }
+        let table = settings.itemsTable
+        var looked: [(ids: [UInt64], response: LookupResponse)] = []
+        if !byShard.isEmpty { looked = await withTaskGroup(of: (ids: [UInt64], response: LookupResponse)?.self) { group in
             for (shard, list) in byShard {
                 group.addTask {
                     do throws(RPCError) {
                         let r = try await self.shardCall(shard, trace: trace, deadline: deadline) { c, t throws(RPCError) in
                             try await c.lookup(LookupRequest(table: table, ids: list, version: version), timeout: t)
                         }
-                        let missing = Set(r.missingIDs)
-                        let found = list.filter { !missing.contains($0) }
-                        return (found, r.floatRows(), Int(r.dim))
+                        return (list, r)
                     } catch {
                         trace.fail(nil, "gather: shard \(shard): \(error) (\(list.count) candidates dropped)")
                         return nil
                     }
                 }
             }
-            var out: [(ids: [UInt64], vectors: [Float], dim: Int)] = []
+            var out: [(ids: [UInt64], response: LookupResponse)] = []
             for await p in group { if let p { out.append(p) } }
             return out
+        } }
+        if rows == nil, let d = looked.first(where: { $0.response.dim > 0 }).map({ Int($0.response.dim) }) {
+            rows = CandidateRows(count: ids.count, dim: d)
         }
-        var outIDs: [UInt64] = [], outVecs: [Float] = []
-        var d = dim ?? parts.first?.dim ?? 0
-        for p in parts where p.dim == d || d == 0 {
-            d = p.dim
-            outIDs += p.ids
-            outVecs += p.vectors
+        guard let rows else { return ([], CandidateRows(count: 0, dim: 1)) }
+        let dim = rows.dim
+        // Lookup rows: the found ones, in request order; remembered for later requests.
+        var fetched: [Int] = []
+        for (list, r) in looked where Int(r.dim) == dim {
+            let missing = r.missingIDs.isEmpty ? [] : Set(r.missingIDs)
+            r.vectors.withUnsafeBytes { v in
+                r.scales.withUnsafeBytes { s in
+                    var k = 0
+                    for id in list where !missing.contains(id) {
+                        defer { k += 1 }
+                        guard let row = position[id], (k + 1) * dim * r.dtype.elementSize <= v.count else { continue }
+                        let scale = r.dtype == .int8 && (k + 1) * 4 <= s.count
+                            ? Float(bitPattern: UInt32(littleEndian: s.loadUnaligned(fromByteOffset: k * 4, as: UInt32.self))) : 1
+                        rows.set(row: row, from: v, source: k, dtype: r.dtype, scale: scale)
+                        fetched.append(row)
+                    }
+                }
+            }
         }
-        return (outIDs, outVecs, d)
+        if !fetched.isEmpty && looked.allSatisfy({ $0.response.version == version }) {
+            rowCache.insert(version: version, ids: ids, rows: fetched, from: rows)
+        }
+        // Repeated ids share the first occurrence's row.
+        if position.count < ids.count {
+            for (i, id) in ids.enumerated() where !rows.filled[i] {
+                if let first = position[id], first != i, rows.filled[first] { rows.copyRow(first, to: i) }
+            }
+        }
+        if rows.filled.allSatisfy({ $0 }) { return (ids, rows) }
+        let keep = (0 ..< ids.count).filter { rows.filled[$0] }
+        return (keep.map { ids[$0] }, rows.compacted(keep))
+    }
+
+    /// Vectors of `ids` (f32, row-major, in the returned id order; ids whose shard failed or that
+    /// no shard holds are dropped).
+    func gather(_ ids: [UInt64], dim: Int?, trace: Trace, deadline: ContinuousClock.Instant) async -> (ids: [UInt64], vectors: [Float], dim: Int) {
+        let (found, rows) = await assemble(ids, dim: dim, trace: trace, deadline: deadline)
+        return (found, Array(UnsafeBufferPointer(start: rows.base, count: found.count * rows.dim)), found.isEmpty ? (dim ?? 0) : rows.dim)
     }
 
     /// Scores candidates with the chosen model.
     func score(model name: String, user: [Float]?, vectors: [Float], count: Int, dim: Int) throws(RPCError) -> [Float] {
+        try vectors.withUnsafeBufferPointer { v throws(RPCError) in
+            try score(model: name, user: user, rows: count == 0 ? nil : RowMatrix(f32: v.baseAddress!, count: count, dimension: dim))
+        }
+    }
+
+    /// Scores the rows of `rows` with the chosen model (none: no candidates).
+    func score(model name: String, user: [Float]?, rows: RowMatrix?) throws(RPCError) -> [Float] {
+        guard let rows else { return [] }
+        let count = rows.count, dim = rows.dimension
         guard count > 0 else { return [] }
         var scores = [Float](repeating: 0, count: count)
         switch name {
         case "", "dot":
             guard let user else { return scores }
             user.withUnsafeBufferPointer { u in
-                vectors.withUnsafeBufferPointer { v in
-                    scores.withUnsafeMutableBufferPointer { s in
-                        InnerProducts.dot(query: u.baseAddress!, rows: RowMatrix(f32: v.baseAddress!, count: count, dimension: dim), scores: s.baseAddress!)
-                    }
+                scores.withUnsafeMutableBufferPointer { s in
+                    InnerProducts.dot(query: u.baseAddress!, rows: rows, scores: s.baseAddress!)
                 }
             }
         case "mlp":
@@ -264,11 +355,8 @@ public final class Recommender: Sendable {
                 return scores
             }
             user.withUnsafeBufferPointer { u in
-                vectors.withUnsafeBufferPointer { v in
-                    scores.withUnsafeMutableBufferPointer { s in
-                        model.score(user: u.baseAddress!, items: RowMatrix(f32: v.baseAddress!, count: count, dimension: dim), count: count,
-                                    scores: s.baseAddress!, pool: pool)
-                    }
+                scores.withUnsafeMutableBufferPointer { s in
+                    model.score(user: u.baseAddress!, items: rows, count: count, scores: s.baseAddress!, pool: pool)
                 }
             }
         default:

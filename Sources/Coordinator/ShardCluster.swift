@@ -33,6 +33,7 @@ final class Replica: Sendable {
         self.address = address
         var config = ClientConfiguration()
         config.connections = 2
+        config.loopAffinity = true
         config.initialBackoff = .milliseconds(50)
         config.maxBackoff = .milliseconds(1000)
         channel = try RPCChannel(target: address, group: group, configuration: config)

@@ -117,6 +117,8 @@ public struct CoordinatorSettings: Sendable, Equatable {
     public var usersTable = "users"
     public var profilesTable = "profiles"
     public var attributesTable = "attributes"
+    /// Bytes of item rows the coordinator keeps from its Lookups (per table-set version; 0: off).
+    public var rowCacheBytes = 64 << 20
 
     public init() {}
 
@@ -129,7 +131,7 @@ public struct CoordinatorSettings: Sendable, Equatable {
         func int(_ k: String) throws -> Int? { try num(k).map { Int($0) } }
         let known: Set<String> = ["default_deadline_ms", "similar_per_item", "genre_budget", "country_budget", "popular_budget",
                                   "search_budget", "recent_items", "diversity_lambda", "freshness_half_life_s", "hedge_quantile", "min_hedge_delay_ms",
-                                  "eject_after_failures", "ejection_ms", "health_interval_ms", "max_shard_call_ms"]
+                                  "eject_after_failures", "ejection_ms", "health_interval_ms", "max_shard_call_ms", "row_cache_mb"]
         for k in c.keys where !known.contains(k) {
             throw Topology.Error(description: "unknown key 'coordinator.\(k)' (known: \(known.sorted().joined(separator: ", ")))")
         }
@@ -154,5 +156,6 @@ public struct CoordinatorSettings: Sendable, Equatable {
         if let v = try num("ejection_ms") { ejectionMs = v }
         if let v = try num("health_interval_ms") { healthIntervalMs = max(10, v) }
         if let v = try num("max_shard_call_ms") { maxShardCallMs = max(1, v) }
+        if let v = try num("row_cache_mb") { rowCacheBytes = Int(v * 1_048_576) }
     }
 }

@@ -16,6 +16,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     private var calls: [Int32: PendingCall] = [:]
     private(set) var goAwayReceived = false
     private(set) var isClosed = false
+    private var flushScheduled = false
     /// Called on the loop when the connection can take no new calls (GOAWAY or closed).
     var onUnusable: (() -> Void)?
 
@@ -108,7 +109,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
                 bound.value.finish(id, .failure(RPCError(.deadlineExceeded, "deadline exceeded after \(timeout)")), reset: true)
             }
         }
-        flush()
+        scheduleFlush()
         return id
     }
 
@@ -158,6 +159,18 @@ final class ClientConnectionHandler: ChannelInboundHandler {
                 finish(id, .failure(RPCError(.unavailable, "server sent GOAWAY before processing the call")), reset: false)
             }
             onUnusable?()
+        }
+    }
+
+    /// Writes once the event loop finishes what it is doing now: the calls a request starts in
+    /// one go (its sub-calls to this server) leave in one write, not one each.
+    private func scheduleFlush() {
+        guard !flushScheduled, let loop = context?.eventLoop else { return }
+        flushScheduled = true
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        loop.execute {
+            bound.value.flushScheduled = false
+            bound.value.flush()
         }
     }
 

@@ -18,6 +18,11 @@ public struct ClientConfiguration: Sendable {
     public var backoffJitter: Double = 0.2
     /// Time allowed to establish a TCP connection.
     public var connectTimeout: Duration = .seconds(2)
+    /// One connection per event loop of the group (`connections` is then ignored), and a call
+    /// made on one of the group's event loops goes out on that loop's own connection: its
+    /// answer resumes the caller on the same thread (see `EventLoopTaskExecutor`). Calls from
+    /// other threads take the least-loaded connection.
+    public var loopAffinity = false
     public init() {}
 }
 
@@ -46,7 +51,11 @@ public final class RPCChannel: Sendable {
         self.port = port
         self.group = group
         self.configuration = configuration
-        self.slots = (0 ..< max(1, configuration.connections)).map { _ in Slot() }
+        if configuration.loopAffinity {
+            self.slots = group.makeIterator().map { Slot(loop: $0) }
+        } else {
+            self.slots = (0 ..< max(1, configuration.connections)).map { _ in Slot(loop: nil) }
+        }
     }
 
     public var target: String { "\(host):\(port)" }
@@ -79,7 +88,7 @@ public final class RPCChannel: Sendable {
         defer { conn.load.wrappingSubtract(1, ordering: .relaxed) }
         let result: Result<[[UInt8]], RPCError> = await withTaskCancellationHandler {
             await withCheckedContinuation { (cont: CheckedContinuation<Result<[[UInt8]], RPCError>, Never>) in
-                conn.eventLoop.execute {
+                let start: @Sendable () -> Void = {
                     let handler = conn.handler.value
                     let once = OnceResume(cont)
                     if token.isCancelled {
@@ -95,6 +104,8 @@ public final class RPCChannel: Sendable {
                                            timeout: remaining) { once.resume($0) }
                     if let id { token.started(id) }
                 }
+                // On the connection's own loop (loop affinity): start at once, no hop.
+                if conn.eventLoop.inEventLoop { start() } else { conn.eventLoop.execute(start) }
             }
         } onCancel: {
             if let id = token.cancel() {
@@ -119,6 +130,9 @@ public final class RPCChannel: Sendable {
     // MARK: - Connections
 
     final class Slot: Sendable {
+        /// The event loop this slot's connection lives on (loop affinity), or nil: any.
+        let loop: (any EventLoop)?
+        init(loop: (any EventLoop)?) { self.loop = loop }
         enum State {
             case idle
             case connecting(EventLoopFuture<ConnectionBox>)
@@ -139,6 +153,13 @@ public final class RPCChannel: Sendable {
     }
 
     private func connection(deadline: ContinuousClock.Instant?) async throws(RPCError) -> ConnectionBox {
+        // Loop affinity: the calling loop's own connection when it is ready.
+        if configuration.loopAffinity, let mine = slots.first(where: { $0.loop?.inEventLoop == true }) {
+            if let box = mine.state.withLock({ st -> ConnectionBox? in
+                if case .ready(let b) = st { return b }
+                return nil
+            }) { return box }
+        }
         // Prefer a ready slot with the lowest load; start connecting idle slots.
         var waitOn: EventLoopFuture<ConnectionBox>?
         var best: (box: ConnectionBox, load: Int)?
@@ -202,7 +223,7 @@ public final class RPCChannel: Sendable {
     private func startConnect(_ slot: Slot) -> EventLoopFuture<ConnectionBox> {
         let config = configuration
         let nanos = config.connectTimeout.components.seconds * 1_000_000_000 + config.connectTimeout.components.attoseconds / 1_000_000_000
-        let bootstrap = ClientBootstrap(group: group)
+        let bootstrap = ClientBootstrap(group: slot.loop ?? group)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(.nanoseconds(nanos))
             .channelInitializer { channel in

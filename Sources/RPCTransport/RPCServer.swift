@@ -21,6 +21,9 @@ public final class RPCServer: Sendable {
     private let channel = Mutex<(any Channel)?>(nil)
     private let ownsGroup: Bool
     private let poolStarted = Atomic<Bool>(false)
+    private let poolExecutor: ThreadPoolTaskExecutor
+    /// The group's event loops as task executors (async handlers placed `.inline` run on them).
+    public let loopExecutors: EventLoopExecutors
 
     /// - Parameter group: event loops to use; by default the server creates its own
     ///   (`configuration.eventLoopThreads`) and shuts them down at the end.
@@ -33,6 +36,8 @@ public final class RPCServer: Sendable {
         self.group = group ?? MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoopThreads)
         self.ownsGroup = group == nil
         self.pool = NIOThreadPool(numberOfThreads: max(1, configuration.workerThreads))
+        self.poolExecutor = ThreadPoolTaskExecutor(pool)
+        self.loopExecutors = EventLoopExecutors(group: self.group)
     }
 
     /// Binds and starts serving.
@@ -70,7 +75,7 @@ public final class RPCServer: Sendable {
     private func makeBootstrap() -> ServerBootstrap {
         if !poolStarted.exchange(true, ordering: .relaxed) { pool.start() }
         let router = self.router, observers = self.observers, config = self.configuration, state = self.state, pool = self.pool
-        let logger = self.logger
+        let logger = self.logger, poolExecutor = self.poolExecutor, loopExecutors = self.loopExecutors
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -82,7 +87,7 @@ public final class RPCServer: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let handler = try ServerConnectionHandler(router: router, observers: observers, config: config, state: state, pool: pool,
-                                                              logger: logger)
+                                                              poolExecutor: poolExecutor, loopExecutors: loopExecutors, logger: logger)
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
@@ -95,7 +100,7 @@ public final class RPCServer: Sendable {
     public func makeConnectionHandler() throws -> any ChannelHandler {
         if !poolStarted.exchange(true, ordering: .relaxed) { pool.start() }
         return try ServerConnectionHandler(router: router, observers: observers, config: configuration, state: state, pool: pool,
-                                           logger: logger)
+                                           poolExecutor: poolExecutor, loopExecutors: nil, logger: logger)
     }
 
     /// The bound port, once started.

@@ -18,6 +18,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private let config: ServerConfiguration
     private let state: ServerState
     private let pool: NIOThreadPool
+    private let poolExecutor: ThreadPoolTaskExecutor
+    private let loopExecutors: EventLoopExecutors?
+    /// This connection's event loop as a task executor (set when the handler is added).
+    private var loopExecutor: EventLoopTaskExecutor!
     private let logger: Logger
     private var streams: [Int32: Stream] = [:]
     private var context: ChannelHandlerContext?
@@ -50,7 +54,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     init(router: Router, observers: MethodObservers?, config: ServerConfiguration, state: ServerState, pool: NIOThreadPool,
-         logger: Logger) throws {
+         poolExecutor: ThreadPoolTaskExecutor, loopExecutors: EventLoopExecutors?, logger: Logger) throws {
+        self.poolExecutor = poolExecutor
+        self.loopExecutors = loopExecutors
         self.session = try HTTP2Session(role: .server, configuration: config.http2)
         self.router = router
         self.observers = observers
@@ -66,6 +72,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         self.context = context
         peer = context.remoteAddress?.description ?? "?"
         let loop = context.eventLoop
+        loopExecutor = loopExecutors?.executor(for: loop) ?? EventLoopTaskExecutor(loop)
         let bound = NIOLoopBound(self, eventLoop: loop)
         let channel = context.channel
         state.connections.withLock {
@@ -308,11 +315,19 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             }
             let bound = NIOLoopBound(self, eventLoop: loop)
             let state = self.state
-            let task = Task {
+            // `.inline`: the task runs on this connection's event loop (and so do its children
+            // and, through loop-affine channels, the answers of the calls it makes);
+            // `.workerPool`: on the server's worker threads.
+            let executor: any TaskExecutor = call.method.placement == .inline ? loopExecutor : poolExecutor
+            let task = Task(executorPreference: executor) {
                 let result: Result<FramedMessage, RPCError>
                 do throws(RPCError) { result = .success(try await handler(request, ctx)) } catch { result = .failure(error) }
                 state.releaseHandler()
-                loop.execute { bound.value.handlerReturned(id, result) }
+                if loop.inEventLoop {
+                    bound.value.handlerReturned(id, result)
+                } else {
+                    loop.execute { bound.value.handlerReturned(id, result) }
+                }
             }
             ctx.whenCancelled { task.cancel() }
         case .deferredUnary(let handler):

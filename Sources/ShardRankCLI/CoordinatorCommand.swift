@@ -45,8 +45,11 @@ struct CoordinatorCommand: AsyncParsableCommand {
                 throw ExitCode(2)
             }
         }
+        // Thread-per-core: one event-loop group serves the clients and calls the shards; a
+        // Recommend runs on the loop its connection lives on, and so do its shard calls.
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: server.configuration().eventLoopThreads)
         let cluster: ShardCluster
-        do { cluster = try ShardCluster(topology: topo, group: MultiThreadedEventLoopGroup.singleton, logger: logger) } catch {
+        do { cluster = try ShardCluster(topology: topo, group: group, logger: logger) } catch {
             logger.error("\(error)")
             throw ExitCode(2)
         }
@@ -71,7 +74,7 @@ struct CoordinatorCommand: AsyncParsableCommand {
         let health = HealthService(services: ["shardrank.v1.Recommender"])
         let router = Router(services: [health, RecommenderService(recommender: recommender)])
         logger.info("coordinator over \(topo.shardCount) shards (\(topo.shards.map(\.count).reduce(0, +)) replicas), pinned version \(cluster.pinnedVersion)")
-        try await serve(router: router, health: health, options: server, logger: logger, what: "coordinator", metrics: metrics)
+        try await serve(router: router, health: health, options: server, logger: logger, what: "coordinator", metrics: metrics, group: group)
         await cluster.stop()
     }
 }

@@ -1,3 +1,4 @@
+import NIOPosix
 import ArgumentParser
 import CShardRankSystem
 import Dispatch
@@ -201,14 +202,14 @@ func makeLogger(_ label: String, level: String) -> Logger {
 /// Starts `router` on a server (and the admin endpoint when asked), prints the bound address,
 /// waits for SIGTERM/SIGINT, then: health → NOT_SERVING, end health watches, GOAWAY, drain, exit.
 func serve(router: Router, health: HealthService, options: ServerOptions, logger: Logger, what: String,
-           metrics: ServerMetrics = ServerMetrics()) async throws {
+           metrics: ServerMetrics = ServerMetrics(), group: MultiThreadedEventLoopGroup? = nil) async throws {
     // Response buffers (64 KiB-4 MiB) come and go at a high rate: keep glibc from serving them
     // with fresh mmap/munmap pairs (a page fault per 4 KiB on every response, ~10 % of server
     // CPU in perf) by raising the mmap threshold and keeping freed memory for reuse.
     CShardRankSystem_tune_malloc()
     var config = options.configuration()
     config.observer = metrics
-    let server = RPCServer(configuration: config, router: router, logger: logger)
+    let server = RPCServer(configuration: config, router: router, logger: logger, group: group)
     let port: Int
     do { port = try await server.listen() } catch {
         logger.error("\(error)")

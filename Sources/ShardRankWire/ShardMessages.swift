@@ -172,11 +172,13 @@ public struct SearchRequest: Sendable, Hashable {
     /// ANN knobs; 0 = the index's defaults.
     public var nprobe: UInt32
     public var rerank: UInt32
+    /// Also return the hits' rows (in the table's own dtype).
+    public var withRows: Bool
 
     public init(table: String, queries: [Float], dim: UInt32, k: UInt32, excludeIDs: [UInt64] = [], version: UInt64 = 0,
-                mode: SearchMode = .unspecified, nprobe: UInt32 = 0, rerank: UInt32 = 0) {
+                mode: SearchMode = .unspecified, nprobe: UInt32 = 0, rerank: UInt32 = 0, withRows: Bool = false) {
         self.table = table; self.queries = queries; self.dim = dim; self.k = k; self.excludeIDs = excludeIDs; self.version = version
-        self.mode = mode; self.nprobe = nprobe; self.rerank = rerank
+        self.mode = mode; self.nprobe = nprobe; self.rerank = rerank; self.withRows = withRows
     }
 
     public var queryCount: Int { dim == 0 ? 0 : queries.count / Int(dim) }
@@ -196,7 +198,7 @@ public struct SearchRequest: Sendable, Hashable {
             }
             return SearchRequest(table: ProtoC.string(m.pointee.table), queries: floats, dim: dim, k: m.pointee.k,
                                  excludeIDs: ProtoC.array(m.pointee.exclude_ids, m.pointee.n_exclude_ids), version: m.pointee.version,
-                                 mode: mode, nprobe: m.pointee.nprobe, rerank: m.pointee.rerank)
+                                 mode: mode, nprobe: m.pointee.nprobe, rerank: m.pointee.rerank, withRows: m.pointee.with_rows != 0)
         }
     }
 
@@ -215,6 +217,7 @@ public struct SearchRequest: Sendable, Hashable {
         m.mode = Shardrank__V1__SearchMode(rawValue: mode.rawValue)
         m.nprobe = nprobe
         m.rerank = rerank
+        m.with_rows = withRows ? 1 : 0
         return withExtendedLifetime(arena) { ProtoC.pack(&m) }
     }
 }
@@ -222,7 +225,13 @@ public struct SearchRequest: Sendable, Hashable {
 public struct SearchHits: Sendable, Hashable {
     public var ids: [UInt64]
     public var scores: [Float]
-    public init(ids: [UInt64], scores: [Float]) { self.ids = ids; self.scores = scores }
+    /// With `SearchRequest.withRows`: ids.count × dim elements of the response's dtype.
+    public var vectors: [UInt8]
+    /// For int8 rows: one f32 scale per row.
+    public var scales: [Float]
+    public init(ids: [UInt64], scores: [Float], vectors: [UInt8] = [], scales: [Float] = []) {
+        self.ids = ids; self.scores = scores; self.vectors = vectors; self.scales = scales
+    }
 }
 
 public struct SearchResponse: Sendable, Hashable {
@@ -232,9 +241,14 @@ public struct SearchResponse: Sendable, Hashable {
     public var shardCount: UInt32
     /// `.exact` or `.ann`: how the queries were answered.
     public var mode: SearchMode
+    /// With rows: their width and element type (0 / `.unspecified` without).
+    public var dim: UInt32
+    public var dtype: DType
 
-    public init(results: [SearchHits], version: UInt64, shard: UInt32 = 0, shardCount: UInt32 = 1, mode: SearchMode = .exact) {
+    public init(results: [SearchHits], version: UInt64, shard: UInt32 = 0, shardCount: UInt32 = 1, mode: SearchMode = .exact,
+                dim: UInt32 = 0, dtype: DType = .unspecified) {
         self.results = results; self.version = version; self.shard = shard; self.shardCount = shardCount; self.mode = mode
+        self.dim = dim; self.dtype = dtype
     }
 
     public static func decode(_ bytes: [UInt8]) throws(RPCError) -> SearchResponse {
@@ -242,10 +256,18 @@ public struct SearchResponse: Sendable, Hashable {
             var results: [SearchHits] = []
             for i in 0 ..< m.pointee.n_results {
                 let h = m.pointee.results[i]!.pointee
-                results.append(SearchHits(ids: ProtoC.array(h.ids, h.n_ids), scores: ProtoC.array(h.scores, h.n_scores)))
+                let vectors = h.vectors.len > 0 ? Array(UnsafeRawBufferPointer(start: h.vectors.data, count: h.vectors.len)) : []
+                let scaleCount = h.scales.len / 4
+                var scales = [Float](repeating: 0, count: scaleCount)
+                if scaleCount > 0 {
+                    scales.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(start: h.scales.data, count: scaleCount * 4)) }
+                }
+                results.append(SearchHits(ids: ProtoC.array(h.ids, h.n_ids), scores: ProtoC.array(h.scores, h.n_scores),
+                                          vectors: vectors, scales: scales))
             }
             return SearchResponse(results: results, version: m.pointee.version, shard: m.pointee.shard, shardCount: m.pointee.shard_count,
-                                  mode: SearchMode(rawValue: m.pointee.mode.rawValue) ?? .unspecified)
+                                  mode: SearchMode(rawValue: m.pointee.mode.rawValue) ?? .unspecified,
+                                  dim: m.pointee.dim, dtype: DType(rawValue: m.pointee.dtype.rawValue) ?? .unspecified)
         }
     }
 
@@ -261,12 +283,19 @@ public struct SearchResponse: Sendable, Hashable {
             h.ids = arena.array(r.ids)
             h.n_scores = r.scores.count
             h.scores = arena.array(r.scores)
+            if !r.vectors.isEmpty { h.vectors = ProtobufCBinaryData(len: r.vectors.count, data: arena.array(r.vectors)) }
+            if !r.scales.isEmpty {
+                let b = r.scales.withUnsafeBytes { Array($0) }
+                h.scales = ProtobufCBinaryData(len: b.count, data: arena.array(b))
+            }
             return h
         })
         m.version = version
         m.shard = shard
         m.shard_count = shardCount
         m.mode = Shardrank__V1__SearchMode(rawValue: mode.rawValue)
+        m.dim = dim
+        m.dtype = Shardrank__V1__DType(rawValue: dtype.rawValue)
         return withExtendedLifetime(arena) { ProtoC.pack(&m) }
     }
 }

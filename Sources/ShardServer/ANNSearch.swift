@@ -18,6 +18,9 @@ public struct ANNServing: Sendable, Hashable {
     /// Largest ANN knobs a request may ask for.
     public var maxNprobe = 65_536
     public var maxRerank = 100_000
+    /// An exact scan of at most this many rows × queries is answered at once on the connection's
+    /// event loop (tens of µs); larger ones go to the search batcher's worker threads.
+    public var inlineExactRows = 32_768
     public init() {}
 }
 

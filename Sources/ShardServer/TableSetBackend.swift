@@ -283,22 +283,54 @@ public final class TableSetBackend: ShardBackend {
             table = try searchTable(req, ts)
             try context.checkCancellation()
             if let plan = try ANNSearch.plan(req, index: ts.index(req.table), serving: annServing) {
-                respond(.success(searchResponse(try ANNSearch.run(plan, req, context: context, monitor: recallMonitor), ts, mode: .ann)))
+                respond(.success(searchResponse(try ANNSearch.run(plan, req, context: context, monitor: recallMonitor), ts, mode: .ann,
+                                                rowsOf: req.withRows ? table : nil)))
                 return
             }
         } catch {
             respond(.failure(error))
             return
         }
+        if table.rowCount * req.queryCount <= annServing.inlineExactRows {
+            // Small: scan here, no thread hop.
+            do throws(RPCError) {
+                let (hits, _) = try SearchBatcher.chunked(table: table, queries: req.queries, queryCount: req.queryCount, k: Int(req.k),
+                                                          exclude: req.excludeIDs, pool: nil, context: context)
+                respond(.success(searchResponse(hits, ts, rowsOf: req.withRows ? table : nil)))
+            } catch {
+                respond(.failure(error))
+            }
+            return
+        }
         batcher.submit(SearchBatcher.Job(owner: ts, table: table, queries: req.queries, queryCount: req.queryCount, k: Int(req.k),
                                          exclude: req.excludeIDs, context: context) { [self] result in
-            respond(result.map { searchResponse($0, ts) })
+            respond(result.map { searchResponse($0, ts, rowsOf: req.withRows ? table : nil) })
         })
     }
 
-    private func searchResponse(_ hits: [[ShardRankKernels.ScoredItem]], _ ts: LoadedTableSet, mode: SearchMode = .exact) -> SearchResponse {
-        SearchResponse(results: hits.map { h in SearchHits(ids: h.map(\.id), scores: h.map(\.score)) }, version: ts.version,
-                       shard: UInt32(shard), shardCount: UInt32(shardCount), mode: mode)
+    /// The response; with `rowsOf`, each hit's row as stored (and its int8 scale) rides along.
+    private func searchResponse(_ hits: [[ShardRankKernels.ScoredItem]], _ ts: LoadedTableSet, mode: SearchMode = .exact,
+                                rowsOf table: EmbeddingTable? = nil) -> SearchResponse {
+        guard let table else {
+            return SearchResponse(results: hits.map { h in SearchHits(ids: h.map(\.id), scores: h.map(\.score)) }, version: ts.version,
+                                  shard: UInt32(shard), shardCount: UInt32(shardCount), mode: mode)
+        }
+        let stride = table.dim * table.dtype.elementSize
+        let results = hits.map { h -> SearchHits in
+            var vectors = [UInt8](repeating: 0, count: h.count * stride)
+            var scales = [Float](repeating: 1, count: table.dtype == .int8 ? h.count : 0)
+            vectors.withUnsafeMutableBytes { dst in
+                for (i, item) in h.enumerated() {
+                    // A hit always comes from this slice: its row exists.
+                    guard let r = table.rowIndex(of: item.id) else { continue }
+                    dst.baseAddress!.advanced(by: i * stride).copyMemory(from: table.rowPointer(at: r), byteCount: stride)
+                    if table.dtype == .int8 { scales[i] = table.scale(at: r) }
+                }
+            }
+            return SearchHits(ids: h.map(\.id), scores: h.map(\.score), vectors: vectors, scales: scales)
+        }
+        return SearchResponse(results: results, version: ts.version, shard: UInt32(shard), shardCount: UInt32(shardCount), mode: mode,
+                              dim: UInt32(table.dim), dtype: DType(rawValue: table.dtype.rawValue) ?? .unspecified)
     }
 
     private func searchTable(_ req: SearchRequest, _ ts: LoadedTableSet) throws(RPCError) -> EmbeddingTable {

@@ -10,15 +10,18 @@ import ShardRankWire
 @Suite struct SearchBatcherTests {
     static let dim = 16
 
-    /// A one-shard int8 table set of `n` items with pseudo-random vectors, and its backend.
-    static func backend(n: Int = 3000, lockTables: Bool = false) throws -> (TableSetBackend, String) {
+    /// A one-shard int8 table set of `n` items with pseudo-random vectors, and its backend (every
+    /// exact scan goes to the batcher unless `inlineExactRows` says otherwise).
+    static func backend(n: Int = 3000, lockTables: Bool = false, inlineExactRows: Int = 0) throws -> (TableSetBackend, String) {
         let root = NSTemporaryDirectory() + "shardrank-batch-\(UInt64.random(in: 0 ... .max))"
         let b = try TableSetBuilder(root: root, shardCount: 1, genres: ["A"], countries: ["DE"])
         let ids = (0 ..< n).map { UInt64($0 * 3 + 7) }
         let vectors = (0 ..< n * dim).map { i in Float(sin(Double(i) * 0.731) + cos(Double(i / dim) * 0.37)) }
         try vectors.withUnsafeBufferPointer { try b.addEmbedding(name: "items", ids: ids, vectors: $0, dim: dim, dtype: .int8) }
         _ = try b.publish()
-        return (try TableSetBackend(root: root, shard: 0, of: 1, pool: WorkerPool(threadCount: 2), lockTables: lockTables), root)
+        var serving = ANNServing()
+        serving.inlineExactRows = inlineExactRows
+        return (try TableSetBackend(root: root, shard: 0, of: 1, pool: WorkerPool(threadCount: 2), lockTables: lockTables, annServing: serving), root)
     }
 
     static func context(ms: Int = 5000) -> ServerContext {
@@ -116,5 +119,38 @@ import ShardRankWire
         let want = try backend.search(req, context: Self.context())
         #expect(got.results == want.results)
         #expect(got.results.count == 100)
+    }
+}
+
+/// A small slice is scanned on the calling thread (no batcher pass), and a Search with rows
+/// sends each hit's row exactly as a Lookup of that id would.
+@Suite struct InlineSearchTests {
+    @Test func aSmallSliceIsAnsweredInlineWithTheHitsRows() throws {
+        let (backend, root) = try SearchBatcherTests.backend(n: 3000, inlineExactRows: 32_768)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let before = backend.batcher.stats
+        let req = SearchRequest(table: "items", queries: SearchBatcherTests.query(5), dim: UInt32(SearchBatcherTests.dim), k: 25,
+                                excludeIDs: [7, 10], withRows: true)
+        nonisolated(unsafe) var answer: Result<SearchResponse, RPCError>?
+        backend.searchDeferred(req, context: SearchBatcherTests.context()) { answer = $0 }
+        // Answered before searchDeferred returned: no thread hop.
+        let r = try #require(try answer?.get())
+        #expect(backend.batcher.stats.passes == before.passes, "no batcher pass for a 3,000-row slice")
+        #expect(r.mode == .exact && r.dtype == .int8 && r.dim == UInt32(SearchBatcherTests.dim))
+        let hits = try #require(r.results.first)
+        #expect(hits.ids.count == 25 && !hits.ids.contains(7) && !hits.ids.contains(10))
+        // The same hits as the batcher's scan.
+        var plain = req
+        plain.withRows = false
+        let batched = try backend.search(plain, context: SearchBatcherTests.context())
+        #expect(batched.results[0].ids == hits.ids && batched.results[0].scores == hits.scores)
+        #expect(batched.results[0].vectors.isEmpty, "rows only when asked for")
+        // Rows and scales as a Lookup sends them (int8, in id order).
+        let lookup = try LookupResponse.decode(Array(try backend.lookup(LookupRequest(table: "items", ids: hits.ids), context: SearchBatcherTests.context()).bytes.dropFirst(5)))
+        #expect(hits.vectors == lookup.vectors)
+        #expect(hits.scales.withUnsafeBytes { Array($0) } == lookup.scales)
+        // And the wire round trip keeps them.
+        let decoded = try SearchResponse.decode(Array(r.encoded().bytes.dropFirst(5)))
+        #expect(decoded == r)
     }
 }

@@ -933,7 +933,7 @@ const ProtobufCMessageDescriptor shardrank__v1__lookup_response__descriptor =
   (ProtobufCMessageInit) shardrank__v1__lookup_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor shardrank__v1__search_request__field_descriptors[9] =
+static const ProtobufCFieldDescriptor shardrank__v1__search_request__field_descriptors[10] =
 {
   {
     "table",
@@ -1043,6 +1043,18 @@ static const ProtobufCFieldDescriptor shardrank__v1__search_request__field_descr
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "with_rows",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__SearchRequest, with_rows),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned shardrank__v1__search_request__field_indices_by_name[] = {
   2,   /* field[2] = dim */
@@ -1054,11 +1066,12 @@ static const unsigned shardrank__v1__search_request__field_indices_by_name[] = {
   8,   /* field[8] = rerank */
   0,   /* field[0] = table */
   5,   /* field[5] = version */
+  9,   /* field[9] = with_rows */
 };
 static const ProtobufCIntRange shardrank__v1__search_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 9 }
+  { 0, 10 }
 };
 const ProtobufCMessageDescriptor shardrank__v1__search_request__descriptor =
 {
@@ -1068,14 +1081,14 @@ const ProtobufCMessageDescriptor shardrank__v1__search_request__descriptor =
   "Shardrank__V1__SearchRequest",
   "shardrank.v1",
   sizeof(Shardrank__V1__SearchRequest),
-  9,
+  10,
   shardrank__v1__search_request__field_descriptors,
   shardrank__v1__search_request__field_indices_by_name,
   1,  shardrank__v1__search_request__number_ranges,
   (ProtobufCMessageInit) shardrank__v1__search_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor shardrank__v1__search_hits__field_descriptors[2] =
+static const ProtobufCFieldDescriptor shardrank__v1__search_hits__field_descriptors[4] =
 {
   {
     "ids",
@@ -1101,15 +1114,41 @@ static const ProtobufCFieldDescriptor shardrank__v1__search_hits__field_descript
     0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "vectors",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__SearchHits, vectors),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "scales",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__SearchHits, scales),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned shardrank__v1__search_hits__field_indices_by_name[] = {
   0,   /* field[0] = ids */
+  3,   /* field[3] = scales */
   1,   /* field[1] = scores */
+  2,   /* field[2] = vectors */
 };
 static const ProtobufCIntRange shardrank__v1__search_hits__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor shardrank__v1__search_hits__descriptor =
 {
@@ -1119,14 +1158,14 @@ const ProtobufCMessageDescriptor shardrank__v1__search_hits__descriptor =
   "Shardrank__V1__SearchHits",
   "shardrank.v1",
   sizeof(Shardrank__V1__SearchHits),
-  2,
+  4,
   shardrank__v1__search_hits__field_descriptors,
   shardrank__v1__search_hits__field_indices_by_name,
   1,  shardrank__v1__search_hits__number_ranges,
   (ProtobufCMessageInit) shardrank__v1__search_hits__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor shardrank__v1__search_response__field_descriptors[5] =
+static const ProtobufCFieldDescriptor shardrank__v1__search_response__field_descriptors[7] =
 {
   {
     "results",
@@ -1188,8 +1227,34 @@ static const ProtobufCFieldDescriptor shardrank__v1__search_response__field_desc
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "dim",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__SearchResponse, dim),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "dtype",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__SearchResponse, dtype),
+    &shardrank__v1__dtype__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned shardrank__v1__search_response__field_indices_by_name[] = {
+  5,   /* field[5] = dim */
+  6,   /* field[6] = dtype */
   4,   /* field[4] = mode */
   0,   /* field[0] = results */
   2,   /* field[2] = shard */
@@ -1199,7 +1264,7 @@ static const unsigned shardrank__v1__search_response__field_indices_by_name[] = 
 static const ProtobufCIntRange shardrank__v1__search_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 5 }
+  { 0, 7 }
 };
 const ProtobufCMessageDescriptor shardrank__v1__search_response__descriptor =
 {
@@ -1209,7 +1274,7 @@ const ProtobufCMessageDescriptor shardrank__v1__search_response__descriptor =
   "Shardrank__V1__SearchResponse",
   "shardrank.v1",
   sizeof(Shardrank__V1__SearchResponse),
-  5,
+  7,
   shardrank__v1__search_response__field_descriptors,
   shardrank__v1__search_response__field_indices_by_name,
   1,  shardrank__v1__search_response__number_ranges,

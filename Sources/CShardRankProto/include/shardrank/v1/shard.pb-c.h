@@ -128,10 +128,15 @@ struct  Shardrank__V1__SearchRequest
    */
   uint32_t nprobe;
   uint32_t rerank;
+  /*
+   * Also return the rows of the hits (SearchHits.vectors/scales, in the table's own dtype), so
+   * a caller that ranks the hits needs no second round trip (a Lookup) for their vectors.
+   */
+  protobuf_c_boolean with_rows;
 };
 #define SHARDRANK__V1__SEARCH_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__search_request__descriptor) \
-    , (char *)protobuf_c_empty_string, {0,NULL}, 0, 0, 0,NULL, 0, SHARDRANK__V1__SEARCH_MODE__SEARCH_MODE_UNSPECIFIED, 0, 0 }
+    , (char *)protobuf_c_empty_string, {0,NULL}, 0, 0, 0,NULL, 0, SHARDRANK__V1__SEARCH_MODE__SEARCH_MODE_UNSPECIFIED, 0, 0, 0 }
 
 
 struct  Shardrank__V1__SearchHits
@@ -144,10 +149,16 @@ struct  Shardrank__V1__SearchHits
   uint64_t *ids;
   size_t n_scores;
   float *scores;
+  /*
+   * With SearchRequest.with_rows: the hits' rows in id order, ids.size() * dim elements of
+   * SearchResponse.dtype, row-major, little-endian; for DTYPE_INT8 one f32 scale per row.
+   */
+  ProtobufCBinaryData vectors;
+  ProtobufCBinaryData scales;
 };
 #define SHARDRANK__V1__SEARCH_HITS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__search_hits__descriptor) \
-    , 0,NULL, 0,NULL }
+    , 0,NULL, 0,NULL, {0,NULL}, {0,NULL} }
 
 
 struct  Shardrank__V1__SearchResponse
@@ -165,10 +176,15 @@ struct  Shardrank__V1__SearchResponse
    * How the queries were answered: EXACT or ANN.
    */
   Shardrank__V1__SearchMode mode;
+  /*
+   * With SearchRequest.with_rows: the element type and width of SearchHits.vectors.
+   */
+  uint32_t dim;
+  Shardrank__V1__DType dtype;
 };
 #define SHARDRANK__V1__SEARCH_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__search_response__descriptor) \
-    , 0,NULL, 0, 0, 0, SHARDRANK__V1__SEARCH_MODE__SEARCH_MODE_UNSPECIFIED }
+    , 0,NULL, 0, 0, 0, SHARDRANK__V1__SEARCH_MODE__SEARCH_MODE_UNSPECIFIED, 0, SHARDRANK__V1__DTYPE__DTYPE_UNSPECIFIED }
 
 
 struct  Shardrank__V1__ListsRequest
