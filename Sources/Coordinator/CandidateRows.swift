@@ -1,4 +1,3 @@
-import Synchronization
 import ShardRankKernels
 import ShardRankWire
 
@@ -59,72 +58,4 @@ final class CandidateRows: @unchecked Sendable {
         }
         return out
     }
-}
-
-/// Item rows (f32) the coordinator already fetched with a Lookup, for one table-set version (a
-/// published version never changes, so a cached row is exactly what the shard would send): the
-/// hot candidates of the list sources (popular, genre, country, similar items) need no Lookup
-/// once seen. Bounded by bytes; when full it is cleared (the hot set refills it within a few
-/// requests). A new version empties it.
-final class RowCache: Sendable {
-    private struct State {
-        var version: UInt64 = 0
-        var dim = 0
-        var index: [UInt64: Int] = [:]
-        var storage: [Float] = []
-        var hits = 0, misses = 0
-    }
-    private let state = Mutex(State())
-    let capacityBytes: Int
-
-    init(capacityBytes: Int) { self.capacityBytes = capacityBytes }
-
-    /// The row width cached for `version`, if any.
-    func dimension(version: UInt64) -> Int? {
-        state.withLock { $0.version == version && $0.dim > 0 && version != 0 ? $0.dim : nil }
-    }
-
-    /// Fills the unfilled rows of `rows` whose id is cached for `version`.
-    func copy(version: UInt64, ids: [UInt64], into rows: CandidateRows) {
-        guard version != 0, capacityBytes > 0 else { return }
-        state.withLock { s in
-            guard s.version == version, s.dim == rows.dim else { return }
-            s.storage.withUnsafeBufferPointer { st in
-                for (i, id) in ids.enumerated() where !rows.filled[i] {
-                    if let at = s.index[id] {
-                        (rows.base + i * rows.dim).update(from: st.baseAddress! + at, count: rows.dim)
-                        rows.markFilled(i)
-                        s.hits += 1
-                    } else {
-                        s.misses += 1
-                    }
-                }
-            }
-        }
-    }
-
-    /// Remembers rows `which` of `rows` (ids[i] for row i) for `version`.
-    func insert(version: UInt64, ids: [UInt64], rows which: [Int], from rows: CandidateRows) {
-        guard version != 0, capacityBytes > 0 else { return }
-        let dim = rows.dim
-        state.withLock { s in
-            if version > s.version || s.dim != dim {
-                guard version >= s.version else { return }
-                s = State(version: version, dim: dim, hits: s.hits, misses: s.misses)
-            }
-            guard version == s.version else { return }
-            if (s.storage.count + which.count * dim) * MemoryLayout<Float>.stride > capacityBytes {
-                s.storage.removeAll(keepingCapacity: true)
-                s.index.removeAll(keepingCapacity: true)
-            }
-            for r in which where s.index[ids[r]] == nil {
-                guard (s.storage.count + dim) * MemoryLayout<Float>.stride <= capacityBytes else { break }
-                s.index[ids[r]] = s.storage.count
-                s.storage.append(contentsOf: UnsafeBufferPointer(start: rows.base + r * dim, count: dim))
-            }
-        }
-    }
-
-    /// Hits and misses so far (tests, metrics).
-    var counts: (hits: Int, misses: Int) { state.withLock { ($0.hits, $0.misses) } }
 }

@@ -4,13 +4,20 @@ import RPCCore
 public import ShardRankWire
 public import ShardRankKernels
 public import ShardRankTables
-import ShardRankClient
 
-/// The two-stage pipeline behind `shardrank.v1.Recommender`: parallel retrieval sources →
-/// merge & dedupe → filter → gather → rank → post-rank → top-k, every sub-call carrying the
-/// remaining deadline, and a coverage report whenever anything was missing.
+/// The two-stage pipeline behind `shardrank.v1.Recommender`, as stages (one file each, pure
+/// values and functions, tested without sockets): `RetrievalPlan` → the fan-out (this file: the
+/// profile and user vector, then lists and search in parallel, then the rows retrieval did not
+/// bring) → `CandidateMerge` → `Ranking` → `PostRanking`. Every shard call goes through a
+/// `ShardFetcher` (the cluster, or in-process backends in tests), carries the remaining deadline,
+/// and counts in the request's coverage report.
+///
+/// Execution: the coordinator runs thread-per-core. A Recommend runs on the event loop its
+/// connection lives on, its shard calls use that loop's own connections (so their answers
+/// resume it there), and ranking runs inline (a few µs for a few hundred candidates); the MLP
+/// spreads large batches over the kernel `WorkerPool`. Nothing blocks a loop on I/O.
 public final class Recommender: Sendable {
-    public let cluster: ShardCluster
+    public let fetcher: any ShardFetcher
     public let settings: CoordinatorSettings
     public let router: ShardRouter
     public let model: MLPModel?
@@ -22,19 +29,24 @@ public final class Recommender: Sendable {
     /// Item rows already fetched, per table-set version (see `RowCache`).
     let rowCache: RowCache
 
-    /// Bits of the merged candidates' source mask, in this order.
-    static let sourceOrder: [Source] = [.similar, .genre, .country, .popular, .search, .caller]
-
-    public init(cluster: ShardCluster, model: MLPModel? = nil, pool: WorkerPool, logger: Logger, observer: (any RecommendObserver)? = nil) {
-        self.observer = observer
-        self.cluster = cluster
-        self.settings = cluster.settings
-        self.router = ShardRouter(shardCount: cluster.shardCount)
-        self.rowCache = RowCache(capacityBytes: cluster.settings.rowCacheBytes)
+    public init(fetcher: any ShardFetcher, settings: CoordinatorSettings, model: MLPModel? = nil, pool: WorkerPool, logger: Logger,
+                observer: (any RecommendObserver)? = nil) {
+        self.fetcher = fetcher
+        self.settings = settings
+        self.router = ShardRouter(shardCount: fetcher.shardCount)
         self.model = model
         self.pool = pool
         self.logger = logger
+        self.observer = observer
+        self.rowCache = RowCache(capacityBytes: settings.rowCacheBytes)
     }
+
+    public convenience init(cluster: ShardCluster, model: MLPModel? = nil, pool: WorkerPool, logger: Logger,
+                            observer: (any RecommendObserver)? = nil) {
+        self.init(fetcher: cluster, settings: cluster.settings, model: model, pool: pool, logger: logger, observer: observer)
+    }
+
+    var shardCount: Int { fetcher.shardCount }
 
     // MARK: - Request plumbing
 
@@ -66,21 +78,23 @@ public final class Recommender: Sendable {
             return ContinuousClock.now.advanced(by: left * fraction)
         }
 
-        func coverage(shardCount: Int) -> Coverage {
+        func coverage() -> Coverage {
             lock.withLock { s in
                 Coverage(shardsAsked: UInt32(s.asked.count), shardsAnswered: UInt32(s.asked.subtracting(s.failedShards).count),
-                         sourcesFailed: Recommender.sourceOrder.filter { s.failed.contains($0) },
+                         sourcesFailed: CandidateMerge.sourceOrder.filter { s.failed.contains($0) },
                          degraded: !s.reasons.isEmpty, degradedReasons: s.reasons)
             }
         }
 
         var answeredVersions: Set<UInt64> { lock.withLock { $0.versions } }
         var searchFailures: Int { lock.withLock { $0.failedShards.count } }
+        /// The version the answer reports: the newest any shard answered from.
+        var answerVersion: UInt64 { answeredVersions.max() ?? version }
     }
 
     func makeTrace(_ ctx: ServerContext) -> Trace {
         let deadline = ctx.deadline ?? ContinuousClock.now.advanced(by: .microseconds(Int(settings.defaultDeadlineMs * 1000)))
-        let t = Trace(deadline: deadline, version: cluster.pinnedVersion)
+        let t = Trace(deadline: deadline, version: fetcher.pinnedVersion)
         t.requestID = ctx.requestID
         return t
     }
@@ -89,15 +103,14 @@ public final class Recommender: Sendable {
         UInt64(max(0, d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000))
     }
 
-    // MARK: - Building blocks
+    // MARK: - The fan-out
 
     /// A shard call that counts in the request's coverage: the shard is asked, and marked failed
     /// unless it answers (NOT_FOUND — e.g. a table set without that table — is an answer).
-    func shardCall<T: Sendable>(_ shard: Int, trace: Trace, deadline: ContinuousClock.Instant,
-                                _ op: @escaping @Sendable (ShardClient, Duration) async throws(RPCError) -> T) async throws(RPCError) -> T {
+    func counted<T: Sendable>(_ shard: Int, trace: Trace, _ op: () async throws(RPCError) -> T) async throws(RPCError) -> T {
         trace.asked(shard)
         do throws(RPCError) {
-            return try await cluster.call(shard: shard, deadline: deadline, requestID: trace.requestID, op)
+            return try await op()
         } catch {
             if error.code != .notFound { trace.shardFailed(shard) }
             throw error
@@ -107,10 +120,10 @@ public final class Recommender: Sendable {
     /// The user's vector (nil for an unknown user) — one Lookup on the user's shard.
     func userVector(_ user: UInt64, trace: Trace, deadline: ContinuousClock.Instant) async -> (vector: [Float]?, failed: Bool) {
         let shard = router.shard(ofID: user)
-        let table = settings.usersTable, version = trace.version
+        let req = LookupRequest(table: settings.usersTable, ids: [user], dtype: .f32, version: trace.version)
         do throws(RPCError) {
-            let r = try await shardCall(shard, trace: trace, deadline: deadline) { c, t throws(RPCError) in
-                try await c.lookup(LookupRequest(table: table, ids: [user], dtype: .f32, version: version), timeout: t)
+            let r = try await counted(shard, trace: trace) { () async throws(RPCError) in
+                try await fetcher.lookup(req, shard: shard, deadline: deadline, requestID: trace.requestID)
             }
             guard !r.vectors.isEmpty else { return (nil, false) }
             return (r.vectors.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }, false)
@@ -123,10 +136,10 @@ public final class Recommender: Sendable {
 
     func profile(_ user: UInt64, trace: Trace, deadline: ContinuousClock.Instant) async -> UserProfile? {
         let shard = router.shard(ofID: user)
-        let table = settings.profilesTable, version = trace.version
+        let req = ProfilesRequest(table: settings.profilesTable, userIDs: [user], version: trace.version)
         do throws(RPCError) {
-            let r = try await shardCall(shard, trace: trace, deadline: deadline) { c, t throws(RPCError) in
-                try await c.profiles(ProfilesRequest(table: table, userIDs: [user], version: version), timeout: t)
+            let r = try await counted(shard, trace: trace) { () async throws(RPCError) in
+                try await fetcher.profiles(req, shard: shard, deadline: deadline, requestID: trace.requestID)
             }
             return r.profiles.first
         } catch {
@@ -156,9 +169,10 @@ public final class Recommender: Sendable {
         return await withTaskGroup(of: [RankedList].self) { group in
             for (shard, ks) in byShard {
                 group.addTask {
+                    let req = ListsRequest(table: table, keys: ks, limit: UInt32(limit), version: version)
                     do throws(RPCError) {
-                        let r = try await self.shardCall(shard, trace: trace, deadline: deadline) { c, t throws(RPCError) in
-                            try await c.lists(ListsRequest(table: table, keys: ks, limit: UInt32(limit), version: version), timeout: t)
+                        let r = try await self.counted(shard, trace: trace) { () async throws(RPCError) in
+                            try await self.fetcher.lists(req, shard: shard, deadline: deadline, requestID: trace.requestID)
                         }
                         // Only answers from the pinned version are cached (version 0 = unknown).
                         if r.version == version {
@@ -182,7 +196,7 @@ public final class Recommender: Sendable {
     /// each hit's row is in the shards' answers.
     struct SearchResult: Sendable {
         var items: [ShardRankKernels.ScoredItem] = []
-        /// id → (answer, hit index) for hits whose row came back.
+        /// id → (answer, hit index) for the k best hits whose row came back.
         var rows: [UInt64: (part: Int, index: Int)] = [:]
         var parts: [SearchResponse] = []
     }
@@ -192,20 +206,20 @@ public final class Recommender: Sendable {
     func search(query: [Float], k: Int, exclude: [UInt64], withRows: Bool = false, trace: Trace,
                 deadline: ContinuousClock.Instant) async -> SearchResult {
         guard k > 0 else { return SearchResult() }
-        let dim = UInt32(query.count), table = settings.itemsTable, version = trace.version
+        let req = SearchRequest(table: settings.itemsTable, queries: query, dim: UInt32(query.count), k: UInt32(k), excludeIDs: exclude,
+                                version: trace.version, withRows: withRows)
+        let shards = shardCount
         let parts = await withTaskGroup(of: SearchResponse?.self) { group in
-            for shard in 0 ..< cluster.shardCount {
-                trace.asked(shard)
+            for shard in 0 ..< shards {
                 group.addTask {
                     do throws(RPCError) {
-                        let r = try await self.shardCall(shard, trace: trace, deadline: deadline) { c, t throws(RPCError) in
-                            try await c.search(SearchRequest(table: table, queries: query, dim: dim, k: UInt32(k), excludeIDs: exclude,
-                                                             version: version, withRows: withRows), timeout: t)
+                        let r = try await self.counted(shard, trace: trace) { () async throws(RPCError) in
+                            try await self.fetcher.search(req, shard: shard, deadline: deadline, requestID: trace.requestID)
                         }
                         trace.answered(shard, version: r.version)
                         return r
                     } catch {
-                        trace.fail(.search, "search: shard \(shard) of \(self.cluster.shardCount) did not answer: \(error)")
+                        trace.fail(.search, "search: shard \(shard) of \(shards) did not answer: \(error)")
                         return nil
                     }
                 }
@@ -214,22 +228,39 @@ public final class Recommender: Sendable {
             for await r in group { if let r { out.append(r) } }
             return out
         }
+        return Self.mergeSearch(parts, k: k)
+    }
+
+    /// The k best hits of the shards' answers (best first, ties to the lower id), and where the
+    /// rows of those that came with one are.
+    static func mergeSearch(_ parts: [SearchResponse], k: Int) -> SearchResult {
         var result = SearchResult(parts: parts)
-        var lists: [[ShardRankKernels.ScoredItem]] = []
-        for (p, r) in parts.enumerated() {
-            guard let hits = r.results.first else { continue }
-            lists.append(zip(hits.ids, hits.scores).map { ShardRankKernels.ScoredItem(id: $0, score: $1) })
-            if r.dim > 0 && hits.vectors.count == hits.ids.count * Int(r.dim) * r.dtype.elementSize {
-                for (i, id) in hits.ids.enumerated() { result.rows[id] = (p, i) }
+        // k-way merge over (part, index) cursors.
+        var cursor = [Int](repeating: 0, count: parts.count)
+        result.items.reserveCapacity(k)
+        while result.items.count < k {
+            var best = -1
+            for p in parts.indices {
+                guard let hits = parts[p].results.first, cursor[p] < hits.ids.count else { continue }
+                if best < 0 { best = p; continue }
+                let b = parts[best].results[0], i = cursor[best], j = cursor[p]
+                let a = ShardRankKernels.ScoredItem(id: hits.ids[j], score: hits.scores[j])
+                if ShardRankKernels.ScoredItem.ranksBefore(a, ShardRankKernels.ScoredItem(id: b.ids[i], score: b.scores[i])) { best = p }
             }
+            guard best >= 0 else { break }
+            let hits = parts[best].results[0], i = cursor[best]
+            result.items.append(ShardRankKernels.ScoredItem(id: hits.ids[i], score: hits.scores[i]))
+            let r = parts[best]
+            if r.dim > 0 && hits.vectors.count == hits.ids.count * Int(r.dim) * r.dtype.elementSize { result.rows[hits.ids[i]] = (best, i) }
+            cursor[best] += 1
         }
-        result.items = TopK.merge(lists, k: k)
         return result
     }
 
     /// The vectors of `ids` as one f32 matrix, in `ids` order: rows that came with `search` are
-    /// decoded from its answers, the others fetched with one Lookup per shard. Ids whose shard
-    /// failed or that no shard holds are dropped (the returned ids say which remain).
+    /// decoded from its answers, rows in the row cache copied, the others fetched with one
+    /// Lookup per shard. Ids whose shard failed or that no shard holds are dropped (the returned
+    /// ids say which remain).
     func assemble(_ ids: [UInt64], search: SearchResult = SearchResult(), dim wanted: Int?, trace: Trace,
                   deadline: ContinuousClock.Instant) async -> (ids: [UInt64], rows: CandidateRows) {
         let version = trace.version
@@ -241,16 +272,14 @@ public final class Recommender: Sendable {
         if let dim = wanted ?? search.parts.first(where: { $0.dim > 0 }).map({ Int($0.dim) }) ?? rowCache.dimension(version: version) {
             rows = CandidateRows(count: ids.count, dim: dim)
         }
-        // Search rows.
         if let rows {
-            for (p, part) in search.parts.enumerated() where Int(part.dim) == rows.dim {
-                guard let hits = part.results.first else { continue }
+            // Search rows.
+            for (id, at) in search.rows {
+                let part = search.parts[at.part]
+                guard Int(part.dim) == rows.dim, let row = position[id], let hits = part.results.first else { continue }
                 hits.vectors.withUnsafeBytes { v in
-                    for (i, id) in hits.ids.enumerated() {
-                        guard let row = position[id], search.rows[id]?.part == p else { continue }
-                        rows.set(row: row, from: v, source: i, dtype: part.dtype,
-                                 scale: part.dtype == .int8 && i < hits.scales.count ? hits.scales[i] : 1)
-                    }
+                    rows.set(row: row, from: v, source: at.index, dtype: part.dtype,
+                             scale: part.dtype == .int8 && at.index < hits.scales.count ? hits.scales[at.index] : 1)
                 }
             }
             rowCache.copy(version: version, ids: ids, into: rows)
@@ -262,24 +291,27 @@ public final class Recommender: Sendable {
         }
         let table = settings.itemsTable
         var looked: [(ids: [UInt64], response: LookupResponse)] = []
-        if !byShard.isEmpty { looked = await withTaskGroup(of: (ids: [UInt64], response: LookupResponse)?.self) { group in
-            for (shard, list) in byShard {
-                group.addTask {
-                    do throws(RPCError) {
-                        let r = try await self.shardCall(shard, trace: trace, deadline: deadline) { c, t throws(RPCError) in
-                            try await c.lookup(LookupRequest(table: table, ids: list, version: version), timeout: t)
+        if !byShard.isEmpty {
+            looked = await withTaskGroup(of: (ids: [UInt64], response: LookupResponse)?.self) { group in
+                for (shard, list) in byShard {
+                    group.addTask {
+                        let req = LookupRequest(table: table, ids: list, version: version)
+                        do throws(RPCError) {
+                            let r = try await self.counted(shard, trace: trace) { () async throws(RPCError) in
+                                try await self.fetcher.lookup(req, shard: shard, deadline: deadline, requestID: trace.requestID)
+                            }
+                            return (list, r)
+                        } catch {
+                            trace.fail(nil, "gather: shard \(shard): \(error) (\(list.count) candidates dropped)")
+                            return nil
                         }
-                        return (list, r)
-                    } catch {
-                        trace.fail(nil, "gather: shard \(shard): \(error) (\(list.count) candidates dropped)")
-                        return nil
                     }
                 }
+                var out: [(ids: [UInt64], response: LookupResponse)] = []
+                for await p in group { if let p { out.append(p) } }
+                return out
             }
-            var out: [(ids: [UInt64], response: LookupResponse)] = []
-            for await p in group { if let p { out.append(p) } }
-            return out
-        } }
+        }
         if rows == nil, let d = looked.first(where: { $0.response.dim > 0 }).map({ Int($0.response.dim) }) {
             rows = CandidateRows(count: ids.count, dim: d)
         }
@@ -317,100 +349,39 @@ public final class Recommender: Sendable {
         return (keep.map { ids[$0] }, rows.compacted(keep))
     }
 
-    /// Vectors of `ids` (f32, row-major, in the returned id order; ids whose shard failed or that
-    /// no shard holds are dropped).
-    func gather(_ ids: [UInt64], dim: Int?, trace: Trace, deadline: ContinuousClock.Instant) async -> (ids: [UInt64], vectors: [Float], dim: Int) {
-        let (found, rows) = await assemble(ids, dim: dim, trace: trace, deadline: deadline)
-        return (found, Array(UnsafeBufferPointer(start: rows.base, count: found.count * rows.dim)), found.isEmpty ? (dim ?? 0) : rows.dim)
-    }
-
-    /// Scores candidates with the chosen model.
-    func score(model name: String, user: [Float]?, vectors: [Float], count: Int, dim: Int) throws(RPCError) -> [Float] {
-        try vectors.withUnsafeBufferPointer { v throws(RPCError) in
-            try score(model: name, user: user, rows: count == 0 ? nil : RowMatrix(f32: v.baseAddress!, count: count, dimension: dim))
-        }
-    }
-
-    /// Scores the rows of `rows` with the chosen model (none: no candidates).
-    func score(model name: String, user: [Float]?, rows: RowMatrix?) throws(RPCError) -> [Float] {
-        guard let rows else { return [] }
-        let count = rows.count, dim = rows.dimension
-        guard count > 0 else { return [] }
-        var scores = [Float](repeating: 0, count: count)
-        switch name {
-        case "", "dot":
-            guard let user else { return scores }
-            user.withUnsafeBufferPointer { u in
-                scores.withUnsafeMutableBufferPointer { s in
-                    InnerProducts.dot(query: u.baseAddress!, rows: rows, scores: s.baseAddress!)
+    /// Attributes of `ids` (one call per shard); items without attributes, or on a shard that
+    /// failed (flagged degraded), are absent.
+    func itemAttributes(_ ids: [UInt64], trace: Trace, deadline: ContinuousClock.Instant) async -> [UInt64: ItemAttributes] {
+        var byShard: [Int: [UInt64]] = [:]
+        for id in ids { byShard[router.shard(ofID: id), default: []].append(id) }
+        let table = settings.attributesTable, version = trace.version
+        return await withTaskGroup(of: [(UInt64, ItemAttributes)].self) { group in
+            for (shard, list) in byShard {
+                group.addTask {
+                    let req = AttributesRequest(table: table, itemIDs: list, version: version)
+                    do throws(RPCError) {
+                        let r = try await self.counted(shard, trace: trace) { () async throws(RPCError) in
+                            try await self.fetcher.attributes(req, shard: shard, deadline: deadline, requestID: trace.requestID)
+                        }
+                        return (0 ..< r.itemIDs.count).map { i in
+                            (r.itemIDs[i], ItemAttributes(genresMask: i < r.genreMasks.count ? r.genreMasks[i] : 0,
+                                                          timestamp: i < r.timestamps.count ? r.timestamps[i] : 0))
+                        }
+                    } catch {
+                        trace.fail(nil, "attributes: shard \(shard): \(error) (genre cap and freshness boost not applied to its items)")
+                        return []
+                    }
                 }
             }
-        case "mlp":
-            guard let model else { throw RPCError(.invalidArgument, "model 'mlp' is not loaded (start the coordinator with --model FILE)") }
-            guard model.itemDimension == 0 || model.itemDimension == dim else {
-                throw RPCError(.failedPrecondition, "the MLP expects item vectors of dim \(model.itemDimension), the tables have \(dim)")
-            }
-            guard let user, model.userDimension == 0 || model.userDimension == user.count else {
-                // Cold start: no user vector; keep retrieval order.
-                return scores
-            }
-            user.withUnsafeBufferPointer { u in
-                scores.withUnsafeMutableBufferPointer { s in
-                    model.score(user: u.baseAddress!, items: rows, count: count, scores: s.baseAddress!, pool: pool)
-                }
-            }
-        default:
-            throw RPCError(.invalidArgument, "unknown model '\(name)' (known: dot, mlp)")
+            var m: [UInt64: ItemAttributes] = [:]
+            m.reserveCapacity(ids.count)
+            for await l in group { for (id, a) in l { m[id] = a } }
+            return m
         }
-        return scores
     }
 }
 
 /// Sees every Recommend answer (metrics: per-stage latency, degraded and cold-start shares).
 public protocol RecommendObserver: Sendable {
     func answered(_ response: RecommendResponse)
-}
-
-/// Ranked lists (item → similar, genre → top, country → top, popular) already fetched, keyed by
-/// table-set version, table and key. Lists are immutable within a version, so a hit is exactly
-/// what the shard would answer; entries of other versions are dropped when a new version shows
-/// up, and the cache is cleared when it reaches `capacity` entries. A list fetched with limit L
-/// answers requests for at most L items (or any limit when it came back shorter than L: then it
-/// is the whole list).
-final class ListCache: Sendable {
-    struct Key: Hashable { let table: String; let key: String }
-    struct Entry { let list: RankedList; let complete: Bool }
-    private struct State { var version: UInt64 = 0; var entries: [Key: Entry] = [:]; var hits = 0; var misses = 0 }
-    private let state = Mutex<State>(State())
-    let capacity: Int
-
-    init(capacity: Int = 20_000) { self.capacity = capacity }
-
-    func get(version: UInt64, table: String, key: String, limit: Int) -> RankedList? {
-        guard version != 0 else { return nil }
-        return state.withLock { s in
-            guard s.version == version, let e = s.entries[Key(table: table, key: key)], e.complete || e.list.ids.count >= limit else {
-                s.misses += 1
-                return nil
-            }
-            s.hits += 1
-            if e.list.ids.count <= limit { return e.list }
-            return RankedList(key: key, ids: Array(e.list.ids.prefix(limit)), scores: Array(e.list.scores.prefix(limit)))
-        }
-    }
-
-    func put(version: UInt64, table: String, list: RankedList, limit: Int) {
-        guard version != 0 else { return }
-        state.withLock { s in
-            if version > s.version { s.version = version; s.entries.removeAll(keepingCapacity: true) }
-            guard version == s.version else { return }
-            if s.entries.count >= capacity { s.entries.removeAll(keepingCapacity: true) }
-            let k = Key(table: table, key: list.key)
-            if let old = s.entries[k], old.complete || old.list.ids.count >= list.ids.count { return }
-            s.entries[k] = Entry(list: list, complete: list.ids.count < limit)
-        }
-    }
-
-    /// Hits and misses so far (for tests and metrics).
-    var counts: (hits: Int, misses: Int) { state.withLock { ($0.hits, $0.misses) } }
 }

@@ -1,0 +1,191 @@
+public import RPCCore
+public import ShardRankWire
+import ShardRankKernels
+
+/// The RPCs: `Recommend` runs the stages in order; `Rank` and `Similar` reuse them.
+extension Recommender {
+    /// Validates what a caller can get wrong, with INVALID_ARGUMENT naming the field.
+    func validate(_ req: RecommendRequest) throws(RPCError) {
+        guard req.k >= 1 && Int(req.k) <= settings.maxK else {
+            throw RPCError(.invalidArgument, "k=\(req.k) is out of range 1...\(settings.maxK)")
+        }
+        if let b = req.budgets {
+            for (name, v) in [("similar_per_item", b.similarPerItem), ("genre", b.genre), ("country", b.country),
+                              ("popular", b.popular), ("search", b.search)] where Int(v) > settings.maxBudget {
+                throw RPCError(.invalidArgument, "budgets.\(name)=\(v) exceeds the limit of \(settings.maxBudget)")
+            }
+        }
+        guard Ranking.models.contains(req.model) else {
+            throw RPCError(.invalidArgument, "unknown model '\(req.model)' (known: dot, mlp)")
+        }
+        if req.model == "mlp" && model == nil {
+            throw RPCError(.invalidArgument, "model 'mlp' is not loaded (start the coordinator with --model FILE)")
+        }
+        guard req.diversityLambda.isFinite, req.diversityLambda >= 0, req.diversityLambda <= 1 else {
+            throw RPCError(.invalidArgument, "diversity_lambda=\(req.diversityLambda) is out of range [0, 1]")
+        }
+        guard req.freshnessWeight.isFinite, req.freshnessWeight >= 0 else {
+            throw RPCError(.invalidArgument, "freshness_weight=\(req.freshnessWeight) must be finite and >= 0")
+        }
+        guard req.minCoverage.isFinite, req.minCoverage >= 0, req.minCoverage <= 1 else {
+            throw RPCError(.invalidArgument, "min_coverage=\(req.minCoverage) is out of range [0, 1]")
+        }
+        for s in req.sources where ![.similar, .genre, .country, .popular, .search].contains(s) {
+            throw RPCError(.invalidArgument, "sources: \(s) is not a retrieval source (similar, genre, country, popular, search)")
+        }
+    }
+
+    /// `Recommend`: the whole two-stage pipeline.
+
+    /// `Recommend`: the whole two-stage pipeline, in at most three rounds of shard calls: the
+    /// profile and user vector (one shard); the lists and the search (which brings its hits'
+    /// rows); the rows of list candidates not already cached.
+    public func recommend(_ req: RecommendRequest, context ctx: ServerContext) async throws(RPCError) -> RecommendResponse {
+        try validate(req)
+        let trace = makeTrace(ctx)
+        let t0 = ContinuousClock.now
+
+        // --- Round 1: profile (unless the context gives all it holds) and user vector.
+        let profileDeadline = trace.stageDeadline(0.3)
+        async let profileTask: UserProfile? = RetrievalPlan.needsProfile(req) ? profile(req.userID, trace: trace, deadline: profileDeadline) : nil
+        async let vectorTask = userVector(req.userID, trace: trace, deadline: profileDeadline)
+        let storedProfile = await profileTask
+        let (userVec, userVecFailed) = await vectorTask
+        let coldStart = storedProfile == nil && userVec == nil && !userVecFailed
+        let plan = RetrievalPlan(req, settings: settings, profile: storedProfile)
+
+        // --- Round 2: every source in parallel (lists mostly from the cache).
+        let retrieveDeadline = trace.stageDeadline(0.6)
+        async let similarLists = lists(table: "similar", keys: plan.recent.map { String($0) }, limit: plan.similarPerItem, source: .similar,
+                                       trace: trace, deadline: retrieveDeadline)
+        async let genreLists = lists(table: "genre_top", keys: plan.genreBudget == 0 ? [] : plan.genres, limit: plan.genreLimit, source: .genre,
+                                     trace: trace, deadline: retrieveDeadline)
+        async let countryLists = lists(table: "country_top", keys: plan.country.isEmpty || plan.countryBudget == 0 ? [] : [plan.country],
+                                       limit: plan.countryLimit, source: .country, trace: trace, deadline: retrieveDeadline)
+        async let popularLists = lists(table: "popular", keys: plan.popularBudget == 0 ? [] : ["all"], limit: plan.popularLimit,
+                                       source: .popular, trace: trace, deadline: retrieveDeadline)
+        async let searched = search(query: userVec ?? [], k: userVec == nil ? 0 : plan.searchBudget, exclude: plan.seenSorted,
+                                    withRows: true, trace: trace, deadline: retrieveDeadline)
+        let sim = await similarLists, gen = await genreLists, cty = await countryLists, pop = await popularLists
+        let srch = await searched
+        let t1 = ContinuousClock.now
+
+        // --- Merge, dedupe (remembering sources) and filter seen items.
+        let merged = CandidateMerge.merge(plan: plan, similar: sim, genre: gen, country: cty, popular: pop, search: srch.items)
+        let t2 = ContinuousClock.now
+
+        // --- Round 3: the rows retrieval did not bring (and the attributes post-ranking needs).
+        let needAttributes = req.genreCap > 0 || req.freshnessWeight > 0
+        async let attributesTask: [UInt64: ItemAttributes]? = needAttributes
+            ? itemAttributes(merged.map(\.id), trace: trace, deadline: trace.stageDeadline(0.85)) : nil
+        let gathered = await assemble(merged.map(\.id), search: srch, dim: userVec?.count, trace: trace, deadline: trace.stageDeadline(0.85))
+        let t3 = ContinuousClock.now
+
+        // --- Rank.
+        let ids = gathered.ids
+        let matrix = ids.isEmpty ? nil : gathered.rows.matrix
+        var scores = userVec == nil ? Ranking.retrievalScores(ids: ids, merged: merged)
+                                    : try Ranking.scores(model: req.model, mlp: model, user: userVec, rows: matrix, pool: pool)
+        let t4 = ContinuousClock.now
+
+        // --- Post-rank: freshness boost, MMR (λ) and an optional per-genre cap.
+        var options = PostRanking.Options(k: plan.k)
+        options.lambda = req.diversityLambda == 0 ? settings.diversityLambda : req.diversityLambda
+        options.genreCap = Int(req.genreCap)
+        options.freshnessWeight = req.freshnessWeight
+        options.now = req.nowUnixSeconds != 0 ? Double(req.nowUnixSeconds) : PostRanking.unixNow()
+        options.halfLife = req.freshnessHalfLifeSeconds != 0 ? Double(req.freshnessHalfLifeSeconds) : settings.freshnessHalfLifeSeconds
+        let order = PostRanking.order(scores: &scores, ids: ids, rows: matrix, attributes: await attributesTask, options: options)
+        let t5 = ContinuousClock.now
+
+        let sourcesOf = Dictionary(merged.map { ($0.id, $0.sources) }, uniquingKeysWith: |)
+        let out = order.map { i in
+            ShardRankWire.ScoredItem(itemID: ids[i], score: scores[i], sources: CandidateMerge.sources(sourcesOf[ids[i]] ?? 0))
+        }
+        var coverage = trace.coverage()
+        if userVec != nil && coverage.shardsAsked > 0 {
+            let share = Float(coverage.shardsAnswered) / Float(coverage.shardsAsked)
+            if share < req.minCoverage {
+                throw RPCError(.unavailable, "only \(coverage.shardsAnswered) of \(coverage.shardsAsked) shards answered (min_coverage \(req.minCoverage)): \(coverage.degradedReasons.joined(separator: "; "))")
+            }
+        }
+        if coldStart { coverage.degradedReasons.append("cold start: user \(req.userID) has no stored vector or profile") }
+        let timings = StageTimings(retrieveMicros: Self.micros(t1 - t0), filterMicros: Self.micros(t2 - t1), gatherMicros: Self.micros(t3 - t2),
+                                   rankMicros: Self.micros(t4 - t3), postRankMicros: Self.micros(t5 - t4),
+                                   totalMicros: Self.micros(ContinuousClock.now - trace.start))
+        let response = RecommendResponse(items: out, version: trace.answerVersion, timings: timings, coverage: coverage,
+                                         candidates: UInt32(merged.count), coldStart: coldStart)
+        observer?.answered(response)
+        return response
+    }
+
+    /// `Rank`: scores caller-supplied candidates for a user.
+    public func rank(_ req: RankRequest, context ctx: ServerContext) async throws(RPCError) -> ItemsResponse {
+        guard !req.candidateIDs.isEmpty else { throw RPCError(.invalidArgument, "candidate_ids is empty") }
+        guard req.candidateIDs.count <= settings.maxBudget else {
+            throw RPCError(.invalidArgument, "\(req.candidateIDs.count) candidates exceed the limit of \(settings.maxBudget)")
+        }
+        guard Ranking.models.contains(req.model) else { throw RPCError(.invalidArgument, "unknown model '\(req.model)' (known: dot, mlp)") }
+        let trace = makeTrace(ctx)
+        let (userVec, failed) = await userVector(req.userID, trace: trace, deadline: trace.stageDeadline(0.4))
+        guard let userVec else {
+            throw failed ? RPCError(.unavailable, "the user's shard did not answer")
+                         : RPCError(.notFound, "user \(req.userID) has no stored vector")
+        }
+        var unique: [UInt64] = []
+        var seenIDs = Set<UInt64>()
+        for id in req.candidateIDs where seenIDs.insert(id).inserted { unique.append(id) }
+        let g = await assemble(unique, dim: userVec.count, trace: trace, deadline: trace.stageDeadline(0.8))
+        let scores = try Ranking.scores(model: req.model, mlp: model, user: userVec, rows: g.ids.isEmpty ? nil : g.rows.matrix, pool: pool)
+        var order = Array(0 ..< g.ids.count).sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && g.ids[$0] < g.ids[$1]) }
+        if req.k > 0 { order = Array(order.prefix(Int(req.k))) }
+        var coverage = trace.coverage()
+        let missing = unique.count - g.ids.count
+        if missing > 0 && !coverage.degraded { coverage.degradedReasons.append("\(missing) candidates not found in table '\(settings.itemsTable)'") }
+        return ItemsResponse(items: order.map { ShardRankWire.ScoredItem(itemID: g.ids[$0], score: scores[$0], sources: [.caller]) },
+                             version: trace.answerVersion, coverage: coverage)
+    }
+
+    /// `Similar`: the precomputed item→similar list, or an inner-product search with the item's
+    /// vector when the table set has no `similar` list for it.
+    public func similar(_ req: SimilarRequest, context ctx: ServerContext) async throws(RPCError) -> ItemsResponse {
+        let k = req.k == 0 ? 10 : Int(req.k)
+        guard k <= settings.maxK else { throw RPCError(.invalidArgument, "k=\(req.k) is out of range 1...\(settings.maxK)") }
+        let trace = makeTrace(ctx)
+        let l = await lists(table: "similar", keys: [String(req.itemID)], limit: k, source: .similar, trace: trace,
+                            deadline: trace.stageDeadline(0.4))
+        if let first = l.first, !first.ids.isEmpty {
+            let items = zip(first.ids, first.scores).prefix(k).map { ShardRankWire.ScoredItem(itemID: $0, score: $1, sources: [.similar]) }
+            return ItemsResponse(items: Array(items), version: trace.version, coverage: trace.coverage())
+        }
+        let g = await assemble([req.itemID], dim: nil, trace: trace, deadline: trace.stageDeadline(0.3))
+        guard g.ids.count == 1 else { throw RPCError(.notFound, "item \(req.itemID) is not in table '\(settings.itemsTable)'") }
+        let query = Array(UnsafeBufferPointer(start: g.rows.base, count: g.rows.dim))
+        let hits = await search(query: query, k: k, exclude: [req.itemID], trace: trace, deadline: trace.stageDeadline(0.9)).items
+        return ItemsResponse(items: hits.map { ShardRankWire.ScoredItem(itemID: $0.id, score: $0.score, sources: [.search]) },
+                             version: trace.answerVersion, coverage: trace.coverage())
+    }
+}
+
+/// `shardrank.v1.Recommender` on the RPC server. Placed `.inline`: each call runs on its
+/// connection's event loop (thread-per-core; see `Recommender`).
+public struct RecommenderService: RPCService {
+    public let serviceName = "shardrank.v1.Recommender"
+    public let recommender: Recommender
+    public init(recommender: Recommender) { self.recommender = recommender }
+
+    public var methods: [RPCMethod] {
+        let r = recommender
+        return [
+            RPCMethod(service: serviceName, method: "Recommend", placement: .inline, handler: .asyncUnary { bytes, ctx throws(RPCError) in
+                try await r.recommend(try RecommendRequest.decode(bytes), context: ctx).encoded()
+            }),
+            RPCMethod(service: serviceName, method: "Rank", placement: .inline, handler: .asyncUnary { bytes, ctx throws(RPCError) in
+                try await r.rank(try RankRequest.decode(bytes), context: ctx).encodedAsRank()
+            }),
+            RPCMethod(service: serviceName, method: "Similar", placement: .inline, handler: .asyncUnary { bytes, ctx throws(RPCError) in
+                try await r.similar(try SimilarRequest.decode(bytes), context: ctx).encodedAsSimilar()
+            }),
+        ]
+    }
+}

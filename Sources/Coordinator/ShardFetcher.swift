@@ -1,0 +1,42 @@
+public import ShardRankWire
+public import RPCCore
+
+/// The coordinator's one seam to the shards: the `shardrank.v1.Shard` calls it makes, addressed
+/// to a shard by number. `ShardCluster` implements it over gRPC (replicas, hedging, ejection);
+/// tests implement it over in-process table-set backends, so the pipeline's stages are tested
+/// without sockets, and wrap it to inject faults (a shard that fails, answers late, or from
+/// another version).
+///
+/// Contract: each call answers from `shard` alone, before `deadline` or with DEADLINE_EXCEEDED;
+/// errors are `RPCError`s with the shard's status (NOT_FOUND: the table set has no such table).
+/// `requestID` is forwarded for the shard's logs.
+public protocol ShardFetcher: Sendable {
+    var shardCount: Int { get }
+    /// The table-set version new requests pin (every serving replica holds it); 0 = unknown.
+    var pinnedVersion: UInt64 { get }
+    func lookup(_ request: LookupRequest, shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> LookupResponse
+    func search(_ request: SearchRequest, shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> SearchResponse
+    func lists(_ request: ListsRequest, shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> ListsResponse
+    func profiles(_ request: ProfilesRequest, shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> ProfilesResponse
+    func attributes(_ request: AttributesRequest, shard: Int, deadline: ContinuousClock.Instant,
+                    requestID: String) async throws(RPCError) -> AttributesResponse
+}
+
+extension ShardCluster: ShardFetcher {
+    public func lookup(_ request: LookupRequest, shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> LookupResponse {
+        try await call(shard: shard, deadline: deadline, requestID: requestID) { c, t throws(RPCError) in try await c.lookup(request, timeout: t) }
+    }
+    public func search(_ request: SearchRequest, shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> SearchResponse {
+        try await call(shard: shard, deadline: deadline, requestID: requestID) { c, t throws(RPCError) in try await c.search(request, timeout: t) }
+    }
+    public func lists(_ request: ListsRequest, shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> ListsResponse {
+        try await call(shard: shard, deadline: deadline, requestID: requestID) { c, t throws(RPCError) in try await c.lists(request, timeout: t) }
+    }
+    public func profiles(_ request: ProfilesRequest, shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> ProfilesResponse {
+        try await call(shard: shard, deadline: deadline, requestID: requestID) { c, t throws(RPCError) in try await c.profiles(request, timeout: t) }
+    }
+    public func attributes(_ request: AttributesRequest, shard: Int, deadline: ContinuousClock.Instant,
+                           requestID: String) async throws(RPCError) -> AttributesResponse {
+        try await call(shard: shard, deadline: deadline, requestID: requestID) { c, t throws(RPCError) in try await c.attributes(request, timeout: t) }
+    }
+}
