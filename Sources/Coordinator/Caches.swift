@@ -10,7 +10,11 @@ import ShardRankWire
 final class ListCache: Sendable {
     struct Key: Hashable { let table: String; let key: String }
     struct Entry { let list: RankedList; let complete: Bool }
-    private struct State { var version: UInt64 = 0; var entries: [Key: Entry] = [:]; var hits = 0; var misses = 0 }
+    private struct State {
+        var version: UInt64 = 0; var entries: [Key: Entry] = [:]; var hits = 0; var misses = 0
+        /// Tables the version does not have (a shard answered NOT_FOUND for them).
+        var absent: Set<String> = []
+    }
     private let state = Mutex<State>(State())
     let capacity: Int
 
@@ -32,13 +36,26 @@ final class ListCache: Sendable {
     func put(version: UInt64, table: String, list: RankedList, limit: Int) {
         guard version != 0 else { return }
         state.withLock { s in
-            if version > s.version { s.version = version; s.entries.removeAll(keepingCapacity: true) }
+            if version > s.version { s.version = version; s.entries.removeAll(keepingCapacity: true); s.absent = [] }
             guard version == s.version else { return }
             if s.entries.count >= capacity { s.entries.removeAll(keepingCapacity: true) }
             let k = Key(table: table, key: list.key)
             if let old = s.entries[k], old.complete || old.list.ids.count >= list.ids.count { return }
             s.entries[k] = Entry(list: list, complete: list.ids.count < limit)
         }
+    }
+
+    /// Records that `version` has no table `table` (so no request pinned to it asks again).
+    func putAbsent(version: UInt64, table: String) {
+        guard version != 0 else { return }
+        state.withLock { s in
+            if version > s.version { s.version = version; s.entries.removeAll(keepingCapacity: true); s.absent = [] }
+            if version == s.version { s.absent.insert(table) }
+        }
+    }
+
+    func isAbsent(version: UInt64, table: String) -> Bool {
+        version != 0 && state.withLock { $0.version == version && $0.absent.contains(table) }
     }
 
     /// Hits and misses so far (for tests and metrics).

@@ -155,6 +155,7 @@ public final class Recommender: Sendable {
                deadline: ContinuousClock.Instant) async -> [RankedList] {
         guard !keys.isEmpty, limit > 0 else { return [] }
         let version = trace.version
+        if listCache.isAbsent(version: version, table: table) { return [] }
         var cached: [RankedList] = []
         var byShard: [Int: [String]] = [:]
         for k in keys {
@@ -181,7 +182,11 @@ public final class Recommender: Sendable {
                         }
                         return r.lists
                     } catch {
-                        if error.code != .notFound { trace.fail(source, "\(source) lists: shard \(shard): \(error)") }
+                        if error.code == .notFound && error.message.hasPrefix("unknown table") {
+                            cache.putAbsent(version: version, table: table)
+                        } else if error.code != .notFound {
+                            trace.fail(source, "\(source) lists: shard \(shard): \(error)")
+                        }
                         return []
                     }
                 }

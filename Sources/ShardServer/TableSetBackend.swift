@@ -263,11 +263,12 @@ public final class TableSetBackend: ShardBackend {
         let ts = try snapshot(pinned: req.version)
         let table = try searchTable(req, ts)
         if let plan = try ANNSearch.plan(req, index: ts.index(req.table), serving: annServing) {
-            return searchResponse(try ANNSearch.run(plan, req, context: context, monitor: recallMonitor), ts, mode: .ann)
+            return searchResponse(try ANNSearch.run(plan, req, context: context, monitor: recallMonitor), ts, mode: .ann,
+                                  rowsOf: req.withRows ? table : nil)
         }
         let (hits, _) = try SearchBatcher.chunked(table: table, queries: req.queries, queryCount: req.queryCount, k: Int(req.k),
                                                   exclude: req.excludeIDs, pool: pool, context: context)
-        return searchResponse(hits, ts)
+        return searchResponse(hits, ts, rowsOf: req.withRows ? table : nil)
     }
 
     public var deferredSearch: Bool { true }

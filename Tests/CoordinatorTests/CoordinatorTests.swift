@@ -10,8 +10,9 @@ import ShardRankWire
 import ShardServer
 @testable import Coordinator
 
-/// An in-process cluster: a table set with known vectors, S shard servers (R replicas each) on
-/// loopback, and a `Recommender` over them.
+/// An in-process cluster: a table set with known vectors, S shards, and a `Recommender` over
+/// them — by default without sockets (the shards' backends behind `LocalShards`); with
+/// `sockets: true`, S shard servers (R replicas each) on loopback behind a `ShardCluster`.
 final class Cluster: @unchecked Sendable {
     static let dim = 8
     static let itemIDs: [UInt64] = (0 ..< 240).map { 1000 + UInt64($0) }
@@ -21,7 +22,10 @@ final class Cluster: @unchecked Sendable {
     let root: String
     var servers: [[RPCServer]] = []
     let recommender: Recommender
-    let cluster: ShardCluster
+    /// With sockets: the gRPC cluster; without: nil.
+    let cluster: ShardCluster?
+    /// Without sockets: the in-process shards (fault injection).
+    let local: LocalShards?
     /// Every shard call's remaining time as the shard saw it (its `grpc-timeout`).
     let seenDeadlines = DeadlineLog()
 
@@ -33,7 +37,7 @@ final class Cluster: @unchecked Sendable {
     }
     static func recentItems(_ user: UInt64) -> [UInt64] { [itemIDs[Int(user) * 3], itemIDs[Int(user) * 3 + 1]] }
 
-    init(shards: Int = 2, replicas: Int = 1, settings: (inout CoordinatorSettings) -> Void = { _ in }) async throws {
+    init(shards: Int = 2, replicas: Int = 1, sockets: Bool = false, settings: (inout CoordinatorSettings) -> Void = { _ in }) async throws {
         root = NSTemporaryDirectory() + "shardrank-coord-\(UInt64.random(in: 0 ... .max))"
         let b = try TableSetBuilder(root: root, shardCount: shards, genres: Cluster.genres, countries: ["DE", "FR"])
         let items = Cluster.itemIDs.flatMap(Cluster.itemVector)
@@ -53,6 +57,20 @@ final class Cluster: @unchecked Sendable {
         })
         _ = try b.publish()
 
+        if !sockets {
+            precondition(replicas == 1, "replicas need sockets")
+            let log = seenDeadlines, root = self.root
+            let backends = try (0 ..< shards).map { s in
+                RecordingBackend(inner: try TableSetBackend(root: root, shard: s, of: shards, pool: WorkerPool(threadCount: 1)), log: log)
+            }
+            var st = CoordinatorSettings()
+            settings(&st)
+            local = LocalShards(backends)
+            cluster = nil
+            recommender = Recommender(fetcher: local!, settings: st, pool: WorkerPool(threadCount: 1), logger: Logger(label: "test"))
+            return
+        }
+        local = nil
         var topoShards: [[String]] = []
         for s in 0 ..< shards {
             var row: [RPCServer] = []
@@ -74,13 +92,14 @@ final class Cluster: @unchecked Sendable {
         var topo = Topology(tables: root, shards: topoShards)
         topo.settings.healthIntervalMs = 50
         settings(&topo.settings)
-        cluster = try ShardCluster(topology: topo, group: MultiThreadedEventLoopGroup.singleton, logger: Logger(label: "test"))
+        let cluster = try ShardCluster(topology: topo, group: MultiThreadedEventLoopGroup.singleton, logger: Logger(label: "test"))
+        self.cluster = cluster
         await cluster.checkAll()
         recommender = Recommender(cluster: cluster, pool: WorkerPool(threadCount: 1), logger: Logger(label: "test"))
     }
 
     func stop() async {
-        await cluster.stop()
+        await cluster?.stop()
         for row in servers { for s in row { await s.shutdownGracefully() } }
         try? FileManager.default.removeItem(atPath: root)
     }
@@ -121,6 +140,56 @@ struct RecordingBackend: ShardBackend {
     func info() -> InfoResponse { inner.info() }
 }
 
+/// Shards as a `ShardFetcher` without sockets: each call goes straight to the shard's backend
+/// with a context carrying the caller's deadline. `failing` shards answer UNAVAILABLE.
+final class LocalShards: ShardFetcher, @unchecked Sendable {
+    let backends: [RecordingBackend]
+    private let lock = NSLock()
+    private var failingShards: Set<Int> = []
+    private var counts = [Int](repeating: 0, count: 5)
+
+    init(_ backends: [RecordingBackend]) { self.backends = backends }
+
+    var shardCount: Int { backends.count }
+    var pinnedVersion: UInt64 { backends.map { $0.inner.info().version }.min() ?? 0 }
+    var failing: Set<Int> {
+        get { lock.lock(); defer { lock.unlock() }; return failingShards }
+        set { lock.lock(); failingShards = newValue; lock.unlock() }
+    }
+    /// Calls made so far: lookup, search, lists, profiles, attributes.
+    var calls: [Int] { lock.lock(); defer { lock.unlock() }; return counts }
+
+    private func context(_ method: String, _ deadline: ContinuousClock.Instant) -> ServerContext {
+        ServerContext(path: "/shardrank.v1.Shard/\(method)", deadline: deadline)
+    }
+    private func check(_ shard: Int, _ kind: Int) throws(RPCError) {
+        lock.lock(); defer { lock.unlock() }
+        counts[kind] += 1
+        if failingShards.contains(shard) { throw RPCError(.unavailable, "shard \(shard) is down (test)") }
+    }
+
+    func lookup(_ r: LookupRequest, shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> LookupResponse {
+        try check(shard, 0)
+        return try LookupResponse.decode(Array(try backends[shard].lookup(r, context: context("Lookup", deadline)).bytes.dropFirst(5)))
+    }
+    func search(_ r: SearchRequest, shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> SearchResponse {
+        try check(shard, 1)
+        return try backends[shard].search(r, context: context("Search", deadline))
+    }
+    func lists(_ r: ListsRequest, shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> ListsResponse {
+        try check(shard, 2)
+        return try backends[shard].lists(r, context: context("Lists", deadline))
+    }
+    func profiles(_ r: ProfilesRequest, shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> ProfilesResponse {
+        try check(shard, 3)
+        return try backends[shard].profiles(r, context: context("Profiles", deadline))
+    }
+    func attributes(_ r: AttributesRequest, shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> AttributesResponse {
+        try check(shard, 4)
+        return try backends[shard].attributes(r, context: context("Attributes", deadline))
+    }
+}
+
 func searchOnly(_ s: inout CoordinatorSettings) {
     s.similarPerItem = 0; s.genreBudget = 0; s.countryBudget = 0; s.popularBudget = 0
     s.searchBudget = 50
@@ -143,8 +212,8 @@ func searchOnly(_ s: inout CoordinatorSettings) {
 
     /// Every sub-call carries a deadline: never more than the request's remaining time nor the
     /// per-call cap, so shards stop work the coordinator can no longer use.
-    @Test func shardsSeeThePropagatedDeadlines() async throws {
-        let c = try await Cluster()
+    @Test(arguments: [false, true]) func shardsSeeThePropagatedDeadlines(sockets: Bool) async throws {
+        let c = try await Cluster(sockets: sockets)
         _ = try await c.recommender.recommend(RecommendRequest(userID: 4, k: 10), context: Cluster.context(ms: 60))
         let seen = c.seenDeadlines.all
         #expect(seen.count >= 4, "profile, user vector, lists and searches reach the shards")
@@ -322,7 +391,7 @@ func searchOnly(_ s: inout CoordinatorSettings) {
     }
 
     @Test func aDeadShardIsFlaggedAndMinCoverageRefuses() async throws {
-        let c = try await Cluster(settings: searchOnly)
+        let c = try await Cluster(sockets: true, settings: searchOnly)
         await c.servers[1][0].shutdownGracefully()
         let r = try await c.recommender.recommend(RecommendRequest(userID: 5, k: 10, diversityLambda: 1), context: Cluster.context(ms: 500))
         let cov = try #require(r.coverage)
@@ -341,7 +410,7 @@ func searchOnly(_ s: inout CoordinatorSettings) {
     }
 
     @Test func aDeadReplicaFailsNoRequest() async throws {
-        let c = try await Cluster(shards: 2, replicas: 2, settings: searchOnly)
+        let c = try await Cluster(shards: 2, replicas: 2, sockets: true, settings: searchOnly)
         await c.servers[0][0].shutdownGracefully()
         for user in Cluster.userIDs {
             let r = try await c.recommender.recommend(RecommendRequest(userID: user, k: 10, diversityLambda: 1), context: Cluster.context(ms: 1000))
@@ -388,12 +457,12 @@ func searchOnly(_ s: inout CoordinatorSettings) {
 @Suite(.serialized) struct ShardClusterTests {
     /// Every call to a shard with one dead replica succeeds (retried or hedged to the live one).
     @Test func callsSurviveADeadReplica() async throws {
-        let c = try await Cluster(shards: 1, replicas: 2)
+        let c = try await Cluster(shards: 1, replicas: 2, sockets: true)
         await c.servers[0][0].shutdownGracefully()
         var failures: [String] = []
         for i in 0 ..< 60 {
             do {
-                _ = try await c.cluster.call(shard: 0, deadline: ContinuousClock.now.advanced(by: .seconds(1))) { client, t throws(RPCError) in
+                _ = try await c.cluster!.call(shard: 0, deadline: ContinuousClock.now.advanced(by: .seconds(1))) { client, t throws(RPCError) in
                     try await client.lists(ListsRequest(table: "popular", keys: ["all"], limit: 5), timeout: t)
                 }
             } catch {

@@ -1,0 +1,216 @@
+import Foundation
+import Logging
+import Testing
+import RPCCore
+import ShardRankKernels
+import ShardRankWire
+@testable import Coordinator
+
+/// The pipeline's stages as values and functions: no shards, no sockets.
+@Suite struct RetrievalPlanTests {
+    static let profile = UserProfile(userID: 7, recentItemIDs: Array(1 ... 15), topGenres: ["Drama", "Comedy", "Action", "Horror"], country: "DE")
+
+    @Test func budgetsComeFromSettingsAndTheRequestAndSourcesSwitchThemOff() {
+        var s = CoordinatorSettings()
+        s.recentItems = 4
+        let p = RetrievalPlan(RecommendRequest(userID: 7, k: 12, budgets: Budgets(genre: 30, search: 99)), settings: s, profile: Self.profile)
+        #expect(p.k == 12)
+        #expect(p.similarPerItem == s.similarPerItem && p.countryBudget == s.countryBudget && p.popularBudget == s.popularBudget)
+        #expect(p.genreBudget == 30 && p.searchBudget == 99)
+        #expect(p.recent == [1, 2, 3, 4], "the most recent recentItems items key the similar source")
+        #expect(p.genres == ["Drama", "Comedy", "Action"], "at most 3 genres")
+        #expect(p.perGenre == 10 && p.country == "DE")
+        let only = RetrievalPlan(RecommendRequest(userID: 7, sources: [.search, .popular]), settings: s, profile: Self.profile)
+        #expect(only.similarPerItem == 0 && only.genreBudget == 0 && only.countryBudget == 0)
+        #expect(only.popularBudget == s.popularBudget && only.searchBudget == s.searchBudget)
+    }
+
+    @Test func theContextOverridesTheProfileAndTheSeenSetIsTheirUnion() {
+        let ctx = RecommendContext(recentItemIDs: [100, 101], country: "FR", genres: ["Musical"], excludeIDs: [500, 1])
+        let p = RetrievalPlan(RecommendRequest(userID: 7, context: ctx), settings: CoordinatorSettings(), profile: Self.profile)
+        #expect(p.recent == [100, 101] && p.genres == ["Musical"] && p.country == "FR")
+        #expect(p.seen == Set(Array(1 ... 15) + [100, 101, 500]))
+        #expect(p.seenSorted == p.seen.sorted())
+        #expect(p.genreLimit == p.perGenre + p.seen.count && p.popularLimit == p.popularBudget + p.seen.count)
+        #expect(!RetrievalPlan.needsProfile(RecommendRequest(userID: 7, context: ctx)))
+        #expect(RetrievalPlan.needsProfile(RecommendRequest(userID: 7, context: RecommendContext(recentItemIDs: [1]))))
+        let cold = RetrievalPlan(RecommendRequest(userID: 7), settings: CoordinatorSettings(), profile: nil)
+        #expect(cold.recent.isEmpty && cold.genres.isEmpty && cold.country.isEmpty && cold.seen.isEmpty && cold.perGenre == 0)
+    }
+}
+
+@Suite struct CandidateMergeTests {
+    @Test func seenItemsAreDroppedSourcesCappedAndDuplicatesMerged() {
+        var plan = RetrievalPlan(k: 10)
+        plan.similarPerItem = 2; plan.genreBudget = 4; plan.genres = ["A", "B"]; plan.countryBudget = 1; plan.popularBudget = 3
+        plan.seen = [3, 40]
+        func l(_ ids: [UInt64]) -> RankedList { RankedList(key: "k", ids: ids, scores: ids.map { Float(100 - $0) }) }
+        let merged = CandidateMerge.merge(plan: plan, similar: [l([3, 4, 5, 6]), l([5, 7])], genre: [l([8, 9, 10]), l([40, 11, 12])],
+                                          country: [l([13, 4])], popular: [l([4, 14, 15, 16])],
+                                          search: [ShardRankKernels.ScoredItem(id: 40, score: 1), ShardRankKernels.ScoredItem(id: 4, score: 200)])
+        let ids = Set(merged.map(\.id))
+        // similar: 4,5 (3 seen) + 5,7; genre: 8,9 + 11,12 (40 seen); country: 13; popular: 4,14,15; search: 4 (40 seen).
+        #expect(ids == [4, 5, 7, 8, 9, 11, 12, 13, 14, 15])
+        let four = merged.first { $0.id == 4 }!
+        #expect(CandidateMerge.sources(four.sources) == [.similar, .popular, .search])
+        #expect(four.score == 200, "the best retrieval score")
+        #expect(CandidateMerge.sources(merged.first { $0.id == 5 }!.sources) == [.similar])
+        #expect(zip(merged, merged.dropFirst()).allSatisfy { ShardRankKernels.ScoredItem.ranksBefore($0.item, $1.item) })
+    }
+}
+
+@Suite struct RankingTests {
+    static let rows: [Float] = [1, 0, 0, 1, 2, 2, -1, 3]
+
+    @Test func dotIsTheInnerProductAndBadModelsAreRefused() throws {
+        let scores = try Self.rows.withUnsafeBufferPointer { r in
+            try Ranking.scores(model: "dot", mlp: nil, user: [2, 0.5], rows: RowMatrix(f32: r.baseAddress!, count: 4, dimension: 2),
+                               pool: WorkerPool(threadCount: 1))
+        }
+        #expect(scores == [2, 0.5, 5, -0.5])
+        #expect(try Ranking.scores(model: "", mlp: nil, user: [1, 1], rows: nil, pool: WorkerPool(threadCount: 1)).isEmpty)
+        for model in ["xgb", "mlp"] {
+            do {
+                _ = try Self.rows.withUnsafeBufferPointer { r throws(RPCError) in
+                    try Ranking.scores(model: model, mlp: nil, user: [1, 1], rows: RowMatrix(f32: r.baseAddress!, count: 4, dimension: 2),
+                                       pool: WorkerPool(threadCount: 1))
+                }
+                Issue.record("model \(model) accepted")
+            } catch {
+                #expect(error.code == .invalidArgument && error.message.contains(model))
+            }
+        }
+        let cold = Ranking.retrievalScores(ids: [9, 8, 7], merged: [MergedCandidate(id: 8, score: 3, sources: 1), MergedCandidate(id: 9, score: 1, sources: 2)])
+        #expect(cold == [1, 3, 0])
+    }
+}
+
+@Suite struct PostRankingTests {
+    @Test func plainOrderGenreCapFreshnessAndMMR() {
+        let ids: [UInt64] = [10, 11, 12, 13, 14]
+        var scores: [Float] = [0.5, 0.9, 0.9, 0.1, 0.7]
+        var o = PostRanking.Options(k: 3)
+        #expect(PostRanking.order(scores: &scores, ids: ids, rows: nil, attributes: nil, options: o) == [1, 2, 4], "ties to the lower id")
+        // Genre cap 1: 11 and 12 share genre bit 0.
+        let attributes: [UInt64: ItemAttributes] = [10: .init(genresMask: 2, timestamp: 0), 11: .init(genresMask: 1, timestamp: 0),
+                                                    12: .init(genresMask: 1, timestamp: 1000), 13: .init(genresMask: 4, timestamp: 1000),
+                                                    14: .init(genresMask: 1, timestamp: 0)]
+        o.genreCap = 1
+        #expect(PostRanking.order(scores: &scores, ids: ids, rows: nil, attributes: attributes, options: o) == [1, 0, 3])
+        // Freshness: weight 1, half-life 1000 s, now 1000: items stamped 1000 get +1, stamped 0 get +0.5.
+        o.genreCap = 0; o.freshnessWeight = 1; o.now = 1000; o.halfLife = 1000
+        var boosted = scores
+        let order = PostRanking.order(scores: &boosted, ids: ids, rows: nil, attributes: attributes, options: o)
+        #expect(boosted == [1.0, 1.4, 1.9, 1.1, 1.2])
+        #expect(order == [2, 1, 4])
+        // MMR with λ < 1 over rows: two identical vectors are not both picked first.
+        let rows: [Float] = [1, 0, 1, 0, 0, 1, 0.7, 0.7, -1, 0]
+        var s2: [Float] = [1, 1, 0.6, 0.8, 0]
+        let mmr = rows.withUnsafeBufferPointer { r in
+            PostRanking.order(scores: &s2, ids: ids, rows: RowMatrix(f32: r.baseAddress!, count: 5, dimension: 2), attributes: nil,
+                              options: PostRanking.Options(k: 2, lambda: 0.3))
+        }
+        #expect(mmr.first == 0 && mmr[1] != 1, "\(mmr)")
+    }
+}
+
+@Suite struct FanOutPieceTests {
+    @Test func searchAnswersAreMergedAndTheirRowsLocated() {
+        func part(_ ids: [UInt64], _ scores: [Float], rows: Bool) -> SearchResponse {
+            let vectors: [UInt8] = rows ? ids.flatMap { id in [UInt8(id), UInt8(id), 0, 0] } : []
+            return SearchResponse(results: [SearchHits(ids: ids, scores: scores, vectors: vectors, scales: rows ? ids.map { _ in 0.5 } : [])],
+                                  version: 3, dim: rows ? 4 : 0, dtype: rows ? .int8 : .unspecified)
+        }
+        let r = Recommender.mergeSearch([part([5, 9, 1], [0.9, 0.5, 0.1], rows: true), part([2, 4], [0.9, 0.6], rows: false)], k: 4)
+        #expect(r.items.map(\.id) == [2, 5, 4, 9], "best first, ties to the lower id")
+        #expect(r.rows[5]! == (0, 0) && r.rows[9]! == (0, 1))
+        #expect(r.rows[2] == nil && r.rows[1] == nil, "no row without one in the answer; none for hits beyond k")
+    }
+
+    @Test func candidateRowsDecodeEveryDtypeOnce() {
+        let rows = CandidateRows(count: 3, dim: 2)
+        #expect(Int(bitPattern: rows.base) % 64 == 0, "aligned")
+        let f32: [Float] = [9, 9, 1.5, -2]
+        f32.withUnsafeBytes { rows.set(row: 0, from: $0, source: 1, dtype: .f32, scale: 1) }
+        let f16: [Float16] = [0.25, 4]
+        f16.withUnsafeBytes { rows.set(row: 1, from: $0, source: 0, dtype: .f16, scale: 1) }
+        let i8: [Int8] = [1, 2, -4, 10]
+        i8.withUnsafeBytes { rows.set(row: 2, from: $0, source: 1, dtype: .int8, scale: 0.5) }
+        #expect(Array(UnsafeBufferPointer(start: rows.base, count: 6)) == [1.5, -2, 0.25, 4, -2, 5])
+        #expect(rows.filled == [true, true, true])
+        let kept = rows.compacted([2, 0])
+        #expect(Array(UnsafeBufferPointer(start: kept.base, count: 4)) == [-2, 5, 1.5, -2])
+    }
+
+    @Test func rowCacheServesOneVersionWithinItsBudget() {
+        let cache = RowCache(capacityBytes: 4 * 4 * 3)  // three rows of dim 4
+        let src = CandidateRows(count: 4, dim: 4)
+        for i in 0 ..< 16 { src.base[i] = Float(i) }
+        let ids: [UInt64] = [10, 11, 12, 13]
+        cache.insert(version: 5, ids: ids, rows: [0, 1], from: src)
+        #expect(cache.dimension(version: 5) == 4 && cache.dimension(version: 4) == nil)
+        let dst = CandidateRows(count: 3, dim: 4)
+        cache.copy(version: 5, ids: [11, 99, 10], into: dst)
+        #expect(dst.filled == [true, false, true])
+        #expect(Array(UnsafeBufferPointer(start: dst.base, count: 4)) == [4, 5, 6, 7])
+        #expect(cache.counts == (hits: 2, misses: 1))
+        let other = CandidateRows(count: 1, dim: 4)
+        cache.copy(version: 6, ids: [10], into: other)
+        #expect(other.filled == [false], "another version is not served")
+        cache.insert(version: 5, ids: ids, rows: [2, 3], from: src)  // over budget: cleared, then filled
+        let again = CandidateRows(count: 2, dim: 4)
+        cache.copy(version: 5, ids: [10, 13], into: again)
+        #expect(again.filled == [false, true])
+        cache.insert(version: 6, ids: ids, rows: [0], from: src)  // a newer version replaces it
+        #expect(cache.dimension(version: 5) == nil && cache.dimension(version: 6) == 4)
+    }
+}
+
+/// The whole Recommend over in-process shards: round trips and faults without sockets.
+@Suite(.serialized) struct RecommendRoundTests {
+    @Test func searchHitsNeedNoLookupAndListRowsAreCached() async throws {
+        let c = try await Cluster(settings: searchOnly)
+        defer { Task { await c.stop() } }
+        let local = try #require(c.local)
+        let before = local.calls
+        let r = try await c.recommender.recommend(RecommendRequest(userID: 3, k: 10, diversityLambda: 1), context: Cluster.context())
+        let after = local.calls
+        #expect(r.items.map(\.itemID) == Cluster.exhaustive(user: 3, k: 10, excluding: Set(Cluster.recentItems(3))))
+        #expect(after[0] - before[0] == 1, "one Lookup (the user's vector): the search hits brought their rows")
+        #expect(after[1] - before[1] == 2, "one Search per shard")
+        // With the list sources, the second identical request reads list rows from the cache.
+        let d = try await Cluster()
+        defer { Task { await d.stop() } }
+        let l = try #require(d.local)
+        let req = RecommendRequest(userID: 2, k: 20, diversityLambda: 1)
+        let first = try await d.recommender.recommend(req, context: Cluster.context())
+        let mid = l.calls
+        let second = try await d.recommender.recommend(req, context: Cluster.context())
+        let end = l.calls
+        #expect(first.items == second.items)
+        #expect(end[0] - mid[0] == 1, "second request: only the user's vector is looked up (\(end[0] - mid[0]) Lookups)")
+        #expect(end[2] - mid[2] == 0, "second request: lists from the cache")
+        #expect(d.recommender.rowCache.counts.hits > 0)
+    }
+
+    @Test func aFailingShardDegradesTheAnswerAndMinCoverageRefuses() async throws {
+        let c = try await Cluster(settings: searchOnly)
+        defer { Task { await c.stop() } }
+        let local = try #require(c.local)
+        local.failing = [1]
+        let r = try await c.recommender.recommend(RecommendRequest(userID: 4, k: 10, diversityLambda: 1), context: Cluster.context())
+        let cov = try #require(r.coverage)
+        #expect(cov.degraded && cov.shardsAsked == 2 && cov.shardsAnswered == 1 && cov.sourcesFailed.contains(.search))
+        #expect(cov.degradedReasons.contains { $0.contains("shard 1") })
+        // What shard 0 holds is still ranked exactly.
+        let router = c.recommender.router
+        let want = Cluster.exhaustive(user: 4, k: 240, excluding: Set(Cluster.recentItems(4))).filter { router.shard(ofID: $0) == 0 }
+        if router.shard(ofID: 4) == 0 { #expect(r.items.map(\.itemID) == Array(want.prefix(10))) }
+        await #expect(throws: RPCError.self) {
+            _ = try await c.recommender.recommend(RecommendRequest(userID: 4, k: 10, diversityLambda: 1, minCoverage: 1), context: Cluster.context())
+        }
+        local.failing = []
+        let healed = try await c.recommender.recommend(RecommendRequest(userID: 4, k: 10, diversityLambda: 1), context: Cluster.context())
+        #expect(healed.coverage?.degraded == false)
+    }
+}
