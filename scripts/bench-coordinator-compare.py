@@ -55,10 +55,10 @@ def loadtest(binary, target, rate, duration, warmup, users):
     cmd = [binary, "loadtest", "--target", target, "--mix", "recommend", "--rate", str(rate),
            "--duration", str(duration), "--warmup", str(warmup), "--users", str(users), "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + warmup + 60)
-    line = [l for l in out.stdout.splitlines() if l.startswith("{")]
-    if not line:
+    start = out.stdout.find("{")
+    if start < 0:
         raise SystemExit(f"bench-coordinator: loadtest printed no JSON (exit {out.returncode}): {out.stderr[-500:]}")
-    return json.loads(line[-1])
+    return json.JSONDecoder().raw_decode(out.stdout[start:])[0]
 
 
 def run_one(binary, target, pids, rate, a):

@@ -129,3 +129,37 @@ final class RowCache: Sendable {
     /// Hits and misses so far (tests, metrics).
     var counts: (hits: Int, misses: Int) { state.withLock { ($0.hits, $0.misses) } }
 }
+
+/// Users' stored vectors and profiles already fetched, for one table-set version (immutable
+/// within it): a returning user's Recommend skips the first round trip. Only complete answers
+/// (both calls answered from the pinned version) are kept; an unknown user is kept as such.
+/// Bounded by entries; cleared when full or when a newer version shows up.
+final class UserCache: Sendable {
+    struct Entry: Sendable { let vector: [Float]?; let profile: UserProfile? }
+    private struct State { var version: UInt64 = 0; var entries: [UInt64: Entry] = [:]; var hits = 0; var misses = 0 }
+    private let state = Mutex(State())
+    let capacity: Int
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    func get(version: UInt64, user: UInt64) -> Entry? {
+        guard version != 0, capacity > 0 else { return nil }
+        return state.withLock { s in
+            guard s.version == version, let e = s.entries[user] else { s.misses += 1; return nil }
+            s.hits += 1
+            return e
+        }
+    }
+
+    func put(version: UInt64, user: UInt64, _ entry: Entry) {
+        guard version != 0, capacity > 0 else { return }
+        state.withLock { s in
+            if version > s.version { s.version = version; s.entries.removeAll(keepingCapacity: true) }
+            guard version == s.version else { return }
+            if s.entries.count >= capacity { s.entries.removeAll(keepingCapacity: true) }
+            s.entries[user] = entry
+        }
+    }
+
+    var counts: (hits: Int, misses: Int) { state.withLock { ($0.hits, $0.misses) } }
+}

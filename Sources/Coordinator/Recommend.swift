@@ -38,47 +38,54 @@ extension Recommender {
     /// `Recommend`: the whole two-stage pipeline.
 
     /// `Recommend`: the whole two-stage pipeline, in at most three rounds of shard calls: the
-    /// profile and user vector (one shard); the lists and the search (which brings its hits'
-    /// rows); the rows of list candidates not already cached.
+    /// profile and user vector (one shard; none for a user already cached); the lists the cache
+    /// lacks and the search (which brings its hits' rows); the rows of list candidates not
+    /// already cached.
     public func recommend(_ req: RecommendRequest, context ctx: ServerContext) async throws(RPCError) -> RecommendResponse {
         try validate(req)
         let trace = makeTrace(ctx)
         let t0 = ContinuousClock.now
 
-        // --- Round 1: profile (unless the context gives all it holds) and user vector.
-        let profileDeadline = trace.stageDeadline(0.3)
-        async let profileTask: UserProfile? = RetrievalPlan.needsProfile(req) ? profile(req.userID, trace: trace, deadline: profileDeadline) : nil
-        async let vectorTask = userVector(req.userID, trace: trace, deadline: profileDeadline)
-        let storedProfile = await profileTask
-        let (userVec, userVecFailed) = await vectorTask
+        // --- Round 1: profile (unless the context gives all it holds) and user vector — from
+        // the user cache when this user was seen under the pinned version.
+        let needProfile = RetrievalPlan.needsProfile(req)
+        var storedProfile: UserProfile?, userVec: [Float]?, userVecFailed = false
+        if let e = userCache.get(version: trace.version, user: req.userID) {
+            storedProfile = needProfile ? e.profile : nil
+            userVec = e.vector
+        } else if needProfile {
+            let profileDeadline = trace.stageDeadline(0.3)
+            async let profileTask = profile(req.userID, trace: trace, deadline: profileDeadline)
+            async let vectorTask = userVector(req.userID, trace: trace, deadline: profileDeadline)
+            let (p, profileFailed) = await profileTask
+            (userVec, userVecFailed) = await vectorTask
+            storedProfile = p
+            if !profileFailed && !userVecFailed { userCache.put(version: trace.version, user: req.userID, .init(vector: userVec, profile: p)) }
+        } else {
+            (userVec, userVecFailed) = await userVector(req.userID, trace: trace, deadline: trace.stageDeadline(0.3))
+        }
         let coldStart = storedProfile == nil && userVec == nil && !userVecFailed
         let plan = RetrievalPlan(req, settings: settings, profile: storedProfile)
 
-        // --- Round 2: every source in parallel (lists mostly from the cache).
-        let retrieveDeadline = trace.stageDeadline(0.6)
-        async let similarLists = lists(table: "similar", keys: plan.recent.map { String($0) }, limit: plan.similarPerItem, source: .similar,
-                                       trace: trace, deadline: retrieveDeadline)
-        async let genreLists = lists(table: "genre_top", keys: plan.genreBudget == 0 ? [] : plan.genres, limit: plan.genreLimit, source: .genre,
-                                     trace: trace, deadline: retrieveDeadline)
-        async let countryLists = lists(table: "country_top", keys: plan.country.isEmpty || plan.countryBudget == 0 ? [] : [plan.country],
-                                       limit: plan.countryLimit, source: .country, trace: trace, deadline: retrieveDeadline)
-        async let popularLists = lists(table: "popular", keys: plan.popularBudget == 0 ? [] : ["all"], limit: plan.popularLimit,
-                                       source: .popular, trace: trace, deadline: retrieveDeadline)
-        async let searched = search(query: userVec ?? [], k: userVec == nil ? 0 : plan.searchBudget, exclude: plan.seenSorted,
-                                    withRows: true, trace: trace, deadline: retrieveDeadline)
-        let sim = await similarLists, gen = await genreLists, cty = await countryLists, pop = await popularLists
-        let srch = await searched
+        // --- Round 2: every source in parallel (lists mostly from the cache), one flat group.
+        let (lists, srch) = await retrieve(plan: plan, user: userVec, trace: trace, deadline: trace.stageDeadline(0.6))
         let t1 = ContinuousClock.now
 
         // --- Merge, dedupe (remembering sources) and filter seen items.
-        let merged = CandidateMerge.merge(plan: plan, similar: sim, genre: gen, country: cty, popular: pop, search: srch.items)
+        let merged = CandidateMerge.merge(plan: plan, similar: lists[0], genre: lists[1], country: lists[2], popular: lists[3], search: srch.items)
         let t2 = ContinuousClock.now
 
         // --- Round 3: the rows retrieval did not bring (and the attributes post-ranking needs).
-        let needAttributes = req.genreCap > 0 || req.freshnessWeight > 0
-        async let attributesTask: [UInt64: ItemAttributes]? = needAttributes
-            ? itemAttributes(merged.map(\.id), trace: trace, deadline: trace.stageDeadline(0.85)) : nil
-        let gathered = await assemble(merged.map(\.id), search: srch, dim: userVec?.count, trace: trace, deadline: trace.stageDeadline(0.85))
+        let gatherDeadline = trace.stageDeadline(0.85)
+        let gathered: (ids: [UInt64], rows: CandidateRows), attributes: [UInt64: ItemAttributes]?
+        if req.genreCap > 0 || req.freshnessWeight > 0 {
+            async let attributesTask = itemAttributes(merged.map(\.id), trace: trace, deadline: gatherDeadline)
+            gathered = await assemble(merged.map(\.id), search: srch, dim: userVec?.count, trace: trace, deadline: gatherDeadline)
+            attributes = await attributesTask
+        } else {
+            gathered = await assemble(merged.map(\.id), search: srch, dim: userVec?.count, trace: trace, deadline: gatherDeadline)
+            attributes = nil
+        }
         let t3 = ContinuousClock.now
 
         // --- Rank.
@@ -95,7 +102,7 @@ extension Recommender {
         options.freshnessWeight = req.freshnessWeight
         options.now = req.nowUnixSeconds != 0 ? Double(req.nowUnixSeconds) : PostRanking.unixNow()
         options.halfLife = req.freshnessHalfLifeSeconds != 0 ? Double(req.freshnessHalfLifeSeconds) : settings.freshnessHalfLifeSeconds
-        let order = PostRanking.order(scores: &scores, ids: ids, rows: matrix, attributes: await attributesTask, options: options)
+        let order = PostRanking.order(scores: &scores, ids: ids, rows: matrix, attributes: attributes, options: options)
         let t5 = ContinuousClock.now
 
         let sourcesOf = Dictionary(merged.map { ($0.id, $0.sources) }, uniquingKeysWith: |)

@@ -25,9 +25,11 @@ public final class Recommender: Sendable {
     let logger: Logger
     let observer: (any RecommendObserver)?
     /// Ranked lists already fetched, per table-set version (see `ListCache`).
-    let listCache = ListCache()
+    let listCache: ListCache
     /// Item rows already fetched, per table-set version (see `RowCache`).
     let rowCache: RowCache
+    /// Users' vectors and profiles already fetched, per table-set version (see `UserCache`).
+    let userCache: UserCache
 
     public init(fetcher: any ShardFetcher, settings: CoordinatorSettings, model: MLPModel? = nil, pool: WorkerPool, logger: Logger,
                 observer: (any RecommendObserver)? = nil) {
@@ -39,6 +41,8 @@ public final class Recommender: Sendable {
         self.logger = logger
         self.observer = observer
         self.rowCache = RowCache(capacityBytes: settings.rowCacheBytes)
+        self.listCache = ListCache(capacity: settings.listCacheEntries)
+        self.userCache = UserCache(capacity: settings.userCacheEntries)
     }
 
     public convenience init(cluster: ShardCluster, model: MLPModel? = nil, pool: WorkerPool, logger: Logger,
@@ -47,6 +51,11 @@ public final class Recommender: Sendable {
     }
 
     var shardCount: Int { fetcher.shardCount }
+
+    /// The caches' hits and misses since start (logs, metrics).
+    public var cacheCounts: (users: (hits: Int, misses: Int), lists: (hits: Int, misses: Int), rows: (hits: Int, misses: Int)) {
+        (userCache.counts, listCache.counts, rowCache.counts)
+    }
 
     // MARK: - Request plumbing
 
@@ -134,75 +143,144 @@ public final class Recommender: Sendable {
         }
     }
 
-    func profile(_ user: UInt64, trace: Trace, deadline: ContinuousClock.Instant) async -> UserProfile? {
+    /// The user's stored profile (nil: none), and whether the call failed.
+    func profile(_ user: UInt64, trace: Trace, deadline: ContinuousClock.Instant) async -> (profile: UserProfile?, failed: Bool) {
         let shard = router.shard(ofID: user)
         let req = ProfilesRequest(table: settings.profilesTable, userIDs: [user], version: trace.version)
         do throws(RPCError) {
             let r = try await counted(shard, trace: trace) { () async throws(RPCError) in
                 try await fetcher.profiles(req, shard: shard, deadline: deadline, requestID: trace.requestID)
             }
-            return r.profiles.first
+            return (r.profiles.first, false)
         } catch {
-            if error.code != .notFound { trace.fail(nil, "profile: shard \(shard): \(error)") }
+            if error.code == .notFound { return (nil, false) }
+            trace.fail(nil, "profile: shard \(shard): \(error)")
+            return (nil, true)
+        }
+    }
+
+    /// The lists of `keys` in `table` the cache holds for the request's version, and the other
+    /// keys grouped by the shard that holds them.
+    func cachedLists(table: String, keys: [String], limit: Int, version: UInt64) -> (hits: [RankedList], misses: [Int: [String]]) {
+        guard !keys.isEmpty, limit > 0, !listCache.isAbsent(version: version, table: table) else { return ([], [:]) }
+        var hits: [RankedList] = []
+        var misses: [Int: [String]] = [:]
+        for k in keys {
+            if let l = listCache.get(version: version, table: table, key: k, limit: limit) {
+                if !l.ids.isEmpty { hits.append(l) }
+            } else {
+                misses[router.shard(ofKey: k), default: []].append(k)
+            }
+        }
+        return (hits, misses)
+    }
+
+    /// One Lists call; its answer (from the pinned version) goes into the cache.
+    func fetchLists(table: String, keys: [String], limit: Int, shard: Int, source: Source, trace: Trace,
+                    deadline: ContinuousClock.Instant) async -> [RankedList] {
+        let version = trace.version
+        let req = ListsRequest(table: table, keys: keys, limit: UInt32(limit), version: version)
+        do throws(RPCError) {
+            let r = try await counted(shard, trace: trace) { () async throws(RPCError) in
+                try await fetcher.lists(req, shard: shard, deadline: deadline, requestID: trace.requestID)
+            }
+            // Only answers from the pinned version are cached (version 0 = unknown).
+            if r.version == version {
+                for l in r.lists { listCache.put(version: version, table: table, list: l, limit: limit) }
+                for k in r.missingKeys { listCache.put(version: version, table: table, list: RankedList(key: k, ids: [], scores: []), limit: limit) }
+            }
+            return r.lists
+        } catch {
+            if error.code == .notFound && error.message.hasPrefix("unknown table") {
+                listCache.putAbsent(version: version, table: table)
+            } else if error.code != .notFound {
+                trace.fail(source, "\(source) lists: shard \(shard): \(error)")
+            }
+            return []
+        }
+    }
+
+    /// Lists by key: from the cache, the rest with one call per shard (in parallel).
+    func lists(table: String, keys: [String], limit: Int, source: Source, trace: Trace,
+               deadline: ContinuousClock.Instant) async -> [RankedList] {
+        let (hits, misses) = cachedLists(table: table, keys: keys, limit: limit, version: trace.version)
+        if misses.isEmpty { return hits }
+        return await withTaskGroup(of: [RankedList].self) { group in
+            for (shard, ks) in misses {
+                group.addTask { await self.fetchLists(table: table, keys: ks, limit: limit, shard: shard, source: source, trace: trace, deadline: deadline) }
+            }
+            var out = hits
+            for await l in group { out += l }
+            return out
+        }
+    }
+
+    /// One shard's Search answer (nil when it failed: flagged in the trace).
+    func searchShard(_ req: SearchRequest, shard: Int, trace: Trace, deadline: ContinuousClock.Instant) async -> SearchResponse? {
+        do throws(RPCError) {
+            let r = try await counted(shard, trace: trace) { () async throws(RPCError) in
+                try await fetcher.search(req, shard: shard, deadline: deadline, requestID: trace.requestID)
+            }
+            trace.answered(shard, version: r.version)
+            return r
+        } catch {
+            trace.fail(.search, "search: shard \(shard) of \(shardCount) did not answer: \(error)")
             return nil
         }
     }
 
-    /// Lists by key, each key fetched from its shard (one call per shard), except keys whose
-    /// list for the request's version is already in `listCache` (a table set never changes
-    /// after it is published, so a list of version v is the same for every request pinned to v).
-    func lists(table: String, keys: [String], limit: Int, source: Source, trace: Trace,
-               deadline: ContinuousClock.Instant) async -> [RankedList] {
-        guard !keys.isEmpty, limit > 0 else { return [] }
+    /// Round 2 of a Recommend in one flat group of shard calls: the four list sources (those the
+    /// cache lacks) and the search on every shard (with the hits' rows). Lists come back per
+    /// source: similar, genre, country, popular.
+    func retrieve(plan: RetrievalPlan, user: [Float]?, trace: Trace, deadline: ContinuousClock.Instant) async -> (lists: [[RankedList]], search: SearchResult) {
         let version = trace.version
-        if listCache.isAbsent(version: version, table: table) { return [] }
-        var cached: [RankedList] = []
-        var byShard: [Int: [String]] = [:]
-        for k in keys {
-            if let l = listCache.get(version: version, table: table, key: k, limit: limit) {
-                if !l.ids.isEmpty { cached.append(l) }
-            } else {
-                byShard[router.shard(ofKey: k), default: []].append(k)
-            }
+        let specs: [(table: String, source: Source, keys: [String], limit: Int)] = [
+            ("similar", .similar, plan.recent.map { String($0) }, plan.similarPerItem),
+            ("genre_top", .genre, plan.genreBudget == 0 ? [] : plan.genres, plan.genreLimit),
+            ("country_top", .country, plan.country.isEmpty || plan.countryBudget == 0 ? [] : [plan.country], plan.countryLimit),
+            ("popular", .popular, plan.popularBudget == 0 ? [] : ["all"], plan.popularLimit),
+        ]
+        var lists = [[RankedList]](repeating: [], count: specs.count)
+        var fetches: [(source: Int, shard: Int, keys: [String])] = []
+        for (i, spec) in specs.enumerated() {
+            let (hits, misses) = cachedLists(table: spec.table, keys: spec.keys, limit: spec.limit, version: version)
+            lists[i] = hits
+            for (shard, ks) in misses { fetches.append((i, shard, ks)) }
         }
-        if byShard.isEmpty { return cached }
-        let cache = listCache
-        return await withTaskGroup(of: [RankedList].self) { group in
-            for (shard, ks) in byShard {
+        let k = user == nil ? 0 : plan.searchBudget
+        if fetches.isEmpty && k == 0 { return (lists, SearchResult()) }
+        enum Part: Sendable { case lists(Int, [RankedList]), search(SearchResponse?) }
+        let shardK = RetrievalPlan.perShardK(k, shards: shardCount, sigma: settings.searchShardSigma)
+        let req = SearchRequest(table: settings.itemsTable, queries: user ?? [], dim: UInt32(user?.count ?? 0), k: UInt32(shardK),
+                                excludeIDs: plan.seenSorted, version: version, withRows: true)
+        var parts: [SearchResponse] = []
+        await withTaskGroup(of: Part.self) { group in
+            for f in fetches {
+                let spec = specs[f.source]
                 group.addTask {
-                    let req = ListsRequest(table: table, keys: ks, limit: UInt32(limit), version: version)
-                    do throws(RPCError) {
-                        let r = try await self.counted(shard, trace: trace) { () async throws(RPCError) in
-                            try await self.fetcher.lists(req, shard: shard, deadline: deadline, requestID: trace.requestID)
-                        }
-                        // Only answers from the pinned version are cached (version 0 = unknown).
-                        if r.version == version {
-                            for l in r.lists { cache.put(version: version, table: table, list: l, limit: limit) }
-                            for k in r.missingKeys { cache.put(version: version, table: table, list: RankedList(key: k, ids: [], scores: []), limit: limit) }
-                        }
-                        return r.lists
-                    } catch {
-                        if error.code == .notFound && error.message.hasPrefix("unknown table") {
-                            cache.putAbsent(version: version, table: table)
-                        } else if error.code != .notFound {
-                            trace.fail(source, "\(source) lists: shard \(shard): \(error)")
-                        }
-                        return []
-                    }
+                    .lists(f.source, await self.fetchLists(table: spec.table, keys: f.keys, limit: spec.limit, shard: f.shard, source: spec.source,
+                                                           trace: trace, deadline: deadline))
                 }
             }
-            var out: [RankedList] = cached
-            for await l in group { out += l }
-            return out
+            if k > 0 {
+                for shard in 0 ..< shardCount { group.addTask { .search(await self.searchShard(req, shard: shard, trace: trace, deadline: deadline)) } }
+            }
+            for await p in group {
+                switch p {
+                case .lists(let i, let l): lists[i] += l
+                case .search(let r): if let r { parts.append(r) }
+                }
+            }
         }
+        return (lists, Self.mergeSearch(parts, k: k))
     }
 
     /// What a Search fan-out found: the k best hits over every shard, and (with rows) where
     /// each hit's row is in the shards' answers.
     struct SearchResult: Sendable {
         var items: [ShardRankKernels.ScoredItem] = []
-        /// id → (answer, hit index) for the k best hits whose row came back.
-        var rows: [UInt64: (part: Int, index: Int)] = [:]
+        /// The k best hits whose row came back: (id, answer, hit index).
+        var rows: [(id: UInt64, part: Int, index: Int)] = []
         var parts: [SearchResponse] = []
     }
 
@@ -213,22 +291,8 @@ public final class Recommender: Sendable {
         guard k > 0 else { return SearchResult() }
         let req = SearchRequest(table: settings.itemsTable, queries: query, dim: UInt32(query.count), k: UInt32(k), excludeIDs: exclude,
                                 version: trace.version, withRows: withRows)
-        let shards = shardCount
         let parts = await withTaskGroup(of: SearchResponse?.self) { group in
-            for shard in 0 ..< shards {
-                group.addTask {
-                    do throws(RPCError) {
-                        let r = try await self.counted(shard, trace: trace) { () async throws(RPCError) in
-                            try await self.fetcher.search(req, shard: shard, deadline: deadline, requestID: trace.requestID)
-                        }
-                        trace.answered(shard, version: r.version)
-                        return r
-                    } catch {
-                        trace.fail(.search, "search: shard \(shard) of \(shards) did not answer: \(error)")
-                        return nil
-                    }
-                }
-            }
+            for shard in 0 ..< shardCount { group.addTask { await self.searchShard(req, shard: shard, trace: trace, deadline: deadline) } }
             var out: [SearchResponse] = []
             for await r in group { if let r { out.append(r) } }
             return out
@@ -256,7 +320,7 @@ public final class Recommender: Sendable {
             let hits = parts[best].results[0], i = cursor[best]
             result.items.append(ShardRankKernels.ScoredItem(id: hits.ids[i], score: hits.scores[i]))
             let r = parts[best]
-            if r.dim > 0 && hits.vectors.count == hits.ids.count * Int(r.dim) * r.dtype.elementSize { result.rows[hits.ids[i]] = (best, i) }
+            if r.dim > 0 && hits.vectors.count == hits.ids.count * Int(r.dim) * r.dtype.elementSize { result.rows.append((hits.ids[i], best, i)) }
             cursor[best] += 1
         }
         return result
@@ -269,9 +333,8 @@ public final class Recommender: Sendable {
     func assemble(_ ids: [UInt64], search: SearchResult = SearchResult(), dim wanted: Int?, trace: Trace,
                   deadline: ContinuousClock.Instant) async -> (ids: [UInt64], rows: CandidateRows) {
         let version = trace.version
-        var position: [UInt64: Int] = [:]
-        position.reserveCapacity(ids.count)
-        for (i, id) in ids.enumerated() where position[id] == nil { position[id] = i }
+        var position = IDIndex(capacity: ids.count)
+        for (i, id) in ids.enumerated() { position.insert(id, i) }
         // The width is known up front from the user vector, a search answer or the cache.
         var rows: CandidateRows?
         if let dim = wanted ?? search.parts.first(where: { $0.dim > 0 }).map({ Int($0.dim) }) ?? rowCache.dimension(version: version) {
@@ -279,9 +342,9 @@ public final class Recommender: Sendable {
         }
         if let rows {
             // Search rows.
-            for (id, at) in search.rows {
+            for at in search.rows {
                 let part = search.parts[at.part]
-                guard Int(part.dim) == rows.dim, let row = position[id], let hits = part.results.first else { continue }
+                guard Int(part.dim) == rows.dim, let row = position.get(at.id), let hits = part.results.first else { continue }
                 hits.vectors.withUnsafeBytes { v in
                     rows.set(row: row, from: v, source: at.index, dtype: part.dtype,
                              scale: part.dtype == .int8 && at.index < hits.scales.count ? hits.scales[at.index] : 1)
@@ -291,7 +354,7 @@ public final class Recommender: Sendable {
         }
         // The rest: one Lookup per shard.
         var byShard: [Int: [UInt64]] = [:]
-        for (i, id) in ids.enumerated() where rows?.filled[i] != true && position[id] == i {
+        for (i, id) in ids.enumerated() where rows?.filled[i] != true && position.get(id) == i {
             byShard[router.shard(ofID: id), default: []].append(id)
         }
         let table = settings.itemsTable
@@ -331,7 +394,7 @@ public final class Recommender: Sendable {
                     var k = 0
                     for id in list where !missing.contains(id) {
                         defer { k += 1 }
-                        guard let row = position[id], (k + 1) * dim * r.dtype.elementSize <= v.count else { continue }
+                        guard let row = position.get(id), (k + 1) * dim * r.dtype.elementSize <= v.count else { continue }
                         let scale = r.dtype == .int8 && (k + 1) * 4 <= s.count
                             ? Float(bitPattern: UInt32(littleEndian: s.loadUnaligned(fromByteOffset: k * 4, as: UInt32.self))) : 1
                         rows.set(row: row, from: v, source: k, dtype: r.dtype, scale: scale)
@@ -346,7 +409,7 @@ public final class Recommender: Sendable {
         // Repeated ids share the first occurrence's row.
         if position.count < ids.count {
             for (i, id) in ids.enumerated() where !rows.filled[i] {
-                if let first = position[id], first != i, rows.filled[first] { rows.copyRow(first, to: i) }
+                if let first = position.get(id), first != i, rows.filled[first] { rows.copyRow(first, to: i) }
             }
         }
         if rows.filled.allSatisfy({ $0 }) { return (ids, rows) }

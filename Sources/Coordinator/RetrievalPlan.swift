@@ -23,6 +23,15 @@ struct RetrievalPlan: Sendable, Equatable {
     var countryLimit: Int { countryBudget + seen.count }
     var popularLimit: Int { popularBudget + seen.count }
 
+    /// Hits each of `shards` shards returns for a search of `k` (see
+    /// `CoordinatorSettings.searchShardSigma`).
+    static func perShardK(_ k: Int, shards: Int, sigma: Double) -> Int {
+        guard shards > 1, sigma >= 0, k > 0 else { return k }
+        let p = 1 / Double(shards)
+        let want = Double(k) * p + sigma * (Double(k) * p * (1 - p)).squareRoot()
+        return min(k, Int(want.rounded(.up)) + 1)
+    }
+
     /// True when the request's context lacks something only the stored profile gives.
     static func needsProfile(_ req: RecommendRequest) -> Bool {
         let c = req.context ?? RecommendContext()

@@ -86,6 +86,7 @@ public final class ShardCluster: Sendable {
     private let healthTask = Mutex<Task<Void, Never>?>(nil)
     let hedges = Atomic<Int>(0)
     let ejections = Atomic<Int>(0)
+    let calls = Atomic<Int>(0)
 
     public init(topology: Topology, group: any EventLoopGroup, logger: Logger) throws(RPCError) {
         shardCount = topology.shardCount
@@ -187,6 +188,7 @@ public final class ShardCluster: Sendable {
         guard let first = pick(shard: shard, excluding: [], lastResort: false) else {
             throw RPCError(.unavailable, "shard \(shard): no healthy replica")
         }
+        calls.wrappingAdd(1, ordering: .relaxed)
         let deadline = min(deadline, ContinuousClock.now.advanced(by: .microseconds(Int(settings.maxShardCallMs * 1000))))
         let settings = self.settings
         let logger = self.logger
@@ -270,6 +272,8 @@ public final class ShardCluster: Sendable {
     }
 
     public var hedgeCount: Int { hedges.load(ordering: .relaxed) }
+    /// Shard calls made since start (a hedge or retry of one counts once).
+    public var callCount: Int { calls.load(ordering: .relaxed) }
     public var ejectionCount: Int { ejections.load(ordering: .relaxed) }
 }
 

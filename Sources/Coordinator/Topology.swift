@@ -119,6 +119,14 @@ public struct CoordinatorSettings: Sendable, Equatable {
     public var attributesTable = "attributes"
     /// Bytes of item rows the coordinator keeps from its Lookups (per table-set version; 0: off).
     public var rowCacheBytes = 64 << 20
+    /// Each shard returns k/S + `searchShardSigma`·sqrt(k·(1/S)·(1−1/S)) hits (capped at k) of
+    /// a Search for k: the global top k is hash-spread over S shards (binomial), so at 4σ a shard
+    /// holds more than that with probability ~3e-5, and the search source then misses only its
+    /// own tail. Negative: every shard returns k (exactly the global top k, always).
+    public var searchShardSigma: Double = 4
+    /// Ranked lists and users (vector + profile) the coordinator keeps per version (0: off).
+    public var listCacheEntries = 200_000
+    public var userCacheEntries = 200_000
 
     public init() {}
 
@@ -131,7 +139,8 @@ public struct CoordinatorSettings: Sendable, Equatable {
         func int(_ k: String) throws -> Int? { try num(k).map { Int($0) } }
         let known: Set<String> = ["default_deadline_ms", "similar_per_item", "genre_budget", "country_budget", "popular_budget",
                                   "search_budget", "recent_items", "diversity_lambda", "freshness_half_life_s", "hedge_quantile", "min_hedge_delay_ms",
-                                  "eject_after_failures", "ejection_ms", "health_interval_ms", "max_shard_call_ms", "row_cache_mb"]
+                                  "eject_after_failures", "ejection_ms", "health_interval_ms", "max_shard_call_ms", "row_cache_mb",
+                                  "list_cache_entries", "user_cache_entries", "search_shard_sigma"]
         for k in c.keys where !known.contains(k) {
             throw Topology.Error(description: "unknown key 'coordinator.\(k)' (known: \(known.sorted().joined(separator: ", ")))")
         }
@@ -157,5 +166,11 @@ public struct CoordinatorSettings: Sendable, Equatable {
         if let v = try num("health_interval_ms") { healthIntervalMs = max(10, v) }
         if let v = try num("max_shard_call_ms") { maxShardCallMs = max(1, v) }
         if let v = try num("row_cache_mb") { rowCacheBytes = Int(v * 1_048_576) }
+        if let v = try int("list_cache_entries") { listCacheEntries = v }
+        if let v = try int("user_cache_entries") { userCacheEntries = v }
+        if let v = c["search_shard_sigma"] {
+            guard let d = (v as? NSNumber)?.doubleValue, d.isFinite else { throw Topology.Error(description: "coordinator.search_shard_sigma must be a number") }
+            searchShardSigma = d
+        }
     }
 }

@@ -65,16 +65,20 @@ struct CoordinatorCommand: AsyncParsableCommand {
         let hedges = metrics.registry.gauge(name: "shardrank_hedges_total", help: "Hedged shard calls since start")
         let ejections = metrics.registry.gauge(name: "shardrank_ejections_total", help: "Replica ejections since start")
         let servingReplicas = metrics.registry.gauge(name: "shardrank_replicas_serving", help: "Replicas that are SERVING and not ejected")
+        let shardCalls = metrics.registry.gauge(name: "shardrank_shard_calls_total", help: "Shard calls made since start")
         metrics.addCollector { _ in
             pinned.set(to: Double(cluster.pinnedVersion))
             hedges.set(to: Double(cluster.hedgeCount))
             ejections.set(to: Double(cluster.ejectionCount))
             servingReplicas.set(to: Double(cluster.replicaStates.filter { $0.serving && !$0.ejected }.count))
+            shardCalls.set(to: Double(cluster.callCount))
         }
         let health = HealthService(services: ["shardrank.v1.Recommender"])
         let router = Router(services: [health, RecommenderService(recommender: recommender)])
         logger.info("coordinator over \(topo.shardCount) shards (\(topo.shards.map(\.count).reduce(0, +)) replicas), pinned version \(cluster.pinnedVersion)")
         try await serve(router: router, health: health, options: server, logger: logger, what: "coordinator", metrics: metrics, group: group)
+        let users = recommender.cacheCounts
+        logger.info("made \(cluster.callCount) shard calls; caches: users \(users.users), lists \(users.lists), rows \(users.rows) (hits/misses)")
         await cluster.stop()
     }
 }

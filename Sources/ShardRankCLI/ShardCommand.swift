@@ -43,7 +43,7 @@ struct ShardCommand: AsyncParsableCommand {
     var lockTables = true
 
     @Option(name: .customLong("ann-shadow-every"), help: "Re-run every N-th approximate Search query exactly, off the request path, to export its recall@k (shardrank_ann_recall); 0 turns it off.")
-    var annShadowEvery: Int = 100
+    var annShadowEvery: Int = 1000
 
     @Option(name: .customLong("ann-min-rows"), help: "Slices with fewer rows are always searched exactly.")
     var annMinRows: Int = 10_000

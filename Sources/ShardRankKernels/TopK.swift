@@ -161,21 +161,19 @@ public enum TopK {
     /// `s` proposed the id. Results are ranked best first; the input lists need not be sorted.
     public static func mergeCandidates(_ lists: [[ScoredItem]]) -> [MergedCandidate] {
         precondition(lists.count <= 8, "mergeCandidates: at most 8 sources")
-        var all: [MergedCandidate] = []
-        all.reserveCapacity(lists.reduce(0) { $0 + $1.count })
-        for (s, l) in lists.enumerated() {
-            for it in l { all.append(MergedCandidate(id: it.id, score: it.score, sources: UInt8(1) << s)) }
-        }
-        all.sort { $0.id < $1.id }
+        let total = lists.reduce(0) { $0 + $1.count }
         var merged: [MergedCandidate] = []
-        merged.reserveCapacity(all.count)
-        for c in all {
-            if let last = merged.last, last.id == c.id {
-                let i = merged.count - 1
-                merged[i].sources |= c.sources
-                if c.score > last.score || last.score.isNaN { merged[i].score = c.score }
-            } else {
-                merged.append(c)
+        merged.reserveCapacity(total)
+        var index = IDIndex(capacity: total)
+        for (s, l) in lists.enumerated() {
+            for it in l {
+                let (at, inserted) = index.insert(it.id, merged.count)
+                if inserted {
+                    merged.append(MergedCandidate(id: it.id, score: it.score, sources: UInt8(1) << s))
+                } else {
+                    merged[at].sources |= UInt8(1) << s
+                    if it.score > merged[at].score || merged[at].score.isNaN { merged[at].score = it.score }
+                }
             }
         }
         merged.sort { ScoredItem.ranksBefore($0.item, $1.item) }

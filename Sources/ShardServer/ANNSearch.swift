@@ -14,7 +14,7 @@ public struct ANNServing: Sendable, Hashable {
     public var maxExcludedShare = 0.25
     /// Every N-th approximate query is also answered exactly off the request's path to measure
     /// recall@k (0: never). See `ANNRecallMonitor`.
-    public var shadowEvery = 100
+    public var shadowEvery = 1000
     /// Largest ANN knobs a request may ask for.
     public var maxNprobe = 65_536
     public var maxRerank = 100_000

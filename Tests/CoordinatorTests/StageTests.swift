@@ -123,8 +123,8 @@ import ShardRankWire
         }
         let r = Recommender.mergeSearch([part([5, 9, 1], [0.9, 0.5, 0.1], rows: true), part([2, 4], [0.9, 0.6], rows: false)], k: 4)
         #expect(r.items.map(\.id) == [2, 5, 4, 9], "best first, ties to the lower id")
-        #expect(r.rows[5]! == (0, 0) && r.rows[9]! == (0, 1))
-        #expect(r.rows[2] == nil && r.rows[1] == nil, "no row without one in the answer; none for hits beyond k")
+        #expect(r.rows.map(\.id) == [5, 9] && r.rows.map(\.part) == [0, 0] && r.rows.map(\.index) == [0, 1],
+                "rows of the hits that brought one; none for hits beyond k")
     }
 
     @Test func candidateRowsDecodeEveryDtypeOnce() {
@@ -188,7 +188,9 @@ import ShardRankWire
         let second = try await d.recommender.recommend(req, context: Cluster.context())
         let end = l.calls
         #expect(first.items == second.items)
-        #expect(end[0] - mid[0] == 1, "second request: only the user's vector is looked up (\(end[0] - mid[0]) Lookups)")
+        #expect(end[0] - mid[0] == 0, "second request: no Lookup at all (user and list rows cached; \(end[0] - mid[0]) Lookups)")
+        #expect(end[3] - mid[3] == 0, "second request: the profile from the user cache")
+        #expect(d.recommender.userCache.counts.hits >= 1)
         #expect(end[2] - mid[2] == 0, "second request: lists from the cache")
         #expect(d.recommender.rowCache.counts.hits > 0)
     }
@@ -212,5 +214,36 @@ import ShardRankWire
         local.failing = []
         let healed = try await c.recommender.recommend(RecommendRequest(userID: 4, k: 10, diversityLambda: 1), context: Cluster.context())
         #expect(healed.coverage?.degraded == false)
+    }
+}
+
+@Suite struct SearchFanOutMathTests {
+    @Test func perShardKCoversTheBinomialTailAndNeverExceedsK() {
+        #expect(RetrievalPlan.perShardK(200, shards: 4, sigma: 4) == 76)  // 50 + 4·6.12 = 74.5, rounded up, + 1
+        #expect(RetrievalPlan.perShardK(200, shards: 1, sigma: 4) == 200)
+        #expect(RetrievalPlan.perShardK(200, shards: 4, sigma: -1) == 200, "negative sigma: every shard returns k")
+        #expect(RetrievalPlan.perShardK(10, shards: 2, sigma: 4) == 10, "capped at k")
+        // Simulated: 20,000 random hash spreads of a top 200 over 4 shards; a shard above 76 is rare.
+        var rng = SplitMix64(seed: 7)
+        var over = 0
+        for _ in 0 ..< 20_000 {
+            var perShard = [0, 0, 0, 0]
+            for _ in 0 ..< 200 { perShard[Int(rng.next() % 4)] += 1 }
+            if perShard.contains(where: { $0 > 76 }) { over += 1 }
+        }
+        #expect(over <= 5, "\(over) of 20,000 requests would miss a tail item")
+    }
+
+    @Test func idIndexMapsIdsAndKeepsTheFirstValue() {
+        var index = IDIndex(capacity: 1000)
+        var rng = SplitMix64(seed: 3)
+        let ids = (0 ..< 1000).map { _ in rng.next() % 5000 }
+        var want: [UInt64: Int] = [:]
+        for (i, id) in ids.enumerated() {
+            let (v, inserted) = index.insert(id, i)
+            if let w = want[id] { #expect(!inserted && v == w) } else { want[id] = i; #expect(inserted && v == i) }
+        }
+        #expect(index.count == want.count)
+        for id in UInt64(0) ..< 5000 { #expect(index.get(id) == want[id]) }
     }
 }
