@@ -20,6 +20,8 @@ final class ListCache: Sendable {
 
     init(capacity: Int = 20_000) { self.capacity = capacity }
 
+    /// The cached list of `key`, when it holds at least `limit` items or is complete; it may be
+    /// longer than `limit` (the caller takes its prefix).
     func get(version: UInt64, table: String, key: String, limit: Int) -> RankedList? {
         guard version != 0 else { return nil }
         return state.withLock { s in
@@ -28,8 +30,8 @@ final class ListCache: Sendable {
                 return nil
             }
             s.hits += 1
-            if e.list.ids.count <= limit { return e.list }
-            return RankedList(key: key, ids: Array(e.list.ids.prefix(limit)), scores: Array(e.list.scores.prefix(limit)))
+            // Possibly longer than `limit`: callers take what they need (no copy here).
+            return e.list
         }
     }
 

@@ -10,23 +10,41 @@ enum CandidateMerge {
 
     static func merge(plan: RetrievalPlan, similar: [RankedList], genre: [RankedList], country: [RankedList], popular: [RankedList],
                       search: [ShardRankKernels.ScoredItem]) -> [MergedCandidate] {
-        let seen = plan.seen
-        func items(_ ls: [RankedList], cap: Int) -> [ShardRankKernels.ScoredItem] {
-            var out: [ShardRankKernels.ScoredItem] = []
+        var seen = IDIndex(capacity: plan.seenSorted.count)
+        for id in plan.seenSorted { seen.insert(id, 0) }
+        let total = similar.reduce(0) { $0 + min($1.ids.count, plan.similarPerItem) } + genre.count * plan.perGenre
+            + country.count * plan.countryBudget + popular.count * plan.popularBudget + search.count
+        var merged: [MergedCandidate] = []
+        merged.reserveCapacity(total)
+        var index = IDIndex(capacity: total)
+        @inline(__always) func offer(_ id: UInt64, _ score: Float, _ bit: UInt8) {
+            let (at, inserted) = index.insert(id, merged.count)
+            if inserted {
+                merged.append(MergedCandidate(id: id, score: score, sources: bit))
+            } else {
+                merged[at].sources |= bit
+                if score > merged[at].score || merged[at].score.isNaN { merged[at].score = score }
+            }
+        }
+        // Each list: its first `cap` items that are not seen (lists may be longer than asked).
+        func take(_ ls: [RankedList], cap: Int, bit: UInt8) {
+            guard cap > 0 else { return }
             for l in ls {
                 var n = 0
-                for (id, s) in zip(l.ids, l.scores) where !seen.contains(id) {
+                for i in 0 ..< min(l.ids.count, l.scores.count) where seen.get(l.ids[i]) == nil {
                     if n >= cap { break }
-                    out.append(ShardRankKernels.ScoredItem(id: id, score: s))
+                    offer(l.ids[i], l.scores[i], bit)
                     n += 1
                 }
             }
-            return out
         }
-        return TopK.mergeCandidates([
-            items(similar, cap: plan.similarPerItem), items(genre, cap: plan.perGenre), items(country, cap: plan.countryBudget),
-            items(popular, cap: plan.popularBudget), search.filter { !seen.contains($0.id) },
-        ])
+        take(similar, cap: plan.similarPerItem, bit: 1 << 0)
+        take(genre, cap: plan.perGenre, bit: 1 << 1)
+        take(country, cap: plan.countryBudget, bit: 1 << 2)
+        take(popular, cap: plan.popularBudget, bit: 1 << 3)
+        for it in search where seen.get(it.id) == nil { offer(it.id, it.score, 1 << 4) }
+        merged.sort { ShardRankKernels.ScoredItem.ranksBefore($0.item, $1.item) }
+        return merged
     }
 
     /// The sources a merged candidate's mask names.

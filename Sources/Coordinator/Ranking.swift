@@ -41,7 +41,8 @@ enum Ranking {
 
     /// Cold start: each candidate's best retrieval score (ids in `ids` order).
     static func retrievalScores(ids: [UInt64], merged: [MergedCandidate]) -> [Float] {
-        let best = Dictionary(merged.map { ($0.id, $0.score) }, uniquingKeysWith: max)
-        return ids.map { best[$0] ?? 0 }
+        var index = IDIndex(capacity: merged.count)
+        for (i, m) in merged.enumerated() { index.insert(m.id, i) }
+        return ids.map { id in index.get(id).map { merged[$0].score } ?? 0 }
     }
 }

@@ -105,10 +105,14 @@ extension Recommender {
         let order = PostRanking.order(scores: &scores, ids: ids, rows: matrix, attributes: attributes, options: options)
         let t5 = ContinuousClock.now
 
-        let sourcesOf = Dictionary(merged.map { ($0.id, $0.sources) }, uniquingKeysWith: |)
-        let out = order.map { i in
-            ShardRankWire.ScoredItem(itemID: ids[i], score: scores[i], sources: CandidateMerge.sources(sourcesOf[ids[i]] ?? 0))
+        // `ids` is `merged` in order, less the candidates without a row: walk both once.
+        var sourceMask = [UInt8](repeating: 0, count: ids.count)
+        var j = 0
+        for (i, id) in ids.enumerated() {
+            while j < merged.count && merged[j].id != id { j += 1 }
+            if j < merged.count { sourceMask[i] = merged[j].sources; j += 1 }
         }
+        let out = order.map { i in ShardRankWire.ScoredItem(itemID: ids[i], score: scores[i], sources: CandidateMerge.sources(sourceMask[i])) }
         var coverage = trace.coverage()
         if userVec != nil && coverage.shardsAsked > 0 {
             let share = Float(coverage.shardsAnswered) / Float(coverage.shardsAsked)

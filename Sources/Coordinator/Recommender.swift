@@ -59,26 +59,39 @@ public final class Recommender: Sendable {
 
     // MARK: - Request plumbing
 
-    /// Per-request state: the deadline, the pinned version, and what went missing.
+    /// Per-request state: the deadline, the pinned version, and what went missing. Shards asked
+    /// and failed are bitsets (no hashing or allocation per call).
     final class Trace: @unchecked Sendable {
         let start = ContinuousClock.now
         let deadline: ContinuousClock.Instant
         let version: UInt64
         var requestID = ""
-        private let lock = Mutex<(failed: Set<Source>, reasons: [String], asked: Set<Int>, failedShards: Set<Int>, versions: Set<UInt64>)>(([], [], [], [], []))
+        private struct State {
+            var failed: UInt8 = 0  // bit per `CandidateMerge.sourceOrder` index
+            var reasons: [String] = []
+            var asked: [UInt64]
+            var failedShards: [UInt64]
+            var newestVersion: UInt64 = 0
+        }
+        private let lock: Mutex<State>
 
-        init(deadline: ContinuousClock.Instant, version: UInt64) { self.deadline = deadline; self.version = version }
+        init(deadline: ContinuousClock.Instant, version: UInt64, shardCount: Int = 64) {
+            self.deadline = deadline
+            self.version = version
+            let words = (max(1, shardCount) + 63) / 64
+            lock = Mutex(State(asked: [UInt64](repeating: 0, count: words), failedShards: [UInt64](repeating: 0, count: words)))
+        }
 
         func fail(_ source: Source?, _ reason: String) {
             lock.withLock { s in
-                if let source { s.failed.insert(source) }
+                if let source, let bit = CandidateMerge.sourceOrder.firstIndex(of: source) { s.failed |= 1 << bit }
                 s.reasons.append(reason)
             }
         }
         /// Every shard a request calls is "asked"; one that failed any call is not "answered".
-        func asked(_ shard: Int) { lock.withLock { _ = $0.asked.insert(shard) } }
-        func shardFailed(_ shard: Int) { lock.withLock { _ = $0.failedShards.insert(shard) } }
-        func answered(_ shard: Int, version: UInt64) { lock.withLock { _ = $0.versions.insert(version) } }
+        func asked(_ shard: Int) { lock.withLock { $0.asked[shard >> 6] |= 1 << UInt64(shard & 63) } }
+        func shardFailed(_ shard: Int) { lock.withLock { $0.failedShards[shard >> 6] |= 1 << UInt64(shard & 63) } }
+        func answered(_ shard: Int, version: UInt64) { lock.withLock { $0.newestVersion = max($0.newestVersion, version) } }
 
         /// A stage deadline: `fraction` of the time left, from now.
         func stageDeadline(_ fraction: Double) -> ContinuousClock.Instant {
@@ -89,21 +102,26 @@ public final class Recommender: Sendable {
 
         func coverage() -> Coverage {
             lock.withLock { s in
-                Coverage(shardsAsked: UInt32(s.asked.count), shardsAnswered: UInt32(s.asked.subtracting(s.failedShards).count),
-                         sourcesFailed: CandidateMerge.sourceOrder.filter { s.failed.contains($0) },
-                         degraded: !s.reasons.isEmpty, degradedReasons: s.reasons)
+                var asked = 0, answered = 0
+                for (a, f) in zip(s.asked, s.failedShards) {
+                    asked += a.nonzeroBitCount
+                    answered += (a & ~f).nonzeroBitCount
+                }
+                let failed = s.failed
+                return Coverage(shardsAsked: UInt32(asked), shardsAnswered: UInt32(answered),
+                                sourcesFailed: CandidateMerge.sourceOrder.indices.filter { failed & (1 << $0) != 0 }.map { CandidateMerge.sourceOrder[$0] },
+                                degraded: !s.reasons.isEmpty, degradedReasons: s.reasons)
             }
         }
 
-        var answeredVersions: Set<UInt64> { lock.withLock { $0.versions } }
-        var searchFailures: Int { lock.withLock { $0.failedShards.count } }
-        /// The version the answer reports: the newest any shard answered from.
-        var answerVersion: UInt64 { answeredVersions.max() ?? version }
+        /// The version the answer reports: the newest any shard's search answered from (the
+        /// pinned one when none did).
+        var answerVersion: UInt64 { lock.withLock { $0.newestVersion == 0 ? version : $0.newestVersion } }
     }
 
     func makeTrace(_ ctx: ServerContext) -> Trace {
         let deadline = ctx.deadline ?? ContinuousClock.now.advanced(by: .microseconds(Int(settings.defaultDeadlineMs * 1000)))
-        let t = Trace(deadline: deadline, version: fetcher.pinnedVersion)
+        let t = Trace(deadline: deadline, version: fetcher.pinnedVersion, shardCount: shardCount)
         t.requestID = ctx.requestID
         return t
     }

@@ -12,9 +12,9 @@ struct RetrievalPlan: Sendable, Equatable {
     var genres: [String] = []
     var country = ""
     /// Items never returned: the stored recent items, the context's recent items and exclusions.
-    var seen: Set<UInt64> = []
-    /// `seen` sorted (pushed down into Search).
-    var seenSorted: [UInt64] = []
+    var seen: Set<UInt64> = [] { didSet { seenSorted = seen.sorted() } }
+    /// `seen` sorted (pushed down into Search; the filter's lookup table is built from it).
+    private(set) var seenSorted: [UInt64] = []
 
     /// Each genre's share of the genre budget.
     var perGenre: Int { genres.isEmpty ? 0 : max(1, genreBudget / genres.count) }

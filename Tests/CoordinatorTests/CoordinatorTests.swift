@@ -334,7 +334,7 @@ func searchOnly(_ s: inout CoordinatorSettings) {
             RankedList(key: key, ids: (0 ..< n).map { UInt64($0) }, scores: (0 ..< n).map { Float(100 - $0) })
         }
         cache.put(version: 1, table: "popular", list: list("all", 5), limit: 5)     // maybe longer on the shard
-        #expect(cache.get(version: 1, table: "popular", key: "all", limit: 3)?.ids == [0, 1, 2])
+        #expect(cache.get(version: 1, table: "popular", key: "all", limit: 3)?.ids == [0, 1, 2, 3, 4], "the whole cached list: callers take their prefix")
         #expect(cache.get(version: 1, table: "popular", key: "all", limit: 5)?.ids.count == 5)
         #expect(cache.get(version: 1, table: "popular", key: "all", limit: 6) == nil, "a 5-item answer to limit 5 may be a prefix")
         cache.put(version: 1, table: "popular", list: list("all", 7), limit: 10)    // shorter than asked: the whole list
