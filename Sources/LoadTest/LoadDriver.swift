@@ -46,7 +46,12 @@ public enum LoadDriver {
             throw LoadTestError("--target: \(error.message)")
         }
         let result: Result<RequestShape, LoadTestError>
-        do throws(LoadTestError) { result = .success(try await probe(c, channel)) } catch { result = .failure(error) }
+        // On the channel's own event loop: a busy cooperative pool cannot stall the probe past
+        // its deadline between connecting and sending.
+        let executor = EventLoopTaskExecutor(group.next())
+        result = await withTaskExecutorPreference(executor) { () async -> Result<RequestShape, LoadTestError> in
+            do throws(LoadTestError) { return .success(try await probe(c, channel)) } catch { return .failure(error) }
+        }
         await channel.close()
         try? await group.shutdownGracefully()
         return try result.get()

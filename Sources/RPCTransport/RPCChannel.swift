@@ -192,30 +192,30 @@ public final class RPCChannel: Sendable {
         if let best { return best.box }
         if let waitOn {
             // Wait for the connection, but never past the call's deadline (a blackholed host
-            // leaves a connect attempt pending for `connectTimeout`).
+            // leaves a connect attempt pending for `connectTimeout`). The race is decided on the
+            // event loop — whichever of the connect and the deadline timer comes first — so a
+            // busy cooperative pool cannot turn a connection made in time into a timeout.
             let target = self.target
-            let result: Result<ConnectionBox, RPCError> = await withTaskGroup(of: Result<ConnectionBox, RPCError>?.self) { group in
-                group.addTask {
-                    do { return .success(try await waitOn.get()) } catch let e as RPCError { return .failure(e) } catch {
-                        return .failure(RPCError(.unavailable, "cannot connect to \(target): \(error)"))
-                    }
+            let loop = waitOn.eventLoop
+            let promise = loop.makePromise(of: ConnectionBox.self)
+            waitOn.whenComplete { result in
+                switch result {
+                case .success(let box): promise.succeed(box)
+                case .failure(let error as RPCError): promise.fail(error)
+                case .failure(let error): promise.fail(RPCError(.unavailable, "cannot connect to \(target): \(error)"))
                 }
-                if let deadline {
-                    group.addTask {
-                        try? await Task.sleep(until: deadline, clock: .continuous)
-                        if Task.isCancelled { return nil }
-                        return .failure(RPCError(.deadlineExceeded, "deadline exceeded while connecting to \(target)"))
-                    }
-                }
-                while let r = await group.next() {
-                    if let r {
-                        group.cancelAll()
-                        return r
-                    }
-                }
-                return .failure(RPCError(.unavailable, "cannot connect to \(target)"))
             }
-            return try result.get()
+            if let deadline {
+                let nanos = max(0, ContinuousClock.now.duration(to: deadline).components.seconds * 1_000_000_000
+                                   + ContinuousClock.now.duration(to: deadline).components.attoseconds / 1_000_000_000)
+                let timer = loop.scheduleTask(in: .nanoseconds(nanos)) {
+                    promise.fail(RPCError(.deadlineExceeded, "deadline exceeded while connecting to \(target)"))
+                }
+                promise.futureResult.whenComplete { _ in timer.cancel() }
+            }
+            do { return try await promise.futureResult.get() } catch let e as RPCError { throw e } catch {
+                throw RPCError(.unavailable, "cannot connect to \(target): \(error)")
+            }
         }
         throw RPCError(.unavailable, "cannot connect to \(target): \(backoffError ?? "no connection") (retrying with backoff)")
     }
@@ -239,7 +239,16 @@ public final class RPCChannel: Sendable {
                     }
                 }
             }
-        let future = bootstrap.connect(host: host, port: port).flatMapThrowing { channel -> ConnectionBox in
+        // A literal address connects directly: `connect(host:port:)` would resolve it with
+        // getaddrinfo on a Dispatch queue, which CPU-heavy work elsewhere in the process (a
+        // `concurrentPerform`) can hold up for seconds.
+        let connecting: EventLoopFuture<any Channel>
+        if let address = try? SocketAddress(ipAddress: host, port: port) {
+            connecting = bootstrap.connect(to: address)
+        } else {
+            connecting = bootstrap.connect(host: host, port: port)
+        }
+        let future = connecting.flatMapThrowing { channel -> ConnectionBox in
             let h = try channel.pipeline.syncOperations.handler(type: ClientConnectionHandler.self)
             return ConnectionBox(channel: channel, handler: NIOLoopBound(h, eventLoop: channel.eventLoop))
         }
