@@ -32,17 +32,10 @@ def log(*a):
 
 
 def stubs():
-    from grpc_tools import protoc
-    import grpc_tools
-    out = tempfile.mkdtemp(prefix="shardrank-pb-")
-    wk = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
-    rc = protoc.main(["protoc", f"-I{os.path.join(ROOT, 'proto')}", f"-I{wk}", f"--python_out={out}",
-                      f"--grpc_python_out={out}", "shardrank/v1/common.proto", "shardrank/v1/shard.proto"])
-    if rc != 0:
-        sys.exit("grpc_tools.protoc failed")
-    sys.path.insert(0, out)
-    from shardrank.v1 import shard_pb2, shard_pb2_grpc
-    return shard_pb2, shard_pb2_grpc
+    """The Python stubs of proto/shardrank/v1/shard.proto (generated at run time)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from shardrank_stubs import generate
+    return generate("shard")
 
 
 class Shard:

@@ -126,6 +126,10 @@ def main():
         systems = {"shardrank": (coord, pids), "reference": (f"127.0.0.1:{port}", [ref.pid])}
         rates = [int(x) for x in a.rates.split(",")]
         results = {s: {r: [] for r in rates} for s in systems}
+        # Warm both up at the lowest rate, unmeasured (ShardRank's per-version caches fill here).
+        for name, (target, _) in systems.items():
+            log(f"warming up {name} at {rates[0]}/s")
+            loadtest(a.bin, target, rates[0], a.duration, a.warmup, a.users)
         for rnd in range(a.rounds):
             for rate in rates:
                 for name, (target, ps) in systems.items():
