@@ -376,26 +376,16 @@ public final class Recommender: Sendable {
             byShard[router.shard(ofID: id), default: []].append(id)
         }
         let table = settings.itemsTable
-        var looked: [(ids: [UInt64], response: LookupResponse)] = []
-        if !byShard.isEmpty {
-            looked = await withTaskGroup(of: (ids: [UInt64], response: LookupResponse)?.self) { group in
-                for (shard, list) in byShard {
-                    group.addTask {
-                        let req = LookupRequest(table: table, ids: list, version: version)
-                        do throws(RPCError) {
-                            let r = try await self.counted(shard, trace: trace) { () async throws(RPCError) in
-                                try await self.fetcher.lookup(req, shard: shard, deadline: deadline, requestID: trace.requestID)
-                            }
-                            return (list, r)
-                        } catch {
-                            trace.fail(nil, "gather: shard \(shard): \(error) (\(list.count) candidates dropped)")
-                            return nil
-                        }
-                    }
+        let looked = await perShard(byShard) { shard, list -> (ids: [UInt64], response: LookupResponse)? in
+            let req = LookupRequest(table: table, ids: list, version: version)
+            do throws(RPCError) {
+                let r = try await self.counted(shard, trace: trace) { () async throws(RPCError) in
+                    try await self.fetcher.lookup(req, shard: shard, deadline: deadline, requestID: trace.requestID)
                 }
-                var out: [(ids: [UInt64], response: LookupResponse)] = []
-                for await p in group { if let p { out.append(p) } }
-                return out
+                return (list, r)
+            } catch {
+                trace.fail(nil, "gather: shard \(shard): \(error) (\(list.count) candidates dropped)")
+                return nil
             }
         }
         if rows == nil, let d = looked.first(where: { $0.response.dim > 0 }).map({ Int($0.response.dim) }) {
@@ -435,35 +425,42 @@ public final class Recommender: Sendable {
         return (keep.map { ids[$0] }, rows.compacted(keep))
     }
 
+    /// Runs `call` for every shard of `byShard` concurrently; the answers that are not nil.
+    func perShard<T: Sendable>(_ byShard: [Int: [UInt64]], _ call: @escaping @Sendable (Int, [UInt64]) async -> T?) async -> [T] {
+        if byShard.isEmpty { return [] }
+        return await withTaskGroup(of: T?.self) { group in
+            for (shard, list) in byShard { group.addTask { await call(shard, list) } }
+            var out: [T] = []
+            for await r in group { if let r { out.append(r) } }
+            return out
+        }
+    }
+
     /// Attributes of `ids` (one call per shard); items without attributes, or on a shard that
     /// failed (flagged degraded), are absent.
     func itemAttributes(_ ids: [UInt64], trace: Trace, deadline: ContinuousClock.Instant) async -> [UInt64: ItemAttributes] {
         var byShard: [Int: [UInt64]] = [:]
         for id in ids { byShard[router.shard(ofID: id), default: []].append(id) }
         let table = settings.attributesTable, version = trace.version
-        return await withTaskGroup(of: [(UInt64, ItemAttributes)].self) { group in
-            for (shard, list) in byShard {
-                group.addTask {
-                    let req = AttributesRequest(table: table, itemIDs: list, version: version)
-                    do throws(RPCError) {
-                        let r = try await self.counted(shard, trace: trace) { () async throws(RPCError) in
-                            try await self.fetcher.attributes(req, shard: shard, deadline: deadline, requestID: trace.requestID)
-                        }
-                        return (0 ..< r.itemIDs.count).map { i in
-                            (r.itemIDs[i], ItemAttributes(genresMask: i < r.genreMasks.count ? r.genreMasks[i] : 0,
-                                                          timestamp: i < r.timestamps.count ? r.timestamps[i] : 0))
-                        }
-                    } catch {
-                        trace.fail(nil, "attributes: shard \(shard): \(error) (genre cap and freshness boost not applied to its items)")
-                        return []
-                    }
+        let parts = await perShard(byShard) { shard, list -> [(UInt64, ItemAttributes)]? in
+            let req = AttributesRequest(table: table, itemIDs: list, version: version)
+            do throws(RPCError) {
+                let r = try await self.counted(shard, trace: trace) { () async throws(RPCError) in
+                    try await self.fetcher.attributes(req, shard: shard, deadline: deadline, requestID: trace.requestID)
                 }
+                return (0 ..< r.itemIDs.count).map { i in
+                    (r.itemIDs[i], ItemAttributes(genresMask: i < r.genreMasks.count ? r.genreMasks[i] : 0,
+                                                  timestamp: i < r.timestamps.count ? r.timestamps[i] : 0))
+                }
+            } catch {
+                trace.fail(nil, "attributes: shard \(shard): \(error) (genre cap and freshness boost not applied to its items)")
+                return nil
             }
-            var m: [UInt64: ItemAttributes] = [:]
-            m.reserveCapacity(ids.count)
-            for await l in group { for (id, a) in l { m[id] = a } }
-            return m
         }
+        var m: [UInt64: ItemAttributes] = [:]
+        m.reserveCapacity(ids.count)
+        for l in parts { for (id, a) in l { m[id] = a } }
+        return m
     }
 }
 
