@@ -15,9 +15,30 @@ final class ProbeService: RPCService, Sendable {
     let cancelledHandlers = Atomic<Int>(0)
     let startedHandlers = Atomic<Int>(0)
     let finishedHandlers = Atomic<Int>(0)
+    /// A loop-affine channel back to this server (set by a test), for "Relay".
+    let relay = Mutex<RPCChannel?>(nil)
+
+    /// 1 when the calling thread is one of NIO's event loops, else 0.
+    static func onLoop() -> UInt8 { MultiThreadedEventLoopGroup.currentEventLoop == nil ? 0 : 1 }
 
     var methods: [RPCMethod] {
         [
+            // Async handlers honour placement: where does each run?
+            RPCMethod(service: serviceName, method: "WhereInline", placement: .inline, handler: .asyncUnary { _, _ in
+                FramedMessage(payload: [ProbeService.onLoop()])
+            }),
+            RPCMethod(service: serviceName, method: "WherePool", placement: .workerPool, handler: .asyncUnary { _, _ in
+                FramedMessage(payload: [ProbeService.onLoop()])
+            }),
+            // Calls Echo through the loop-affine `relay` channel: [1, 1] when the handler started on
+            // an event loop and the answer resumed it on that same loop (no thread hop).
+            RPCMethod(service: serviceName, method: "Relay", placement: .inline, handler: .asyncUnary { [self] req, _ throws(RPCError) in
+                let before = MultiThreadedEventLoopGroup.currentEventLoop.map { ObjectIdentifier($0) }
+                guard let ch = relay.withLock({ $0 }) else { throw RPCError(.failedPrecondition, "no relay channel") }
+                _ = try await ch.unary(path: "/test.Probe/Echo", request: FramedMessage(payload: req), timeout: .seconds(2))
+                let after = MultiThreadedEventLoopGroup.currentEventLoop.map { ObjectIdentifier($0) }
+                return FramedMessage(payload: [before == nil ? 0 : 1, before != nil && before == after ? 1 : 0])
+            }),
             // Spins (on the worker pool) until cancelled or 5 s pass; counts what happened.
             RPCMethod(service: serviceName, method: "Spin", placement: .workerPool, handler: .unary { [self] _, ctx throws(RPCError) in
                 startedHandlers.wrappingAdd(1, ordering: .relaxed)
@@ -74,6 +95,23 @@ struct Harness {
 }
 
 @Suite(.serialized) struct RPCEndToEndTests {
+    /// `.inline` async handlers run on the connection's event loop, `.workerPool` ones off it; a
+    /// call made from an inline handler through a loop-affine channel resumes it on that loop.
+    @Test func asyncHandlersHonourPlacementAndLoopAffineCallsStayOnTheLoop() async throws {
+        let h = try Harness.start()
+        var cc = ClientConfiguration()
+        cc.loopAffinity = true
+        let back = try RPCChannel(target: "127.0.0.1:\(h.port)", group: h.server.group, configuration: cc)
+        h.probe.relay.withLock { $0 = back }
+        for _ in 0 ..< 20 {
+            #expect(try await h.channel.unary(path: "/test.Probe/WhereInline", request: FramedMessage(payload: [])) == [1])
+            #expect(try await h.channel.unary(path: "/test.Probe/WherePool", request: FramedMessage(payload: [])) == [0])
+            #expect(try await h.channel.unary(path: "/test.Probe/Relay", request: FramedMessage(payload: [7]), timeout: .seconds(5)) == [1, 1])
+        }
+        await back.close()
+        await h.stop()
+    }
+
     @Test func lookupBytesMatchTheSyntheticDefinition() async throws {
         let h = try Harness.start()
         let client = ShardClient(channel: h.channel)
