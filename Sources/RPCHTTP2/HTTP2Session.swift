@@ -129,9 +129,11 @@ public final class HTTP2Session {
         defer { nghttp2_option_del(option) }
         nghttp2_option_set_max_send_header_block_length(option, 64 << 10)
         if role == .client {
-            // A client may cancel many of its own streams (hedging); do not let the peer's reset
-            // bookkeeping limit us. Servers keep nghttp2's default reset-flood protection.
-            nghttp2_option_set_peer_max_concurrent_streams(option, 1024)
+            // Streams a client may open before the server's SETTINGS arrive: 100, the least
+            // RFC 9113 lets a server advertise (and nghttp2's own default). More than the server
+            // allows would be refused (REFUSED_STREAM) in a burst on a fresh connection; above
+            // 100, nghttp2 holds new streams until the real limit is known.
+            nghttp2_option_set_peer_max_concurrent_streams(option, 100)
         }
 
         var s: OpaquePointer?
