@@ -302,13 +302,12 @@ public final class Recommender: Sendable {
         var parts: [SearchResponse] = []
     }
 
-    /// Inner-product search of `query` on every shard, k-way merged; `exclude` pushed down. With
-    /// `withRows` the shards send the hits' rows too (no second round trip to gather them).
-    func search(query: [Float], k: Int, exclude: [UInt64], withRows: Bool = false, trace: Trace,
-                deadline: ContinuousClock.Instant) async -> SearchResult {
+    /// Inner-product search of `query` on every shard for the exact global top k (`Similar`'s
+    /// fallback), k-way merged; `exclude` pushed down.
+    func search(query: [Float], k: Int, exclude: [UInt64], trace: Trace, deadline: ContinuousClock.Instant) async -> SearchResult {
         guard k > 0 else { return SearchResult() }
         let req = SearchRequest(table: settings.itemsTable, queries: query, dim: UInt32(query.count), k: UInt32(k), excludeIDs: exclude,
-                                version: trace.version, withRows: withRows)
+                                version: trace.version)
         let parts = await withTaskGroup(of: SearchResponse?.self) { group in
             for shard in 0 ..< shardCount { group.addTask { await self.searchShard(req, shard: shard, trace: trace, deadline: deadline) } }
             var out: [SearchResponse] = []
