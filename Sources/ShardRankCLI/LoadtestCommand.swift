@@ -38,7 +38,7 @@ struct LoadtestCommand: AsyncParsableCommand {
     @Option(help: "Sweep: p99 target in milliseconds.")
     var p99Target: Double?
 
-    @Option(help: "Sweep: largest share of failed requests a passing rate may have.")
+    @Option(help: "Largest share of failed requests a run may have (a sweep: a passing rate); above it the run exits with status 3.")
     var maxErrorShare: Double = 0.01
 
     @Option(help: "Worker threads, each with its own event loop and connections.")
@@ -171,6 +171,7 @@ struct LoadtestCommand: AsyncParsableCommand {
 
     func run() async throws {
         let c = try configuration()
+        guard maxErrorShare >= 0, maxErrorShare <= 1 else { throw ValidationError("--max-error-share must be 0...1") }
         let sink: (@Sendable (String) -> Void)? = quiet ? nil : { @Sendable line in FileHandle.standardError.write(Data((line + "\n").utf8)) }
         if let sweep {
             let parts = sweep.split(separator: ":").map { Double($0) }
@@ -178,7 +179,6 @@ struct LoadtestCommand: AsyncParsableCommand {
                 throw ValidationError("--sweep must be START:STEP:MAX in requests per second (got '\(sweep)')")
             }
             guard let target = p99Target else { throw ValidationError("--sweep needs --p99-target MS") }
-            guard maxErrorShare >= 0, maxErrorShare <= 1 else { throw ValidationError("--max-error-share must be 0...1") }
             let r: SweepReport
             do { r = try await LoadDriver.sweep(c, start: s, step: st, max: m, p99TargetMs: target, maxErrorShare: maxErrorShare, progress: sink) } catch {
                 FileHandle.standardError.write(Data("shardrank loadtest: \(error.message)\n".utf8))
@@ -202,5 +202,14 @@ struct LoadtestCommand: AsyncParsableCommand {
             }
         }
         print(json ? jsonText(result.report) : result.report.text)
+        // A run whose requests mostly failed measured nothing: say so in the exit status.
+        let rep = result.report
+        let finished = max(rep.completed, rep.ok + rep.errorCount)
+        if rep.sent > 0 && (finished == 0 || Double(rep.errorCount) / Double(finished) > maxErrorShare) {
+            let share = finished == 0 ? 100 : 100 * Double(rep.errorCount) / Double(finished)
+            FileHandle.standardError.write(Data(("shardrank loadtest: \(rep.errorCount) of \(finished) finished requests failed "
+                + "(\(String(format: "%.1f", share)) %), above --max-error-share \(maxErrorShare)\n").utf8))
+            throw ExitCode(3)
+        }
     }
 }

@@ -202,3 +202,22 @@ def test_loadtest_against_a_cluster_reconciles_with_metrics(pb, rpb, tmp_path, s
     assert counted == rep["sent"]
     assert value(text, "shardrank_recommend_answers_total") == rep["ok"]
     cl.close()
+
+
+def test_loadtest_exits_3_when_too_many_requests_fail(tmp_path, server_factory):
+    """A run whose requests fail (Lookups of ids another shard owns: INVALID_ARGUMENT) still prints
+    its report, then exits 3 naming --max-error-share; a share that allows them exits 0."""
+    import subprocess
+    cl = LocalCluster(tmp_path, server_factory)
+    shard = cl.shards[0][0].target
+    base = [shardrank_bin(), "loadtest", "--target", shard, "--mix", "lookup", "--concurrency", "2", "--warmup", "0",
+            "--duration", "1", "--batch", "4", "--quiet"]
+    out = subprocess.run(base, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3, (out.returncode, out.stderr)
+    assert "requests:" in out.stdout and "INVALID_ARGUMENT" in out.stdout
+    assert "--max-error-share" in out.stderr and "failed" in out.stderr
+    ok = subprocess.run(base + ["--max-error-share", "1"], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run(base + ["--max-error-share", "2"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "--max-error-share must be 0...1" in bad.stderr
+    cl.close()
