@@ -253,6 +253,28 @@ def test_clear_refusals(tables, tmp_path, capsys, monkeypatch):
         assert h.returncode == 0 and "usage: cluster " + cmd in h.stdout
 
 
+def test_the_release_build_is_preferred_to_a_newer_debug_build(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("cluster_tool_bin", os.path.join(CLUSTER, "cluster.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.delenv("SHARDRANK_BIN", raising=False)
+    monkeypatch.setattr(tool, "REPO", str(tmp_path))
+    paths = {}
+    for kind in ("release", "debug"):
+        d = tmp_path / ".build" / kind
+        d.mkdir(parents=True)
+        paths[kind] = d / "shardrank"
+        paths[kind].write_text("#!/bin/sh\n")
+        paths[kind].chmod(0o755)
+    os.utime(paths["release"], (1_000_000, 1_000_000))  # the debug build is newer
+    assert tool.find_binary(None) == str(paths["release"])
+    paths["release"].unlink()
+    assert tool.find_binary(None) == str(paths["debug"])
+    paths["debug"].unlink()
+    with pytest.raises(tool.Fail, match="no shardrank binary"):
+        tool.find_binary(None)
+
+
 def test_4x2_plus_coordinator_serves_within_10s(tmp_path_factory, tmp_path, run_dir):
     d = tmp_path_factory.mktemp("cluster-tables-4")
     write_input(str(d / "input"), n_items=400, n_users=40)
