@@ -1,4 +1,4 @@
-"""MovieLens → ShardRank input directory (DESIGN.md §2). Run through scripts/movielens, which
+"""MovieLens → ShardRank input directory (docs/data.md). Run through scripts/movielens, which
 installs the pinned dependencies (scripts/movielens-requirements.txt) into .venv first.
 
 Reads one of the layouts GroupLens distributes (ml-100k: u.data/u.item/u.user; ml-1m and ml-10m:

@@ -1,6 +1,6 @@
 public import Foundation
 
-/// The topology file (JSON, DESIGN.md §2; documented in docs/operations.md): where the table set
+/// The topology file (JSON, documented in docs/operations.md): where the table set
 /// lives, the replicas of every shard, the coordinators, and optional coordinator settings.
 ///
 /// ```json

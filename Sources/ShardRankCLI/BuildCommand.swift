@@ -9,7 +9,7 @@ internal import Darwin
 #endif
 
 /// `shardrank build --input DIR --out ROOT --shards S [--dtype f32|f16|int8] [--similar K] [--recent N]`:
-/// turns an input directory (DESIGN.md §2) into the next table-set version `ROOT/v<N+1>/`.
+/// turns an input directory (docs/data.md) into the next table-set version `ROOT/v<N+1>/`.
 /// Progress goes to stderr; on bad input it prints `error: FILE:LINE: message` and exits 1 with
 /// nothing published. On success it prints the published version directory on stdout.
 struct BuildCommand: ParsableCommand {

@@ -1,6 +1,6 @@
 import ArgumentParser
 
-/// `shardrank`: one binary, one subcommand per component (DESIGN.md §2).
+/// `shardrank`: one binary, one subcommand per component (README.md).
 @main
 struct ShardRank: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

@@ -8,7 +8,7 @@ internal import Darwin
 
 /// `shardrank synth --out DIR [--users N] [--items M] [--dim D] [--genres G] [--countries C] [--seed S]
 /// [--heldout H] [--interactions-per-user K] [--quiet]`: writes a deterministic synthetic world as
-/// an input directory (DESIGN.md §2; the model is in docs/data.md). Progress on stderr; bad
+/// an input directory (docs/data.md, with the model). Progress on stderr; bad
 /// arguments exit 64 (usage), an unwritable DIR "error: …" and exit 1. Prints DIR on stdout.
 struct SynthCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -80,7 +80,7 @@ public struct SynthSummary: Sendable, Equatable {
 
 /// The deterministic synthetic world (issue 7): a latent-factor model with genres, countries,
 /// Zipf popularity and sampled, time-stamped histories, written as the input directory of
-/// DESIGN.md §2 (what `shardrank build` reads). Same parameters → same bytes.
+/// docs/data.md (what `shardrank build` reads). Same parameters → same bytes.
 public enum Synth {
     /// The `formatVersion` written to world.json; bump it when the same seed stops giving the same world.
     public static let formatVersion = 1

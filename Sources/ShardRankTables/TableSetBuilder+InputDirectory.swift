@@ -63,7 +63,7 @@ extension TableSetBuilder {
         public static let popularKey = "all"
     }
 
-    /// Reads an input directory (DESIGN.md §2), validates all of it, derives profiles and lists,
+    /// Reads an input directory (docs/data.md), validates all of it, derives profiles and lists,
     /// and publishes it as the next version under `root`. Returns the version published.
     ///
     /// Inputs: `items.npy` + `item_ids.npy` (required); `users.npy` + `user_ids.npy`; `items.csv`

@@ -2,7 +2,7 @@ import Foundation
 import Testing
 @testable import ShardRankTables
 
-/// A small, hand-checkable input directory (DESIGN.md §2) written into a temp dir.
+/// A small, hand-checkable input directory (docs/data.md) written into a temp dir.
 struct SmallWorld {
     var itemIDs: [Int64] = [10, 20, 30, 40]
     var items: [[Float]] = [[1, 0], [0.9, 0.1], [0, 1], [-1, 0]]
