@@ -3,6 +3,9 @@ import NIOPosix
 public import RPCCore
 public import RPCHTTP2
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Client settings.
 public struct ClientConfiguration: Sendable {
@@ -220,6 +223,24 @@ public final class RPCChannel: Sendable {
         throw RPCError(.unavailable, "cannot connect to \(target): \(backoffError ?? "no connection") (retrying with backoff)")
     }
 
+    /// A connect failure in words a person can act on (NIO's own description nests its internals).
+    static func describe(connectError error: any Error) -> String {
+        var errnos: [Int32] = []
+        if let e = error as? NIOConnectionError {
+            if e.dnsAError != nil || e.dnsAAAAError != nil, e.connectionErrors.isEmpty { return "cannot resolve the host name" }
+            errnos = e.connectionErrors.compactMap { ($0.error as? IOError)?.errnoCode }
+        } else if let e = error as? IOError {
+            errnos = [e.errnoCode]
+        } else if error is ChannelError, "\(error)".contains("connectTimeout") {
+            return "connection timed out (is the host reachable?)"
+        }
+        if errnos.contains(ECONNREFUSED) { return "connection refused: nothing is listening there (is the server running?)" }
+        if errnos.contains(ENETUNREACH) || errnos.contains(EHOSTUNREACH) { return "network unreachable" }
+        if errnos.contains(ETIMEDOUT) { return "connection timed out (is the host reachable?)" }
+        if let first = errnos.first { return String(cString: strerror(first)) }
+        return "\(error)"
+    }
+
     private func startConnect(_ slot: Slot) -> EventLoopFuture<ConnectionBox> {
         let config = configuration
         let nanos = config.connectTimeout.components.seconds * 1_000_000_000 + config.connectTimeout.components.attoseconds / 1_000_000_000
@@ -271,7 +292,7 @@ public final class RPCChannel: Sendable {
             }
         }
         return future.flatMapErrorThrowing { error in
-            throw RPCError(.unavailable, "cannot connect to \(target): \(error)")
+            throw RPCError(.unavailable, "cannot connect to \(target): \(Self.describe(connectError: error))")
         }
     }
 }

@@ -136,7 +136,17 @@ struct InfoCommand: AsyncParsableCommand {
     func run() async throws {
         let timeout = Duration.milliseconds(client.timeoutMs)
         let info = try await withChannel(client) { (ch) throws(RPCError) in
-            try await ShardClient(channel: ch).info(timeout: timeout)
+            do throws(RPCError) {
+                return try await ShardClient(channel: ch).info(timeout: timeout)
+            } catch {
+                // Not a shard: say what it is when it answers health for the Recommender.
+                if error.code == .unimplemented,
+                   (try? await HealthClient(channel: ch).check(service: "shardrank.v1.Recommender", timeout: timeout)) != nil {
+                    throw RPCError(.unimplemented, "\(ch.target) is a coordinator, not a shard: `info` describes a shard "
+                                   + "(ask a coordinator with `shardrank recommend` or `shardrank health`)")
+                }
+                throw error
+            }
         }
         print("source \(info.source)  version \(info.version)  shard \(info.shard) of \(info.shardCount)  hash \(info.hash)  mapped \(info.mappedBytes) bytes")
         for t in info.tables {

@@ -2,6 +2,7 @@
 stock gRPC client; then process faults: kill -9 a shard, SIGSTOP a shard, kill a replica under
 load. Every answer is either complete or flagged degraded, and arrives by its deadline."""
 import json
+import re
 import os
 import signal
 import threading
@@ -220,4 +221,26 @@ def test_loadtest_exits_3_when_too_many_requests_fail(tmp_path, server_factory):
     assert ok.returncode == 0, ok.stderr
     bad = subprocess.run(base + ["--max-error-share", "2"], capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "--max-error-share must be 0...1" in bad.stderr
+    cl.close()
+
+
+def test_cli_first_contact_messages(tmp_path, server_factory):
+    """`--version` answers; a refused connection says nothing listens there (not NIO internals);
+    `info` against a coordinator says it is a coordinator."""
+    import socket
+    import subprocess
+    v = subprocess.run([shardrank_bin(), "--version"], capture_output=True, text=True, timeout=30)
+    assert v.returncode == 0 and re.fullmatch(r"\d+\.\d+\.\d+", v.stdout.strip()), v.stdout
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    refused = subprocess.run([shardrank_bin(), "health", "--target", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1
+    assert "nothing is listening there" in refused.stderr and "SingleConnectionFailure" not in refused.stderr, refused.stderr
+    cl = LocalCluster(tmp_path, server_factory)
+    info = subprocess.run([shardrank_bin(), "info", "--target", cl.coordinator.target], capture_output=True, text=True, timeout=30)
+    assert info.returncode == 1 and "is a coordinator, not a shard" in info.stderr, info.stderr
+    shard = subprocess.run([shardrank_bin(), "info", "--target", cl.shards[0][0].target], capture_output=True, text=True, timeout=30)
+    assert shard.returncode == 0 and "shard 0 of" in shard.stdout
     cl.close()
