@@ -500,6 +500,8 @@ def cmd_up(args):
     tables = tables_root(topo, args.topology)
     binary = find_binary(args.binary)
     log(f"binary {binary}")
+    if not any(p["role"] == "coordinator" for p in procs):
+        log("the topology lists no \"coordinators\": starting shards only (add \"coordinators\": [\"127.0.0.1:PORT\"] for one)")
     model = topo.get("model")
     if model is not None and not isinstance(model, str):
         raise Fail("'model' must be the path of the MLP weights (.safetensors)")

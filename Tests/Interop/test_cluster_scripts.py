@@ -218,6 +218,18 @@ def test_a_taken_port_is_refused_by_address(tables, tmp_path, run_dir):
         holder.close()
 
 
+def test_a_topology_without_coordinators_says_so(tables, tmp_path, run_dir):
+    p0, p1 = free_ports(2)
+    topo = write_topology(tmp_path / "shards-only.json", tables, [[f"127.0.0.1:{p0}"], [f"127.0.0.1:{p1}"]], [])
+    try:
+        out = cluster("up", topo, "--run-dir", run_dir, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "no \"coordinators\": starting shards only" in out.stderr, out.stderr
+        assert "binary " in out.stderr, "cluster/up names the binary it runs"
+    finally:
+        cluster("down", topo, "--run-dir", run_dir, timeout=60)
+
+
 def test_a_process_that_fails_to_start_is_reported_and_undone(tables, tmp_path, run_dir):
     ports = free_ports(4)
     # Three shards over a table set built for two: every shard exits at once with a reason.
