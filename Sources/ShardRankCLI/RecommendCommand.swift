@@ -73,6 +73,7 @@ struct RecommendCommand: AsyncParsableCommand {
             print("{\"user_id\":\(user),\"version\":\(r.version),\"cold_start\":\(r.coldStart),\"candidates\":\(r.candidates),\"items\":[\(items.joined(separator: ","))],"
                 + "\"timings_us\":{\"retrieve\":\(t.retrieveMicros),\"filter\":\(t.filterMicros),\"gather\":\(t.gatherMicros),\"rank\":\(t.rankMicros),\"post_rank\":\(t.postRankMicros),\"total\":\(t.totalMicros)},"
                 + "\"coverage\":{\"shards_asked\":\(cov.shardsAsked),\"shards_answered\":\(cov.shardsAnswered),\"degraded\":\(cov.degraded),\"reasons\":[\(cov.degradedReasons.map { "\"\($0.replacingOccurrences(of: "\"", with: "'"))\"" }.joined(separator: ","))]}}")
+            try Self.exitForIncomplete(r)
             return
         }
         let info = try items.map { try Self.itemInfo(path: $0, ids: Set(r.items.map(\.itemID))) } ?? [:]
@@ -92,6 +93,20 @@ struct RecommendCommand: AsyncParsableCommand {
         }
         if let c = r.coverage, c.degraded || c.shardsAnswered < c.shardsAsked {
             print("DEGRADED: \(c.shardsAnswered)/\(c.shardsAsked) shards answered; " + c.degradedReasons.joined(separator: "; "))
+        }
+        try Self.exitForIncomplete(r)
+    }
+
+    /// The answer is printed either way; a degraded answer exits 4, an empty one 5 (scripts must
+    /// not take either for a full recommendation).
+    static func exitForIncomplete(_ r: RecommendResponse) throws {
+        if let c = r.coverage, c.degraded || c.shardsAnswered < c.shardsAsked {
+            FileHandleStderr.write("shardrank recommend: the answer is degraded (\(c.shardsAnswered) of \(c.shardsAsked) shards answered)\n")
+            throw ExitCode(4)
+        }
+        if r.items.isEmpty {
+            FileHandleStderr.write("shardrank recommend: the answer is empty (version \(r.version), \(r.candidates) candidates)\n")
+            throw ExitCode(5)
         }
     }
 }

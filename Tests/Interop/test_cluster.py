@@ -224,6 +224,21 @@ def test_loadtest_exits_3_when_too_many_requests_fail(tmp_path, server_factory):
     cl.close()
 
 
+def test_recommend_cli_exit_status_says_degraded(pb, rpb, tmp_path, server_factory):
+    """`shardrank recommend` prints every answer, and exits 4 when it is degraded (a shard down)."""
+    import subprocess
+    cl = LocalCluster(tmp_path, server_factory)
+    args = [shardrank_bin(), "recommend", "--coordinator", cl.coordinator.target, "--user", "7", "--timeout-ms", "2000"]
+    full = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    assert full.returncode == 0, full.stderr
+    cl.shards[1][0].proc.kill()
+    cl.shards[1][0].proc.wait(timeout=10)
+    deg = subprocess.run(args + ["--json"], capture_output=True, text=True, timeout=30)
+    assert deg.returncode == 4, (deg.returncode, deg.stderr)
+    assert json.loads(deg.stdout)["coverage"]["degraded"] and "degraded" in deg.stderr
+    cl.close()
+
+
 def test_cli_first_contact_messages(tmp_path, server_factory):
     """`--version` answers; a refused connection says nothing listens there (not NIO internals);
     `info` against a coordinator says it is a coordinator."""

@@ -79,8 +79,10 @@ def proc_name(row):
 def recommend(target, user=7):
     out = sh(shardrank_bin(), "recommend", "--coordinator", target, "--user", str(user), "--json", "--timeout-ms", "1000",
              timeout=30)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
+    doc = json.loads(out.stdout)
+    # A full answer exits 0, a degraded one 4 (the answer is printed either way).
+    assert out.returncode == (4 if doc["coverage"]["degraded"] else 0), out.stderr
+    return doc
 
 
 @pytest.fixture(scope="module")
