@@ -150,6 +150,16 @@ public final class ShardCluster: Sendable {
         for r in replicas.joined() { await r.channel.close() }
     }
 
+    /// Whether the coordinator can answer completely: a table-set version is pinned and every
+    /// shard has a replica whose last health check said SERVING. Drives the coordinator's own
+    /// health status (readiness); requests are served either way (degraded and flagged).
+    public var readiness: (ready: Bool, reason: String) {
+        if pinnedVersion == 0 { return (false, "no table-set version known yet (no shard has answered Info)") }
+        let down = replicas.indices.filter { s in !replicas[s].contains { r in r.state.withLock { $0.serving } } }
+        if !down.isEmpty { return (false, "no SERVING replica for shard(s) \(down.map(String.init).joined(separator: ", "))") }
+        return (true, "")
+    }
+
     /// The version to pin: the lowest version any serving replica reports (every shard holds it,
     /// the newer ones as their previous version during a rollout); 0 when unknown.
     public var pinnedVersion: UInt64 {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Synchronization
 import Coordinator
 import Logging
 import NIOPosix
@@ -74,9 +75,28 @@ struct CoordinatorCommand: AsyncParsableCommand {
             shardCalls.set(to: Double(cluster.callCount))
         }
         let health = HealthService(services: ["shardrank.v1.Recommender"])
+        // Readiness: SERVING only while the coordinator can answer completely (a version pinned,
+        // every shard reachable); re-evaluated after every round of health checks.
+        let draining = Atomic<Bool>(false)
+        if !cluster.readiness.ready {
+            for name in ["", "shardrank.v1.Recommender"] { health.set(.notServing, for: name) }
+        }
+        let readinessTask = Task {
+            var last: Bool?
+            while !Task.isCancelled {
+                let (ready, reason) = cluster.readiness
+                if !draining.load(ordering: .relaxed) {
+                    for name in ["", "shardrank.v1.Recommender"] { health.set(ready ? .serving : .notServing, for: name) }
+                    if ready != last { logger.info(ready ? "ready: SERVING" : "not ready (NOT_SERVING): \(reason)") }
+                }
+                last = ready
+                try? await Task.sleep(for: .milliseconds(Int(topo.settings.healthIntervalMs)))
+            }
+        }
         let router = Router(services: [health, RecommenderService(recommender: recommender)])
         logger.info("coordinator over \(topo.shardCount) shards (\(topo.shards.map(\.count).reduce(0, +)) replicas), pinned version \(cluster.pinnedVersion)")
-        try await serve(router: router, health: health, options: server, logger: logger, what: "coordinator", metrics: metrics, group: group)
+        try await serve(router: router, health: health, options: server, logger: logger, what: "coordinator", metrics: metrics, group: group,
+                        beforeDrain: { draining.store(true, ordering: .relaxed); readinessTask.cancel() })
         let users = recommender.cacheCounts
         logger.info("made \(cluster.callCount) shard calls; caches: users \(users.users), lists \(users.lists), rows \(users.rows) (hits/misses)")
         await cluster.stop()

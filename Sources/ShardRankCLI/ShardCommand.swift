@@ -202,7 +202,8 @@ func makeLogger(_ label: String, level: String) -> Logger {
 /// Starts `router` on a server (and the admin endpoint when asked), prints the bound address,
 /// waits for SIGTERM/SIGINT, then: health → NOT_SERVING, end health watches, GOAWAY, drain, exit.
 func serve(router: Router, health: HealthService, options: ServerOptions, logger: Logger, what: String,
-           metrics: ServerMetrics = ServerMetrics(), group: MultiThreadedEventLoopGroup? = nil) async throws {
+           metrics: ServerMetrics = ServerMetrics(), group: MultiThreadedEventLoopGroup? = nil,
+           beforeDrain: @Sendable () -> Void = {}) async throws {
     // Response buffers (64 KiB-4 MiB) come and go at a high rate: keep glibc from serving them
     // with fresh mmap/munmap pairs (a page fault per 4 KiB on every response, ~10 % of server
     // CPU in perf) by raising the mmap threshold and keeping freed memory for reuse.
@@ -229,6 +230,7 @@ func serve(router: Router, health: HealthService, options: ServerOptions, logger
     printFlushed("shardrank \(what): listening on \(options.host):\(port)")
     let sig = await waitForTerminationSignal()
     logger.info("\(sig): health NOT_SERVING, draining in-flight calls")
+    beforeDrain()
     health.setAllNotServing()
     try? await Task.sleep(for: .milliseconds(100))
     health.finishWatchers()

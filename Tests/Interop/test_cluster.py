@@ -259,3 +259,25 @@ def test_cli_first_contact_messages(tmp_path, server_factory):
     shard = subprocess.run([shardrank_bin(), "info", "--target", cl.shards[0][0].target], capture_output=True, text=True, timeout=30)
     assert shard.returncode == 0 and "shard 0 of" in shard.stdout
     cl.close()
+
+
+def test_coordinator_is_ready_only_when_its_shards_are(tmp_path, server_factory):
+    """Readiness: a coordinator whose shards cannot be reached says NOT_SERVING (and `shardrank
+    health` exits 2), and SERVING once they answer; it still answers Recommend (degraded) meanwhile."""
+    import socket
+    import subprocess
+    cl = LocalCluster(tmp_path, server_factory)
+    health = [shardrank_bin(), "health", "--target", cl.coordinator.target]
+    ok = subprocess.run(health, capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0 and ok.stdout.strip() == "SERVING", (ok.stdout, ok.stderr)
+    # A coordinator over a shard that is not there.
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead = s.getsockname()[1]
+    s.close()
+    topo = tmp_path / "dead.json"
+    topo.write_text(json.dumps({"shards": [[f"127.0.0.1:{dead}"]], "coordinator": {"health_interval_ms": 100}}))
+    lonely = server_factory(["coordinator", "--topology", str(topo), "--port", "0", "--log-level", "warning"])
+    out = subprocess.run([shardrank_bin(), "health", "--target", lonely.target], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and out.stdout.strip() == "NOT_SERVING", (out.stdout, out.stderr)
+    cl.close()

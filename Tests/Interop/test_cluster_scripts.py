@@ -159,12 +159,23 @@ def test_local_up_status_rerun_down(tables, tmp_path, run_dir):
     deadline = time.monotonic() + 5
     while alive(victim) and time.monotonic() < deadline:
         time.sleep(0.05)
-    rc, rows = status_json(topo, run_dir)
-    assert rc == 1 and [r["health"] for r in rows] == ["SERVING", "STOPPED", "SERVING"]
+    # The coordinator stops saying SERVING once it notices (readiness: every shard reachable).
+    deadline = time.monotonic() + 10
+    while True:
+        rc, rows = status_json(topo, run_dir)
+        if [r["health"] for r in rows] == ["SERVING", "STOPPED", "NOT_SERVING"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert rc == 1 and [r["health"] for r in rows] == ["SERVING", "STOPPED", "NOT_SERVING"]
     healed = cluster("up", topo, "--run-dir", run_dir, "--json")
     assert healed.returncode == 0, healed.stderr
     rows = json.loads(healed.stdout)
-    assert all(r["health"] == "SERVING" for r in rows)
+    assert [r["health"] for r in rows][:2] == ["SERVING", "SERVING"]
+    deadline = time.monotonic() + 10
+    while rows[2]["health"] != "SERVING" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        rows = status_json(topo, run_dir)[1]
+    assert all(r["health"] == "SERVING" for r in rows), rows
     assert rows[0]["pid"] == pids["shard-0-0"] and rows[2]["pid"] == pids["coordinator-0"]
     assert rows[1]["pid"] != victim
 
