@@ -126,7 +126,7 @@ public struct CoordinatorSettings: Sendable, Equatable {
     public var searchShardSigma: Double = 4
     /// Ranked lists and users (vector + profile) the coordinator keeps per version (0: off).
     public var listCacheEntries = 200_000
-    public var userCacheEntries = 50_000
+    public var userCacheEntries = 200_000
 
     public init() {}
 
