@@ -84,11 +84,15 @@ public final class ShardCluster: Sendable {
     let settings: CoordinatorSettings
     let logger: Logger
     private let healthTask = Mutex<Task<Void, Never>?>(nil)
+    /// Health checks run on one of the cluster's event loops (not the cooperative pool, which
+    /// CPU-heavy work in the process may hold: a late check would mark live replicas down).
+    private let healthExecutor: EventLoopTaskExecutor
     let hedges = Atomic<Int>(0)
     let ejections = Atomic<Int>(0)
     let calls = Atomic<Int>(0)
 
     public init(topology: Topology, group: any EventLoopGroup, logger: Logger) throws(RPCError) {
+        healthExecutor = EventLoopTaskExecutor(group.next())
         shardCount = topology.shardCount
         settings = topology.settings
         self.logger = logger
@@ -104,7 +108,7 @@ public final class ShardCluster: Sendable {
     /// Starts health checks (and version reads) every `healthIntervalMs`.
     public func startHealthChecks() {
         let interval = settings.healthIntervalMs
-        let task = Task { [weak self] in
+        let task = Task(executorPreference: healthExecutor) { [weak self] in
             var tick = 0
             while !Task.isCancelled {
                 guard let self else { return }

@@ -94,7 +94,7 @@ public enum LoadDriver {
                                 end: origin.advanced(by: config.warmup + config.duration))
 
         let reporter: Task<Void, Never>? = progress.map { sink in
-            Task {
+            Task(executorPreference: workers[0].executor) {
                 var tick = 1
                 var cumulative = PhaseStats()
                 while !Task.isCancelled {
@@ -114,7 +114,10 @@ public enum LoadDriver {
 
         await withTaskGroup(of: Void.self) { group in
             for w in workers {
-                group.addTask {
+                // Each worker's tasks run on its own event loop, where its connections live: the
+                // calls start and complete on that thread, and the driver needs nothing from the
+                // cooperative pool (which other work in the process may be holding).
+                group.addTask(executorPreference: w.executor) {
                     switch config.mode {
                     case .closed(let concurrency):
                         let share = concurrency / config.threads + (w.index < concurrency % config.threads ? 1 : 0)
@@ -250,10 +253,14 @@ final class Worker: Sendable {
     private let keepLog: Bool
     private let state = Mutex<(measured: PhaseStats, interval: IntervalStats, log: [LatencyRecord])>((PhaseStats(), IntervalStats(), []))
 
+    /// The worker's event loop as a task executor (its tasks run there).
+    let executor: EventLoopTaskExecutor
+
     init(index: Int, configuration: LoadTestConfiguration, connections: Int) {
         self.index = index
         keepLog = configuration.keepLatencyLog
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        executor = EventLoopTaskExecutor(group.next())
         var cc = ClientConfiguration()
         cc.connections = connections
         // The target was validated and reached in resolveShape.
