@@ -32,7 +32,10 @@ enum Ranking {
             }
             return scores
         }
-        guard let user, user.count == dim else { return scores }
+        guard let user else { return scores }
+        guard user.count == dim else {
+            throw RPCError(.failedPrecondition, "the user vector has dim \(user.count), the item vectors \(dim): the users and items tables do not match")
+        }
         user.withUnsafeBufferPointer { u in
             scores.withUnsafeMutableBufferPointer { s in InnerProducts.dot(query: u.baseAddress!, rows: rows, scores: s.baseAddress!) }
         }

@@ -33,10 +33,6 @@ public final class EventLoopExecutors: Sendable {
         executors.first { $0.eventLoop === loop }
     }
 
-    /// The executor of the event loop this thread runs, or nil off the group's threads.
-    public var current: EventLoopTaskExecutor? {
-        executors.first { $0.eventLoop.inEventLoop }
-    }
 }
 
 /// A task executor over a server's `NIOThreadPool`: where async handlers placed `.workerPool` run.

@@ -209,8 +209,8 @@ public final class RPCChannel: Sendable {
                 }
             }
             if let deadline {
-                let nanos = max(0, ContinuousClock.now.duration(to: deadline).components.seconds * 1_000_000_000
-                                   + ContinuousClock.now.duration(to: deadline).components.attoseconds / 1_000_000_000)
+                let left = ContinuousClock.now.duration(to: deadline).components
+                let nanos = max(0, left.seconds * 1_000_000_000 + left.attoseconds / 1_000_000_000)
                 let timer = loop.scheduleTask(in: .nanoseconds(nanos)) {
                     promise.fail(RPCError(.deadlineExceeded, "deadline exceeded while connecting to \(target)"))
                 }

@@ -263,12 +263,11 @@ public final class TableSetBackend: ShardBackend {
         let ts = try snapshot(pinned: req.version)
         let table = try searchTable(req, ts)
         if let plan = try ANNSearch.plan(req, index: ts.index(req.table), serving: annServing) {
-            return searchResponse(try ANNSearch.run(plan, req, context: context, monitor: recallMonitor), ts, mode: .ann,
-                                  rowsOf: req.withRows ? table : nil)
+            return searchResponse(try ANNSearch.run(plan, req, context: context, monitor: recallMonitor), ts, mode: .ann, req, table)
         }
         let (hits, _) = try SearchBatcher.chunked(table: table, queries: req.queries, queryCount: req.queryCount, k: Int(req.k),
                                                   exclude: req.excludeIDs, pool: pool, context: context)
-        return searchResponse(hits, ts, rowsOf: req.withRows ? table : nil)
+        return searchResponse(hits, ts, req, table)
     }
 
     public var deferredSearch: Bool { true }
@@ -285,7 +284,7 @@ public final class TableSetBackend: ShardBackend {
             try context.checkCancellation()
             if let plan = try ANNSearch.plan(req, index: ts.index(req.table), serving: annServing) {
                 respond(.success(searchResponse(try ANNSearch.run(plan, req, context: context, monitor: recallMonitor), ts, mode: .ann,
-                                                rowsOf: req.withRows ? table : nil)))
+                                                req, table)))
                 return
             }
         } catch {
@@ -297,7 +296,7 @@ public final class TableSetBackend: ShardBackend {
             do throws(RPCError) {
                 let (hits, _) = try SearchBatcher.chunked(table: table, queries: req.queries, queryCount: req.queryCount, k: Int(req.k),
                                                           exclude: req.excludeIDs, pool: nil, context: context)
-                respond(.success(searchResponse(hits, ts, rowsOf: req.withRows ? table : nil)))
+                respond(.success(searchResponse(hits, ts, req, table)))
             } catch {
                 respond(.failure(error))
             }
@@ -305,14 +304,15 @@ public final class TableSetBackend: ShardBackend {
         }
         batcher.submit(SearchBatcher.Job(owner: ts, table: table, queries: req.queries, queryCount: req.queryCount, k: Int(req.k),
                                          exclude: req.excludeIDs, context: context) { [self] result in
-            respond(result.map { searchResponse($0, ts, rowsOf: req.withRows ? table : nil) })
+            respond(result.map { searchResponse($0, ts, req, table) })
         })
     }
 
-    /// The response; with `rowsOf`, each hit's row as stored (and its int8 scale) rides along.
+    /// The response to `req`; with `req.withRows`, each hit's row of `table` as stored (and its
+    /// int8 scale) rides along.
     private func searchResponse(_ hits: [[ShardRankKernels.ScoredItem]], _ ts: LoadedTableSet, mode: SearchMode = .exact,
-                                rowsOf table: EmbeddingTable? = nil) -> SearchResponse {
-        guard let table else {
+                                _ req: SearchRequest, _ table: EmbeddingTable) -> SearchResponse {
+        guard req.withRows else {
             return SearchResponse(results: hits.map { h in SearchHits(ids: h.map(\.id), scores: h.map(\.score)) }, version: ts.version,
                                   shard: UInt32(shard), shardCount: UInt32(shardCount), mode: mode)
         }

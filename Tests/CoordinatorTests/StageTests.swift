@@ -80,6 +80,16 @@ import ShardRankWire
                 #expect(error.code == .invalidArgument && error.message.contains(model))
             }
         }
+        // A user vector of another width than the items is a configuration error, not zero scores.
+        do {
+            _ = try Self.rows.withUnsafeBufferPointer { r throws(RPCError) in
+                try Ranking.scores(model: "dot", mlp: nil, user: [1, 1, 1], rows: RowMatrix(f32: r.baseAddress!, count: 4, dimension: 2),
+                                   pool: WorkerPool(threadCount: 1))
+            }
+            Issue.record("a 3-dim user vector was scored against 2-dim items")
+        } catch {
+            #expect(error.code == .failedPrecondition && error.message.contains("dim 3"))
+        }
         let cold = Ranking.retrievalScores(ids: [9, 8, 7], merged: [MergedCandidate(id: 8, score: 3, sources: 1), MergedCandidate(id: 9, score: 1, sources: 2)])
         #expect(cold == [1, 3, 0])
     }
