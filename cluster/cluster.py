@@ -438,7 +438,7 @@ def tables_root(topo, topology_path):
     return root
 
 
-def command_for(binary, p, s_count, tables, effective, model, netns):
+def command_for(binary, p, s_count, tables, effective, model, netns, rankers=None):
     host, port = split_addr(p["address"])
     if p["role"] == "shard":
         argv = [binary, "shard", "--tables", tables, "--shard", str(p["shard"]), "--of", str(s_count)]
@@ -446,6 +446,8 @@ def command_for(binary, p, s_count, tables, effective, model, netns):
         argv = [binary, "coordinator", "--topology", effective]
         if model:
             argv += ["--model", model]
+        for name, path in sorted((rankers or {}).items()):
+            argv += ["--ranker", f"{name}={path}"]
     argv += ["--host", host, "--port", str(port)]
     if p.get("admin"):
         argv += ["--admin-port", p["admin"].rsplit(":", 1)[1]]
@@ -507,6 +509,14 @@ def cmd_up(args):
         raise Fail("'model' must be the path of the MLP weights (.safetensors)")
     if model and not os.path.isabs(model):
         model = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(args.topology)), model))
+    rankers = topo.get("rankers") or {}
+    if not isinstance(rankers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in rankers.items()):
+        raise Fail("'rankers' must be an object of NAME: \"model file\" strings (LightGBM text models)")
+    rankers = {k: v if os.path.isabs(v) else os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(args.topology)), v))
+               for k, v in rankers.items()}
+    for k, v in rankers.items():
+        if not os.path.isfile(v):
+            raise Fail(f"ranker '{k}': {v} is not a file")
     if not use_netns:
         for p in procs:
             host, _ = split_addr(p["address"])
@@ -566,6 +576,8 @@ def cmd_up(args):
         eff["coordinators"] = [p["address"] for p in effective_procs if p["role"] == "coordinator"]
         if model:
             eff["model"] = model
+        if rankers:
+            eff["rankers"] = rankers
         effective = os.path.join(run_dir, "topology.json")
         write_atomic(effective, json.dumps(eff, indent=2) + "\n")
 
@@ -584,7 +596,7 @@ def cmd_up(args):
                 group = [p for p in todo if p["role"] == role]
                 for p in group:
                     ns = plan["hosts"][p["name"]]["netns"] if plan else None
-                    started[p["name"]] = start(run_dir, p, command_for(binary, p, len(topo["shards"]), tables, effective, model, ns))
+                    started[p["name"]] = start(run_dir, p, command_for(binary, p, len(topo["shards"]), tables, effective, model, ns, rankers))
                     log(f"started {p['name']} (pid {started[p['name']].pid}) on {p['address']}")
                 wait_serving(binary, run_dir, [p for p in effective_procs if p["role"] == role], started, deadline)
         except BaseException:

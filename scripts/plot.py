@@ -30,35 +30,46 @@ def load(path):
         fail(f"{path}:{e.lineno}: not JSON ({e.msg})")
 
 
-def plot_eval(report, out, metric):
+def plot_eval(report, out, metric=None, k=None):
+    """Quality@K against the retrieval budget, one line per ranking model, with the exhaustive and
+    popularity baselines as horizontal lines and each model's p99 latency on a second axis; one
+    panel per metric (recall, NDCG, MAP), or only `metric`."""
     rows = report["rows"]
-    ks = [str(k) for k in report["ks"]]
-    two = sorted((r for r in rows if r["name"] == "two-stage"), key=lambda r: r["budget"])
+    two = [r for r in rows if r["name"] == "two-stage"]
     if not two:
         fail("eval report has no two-stage rows")
-    budgets = [r["budget"] for r in two]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for k in ks:
-        line, = ax1.plot(budgets, [r["metrics"][k][metric] for r in two], marker="o", label=f"two-stage {metric}@{k}")
+    ks = [str(x) for x in report["ks"]]
+    k = str(k) if k is not None else ("10" if "10" in ks else ks[0])
+    if k not in ks:
+        fail(f"--k {k}: the report has K in {', '.join(ks)}")
+    models = list(dict.fromkeys(r.get("model", report.get("model", "dot")) for r in two))
+    metrics = [metric] if metric else ["recall", "ndcg", "map_common"]
+    titles = {"recall": "recall", "ndcg": "NDCG", "map_common": "MAP", "map_course": "MAP (course)", "precision": "precision"}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.6 * len(metrics), 4.4), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, m in zip(axes[0], metrics):
+        lat = ax.twinx()
+        for n, model in enumerate(models):
+            mine = sorted((r for r in two if r.get("model", report.get("model", "dot")) == model), key=lambda r: r["budget"])
+            budgets = [r["budget"] for r in mine]
+            c = colors[n % len(colors)]
+            ax.plot(budgets, [r["metrics"][k][m] for r in mine], marker="o", color=c, label=f"{model} {titles[m]}@{k}")
+            lat.plot(budgets, [r["latency_p99_ms"] for r in mine], marker="x", linestyle="--", linewidth=1, color=c, alpha=0.6,
+                     label=f"{model} p99 latency")
         for r in rows:
             if r["name"] == "exhaustive":
-                ax1.axhline(r["metrics"][k][metric], color=line.get_color(), linestyle="--", linewidth=1,
-                            label=f"exhaustive @{k}")
+                ax.axhline(r["metrics"][k][m], color="black", linestyle="--", linewidth=1, label="exhaustive (dot)")
             if r["name"] == "popularity":
-                ax1.axhline(r["metrics"][k][metric], color=line.get_color(), linestyle=":", linewidth=1,
-                            label=f"popularity @{k}")
-    ax1.set_xscale("log")
-    ax1.set_xlabel("retrieval budget (candidates)")
-    ax1.set_ylabel(metric)
-    ax1.set_title(f"{metric} vs retrieval budget")
-    ax1.legend(fontsize=7)
-    ax2.plot(budgets, [r["latency_p99_ms"] for r in two], marker="o", label="p99")
-    ax2.plot(budgets, [r["latency_p50_ms"] for r in two], marker="o", label="p50")
-    ax2.set_xscale("log")
-    ax2.set_xlabel("retrieval budget (candidates)")
-    ax2.set_ylabel("latency (ms)")
-    ax2.set_title("Recommend latency vs retrieval budget")
-    ax2.legend()
+                ax.axhline(r["metrics"][k][m], color="grey", linestyle=":", linewidth=1, label="popularity")
+        ax.set_xscale("log")
+        ax.set_xlabel("retrieval budget (candidates asked of the sources)")
+        ax.set_ylabel(f"{titles[m]}@{k}")
+        lat.set_ylabel("p99 latency (ms)")
+        lat.set_ylim(bottom=0)
+        ax.set_title(f"{titles[m]}@{k} vs retrieval budget")
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = lat.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
@@ -112,14 +123,15 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("reports", nargs="+", help="JSON report files (eval, loadtest or sweep)")
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--metric", default="recall", choices=["recall", "precision", "map_common", "map_course", "ndcg"],
-                   help="eval: the quality metric to plot")
+    p.add_argument("--metric", default=None, choices=["recall", "precision", "map_common", "map_course", "ndcg"],
+                   help="eval: plot only this metric (default: recall, NDCG and MAP side by side)")
+    p.add_argument("--k", type=int, default=None, help="eval: the cut-off K to plot (default 10, else the report's first)")
     a = p.parse_args()
     docs = [load(r) for r in a.reports]
     if docs[0].get("kind") == "eval":
         if len(docs) != 1:
             fail("give one eval report")
-        plot_eval(docs[0], a.out, a.metric)
+        plot_eval(docs[0], a.out, a.metric, a.k)
     else:
         plot_loadtest(docs, a.out)
     print(a.out)

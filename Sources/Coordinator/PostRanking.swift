@@ -11,6 +11,7 @@ import ShardRankKernels
 struct ItemAttributes: Sendable, Equatable {
     var genresMask: UInt64
     var timestamp: Int64
+    var popularity: Float = 0
 }
 
 /// Stage 4 — the final order: a freshness boost, then MMR (λ < 1) or plain best-first, with an

@@ -15,8 +15,8 @@ extension Recommender {
                 throw RPCError(.invalidArgument, "budgets.\(name)=\(v) exceeds the limit of \(settings.maxBudget)")
             }
         }
-        guard Ranking.models.contains(req.model) else {
-            throw RPCError(.invalidArgument, "unknown model '\(req.model)' (known: dot, mlp)")
+        guard Ranking.models.contains(req.model) || rankers[req.model] != nil else {
+            throw RPCError(.invalidArgument, "unknown model '\(req.model)' (known: \(knownModels))")
         }
         if req.model == "mlp" && model == nil {
             throw RPCError(.invalidArgument, "model 'mlp' is not loaded (start the coordinator with --model FILE)")
@@ -35,7 +35,8 @@ extension Recommender {
         }
     }
 
-    /// `Recommend`: the whole two-stage pipeline.
+    /// The model names a request may give, for error messages.
+    var knownModels: String { (["dot", "mlp"] + rankers.keys.sorted()).joined(separator: ", ") }
 
     /// `Recommend`: the whole two-stage pipeline, in at most three rounds of shard calls: the
     /// profile and user vector (one shard; none for a user already cached); the lists the cache
@@ -77,11 +78,14 @@ extension Recommender {
 
         // --- Round 3: the rows retrieval did not bring (and the attributes post-ranking needs).
         let gatherDeadline = trace.stageDeadline(0.85)
+        let ranker = rankers[req.model]
+        let needFeatures = req.returnFeatures || ranker != nil
         let gathered: (ids: [UInt64], rows: CandidateRows), attributes: [UInt64: ItemAttributes]?
-        if req.genreCap > 0 || req.freshnessWeight > 0 {
+        var genreVocabulary: [String] = []
+        if req.genreCap > 0 || req.freshnessWeight > 0 || needFeatures {
             async let attributesTask = itemAttributes(merged.map(\.id), trace: trace, deadline: gatherDeadline)
             gathered = await assemble(merged.map(\.id), search: srch, dim: userVec?.count, trace: trace, deadline: gatherDeadline)
-            attributes = await attributesTask
+            (attributes, genreVocabulary) = await attributesTask
         } else {
             gathered = await assemble(merged.map(\.id), search: srch, dim: userVec?.count, trace: trace, deadline: gatherDeadline)
             attributes = nil
@@ -91,8 +95,25 @@ extension Recommender {
         // --- Rank.
         let ids = gathered.ids
         let matrix = ids.isEmpty ? nil : gathered.rows.matrix
-        var scores = userVec == nil ? Ranking.retrievalScores(ids: ids, merged: merged)
+        let now = req.nowUnixSeconds != 0 ? Double(req.nowUnixSeconds) : PostRanking.unixNow()
+        var scores: [Float]
+        var features: CandidateFeatures?
+        if needFeatures {
+            let dot = userVec == nil ? nil : try Ranking.scores(model: "dot", mlp: nil, user: userVec, rows: matrix, pool: pool)
+            let values = RankingFeatures.compute(ids: ids, dot: dot, plan: plan, lists: lists, search: srch.items, attributes: attributes,
+                                                 genres: genreVocabulary, now: now)
+            if let ranker, userVec != nil {
+                scores = ranker.scores(values, rows: ids.count, pool: pool)
+            } else if userVec == nil {
+                scores = Ranking.retrievalScores(ids: ids, merged: merged)
+            } else {
+                scores = req.model == "mlp" ? try Ranking.scores(model: req.model, mlp: model, user: userVec, rows: matrix, pool: pool) : dot ?? []
+            }
+            if req.returnFeatures { features = CandidateFeatures(names: RankingFeatures.names, itemIDs: ids, values: values) }
+        } else {
+            scores = userVec == nil ? Ranking.retrievalScores(ids: ids, merged: merged)
                                     : try Ranking.scores(model: req.model, mlp: model, user: userVec, rows: matrix, pool: pool)
+        }
         let t4 = ContinuousClock.now
 
         // --- Post-rank: freshness boost, MMR (λ) and an optional per-genre cap.
@@ -100,7 +121,7 @@ extension Recommender {
         options.lambda = req.diversityLambda == 0 ? settings.diversityLambda : req.diversityLambda
         options.genreCap = Int(req.genreCap)
         options.freshnessWeight = req.freshnessWeight
-        options.now = req.nowUnixSeconds != 0 ? Double(req.nowUnixSeconds) : PostRanking.unixNow()
+        options.now = now
         options.halfLife = req.freshnessHalfLifeSeconds != 0 ? Double(req.freshnessHalfLifeSeconds) : settings.freshnessHalfLifeSeconds
         let order = PostRanking.order(scores: &scores, ids: ids, rows: matrix, attributes: attributes, options: options)
         let t5 = ContinuousClock.now
@@ -125,7 +146,7 @@ extension Recommender {
                                    rankMicros: Self.micros(t4 - t3), postRankMicros: Self.micros(t5 - t4),
                                    totalMicros: Self.micros(ContinuousClock.now - trace.start))
         let response = RecommendResponse(items: out, version: trace.answerVersion, timings: timings, coverage: coverage,
-                                         candidates: UInt32(merged.count), coldStart: coldStart)
+                                         candidates: UInt32(merged.count), coldStart: coldStart, features: features)
         observer?.answered(response)
         return response
     }
@@ -136,7 +157,10 @@ extension Recommender {
         guard req.candidateIDs.count <= settings.maxBudget else {
             throw RPCError(.invalidArgument, "\(req.candidateIDs.count) candidates exceed the limit of \(settings.maxBudget)")
         }
-        guard Ranking.models.contains(req.model) else { throw RPCError(.invalidArgument, "unknown model '\(req.model)' (known: dot, mlp)") }
+        if rankers[req.model] != nil {
+            throw RPCError(.invalidArgument, "model '\(req.model)' is a learned ranker over retrieval features, which Rank's caller-supplied candidates lack: use dot or mlp")
+        }
+        guard Ranking.models.contains(req.model) else { throw RPCError(.invalidArgument, "unknown model '\(req.model)' (known: \(knownModels))") }
         let trace = makeTrace(ctx)
         let (userVec, failed) = await userVector(req.userID, trace: trace, deadline: trace.stageDeadline(0.4))
         guard let userVec else {

@@ -21,6 +21,8 @@ public final class Recommender: Sendable {
     public let settings: CoordinatorSettings
     public let router: ShardRouter
     public let model: MLPModel?
+    /// Learned rankers by the name a request's `model` gives (`--ranker NAME=FILE`).
+    public let rankers: [String: ServedRanker]
     public let pool: WorkerPool
     let logger: Logger
     let observer: (any RecommendObserver)?
@@ -30,13 +32,16 @@ public final class Recommender: Sendable {
     let rowCache: RowCache
     /// Users' vectors and profiles already fetched, per table-set version (see `UserCache`).
     let userCache: UserCache
+    /// Item attributes already fetched, per table-set version (see `AttributeCache`).
+    let attributeCache = AttributeCache()
 
-    public init(fetcher: any ShardFetcher, settings: CoordinatorSettings, model: MLPModel? = nil, pool: WorkerPool, logger: Logger,
-                observer: (any RecommendObserver)? = nil) {
+    public init(fetcher: any ShardFetcher, settings: CoordinatorSettings, model: MLPModel? = nil, rankers: [ServedRanker] = [],
+                pool: WorkerPool, logger: Logger, observer: (any RecommendObserver)? = nil) {
         self.fetcher = fetcher
         self.settings = settings
         self.router = ShardRouter(shardCount: fetcher.shardCount)
         self.model = model
+        self.rankers = Dictionary(rankers.map { ($0.name, $0) }, uniquingKeysWith: { _, last in last })
         self.pool = pool
         self.logger = logger
         self.observer = observer
@@ -45,9 +50,9 @@ public final class Recommender: Sendable {
         self.userCache = UserCache(capacity: settings.userCacheEntries)
     }
 
-    public convenience init(cluster: ShardCluster, model: MLPModel? = nil, pool: WorkerPool, logger: Logger,
+    public convenience init(cluster: ShardCluster, model: MLPModel? = nil, rankers: [ServedRanker] = [], pool: WorkerPool, logger: Logger,
                             observer: (any RecommendObserver)? = nil) {
-        self.init(fetcher: cluster, settings: cluster.settings, model: model, pool: pool, logger: logger, observer: observer)
+        self.init(fetcher: cluster, settings: cluster.settings, model: model, rankers: rankers, pool: pool, logger: logger, observer: observer)
     }
 
     var shardCount: Int { fetcher.shardCount }
@@ -437,29 +442,38 @@ public final class Recommender: Sendable {
 
     /// Attributes of `ids` (one call per shard); items without attributes, or on a shard that
     /// failed (flagged degraded), are absent.
-    func itemAttributes(_ ids: [UInt64], trace: Trace, deadline: ContinuousClock.Instant) async -> [UInt64: ItemAttributes] {
+    func itemAttributes(_ ids: [UInt64], trace: Trace, deadline: ContinuousClock.Instant) async -> (items: [UInt64: ItemAttributes], genres: [String]) {
+        let cached = attributeCache.get(version: trace.version, ids: ids)
+        if cached.missing.isEmpty && !cached.genres.isEmpty { return (cached.found, cached.genres) }
         var byShard: [Int: [UInt64]] = [:]
-        for id in ids { byShard[router.shard(ofID: id), default: []].append(id) }
+        for id in cached.missing { byShard[router.shard(ofID: id), default: []].append(id) }
         let table = settings.attributesTable, version = trace.version
+        let vocabulary = Mutex<[String]>([])
         let parts = await perShard(byShard) { shard, list -> [(UInt64, ItemAttributes)]? in
             let req = AttributesRequest(table: table, itemIDs: list, version: version)
             do throws(RPCError) {
                 let r = try await self.counted(shard, trace: trace) { () async throws(RPCError) in
                     try await self.fetcher.attributes(req, shard: shard, deadline: deadline, requestID: trace.requestID)
                 }
+                if !r.genres.isEmpty { vocabulary.withLock { if $0.isEmpty { $0 = r.genres } } }
                 return (0 ..< r.itemIDs.count).map { i in
                     (r.itemIDs[i], ItemAttributes(genresMask: i < r.genreMasks.count ? r.genreMasks[i] : 0,
-                                                  timestamp: i < r.timestamps.count ? r.timestamps[i] : 0))
+                                                  timestamp: i < r.timestamps.count ? r.timestamps[i] : 0,
+                                                  popularity: i < r.popularity.count ? r.popularity[i] : 0))
                 }
             } catch {
                 trace.fail(nil, "attributes: shard \(shard): \(error) (genre cap and freshness boost not applied to its items)")
                 return nil
             }
         }
-        var m: [UInt64: ItemAttributes] = [:]
-        m.reserveCapacity(ids.count)
-        for l in parts { for (id, a) in l { m[id] = a } }
-        return m
+        var fetched: [UInt64: ItemAttributes] = [:]
+        fetched.reserveCapacity(cached.missing.count)
+        for l in parts { for (id, a) in l { fetched[id] = a } }
+        let genres = vocabulary.withLock { $0.isEmpty ? cached.genres : $0 }
+        attributeCache.put(version: trace.version, fetched, genres: genres)
+        var m = cached.found
+        m.merge(fetched) { _, new in new }
+        return (m, genres)
     }
 }
 

@@ -43,9 +43,13 @@ public struct Topology: Sendable, Equatable {
             throw Error(description: "not valid JSON (\(error.localizedDescription))")
         }
         guard let obj = json as? [String: Any] else { throw Error(description: "the top level must be a JSON object") }
-        let known: Set<String> = ["tables", "shards", "coordinators", "coordinator", "admin", "model", "netns"]
+        let known: Set<String> = ["tables", "shards", "coordinators", "coordinator", "admin", "model", "rankers", "netns"]
         for k in obj.keys where !known.contains(k) {
             throw Error(description: "unknown key '\(k)' (known: \(known.sorted().joined(separator: ", ")))")
+        }
+        // "rankers": {"NAME": "FILE"}: the launch scripts pass them as --ranker NAME=FILE.
+        if let r = obj["rankers"], !(r is [String: String]) {
+            throw Error(description: "'rankers' must be an object of NAME: \"model file\" strings")
         }
         let tables = obj["tables"] as? String
         if obj["tables"] != nil && tables == nil { throw Error(description: "'tables' must be a string path") }

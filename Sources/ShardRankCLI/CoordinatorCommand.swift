@@ -25,6 +25,11 @@ struct CoordinatorCommand: AsyncParsableCommand {
     @Option(help: "MLP config JSON (default: the --model path with its extension replaced by .json).")
     var modelConfig: String?
 
+    @Option(name: .customLong("ranker"), help: ArgumentHelp(
+        "A learned ranker served as model NAME: NAME=FILE, FILE a LightGBM text model (scripts/train-ranker; docs/ranking.md). Repeatable.",
+        valueName: "NAME=FILE"))
+    var rankerSpecs: [String] = []
+
     @OptionGroup var server: ServerOptions
 
     func run() async throws {
@@ -46,6 +51,25 @@ struct CoordinatorCommand: AsyncParsableCommand {
                 throw ExitCode(2)
             }
         }
+        var rankers: [ServedRanker] = []
+        for spec in rankerSpecs {
+            guard let eq = spec.firstIndex(of: "="), eq != spec.startIndex, spec.index(after: eq) != spec.endIndex else {
+                logger.error("--ranker \(spec): expected NAME=FILE")
+                throw ExitCode(64)
+            }
+            let name = String(spec[..<eq]), path = String(spec[spec.index(after: eq)...])
+            guard !["", "dot", "mlp"].contains(name) else {
+                logger.error("--ranker \(spec): '\(name)' is a built-in model name; choose another")
+                throw ExitCode(64)
+            }
+            do {
+                rankers.append(try ServedRanker(name: name, model: try TreeEnsemble(path: path)))
+                logger.info("ranker '\(name)' loaded from \(path)")
+            } catch {
+                logger.error("cannot load ranker '\(name)' from \(path): \(error)")
+                throw ExitCode(2)
+            }
+        }
         // Thread-per-core: one event-loop group serves the clients and calls the shards; a
         // Recommend runs on the loop its connection lives on, and so do its shard calls.
         let group = MultiThreadedEventLoopGroup(numberOfThreads: server.configuration().eventLoopThreads)
@@ -60,7 +84,7 @@ struct CoordinatorCommand: AsyncParsableCommand {
         // spinning pool thread takes CPU another process needs); see docs/kernels.md.
         let pool = WorkerPool(threadCount: server.workers ?? WorkerPool.defaultThreadCount, spinMicroseconds: 0)
         let metrics = ServerMetrics(bootstrapSwiftMetrics: true)
-        let recommender = Recommender(cluster: cluster, model: mlp, pool: pool, logger: logger,
+        let recommender = Recommender(cluster: cluster, model: mlp, rankers: rankers, pool: pool, logger: logger,
                                       observer: RecommendMetrics(metrics: metrics))
         let pinned = metrics.registry.gauge(name: "shardrank_pinned_version", help: "Table-set version the coordinator pins")
         let hedges = metrics.registry.gauge(name: "shardrank_hedges_total", help: "Hedged shard calls since start")

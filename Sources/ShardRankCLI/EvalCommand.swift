@@ -24,8 +24,11 @@ struct EvalCommand: AsyncParsableCommand {
     @Option(help: "Comma-separated total retrieval budgets.")
     var budgets: String = "50,100,200,500,1000,2000"
 
-    @Option(help: "Model: dot or mlp.")
-    var model: String = "dot"
+    @Option(help: "Comma-separated ranking models to compare at every budget: dot, mlp, or the name of a learned ranker the coordinator serves.")
+    var models: String = "dot"
+
+    @Option(help: "\"Now\" of every request in Unix seconds (item ages); default: the latest timestamp of interactions.csv next to the held-out file (the moment the split was cut), else the coordinator's clock.")
+    var now: Int64?
 
     @Option(help: "Evaluate at most this many users (the lowest ids; 0 = all).")
     var users: Int = 1000
@@ -35,6 +38,9 @@ struct EvalCommand: AsyncParsableCommand {
 
     @Option(help: "Per-request deadline in milliseconds.")
     var timeoutMs: Int = 2000
+
+    @Option(help: "Training interactions CSV: answers are checked never to hold one of the user's (seen_returned must be 0). Default: interactions.csv next to the held-out file when it exists; 'none' skips the check.")
+    var train: String?
 
     @Option(help: "Catalog size for coverage (default: the rows of item_ids.npy next to the held-out file).")
     var catalogSize: Int?
@@ -56,20 +62,38 @@ struct EvalCommand: AsyncParsableCommand {
 
     func run() async throws {
         let ks = try parseList(k, "--k").sorted()
+        let modelList = models.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard !modelList.isEmpty else { throw ValidationError("--models is empty") }
         let budgetList = try parseList(budgets, "--budgets")
         guard ks.last! <= 1000 else { throw ValidationError("--k values must be <= 1000") }
-        let held: HeldOut
+        var held: HeldOut
         do { held = try HeldOut.read(path: heldout) } catch {
             FileHandleStderr.write("shardrank eval: \(error)\n")
             throw ExitCode(2)
         }
-        let catalog = catalogSize ?? Self.npyRows((heldout as NSString).deletingLastPathComponent + "/item_ids.npy")
+        let heldDir = (heldout as NSString).deletingLastPathComponent
+        let trainPath = train ?? ((heldDir.isEmpty ? "." : heldDir) + "/interactions.csv")
+        if trainPath != "none" && (train != nil || FileManager.default.fileExists(atPath: trainPath)) {
+            do { held.seen = try HeldOut.read(path: trainPath).relevant } catch {
+                FileHandleStderr.write("shardrank eval: \(error)\n")
+                throw ExitCode(2)
+            }
+        }
+        let dir = (heldout as NSString).deletingLastPathComponent
+        let catalog = catalogSize ?? Self.npyRows((dir.isEmpty ? "." : dir) + "/item_ids.npy")
+        let nowSeconds: Int64
+        if let now { nowSeconds = now } else {
+            do { nowSeconds = try HeldOut.latestTimestamp(path: (dir.isEmpty ? "." : dir) + "/interactions.csv") ?? 0 } catch {
+                FileHandleStderr.write("shardrank eval: \(error)\n")
+                throw ExitCode(2)
+            }
+        }
         var ids = held.relevant.keys.sorted()
         if users > 0 { ids = Array(ids.prefix(users)) }
         let group = MultiThreadedEventLoopGroup.singleton
         let channel: RPCChannel
         do { channel = try RPCChannel(target: coordinator, group: group) } catch { throw ValidationError(error.message) }
-        let eval = Evaluation(channel: channel, ks: ks, budgets: budgetList, model: model, concurrency: concurrency,
+        let eval = Evaluation(channel: channel, ks: ks, budgets: budgetList, models: modelList, now: nowSeconds, concurrency: concurrency,
                               timeout: .milliseconds(timeoutMs), catalogSize: catalog)
         let rows = await eval.run(heldOut: held, users: ids) { FileHandleStderr.write($0 + "\n") }
         await channel.close()
@@ -77,7 +101,7 @@ struct EvalCommand: AsyncParsableCommand {
             FileHandleStderr.write("shardrank eval: every request failed (is the coordinator at \(coordinator) up?)\n")
             throw ExitCode(1)
         }
-        let report = EvalReport(coordinator: coordinator, heldout: heldout, model: model, ks: ks, catalogSize: catalog, rows: rows)
+        let report = EvalReport(coordinator: coordinator, heldout: heldout, models: modelList, nowUnixS: nowSeconds, ks: ks, catalogSize: catalog, rows: rows)
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         enc.keyEncodingStrategy = .convertToSnakeCase
@@ -87,21 +111,23 @@ struct EvalCommand: AsyncParsableCommand {
             print(String(decoding: data, as: UTF8.self))
             return
         }
-        print("held-out users evaluated: \(ids.count)  model: \(model)  catalog: \(catalog.map(String.init) ?? "?")")
+        print("held-out users evaluated: \(ids.count)  models: \(modelList.joined(separator: ","))  catalog: \(catalog.map(String.init) ?? "?")  now: \(nowSeconds)")
         for kk in ks {
             print("\n@K=\(kk)")
-            let heads: [String] = ["recall", "prec", "MAP", "MAPcrs", "NDCG", "cover", "p50ms", "p99ms"]
-            print("config".padding(22) + heads.map { $0.leftPadded(8) }.joined() + "  fail/degr")
+            let heads: [String] = ["recall", "prec", "MAP", "MAPcrs", "NDCG", "cover", "cands", "seen", "p50ms", "p99ms"]
+            print("config".padding(28) + heads.map { $0.leftPadded(8) }.joined() + "  fail/degr")
             for r in rows {
                 let m = r.metrics[String(kk)] ?? [:]
                 func f(_ x: Double?) -> String { String(format: "%.4f", x ?? 0) }
-                let name = r.budget > 0 ? "\(r.name) B=\(r.budget)" : r.name
+                let name = r.budget > 0 ? "\(r.name) \(r.model) B=\(r.budget)" : r.name
                 let cells: [String] = [f(m["recall"]), f(m["precision"]), f(m["map_common"]), f(m["map_course"]), f(m["ndcg"]),
-                                       f(r.catalogCoverage), String(format: "%.1f", r.latencyP50Ms), String(format: "%.1f", r.latencyP99Ms)]
-                print(name.padding(22) + cells.map { $0.leftPadded(8) }.joined() + "  \(r.failed)/\(r.degraded)")
+                                       f(r.catalogCoverage), String(format: "%.0f", r.candidatesMean), String(r.seenReturned),
+                                       String(format: "%.1f", r.latencyP50Ms), String(format: "%.1f", r.latencyP99Ms)]
+                print(name.padding(28) + cells.map { $0.leftPadded(8) }.joined() + "  \(r.failed)/\(r.degraded)")
             }
         }
-        print("\nMAP = common AP@K (÷ min(K, #relevant)); MAPcrs = course AP@N = (1/N) Σ P(k)·rel(k).")
+        print("\ncands = mean candidates ranked per request; seen = answer items the user already had in training (must be 0).")
+        print("MAP = common AP@K (÷ min(K, #relevant)); MAPcrs = course AP@N = (1/N) Σ P(k)·rel(k).")
     }
 
     /// Rows of a 1-D `.npy` file from its header, or nil.

@@ -7,6 +7,8 @@ import ShardRankClient
 /// The held-out interactions: user → the items they interacted with after the training cut.
 public struct HeldOut: Sendable {
     public var relevant: [UInt64: Set<UInt64>]
+    /// Each user's training interactions (what an answer must never contain), when known.
+    public var seen: [UInt64: Set<UInt64>] = [:]
 
     public struct ParseError: Error, CustomStringConvertible, Sendable {
         public let description: String
@@ -42,9 +44,36 @@ public struct HeldOut: Sendable {
     }
 }
 
+extension HeldOut {
+    /// The latest `timestamp` of an interactions CSV (header `...,timestamp,...`), or nil when the
+    /// file does not exist or has no timestamp column.
+    /// - Throws: `ParseError` naming the file and line of a malformed timestamp.
+    public static func latestTimestamp(path: String) throws -> Int64? {
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        var latest: Int64 = 0, column = -1, line = 0
+        for raw in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
+            line += 1
+            if raw.isEmpty { continue }
+            let fields = raw.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false)
+            if line == 1 {
+                guard let c = fields.firstIndex(where: { String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespaces) == "timestamp" }) else { return nil }
+                column = c
+                continue
+            }
+            guard column < fields.count, let t = Int64(String(decoding: fields[column], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) else {
+                throw ParseError(description: "\(path):\(line): timestamp must be an integer")
+            }
+            latest = max(latest, t)
+        }
+        return column >= 0 ? latest : nil
+    }
+}
+
 /// What one evaluated configuration (a budget, or a baseline) scored, averaged over users.
 public struct EvalRow: Codable, Sendable {
     public var name: String
+    /// The ranking model the requests named ("dot" for the baselines).
+    public var model: String
     /// Total retrieval budget (0 for baselines).
     public var budget: Int
     public var users: Int
@@ -54,6 +83,11 @@ public struct EvalRow: Codable, Sendable {
     public var metrics: [String: [String: Double]]
     public var catalogCoverage: Double?
     public var distinctItems: Int
+    /// Answer items the user already had in training (must be 0; counted when the training
+    /// interactions are known).
+    public var seenReturned: Int
+    /// Mean distinct candidates the ranker scored per request (after merge and the seen filter).
+    public var candidatesMean: Double
     public var latencyP50Ms: Double
     public var latencyP99Ms: Double
 }
@@ -62,7 +96,9 @@ public struct EvalReport: Codable, Sendable {
     public var kind = "eval"
     public var coordinator: String
     public var heldout: String
-    public var model: String
+    public var models: [String]
+    /// "Now" sent with every request (Unix seconds; 0 = the coordinator's clock).
+    public var nowUnixS: Int64
     public var ks: [Int]
     public var catalogSize: Int?
     public var rows: [EvalRow]
@@ -73,10 +109,11 @@ public struct EvalReport: Codable, Sendable {
         "budget": "total retrieval budget B split as search B/2, genre 0.15B (over the top 3 genres), country 0.1B, popular 0.1B, similar 0.15B over the last 10 items",
         "exhaustive": "every item scored by V_u . V_m (exact top-K search over all shards, seen items excluded): the ceiling",
         "popularity": "the global popular list, seen items excluded",
+        "model": "the ranking model of the two-stage rows: dot = V_u . V_m; any other name = a learned ranker the coordinator serves",
     ]
 
-    public init(coordinator: String, heldout: String, model: String, ks: [Int], catalogSize: Int?, rows: [EvalRow]) {
-        self.coordinator = coordinator; self.heldout = heldout; self.model = model; self.ks = ks
+    public init(coordinator: String, heldout: String, models: [String], nowUnixS: Int64, ks: [Int], catalogSize: Int?, rows: [EvalRow]) {
+        self.coordinator = coordinator; self.heldout = heldout; self.models = models; self.nowUnixS = nowUnixS; self.ks = ks
         self.catalogSize = catalogSize; self.rows = rows
     }
 }
@@ -86,14 +123,15 @@ public struct Evaluation: Sendable {
     public var channel: RPCChannel
     public var ks: [Int]
     public var budgets: [Int]
-    public var model: String
+    public var models: [String]
+    public var now: Int64
     public var concurrency: Int
     public var timeout: Duration
     public var catalogSize: Int?
 
-    public init(channel: RPCChannel, ks: [Int], budgets: [Int], model: String = "dot", concurrency: Int = 4,
+    public init(channel: RPCChannel, ks: [Int], budgets: [Int], models: [String] = ["dot"], now: Int64 = 0, concurrency: Int = 4,
                 timeout: Duration = .seconds(2), catalogSize: Int? = nil) {
-        self.channel = channel; self.ks = ks; self.budgets = budgets; self.model = model
+        self.channel = channel; self.ks = ks; self.budgets = budgets; self.models = models; self.now = now
         self.concurrency = concurrency; self.timeout = timeout; self.catalogSize = catalogSize
     }
 
@@ -106,6 +144,7 @@ public struct Evaluation: Sendable {
 
     struct Config: Sendable {
         let name: String
+        let model: String
         let budget: Int
         let budgets: Budgets?
         let sources: [Source]
@@ -113,12 +152,14 @@ public struct Evaluation: Sendable {
 
     public func run(heldOut: HeldOut, users: [UInt64], progress: (@Sendable (String) -> Void)? = nil) async -> [EvalRow] {
         let maxK = ks.max() ?? 10
-        var configs: [Config] = budgets.map { Config(name: "two-stage", budget: $0, budgets: Self.split($0), sources: []) }
-        configs.append(Config(name: "exhaustive", budget: 0, budgets: Budgets(search: UInt32(maxK)), sources: [.search]))
-        configs.append(Config(name: "popularity", budget: 0, budgets: Budgets(popular: UInt32(maxK)), sources: [.popular]))
+        var configs: [Config] = models.flatMap { m in
+            budgets.map { Config(name: "two-stage", model: m, budget: $0, budgets: Self.split($0), sources: []) }
+        }
+        configs.append(Config(name: "exhaustive", model: "dot", budget: 0, budgets: Budgets(search: UInt32(maxK)), sources: [.search]))
+        configs.append(Config(name: "popularity", model: "dot", budget: 0, budgets: Budgets(popular: UInt32(maxK)), sources: [.popular]))
         var rows: [EvalRow] = []
         for c in configs {
-            progress?("eval: \(c.name)\(c.budget > 0 ? " budget \(c.budget)" : "") over \(users.count) users")
+            progress?("eval: \(c.name) \(c.model)\(c.budget > 0 ? " budget \(c.budget)" : "") over \(users.count) users")
             rows.append(await evaluate(c, heldOut: heldOut, users: users, k: maxK))
         }
         return rows
@@ -126,8 +167,8 @@ public struct Evaluation: Sendable {
 
     func evaluate(_ c: Config, heldOut: HeldOut, users: [UInt64], k: Int) async -> EvalRow {
         let client = RecommenderClient(channel: channel)
-        let model = self.model, timeout = self.timeout
-        typealias Outcome = (user: UInt64, items: [UInt64]?, ms: Double, degraded: Bool)
+        let model = c.model, timeout = self.timeout, now = self.now
+        typealias Outcome = (user: UInt64, items: [UInt64]?, ms: Double, degraded: Bool, candidates: Int)
         var outcomes: [Outcome] = []
         await withTaskGroup(of: Outcome.self) { group in
             var next = 0
@@ -137,14 +178,15 @@ public struct Evaluation: Sendable {
                 next += 1
                 group.addTask {
                     let t0 = ContinuousClock.now
-                    let req = RecommendRequest(userID: u, k: UInt32(k), budgets: c.budgets, model: model, diversityLambda: 1, sources: c.sources)
+                    let req = RecommendRequest(userID: u, k: UInt32(k), budgets: c.budgets, model: model, diversityLambda: 1, sources: c.sources,
+                                               nowUnixSeconds: now)
                     do {
                         let r = try await client.recommend(req, timeout: timeout)
                         let d = ContinuousClock.now - t0
                         return (u, r.items.map(\.itemID), Double(d.components.attoseconds) / 1e15 + Double(d.components.seconds) * 1000,
-                                r.coverage?.degraded ?? false)
+                                r.coverage?.degraded ?? false, Int(r.candidates))
                     } catch {
-                        return (u, nil, 0, false)
+                        return (u, nil, 0, false, 0)
                     }
                 }
             }
@@ -157,10 +199,12 @@ public struct Evaluation: Sendable {
         var sums: [Int: [String: Double]] = [:]
         var latencies: [Double] = []
         var distinct = Set<UInt64>()
-        var ok = 0
+        var ok = 0, candidates = 0, seenReturned = 0
         for o in outcomes {
             guard let items = o.items else { continue }
             ok += 1
+            candidates += o.candidates
+            if let seen = heldOut.seen[o.user] { seenReturned += items.reduce(0) { $0 + (seen.contains($1) ? 1 : 0) } }
             latencies.append(o.ms)
             let relevant = heldOut.relevant[o.user] ?? []
             let rel = RankingMetrics.relevance(items, relevant: relevant)
@@ -177,9 +221,9 @@ public struct Evaluation: Sendable {
         }
         var metrics: [String: [String: Double]] = [:]
         for (kk, m) in sums { metrics[String(kk)] = m.mapValues { ok > 0 ? $0 / Double(ok) : 0 } }
-        return EvalRow(name: c.name, budget: c.budget, users: ok, failed: outcomes.count - ok, degraded: outcomes.filter(\.degraded).count,
+        return EvalRow(name: c.name, model: c.model, budget: c.budget, users: ok, failed: outcomes.count - ok, degraded: outcomes.filter(\.degraded).count,
                        metrics: metrics, catalogCoverage: catalogSize.map { Double(distinct.count) / Double($0) },
-                       distinctItems: distinct.count, latencyP50Ms: RankingMetrics.quantile(latencies, 0.5),
+                       distinctItems: distinct.count, seenReturned: seenReturned, candidatesMean: ok > 0 ? Double(candidates) / Double(ok) : 0, latencyP50Ms: RankingMetrics.quantile(latencies, 0.5),
                        latencyP99Ms: RankingMetrics.quantile(latencies, 0.99))
     }
 }

@@ -478,7 +478,9 @@ struct TreeModelParser {
                 node.aux = Int32(catUsedWords[c])
                 node.words = Int32(boundaries[c + 1] - boundaries[c])
             } else {
-                guard th.isFinite else { throw error(thresholdLine, "\(t): threshold[\(k)] is \(th), not finite") }
+                // ±inf is a real LightGBM threshold (`inf` with missing type NaN splits NaN from
+                // every number); NaN is not.
+                guard !th.isNaN else { throw error(thresholdLine, "\(t): threshold[\(k)] is NaN") }
                 node.aux = d & 2 != 0 ? node.left : node.right
             }
             r.nodes.append(node)

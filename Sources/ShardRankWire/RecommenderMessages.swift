@@ -54,13 +54,16 @@ public struct RecommendRequest: Sendable, Hashable {
     public var freshnessHalfLifeSeconds: UInt32
     /// "Now" for item ages in Unix seconds (0 = the coordinator's clock).
     public var nowUnixSeconds: Int64
+    /// Also return every candidate's ranking features (`RecommendResponse.features`).
+    public var returnFeatures: Bool
 
     public init(userID: UInt64, context: RecommendContext? = nil, k: UInt32 = 10, budgets: Budgets? = nil, model: String = "",
                 diversityLambda: Float = 0, minCoverage: Float = 0, genreCap: UInt32 = 0, sources: [Source] = [],
-                freshnessWeight: Float = 0, freshnessHalfLifeSeconds: UInt32 = 0, nowUnixSeconds: Int64 = 0) {
+                freshnessWeight: Float = 0, freshnessHalfLifeSeconds: UInt32 = 0, nowUnixSeconds: Int64 = 0, returnFeatures: Bool = false) {
         self.userID = userID; self.context = context; self.k = k; self.budgets = budgets; self.model = model
         self.diversityLambda = diversityLambda; self.minCoverage = minCoverage; self.genreCap = genreCap; self.sources = sources
         self.freshnessWeight = freshnessWeight; self.freshnessHalfLifeSeconds = freshnessHalfLifeSeconds; self.nowUnixSeconds = nowUnixSeconds
+        self.returnFeatures = returnFeatures
     }
 
     public static func decode(_ bytes: [UInt8]) throws(RPCError) -> RecommendRequest {
@@ -81,7 +84,7 @@ public struct RecommendRequest: Sendable, Hashable {
                                     diversityLambda: p.diversity_lambda, minCoverage: p.min_coverage, genreCap: p.genre_cap,
                                     sources: ProtoC.array(p.sources, p.n_sources).map { Source(rawValue: $0.rawValue) ?? .unspecified },
                                     freshnessWeight: p.freshness_weight, freshnessHalfLifeSeconds: p.freshness_half_life_s,
-                                    nowUnixSeconds: p.now_unix_s)
+                                    nowUnixSeconds: p.now_unix_s, returnFeatures: p.return_features != 0)
         }
     }
 
@@ -98,6 +101,7 @@ public struct RecommendRequest: Sendable, Hashable {
         m.freshness_weight = freshnessWeight
         m.freshness_half_life_s = freshnessHalfLifeSeconds
         m.now_unix_s = nowUnixSeconds
+        m.return_features = returnFeatures ? 1 : 0
         m.n_sources = sources.count
         m.sources = arena.array(sources.map { Shardrank__V1__Source(rawValue: $0.rawValue) })
         if let c = context {
@@ -155,6 +159,21 @@ public struct Coverage: Sendable, Hashable {
     }
 }
 
+/// Every candidate's ranking features (proto `CandidateFeatures`): `itemIDs.count` rows of
+/// `names.count` values, row-major, NaN = missing.
+public struct CandidateFeatures: Sendable, Hashable {
+    public var names: [String]
+    public var itemIDs: [UInt64]
+    public var values: [Float]
+    public init(names: [String], itemIDs: [UInt64], values: [Float]) { self.names = names; self.itemIDs = itemIDs; self.values = values }
+
+    public static func == (a: Self, b: Self) -> Bool {
+        a.names == b.names && a.itemIDs == b.itemIDs && a.values.count == b.values.count
+            && zip(a.values, b.values).allSatisfy { $0.bitPattern == $1.bitPattern }
+    }
+    public func hash(into h: inout Hasher) { h.combine(names); h.combine(itemIDs); h.combine(values.count) }
+}
+
 /// The shape shared by RecommendResponse, RankResponse and SimilarResponse.
 public struct RecommendResponse: Sendable, Hashable {
     public var items: [ScoredItem]
@@ -163,11 +182,12 @@ public struct RecommendResponse: Sendable, Hashable {
     public var coverage: Coverage?
     public var candidates: UInt32
     public var coldStart: Bool
+    public var features: CandidateFeatures?
 
     public init(items: [ScoredItem], version: UInt64, timings: StageTimings? = nil, coverage: Coverage? = nil, candidates: UInt32 = 0,
-                coldStart: Bool = false) {
+                coldStart: Bool = false, features: CandidateFeatures? = nil) {
         self.items = items; self.version = version; self.timings = timings; self.coverage = coverage; self.candidates = candidates
-        self.coldStart = coldStart
+        self.coldStart = coldStart; self.features = features
     }
 
     public static func decode(_ bytes: [UInt8]) throws(RPCError) -> RecommendResponse {
@@ -181,7 +201,12 @@ public struct RecommendResponse: Sendable, Hashable {
                                                              rankMicros: x.rank_us, postRankMicros: x.post_rank_us, totalMicros: x.total_us)
                                      },
                                      coverage: p.coverage.map { decodeCoverage($0.pointee) }, candidates: p.candidates,
-                                     coldStart: p.cold_start != 0)
+                                     coldStart: p.cold_start != 0,
+                                     features: p.features.map { f in
+                                         let x = f.pointee
+                                         return CandidateFeatures(names: (0 ..< x.n_names).map { ProtoC.string(x.names[$0]) },
+                                                                  itemIDs: ProtoC.array(x.item_ids, x.n_item_ids), values: ProtoC.array(x.values, x.n_values))
+                                     })
         }
     }
 
@@ -202,6 +227,17 @@ public struct RecommendResponse: Sendable, Hashable {
         if let c = coverage { m.coverage = encodeCoverage(c, arena) }
         m.candidates = candidates
         m.cold_start = coldStart ? 1 : 0
+        if let f = features {
+            var cf = Shardrank__V1__CandidateFeatures()
+            shardrank__v1__candidate_features__init(&cf)
+            cf.n_names = f.names.count
+            cf.names = arena.array(f.names.map { Optional(arena.string($0)) })
+            cf.n_item_ids = f.itemIDs.count
+            cf.item_ids = arena.array(f.itemIDs)
+            cf.n_values = f.values.count
+            cf.values = arena.array(f.values)
+            m.features = arena.object(cf)
+        }
         return withExtendedLifetime(arena) { ProtoC.pack(&m) }
     }
 }

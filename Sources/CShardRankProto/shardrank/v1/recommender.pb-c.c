@@ -322,6 +322,51 @@ void   shardrank__v1__recommend_response__free_unpacked
   assert(message->base.descriptor == &shardrank__v1__recommend_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   shardrank__v1__candidate_features__init
+                     (Shardrank__V1__CandidateFeatures         *message)
+{
+  static const Shardrank__V1__CandidateFeatures init_value = SHARDRANK__V1__CANDIDATE_FEATURES__INIT;
+  *message = init_value;
+}
+size_t shardrank__v1__candidate_features__get_packed_size
+                     (const Shardrank__V1__CandidateFeatures *message)
+{
+  assert(message->base.descriptor == &shardrank__v1__candidate_features__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t shardrank__v1__candidate_features__pack
+                     (const Shardrank__V1__CandidateFeatures *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &shardrank__v1__candidate_features__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t shardrank__v1__candidate_features__pack_to_buffer
+                     (const Shardrank__V1__CandidateFeatures *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &shardrank__v1__candidate_features__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Shardrank__V1__CandidateFeatures *
+       shardrank__v1__candidate_features__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Shardrank__V1__CandidateFeatures *)
+     protobuf_c_message_unpack (&shardrank__v1__candidate_features__descriptor,
+                                allocator, len, data);
+}
+void   shardrank__v1__candidate_features__free_unpacked
+                     (Shardrank__V1__CandidateFeatures *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &shardrank__v1__candidate_features__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   shardrank__v1__rank_request__init
                      (Shardrank__V1__RankRequest         *message)
 {
@@ -669,7 +714,7 @@ const ProtobufCMessageDescriptor shardrank__v1__budgets__descriptor =
   (ProtobufCMessageInit) shardrank__v1__budgets__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor shardrank__v1__recommend_request__field_descriptors[12] =
+static const ProtobufCFieldDescriptor shardrank__v1__recommend_request__field_descriptors[13] =
 {
   {
     "user_id",
@@ -815,6 +860,18 @@ static const ProtobufCFieldDescriptor shardrank__v1__recommend_request__field_de
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "return_features",
+    13,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__RecommendRequest, return_features),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned shardrank__v1__recommend_request__field_indices_by_name[] = {
   3,   /* field[3] = budgets */
@@ -827,13 +884,14 @@ static const unsigned shardrank__v1__recommend_request__field_indices_by_name[] 
   6,   /* field[6] = min_coverage */
   4,   /* field[4] = model */
   11,   /* field[11] = now_unix_s */
+  12,   /* field[12] = return_features */
   8,   /* field[8] = sources */
   0,   /* field[0] = user_id */
 };
 static const ProtobufCIntRange shardrank__v1__recommend_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 12 }
+  { 0, 13 }
 };
 const ProtobufCMessageDescriptor shardrank__v1__recommend_request__descriptor =
 {
@@ -843,7 +901,7 @@ const ProtobufCMessageDescriptor shardrank__v1__recommend_request__descriptor =
   "Shardrank__V1__RecommendRequest",
   "shardrank.v1",
   sizeof(Shardrank__V1__RecommendRequest),
-  12,
+  13,
   shardrank__v1__recommend_request__field_descriptors,
   shardrank__v1__recommend_request__field_indices_by_name,
   1,  shardrank__v1__recommend_request__number_ranges,
@@ -1107,7 +1165,7 @@ const ProtobufCMessageDescriptor shardrank__v1__coverage__descriptor =
   (ProtobufCMessageInit) shardrank__v1__coverage__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor shardrank__v1__recommend_response__field_descriptors[6] =
+static const ProtobufCFieldDescriptor shardrank__v1__recommend_response__field_descriptors[7] =
 {
   {
     "items",
@@ -1181,11 +1239,24 @@ static const ProtobufCFieldDescriptor shardrank__v1__recommend_response__field_d
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "features",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__RecommendResponse, features),
+    &shardrank__v1__candidate_features__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned shardrank__v1__recommend_response__field_indices_by_name[] = {
   4,   /* field[4] = candidates */
   5,   /* field[5] = cold_start */
   3,   /* field[3] = coverage */
+  6,   /* field[6] = features */
   0,   /* field[0] = items */
   2,   /* field[2] = timings */
   1,   /* field[1] = version */
@@ -1193,7 +1264,7 @@ static const unsigned shardrank__v1__recommend_response__field_indices_by_name[]
 static const ProtobufCIntRange shardrank__v1__recommend_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 6 }
+  { 0, 7 }
 };
 const ProtobufCMessageDescriptor shardrank__v1__recommend_response__descriptor =
 {
@@ -1203,11 +1274,75 @@ const ProtobufCMessageDescriptor shardrank__v1__recommend_response__descriptor =
   "Shardrank__V1__RecommendResponse",
   "shardrank.v1",
   sizeof(Shardrank__V1__RecommendResponse),
-  6,
+  7,
   shardrank__v1__recommend_response__field_descriptors,
   shardrank__v1__recommend_response__field_indices_by_name,
   1,  shardrank__v1__recommend_response__number_ranges,
   (ProtobufCMessageInit) shardrank__v1__recommend_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor shardrank__v1__candidate_features__field_descriptors[3] =
+{
+  {
+    "names",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Shardrank__V1__CandidateFeatures, n_names),
+    offsetof(Shardrank__V1__CandidateFeatures, names),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "item_ids",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Shardrank__V1__CandidateFeatures, n_item_ids),
+    offsetof(Shardrank__V1__CandidateFeatures, item_ids),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "values",
+    3,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_FLOAT,
+    offsetof(Shardrank__V1__CandidateFeatures, n_values),
+    offsetof(Shardrank__V1__CandidateFeatures, values),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned shardrank__v1__candidate_features__field_indices_by_name[] = {
+  1,   /* field[1] = item_ids */
+  0,   /* field[0] = names */
+  2,   /* field[2] = values */
+};
+static const ProtobufCIntRange shardrank__v1__candidate_features__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor shardrank__v1__candidate_features__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "shardrank.v1.CandidateFeatures",
+  "CandidateFeatures",
+  "Shardrank__V1__CandidateFeatures",
+  "shardrank.v1",
+  sizeof(Shardrank__V1__CandidateFeatures),
+  3,
+  shardrank__v1__candidate_features__field_descriptors,
+  shardrank__v1__candidate_features__field_indices_by_name,
+  1,  shardrank__v1__candidate_features__number_ranges,
+  (ProtobufCMessageInit) shardrank__v1__candidate_features__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor shardrank__v1__rank_request__field_descriptors[4] =

@@ -23,6 +23,7 @@ typedef struct Shardrank__V1__ScoredItem Shardrank__V1__ScoredItem;
 typedef struct Shardrank__V1__StageTimings Shardrank__V1__StageTimings;
 typedef struct Shardrank__V1__Coverage Shardrank__V1__Coverage;
 typedef struct Shardrank__V1__RecommendResponse Shardrank__V1__RecommendResponse;
+typedef struct Shardrank__V1__CandidateFeatures Shardrank__V1__CandidateFeatures;
 typedef struct Shardrank__V1__RankRequest Shardrank__V1__RankRequest;
 typedef struct Shardrank__V1__RankResponse Shardrank__V1__RankResponse;
 typedef struct Shardrank__V1__SimilarRequest Shardrank__V1__SimilarRequest;
@@ -81,7 +82,8 @@ struct  Shardrank__V1__RecommendRequest
   uint32_t k;
   Shardrank__V1__Budgets *budgets;
   /*
-   * "dot" (default) or "mlp".
+   * The ranking model: "dot" (default: V_u . V_m), "mlp" (the coordinator's --model), or the
+   * name of a learned ranker the coordinator loaded (--ranker NAME=FILE; see docs/ranking.md).
    */
   char *model;
   /*
@@ -117,10 +119,15 @@ struct  Shardrank__V1__RecommendRequest
    * historical data set such as MovieLens).
    */
   int64_t now_unix_s;
+  /*
+   * Also return the ranking features of every candidate (RecommendResponse.features): what a
+   * learned ranker is trained on. Costs the item attributes and a larger answer; for offline use.
+   */
+  protobuf_c_boolean return_features;
 };
 #define SHARDRANK__V1__RECOMMEND_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__recommend_request__descriptor) \
-    , 0, NULL, 0, NULL, (char *)protobuf_c_empty_string, 0, 0, 0, 0,NULL, 0, 0, 0 }
+    , 0, NULL, 0, NULL, (char *)protobuf_c_empty_string, 0, 0, 0, 0,NULL, 0, 0, 0, 0 }
 
 
 struct  Shardrank__V1__ScoredItem
@@ -183,10 +190,41 @@ struct  Shardrank__V1__RecommendResponse
    * The user had no stored vector or profile: answered from context, country and popular only.
    */
   protobuf_c_boolean cold_start;
+  /*
+   * Set when the request asked for return_features.
+   */
+  Shardrank__V1__CandidateFeatures *features;
 };
 #define SHARDRANK__V1__RECOMMEND_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__recommend_response__descriptor) \
-    , 0,NULL, 0, NULL, NULL, 0, 0 }
+    , 0,NULL, 0, NULL, NULL, 0, 0, NULL }
+
+
+/*
+ * The ranking features of every candidate the ranker scored (docs/ranking.md defines each).
+ */
+struct  Shardrank__V1__CandidateFeatures
+{
+  ProtobufCMessage base;
+  /*
+   * Feature names, in column order.
+   */
+  size_t n_names;
+  char **names;
+  /*
+   * The candidates, in the merged retrieval order (not the answer's order).
+   */
+  size_t n_item_ids;
+  uint64_t *item_ids;
+  /*
+   * item_ids.size() rows of names.size() values each, row-major; NaN = missing.
+   */
+  size_t n_values;
+  float *values;
+};
+#define SHARDRANK__V1__CANDIDATE_FEATURES__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__candidate_features__descriptor) \
+    , 0,NULL, 0,NULL, 0,NULL }
 
 
 struct  Shardrank__V1__RankRequest
@@ -373,6 +411,25 @@ Shardrank__V1__RecommendResponse *
 void   shardrank__v1__recommend_response__free_unpacked
                      (Shardrank__V1__RecommendResponse *message,
                       ProtobufCAllocator *allocator);
+/* Shardrank__V1__CandidateFeatures methods */
+void   shardrank__v1__candidate_features__init
+                     (Shardrank__V1__CandidateFeatures         *message);
+size_t shardrank__v1__candidate_features__get_packed_size
+                     (const Shardrank__V1__CandidateFeatures   *message);
+size_t shardrank__v1__candidate_features__pack
+                     (const Shardrank__V1__CandidateFeatures   *message,
+                      uint8_t             *out);
+size_t shardrank__v1__candidate_features__pack_to_buffer
+                     (const Shardrank__V1__CandidateFeatures   *message,
+                      ProtobufCBuffer     *buffer);
+Shardrank__V1__CandidateFeatures *
+       shardrank__v1__candidate_features__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   shardrank__v1__candidate_features__free_unpacked
+                     (Shardrank__V1__CandidateFeatures *message,
+                      ProtobufCAllocator *allocator);
 /* Shardrank__V1__RankRequest methods */
 void   shardrank__v1__rank_request__init
                      (Shardrank__V1__RankRequest         *message);
@@ -472,6 +529,9 @@ typedef void (*Shardrank__V1__Coverage_Closure)
 typedef void (*Shardrank__V1__RecommendResponse_Closure)
                  (const Shardrank__V1__RecommendResponse *message,
                   void *closure_data);
+typedef void (*Shardrank__V1__CandidateFeatures_Closure)
+                 (const Shardrank__V1__CandidateFeatures *message,
+                  void *closure_data);
 typedef void (*Shardrank__V1__RankRequest_Closure)
                  (const Shardrank__V1__RankRequest *message,
                   void *closure_data);
@@ -536,6 +596,7 @@ extern const ProtobufCMessageDescriptor shardrank__v1__scored_item__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__stage_timings__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__coverage__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__recommend_response__descriptor;
+extern const ProtobufCMessageDescriptor shardrank__v1__candidate_features__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__rank_request__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__rank_response__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__similar_request__descriptor;
