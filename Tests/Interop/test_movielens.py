@@ -206,3 +206,73 @@ def test_not_a_movielens_directory_exits_2(tmp_path):
     assert p.returncode == 2 and "not a directory" in p.stderr
     p = run(tmp_path, tmp_path / "out", "--algorithm", "svd", check=False)
     assert p.returncode == 2
+
+
+def recbole_files(d, rows):
+    """RecBole's atomic files for the planted ratings (the layout its wheel ships ml-100k in)."""
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "ml-100k.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                                     + "".join("%d\t%d\t%d\t%d\n" % r for r in rows))
+    lines = ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"]
+    for i in range(1, N_ITEMS + 1):
+        lines.append(f"{i}\tMovie {i}\t{1990 + i % 10}\t{'Sci-Fi Film-Noir' if i % 2 else ''}\n")
+    (d / "ml-100k.item").write_text("".join(lines))
+    (d / "ml-100k.user").write_text("user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n"
+                                    + "".join(f"{u}\t30\tM\tother\t{(u * 7919) % 100000:05d}\n" for u in range(1, N_USERS + 1)))
+
+
+def test_recbole_atomic_files_and_wheel(tmp_path):
+    import zipfile
+    rows = planted_ratings()
+    src = tmp_path / "atomic"
+    recbole_files(src, rows)
+    out = tmp_path / "out"
+    run(src, out, "--factors", 4, "--algorithm", "numpy-als", "--iterations", 3, "--heldout", 2)
+    check_split(out, rows, 2)
+    with open(out / "items.csv", encoding="utf-8", newline="") as f:
+        r = {int(x["item_id"]): x for x in csv.DictReader(f)}
+    assert r[1]["genres"] == "Sci-Fi|Film-Noir" and r[2]["genres"] == ""
+    assert r[1]["title"] == "Movie 1 (1991)" and r[1]["timestamp"] == "662688000"  # 1 Jan 1991
+    with open(out / "users.csv", newline="") as f:
+        regions = {int(x["user_id"]): x["country"] for x in csv.DictReader(f)}
+    assert regions[2] == "zip1" and regions[1] == "zip0"
+    assert json.loads((out / "world.json").read_text())["source"]["layout"] == "recbole"
+    # The wheel itself: its recbole/dataset_example/ml-100k/ is read (the .kg/.link files skipped).
+    wheel = tmp_path / "recbole-0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for f in src.iterdir():
+            z.write(f, f"recbole/dataset_example/ml-100k/{f.name}")
+        z.writestr("recbole/dataset_example/ml-100k/ml-100k.kg", "head_id:token\n")
+        z.writestr("recbole/__init__.py", "")
+    out2 = tmp_path / "out2"
+    run(wheel, out2, "--factors", 4, "--algorithm", "numpy-als", "--iterations", 3, "--heldout", 2)
+    for name in ["interactions.csv", "heldout.csv", "items.csv", "users.csv", "items.npy"]:
+        assert (out / name).read_bytes() == (out2 / name).read_bytes(), name
+    empty = tmp_path / "empty.whl"
+    with zipfile.ZipFile(empty, "w") as z:
+        z.writestr("recbole/__init__.py", "")
+    p = run(empty, tmp_path / "out3", check=False)
+    assert p.returncode == 2 and "no recbole/dataset_example/ml-*" in p.stderr
+
+
+def test_validation_split_is_cut_from_training_only(ml100k, tmp_path):
+    src, rows = ml100k
+    out = tmp_path / "out"
+    run(src, out, "--factors", 4, "--algorithm", "numpy-als", "--iterations", 3, "--heldout", 2, "--validation", 3)
+    train, test = check_split(out, rows, 2)
+    v = out / "validation"
+    fit, val = read_interactions(v / "interactions.csv"), read_interactions(v / "heldout.csv")
+    assert sorted(fit + val) == sorted(train), "the validation split partitions the training part"
+    assert not set(val) & set(test), "validation never touches the test split"
+    by_user, val_by_user = {}, {}
+    for row in fit:
+        by_user.setdefault(row[0], []).append(row[2])
+    for row in val:
+        val_by_user.setdefault(row[0], []).append(row[2])
+    for u, ts in val_by_user.items():
+        assert len(ts) == 3 and min(ts) >= max(by_user[u])
+    assert (v / "items.npy").is_file() and np.load(v / "users.npy").shape == (N_USERS, 4)
+    world = json.loads((v / "world.json").read_text())
+    assert world["counts"]["interactions"] == len(fit) and "inside the training part" in world["source"]["split"]
+    p = run(src, tmp_path / "bad", "--validation", "-1", check=False)
+    assert p.returncode == 2
