@@ -8,7 +8,8 @@ internal import Glibc
 internal import Darwin
 #endif
 
-/// `shardrank build --input DIR --out ROOT --shards S [--dtype f32|f16|int8] [--similar K] [--recent N]`:
+/// `shardrank build --input DIR --out ROOT --shards S [--dtype f32|f16|int8] [--similar K]
+/// [--similar-source vectors|interactions] [--covisit-window W] [--recent N]`:
 /// turns an input directory (docs/data.md) into the next table-set version `ROOT/v<N+1>/`.
 /// Progress goes to stderr; on bad input it prints `error: FILE:LINE: message` and exits 1 with
 /// nothing published. On success it prints the published version directory on stdout.
@@ -37,6 +38,12 @@ struct BuildCommand: ParsableCommand {
 
     @Option(name: .long, help: "Compute the 'similar' table: top K items per item by inner product (exact below --similar-exact-below items, else through an IVF-PQ4 index, with its recall@K reported).")
     var similar: Int?
+
+    @Option(name: .customLong("similar-source"), help: "What --similar computes the lists from: vectors (inner product of the item embeddings) or interactions (co-visitation in users' time-ordered histories, cosine-normalised; needs interactions.csv). See docs/table-format.md.")
+    var similarSource: String = "vectors"
+
+    @Option(name: .customLong("covisit-window"), help: "With --similar-source interactions: items at most W positions apart in a user's history count as co-visited (0: the whole history).")
+    var covisitWindow: Int = 20
 
     @Option(name: .customLong("similar-exact-below"), help: "Catalogs smaller than this get exact similar-item lists (O(M² · D)).")
     var similarExactBelow: Int = 50_000
@@ -75,6 +82,11 @@ struct BuildCommand: ParsableCommand {
         guard TableDType(name: dtype) != nil else { throw ValidationError("--dtype must be f32, f16 or int8, got '\(dtype)'") }
         guard shards >= 1 && shards <= 65_536 else { throw ValidationError("--shards must be in 1...65536") }
         if let similar, similar < 1 { throw ValidationError("--similar must be ≥ 1") }
+        guard BuildOptions.SimilarSource(rawValue: similarSource) != nil else {
+            throw ValidationError("--similar-source must be vectors or interactions, got '\(similarSource)'")
+        }
+        if similarSource != "vectors" && similar == nil { throw ValidationError("--similar-source \(similarSource) needs --similar K") }
+        guard covisitWindow >= 0 else { throw ValidationError("--covisit-window must be ≥ 0 (0: the whole history)") }
         guard similarExactBelow >= 0 else { throw ValidationError("--similar-exact-below must be ≥ 0") }
         guard recent >= 0 else { throw ValidationError("--recent must be ≥ 0") }
         guard listLength >= 1 else { throw ValidationError("--list-length must be ≥ 1") }
@@ -90,6 +102,8 @@ struct BuildCommand: ParsableCommand {
                                    listLength: listLength)
         options.seed = StableHash.defaultSeed
         options.similarExactBelow = similarExactBelow
+        options.similarSource = BuildOptions.SimilarSource(rawValue: similarSource)!
+        options.covisitWindow = covisitWindow
         if ann != "none" {
             options.ann = BuildOptions.ANNBuild(options: IVFPQBuildOptions(lists: annLists, seed: seed, spill: annSpill),
                                                 defaults: ANNSearchParameters(nprobe: annNprobe, rerank: annRerank),
@@ -111,8 +125,13 @@ struct BuildCommand: ParsableCommand {
             }, similarReport: { r in
                 bar.finish()
                 if !quiet {
-                    let how = r.approximate ? "through an IVF-PQ4 index, recall@\(r.k) vs exact \(String(format: "%.4f", r.recall)) on \(r.sampled) sampled items"
-                                            : "exact"
+                    let how = if let w = r.covisitWindow {
+                        "by co-visitation in the interactions (window \(w == 0 ? "whole history" : String(w)))"
+                    } else if r.approximate {
+                        "through an IVF-PQ4 index, recall@\(r.k) vs exact \(String(format: "%.4f", r.recall)) on \(r.sampled) sampled items"
+                    } else {
+                        "exact"
+                    }
                     writeStderr("similar items: top \(r.k) for \(r.items) items in \(Int(r.seconds.rounded())) s, \(how)\n")
                 }
             })

@@ -71,6 +71,9 @@ public struct SimilarItemsReport: Sendable {
     public var recall: Double
     public var sampled: Int
     public var seconds: Double
+    /// Computed from the interactions by co-visitation with this window (0: whole histories);
+    /// nil: from the item vectors.
+    public var covisitWindow: Int? = nil
 }
 
 extension SimilarItems {

@@ -12,6 +12,11 @@ public struct BuildOptions: Sendable {
     public var dtype: TableDType = .f32
     /// Compute the `similar` list table with this many neighbours per item (exact inner product).
     public var similarK: Int? = nil
+    /// What the `similar` lists are computed from: the item vectors (inner product) or the
+    /// interactions (co-visitation, `CoVisitation`; needs interactions.csv).
+    public var similarSource: SimilarSource = .vectors
+    /// Co-visitation window: positions at most this far apart in a user's sequence count (0: all).
+    public var covisitWindow: Int = 20
     /// Recent items kept per user profile.
     public var recentN: Int = 50
     /// Length of the computed `genre_top`, `country_top` and `popular` lists.
@@ -26,6 +31,12 @@ public struct BuildOptions: Sendable {
     /// 1 dimension per subspace, 64 lists probed, 300 re-ranked.
     public var similarSearch = ANNSearchParameters(nprobe: 64, rerank: 300)
     public var similarPool: WorkerPool? = nil
+
+    /// `--similar-source`.
+    public enum SimilarSource: String, Sendable, CaseIterable {
+        case vectors
+        case interactions
+    }
 
     /// What `--ann` asks for.
     public struct ANNBuild: Sendable {
@@ -85,6 +96,12 @@ extension TableSetBuilder {
         guard FileIO.isDirectory(dir) else { throw TableError(.notFound, "input directory does not exist", path: dir) }
         func path(_ name: String) -> String { dir + "/" + name }
         func has(_ name: String) -> Bool { FileIO.exists(path(name)) }
+        if options.similarK != nil && options.similarSource == .interactions {
+            guard options.covisitWindow >= 0 else { throw TableError(.invalidInput, "--covisit-window must be ≥ 0") }
+            guard has("interactions.csv") else {
+                throw TableError.input(path("interactions.csv"), "missing (--similar-source interactions computes the similar lists from it)")
+            }
+        }
 
         // ---- Embeddings -----------------------------------------------------------------------
         guard has("items.npy") else { throw TableError.input(path("items.npy"), "missing (required: item embeddings, float32 M×D)") }
@@ -275,7 +292,18 @@ extension TableSetBuilder {
         }
         if let k = options.similarK, !supplied.contains(StandardTable.similar) {
             let lists: [RankedListRecord]
-            if items.ids.count >= options.similarExactBelow {
+            if options.similarSource == .interactions {
+                let start = ContinuousClock.now
+                let window = options.covisitWindow
+                lists = CoVisitation.compute(itemIDs: itemList, userCount: userList.count, interUser: interUser, interItem: interItem,
+                                             interTime: interTime, k: k, window: window) { done, total in
+                    progress?(BuildProgress(stage: "similar items (top \(k), co-visitation)", done: done, total: total))
+                }
+                let e = ContinuousClock.now - start
+                similarReport?(SimilarItemsReport(items: itemList.count, k: k, approximate: false, recall: 1, sampled: 0,
+                                                  seconds: Double(e.components.seconds) + Double(e.components.attoseconds) * 1e-18,
+                                                  covisitWindow: window))
+            } else if items.ids.count >= options.similarExactBelow {
                 let report: SimilarItemsReport
                 (lists, report) = try SimilarItems.computeApproximate(
                     ids: items.ids, vectors: items.array.floats(), dim: items.dim, k: k, parameters: options.similarSearch,

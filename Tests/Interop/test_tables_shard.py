@@ -271,3 +271,71 @@ def test_ann_search_through_grpcio(pb, tmp_path, server_factory):
     m = json.load(open(root / "v1" / "manifest.json"))
     ix = next(t for t in m["tables"] if t["name"] == "items")["index"]
     assert ix["kind"] == "ivfpq4" and ix["lists"] == 64 and ix["nprobe"] == 8 and ix["rerank"] == 100 and ix["recallAt10"] > 0.8
+
+
+def covisitation_reference(interactions_csv, k, window):
+    """The definition of `build --similar-source interactions` (docs/table-format.md), directly:
+    per user the distinct items by time (ties: file order), pairs at distance <= window (0: any),
+    score c_ij / sqrt(n_i n_j), best k, ties to the lower id."""
+    import math
+    from collections import defaultdict
+    rows = []
+    with open(interactions_csv) as f:
+        next(f)
+        for line_no, line in enumerate(f):
+            u, i, t = line.strip().split(",")[:3]
+            rows.append((int(u), int(t), line_no, int(i)))
+    seqs = defaultdict(list)
+    for u, _, _, i in sorted(rows):
+        if i not in seqs[u]:
+            seqs[u].append(i)
+    n, c = defaultdict(int), defaultdict(lambda: defaultdict(int))
+    for s in seqs.values():
+        for i in s:
+            n[i] += 1
+        for p in range(len(s)):
+            for q in range(len(s)):
+                if p != q and (window == 0 or abs(p - q) <= window):
+                    c[s[p]][s[q]] += 1
+    out = {}
+    for i, row in c.items():
+        scored = sorted(((-float(np.float32(cij / math.sqrt(n[i] * n[j]))), j) for j, cij in row.items()))[:k]
+        out[i] = ([j for _, j in scored], [-s for s, _ in scored])
+    return out
+
+
+def test_build_similar_from_interactions(pb, tmp_path, server_factory):
+    """`build --similar K --similar-source interactions --covisit-window W`: the shard serves the
+    co-visitation lists of the definition; items without co-visits have empty lists; bad flags are
+    usage errors (64) and a missing interactions.csv is a build error naming it."""
+    inp = tmp_path / "input"
+    ids, _ = write_input(str(inp))
+    root = tmp_path / "tables"
+    out = build(shardrank_bin(), str(inp), str(root), 1, "--similar", "3", "--similar-source", "interactions", "--covisit-window", "2")
+    assert out.returncode == 0, out.stderr
+    want = covisitation_reference(inp / "interactions.csv", 3, 2)
+    assert len(want) > 20
+    srv = server_factory(["shard", "--tables", str(root), "--shard", "0", "--of", "1", "--port", "0"])
+    ch, stub = shard_stub(pb, srv)
+    with ch:
+        keys = [str(int(i)) for i in ids]
+        r = stub.Lists(pb.shard_pb2.ListsRequest(table="similar", keys=keys, limit=10), timeout=10)
+        got = {int(l.key): (list(l.ids), list(l.scores)) for l in r.lists}
+    for i in ids:
+        i = int(i)
+        ids_want, scores_want = want.get(i, ([], []))
+        ids_got, scores_got = got.get(i, ([], []))
+        assert ids_got == ids_want, i
+        assert np.allclose(scores_got, scores_want, rtol=1e-6, atol=0), i
+    assert any(len(v[0]) == 3 for v in got.values()) and any(i not in want for i in map(int, ids))
+
+    bad = build(shardrank_bin(), str(inp), str(tmp_path / "r2"), 1, "--similar", "3", "--similar-source", "graph")
+    assert bad.returncode == 64 and "--similar-source" in bad.stderr
+    bad = build(shardrank_bin(), str(inp), str(tmp_path / "r2"), 1, "--similar-source", "interactions")
+    assert bad.returncode == 64 and "--similar K" in bad.stderr
+    bad = build(shardrank_bin(), str(inp), str(tmp_path / "r2"), 1, "--similar", "3", "--covisit-window", "-1")
+    assert bad.returncode == 64 and "--covisit-window" in bad.stderr
+    os.remove(inp / "interactions.csv")
+    bad = build(shardrank_bin(), str(inp), str(tmp_path / "r2"), 1, "--similar", "3", "--similar-source", "interactions")
+    assert bad.returncode == 1 and "interactions.csv" in bad.stderr, bad.stderr
+    assert not os.path.exists(tmp_path / "r2" / "v1" / "manifest.json")
