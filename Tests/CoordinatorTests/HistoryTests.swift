@@ -101,146 +101,150 @@ final class HistoryWorld: @unchecked Sendable {
     }
 }
 
-@Suite(.serialized) struct HistoryTests {
-    static let sourceSets: [[Source]] = [[.similar], [.genre], [.country], [.popular], [.search], []]
-    static let budgets: [(name: String, budgets: Budgets?, k: UInt32)] = [
-        ("small", Budgets(similarPerItem: 2, genre: 6, country: 3, popular: 4, search: 10), 10),
-        ("default", nil, 50),
-        ("large", Budgets(similarPerItem: 40, genre: 3000, country: 1000, popular: 1000, search: 2000), 1000),
-    ]
+// Nested in the serialized `CoordinatorTests`, so these CPU-heavier suites never run beside its
+// deadline-bound tests (a 60 ms Recommend on a 2-core machine).
+extension CoordinatorTests {
+    @Suite(.serialized) struct HistoryTests {
+        static let sourceSets: [[Source]] = [[.similar], [.genre], [.country], [.popular], [.search], []]
+        static let budgets: [(name: String, budgets: Budgets?, k: UInt32)] = [
+            ("small", Budgets(similarPerItem: 2, genre: 6, country: 3, popular: 4, search: 10), 10),
+            ("default", nil, 50),
+            ("large", Budgets(similarPerItem: 40, genre: 3000, country: 1000, popular: 1000, search: 2000), 1000),
+        ]
 
-    /// A user with 3000 history items never gets one back: from any source, with any budget,
-    /// with the search exact or approximate.
-    @Test(arguments: [false, true]) func noHistoryItemComesBack(ann: Bool) async throws {
-        let w = try HistoryWorld(ann: ann)
-        defer { w.stop() }
-        for user in [HistoryWorld.heavy, HistoryWorld.light] {
-            let seen = Set(HistoryWorld.history(user))
-            for sources in Self.sourceSets {
-                for b in Self.budgets {
-                    let what = "user \(user), sources \(sources.isEmpty ? "all" : "\(sources)"), \(b.name) budgets, \(ann ? "ann" : "exact")"
-                    let r = try await w.recommender.recommend(RecommendRequest(userID: user, k: b.k, budgets: b.budgets, diversityLambda: 1,
-                                                                               sources: sources), context: Cluster.context())
-                    #expect(!r.items.isEmpty, "\(what): no answer")
-                    #expect(r.coverage?.degraded == false, "\(what): \(r.coverage?.degradedReasons ?? [])")
-                    let back = r.items.map(\.itemID).filter(seen.contains)
-                    #expect(back.count == 0, "\(what): history items came back, e.g. \(back.prefix(5))")
-                    if !sources.isEmpty {
-                        #expect(r.items.allSatisfy { $0.sources.allSatisfy(sources.contains) }, "\(what): another source answered")
+        /// A user with 3000 history items never gets one back: from any source, with any budget,
+        /// with the search exact or approximate.
+        @Test(arguments: [false, true]) func noHistoryItemComesBack(ann: Bool) async throws {
+            let w = try HistoryWorld(ann: ann)
+            defer { w.stop() }
+            for user in [HistoryWorld.heavy, HistoryWorld.light] {
+                let seen = Set(HistoryWorld.history(user))
+                for sources in Self.sourceSets {
+                    for b in Self.budgets {
+                        let what = "user \(user), sources \(sources.isEmpty ? "all" : "\(sources)"), \(b.name) budgets, \(ann ? "ann" : "exact")"
+                        let r = try await w.recommender.recommend(RecommendRequest(userID: user, k: b.k, budgets: b.budgets, diversityLambda: 1,
+                                                                                   sources: sources), context: Cluster.context())
+                        #expect(!r.items.isEmpty, "\(what): no answer")
+                        #expect(r.coverage?.degraded == false, "\(what): \(r.coverage?.degradedReasons ?? [])")
+                        let back = r.items.map(\.itemID).filter(seen.contains)
+                        #expect(back.count == 0, "\(what): history items came back, e.g. \(back.prefix(5))")
+                        if !sources.isEmpty {
+                            #expect(r.items.allSatisfy { $0.sources.allSatisfy(sources.contains) }, "\(what): another source answered")
+                        }
                     }
                 }
             }
+            // The search pushed the whole history down (`exclude_sorted`), through the requested mode.
+            let searches = w.local.searchLog
+            #expect(!searches.isEmpty && searches.allSatisfy { $0.mode == (ann ? .ann : .exact) })
+            #expect(searches.contains { $0.excluded == 3000 }, "the heavy user's searches exclude the whole history")
+            // Lists are over-fetched for seen items by at most `maxSeenOverFetch`, not by 3000.
+            #expect(w.local.listLimits.allSatisfy { $0 <= 1000 + UInt32(RetrievalPlan.maxSeenOverFetch) }, "\(w.local.listLimits.max() ?? 0)")
+            #expect(w.recommender.userCache.counts.hits > 0, "profiles (with their histories) came from the user cache too")
         }
-        // The search pushed the whole history down (`exclude_sorted`), through the requested mode.
-        let searches = w.local.searchLog
-        #expect(!searches.isEmpty && searches.allSatisfy { $0.mode == (ann ? .ann : .exact) })
-        #expect(searches.contains { $0.excluded == 3000 }, "the heavy user's searches exclude the whole history")
-        // Lists are over-fetched for seen items by at most `maxSeenOverFetch`, not by 3000.
-        #expect(w.local.listLimits.allSatisfy { $0 <= 1000 + UInt32(RetrievalPlan.maxSeenOverFetch) }, "\(w.local.listLimits.max() ?? 0)")
-        #expect(w.recommender.userCache.counts.hits > 0, "profiles (with their histories) came from the user cache too")
-    }
 
-    /// The exclusions happen inside the shards' search, so the search source still fills its
-    /// budget (an exclusion applied only in the merge would leave a quarter of it), and the exact
-    /// answer is the exhaustive top k of the unseen items; the context's recent items and
-    /// exclusions are added to the stored history.
-    @Test func theSearchFillsItsBudgetFromUnseenItems() async throws {
-        let w = try HistoryWorld(ann: false)
-        defer { w.stop() }
-        let user = HistoryWorld.heavy
-        let r = try await w.recommender.recommend(RecommendRequest(userID: user, k: 200, budgets: Budgets(search: 200), diversityLambda: 1,
-                                                                   sources: [.search]), context: Cluster.context())
-        let seen = Set(HistoryWorld.heavyHistory)
-        #expect(r.items.count == 200)
-        let want = HistoryWorld.exhaustive(user: user, k: 200, excluding: seen)
-        #expect(r.items.prefix(20).map(\.itemID) == Array(want.prefix(20)))
-        let extra = Array(want.prefix(3))
-        let ctx = RecommendContext(recentItemIDs: [want[3]], excludeIDs: extra)
-        let r2 = try await w.recommender.recommend(RecommendRequest(userID: user, context: ctx, k: 10, budgets: Budgets(search: 50),
-                                                                    diversityLambda: 1, sources: [.search]), context: Cluster.context())
-        #expect(r2.items.map(\.itemID) == HistoryWorld.exhaustive(user: user, k: 10, excluding: seen.union(want.prefix(4))))
-        #expect(w.local.searchLog.last?.excluded == 3004)
-    }
+        /// The exclusions happen inside the shards' search, so the search source still fills its
+        /// budget (an exclusion applied only in the merge would leave a quarter of it), and the exact
+        /// answer is the exhaustive top k of the unseen items; the context's recent items and
+        /// exclusions are added to the stored history.
+        @Test func theSearchFillsItsBudgetFromUnseenItems() async throws {
+            let w = try HistoryWorld(ann: false)
+            defer { w.stop() }
+            let user = HistoryWorld.heavy
+            let r = try await w.recommender.recommend(RecommendRequest(userID: user, k: 200, budgets: Budgets(search: 200), diversityLambda: 1,
+                                                                       sources: [.search]), context: Cluster.context())
+            let seen = Set(HistoryWorld.heavyHistory)
+            #expect(r.items.count == 200)
+            let want = HistoryWorld.exhaustive(user: user, k: 200, excluding: seen)
+            #expect(r.items.prefix(20).map(\.itemID) == Array(want.prefix(20)))
+            let extra = Array(want.prefix(3))
+            let ctx = RecommendContext(recentItemIDs: [want[3]], excludeIDs: extra)
+            let r2 = try await w.recommender.recommend(RecommendRequest(userID: user, context: ctx, k: 10, budgets: Budgets(search: 50),
+                                                                        diversityLambda: 1, sources: [.search]), context: Cluster.context())
+            #expect(r2.items.map(\.itemID) == HistoryWorld.exhaustive(user: user, k: 10, excluding: seen.union(want.prefix(4))))
+            #expect(w.local.searchLog.last?.excluded == 3004)
+        }
 
-    @Test func contextBoundsAreInvalidArgumentNamingTheField() async throws {
-        let w = try HistoryWorld(ann: false)
-        defer { w.stop() }
-        let cases: [(RecommendContext, String)] = [
-            (RecommendContext(recentItemIDs: (0 ..< 101).map(UInt64.init)), "context.recent_item_ids"),
-            (RecommendContext(excludeIDs: (0 ..< 10_001).map(UInt64.init)), "context.exclude_ids"),
-        ]
-        for (ctx, field) in cases {
-            do {
-                _ = try await w.recommender.recommend(RecommendRequest(userID: 1, context: ctx), context: Cluster.context())
-                Issue.record("accepted \(field) over its bound")
-            } catch {
-                #expect(error.code == .invalidArgument && error.message.contains(field), "\(error)")
+        @Test func contextBoundsAreInvalidArgumentNamingTheField() async throws {
+            let w = try HistoryWorld(ann: false)
+            defer { w.stop() }
+            let cases: [(RecommendContext, String)] = [
+                (RecommendContext(recentItemIDs: (0 ..< 101).map(UInt64.init)), "context.recent_item_ids"),
+                (RecommendContext(excludeIDs: (0 ..< 10_001).map(UInt64.init)), "context.exclude_ids"),
+            ]
+            for (ctx, field) in cases {
+                do {
+                    _ = try await w.recommender.recommend(RecommendRequest(userID: 1, context: ctx), context: Cluster.context())
+                    Issue.record("accepted \(field) over its bound")
+                } catch {
+                    #expect(error.code == .invalidArgument && error.message.contains(field), "\(error)")
+                }
             }
+            let atBound = RecommendContext(recentItemIDs: (0 ..< 100).map { HistoryWorld.itemIDs[$0] }, excludeIDs: (0 ..< 10_000).map(UInt64.init))
+            let r = try await w.recommender.recommend(RecommendRequest(userID: 1, context: atBound, k: 5), context: Cluster.context())
+            #expect(r.items.count == 5)
         }
-        let atBound = RecommendContext(recentItemIDs: (0 ..< 100).map { HistoryWorld.itemIDs[$0] }, excludeIDs: (0 ..< 10_000).map(UInt64.init))
-        let r = try await w.recommender.recommend(RecommendRequest(userID: 1, context: atBound, k: 5), context: Cluster.context())
-        #expect(r.items.count == 5)
+
+        @Test func theUserCacheIsBoundedByBytes() {
+            let history = PackedIDs(sortedUnique: HistoryWorld.heavyHistory)
+            let entry = UserCache.Entry(vector: [Float](repeating: 0, count: 8),
+                                        profile: UserProfile(userID: 1, recentItemIDs: [1, 2], history: history, topGenres: ["Drama"], country: "DE"))
+            #expect(entry.bytes >= history.bytes.count + 32 && history.bytes.count >= 3000)
+            let cache = UserCache(capacity: 1000, capacityBytes: 3 * entry.bytes)
+            for u in UInt64(1) ... 3 { cache.put(version: 1, user: u, entry) }
+            #expect(cache.usage == (3, 3 * entry.bytes))
+            cache.put(version: 1, user: 4, entry)  // a fourth would pass the byte bound: cleared first
+            #expect(cache.usage == (1, entry.bytes))
+            #expect(cache.get(version: 1, user: 4) != nil && cache.get(version: 1, user: 1) == nil)
+            cache.put(version: 1, user: 4, entry)  // replacing an entry does not count it twice
+            #expect(cache.usage == (1, entry.bytes))
+            let tiny = UserCache(capacity: 1000, capacityBytes: entry.bytes - 1)
+            tiny.put(version: 1, user: 1, entry)
+            #expect(tiny.usage.entries == 0, "an entry larger than the whole budget is not kept")
+        }
     }
 
-    @Test func theUserCacheIsBoundedByBytes() {
-        let history = PackedIDs(sortedUnique: HistoryWorld.heavyHistory)
-        let entry = UserCache.Entry(vector: [Float](repeating: 0, count: 8),
-                                    profile: UserProfile(userID: 1, recentItemIDs: [1, 2], history: history, topGenres: ["Drama"], country: "DE"))
-        #expect(entry.bytes >= history.bytes.count + 32 && history.bytes.count >= 3000)
-        let cache = UserCache(capacity: 1000, capacityBytes: 3 * entry.bytes)
-        for u in UInt64(1) ... 3 { cache.put(version: 1, user: u, entry) }
-        #expect(cache.usage == (3, 3 * entry.bytes))
-        cache.put(version: 1, user: 4, entry)  // a fourth would pass the byte bound: cleared first
-        #expect(cache.usage == (1, entry.bytes))
-        #expect(cache.get(version: 1, user: 4) != nil && cache.get(version: 1, user: 1) == nil)
-        cache.put(version: 1, user: 4, entry)  // replacing an entry does not count it twice
-        #expect(cache.usage == (1, entry.bytes))
-        let tiny = UserCache(capacity: 1000, capacityBytes: entry.bytes - 1)
-        tiny.put(version: 1, user: 1, entry)
-        #expect(tiny.usage.entries == 0, "an entry larger than the whole budget is not kept")
-    }
-}
+    /// A table set built with another hash seed than the default: the shards report it in Info and
+    /// the coordinator routes with it (users, lists and rows all found on their shards).
+    @Suite(.serialized) struct HashSeedTests {
+        static let seed: UInt64 = 0x5EED_0000_1234_ABCD
 
-/// A table set built with another hash seed than the default: the shards report it in Info and
-/// the coordinator routes with it (users, lists and rows all found on their shards).
-@Suite(.serialized) struct HashSeedTests {
-    static let seed: UInt64 = 0x5EED_0000_1234_ABCD
-
-    @Test(arguments: [false, true]) func aNonDefaultSeedIsServedCorrectly(sockets: Bool) async throws {
-        let c = try await Cluster(sockets: sockets, hashSeed: Self.seed)
-        defer { Task { await c.stop() } }
-        if let cluster = c.cluster {
-            #expect(cluster.pinned == PinnedTableSet(version: 1, hashSeed: Self.seed), "the seed comes with the version from Info")
-        }
-        #expect(c.recommender.router.seed == Self.seed)
-        // The seed moves ids: some user lives elsewhere than the default seed would put it.
-        let defaultRouter = ShardRouter(shardCount: 2)
-        #expect(Cluster.userIDs.contains { c.recommender.router.shard(ofID: $0) != defaultRouter.shard(ofID: $0) })
-        for user in Cluster.userIDs {
-            let r = try await c.recommender.recommend(RecommendRequest(userID: user, k: 20, diversityLambda: 1), context: Cluster.context())
-            #expect(!r.coldStart, "user \(user) not found")
-            #expect(r.coverage?.degraded == false, "user \(user): \(r.coverage?.degradedReasons ?? [])")
-            #expect(r.items.count == 20)
-            // Each list source alone: its keys were routed to the shard that holds them (a list
-            // asked of the wrong shard is merely missing, so it would come back empty).
-            for source: Source in [.popular, .genre] {
-                let l = try await c.recommender.recommend(RecommendRequest(userID: user, k: 5, sources: [source]), context: Cluster.context())
-                #expect(l.items.count == 5 && l.coverage?.degraded == false, "user \(user), \(source)")
+        @Test(arguments: [false, true]) func aNonDefaultSeedIsServedCorrectly(sockets: Bool) async throws {
+            let c = try await Cluster(sockets: sockets, hashSeed: Self.seed)
+            defer { Task { await c.stop() } }
+            if let cluster = c.cluster {
+                #expect(cluster.pinned == PinnedTableSet(version: 1, hashSeed: Self.seed), "the seed comes with the version from Info")
             }
+            #expect(c.recommender.router.seed == Self.seed)
+            // The seed moves ids: some user lives elsewhere than the default seed would put it.
+            let defaultRouter = ShardRouter(shardCount: 2)
+            #expect(Cluster.userIDs.contains { c.recommender.router.shard(ofID: $0) != defaultRouter.shard(ofID: $0) })
+            for user in Cluster.userIDs {
+                let r = try await c.recommender.recommend(RecommendRequest(userID: user, k: 20, diversityLambda: 1), context: Cluster.context())
+                #expect(!r.coldStart, "user \(user) not found")
+                #expect(r.coverage?.degraded == false, "user \(user): \(r.coverage?.degradedReasons ?? [])")
+                #expect(r.items.count == 20)
+                // Each list source alone: its keys were routed to the shard that holds them (a list
+                // asked of the wrong shard is merely missing, so it would come back empty).
+                for source: Source in [.popular, .genre] {
+                    let l = try await c.recommender.recommend(RecommendRequest(userID: user, k: 5, sources: [source]), context: Cluster.context())
+                    #expect(l.items.count == 5 && l.coverage?.degraded == false, "user \(user), \(source)")
+                }
+            }
+            let s = try await c.recommender.similar(SimilarRequest(itemID: 1010, k: 5), context: Cluster.context())
+            #expect(s.items.count == 5, "the item is found on its shard")
+            let ranked = try await c.recommender.rank(RankRequest(userID: 3, candidateIDs: Array(Cluster.itemIDs.prefix(30)), k: 0),
+                                                      context: Cluster.context())
+            #expect(ranked.items.count == 30 && ranked.coverage?.degraded == false, "every candidate's row found")
         }
-        let s = try await c.recommender.similar(SimilarRequest(itemID: 1010, k: 5), context: Cluster.context())
-        #expect(s.items.count == 5, "the item is found on its shard")
-        let ranked = try await c.recommender.rank(RankRequest(userID: 3, candidateIDs: Array(Cluster.itemIDs.prefix(30)), k: 0),
-                                                  context: Cluster.context())
-        #expect(ranked.items.count == 30 && ranked.coverage?.degraded == false, "every candidate's row found")
-    }
 
-    @Test func searchOnlyWithASeedEqualsExhaustiveScoring() async throws {
-        let c = try await Cluster(hashSeed: Self.seed, settings: searchOnly)
-        defer { Task { await c.stop() } }
-        for user in Cluster.userIDs.prefix(6) {
-            let r = try await c.recommender.recommend(RecommendRequest(userID: user, k: 10, diversityLambda: 1), context: Cluster.context())
-            #expect(r.items.map(\.itemID) == Cluster.exhaustive(user: user, k: 10, excluding: Set(Cluster.recentItems(user))))
+        @Test func searchOnlyWithASeedEqualsExhaustiveScoring() async throws {
+            let c = try await Cluster(hashSeed: Self.seed, settings: searchOnly)
+            defer { Task { await c.stop() } }
+            for user in Cluster.userIDs.prefix(6) {
+                let r = try await c.recommender.recommend(RecommendRequest(userID: user, k: 10, diversityLambda: 1), context: Cluster.context())
+                #expect(r.items.map(\.itemID) == Cluster.exhaustive(user: user, k: 10, excluding: Set(Cluster.recentItems(user))))
+            }
         }
     }
 }
