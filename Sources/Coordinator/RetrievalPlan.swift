@@ -53,13 +53,15 @@ struct RetrievalPlan: Sendable, Equatable {
     /// Each genre's share of the genre budget.
     var perGenre: Int { genres.isEmpty ? 0 : max(1, genreBudget / genres.count) }
 
-    /// The most a list is over-fetched for seen items. Lists are read past their budget so that
-    /// seen items (filtered in the merge) cost no slot: by the seen set's size, but at most this
-    /// many. A history runs to thousands of items, nearly all of them far down (or absent from)
-    /// any one ranked list; reading thousands of entries per list would cost every such user
-    /// that much more of each (cached) list per request for no gain. With the cap, a user who
-    /// has seen more than `maxSeenOverFetch` of a list's top `budget + maxSeenOverFetch` items
-    /// gets fewer than the budget from that list — never a seen item.
+    /// The most a genre, country or popular list is over-fetched for seen items. Lists are read
+    /// past their budget so that seen items (dropped in the merge) cost no slot: by the seen
+    /// set's size, but at most this many. A history runs to thousands of items, most of them far
+    /// down any one ranked list or not in it, while the merge stops reading a list as soon as its
+    /// budget is filled; over-fetching by the whole history would make every Lists call (and
+    /// list-cache entry) for such a user thousands of entries long for items never read. With
+    /// the cap, a user who has seen more than `maxSeenOverFetch` of a list's top
+    /// `budget + maxSeenOverFetch` entries gets fewer than the budget from that list — never a
+    /// seen item. (The search needs no over-fetch: the seen set is excluded inside it.)
     static let maxSeenOverFetch = 500
     var seenOverFetch: Int { min(seenCount, Self.maxSeenOverFetch) }
     var genreLimit: Int { perGenre + seenOverFetch }
