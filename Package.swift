@@ -2,7 +2,8 @@
 // ShardRank: a gRPC-wire-compatible recommendation serving system.
 // Layers (dependencies point down only):
 //   ShardRankCLI -> ShardServer / Coordinator -> ShardRankClient / ShardRankWire / ShardRankKernels /
-//   ShardRankTables -> RPCTransport -> RPCHTTP2 / RPCCore -> C system libraries.
+//   ShardRankTables -> RPCTransport -> RPCHTTP2 / RPCCore -> C system libraries; ShardRankIDs (the
+//   delta-varint id-set codec) sits below both ShardRankWire and ShardRankTables.
 import PackageDescription
 
 let swiftSettings: [SwiftSetting] = [
@@ -58,18 +59,20 @@ let package = Package(
         ], swiftSettings: hotPathSettings),
 
         // ---- ShardRank libraries ---------------------------------------------------------
-        .target(name: "ShardRankWire", dependencies: ["CShardRankProto", "CProtobufC", "RPCCore"],
+        // The delta-varint id-set codec shared by the table files and the wire (no dependencies).
+        .target(name: "ShardRankIDs", swiftSettings: hotPathSettings),
+        .target(name: "ShardRankWire", dependencies: ["CShardRankProto", "CProtobufC", "RPCCore", "ShardRankIDs"],
                 swiftSettings: hotPathSettings),
         .target(name: "ShardRankKernels", dependencies: ["CShardRankKernels"], swiftSettings: swiftSettings),
-        .target(name: "ShardRankTables", dependencies: ["ShardRankKernels"], swiftSettings: swiftSettings),
+        .target(name: "ShardRankTables", dependencies: ["ShardRankKernels", "ShardRankIDs"], swiftSettings: swiftSettings),
         .target(name: "ShardRankClient", dependencies: ["RPCCore", "RPCTransport", "ShardRankWire"],
                 swiftSettings: hotPathSettings),
         .target(name: "ShardServer", dependencies: [
-            "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankTables", "ShardRankKernels",
+            "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankTables", "ShardRankKernels", "ShardRankIDs",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: hotPathSettings),
         .target(name: "Coordinator", dependencies: [
-            "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient", "ShardRankKernels", "ShardRankTables",
+            "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient", "ShardRankKernels", "ShardRankTables", "ShardRankIDs",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: swiftSettings),
         .target(name: "ShardRankAdmin", dependencies: [
@@ -113,15 +116,16 @@ let package = Package(
         // ---- Tests -----------------------------------------------------------------------
         .testTarget(name: "RPCCoreTests", dependencies: ["RPCCore"]),
         .testTarget(name: "RPCHTTP2Tests", dependencies: ["RPCHTTP2", "RPCCore"]),
-        .testTarget(name: "ShardRankWireTests", dependencies: ["ShardRankWire", "RPCCore"]),
+        .testTarget(name: "ShardRankIDsTests", dependencies: ["ShardRankIDs"]),
+        .testTarget(name: "ShardRankWireTests", dependencies: ["ShardRankWire", "RPCCore", "ShardRankIDs"]),
         .testTarget(name: "ShardRankKernelsTests", dependencies: ["ShardRankKernels"], exclude: ["Fixtures"]),
-        .testTarget(name: "ShardRankTablesTests", dependencies: ["ShardRankTables", "ShardRankKernels"]),
+        .testTarget(name: "ShardRankTablesTests", dependencies: ["ShardRankTables", "ShardRankKernels", "ShardRankIDs"]),
         .testTarget(name: "CoordinatorTests", dependencies: [
-            "Coordinator", "ShardRankWire", "RPCCore", "RPCTransport", "ShardRankKernels", "ShardRankTables", "ShardServer",
+            "Coordinator", "ShardRankWire", "RPCCore", "RPCTransport", "ShardRankKernels", "ShardRankTables", "ShardServer", "ShardRankIDs",
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .testTarget(name: "ShardServerTests", dependencies: ["ShardServer", "ShardRankTables", "ShardRankKernels", "RPCCore", "ShardRankWire"]),
+        .testTarget(name: "ShardServerTests", dependencies: ["ShardServer", "ShardRankTables", "ShardRankKernels", "RPCCore", "ShardRankWire", "ShardRankIDs"]),
         .testTarget(name: "ShardRankEvalTests", dependencies: ["ShardRankEval"]),
         .testTarget(name: "ShardRankSynthTests", dependencies: ["ShardRankSynth", "ShardRankTables"]),
         .testTarget(name: "LoadTestTests", dependencies: [

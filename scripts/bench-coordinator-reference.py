@@ -89,7 +89,10 @@ Request path, as Recommender.recommend (Sources/Coordinator/Recommender+Pipeline
     cosine similarity (Diversity.mmr; λ = request or --diversity-lambda; λ = 1: sort by score,
     ties lower id), genre cap, top k
   * timings: retrieve / filter (merge) / gather / rank / post_rank / total in µs
-Differences that remain: float32 vectors (the benchmark's ShardRank table set is int8), HNSW
+Differences that remain: the seen set here is still the stored recent items (ShardRank's is the
+user's whole stored history, pushed into its shards' Search, with list over-fetch capped at 500:
+docs/api.md) — they differ only for users with more than 50 distinct items; float32
+vectors (the benchmark's ShardRank table set is int8), HNSW
 instead of ShardRank's exact (or IVF-PQ4) search, no deadlines, shards, hedging or coverage (the
 coverage field only carries the cold-start reason, as ShardRank's does).
 """

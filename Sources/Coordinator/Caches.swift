@@ -135,17 +135,41 @@ final class RowCache: Sendable {
 /// Users' stored vectors and profiles already fetched, for one table-set version (immutable
 /// within it): a returning user's Recommend skips the first round trip. Only complete answers
 /// (both calls answered from the pinned version) are kept; an unknown user is kept as such.
-/// Bounded by entries; cleared when full or when a newer version shows up.
+/// Bounded by entries *and* by bytes: a profile carries the user's whole history, kept as its
+/// compact delta-varint bytes (decoded per request), so entries differ in size by 100× between a
+/// new user and a heavy one. Cleared when either bound would be passed, or when a newer version
+/// shows up.
 final class UserCache: Sendable {
-    struct Entry: Sendable { let vector: [Float]?; let profile: UserProfile? }
-    private struct State { var version: UInt64 = 0; var entries: [UInt64: Entry] = [:]; var hits = 0; var misses = 0 }
+    struct Entry: Sendable {
+        let vector: [Float]?
+        let profile: UserProfile?
+
+        /// What the entry holds in memory, approximately: the vector, the recent items, the
+        /// history's bytes, the strings, and a fixed overhead for the dictionary slot, the arrays'
+        /// headers and the strings' storage.
+        var bytes: Int {
+            var n = 160 + 4 * (vector?.count ?? 0)
+            if let p = profile {
+                n += 8 * p.recentItemIDs.count + p.history.bytes.count + p.country.utf8.count
+                for g in p.topGenres { n += 16 + g.utf8.count }
+            }
+            return n
+        }
+    }
+    private struct State {
+        var version: UInt64 = 0; var entries: [UInt64: Entry] = [:]; var bytes = 0; var hits = 0; var misses = 0
+    }
     private let state = Mutex(State())
     let capacity: Int
+    let capacityBytes: Int
 
-    init(capacity: Int) { self.capacity = capacity }
+    init(capacity: Int, capacityBytes: Int = .max) {
+        self.capacity = capacity
+        self.capacityBytes = capacityBytes
+    }
 
     func get(version: UInt64, user: UInt64) -> Entry? {
-        guard version != 0, capacity > 0 else { return nil }
+        guard version != 0, capacity > 0, capacityBytes > 0 else { return nil }
         return state.withLock { s in
             guard s.version == version, let e = s.entries[user] else { s.misses += 1; return nil }
             s.hits += 1
@@ -155,13 +179,22 @@ final class UserCache: Sendable {
 
     func put(version: UInt64, user: UInt64, _ entry: Entry) {
         guard version != 0, capacity > 0 else { return }
+        let size = entry.bytes
+        guard size <= capacityBytes else { return }
         state.withLock { s in
-            if version > s.version { s.version = version; s.entries.removeAll(keepingCapacity: true) }
+            if version > s.version { s.version = version; s.entries.removeAll(keepingCapacity: true); s.bytes = 0 }
             guard version == s.version else { return }
-            if s.entries.count >= capacity { s.entries.removeAll(keepingCapacity: true) }
+            if let old = s.entries[user] { s.bytes -= old.bytes }
+            if s.entries.count >= capacity || s.bytes + size > capacityBytes {
+                s.entries.removeAll(keepingCapacity: true)
+                s.bytes = 0
+            }
             s.entries[user] = entry
+            s.bytes += size
         }
     }
 
     var counts: (hits: Int, misses: Int) { state.withLock { ($0.hits, $0.misses) } }
+    /// Entries and their bytes now (tests, metrics).
+    var usage: (entries: Int, bytes: Int) { state.withLock { ($0.entries.count, $0.bytes) } }
 }

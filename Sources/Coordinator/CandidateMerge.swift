@@ -1,3 +1,4 @@
+import ShardRankIDs
 import ShardRankKernels
 import ShardRankWire
 
@@ -10,8 +11,9 @@ enum CandidateMerge {
 
     static func merge(plan: RetrievalPlan, similar: [RankedList], genre: [RankedList], country: [RankedList], popular: [RankedList],
                       search: [ShardRankKernels.ScoredItem]) -> [MergedCandidate] {
-        var seen = IDIndex(capacity: plan.seenSorted.count)
-        for id in plan.seenSorted { seen.insert(id, 0) }
+        // Seen items: a binary search in the plan's sorted seen set (thousands of history items
+        // cost no per-request index build).
+        let seen = plan.seenSorted
         let total = similar.reduce(0) { $0 + min($1.ids.count, plan.similarPerItem) } + genre.count * plan.perGenre
             + country.count * plan.countryBudget + popular.count * plan.popularBudget + search.count
         var merged: [MergedCandidate] = []
@@ -31,7 +33,7 @@ enum CandidateMerge {
             guard cap > 0 else { return }
             for l in ls {
                 var n = 0
-                for i in 0 ..< min(l.ids.count, l.scores.count) where seen.get(l.ids[i]) == nil {
+                for i in 0 ..< min(l.ids.count, l.scores.count) where !SortedIDs.contains(seen, l.ids[i]) {
                     if n >= cap { break }
                     offer(l.ids[i], l.scores[i], bit)
                     n += 1
@@ -42,7 +44,7 @@ enum CandidateMerge {
         take(genre, cap: plan.perGenre, bit: 1 << 1)
         take(country, cap: plan.countryBudget, bit: 1 << 2)
         take(popular, cap: plan.popularBudget, bit: 1 << 3)
-        for it in search where seen.get(it.id) == nil { offer(it.id, it.score, 1 << 4) }
+        for it in search where !SortedIDs.contains(seen, it.id) { offer(it.id, it.score, 1 << 4) }
         merged.sort { ShardRankKernels.ScoredItem.ranksBefore($0.item, $1.item) }
         return merged
     }

@@ -30,6 +30,7 @@ extension Recommender {
         guard req.minCoverage.isFinite, req.minCoverage >= 0, req.minCoverage <= 1 else {
             throw RPCError(.invalidArgument, "min_coverage=\(req.minCoverage) is out of range [0, 1]")
         }
+        try RetrievalPlan.validateContext(req.context)
         for s in req.sources where ![.similar, .genre, .country, .popular, .search].contains(s) {
             throw RPCError(.invalidArgument, "sources: \(s) is not a retrieval source (similar, genre, country, popular, search)")
         }

@@ -19,7 +19,6 @@ public import ShardRankTables
 public final class Recommender: Sendable {
     public let fetcher: any ShardFetcher
     public let settings: CoordinatorSettings
-    public let router: ShardRouter
     public let model: MLPModel?
     /// Learned rankers by the name a request's `model` gives (`--ranker NAME=FILE`).
     public let rankers: [String: ServedRanker]
@@ -39,7 +38,6 @@ public final class Recommender: Sendable {
                 pool: WorkerPool, logger: Logger, observer: (any RecommendObserver)? = nil) {
         self.fetcher = fetcher
         self.settings = settings
-        self.router = ShardRouter(shardCount: fetcher.shardCount)
         self.model = model
         self.rankers = Dictionary(rankers.map { ($0.name, $0) }, uniquingKeysWith: { _, last in last })
         self.pool = pool
@@ -47,7 +45,7 @@ public final class Recommender: Sendable {
         self.observer = observer
         self.rowCache = RowCache(capacityBytes: settings.rowCacheBytes)
         self.listCache = ListCache(capacity: settings.listCacheEntries)
-        self.userCache = UserCache(capacity: settings.userCacheEntries)
+        self.userCache = UserCache(capacity: settings.userCacheEntries, capacityBytes: settings.userCacheBytes)
     }
 
     public convenience init(cluster: ShardCluster, model: MLPModel? = nil, rankers: [ServedRanker] = [], pool: WorkerPool, logger: Logger,
@@ -56,6 +54,15 @@ public final class Recommender: Sendable {
     }
 
     var shardCount: Int { fetcher.shardCount }
+
+    /// The router of a pinned table set: its shard count and the hash seed its manifest records
+    /// (the default seed when the shards report none).
+    func router(for pinned: PinnedTableSet) -> ShardRouter {
+        ShardRouter(shardCount: shardCount, seed: pinned.hashSeed == 0 ? StableHash.defaultSeed : pinned.hashSeed)
+    }
+
+    /// The router new requests use (that of the version they pin).
+    public var router: ShardRouter { router(for: fetcher.pinned) }
 
     /// The caches' hits and misses since start (logs, metrics).
     public var cacheCounts: (users: (hits: Int, misses: Int), lists: (hits: Int, misses: Int), rows: (hits: Int, misses: Int)) {
@@ -70,6 +77,8 @@ public final class Recommender: Sendable {
         let start = ContinuousClock.now
         let deadline: ContinuousClock.Instant
         let version: UInt64
+        /// Routes ids and keys with the hash seed of the pinned version.
+        let router: ShardRouter
         var requestID = ""
         private struct State {
             var failed: UInt8 = 0  // bit per `CandidateMerge.sourceOrder` index
@@ -80,9 +89,11 @@ public final class Recommender: Sendable {
         }
         private let lock: Mutex<State>
 
-        init(deadline: ContinuousClock.Instant, version: UInt64, shardCount: Int = 64) {
+        init(deadline: ContinuousClock.Instant, version: UInt64, router: ShardRouter) {
             self.deadline = deadline
             self.version = version
+            self.router = router
+            let shardCount = router.shardCount
             let words = (max(1, shardCount) + 63) / 64
             lock = Mutex(State(asked: [UInt64](repeating: 0, count: words), failedShards: [UInt64](repeating: 0, count: words)))
         }
@@ -126,7 +137,8 @@ public final class Recommender: Sendable {
 
     func makeTrace(_ ctx: ServerContext) -> Trace {
         let deadline = ctx.deadline ?? ContinuousClock.now.advanced(by: .microseconds(Int(settings.defaultDeadlineMs * 1000)))
-        let t = Trace(deadline: deadline, version: fetcher.pinnedVersion, shardCount: shardCount)
+        let pinned = fetcher.pinned
+        let t = Trace(deadline: deadline, version: pinned.version, router: router(for: pinned))
         t.requestID = ctx.requestID
         return t
     }
@@ -151,7 +163,7 @@ public final class Recommender: Sendable {
 
     /// The user's vector (nil for an unknown user) — one Lookup on the user's shard.
     func userVector(_ user: UInt64, trace: Trace, deadline: ContinuousClock.Instant) async -> (vector: [Float]?, failed: Bool) {
-        let shard = router.shard(ofID: user)
+        let shard = trace.router.shard(ofID: user)
         let req = LookupRequest(table: settings.usersTable, ids: [user], dtype: .f32, version: trace.version)
         do throws(RPCError) {
             let r = try await counted(shard, trace: trace) { () async throws(RPCError) in
@@ -168,7 +180,7 @@ public final class Recommender: Sendable {
 
     /// The user's stored profile (nil: none), and whether the call failed.
     func profile(_ user: UInt64, trace: Trace, deadline: ContinuousClock.Instant) async -> (profile: UserProfile?, failed: Bool) {
-        let shard = router.shard(ofID: user)
+        let shard = trace.router.shard(ofID: user)
         let req = ProfilesRequest(table: settings.profilesTable, userIDs: [user], version: trace.version)
         do throws(RPCError) {
             let r = try await counted(shard, trace: trace) { () async throws(RPCError) in
@@ -184,7 +196,8 @@ public final class Recommender: Sendable {
 
     /// The lists of `keys` in `table` the cache holds for the request's version, and the other
     /// keys grouped by the shard that holds them.
-    func cachedLists(table: String, keys: [String], limit: Int, version: UInt64) -> (hits: [RankedList], misses: [Int: [String]]) {
+    func cachedLists(table: String, keys: [String], limit: Int, trace: Trace) -> (hits: [RankedList], misses: [Int: [String]]) {
+        let version = trace.version, router = trace.router
         guard !keys.isEmpty, limit > 0, !listCache.isAbsent(version: version, table: table) else { return ([], [:]) }
         var hits: [RankedList] = []
         var misses: [Int: [String]] = [:]
@@ -226,7 +239,7 @@ public final class Recommender: Sendable {
     /// Lists by key: from the cache, the rest with one call per shard (in parallel).
     func lists(table: String, keys: [String], limit: Int, source: Source, trace: Trace,
                deadline: ContinuousClock.Instant) async -> [RankedList] {
-        let (hits, misses) = cachedLists(table: table, keys: keys, limit: limit, version: trace.version)
+        let (hits, misses) = cachedLists(table: table, keys: keys, limit: limit, trace: trace)
         if misses.isEmpty { return hits }
         return await withTaskGroup(of: [RankedList].self) { group in
             for (shard, ks) in misses {
@@ -266,7 +279,7 @@ public final class Recommender: Sendable {
         var lists = [[RankedList]](repeating: [], count: specs.count)
         var fetches: [(source: Int, shard: Int, keys: [String])] = []
         for (i, spec) in specs.enumerated() {
-            let (hits, misses) = cachedLists(table: spec.table, keys: spec.keys, limit: spec.limit, version: version)
+            let (hits, misses) = cachedLists(table: spec.table, keys: spec.keys, limit: spec.limit, trace: trace)
             lists[i] = hits
             for (shard, ks) in misses { fetches.append((i, shard, ks)) }
         }
@@ -274,8 +287,10 @@ public final class Recommender: Sendable {
         if fetches.isEmpty && k == 0 { return (lists, SearchResult()) }
         enum Part: Sendable { case lists(Int, [RankedList]), search(SearchResponse?) }
         let shardK = RetrievalPlan.perShardK(k, shards: shardCount, sigma: settings.searchShardSigma)
+        // The whole seen set rides in `exclude_sorted` (its packed bytes, a few kB for thousands
+        // of items): every shard excludes it inside the search.
         let req = SearchRequest(table: settings.itemsTable, queries: user ?? [], dim: UInt32(user?.count ?? 0), k: UInt32(shardK),
-                                excludeIDs: plan.seenSorted, version: version, withRows: true)
+                                version: version, withRows: true, excludeSorted: plan.seenPacked)
         var parts: [SearchResponse] = []
         await withTaskGroup(of: Part.self) { group in
             for f in fetches {
@@ -377,7 +392,7 @@ public final class Recommender: Sendable {
         // The rest: one Lookup per shard.
         var byShard: [Int: [UInt64]] = [:]
         for (i, id) in ids.enumerated() where rows?.filled[i] != true && position.get(id) == i {
-            byShard[router.shard(ofID: id), default: []].append(id)
+            byShard[trace.router.shard(ofID: id), default: []].append(id)
         }
         let table = settings.itemsTable
         let looked = await perShard(byShard) { shard, list -> (ids: [UInt64], response: LookupResponse)? in
@@ -446,7 +461,7 @@ public final class Recommender: Sendable {
         let cached = attributeCache.get(version: trace.version, ids: ids)
         if cached.missing.isEmpty && !cached.genres.isEmpty { return (cached.found, cached.genres) }
         var byShard: [Int: [UInt64]] = [:]
-        for id in cached.missing { byShard[router.shard(ofID: id), default: []].append(id) }
+        for id in cached.missing { byShard[trace.router.shard(ofID: id), default: []].append(id) }
         let table = settings.attributesTable, version = trace.version
         let vocabulary = Mutex<[String]>([])
         let parts = await perShard(byShard) { shard, list -> [(UInt64, ItemAttributes)]? in

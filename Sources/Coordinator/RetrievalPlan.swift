@@ -1,3 +1,5 @@
+import RPCCore
+import ShardRankIDs
 import ShardRankWire
 
 /// Stage 1 — what one Recommend retrieves: each source's budget and the keys and lengths of
@@ -11,17 +13,60 @@ struct RetrievalPlan: Sendable, Equatable {
     /// Keys of the genre lists (at most 3) and of the country list ("" = none).
     var genres: [String] = []
     var country = ""
-    /// Items never returned: the stored recent items, the context's recent items and exclusions.
-    var seen: Set<UInt64> = [] { didSet { seenSorted = seen.sorted() } }
-    /// `seen` sorted (pushed down into Search; the filter's lookup table is built from it).
+    /// Items never returned (the *seen* set), ascending and unique: the user's whole stored
+    /// history (`UserProfile.history`; the stored recent items when the shard sends none), the
+    /// context's recent items and its exclusions. The merge filters by it (binary search).
     private(set) var seenSorted: [UInt64] = []
+    /// The same set, delta-varint packed: pushed into every shard's Search as `exclude_sorted`.
+    /// When the context adds nothing to the stored history, these are the profile's own bytes.
+    private(set) var seenPacked = PackedIDs()
+    var seenCount: Int { seenSorted.count }
+
+    /// Sets the seen set to `ids` (any order, repeats allowed).
+    mutating func setSeen(_ ids: [UInt64]) {
+        seenSorted = SortedIDs.sortedUnique(ids)
+        seenPacked = PackedIDs(sortedUnique: seenSorted)
+    }
+
+    func isSeen(_ id: UInt64) -> Bool { SortedIDs.contains(seenSorted, id) }
+
+    // MARK: - Request context bounds
+
+    /// Most `context.recent_item_ids` a request may carry (they also key the similar source).
+    static let maxContextRecentItems = 100
+    /// Most `context.exclude_ids` a request may carry.
+    static let maxContextExcludeIDs = 10_000
+
+    /// The context's lists within their bounds, else INVALID_ARGUMENT naming the field and bound.
+    static func validateContext(_ context: RecommendContext?) throws(RPCError) {
+        guard let c = context else { return }
+        guard c.recentItemIDs.count <= maxContextRecentItems else {
+            throw RPCError(.invalidArgument, "context.recent_item_ids has \(c.recentItemIDs.count) entries, more than the limit of \(maxContextRecentItems)")
+        }
+        guard c.excludeIDs.count <= maxContextExcludeIDs else {
+            throw RPCError(.invalidArgument, "context.exclude_ids has \(c.excludeIDs.count) entries, more than the limit of \(maxContextExcludeIDs)")
+        }
+    }
+
+    // MARK: - List lengths
 
     /// Each genre's share of the genre budget.
     var perGenre: Int { genres.isEmpty ? 0 : max(1, genreBudget / genres.count) }
-    /// Lists are over-fetched by the seen set, then filtered (so a seen item costs no slot).
-    var genreLimit: Int { perGenre + seen.count }
-    var countryLimit: Int { countryBudget + seen.count }
-    var popularLimit: Int { popularBudget + seen.count }
+
+    /// The most a genre, country or popular list is over-fetched for seen items. Lists are read
+    /// past their budget so that seen items (dropped in the merge) cost no slot: by the seen
+    /// set's size, but at most this many. A history runs to thousands of items, most of them far
+    /// down any one ranked list or not in it, while the merge stops reading a list as soon as its
+    /// budget is filled; over-fetching by the whole history would make every Lists call (and
+    /// list-cache entry) for such a user thousands of entries long for items never read. With
+    /// the cap, a user who has seen more than `maxSeenOverFetch` of a list's top
+    /// `budget + maxSeenOverFetch` entries gets fewer than the budget from that list — never a
+    /// seen item. (The search needs no over-fetch: the seen set is excluded inside it.)
+    static let maxSeenOverFetch = 500
+    var seenOverFetch: Int { min(seenCount, Self.maxSeenOverFetch) }
+    var genreLimit: Int { perGenre + seenOverFetch }
+    var countryLimit: Int { countryBudget + seenOverFetch }
+    var popularLimit: Int { popularBudget + seenOverFetch }
 
     /// Hits each of `shards` shards returns for a search of `k` (see
     /// `CoordinatorSettings.searchShardSigma`).
@@ -32,11 +77,10 @@ struct RetrievalPlan: Sendable, Equatable {
         return min(k, Int(want.rounded(.up)) + 1)
     }
 
-    /// True when the request's context lacks something only the stored profile gives.
-    static func needsProfile(_ req: RecommendRequest) -> Bool {
-        let c = req.context ?? RecommendContext()
-        return c.recentItemIDs.isEmpty || c.genres.isEmpty || c.country.isEmpty
-    }
+    /// Whether the stored profile is needed: always, since its whole history is part of the
+    /// seen set whatever the context gives (a context with recent items, genres and a country
+    /// still cannot say what else the user has seen).
+    static func needsProfile(_ req: RecommendRequest) -> Bool { true }
 
     init(k: Int) { self.k = k }
 
@@ -54,9 +98,19 @@ struct RetrievalPlan: Sendable, Equatable {
         recent = Array((context.recentItemIDs.isEmpty ? profile?.recentItemIDs ?? [] : context.recentItemIDs).prefix(settings.recentItems))
         genres = Array((context.genres.isEmpty ? profile?.topGenres ?? [] : context.genres).prefix(3))
         country = context.country.isEmpty ? profile?.country ?? "" : context.country
-        seen = Set(profile?.recentItemIDs ?? [])
-        seen.formUnion(context.recentItemIDs)
-        seen.formUnion(context.excludeIDs)
-        seenSorted = seen.sorted()
+        (seenSorted, seenPacked) = Self.seen(profile: profile, context: context)
+    }
+
+    /// The seen set, sorted and packed: the stored history ∪ the stored recent items (already in
+    /// it unless the shard sent no history) ∪ the context's recent items and exclusions. One
+    /// decode of the history and one merge; no re-encoding when nothing is added to it.
+    static func seen(profile: UserProfile?, context: RecommendContext) -> ([UInt64], PackedIDs) {
+        let history = profile?.history ?? PackedIDs()
+        let stored = history.decoded()
+        var extra = context.recentItemIDs + context.excludeIDs
+        for id in profile?.recentItemIDs ?? [] where !SortedIDs.contains(stored, id) { extra.append(id) }
+        if extra.isEmpty { return (stored, history) }
+        let all = SortedIDs.union(stored, SortedIDs.sortedUnique(extra))
+        return (all, all.count == stored.count ? history : PackedIDs(sortedUnique: all))
     }
 }

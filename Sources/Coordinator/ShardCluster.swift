@@ -26,6 +26,8 @@ final class Replica: Sendable {
         var latencies: [Double] = []
         var next = 0
         var version: UInt64 = 0
+        /// The hash seed the replica reported with `version` (0: not reported).
+        var hashSeed: UInt64 = 0
     }
 
     init(shard: Int, address: String, group: any EventLoopGroup) throws(RPCError) {
@@ -131,13 +133,13 @@ public final class ShardCluster: Sendable {
                     } catch {
                         serving = false
                     }
-                    var version: UInt64?
+                    var version: (number: UInt64, seed: UInt64)?
                     if serving && readVersions, let info = try? await r.client.info(timeout: .milliseconds(200)) {
-                        version = info.version
+                        version = (info.version, info.hashSeed)
                     }
                     r.state.withLock { s in
                         s.serving = serving
-                        if let version { s.version = version }
+                        if let version { s.version = version.number; s.hashSeed = version.seed }
                         if serving, let until = s.ejectedUntil, ContinuousClock.now >= until {
                             s.ejectedUntil = nil
                             s.consecutiveFailures = 0
@@ -165,15 +167,21 @@ public final class ShardCluster: Sendable {
     }
 
     /// The version to pin: the lowest version any serving replica reports (every shard holds it,
-    /// the newer ones as their previous version during a rollout); 0 when unknown.
-    public var pinnedVersion: UInt64 {
-        var v: UInt64 = .max
+    /// the newer ones as their previous version during a rollout); 0 when unknown. With it, the
+    /// hash seed a replica reported for that version (every file of a version records the
+    /// manifest's seed; 0 when none did).
+    public var pinned: PinnedTableSet {
+        var v: UInt64 = .max, seed: UInt64 = 0
         for r in replicas.joined() {
-            let (serving, version) = r.state.withLock { ($0.serving, $0.version) }
-            if serving && version > 0 { v = min(v, version) }
+            let (serving, version, hashSeed) = r.state.withLock { ($0.serving, $0.version, $0.hashSeed) }
+            guard serving && version > 0 else { continue }
+            if version < v { v = version; seed = hashSeed } else if version == v && seed == 0 { seed = hashSeed }
         }
-        return v == .max ? 0 : v
+        return v == .max ? PinnedTableSet(version: 0, hashSeed: 0) : PinnedTableSet(version: v, hashSeed: seed)
     }
+
+    /// The version to pin (see `pinned`).
+    public var pinnedVersion: UInt64 { pinned.version }
 
     /// The least-loaded usable replica not in `excluding`; with `lastResort`, an ejected or
     /// unknown one when no usable replica is left (a retry after a transport failure).

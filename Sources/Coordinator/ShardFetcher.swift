@@ -10,16 +10,33 @@ public import RPCCore
 /// Contract: each call answers from `shard` alone, before `deadline` or with DEADLINE_EXCEEDED;
 /// errors are `RPCError`s with the shard's status (NOT_FOUND: the table set has no such table).
 /// `requestID` is forwarded for the shard's logs.
+/// The table-set version new requests pin and the hash seed its manifest records (what ids
+/// are routed with).
+public struct PinnedTableSet: Sendable, Hashable {
+    /// 0 = unknown.
+    public var version: UInt64
+    /// The seed of the sharding hash (`InfoResponse.hash_seed`); 0 = not reported, routed with
+    /// the default seed.
+    public var hashSeed: UInt64
+    public init(version: UInt64, hashSeed: UInt64) { self.version = version; self.hashSeed = hashSeed }
+}
+
 public protocol ShardFetcher: Sendable {
     var shardCount: Int { get }
-    /// The table-set version new requests pin (every serving replica holds it); 0 = unknown.
-    var pinnedVersion: UInt64 { get }
+    /// The table-set version new requests pin (every serving replica holds it; 0 = unknown) and
+    /// its hash seed, read together so a request routes with the seed of the version it pins.
+    var pinned: PinnedTableSet { get }
     func lookup(_ request: LookupRequest, shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> LookupResponse
     func search(_ request: SearchRequest, shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> SearchResponse
     func lists(_ request: ListsRequest, shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> ListsResponse
     func profiles(_ request: ProfilesRequest, shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> ProfilesResponse
     func attributes(_ request: AttributesRequest, shard: Int, deadline: ContinuousClock.Instant,
                     requestID: String) async throws(RPCError) -> AttributesResponse
+}
+
+extension ShardFetcher {
+    /// The pinned version alone.
+    public var pinnedVersion: UInt64 { pinned.version }
 }
 
 extension ShardCluster: ShardFetcher {

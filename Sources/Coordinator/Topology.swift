@@ -131,6 +131,9 @@ public struct CoordinatorSettings: Sendable, Equatable {
     /// Ranked lists and users (vector + profile) the coordinator keeps per version (0: off).
     public var listCacheEntries = 200_000
     public var userCacheEntries = 200_000
+    /// Bytes the user cache may hold (vectors, recent items, compact histories; 0: off): cleared
+    /// when full, like `userCacheEntries`.
+    public var userCacheBytes = 256 << 20
 
     public init() {}
 
@@ -144,7 +147,7 @@ public struct CoordinatorSettings: Sendable, Equatable {
         let known: Set<String> = ["default_deadline_ms", "similar_per_item", "genre_budget", "country_budget", "popular_budget",
                                   "search_budget", "recent_items", "diversity_lambda", "freshness_half_life_s", "hedge_quantile", "min_hedge_delay_ms",
                                   "eject_after_failures", "ejection_ms", "health_interval_ms", "max_shard_call_ms", "row_cache_mb",
-                                  "list_cache_entries", "user_cache_entries", "search_shard_sigma"]
+                                  "list_cache_entries", "user_cache_entries", "user_cache_mb", "search_shard_sigma"]
         for k in c.keys where !known.contains(k) {
             throw Topology.Error(description: "unknown key 'coordinator.\(k)' (known: \(known.sorted().joined(separator: ", ")))")
         }
@@ -172,6 +175,7 @@ public struct CoordinatorSettings: Sendable, Equatable {
         if let v = try num("row_cache_mb") { rowCacheBytes = Int(v * 1_048_576) }
         if let v = try int("list_cache_entries") { listCacheEntries = v }
         if let v = try int("user_cache_entries") { userCacheEntries = v }
+        if let v = try num("user_cache_mb") { userCacheBytes = Int(v * 1_048_576) }
         if let v = c["search_shard_sigma"] {
             guard let d = (v as? NSNumber)?.doubleValue, d.isFinite else { throw Topology.Error(description: "coordinator.search_shard_sigma must be a number") }
             searchShardSigma = d

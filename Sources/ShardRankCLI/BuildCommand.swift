@@ -75,6 +75,9 @@ struct BuildCommand: ParsableCommand {
     @Option(name: .long, help: "Seed of the ANN index build (the same seed and input give the same index).")
     var seed: UInt64 = 1
 
+    @Option(name: .customLong("hash-seed"), help: "Seed of the sharding hash (decimal or 0x-hex, non-zero), recorded in the manifest; shards report it in Info and the coordinator routes with it. Default 0x9e3779b97f4a7c15.")
+    var hashSeed: String?
+
     @Flag(name: .long, help: "No progress output on stderr.")
     var quiet = false
 
@@ -95,12 +98,22 @@ struct BuildCommand: ParsableCommand {
         guard annNprobe >= 1 else { throw ValidationError("--ann-nprobe must be ≥ 1") }
         guard annRerank >= 1 else { throw ValidationError("--ann-rerank must be ≥ 1") }
         guard annDefaultMode == "ann" || annDefaultMode == "exact" else { throw ValidationError("--ann-default-mode must be ann or exact") }
+        if let hashSeed, Self.parseSeed(hashSeed) == nil {
+            throw ValidationError("--hash-seed must be a non-zero 64-bit integer (decimal or 0x-hex), got '\(hashSeed)'")
+        }
+    }
+
+    /// A non-zero seed in decimal or 0x-hex (0 is what a shard's Info reports when it predates
+    /// the field, so it is not a seed one can choose).
+    static func parseSeed(_ s: String) -> UInt64? {
+        let v = s.lowercased().hasPrefix("0x") ? UInt64(s.dropFirst(2), radix: 16) : UInt64(s)
+        return v == 0 ? nil : v
     }
 
     func run() throws {
         var options = BuildOptions(shardCount: shards, dtype: TableDType(name: dtype)!, similarK: similar, recentN: recent,
                                    listLength: listLength)
-        options.seed = StableHash.defaultSeed
+        options.seed = hashSeed.flatMap(Self.parseSeed) ?? StableHash.defaultSeed
         options.similarExactBelow = similarExactBelow
         options.similarSource = BuildOptions.SimilarSource(rawValue: similarSource)!
         options.covisitWindow = covisitWindow

@@ -148,7 +148,7 @@ struct InfoCommand: AsyncParsableCommand {
                 throw error
             }
         }
-        print("source \(info.source)  version \(info.version)  shard \(info.shard) of \(info.shardCount)  hash \(info.hash)  mapped \(info.mappedBytes) bytes")
+        print("source \(info.source)  version \(info.version)  shard \(info.shard) of \(info.shardCount)  hash \(info.hash) seed 0x\(String(info.hashSeed, radix: 16))  mapped \(info.mappedBytes) bytes")
         for t in info.tables {
             print("  \(t.name.padding(12))  \(String(describing: t.kind).padding(10))  dim \(t.dim)  \(t.dtype)  rows \(t.rows)")
         }

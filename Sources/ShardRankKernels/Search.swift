@@ -31,7 +31,9 @@ public enum Search {
                      "perQueryK needs queryCount values in 0...k")
         guard queryCount > 0 else { return [] }
         guard k > 0, rows.count > 0 else { return Array(repeating: [], count: queryCount) }
-        let exclude = Array(Set(excluding)).sorted()
+        // The kernel binary-searches a sorted, duplicate-free list: no work when it already is
+        // (the shard passes its requests' exclusions that way).
+        let exclude = isSortedUnique(excluding) ? excluding : Array(Set(excluding)).sorted()
         let participants = pool?.participants(count: rows.count, minChunk: minRowsPerTask) ?? 1
         // Per-participant state, each participant's part padded to whole cache lines so that
         // two threads never write the same line.
@@ -87,5 +89,14 @@ public enum Search {
             results.append((0..<Int(h.count)).map { ScoredItem(id: h.ids![$0], score: h.scores![$0]) })
         }
         return results
+    }
+
+    static func isSortedUnique(_ ids: [UInt64]) -> Bool {
+        var i = 1
+        while i < ids.count {
+            if ids[i] <= ids[i - 1] { return false }
+            i += 1
+        }
+        return true
     }
 }

@@ -1,7 +1,13 @@
+public import ShardRankIDs
+
 /// A user's profile (views into the mapped file, valid while the table is alive).
 public struct UserProfileView: @unchecked Sendable {
     /// The user's most recent item ids, most recent first (at most the builder's `--recent N`).
     public let recentItems: UnsafeBufferPointer<UInt64>
+    /// Every item the user interacted with: sorted unique ids, delta-varint (`DeltaVarint`;
+    /// verified at load). `nil` in a table written before the history sections existed: the
+    /// history is then `recentItems` (see `ProfileTable.history(of:)`).
+    public let history: UnsafeRawBufferPointer?
     /// Up to 3 indices into the table set's genre vocabulary (`manifest.genres`), most watched
     /// first; `nil` entries are absent.
     public let topGenreIndices: (UInt32?, UInt32?, UInt32?)
@@ -14,7 +20,8 @@ public struct UserProfileView: @unchecked Sendable {
     }
 }
 
-/// One shard's slice of the profile table (user id → recent items, top genres, country).
+/// One shard's slice of the profile table (user id → recent items, full history, top genres,
+/// country).
 /// Immutable, `Sendable`, allocation-free lookups; the mapping is released in `deinit`.
 public final class ProfileTable: @unchecked Sendable {
     public let name: String
@@ -25,10 +32,14 @@ public final class ProfileTable: @unchecked Sendable {
     public let genres: [String]
     public let countries: [String]
     public var mappedBytes: Int { file.mapping.bytes.count }
+    /// Whether the file has the history sections (tables built before them have not).
+    public let hasStoredHistory: Bool
 
     let file: TableFile
     private let recentOffsets: UnsafeBufferPointer<UInt64>
     private let recentIDs: UnsafeBufferPointer<UInt64>
+    private let historyOffsets: UnsafeBufferPointer<UInt64>
+    private let historyBytes: UnsafeRawBufferPointer
     private let genreSlots: UnsafeBufferPointer<UInt32>
     private let country: UnsafeBufferPointer<UInt32>
     private let index: SlotIndex
@@ -46,6 +57,30 @@ public final class ProfileTable: @unchecked Sendable {
         try file.expectCount(.profileCountry, rows, "one country per row")
         let recentOffsets = file.typed(.recentOffsets, as: UInt64.self)
         try file.validateOffsets(recentOffsets, total: file.count(.recentIDs), .recentOffsets)
+        // History (optional): offsets into the byte section; every row's bytes a valid
+        // delta-varint stream of its own (so decoding a row never reads past its end).
+        if file.has(.historyOffsets) {
+            try file.expectCount(.historyOffsets, rows + 1, "rows + 1 history offsets")
+            let offsets = file.typed(.historyOffsets, as: UInt64.self)
+            try file.validateOffsets(offsets, total: file.count(.historyBytes), .historyOffsets)
+            let bytes = file.section(.historyBytes)
+            let ids = file.typed(.ids, as: UInt64.self)
+            for r in 0..<rows {
+                let row = UnsafeRawBufferPointer(rebasing: bytes[Int(offsets[r])..<Int(offsets[r + 1])])
+                do throws(DeltaVarint.DecodeError) {
+                    _ = try DeltaVarint.validate(row)
+                } catch {
+                    throw TableError.corrupt(file.path, "history of user \(ids[r]) (row \(r)): \(error)")
+                }
+            }
+            historyOffsets = offsets
+            historyBytes = bytes
+            hasStoredHistory = true
+        } else {
+            historyOffsets = UnsafeBufferPointer(start: nil, count: 0)
+            historyBytes = UnsafeRawBufferPointer(start: nil, count: 0)
+            hasStoredHistory = false
+        }
         let genreSlots = file.typed(.profileGenres, as: UInt32.self)
         for g in genreSlots where g != TableFormat.noVocabularyEntry && Int(g) >= genres.count {
             throw TableError.corrupt(file.path, "genre index \(g) outside the manifest's \(genres.count) genres")
@@ -80,7 +115,9 @@ public final class ProfileTable: @unchecked Sendable {
         let lo = Int(recentOffsets[row]), hi = Int(recentOffsets[row + 1])
         func slot(_ v: UInt32) -> UInt32? { v == TableFormat.noVocabularyEntry ? nil : v }
         let g = row * TableFormat.profileGenreSlots
-        return UserProfileView(recentItems: UnsafeBufferPointer(rebasing: recentIDs[lo..<hi]),
+        let history = hasStoredHistory
+            ? UnsafeRawBufferPointer(rebasing: historyBytes[Int(historyOffsets[row])..<Int(historyOffsets[row + 1])]) : nil
+        return UserProfileView(recentItems: UnsafeBufferPointer(rebasing: recentIDs[lo..<hi]), history: history,
                                topGenreIndices: (slot(genreSlots[g]), slot(genreSlots[g + 1]), slot(genreSlots[g + 2])),
                                countryIndex: slot(country[row]))
     }
@@ -88,6 +125,13 @@ public final class ProfileTable: @unchecked Sendable {
     /// The profile of user `id`, or `nil` if this shard does not hold it.
     public func profile(forUser id: UInt64) -> UserProfileView? {
         rowIndex(of: id).map(profile(at:))
+    }
+
+    /// The profile's whole history as a `PackedIDs` (copies the stored bytes; for a table without
+    /// history sections, packs the recent items).
+    public func history(of p: UserProfileView) -> PackedIDs {
+        guard let h = p.history else { return PackedIDs(Array(p.recentItems)) }
+        return PackedIDs(trustedBytes: Array(h), count: DeltaVarint.terminatorCount(h))
     }
 
     /// Genre names of a profile, most watched first (allocates).

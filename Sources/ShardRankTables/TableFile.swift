@@ -129,9 +129,9 @@ final class TableFile: @unchecked Sendable {
         self.indexCapacity = Int(cap)
         self.headerChecksum = stored
         self.sections = sections
-        // The kind's section set, exactly.
-        let expected = SectionID.sections(for: kind, dtype: dtype)
-        guard Set(sections.keys) == Set(expected.map(\.rawValue)) else {
+        // One of the kind's section sets, exactly.
+        let present = Set(sections.keys)
+        guard SectionID.acceptedSections(for: kind, dtype: dtype).contains(where: { present == Set($0.map(\.rawValue)) }) else {
             throw TableError.corrupt(path, "sections \(sections.keys.sorted()) do not match a \(kind) table")
         }
     }
@@ -168,6 +168,9 @@ final class TableFile: @unchecked Sendable {
     }
 
     func count(_ id: SectionID) -> Int { sections[id.rawValue]!.count }
+
+    /// Whether the file has section `id` (for the optional sections of a kind).
+    func has(_ id: SectionID) -> Bool { sections[id.rawValue] != nil }
 
     /// A typed view of a section. Sections are 64-byte aligned in a page-aligned mapping.
     func typed<T>(_ id: SectionID, as type: T.Type) -> UnsafeBufferPointer<T> {

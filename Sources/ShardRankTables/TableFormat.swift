@@ -153,6 +153,8 @@ enum SectionID: UInt32, CaseIterable {
     case recentIDs = 31      // u64[recentOffsets[rows]]
     case profileGenres = 32  // u32[rows * 3]
     case profileCountry = 33 // u32[rows]
+    case historyOffsets = 34 // u64[rows + 1]: byte offsets into historyBytes
+    case historyBytes = 35   // u8[historyOffsets[rows]]: each row's sorted unique item ids, delta-varint
     case genreMask = 40      // u64[rows]
     case timestamps = 41     // i64[rows]
     case popularity = 42     // f32[rows]
@@ -166,23 +168,32 @@ enum SectionID: UInt32, CaseIterable {
 
     var elementSize: Int {
         switch self {
-        case .ids, .keyOffsets, .listOffsets, .listIDs, .recentOffsets, .recentIDs, .genreMask, .timestamps,
+        case .ids, .keyOffsets, .listOffsets, .listIDs, .recentOffsets, .recentIDs, .historyOffsets, .genreMask, .timestamps,
              .annParams, .annListOffsets: 8
         case .index, .scales, .listScores, .profileGenres, .profileCountry, .popularity, .annCentroids, .annCodebooks, .annRows, .annRotation: 4
-        case .keyBytes, .annCodes: 1
+        case .keyBytes, .historyBytes, .annCodes: 1
         case .vectors: 1 // the vectors section counts bytes
         }
     }
 
-    /// The sections a table of `kind` has, in file order.
+    /// The sections a table of `kind` has, in file order (what the writer writes).
     static func sections(for kind: TableKind, dtype: TableDType?) -> [SectionID] {
         switch kind {
         case .embedding: dtype == .int8 ? [.ids, .index, .vectors, .scales] : [.ids, .index, .vectors]
         case .list: [.keyOffsets, .keyBytes, .index, .listOffsets, .listIDs, .listScores]
-        case .profile: [.ids, .index, .recentOffsets, .recentIDs, .profileGenres, .profileCountry]
+        case .profile: profileWithoutHistory + [.historyOffsets, .historyBytes]
         case .attribute: [.ids, .index, .genreMask, .timestamps, .popularity]
         case .annIndex: [.annParams, .annCentroids, .annCodebooks, .annRotation, .annListOffsets, .annCodes, .annRows]
         }
+    }
+
+    /// A profile table as written before the history sections existed (still loaded: each
+    /// user's history is then their recent items).
+    static let profileWithoutHistory: [SectionID] = [.ids, .index, .recentOffsets, .recentIDs, .profileGenres, .profileCountry]
+
+    /// Every section set the loader accepts for `kind` (the current one first).
+    static func acceptedSections(for kind: TableKind, dtype: TableDType?) -> [[SectionID]] {
+        kind == .profile ? [sections(for: kind, dtype: dtype), profileWithoutHistory] : [sections(for: kind, dtype: dtype)]
     }
 }
 

@@ -21,6 +21,7 @@ public struct BuildOptions: Sendable {
     public var recentN: Int = 50
     /// Length of the computed `genre_top`, `country_top` and `popular` lists.
     public var listLength: Int = 1000
+    /// The sharding hash seed, recorded in the manifest and every file (`shardrank build --hash-seed`).
     public var seed: UInt64 = StableHash.defaultSeed
     /// Build an ANN index over each shard of the `items` table (nil: none).
     public var ann: ANNBuild? = nil
@@ -478,8 +479,9 @@ extension TableSetBuilder {
     }
 
     /// Profiles: the last `recentN` distinct items by time (most recent first; equal timestamps:
-    /// the later line first), the 3 most frequent genres over the whole history (ties: lower genre
-    /// index, i.e. alphabetical), and the country.
+    /// the later line first), every item of the history (stored sorted and unique), the 3 most
+    /// frequent genres over the whole history (ties: lower genre index, i.e. alphabetical), and
+    /// the country.
     static func computeProfiles(userList: [UInt64], itemList: [UInt64], itemGenres: [[Int]], genreCount: Int,
                                 interUser: [Int32], interItem: [Int32], interTime: [Int64],
                                 countryOfUser: [Int: Int], recentN: Int) -> [UserProfileRecord] {
@@ -504,12 +506,15 @@ extension TableSetBuilder {
             for k in ks where recent.count < recentN {
                 if seen.insert(interItem[k]).inserted { recent.append(itemList[Int(interItem[k])]) }
             }
+            // The whole history: every item of the user's training interactions.
+            let history = ks.map { itemList[Int(interItem[$0])] }
             for g in genreCounts.indices { genreCounts[g] = 0 }
             for k in ks { for g in itemGenres[Int(interItem[k])] { genreCounts[g] += 1 } }
             let topGenres = genreCounts.indices.filter { genreCounts[$0] > 0 }
                 .sorted { genreCounts[$0] != genreCounts[$1] ? genreCounts[$0] > genreCounts[$1] : $0 < $1 }
                 .prefix(TableFormat.profileGenreSlots)
-            out.append(UserProfileRecord(userID: userList[u], recentItems: recent, topGenres: Array(topGenres), country: countryOfUser[u]))
+            out.append(UserProfileRecord(userID: userList[u], recentItems: recent, history: history, topGenres: Array(topGenres),
+                                         country: countryOfUser[u]))
         }
         return out
     }

@@ -1,4 +1,5 @@
 public import ShardRankKernels
+import ShardRankIDs
 #if canImport(Glibc)
 internal import Glibc
 #elseif canImport(Darwin)
@@ -24,17 +25,25 @@ public struct UserProfileRecord: Sendable, Equatable {
     public var userID: UInt64
     /// Most recent first.
     public var recentItems: [UInt64]
+    /// Every item the user interacted with (any order, repeats allowed). The table stores the
+    /// sorted unique union of this and `recentItems`.
+    public var history: [UInt64]
     /// At most 3 indices into the builder's genre vocabulary, most watched first.
     public var topGenres: [Int]
     /// Index into the builder's country vocabulary.
     public var country: Int?
 
-    public init(userID: UInt64, recentItems: [UInt64], topGenres: [Int], country: Int?) {
+    /// - Parameter history: every item of the user's history; nil: only the recent items.
+    public init(userID: UInt64, recentItems: [UInt64], history: [UInt64]? = nil, topGenres: [Int], country: Int?) {
         self.userID = userID
         self.recentItems = recentItems
+        self.history = history ?? []
         self.topGenres = topGenres
         self.country = country
     }
+
+    /// What the table stores as the history: sorted, unique, the recent items included.
+    public var storedHistory: [UInt64] { SortedIDs.sortedUnique(history + recentItems) }
 }
 
 /// An item's attributes to store in an attribute table.
@@ -72,6 +81,8 @@ public final class TableSetBuilder {
     private var tables: [TableSetManifest.Table] = []
     private var stagedVersion: UInt64?
     private var published = false
+    /// Write the profile tables' history sections (off only to produce the older layout in tests).
+    var writesProfileHistory = true
 
     /// - Parameters:
     ///   - genres: the genre vocabulary (≤ 64 names) that attribute masks and profiles refer to.
@@ -281,7 +292,9 @@ public final class TableSetBuilder {
 
     // MARK: - Profile and attribute tables
 
-    /// Adds a profile table (user id → recent items, ≤ 3 top genres, country), sharded by user id.
+    /// Adds a profile table (user id → recent items, whole history, ≤ 3 top genres, country),
+    /// sharded by user id. The history is stored per row as delta-varint bytes (`DeltaVarint`)
+    /// of the sorted unique union of `history` and `recentItems`.
     public func addProfiles(name: String = "profiles", _ profiles: [UserProfileRecord], source: String? = nil) throws {
         try checkName(name)
         var seen = Set<UInt64>()
@@ -308,14 +321,26 @@ public final class TableSetBuilder {
                 for i in 0..<TableFormat.profileGenreSlots { genreSlots.append(i < g.count ? UInt32(g[i]) : TableFormat.noVocabularyEntry) }
             }
             let country = rows.map { profiles[$0].country.map(UInt32.init) ?? TableFormat.noVocabularyEntry }
-            return (slots.count, [
+            var specs = [
                 SectionSpec(id: .ids, count: rows.count) { sink in for r in rows { try sink.append(profiles[r].userID) } },
                 SectionSpec(id: .index, count: slots.count) { try $0.append(contentsOf: slots) },
                 SectionSpec(id: .recentOffsets, count: offsets.count) { try $0.append(contentsOf: offsets) },
                 SectionSpec(id: .recentIDs, count: Int(offsets.last!)) { sink in for r in rows { try sink.append(contentsOf: profiles[r].recentItems) } },
                 SectionSpec(id: .profileGenres, count: genreSlots.count) { try $0.append(contentsOf: genreSlots) },
                 SectionSpec(id: .profileCountry, count: country.count) { try $0.append(contentsOf: country) },
-            ])
+            ]
+            if writesProfileHistory {
+                // The shard's histories, encoded (1–3 bytes per item for a catalog's ids).
+                let encoded = rows.map { DeltaVarint.encode(profiles[$0].storedHistory) }
+                var historyOffsets: [UInt64] = [0]
+                historyOffsets.reserveCapacity(rows.count + 1)
+                for e in encoded { historyOffsets.append(historyOffsets.last! + UInt64(e.count)) }
+                specs.append(SectionSpec(id: .historyOffsets, count: historyOffsets.count) { try $0.append(contentsOf: historyOffsets) })
+                specs.append(SectionSpec(id: .historyBytes, count: Int(historyOffsets.last!)) { sink in
+                    for e in encoded { try sink.append(contentsOf: e) }
+                })
+            }
+            return (slots.count, specs)
         }
     }
 

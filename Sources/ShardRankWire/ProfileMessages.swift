@@ -1,6 +1,7 @@
 internal import CProtobufC
 internal import CShardRankProto
 public import RPCCore
+public import ShardRankIDs
 
 public struct ProfilesRequest: Sendable, Hashable {
     public var table: String
@@ -32,11 +33,29 @@ public struct ProfilesRequest: Sendable, Hashable {
 
 public struct UserProfile: Sendable, Hashable {
     public var userID: UInt64
+    /// Most recent first.
     public var recentItemIDs: [UInt64]
+    /// Every item the user interacted with, as its delta-varint bytes (fields `history` and
+    /// `history_count`); empty from a shard that predates them.
+    public var history: PackedIDs
     public var topGenres: [String]
     public var country: String
-    public init(userID: UInt64, recentItemIDs: [UInt64], topGenres: [String], country: String) {
-        self.userID = userID; self.recentItemIDs = recentItemIDs; self.topGenres = topGenres; self.country = country
+    public init(userID: UInt64, recentItemIDs: [UInt64], history: PackedIDs = PackedIDs(), topGenres: [String], country: String) {
+        self.userID = userID; self.recentItemIDs = recentItemIDs; self.history = history; self.topGenres = topGenres; self.country = country
+    }
+
+    /// Checks a profile's `history` bytes against its `history_count`.
+    static func history(_ bytes: [UInt8], count: UInt32) throws(RPCError) -> PackedIDs {
+        let packed: PackedIDs
+        do throws(DeltaVarint.DecodeError) {
+            packed = try PackedIDs(validating: bytes)
+        } catch {
+            throw RPCError(.invalidArgument, "UserProfile.history is not a delta-varint id set: \(error)")
+        }
+        guard packed.count == Int(count) else {
+            throw RPCError(.invalidArgument, "UserProfile.history_count is \(count) but UserProfile.history holds \(packed.count) ids")
+        }
+        return packed
     }
 }
 
@@ -52,12 +71,16 @@ public struct ProfilesResponse: Sendable, Hashable {
 
     public static func decode(_ bytes: [UInt8]) throws(RPCError) -> ProfilesResponse {
         try ProtoC.unpack(bytes, "shardrank.v1.ProfilesResponse", unpack: shardrank__v1__profiles_response__unpack,
-                          free: shardrank__v1__profiles_response__free_unpacked) { m in
+                          free: shardrank__v1__profiles_response__free_unpacked) { (m) throws(RPCError) in
             let p = m.pointee
-            let profiles = (0 ..< p.n_profiles).map { i -> UserProfile in
+            var profiles: [UserProfile] = []
+            profiles.reserveCapacity(p.n_profiles)
+            for i in 0 ..< p.n_profiles {
                 let u = p.profiles[i]!.pointee
-                return UserProfile(userID: u.user_id, recentItemIDs: ProtoC.array(u.recent_item_ids, u.n_recent_item_ids),
-                                   topGenres: (0 ..< u.n_top_genres).map { ProtoC.string(u.top_genres[$0]) }, country: ProtoC.string(u.country))
+                profiles.append(UserProfile(userID: u.user_id, recentItemIDs: ProtoC.array(u.recent_item_ids, u.n_recent_item_ids),
+                                            history: try UserProfile.history(ProtoC.bytes(u.history), count: u.history_count),
+                                            topGenres: (0 ..< u.n_top_genres).map { ProtoC.string(u.top_genres[$0]) },
+                                            country: ProtoC.string(u.country)))
             }
             return ProfilesResponse(profiles: profiles, missingUserIDs: ProtoC.array(p.missing_user_ids, p.n_missing_user_ids),
                                     version: p.version, shard: p.shard, shardCount: p.shard_count)
@@ -78,6 +101,10 @@ public struct ProfilesResponse: Sendable, Hashable {
             c.n_top_genres = u.topGenres.count
             c.top_genres = arena.array(u.topGenres.map { Optional(arena.string($0)) })
             c.country = arena.string(u.country)
+            if !u.history.isEmpty {
+                c.history = ProtobufCBinaryData(len: u.history.bytes.count, data: arena.array(u.history.bytes))
+                c.history_count = UInt32(u.history.count)
+            }
             return c
         })
         m.n_missing_user_ids = missingUserIDs.count

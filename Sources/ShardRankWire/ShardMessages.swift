@@ -1,6 +1,7 @@
 internal import CProtobufC
 internal import CShardRankProto
 public import RPCCore
+public import ShardRankIDs
 
 // Swift values of the `shardrank.v1.Shard` messages. `decode` throws INVALID_ARGUMENT for bytes
 // that are not the message; `encoded()` returns a gRPC-framed buffer ready for the transport.
@@ -174,14 +175,30 @@ public struct SearchRequest: Sendable, Hashable {
     public var rerank: UInt32
     /// Also return the hits' rows (in the table's own dtype).
     public var withRows: Bool
+    /// More ids never to return, delta-varint packed (`exclude_sorted`): the shard excludes the
+    /// union of these and `excludeIDs`.
+    public var excludeSorted: PackedIDs
 
     public init(table: String, queries: [Float], dim: UInt32, k: UInt32, excludeIDs: [UInt64] = [], version: UInt64 = 0,
-                mode: SearchMode = .unspecified, nprobe: UInt32 = 0, rerank: UInt32 = 0, withRows: Bool = false) {
+                mode: SearchMode = .unspecified, nprobe: UInt32 = 0, rerank: UInt32 = 0, withRows: Bool = false,
+                excludeSorted: PackedIDs = PackedIDs()) {
         self.table = table; self.queries = queries; self.dim = dim; self.k = k; self.excludeIDs = excludeIDs; self.version = version
-        self.mode = mode; self.nprobe = nprobe; self.rerank = rerank; self.withRows = withRows
+        self.mode = mode; self.nprobe = nprobe; self.rerank = rerank; self.withRows = withRows; self.excludeSorted = excludeSorted
     }
 
     public var queryCount: Int { dim == 0 ? 0 : queries.count / Int(dim) }
+
+    /// How many ids the request excludes, counting an id in both fields twice (an upper bound
+    /// that needs no decoding).
+    public var excludedCountBound: Int { excludeIDs.count + excludeSorted.count }
+
+    /// Every excluded id (`exclude_ids` ∪ `exclude_sorted`), ascending and unique: one decode
+    /// per request, ready for the kernels' binary searches.
+    public func allExcludedIDs() -> [UInt64] {
+        if excludeIDs.isEmpty { return excludeSorted.decoded() }
+        let listed = SortedIDs.sortedUnique(excludeIDs)
+        return excludeSorted.isEmpty ? listed : SortedIDs.union(listed, excludeSorted.decoded())
+    }
 
     public static func decode(_ bytes: [UInt8]) throws(RPCError) -> SearchRequest {
         try ProtoC.unpack(bytes, "shardrank.v1.SearchRequest", unpack: shardrank__v1__search_request__unpack, free: shardrank__v1__search_request__free_unpacked) { (m) throws(RPCError) in
@@ -196,9 +213,16 @@ public struct SearchRequest: Sendable, Hashable {
             guard let mode = SearchMode(rawValue: m.pointee.mode.rawValue) else {
                 throw RPCError(.invalidArgument, "SearchRequest.mode \(m.pointee.mode.rawValue) is not a known SearchMode")
             }
+            let excludeSorted: PackedIDs
+            do throws(DeltaVarint.DecodeError) {
+                excludeSorted = try PackedIDs(validating: ProtoC.bytes(m.pointee.exclude_sorted))
+            } catch {
+                throw RPCError(.invalidArgument, "SearchRequest.exclude_sorted is not a delta-varint id set: \(error)")
+            }
             return SearchRequest(table: ProtoC.string(m.pointee.table), queries: floats, dim: dim, k: m.pointee.k,
                                  excludeIDs: ProtoC.array(m.pointee.exclude_ids, m.pointee.n_exclude_ids), version: m.pointee.version,
-                                 mode: mode, nprobe: m.pointee.nprobe, rerank: m.pointee.rerank, withRows: m.pointee.with_rows != 0)
+                                 mode: mode, nprobe: m.pointee.nprobe, rerank: m.pointee.rerank, withRows: m.pointee.with_rows != 0,
+                                 excludeSorted: excludeSorted)
         }
     }
 
@@ -218,6 +242,9 @@ public struct SearchRequest: Sendable, Hashable {
         m.nprobe = nprobe
         m.rerank = rerank
         m.with_rows = withRows ? 1 : 0
+        if !excludeSorted.isEmpty {
+            m.exclude_sorted = ProtobufCBinaryData(len: excludeSorted.bytes.count, data: arena.array(excludeSorted.bytes))
+        }
         return withExtendedLifetime(arena) { ProtoC.pack(&m) }
     }
 }
@@ -415,10 +442,13 @@ public struct InfoResponse: Sendable, Hashable {
     public var mappedBytes: UInt64
     public var source: String
     public var hash: String
+    /// The hash function's seed (the manifest's); 0 = not reported (a shard predating the field).
+    public var hashSeed: UInt64
 
-    public init(version: UInt64, shard: UInt32, shardCount: UInt32, tables: [TableInfo], mappedBytes: UInt64, source: String, hash: String) {
+    public init(version: UInt64, shard: UInt32, shardCount: UInt32, tables: [TableInfo], mappedBytes: UInt64, source: String, hash: String,
+                hashSeed: UInt64 = 0) {
         self.version = version; self.shard = shard; self.shardCount = shardCount; self.tables = tables
-        self.mappedBytes = mappedBytes; self.source = source; self.hash = hash
+        self.mappedBytes = mappedBytes; self.source = source; self.hash = hash; self.hashSeed = hashSeed
     }
 
     public static func decode(_ bytes: [UInt8]) throws(RPCError) -> InfoResponse {
@@ -430,7 +460,7 @@ public struct InfoResponse: Sendable, Hashable {
             }
             return InfoResponse(version: m.pointee.version, shard: m.pointee.shard, shardCount: m.pointee.shard_count,
                                 tables: tables, mappedBytes: m.pointee.mapped_bytes, source: ProtoC.string(m.pointee.source),
-                                hash: ProtoC.string(m.pointee.hash))
+                                hash: ProtoC.string(m.pointee.hash), hashSeed: m.pointee.hash_seed)
         }
     }
 
@@ -455,6 +485,7 @@ public struct InfoResponse: Sendable, Hashable {
         m.mapped_bytes = mappedBytes
         m.source = arena.string(source)
         m.hash = arena.string(hash)
+        m.hash_seed = hashSeed
         return withExtendedLifetime(arena) { ProtoC.pack(&m) }
     }
 }

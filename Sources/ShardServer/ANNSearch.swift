@@ -35,8 +35,8 @@ enum ANNSearch {
 
     /// The ANN plan for `req`, or nil when the exact scan answers: the request asks for EXACT; the
     /// table has no index; the mode is UNSPECIFIED and the manifest's default is exact; the slice
-    /// is small; or the exclusions cover a large share of it.
-    static func plan(_ req: SearchRequest, index: ANNIndexTable?, serving: ANNServing) throws(RPCError) -> Plan? {
+    /// is small; or the exclusions (`excluded`: `req.allExcludedIDs()`) cover a large share of it.
+    static func plan(_ req: SearchRequest, excluded: [UInt64], index: ANNIndexTable?, serving: ANNServing) throws(RPCError) -> Plan? {
         guard req.mode != .exact, let index else { return nil }
         if req.mode == .unspecified && !index.annByDefault { return nil }
         let table = index.table
@@ -48,8 +48,8 @@ enum ANNSearch {
             throw RPCError(.invalidArgument, "Search rerank=\(req.rerank) exceeds the limit of \(serving.maxRerank)")
         }
         var rows: [UInt32] = []
-        rows.reserveCapacity(req.excludeIDs.count)
-        for id in req.excludeIDs { if let r = table.rowIndex(of: id) { rows.append(UInt32(r)) } }
+        rows.reserveCapacity(excluded.count)
+        for id in excluded { if let r = table.rowIndex(of: id) { rows.append(UInt32(r)) } }
         if !rows.isEmpty {
             rows.sort()
             var w = 1

@@ -3,6 +3,7 @@ import Synchronization
 public import RPCCore
 public import ShardRankKernels
 public import ShardRankTables
+import ShardRankIDs
 
 /// Runs the shard's Search calls as passes over the table, one pass at a time, and lets every
 /// call that arrives while a pass runs join the next one.
@@ -13,9 +14,10 @@ public import ShardRankTables
 /// burst rather than one per call, which is what keeps the tail short when a coordinator's
 /// fan-outs pile up. With one call at a time nothing waits: the call starts its pass at once.
 ///
-/// Calls with different exclusions share a pass by asking each query for `k + |exclude|`
-/// results without exclusions and removing their own excluded ids afterwards — the top `k` of
-/// the rest is exactly the excluded search's answer. A call that is already cancelled (deadline
+/// Calls with different exclusions share a pass by asking each query for `k + e` results
+/// without exclusions, e = how many of its excluded ids this slice holds (an id the slice does
+/// not hold can never be a hit), and removing their own excluded ids afterwards (binary search
+/// in the sorted exclusions) — the top `k` of the rest is exactly the excluded search's answer. A call that is already cancelled (deadline
 /// passed, RST_STREAM) when its pass is formed is answered with its cancellation error and costs
 /// nothing. Calls are grouped per table object (one version of one table); a pass takes at most
 /// `maxQueriesPerPass` queries (a single larger call runs alone, in chunks of 16 queries,
@@ -30,6 +32,7 @@ public final class SearchBatcher: Sendable {
         public let queries: [Float]
         public let queryCount: Int
         public let k: Int
+        /// Ascending, unique (`SearchRequest.allExcludedIDs()`).
         public let exclude: [UInt64]
         public let context: ServerContext
         public let done: @Sendable (Result<[[ScoredItem]], RPCError>) -> Void
@@ -171,24 +174,25 @@ public final class SearchBatcher: Sendable {
             }
             return
         }
-        // Together: one pass; each query asks for k + |its exclusions| and filters afterwards.
+        // Together: one pass; each query asks for k + (its exclusions this slice holds) and
+        // filters afterwards.
         var queries: [Float] = []
         var ks: [Int] = []
-        var excludeSets: [Set<UInt64>] = []
         for j in live {
             queries.append(contentsOf: j.queries)
-            let ex = Set(j.exclude)
-            excludeSets.append(ex)
-            ks.append(contentsOf: repeatElement(j.k + ex.count, count: j.queryCount))
+            var held = 0
+            for id in j.exclude where j.table.rowIndex(of: id) != nil { held += 1 }
+            ks.append(contentsOf: repeatElement(j.k + held, count: j.queryCount))
         }
         let hits = queries.withUnsafeBufferPointer { q in
             Search.topK(queries: q.baseAddress!, queryCount: ks.count, rows: rows, ids: ids, k: ks.max() ?? 0,
                         perQueryK: ks, pool: pool)
         }
         var at = 0
-        for (j, ex) in zip(live, excludeSets) {
+        for j in live {
+            let ex = j.exclude
             let mine = hits[at ..< at + j.queryCount].map { list in
-                Array((ex.isEmpty ? list : list.filter { !ex.contains($0.id) }).prefix(j.k))
+                Array((ex.isEmpty ? list : list.filter { !SortedIDs.contains(ex, $0.id) }).prefix(j.k))
             }
             at += j.queryCount
             j.done(.success(mine))

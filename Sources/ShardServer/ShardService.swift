@@ -10,6 +10,8 @@ public struct ShardLimits: Sendable, Hashable {
     public var maxSearchK = 10_000
     /// Keys in one Lists call.
     public var maxListKeys = 10_000
+    /// Ids one Search may exclude (`exclude_ids` and `exclude_sorted` together).
+    public var maxExcludedIDs = 1_000_000
     public init() {}
 }
 
@@ -69,6 +71,9 @@ public struct ShardService: RPCService {
         }
         guard req.k >= 1 && req.k <= limits.maxSearchK else {
             throw RPCError(.invalidArgument, "Search k=\(req.k) is out of range 1...\(limits.maxSearchK)")
+        }
+        guard req.excludedCountBound <= limits.maxExcludedIDs else {
+            throw RPCError(.invalidArgument, "Search excludes \(req.excludedCountBound) ids (exclude_ids + exclude_sorted), more than the limit of \(limits.maxExcludedIDs)")
         }
         guard req.queries.allSatisfy({ $0.isFinite }) else {
             throw RPCError(.invalidArgument, "Search queries contain NaN or infinite values")

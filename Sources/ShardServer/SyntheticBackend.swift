@@ -1,6 +1,7 @@
 public import RPCCore
 public import ShardRankWire
 import ShardRankKernels
+import ShardRankTables
 
 /// Serves `SyntheticTable` as table `items` (version 1, shard 0 of 1).
 public struct SyntheticBackend: ShardBackend {
@@ -87,7 +88,7 @@ public struct SyntheticBackend: ShardBackend {
         guard Int(req.dim) == table.dim else {
             throw RPCError(.invalidArgument, "query dim \(req.dim) does not match table 'items' dim \(table.dim)")
         }
-        let exclude = Set(req.excludeIDs)
+        let exclude = Set(req.allExcludedIDs())
         let k = min(Int(req.k), table.rows)
         var results: [SearchHits] = []
         // Scalar scoring on purpose (the synthetic table is the slow, checkable fixture that the
@@ -126,7 +127,8 @@ public struct SyntheticBackend: ShardBackend {
     public func info() -> InfoResponse {
         InfoResponse(version: Self.version, shard: 0, shardCount: 1,
                      tables: [TableInfo(name: Self.tableName, kind: .embedding, dim: UInt32(table.dim), dtype: .f32, rows: UInt64(table.rows))],
-                     mappedBytes: UInt64(table.rows * table.dim * 4), source: "synthetic:\(table.rows)x\(table.dim)", hash: "none")
+                     mappedBytes: UInt64(table.rows * table.dim * 4), source: "synthetic:\(table.rows)x\(table.dim)", hash: "none",
+                     hashSeed: StableHash.defaultSeed)
     }
 }
 

@@ -262,11 +262,12 @@ public final class TableSetBackend: ShardBackend {
     public func search(_ req: SearchRequest, context: ServerContext) throws(RPCError) -> SearchResponse {
         let ts = try snapshot(pinned: req.version)
         let table = try searchTable(req, ts)
-        if let plan = try ANNSearch.plan(req, index: ts.index(req.table), serving: annServing) {
+        let excluded = req.allExcludedIDs()
+        if let plan = try ANNSearch.plan(req, excluded: excluded, index: ts.index(req.table), serving: annServing) {
             return searchResponse(try ANNSearch.run(plan, req, context: context, monitor: recallMonitor), ts, mode: .ann, req, table)
         }
         let (hits, _) = try SearchBatcher.chunked(table: table, queries: req.queries, queryCount: req.queryCount, k: Int(req.k),
-                                                  exclude: req.excludeIDs, pool: pool, context: context)
+                                                  exclude: excluded, pool: pool, context: context)
         return searchResponse(hits, ts, req, table)
     }
 
@@ -278,11 +279,13 @@ public final class TableSetBackend: ShardBackend {
     public func searchDeferred(_ req: SearchRequest, context: ServerContext,
                                respond: @escaping @Sendable (Result<SearchResponse, RPCError>) -> Void) {
         let ts: LoadedTableSet, table: EmbeddingTable
+        // Both exclusion fields as one sorted array, decoded once per call.
+        let excluded = req.allExcludedIDs()
         do throws(RPCError) {
             ts = try snapshot(pinned: req.version)
             table = try searchTable(req, ts)
             try context.checkCancellation()
-            if let plan = try ANNSearch.plan(req, index: ts.index(req.table), serving: annServing) {
+            if let plan = try ANNSearch.plan(req, excluded: excluded, index: ts.index(req.table), serving: annServing) {
                 respond(.success(searchResponse(try ANNSearch.run(plan, req, context: context, monitor: recallMonitor), ts, mode: .ann,
                                                 req, table)))
                 return
@@ -295,7 +298,7 @@ public final class TableSetBackend: ShardBackend {
             // Small: scan here, no thread hop.
             do throws(RPCError) {
                 let (hits, _) = try SearchBatcher.chunked(table: table, queries: req.queries, queryCount: req.queryCount, k: Int(req.k),
-                                                          exclude: req.excludeIDs, pool: nil, context: context)
+                                                          exclude: excluded, pool: nil, context: context)
                 respond(.success(searchResponse(hits, ts, req, table)))
             } catch {
                 respond(.failure(error))
@@ -303,7 +306,7 @@ public final class TableSetBackend: ShardBackend {
             return
         }
         batcher.submit(SearchBatcher.Job(owner: ts, table: table, queries: req.queries, queryCount: req.queryCount, k: Int(req.k),
-                                         exclude: req.excludeIDs, context: context) { [self] result in
+                                         exclude: excluded, context: context) { [self] result in
             respond(result.map { searchResponse($0, ts, req, table) })
         })
     }
@@ -362,8 +365,8 @@ public final class TableSetBackend: ShardBackend {
         var missing: [UInt64] = []
         for id in req.userIDs {
             guard let p = table.profile(forUser: id) else { missing.append(id); continue }
-            out.append(UserProfile(userID: id, recentItemIDs: Array(p.recentItems), topGenres: table.topGenreNames(p),
-                                   country: table.countryName(p) ?? ""))
+            out.append(UserProfile(userID: id, recentItemIDs: Array(p.recentItems), history: table.history(of: p),
+                                   topGenres: table.topGenreNames(p), country: table.countryName(p) ?? ""))
         }
         return ProfilesResponse(profiles: out, missingUserIDs: missing, version: ts.version, shard: UInt32(shard), shardCount: UInt32(shardCount))
     }
@@ -396,6 +399,6 @@ public final class TableSetBackend: ShardBackend {
             }
         }
         return InfoResponse(version: ts.version, shard: UInt32(shard), shardCount: UInt32(shardCount), tables: tables,
-                            mappedBytes: UInt64(ts.mappedBytes), source: root, hash: StableHash.functionName)
+                            mappedBytes: UInt64(ts.mappedBytes), source: root, hash: StableHash.functionName, hashSeed: ts.router.seed)
     }
 }

@@ -37,9 +37,11 @@ final class Cluster: @unchecked Sendable {
     }
     static func recentItems(_ user: UInt64) -> [UInt64] { [itemIDs[Int(user) * 3], itemIDs[Int(user) * 3 + 1]] }
 
-    init(shards: Int = 2, replicas: Int = 1, sockets: Bool = false, settings: (inout CoordinatorSettings) -> Void = { _ in }) async throws {
+    /// `hashSeed`: the table set's sharding seed (recorded in its manifest).
+    init(shards: Int = 2, replicas: Int = 1, sockets: Bool = false, hashSeed: UInt64 = StableHash.defaultSeed,
+         settings: (inout CoordinatorSettings) -> Void = { _ in }) async throws {
         root = NSTemporaryDirectory() + "shardrank-coord-\(UInt64.random(in: 0 ... .max))"
-        let b = try TableSetBuilder(root: root, shardCount: shards, genres: Cluster.genres, countries: ["DE", "FR"])
+        let b = try TableSetBuilder(root: root, shardCount: shards, seed: hashSeed, genres: Cluster.genres, countries: ["DE", "FR"])
         let items = Cluster.itemIDs.flatMap(Cluster.itemVector)
         try items.withUnsafeBufferPointer { try b.addEmbedding(name: "items", ids: Cluster.itemIDs, vectors: $0, dim: Cluster.dim) }
         let users = Cluster.userIDs.flatMap(Cluster.userVector)
@@ -147,17 +149,26 @@ final class LocalShards: ShardFetcher, @unchecked Sendable {
     private let lock = NSLock()
     private var failingShards: Set<Int> = []
     private var counts = [Int](repeating: 0, count: 5)
+    private var searches: [(mode: SearchMode, excluded: Int)] = []
+    private var limits: [UInt32] = []
 
     init(_ backends: [RecordingBackend]) { self.backends = backends }
 
     var shardCount: Int { backends.count }
-    var pinnedVersion: UInt64 { backends.map { $0.inner.info().version }.min() ?? 0 }
+    var pinned: PinnedTableSet {
+        guard let info = backends.map({ $0.inner.info() }).min(by: { $0.version < $1.version }) else { return PinnedTableSet(version: 0, hashSeed: 0) }
+        return PinnedTableSet(version: info.version, hashSeed: info.hashSeed)
+    }
     var failing: Set<Int> {
         get { lock.lock(); defer { lock.unlock() }; return failingShards }
         set { lock.lock(); failingShards = newValue; lock.unlock() }
     }
     /// Calls made so far: lookup, search, lists, profiles, attributes.
     var calls: [Int] { lock.lock(); defer { lock.unlock() }; return counts }
+    /// Every Search answered: how (exact or ANN), and how many ids its request excluded.
+    var searchLog: [(mode: SearchMode, excluded: Int)] { lock.lock(); defer { lock.unlock() }; return searches }
+    /// The `limit` of every Lists call.
+    var listLimits: [UInt32] { lock.lock(); defer { lock.unlock() }; return limits }
 
     private func context(_ method: String, _ deadline: ContinuousClock.Instant) -> ServerContext {
         ServerContext(path: "/shardrank.v1.Shard/\(method)", deadline: deadline)
@@ -174,10 +185,13 @@ final class LocalShards: ShardFetcher, @unchecked Sendable {
     }
     func search(_ r: SearchRequest, shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> SearchResponse {
         try check(shard, 1)
-        return try backends[shard].search(r, context: context("Search", deadline))
+        let answer = try backends[shard].search(r, context: context("Search", deadline))
+        lock.withLock { searches.append((answer.mode, r.excludedCountBound)) }
+        return answer
     }
     func lists(_ r: ListsRequest, shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> ListsResponse {
         try check(shard, 2)
+        lock.withLock { limits.append(r.limit) }
         return try backends[shard].lists(r, context: context("Lists", deadline))
     }
     func profiles(_ r: ProfilesRequest, shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> ProfilesResponse {

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Testing
 import RPCCore
+import ShardRankIDs
 import ShardRankKernels
 import ShardRankWire
 @testable import Coordinator
@@ -29,13 +30,59 @@ import ShardRankWire
         let ctx = RecommendContext(recentItemIDs: [100, 101], country: "FR", genres: ["Musical"], excludeIDs: [500, 1])
         let p = RetrievalPlan(RecommendRequest(userID: 7, context: ctx), settings: CoordinatorSettings(), profile: Self.profile)
         #expect(p.recent == [100, 101] && p.genres == ["Musical"] && p.country == "FR")
-        #expect(p.seen == Set(Array(1 ... 15) + [100, 101, 500]))
-        #expect(p.seenSorted == p.seen.sorted())
-        #expect(p.genreLimit == p.perGenre + p.seen.count && p.popularLimit == p.popularBudget + p.seen.count)
-        #expect(!RetrievalPlan.needsProfile(RecommendRequest(userID: 7, context: ctx)))
-        #expect(RetrievalPlan.needsProfile(RecommendRequest(userID: 7, context: RecommendContext(recentItemIDs: [1]))))
+        // A profile without a stored history (an older shard): its recent items stand for it.
+        #expect(p.seenSorted == (Array(1 ... 15) + [100, 101, 500]).sorted())
+        #expect(p.seenPacked.decoded() == p.seenSorted)
+        #expect(p.genreLimit == p.perGenre + p.seenCount && p.popularLimit == p.popularBudget + p.seenCount)
+        #expect(RetrievalPlan.needsProfile(RecommendRequest(userID: 7, context: ctx)),
+                "the stored history is needed even when the context gives recent items, genres and a country")
         let cold = RetrievalPlan(RecommendRequest(userID: 7), settings: CoordinatorSettings(), profile: nil)
-        #expect(cold.recent.isEmpty && cold.genres.isEmpty && cold.country.isEmpty && cold.seen.isEmpty && cold.perGenre == 0)
+        #expect(cold.recent.isEmpty && cold.genres.isEmpty && cold.country.isEmpty && cold.seenSorted.isEmpty && cold.perGenre == 0)
+    }
+
+    @Test func theSeenSetIsTheWholeStoredHistoryAndTheContext() {
+        let history = (0 ..< 3000).map { UInt64($0) * 7 + 3 }
+        var profile = Self.profile
+        profile.recentItemIDs = Array(history.suffix(50).reversed())
+        profile.history = PackedIDs(sortedUnique: history)
+        // Nothing added by the context: the profile's own bytes are pushed down, not re-encoded.
+        let plain = RetrievalPlan(RecommendRequest(userID: 7), settings: CoordinatorSettings(), profile: profile)
+        #expect(plain.seenSorted == history)
+        #expect(plain.seenPacked == profile.history)
+        #expect(history.allSatisfy(plain.isSeen) && !plain.isSeen(4))
+        // The context adds its recent items and exclusions; a stored recent item missing from the
+        // history still counts.
+        profile.recentItemIDs.append(1)
+        let ctx = RecommendContext(recentItemIDs: [2, 3], excludeIDs: [5, 10, 3])
+        let p = RetrievalPlan(RecommendRequest(userID: 7, context: ctx), settings: CoordinatorSettings(), profile: profile)
+        let want = Array(Set(history + [1, 2, 5, 10])).sorted()
+        #expect(p.seenSorted == want && p.seenPacked.decoded() == want && p.seenCount == 3003, "3 and 10 are in the history already")
+        // Lists are over-fetched by the seen set, but by at most `maxSeenOverFetch`.
+        #expect(p.popularLimit == p.popularBudget + RetrievalPlan.maxSeenOverFetch)
+        #expect(p.genreLimit == p.perGenre + RetrievalPlan.maxSeenOverFetch)
+        #expect(p.countryLimit == p.countryBudget + RetrievalPlan.maxSeenOverFetch)
+        let few = RetrievalPlan(RecommendRequest(userID: 7, context: RecommendContext(excludeIDs: [1, 2])), settings: CoordinatorSettings(),
+                                profile: nil)
+        #expect(few.popularLimit == few.popularBudget + 2, "a small seen set over-fetches by its size")
+    }
+
+    @Test func contextListsBeyondTheirBoundsAreInvalidArgument() throws {
+        try RetrievalPlan.validateContext(nil)
+        try RetrievalPlan.validateContext(RecommendContext(recentItemIDs: (0 ..< 100).map(UInt64.init), excludeIDs: (0 ..< 10_000).map(UInt64.init)))
+        let cases: [(RecommendContext, String, Int)] = [
+            (RecommendContext(recentItemIDs: (0 ..< 101).map(UInt64.init)), "context.recent_item_ids", RetrievalPlan.maxContextRecentItems),
+            (RecommendContext(excludeIDs: (0 ..< 10_001).map(UInt64.init)), "context.exclude_ids", RetrievalPlan.maxContextExcludeIDs),
+        ]
+        for (ctx, field, bound) in cases {
+            do {
+                try RetrievalPlan.validateContext(ctx)
+                Issue.record("accepted \(field) over its bound")
+            } catch {
+                #expect(error.code == .invalidArgument)
+                #expect(error.message.contains(field) && error.message.contains("\(bound)"), "\(error.message)")
+            }
+        }
+        #expect(RetrievalPlan.maxContextRecentItems == 100 && RetrievalPlan.maxContextExcludeIDs == 10_000)
     }
 }
 
@@ -43,7 +90,7 @@ import ShardRankWire
     @Test func seenItemsAreDroppedSourcesCappedAndDuplicatesMerged() {
         var plan = RetrievalPlan(k: 10)
         plan.similarPerItem = 2; plan.genreBudget = 4; plan.genres = ["A", "B"]; plan.countryBudget = 1; plan.popularBudget = 3
-        plan.seen = [3, 40]
+        plan.setSeen([40, 3])
         func l(_ ids: [UInt64]) -> RankedList { RankedList(key: "k", ids: ids, scores: ids.map { Float(100 - $0) }) }
         let merged = CandidateMerge.merge(plan: plan, similar: [l([3, 4, 5, 6]), l([5, 7])], genre: [l([8, 9, 10]), l([40, 11, 12])],
                                           country: [l([13, 4])], popular: [l([4, 14, 15, 16])],

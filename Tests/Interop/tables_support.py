@@ -24,8 +24,34 @@ def jump(key, buckets):
     return b
 
 
-def shard_of(id_, shards):
-    return jump(mix64((id_ + SEED) & MASK), shards)
+def shard_of(id_, shards, seed=SEED):
+    return jump(mix64((id_ + seed) & MASK), shards)
+
+
+def delta_varint(ids):
+    """Sorted unique ids as the LEB128 varint of the first id, then of each gap (docs/api.md)."""
+    out, prev = bytearray(), 0
+    for i, x in enumerate(sorted(set(ids))):
+        v = x if i == 0 else x - prev
+        while v >= 0x80:
+            out.append((v & 0x7F) | 0x80)
+            v >>= 7
+        out.append(v)
+        prev = x
+    return bytes(out)
+
+
+def undelta_varint(b):
+    ids, v, shift, prev = [], 0, 0, 0
+    for byte in b:
+        v |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            prev = v if not ids else prev + v
+            ids.append(prev)
+            v, shift = 0, 0
+    assert shift == 0, "truncated varint"
+    return ids
 
 
 def item_vectors(ids, dim, version):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import shardrank_bin
-from tables_support import build, item_vectors, shard_of, write_input
+from tables_support import build, delta_varint, item_vectors, shard_of, undelta_varint, write_input
 
 
 def make_root(tmp_path, shards):
@@ -109,6 +109,58 @@ def test_lists_and_info(pb, table_root, server_factory):
                 found[l.key] = list(l.ids)
             assert "Nope" in r.missing_keys
     assert set(found) == {"Drama", "Comedy"}  # each key lives on exactly one shard
+
+
+def test_histories_exclusions_and_the_hash_seed(pb, tmp_path, server_factory):
+    """A table set built with --hash-seed: the shards say the seed in Info and hold ids where that
+    seed puts them; every user's whole history comes back delta-varint encoded; Search excludes a
+    delta-varint `exclude_sorted` (with `exclude_ids`), and refuses a malformed one by name."""
+    seed = 0x1234ABCD5678EF01
+    inp = tmp_path / "input"
+    ids, dim = write_input(str(inp))
+    root = tmp_path / "tables"
+    out = build(shardrank_bin(), str(inp), str(root), 2, "--hash-seed", hex(seed), "--recent", "3")
+    assert out.returncode == 0, out.stderr
+    bad = build(shardrank_bin(), str(inp), str(tmp_path / "t0"), 2, "--hash-seed", "0")
+    assert bad.returncode != 0 and "--hash-seed" in bad.stderr
+    history = {}
+    with open(inp / "interactions.csv") as f:
+        next(f)
+        for line in f:
+            u, i = line.split(",")[:2]
+            history.setdefault(int(u), set()).add(int(i))
+    assert any(len(h) > 3 for h in history.values())  # histories longer than the recent items
+    SR = pb.shard_pb2
+    for s in range(2):
+        srv = server_factory(["shard", "--tables", str(root), "--shard", str(s), "--of", "2", "--port", "0"])
+        ch, stub = shard_stub(pb, srv)
+        with ch:
+            assert stub.Info(SR.InfoRequest(), timeout=5).hash_seed == seed
+            mine = [u for u in history if shard_of(u, 2, seed) == s]
+            assert mine and any(shard_of(u, 2) != s for u in mine)  # the seed moved some users
+            r = stub.Profiles(SR.ProfilesRequest(table="profiles", user_ids=mine), timeout=5)
+            assert not r.missing_user_ids and [p.user_id for p in r.profiles] == mine
+            for p in r.profiles:
+                assert undelta_varint(p.history) == sorted(history[p.user_id])
+                assert p.history_count == len(history[p.user_id]) and len(p.recent_item_ids) <= 3
+                assert p.history == delta_varint(history[p.user_id])
+            # Search: every third item of this shard excluded through exclude_sorted, one more
+            # through exclude_ids.
+            items = [int(i) for i in ids if shard_of(int(i), 2, seed) == s]
+            q = np.random.default_rng(s).standard_normal(dim).astype(np.float32)
+            excluded = items[::3]
+            r = stub.Search(SR.SearchRequest(table="items", queries=q.tobytes(), dim=dim, k=20, exclude_ids=[items[1]],
+                                             exclude_sorted=delta_varint(excluded)), timeout=10)
+            got = list(r.results[0].ids)
+            assert len(got) == 20 and not set(got) & (set(excluded) | {items[1]})
+            rows = item_vectors(np.array(items), dim, 1)
+            scores = rows @ q
+            keep = [j for j in range(len(items)) if items[j] not in set(excluded) | {items[1]}]
+            want = [items[j] for j in sorted(keep, key=lambda j: (-scores[j], items[j]))[:20]]
+            assert got == want
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Search(SR.SearchRequest(table="items", queries=q.tobytes(), dim=dim, k=5, exclude_sorted=bytes([5, 0x80])), timeout=5)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "exclude_sorted" in e.value.details()
 
 
 def corrupt_newest(root):

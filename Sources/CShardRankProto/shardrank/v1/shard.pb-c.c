@@ -933,7 +933,7 @@ const ProtobufCMessageDescriptor shardrank__v1__lookup_response__descriptor =
   (ProtobufCMessageInit) shardrank__v1__lookup_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor shardrank__v1__search_request__field_descriptors[10] =
+static const ProtobufCFieldDescriptor shardrank__v1__search_request__field_descriptors[11] =
 {
   {
     "table",
@@ -1055,10 +1055,23 @@ static const ProtobufCFieldDescriptor shardrank__v1__search_request__field_descr
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "exclude_sorted",
+    11,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__SearchRequest, exclude_sorted),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned shardrank__v1__search_request__field_indices_by_name[] = {
   2,   /* field[2] = dim */
   4,   /* field[4] = exclude_ids */
+  10,   /* field[10] = exclude_sorted */
   3,   /* field[3] = k */
   6,   /* field[6] = mode */
   7,   /* field[7] = nprobe */
@@ -1071,7 +1084,7 @@ static const unsigned shardrank__v1__search_request__field_indices_by_name[] = {
 static const ProtobufCIntRange shardrank__v1__search_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 10 }
+  { 0, 11 }
 };
 const ProtobufCMessageDescriptor shardrank__v1__search_request__descriptor =
 {
@@ -1081,7 +1094,7 @@ const ProtobufCMessageDescriptor shardrank__v1__search_request__descriptor =
   "Shardrank__V1__SearchRequest",
   "shardrank.v1",
   sizeof(Shardrank__V1__SearchRequest),
-  10,
+  11,
   shardrank__v1__search_request__field_descriptors,
   shardrank__v1__search_request__field_indices_by_name,
   1,  shardrank__v1__search_request__number_ranges,
@@ -1620,7 +1633,7 @@ const ProtobufCMessageDescriptor shardrank__v1__table_info__descriptor =
   (ProtobufCMessageInit) shardrank__v1__table_info__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor shardrank__v1__info_response__field_descriptors[7] =
+static const ProtobufCFieldDescriptor shardrank__v1__info_response__field_descriptors[8] =
 {
   {
     "version",
@@ -1706,9 +1719,22 @@ static const ProtobufCFieldDescriptor shardrank__v1__info_response__field_descri
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "hash_seed",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__InfoResponse, hash_seed),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned shardrank__v1__info_response__field_indices_by_name[] = {
   6,   /* field[6] = hash */
+  7,   /* field[7] = hash_seed */
   4,   /* field[4] = mapped_bytes */
   1,   /* field[1] = shard */
   2,   /* field[2] = shard_count */
@@ -1719,7 +1745,7 @@ static const unsigned shardrank__v1__info_response__field_indices_by_name[] = {
 static const ProtobufCIntRange shardrank__v1__info_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 7 }
+  { 0, 8 }
 };
 const ProtobufCMessageDescriptor shardrank__v1__info_response__descriptor =
 {
@@ -1729,7 +1755,7 @@ const ProtobufCMessageDescriptor shardrank__v1__info_response__descriptor =
   "Shardrank__V1__InfoResponse",
   "shardrank.v1",
   sizeof(Shardrank__V1__InfoResponse),
-  7,
+  8,
   shardrank__v1__info_response__field_descriptors,
   shardrank__v1__info_response__field_indices_by_name,
   1,  shardrank__v1__info_response__number_ranges,
@@ -1800,7 +1826,7 @@ const ProtobufCMessageDescriptor shardrank__v1__profiles_request__descriptor =
   (ProtobufCMessageInit) shardrank__v1__profiles_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor shardrank__v1__user_profile__field_descriptors[4] =
+static const ProtobufCFieldDescriptor shardrank__v1__user_profile__field_descriptors[6] =
 {
   {
     "user_id",
@@ -1850,9 +1876,35 @@ static const ProtobufCFieldDescriptor shardrank__v1__user_profile__field_descrip
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "history",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__UserProfile, history),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "history_count",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__UserProfile, history_count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned shardrank__v1__user_profile__field_indices_by_name[] = {
   3,   /* field[3] = country */
+  4,   /* field[4] = history */
+  5,   /* field[5] = history_count */
   1,   /* field[1] = recent_item_ids */
   2,   /* field[2] = top_genres */
   0,   /* field[0] = user_id */
@@ -1860,7 +1912,7 @@ static const unsigned shardrank__v1__user_profile__field_indices_by_name[] = {
 static const ProtobufCIntRange shardrank__v1__user_profile__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor shardrank__v1__user_profile__descriptor =
 {
@@ -1870,7 +1922,7 @@ const ProtobufCMessageDescriptor shardrank__v1__user_profile__descriptor =
   "Shardrank__V1__UserProfile",
   "shardrank.v1",
   sizeof(Shardrank__V1__UserProfile),
-  4,
+  6,
   shardrank__v1__user_profile__field_descriptors,
   shardrank__v1__user_profile__field_indices_by_name,
   1,  shardrank__v1__user_profile__number_ranges,

@@ -133,10 +133,16 @@ struct  Shardrank__V1__SearchRequest
    * a caller that ranks the hits needs no second round trip (a Lookup) for their vectors.
    */
   protobuf_c_boolean with_rows;
+  /*
+   * More ids never to return, compactly: sorted ascending and unique, as the LEB128 varint of the
+   * first id followed by the LEB128 varint of each gap to the previous id (every gap >= 1). The
+   * shard excludes the union of this and exclude_ids. Malformed bytes: INVALID_ARGUMENT.
+   */
+  ProtobufCBinaryData exclude_sorted;
 };
 #define SHARDRANK__V1__SEARCH_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__search_request__descriptor) \
-    , (char *)protobuf_c_empty_string, {0,NULL}, 0, 0, 0,NULL, 0, SHARDRANK__V1__SEARCH_MODE__SEARCH_MODE_UNSPECIFIED, 0, 0, 0 }
+    , (char *)protobuf_c_empty_string, {0,NULL}, 0, 0, 0,NULL, 0, SHARDRANK__V1__SEARCH_MODE__SEARCH_MODE_UNSPECIFIED, 0, 0, 0, {0,NULL} }
 
 
 struct  Shardrank__V1__SearchHits
@@ -280,10 +286,15 @@ struct  Shardrank__V1__InfoResponse
    * Name of the hash function that assigns ids to shards.
    */
   char *hash;
+  /*
+   * The seed of that hash function (the table set's manifest; the default seed
+   * 0x9e3779b97f4a7c15 for a synthetic shard). 0: not reported (a shard predating this field).
+   */
+  uint64_t hash_seed;
 };
 #define SHARDRANK__V1__INFO_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__info_response__descriptor) \
-    , 0, 0, 0, 0,NULL, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
+    , 0, 0, 0, 0,NULL, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0 }
 
 
 struct  Shardrank__V1__ProfilesRequest
@@ -320,10 +331,20 @@ struct  Shardrank__V1__UserProfile
    * Empty when unknown.
    */
   char *country;
+  /*
+   * Every item the user interacted with: sorted ascending and unique, as the LEB128 varint of the
+   * first id followed by the LEB128 varint of each gap (the encoding of
+   * SearchRequest.exclude_sorted). A table set built without histories sends the recent items.
+   */
+  ProtobufCBinaryData history;
+  /*
+   * How many ids `history` holds.
+   */
+  uint32_t history_count;
 };
 #define SHARDRANK__V1__USER_PROFILE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__user_profile__descriptor) \
-    , 0, 0,NULL, 0,NULL, (char *)protobuf_c_empty_string }
+    , 0, 0,NULL, 0,NULL, (char *)protobuf_c_empty_string, {0,NULL}, 0 }
 
 
 struct  Shardrank__V1__ProfilesResponse
