@@ -158,10 +158,14 @@ def main(argv=None):
                     help="extra `shardrank build` flags (must match the tables the ranker will serve)")
     ap.add_argument("--shards", type=int, default=2, help="shards of the training cluster")
     ap.add_argument("--users", type=int, default=0, help="at most this many validation users (0 = all)")
-    ap.add_argument("--rounds", type=int, default=500, help="at most this many boosting rounds")
+    ap.add_argument("--rounds", type=int, default=300, help="boosting rounds (trees)")
+    ap.add_argument("--early-stopping", type=int, default=0,
+                    help="stop when the held-out users' NDCG@10 has not improved for this many rounds (0 = off: "
+                         "their NDCG is only reported)")
     ap.add_argument("--learning-rate", type=float, default=0.05)
-    ap.add_argument("--leaves", type=int, default=31)
-    ap.add_argument("--min-data-in-leaf", type=int, default=50)
+    ap.add_argument("--leaves", type=int, default=7, help="leaves per tree")
+    ap.add_argument("--min-data-in-leaf", type=int, default=500)
+    ap.add_argument("--l2", type=float, default=10.0, help="L2 regularisation of the leaf values")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--concurrency", type=int, default=4, help="Recommend calls in flight")
     ap.add_argument("--binary", help="shardrank binary (default: .build/release/shardrank, else debug)")
@@ -171,8 +175,8 @@ def main(argv=None):
         budgets = sorted({int(x) for x in args.budgets.split(",") if x.strip()})
     except ValueError:
         ap.error(f"--budgets: '{args.budgets}' is not a comma-separated list of integers")
-    if not budgets or min(budgets) < 1 or args.shards < 1 or args.users < 0 or args.rounds < 1:
-        ap.error("--budgets must be positive, --shards ≥ 1, --users ≥ 0, --rounds ≥ 1")
+    if not budgets or min(budgets) < 1 or args.shards < 1 or args.users < 0 or args.rounds < 1 or args.early_stopping < 0:
+        ap.error("--budgets must be positive, --shards ≥ 1, --users ≥ 0, --rounds ≥ 1, --early-stopping ≥ 0")
     vdir = args.validation_dir or os.path.join(args.dir, "validation")
     out = args.out or os.path.join(args.dir, "ranker.txt")
     binary = args.binary or next((p for p in (os.path.join(ROOT, ".build", "release", "shardrank"),
@@ -213,7 +217,8 @@ def main(argv=None):
         log(f"{len(groups)} candidate sets with a validation item, {stats['candidates']} candidates, "
             f"{stats['positives']} positives ({stats['groups_without_positive']} sets without one skipped)")
 
-        # Early stopping on 20 % of the users (all of a user's sets on one side).
+        # 20 % of the users held out (all of a user's sets on one side): their NDCG@10 is reported,
+        # and with --early-stopping it picks the number of trees.
         rng = np.random.default_rng(args.seed)
         held_users = set(rng.choice(sorted({u for u, _ in groups}), max(1, len({u for u, _ in groups}) // 5), replace=False).tolist())
         fit = [k for k, (u, _) in enumerate(groups) if u not in held_users]
@@ -227,13 +232,13 @@ def main(argv=None):
         dfit = dataset(fit)
         dval = dataset(val, dfit) if val else None
         params = dict(objective="lambdarank", metric="ndcg", eval_at=[10], learning_rate=args.learning_rate,
-                      num_leaves=args.leaves, min_data_in_leaf=args.min_data_in_leaf, lambdarank_truncation_level=20,
-                      feature_fraction=0.9, bagging_fraction=0.9, bagging_freq=1, seed=args.seed, deterministic=True,
+                      num_leaves=args.leaves, min_data_in_leaf=args.min_data_in_leaf, lambda_l2=args.l2,
+                      lambdarank_truncation_level=20, feature_fraction=0.9, bagging_fraction=0.9, bagging_freq=1, seed=args.seed, deterministic=True,
                       force_row_wise=True, num_threads=min(2, os.cpu_count() or 1), verbose=-1)
         evals = {}
         callbacks = [lgb.record_evaluation(evals)]
-        if dval is not None:
-            callbacks.append(lgb.early_stopping(50, verbose=False))
+        if dval is not None and args.early_stopping:
+            callbacks.append(lgb.early_stopping(args.early_stopping, verbose=False))
         booster = lgb.train(params, dfit, num_boost_round=args.rounds, valid_sets=[dval] if dval else [],
                             valid_names=["valid"] if dval else [], callbacks=callbacks)
         best = booster.best_iteration or booster.current_iteration()
@@ -246,7 +251,7 @@ def main(argv=None):
             "validation_dir": os.path.abspath(vdir), "budgets": budgets, "users": len(users), "now_unix_s": now,
             "trees": best, "params": {k: v for k, v in params.items() if k != "num_threads"},
             "build_args": args.build_args, "shards": args.shards, "collection": stats,
-            "fit_users": len({groups[k][0] for k in fit}), "early_stopping_users": len(held_users),
+            "fit_users": len({groups[k][0] for k in fit}), "held_out_users": len(held_users),
             "valid_ndcg_at_10": round(valid_ndcg[best - 1], 6) if len(valid_ndcg) >= best else None,
             "feature_importance_gain": {n: round(float(g), 3) for n, g in sorted(zip(names, gain), key=lambda x: -x[1])},
             "seconds": round(time.time() - started, 1),
@@ -254,7 +259,7 @@ def main(argv=None):
         with open(out + ".json", "w") as f:
             json.dump(report, f, indent=2)
             f.write("\n")
-        log(f"wrote {out} ({best} trees; early-stopping NDCG@10 {report['valid_ndcg_at_10']}) and {out}.json "
+        log(f"wrote {out} ({best} trees; held-out users' NDCG@10 {report['valid_ndcg_at_10']}) and {out}.json "
             f"in {report['seconds']} s")
         return 0
     except Fail as e:

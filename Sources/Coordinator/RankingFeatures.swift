@@ -1,5 +1,5 @@
 public import ShardRankKernels
-public import ShardRankWire
+import ShardRankWire
 
 /// What a learned ranker knows per (user, candidate) beyond `V_u · V_m`: which sources proposed
 /// the candidate and where, how the similar-items source reached it, and the item's attributes

@@ -271,7 +271,7 @@ public final class Recommender: Sendable {
     func retrieve(plan: RetrievalPlan, user: [Float]?, trace: Trace, deadline: ContinuousClock.Instant) async -> (lists: [[RankedList]], search: SearchResult) {
         let version = trace.version
         let specs: [(table: String, source: Source, keys: [String], limit: Int)] = [
-            ("similar", .similar, plan.recent.map { String($0) }, plan.similarPerItem),
+            ("similar", .similar, plan.similarPerItem == 0 ? [] : plan.recent.map { String($0) }, plan.similarLimit),
             ("genre_top", .genre, plan.genreBudget == 0 ? [] : plan.genres, plan.genreLimit),
             ("country_top", .country, plan.country.isEmpty || plan.countryBudget == 0 ? [] : [plan.country], plan.countryLimit),
             ("popular", .popular, plan.popularBudget == 0 ? [] : ["all"], plan.popularLimit),

@@ -65,6 +65,9 @@ struct RetrievalPlan: Sendable, Equatable {
     static let maxSeenOverFetch = 500
     var seenOverFetch: Int { min(seenCount, Self.maxSeenOverFetch) }
     var genreLimit: Int { perGenre + seenOverFetch }
+    /// Similar lists are over-fetched the same way: a user's recent items' neighbours are often
+    /// items the user has seen too (co-visitation lists above all).
+    var similarLimit: Int { similarPerItem == 0 ? 0 : similarPerItem + seenOverFetch }
     var countryLimit: Int { countryBudget + seenOverFetch }
     var popularLimit: Int { popularBudget + seenOverFetch }
 

@@ -28,7 +28,7 @@ struct LinearRanker: LearnedRanker {
         var plan = RetrievalPlan(k: 10)
         plan.recent = [7, 8, 9]
         plan.genres = ["Drama", "Action"]
-        plan.seen = [7, 8, 9, 50]
+        plan.setSeen([7, 8, 9, 50])
         let ids: [UInt64] = [100, 101, 102, 103]
         let similar = [RankedList(key: "8", ids: [7, 100, 101], scores: [0.9, 0.5, 0.4]),
                        RankedList(key: "7", ids: [101, 102], scores: [0.3, 0.2])]
