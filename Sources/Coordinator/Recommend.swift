@@ -48,14 +48,14 @@ extension Recommender {
         let trace = makeTrace(ctx)
         let t0 = ContinuousClock.now
 
-        // --- Round 1: profile (unless the context gives all it holds) and user vector — from
-        // the user cache when this user was seen under the pinned version.
-        let needProfile = RetrievalPlan.needsProfile(req)
+        // --- Round 1: profile and user vector — from the user cache when this user was seen
+        // under the pinned version. The profile is always needed: its whole history is part of
+        // the seen set whatever the context gives.
         var storedProfile: UserProfile?, userVec: [Float]?, userVecFailed = false
         if let e = userCache.get(version: trace.version, user: req.userID) {
-            storedProfile = needProfile ? e.profile : nil
+            storedProfile = e.profile
             userVec = e.vector
-        } else if needProfile {
+        } else {
             let profileDeadline = trace.stageDeadline(0.3)
             async let profileTask = profile(req.userID, trace: trace, deadline: profileDeadline)
             async let vectorTask = userVector(req.userID, trace: trace, deadline: profileDeadline)
@@ -63,8 +63,6 @@ extension Recommender {
             (userVec, userVecFailed) = await vectorTask
             storedProfile = p
             if !profileFailed && !userVecFailed { userCache.put(version: trace.version, user: req.userID, .init(vector: userVec, profile: p)) }
-        } else {
-            (userVec, userVecFailed) = await userVector(req.userID, trace: trace, deadline: trace.stageDeadline(0.3))
         }
         let coldStart = storedProfile == nil && userVec == nil && !userVecFailed
         let plan = RetrievalPlan(req, settings: settings, profile: storedProfile)

@@ -80,11 +80,6 @@ struct RetrievalPlan: Sendable, Equatable {
         return min(k, Int(want.rounded(.up)) + 1)
     }
 
-    /// Whether the stored profile is needed: always, since its whole history is part of the
-    /// seen set whatever the context gives (a context with recent items, genres and a country
-    /// still cannot say what else the user has seen).
-    static func needsProfile(_ req: RecommendRequest) -> Bool { true }
-
     init(k: Int) { self.k = k }
 
     init(_ req: RecommendRequest, settings: CoordinatorSettings, profile: UserProfile?) {

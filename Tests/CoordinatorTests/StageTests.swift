@@ -34,8 +34,6 @@ import ShardRankWire
         #expect(p.seenSorted == (Array(1 ... 15) + [100, 101, 500]).sorted())
         #expect(p.seenPacked.decoded() == p.seenSorted)
         #expect(p.genreLimit == p.perGenre + p.seenCount && p.popularLimit == p.popularBudget + p.seenCount)
-        #expect(RetrievalPlan.needsProfile(RecommendRequest(userID: 7, context: ctx)),
-                "the stored history is needed even when the context gives recent items, genres and a country")
         let cold = RetrievalPlan(RecommendRequest(userID: 7), settings: CoordinatorSettings(), profile: nil)
         #expect(cold.recent.isEmpty && cold.genres.isEmpty && cold.country.isEmpty && cold.seenSorted.isEmpty && cold.perGenre == 0)
     }

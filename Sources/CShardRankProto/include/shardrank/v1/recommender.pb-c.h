@@ -36,18 +36,25 @@ typedef struct Shardrank__V1__SimilarResponse Shardrank__V1__SimilarResponse;
 /* --- messages --- */
 
 /*
- * What the caller knows about the request's situation; each field overrides the stored profile.
+ * What the caller knows about the request's situation (docs/api.md).
  */
 struct  Shardrank__V1__Context
 {
   ProtobufCMessage base;
+  /*
+   * The session's latest items, most recent first (at most 100; more is INVALID_ARGUMENT): they
+   * key the similar-items source instead of the stored recent items, and join the seen set.
+   */
   size_t n_recent_item_ids;
   uint64_t *recent_item_ids;
+  /*
+   * Override the stored profile's country and favourite genres.
+   */
   char *country;
   size_t n_genres;
   char **genres;
   /*
-   * Items never to return.
+   * Items never to return (at most 10,000), on top of the user's stored whole history.
    */
   size_t n_exclude_ids;
   uint64_t *exclude_ids;
