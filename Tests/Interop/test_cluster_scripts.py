@@ -518,3 +518,79 @@ def test_k8s_manifests_validate(tmp_path):
     for name in os.listdir(regen):
         with open(regen / name) as a, open(os.path.join(committed, name)) as b:
             assert a.read() == b.read(), f"cluster/k8s/example/{name} is stale: rerun cluster/k8s/generate"
+
+
+# A LightGBM text model of one split over the coordinator's `popularity` feature: more popular
+# items score higher (a ranker that orders differently from `dot`).
+POPULARITY_RANKER = """tree
+version=v4
+num_class=1
+num_tree_per_iteration=1
+label_index=0
+max_feature_idx=0
+objective=lambdarank
+feature_names=popularity
+feature_infos=[0:1000]
+tree_sizes=0
+
+Tree=0
+num_leaves=2
+num_cat=0
+split_feature=0
+split_gain=1
+threshold=2.5
+decision_type=2
+left_child=-1
+right_child=-2
+leaf_value=-1 1
+leaf_weight=1 1
+leaf_count=1 1
+internal_value=0
+internal_weight=0
+internal_count=2
+is_linear=0
+shrinkage=1
+
+
+end of trees
+"""
+
+
+def test_rankers_in_the_topology_are_served_by_name(tables, tmp_path, run_dir, pb):
+    import grpc
+    from shardrank.v1 import recommender_pb2, recommender_pb2_grpc
+    (tmp_path / "pop.txt").write_text(POPULARITY_RANKER)
+    ports = free_ports(3)
+    # A relative path: resolved against the topology file's directory.
+    topo = write_topology(tmp_path / "ranked.json", tables, [[f"127.0.0.1:{p}"] for p in ports[:2]], [f"127.0.0.1:{ports[2]}"],
+                          rankers={"pop": "pop.txt"})
+    try:
+        out = cluster("up", topo, "--run-dir", run_dir, timeout=60)
+        assert out.returncode == 0, out.stderr
+        with grpc.insecure_channel(f"127.0.0.1:{ports[2]}") as ch:
+            stub = recommender_pb2_grpc.RecommenderStub(ch)
+            req = dict(user_id=7, k=300, diversity_lambda=1.0, return_features=True)
+            dot = stub.Recommend(recommender_pb2.RecommendRequest(**req), timeout=5)
+            pop = stub.Recommend(recommender_pb2.RecommendRequest(model="pop", **req), timeout=5)
+            names = list(dot.features.names)
+            col = names.index("popularity")
+            popularity = {i: dot.features.values[r * len(names) + col] for r, i in enumerate(dot.features.item_ids)}
+            # The tree scores +1 above popularity 2.5 and -1 below: the popular items come first.
+            scores = [it.score for it in pop.items]
+            assert set(scores) == {1.0, -1.0} and scores == sorted(scores, reverse=True), scores
+            assert all((popularity[it.item_id] > 2.5) == (it.score == 1.0) for it in pop.items if it.item_id in popularity)
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Recommend(recommender_pb2.RecommendRequest(user_id=7, k=5, model="nope"), timeout=5)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "pop" in e.value.details()
+    finally:
+        cluster("down", topo, "--run-dir", run_dir, timeout=60)
+    # A model reading a feature the coordinator does not compute stops the coordinator, named.
+    (tmp_path / "bad.txt").write_text(POPULARITY_RANKER.replace("feature_names=popularity", "feature_names=clicks"))
+    bad = write_topology(tmp_path / "bad.json", tables, [[f"127.0.0.1:{p}"] for p in ports[:2]], [f"127.0.0.1:{ports[2]}"],
+                         rankers={"bad": "bad.txt"})
+    out = cluster("up", bad, "--run-dir", run_dir, "--timeout", "20")
+    assert out.returncode == 2 and "clicks" in out.stderr, out.stderr
+    missing = write_topology(tmp_path / "missing.json", tables, [[f"127.0.0.1:{p}"] for p in ports[:2]], [f"127.0.0.1:{ports[2]}"],
+                             rankers={"x": "nope.txt"})
+    out = cluster("up", missing, "--run-dir", run_dir, "--timeout", "20")
+    assert out.returncode == 2 and "nope.txt" in out.stderr and "not a file" in out.stderr, out.stderr
