@@ -322,6 +322,141 @@ void   shardrank__v1__recommend_response__free_unpacked
   assert(message->base.descriptor == &shardrank__v1__recommend_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   shardrank__v1__event__init
+                     (Shardrank__V1__Event         *message)
+{
+  static const Shardrank__V1__Event init_value = SHARDRANK__V1__EVENT__INIT;
+  *message = init_value;
+}
+size_t shardrank__v1__event__get_packed_size
+                     (const Shardrank__V1__Event *message)
+{
+  assert(message->base.descriptor == &shardrank__v1__event__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t shardrank__v1__event__pack
+                     (const Shardrank__V1__Event *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &shardrank__v1__event__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t shardrank__v1__event__pack_to_buffer
+                     (const Shardrank__V1__Event *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &shardrank__v1__event__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Shardrank__V1__Event *
+       shardrank__v1__event__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Shardrank__V1__Event *)
+     protobuf_c_message_unpack (&shardrank__v1__event__descriptor,
+                                allocator, len, data);
+}
+void   shardrank__v1__event__free_unpacked
+                     (Shardrank__V1__Event *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &shardrank__v1__event__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   shardrank__v1__record_events_request__init
+                     (Shardrank__V1__RecordEventsRequest         *message)
+{
+  static const Shardrank__V1__RecordEventsRequest init_value = SHARDRANK__V1__RECORD_EVENTS_REQUEST__INIT;
+  *message = init_value;
+}
+size_t shardrank__v1__record_events_request__get_packed_size
+                     (const Shardrank__V1__RecordEventsRequest *message)
+{
+  assert(message->base.descriptor == &shardrank__v1__record_events_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t shardrank__v1__record_events_request__pack
+                     (const Shardrank__V1__RecordEventsRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &shardrank__v1__record_events_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t shardrank__v1__record_events_request__pack_to_buffer
+                     (const Shardrank__V1__RecordEventsRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &shardrank__v1__record_events_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Shardrank__V1__RecordEventsRequest *
+       shardrank__v1__record_events_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Shardrank__V1__RecordEventsRequest *)
+     protobuf_c_message_unpack (&shardrank__v1__record_events_request__descriptor,
+                                allocator, len, data);
+}
+void   shardrank__v1__record_events_request__free_unpacked
+                     (Shardrank__V1__RecordEventsRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &shardrank__v1__record_events_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   shardrank__v1__record_events_response__init
+                     (Shardrank__V1__RecordEventsResponse         *message)
+{
+  static const Shardrank__V1__RecordEventsResponse init_value = SHARDRANK__V1__RECORD_EVENTS_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t shardrank__v1__record_events_response__get_packed_size
+                     (const Shardrank__V1__RecordEventsResponse *message)
+{
+  assert(message->base.descriptor == &shardrank__v1__record_events_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t shardrank__v1__record_events_response__pack
+                     (const Shardrank__V1__RecordEventsResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &shardrank__v1__record_events_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t shardrank__v1__record_events_response__pack_to_buffer
+                     (const Shardrank__V1__RecordEventsResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &shardrank__v1__record_events_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Shardrank__V1__RecordEventsResponse *
+       shardrank__v1__record_events_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Shardrank__V1__RecordEventsResponse *)
+     protobuf_c_message_unpack (&shardrank__v1__record_events_response__descriptor,
+                                allocator, len, data);
+}
+void   shardrank__v1__record_events_response__free_unpacked
+                     (Shardrank__V1__RecordEventsResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &shardrank__v1__record_events_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   shardrank__v1__candidate_features__init
                      (Shardrank__V1__CandidateFeatures         *message)
 {
@@ -714,7 +849,7 @@ const ProtobufCMessageDescriptor shardrank__v1__budgets__descriptor =
   (ProtobufCMessageInit) shardrank__v1__budgets__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor shardrank__v1__recommend_request__field_descriptors[13] =
+static const ProtobufCFieldDescriptor shardrank__v1__recommend_request__field_descriptors[14] =
 {
   {
     "user_id",
@@ -872,6 +1007,18 @@ static const ProtobufCFieldDescriptor shardrank__v1__recommend_request__field_de
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "user_vector",
+    14,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__RecommendRequest, user_vector),
+    &shardrank__v1__user_vector_mode__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned shardrank__v1__recommend_request__field_indices_by_name[] = {
   3,   /* field[3] = budgets */
@@ -887,11 +1034,12 @@ static const unsigned shardrank__v1__recommend_request__field_indices_by_name[] 
   12,   /* field[12] = return_features */
   8,   /* field[8] = sources */
   0,   /* field[0] = user_id */
+  13,   /* field[13] = user_vector */
 };
 static const ProtobufCIntRange shardrank__v1__recommend_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 13 }
+  { 0, 14 }
 };
 const ProtobufCMessageDescriptor shardrank__v1__recommend_request__descriptor =
 {
@@ -901,7 +1049,7 @@ const ProtobufCMessageDescriptor shardrank__v1__recommend_request__descriptor =
   "Shardrank__V1__RecommendRequest",
   "shardrank.v1",
   sizeof(Shardrank__V1__RecommendRequest),
-  13,
+  14,
   shardrank__v1__recommend_request__field_descriptors,
   shardrank__v1__recommend_request__field_indices_by_name,
   1,  shardrank__v1__recommend_request__number_ranges,
@@ -1165,7 +1313,7 @@ const ProtobufCMessageDescriptor shardrank__v1__coverage__descriptor =
   (ProtobufCMessageInit) shardrank__v1__coverage__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor shardrank__v1__recommend_response__field_descriptors[7] =
+static const ProtobufCFieldDescriptor shardrank__v1__recommend_response__field_descriptors[9] =
 {
   {
     "items",
@@ -1251,6 +1399,30 @@ static const ProtobufCFieldDescriptor shardrank__v1__recommend_response__field_d
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "user_vector_source",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__RecommendResponse, user_vector_source),
+    &shardrank__v1__user_vector_source__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "session_events",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__RecommendResponse, session_events),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned shardrank__v1__recommend_response__field_indices_by_name[] = {
   4,   /* field[4] = candidates */
@@ -1258,13 +1430,15 @@ static const unsigned shardrank__v1__recommend_response__field_indices_by_name[]
   3,   /* field[3] = coverage */
   6,   /* field[6] = features */
   0,   /* field[0] = items */
+  8,   /* field[8] = session_events */
   2,   /* field[2] = timings */
+  7,   /* field[7] = user_vector_source */
   1,   /* field[1] = version */
 };
 static const ProtobufCIntRange shardrank__v1__recommend_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 7 }
+  { 0, 9 }
 };
 const ProtobufCMessageDescriptor shardrank__v1__recommend_response__descriptor =
 {
@@ -1274,11 +1448,177 @@ const ProtobufCMessageDescriptor shardrank__v1__recommend_response__descriptor =
   "Shardrank__V1__RecommendResponse",
   "shardrank.v1",
   sizeof(Shardrank__V1__RecommendResponse),
-  7,
+  9,
   shardrank__v1__recommend_response__field_descriptors,
   shardrank__v1__recommend_response__field_indices_by_name,
   1,  shardrank__v1__recommend_response__number_ranges,
   (ProtobufCMessageInit) shardrank__v1__recommend_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor shardrank__v1__event__field_descriptors[3] =
+{
+  {
+    "item_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__Event, item_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "kind",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__Event, kind),
+    &shardrank__v1__event_kind__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "timestamp_unix_s",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__Event, timestamp_unix_s),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned shardrank__v1__event__field_indices_by_name[] = {
+  0,   /* field[0] = item_id */
+  1,   /* field[1] = kind */
+  2,   /* field[2] = timestamp_unix_s */
+};
+static const ProtobufCIntRange shardrank__v1__event__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor shardrank__v1__event__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "shardrank.v1.Event",
+  "Event",
+  "Shardrank__V1__Event",
+  "shardrank.v1",
+  sizeof(Shardrank__V1__Event),
+  3,
+  shardrank__v1__event__field_descriptors,
+  shardrank__v1__event__field_indices_by_name,
+  1,  shardrank__v1__event__number_ranges,
+  (ProtobufCMessageInit) shardrank__v1__event__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor shardrank__v1__record_events_request__field_descriptors[2] =
+{
+  {
+    "user_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__RecordEventsRequest, user_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "events",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Shardrank__V1__RecordEventsRequest, n_events),
+    offsetof(Shardrank__V1__RecordEventsRequest, events),
+    &shardrank__v1__event__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned shardrank__v1__record_events_request__field_indices_by_name[] = {
+  1,   /* field[1] = events */
+  0,   /* field[0] = user_id */
+};
+static const ProtobufCIntRange shardrank__v1__record_events_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor shardrank__v1__record_events_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "shardrank.v1.RecordEventsRequest",
+  "RecordEventsRequest",
+  "Shardrank__V1__RecordEventsRequest",
+  "shardrank.v1",
+  sizeof(Shardrank__V1__RecordEventsRequest),
+  2,
+  shardrank__v1__record_events_request__field_descriptors,
+  shardrank__v1__record_events_request__field_indices_by_name,
+  1,  shardrank__v1__record_events_request__number_ranges,
+  (ProtobufCMessageInit) shardrank__v1__record_events_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor shardrank__v1__record_events_response__field_descriptors[2] =
+{
+  {
+    "accepted",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__RecordEventsResponse, accepted),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "session_events",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__RecordEventsResponse, session_events),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned shardrank__v1__record_events_response__field_indices_by_name[] = {
+  0,   /* field[0] = accepted */
+  1,   /* field[1] = session_events */
+};
+static const ProtobufCIntRange shardrank__v1__record_events_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor shardrank__v1__record_events_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "shardrank.v1.RecordEventsResponse",
+  "RecordEventsResponse",
+  "Shardrank__V1__RecordEventsResponse",
+  "shardrank.v1",
+  sizeof(Shardrank__V1__RecordEventsResponse),
+  2,
+  shardrank__v1__record_events_response__field_descriptors,
+  shardrank__v1__record_events_response__field_indices_by_name,
+  1,  shardrank__v1__record_events_response__number_ranges,
+  (ProtobufCMessageInit) shardrank__v1__record_events_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor shardrank__v1__candidate_features__field_descriptors[3] =
@@ -1601,15 +1941,111 @@ const ProtobufCMessageDescriptor shardrank__v1__similar_response__descriptor =
   (ProtobufCMessageInit) shardrank__v1__similar_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCMethodDescriptor shardrank__v1__recommender__method_descriptors[3] =
+static const ProtobufCEnumValue shardrank__v1__user_vector_mode__enum_values_by_number[3] =
+{
+  { "USER_VECTOR_MODE_AUTO", "SHARDRANK__V1__USER_VECTOR_MODE__USER_VECTOR_MODE_AUTO", 0 },
+  { "USER_VECTOR_MODE_STORED", "SHARDRANK__V1__USER_VECTOR_MODE__USER_VECTOR_MODE_STORED", 1 },
+  { "USER_VECTOR_MODE_TOWER", "SHARDRANK__V1__USER_VECTOR_MODE__USER_VECTOR_MODE_TOWER", 2 },
+};
+static const ProtobufCIntRange shardrank__v1__user_vector_mode__value_ranges[] = {
+{0, 0},{0, 3}
+};
+static const ProtobufCEnumValueIndex shardrank__v1__user_vector_mode__enum_values_by_name[3] =
+{
+  { "USER_VECTOR_MODE_AUTO", 0 },
+  { "USER_VECTOR_MODE_STORED", 1 },
+  { "USER_VECTOR_MODE_TOWER", 2 },
+};
+const ProtobufCEnumDescriptor shardrank__v1__user_vector_mode__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "shardrank.v1.UserVectorMode",
+  "UserVectorMode",
+  "Shardrank__V1__UserVectorMode",
+  "shardrank.v1",
+  3,
+  shardrank__v1__user_vector_mode__enum_values_by_number,
+  3,
+  shardrank__v1__user_vector_mode__enum_values_by_name,
+  1,
+  shardrank__v1__user_vector_mode__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCEnumValue shardrank__v1__user_vector_source__enum_values_by_number[3] =
+{
+  { "USER_VECTOR_SOURCE_NONE", "SHARDRANK__V1__USER_VECTOR_SOURCE__USER_VECTOR_SOURCE_NONE", 0 },
+  { "USER_VECTOR_SOURCE_STORED", "SHARDRANK__V1__USER_VECTOR_SOURCE__USER_VECTOR_SOURCE_STORED", 1 },
+  { "USER_VECTOR_SOURCE_TOWER", "SHARDRANK__V1__USER_VECTOR_SOURCE__USER_VECTOR_SOURCE_TOWER", 2 },
+};
+static const ProtobufCIntRange shardrank__v1__user_vector_source__value_ranges[] = {
+{0, 0},{0, 3}
+};
+static const ProtobufCEnumValueIndex shardrank__v1__user_vector_source__enum_values_by_name[3] =
+{
+  { "USER_VECTOR_SOURCE_NONE", 0 },
+  { "USER_VECTOR_SOURCE_STORED", 1 },
+  { "USER_VECTOR_SOURCE_TOWER", 2 },
+};
+const ProtobufCEnumDescriptor shardrank__v1__user_vector_source__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "shardrank.v1.UserVectorSource",
+  "UserVectorSource",
+  "Shardrank__V1__UserVectorSource",
+  "shardrank.v1",
+  3,
+  shardrank__v1__user_vector_source__enum_values_by_number,
+  3,
+  shardrank__v1__user_vector_source__enum_values_by_name,
+  1,
+  shardrank__v1__user_vector_source__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCEnumValue shardrank__v1__event_kind__enum_values_by_number[5] =
+{
+  { "EVENT_KIND_UNSPECIFIED", "SHARDRANK__V1__EVENT_KIND__EVENT_KIND_UNSPECIFIED", 0 },
+  { "EVENT_KIND_VIEW", "SHARDRANK__V1__EVENT_KIND__EVENT_KIND_VIEW", 1 },
+  { "EVENT_KIND_CLICK", "SHARDRANK__V1__EVENT_KIND__EVENT_KIND_CLICK", 2 },
+  { "EVENT_KIND_PURCHASE", "SHARDRANK__V1__EVENT_KIND__EVENT_KIND_PURCHASE", 3 },
+  { "EVENT_KIND_RATING", "SHARDRANK__V1__EVENT_KIND__EVENT_KIND_RATING", 4 },
+};
+static const ProtobufCIntRange shardrank__v1__event_kind__value_ranges[] = {
+{0, 0},{0, 5}
+};
+static const ProtobufCEnumValueIndex shardrank__v1__event_kind__enum_values_by_name[5] =
+{
+  { "EVENT_KIND_CLICK", 2 },
+  { "EVENT_KIND_PURCHASE", 3 },
+  { "EVENT_KIND_RATING", 4 },
+  { "EVENT_KIND_UNSPECIFIED", 0 },
+  { "EVENT_KIND_VIEW", 1 },
+};
+const ProtobufCEnumDescriptor shardrank__v1__event_kind__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "shardrank.v1.EventKind",
+  "EventKind",
+  "Shardrank__V1__EventKind",
+  "shardrank.v1",
+  5,
+  shardrank__v1__event_kind__enum_values_by_number,
+  5,
+  shardrank__v1__event_kind__enum_values_by_name,
+  1,
+  shardrank__v1__event_kind__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCMethodDescriptor shardrank__v1__recommender__method_descriptors[4] =
 {
   { "Recommend", &shardrank__v1__recommend_request__descriptor, &shardrank__v1__recommend_response__descriptor },
   { "Rank", &shardrank__v1__rank_request__descriptor, &shardrank__v1__rank_response__descriptor },
   { "Similar", &shardrank__v1__similar_request__descriptor, &shardrank__v1__similar_response__descriptor },
+  { "RecordEvents", &shardrank__v1__record_events_request__descriptor, &shardrank__v1__record_events_response__descriptor },
 };
 const unsigned shardrank__v1__recommender__method_indices_by_name[] = {
   1,        /* Rank */
   0,        /* Recommend */
+  3,        /* RecordEvents */
   2         /* Similar */
 };
 const ProtobufCServiceDescriptor shardrank__v1__recommender__descriptor =
@@ -1619,7 +2055,7 @@ const ProtobufCServiceDescriptor shardrank__v1__recommender__descriptor =
   "Recommender",
   "Shardrank__V1__Recommender",
   "shardrank.v1",
-  3,
+  4,
   shardrank__v1__recommender__method_descriptors,
   shardrank__v1__recommender__method_indices_by_name
 };
@@ -1646,6 +2082,14 @@ void shardrank__v1__recommender__similar(ProtobufCService *service,
 {
   assert(service->descriptor == &shardrank__v1__recommender__descriptor);
   service->invoke(service, 2, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void shardrank__v1__recommender__record_events(ProtobufCService *service,
+                                               const Shardrank__V1__RecordEventsRequest *input,
+                                               Shardrank__V1__RecordEventsResponse_Closure closure,
+                                               void *closure_data)
+{
+  assert(service->descriptor == &shardrank__v1__recommender__descriptor);
+  service->invoke(service, 3, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void shardrank__v1__recommender__init (Shardrank__V1__Recommender_Service *service,
                                        Shardrank__V1__Recommender_ServiceDestroy destroy)

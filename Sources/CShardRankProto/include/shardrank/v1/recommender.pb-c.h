@@ -23,6 +23,9 @@ typedef struct Shardrank__V1__ScoredItem Shardrank__V1__ScoredItem;
 typedef struct Shardrank__V1__StageTimings Shardrank__V1__StageTimings;
 typedef struct Shardrank__V1__Coverage Shardrank__V1__Coverage;
 typedef struct Shardrank__V1__RecommendResponse Shardrank__V1__RecommendResponse;
+typedef struct Shardrank__V1__Event Shardrank__V1__Event;
+typedef struct Shardrank__V1__RecordEventsRequest Shardrank__V1__RecordEventsRequest;
+typedef struct Shardrank__V1__RecordEventsResponse Shardrank__V1__RecordEventsResponse;
 typedef struct Shardrank__V1__CandidateFeatures Shardrank__V1__CandidateFeatures;
 typedef struct Shardrank__V1__RankRequest Shardrank__V1__RankRequest;
 typedef struct Shardrank__V1__RankResponse Shardrank__V1__RankResponse;
@@ -32,6 +35,38 @@ typedef struct Shardrank__V1__SimilarResponse Shardrank__V1__SimilarResponse;
 
 /* --- enums --- */
 
+typedef enum _Shardrank__V1__UserVectorMode {
+  SHARDRANK__V1__USER_VECTOR_MODE__USER_VECTOR_MODE_AUTO = 0,
+  /*
+   * the users table's vector (built offline)
+   */
+  SHARDRANK__V1__USER_VECTOR_MODE__USER_VECTOR_MODE_STORED = 1,
+  /*
+   * computed now by the query tower (FAILED_PRECONDITION without one)
+   */
+  SHARDRANK__V1__USER_VECTOR_MODE__USER_VECTOR_MODE_TOWER = 2
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(SHARDRANK__V1__USER_VECTOR_MODE)
+} Shardrank__V1__UserVectorMode;
+/*
+ * Which user vector an answer used.
+ */
+typedef enum _Shardrank__V1__UserVectorSource {
+  /*
+   * none: cold start, retrieval scores only
+   */
+  SHARDRANK__V1__USER_VECTOR_SOURCE__USER_VECTOR_SOURCE_NONE = 0,
+  SHARDRANK__V1__USER_VECTOR_SOURCE__USER_VECTOR_SOURCE_STORED = 1,
+  SHARDRANK__V1__USER_VECTOR_SOURCE__USER_VECTOR_SOURCE_TOWER = 2
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(SHARDRANK__V1__USER_VECTOR_SOURCE)
+} Shardrank__V1__UserVectorSource;
+typedef enum _Shardrank__V1__EventKind {
+  SHARDRANK__V1__EVENT_KIND__EVENT_KIND_UNSPECIFIED = 0,
+  SHARDRANK__V1__EVENT_KIND__EVENT_KIND_VIEW = 1,
+  SHARDRANK__V1__EVENT_KIND__EVENT_KIND_CLICK = 2,
+  SHARDRANK__V1__EVENT_KIND__EVENT_KIND_PURCHASE = 3,
+  SHARDRANK__V1__EVENT_KIND__EVENT_KIND_RATING = 4
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(SHARDRANK__V1__EVENT_KIND)
+} Shardrank__V1__EventKind;
 
 /* --- messages --- */
 
@@ -131,10 +166,16 @@ struct  Shardrank__V1__RecommendRequest
    * learned ranker is trained on. Costs the item attributes and a larger answer; for offline use.
    */
   protobuf_c_boolean return_features;
+  /*
+   * Which user vector to search and rank with (docs/api.md): AUTO (default) = the query tower's
+   * when the coordinator has one and the user has no stored vector or has session events newer
+   * than it, else the stored one.
+   */
+  Shardrank__V1__UserVectorMode user_vector;
 };
 #define SHARDRANK__V1__RECOMMEND_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__recommend_request__descriptor) \
-    , 0, NULL, 0, NULL, (char *)protobuf_c_empty_string, 0, 0, 0, 0,NULL, 0, 0, 0, 0 }
+    , 0, NULL, 0, NULL, (char *)protobuf_c_empty_string, 0, 0, 0, 0,NULL, 0, 0, 0, 0, SHARDRANK__V1__USER_VECTOR_MODE__USER_VECTOR_MODE_AUTO }
 
 
 struct  Shardrank__V1__ScoredItem
@@ -201,10 +242,59 @@ struct  Shardrank__V1__RecommendResponse
    * Set when the request asked for return_features.
    */
   Shardrank__V1__CandidateFeatures *features;
+  Shardrank__V1__UserVectorSource user_vector_source;
+  /*
+   * Session events of the user this coordinator held and used (RecordEvents).
+   */
+  uint32_t session_events;
 };
 #define SHARDRANK__V1__RECOMMEND_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__recommend_response__descriptor) \
-    , 0,NULL, 0, NULL, NULL, 0, 0, NULL }
+    , 0,NULL, 0, NULL, NULL, 0, 0, NULL, SHARDRANK__V1__USER_VECTOR_SOURCE__USER_VECTOR_SOURCE_NONE, 0 }
+
+
+struct  Shardrank__V1__Event
+{
+  ProtobufCMessage base;
+  uint64_t item_id;
+  Shardrank__V1__EventKind kind;
+  /*
+   * When it happened, Unix seconds; 0 = when the coordinator received it.
+   */
+  int64_t timestamp_unix_s;
+};
+#define SHARDRANK__V1__EVENT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__event__descriptor) \
+    , 0, SHARDRANK__V1__EVENT_KIND__EVENT_KIND_UNSPECIFIED, 0 }
+
+
+struct  Shardrank__V1__RecordEventsRequest
+{
+  ProtobufCMessage base;
+  uint64_t user_id;
+  size_t n_events;
+  Shardrank__V1__Event **events;
+};
+#define SHARDRANK__V1__RECORD_EVENTS_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__record_events_request__descriptor) \
+    , 0, 0,NULL }
+
+
+struct  Shardrank__V1__RecordEventsResponse
+{
+  ProtobufCMessage base;
+  /*
+   * Events taken (all of the request's, or INVALID_ARGUMENT).
+   */
+  uint32_t accepted;
+  /*
+   * Events this coordinator now holds for the user (bounded per user; the oldest go first).
+   */
+  uint32_t session_events;
+};
+#define SHARDRANK__V1__RECORD_EVENTS_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__record_events_response__descriptor) \
+    , 0, 0 }
 
 
 /*
@@ -418,6 +508,63 @@ Shardrank__V1__RecommendResponse *
 void   shardrank__v1__recommend_response__free_unpacked
                      (Shardrank__V1__RecommendResponse *message,
                       ProtobufCAllocator *allocator);
+/* Shardrank__V1__Event methods */
+void   shardrank__v1__event__init
+                     (Shardrank__V1__Event         *message);
+size_t shardrank__v1__event__get_packed_size
+                     (const Shardrank__V1__Event   *message);
+size_t shardrank__v1__event__pack
+                     (const Shardrank__V1__Event   *message,
+                      uint8_t             *out);
+size_t shardrank__v1__event__pack_to_buffer
+                     (const Shardrank__V1__Event   *message,
+                      ProtobufCBuffer     *buffer);
+Shardrank__V1__Event *
+       shardrank__v1__event__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   shardrank__v1__event__free_unpacked
+                     (Shardrank__V1__Event *message,
+                      ProtobufCAllocator *allocator);
+/* Shardrank__V1__RecordEventsRequest methods */
+void   shardrank__v1__record_events_request__init
+                     (Shardrank__V1__RecordEventsRequest         *message);
+size_t shardrank__v1__record_events_request__get_packed_size
+                     (const Shardrank__V1__RecordEventsRequest   *message);
+size_t shardrank__v1__record_events_request__pack
+                     (const Shardrank__V1__RecordEventsRequest   *message,
+                      uint8_t             *out);
+size_t shardrank__v1__record_events_request__pack_to_buffer
+                     (const Shardrank__V1__RecordEventsRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Shardrank__V1__RecordEventsRequest *
+       shardrank__v1__record_events_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   shardrank__v1__record_events_request__free_unpacked
+                     (Shardrank__V1__RecordEventsRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Shardrank__V1__RecordEventsResponse methods */
+void   shardrank__v1__record_events_response__init
+                     (Shardrank__V1__RecordEventsResponse         *message);
+size_t shardrank__v1__record_events_response__get_packed_size
+                     (const Shardrank__V1__RecordEventsResponse   *message);
+size_t shardrank__v1__record_events_response__pack
+                     (const Shardrank__V1__RecordEventsResponse   *message,
+                      uint8_t             *out);
+size_t shardrank__v1__record_events_response__pack_to_buffer
+                     (const Shardrank__V1__RecordEventsResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Shardrank__V1__RecordEventsResponse *
+       shardrank__v1__record_events_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   shardrank__v1__record_events_response__free_unpacked
+                     (Shardrank__V1__RecordEventsResponse *message,
+                      ProtobufCAllocator *allocator);
 /* Shardrank__V1__CandidateFeatures methods */
 void   shardrank__v1__candidate_features__init
                      (Shardrank__V1__CandidateFeatures         *message);
@@ -536,6 +683,15 @@ typedef void (*Shardrank__V1__Coverage_Closure)
 typedef void (*Shardrank__V1__RecommendResponse_Closure)
                  (const Shardrank__V1__RecommendResponse *message,
                   void *closure_data);
+typedef void (*Shardrank__V1__Event_Closure)
+                 (const Shardrank__V1__Event *message,
+                  void *closure_data);
+typedef void (*Shardrank__V1__RecordEventsRequest_Closure)
+                 (const Shardrank__V1__RecordEventsRequest *message,
+                  void *closure_data);
+typedef void (*Shardrank__V1__RecordEventsResponse_Closure)
+                 (const Shardrank__V1__RecordEventsResponse *message,
+                  void *closure_data);
 typedef void (*Shardrank__V1__CandidateFeatures_Closure)
                  (const Shardrank__V1__CandidateFeatures *message,
                   void *closure_data);
@@ -570,6 +726,10 @@ struct Shardrank__V1__Recommender_Service
                   const Shardrank__V1__SimilarRequest *input,
                   Shardrank__V1__SimilarResponse_Closure closure,
                   void *closure_data);
+  void (*record_events)(Shardrank__V1__Recommender_Service *service,
+                        const Shardrank__V1__RecordEventsRequest *input,
+                        Shardrank__V1__RecordEventsResponse_Closure closure,
+                        void *closure_data);
 };
 typedef void (*Shardrank__V1__Recommender_ServiceDestroy)(Shardrank__V1__Recommender_Service *);
 void shardrank__v1__recommender__init (Shardrank__V1__Recommender_Service *service,
@@ -580,7 +740,8 @@ void shardrank__v1__recommender__init (Shardrank__V1__Recommender_Service *servi
     { SHARDRANK__V1__RECOMMENDER__BASE_INIT,\
       function_prefix__ ## recommend,\
       function_prefix__ ## rank,\
-      function_prefix__ ## similar  }
+      function_prefix__ ## similar,\
+      function_prefix__ ## record_events  }
 void shardrank__v1__recommender__recommend(ProtobufCService *service,
                                            const Shardrank__V1__RecommendRequest *input,
                                            Shardrank__V1__RecommendResponse_Closure closure,
@@ -593,9 +754,16 @@ void shardrank__v1__recommender__similar(ProtobufCService *service,
                                          const Shardrank__V1__SimilarRequest *input,
                                          Shardrank__V1__SimilarResponse_Closure closure,
                                          void *closure_data);
+void shardrank__v1__recommender__record_events(ProtobufCService *service,
+                                               const Shardrank__V1__RecordEventsRequest *input,
+                                               Shardrank__V1__RecordEventsResponse_Closure closure,
+                                               void *closure_data);
 
 /* --- descriptors --- */
 
+extern const ProtobufCEnumDescriptor    shardrank__v1__user_vector_mode__descriptor;
+extern const ProtobufCEnumDescriptor    shardrank__v1__user_vector_source__descriptor;
+extern const ProtobufCEnumDescriptor    shardrank__v1__event_kind__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__context__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__budgets__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__recommend_request__descriptor;
@@ -603,6 +771,9 @@ extern const ProtobufCMessageDescriptor shardrank__v1__scored_item__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__stage_timings__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__coverage__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__recommend_response__descriptor;
+extern const ProtobufCMessageDescriptor shardrank__v1__event__descriptor;
+extern const ProtobufCMessageDescriptor shardrank__v1__record_events_request__descriptor;
+extern const ProtobufCMessageDescriptor shardrank__v1__record_events_response__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__candidate_features__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__rank_request__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__rank_response__descriptor;
