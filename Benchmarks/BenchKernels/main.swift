@@ -1,6 +1,7 @@
 // BenchKernels: throughput of the ShardRank kernels. Build in release:
 //   swift build -c release --product BenchKernels
 // Usage: BenchKernels [--json] [--quick] [--only SUBSTRING] [--cputime] [--paired R]
+//                     [--trees MODEL.txt ROWS.f32 FEATURES]   (LightGBM ranker; scripts/bench-ranker)
 // With --json: one object per case per line:
 //   {"kernel","dtype","dim","n","batch","threads","per_second","unit"}
 // Each figure is the median of several timed repetitions (see `measure`).
@@ -219,6 +220,32 @@ if enabled("mlp") {
                 ratios.sort()
                 report(name + "_scaling", "f32", dim: 256, n: n, batch: 1, threads: 2, ratios[ratios.count / 2], "x")
             }
+        }
+    }
+}
+
+// A LightGBM ranker over rows written by scripts/bench-ranker (the same model and rows its
+// LightGBM anchor scores): a Recommend's candidates (batch of 131, one request) and a large
+// batch (offline scoring), on 1 and 2 threads.
+if let at = args.firstIndex(of: "--trees") {
+    let model = try! TreeEnsemble(path: args[at + 1])
+    let data = try! Data(contentsOf: URL(fileURLWithPath: args[at + 2]))
+    let features = Int(args[at + 3])!
+    let rows = data.count / 4 / features
+    let x = UnsafeMutablePointer<Float>.allocate(capacity: rows * features)
+    _ = data.withUnsafeBytes { memcpy(x, $0.baseAddress!, rows * features * 4) }
+    let scores = UnsafeMutablePointer<Float>.allocate(capacity: rows)
+    for batch in [131, rows] {
+        for threads in [1, 2] {
+            var offset = 0
+            let r = measure {
+                if offset + batch > rows { offset = 0 }
+                model.score(features: x + offset * features, rows: batch, stride: features, into: scores, pool: pools[threads]!)
+                offset += batch
+                return batch
+            }
+            checksum += Double(scores[0])
+            report("trees", "f32", dim: features, n: model.treeCount, batch: batch, threads: threads, r, "rows/s")
         }
     }
 }
