@@ -4,6 +4,8 @@ import NIOPosix
 import RPCCore
 import RPCTransport
 import ShardRankEval
+import ShardRankClient
+import ShardRankWire
 
 /// `shardrank eval`: how many candidates should retrieval fetch? Replays held-out users against a
 /// live coordinator per retrieval budget, beside the exhaustive ceiling and a popularity baseline.
@@ -93,6 +95,18 @@ struct EvalCommand: AsyncParsableCommand {
         let group = MultiThreadedEventLoopGroup.singleton
         let channel: RPCChannel
         do { channel = try RPCChannel(target: coordinator, group: group) } catch { throw ValidationError(error.message) }
+        // Check first (as loadtest does): one Recommend for the first user, so a dead or
+        // unready coordinator fails in a second with a human message, not after every run.
+        if let first = ids.first {
+            do {
+                _ = try await RecommenderClient(channel: channel).recommend(RecommendRequest(userID: first, k: 1), timeout: .milliseconds(timeoutMs))
+            } catch {
+                FileHandleStderr.write("shardrank eval: cannot evaluate against \(coordinator): \(error.message)"
+                                       + ((error.code == .unavailable || error.code == .deadlineExceeded) && !error.message.contains("running") ? " (is the coordinator running and SERVING? `shardrank health --target \(coordinator)`)" : "") + "\n")
+                await channel.close()
+                throw ExitCode(1)
+            }
+        }
         let eval = Evaluation(channel: channel, ks: ks, budgets: budgetList, models: modelList, now: nowSeconds, concurrency: concurrency,
                               timeout: .milliseconds(timeoutMs), catalogSize: catalog)
         let rows = await eval.run(heldOut: held, users: ids) { FileHandleStderr.write($0 + "\n") }

@@ -62,3 +62,21 @@ def test_eval_rejects_a_bad_heldout_file(tmp_path):
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert "heldout.csv:3" in out.stderr
+
+
+def test_eval_against_nothing_fails_at_once_with_a_human_message(tmp_path):
+    held = tmp_path / "heldout.csv"
+    held.write_text("user_id,item_id,timestamp\n1,2,3\n")
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    import time
+    t0 = time.monotonic()
+    out = subprocess.run([shardrank_bin(), "eval", "--coordinator", f"127.0.0.1:{port}", "--heldout", str(held)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert "nothing is listening" in out.stderr and f"127.0.0.1:{port}" in out.stderr, out.stderr
+    assert "eval: two-stage" not in out.stderr, "no configuration runs against a dead coordinator"
+    assert time.monotonic() - t0 < 10
