@@ -46,7 +46,7 @@ def test_eval_report_with_two_models(tmp_path):
     rows = [row("two-stage", m, b, r + b / 1e4) for m, r in (("dot", 0.13), ("ltr", 0.18)) for b in (50, 200, 1000)]
     rows += [row("exhaustive", "dot", 0, 0.135), row("popularity", "dot", 0, 0.07)]
     f = tmp_path / "eval.json"
-    f.write_text(json.dumps({"ks": [10], "models": ["dot", "ltr"], "rows": rows}))
+    f.write_text(json.dumps({"kind": "eval", "ks": [10], "models": ["dot", "ltr"], "rows": rows}))
     out = subprocess.run([PLOT, str(f), "--out", str(tmp_path / "e.png")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "e.png").stat().st_size > 20_000
