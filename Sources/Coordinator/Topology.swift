@@ -40,7 +40,7 @@ public struct Topology: Sendable, Equatable {
     public static func parse(_ data: Data) throws -> Topology {
         let json: Any
         do { json = try JSONSerialization.jsonObject(with: data) } catch {
-            throw Error(description: "not valid JSON (\(error.localizedDescription))")
+            throw Error(description: "not valid JSON\(jsonErrorPosition(error, in: data))")
         }
         guard let obj = json as? [String: Any] else { throw Error(description: "the top level must be a JSON object") }
         let known: Set<String> = ["tables", "shards", "coordinators", "coordinator", "admin", "model", "rankers", "netns"]
@@ -76,6 +76,19 @@ public struct Topology: Sendable, Equatable {
             try settings.apply(c)
         }
         return Topology(tables: tables, shards: shards, coordinators: coordinators, settings: settings)
+    }
+
+    /// " at line L, column C: <what>" from Foundation's "… around character N." (a character
+    /// offset into the text), or the error's own description when it names no position.
+    static func jsonErrorPosition(_ error: any Swift.Error, in data: Data) -> String {
+        let info = (error as NSError).userInfo["NSDebugDescription"] as? String ?? "\(error)"
+        guard let r = info.range(of: "character "), let n = Int(info[r.upperBound...].prefix { $0.isNumber }) else { return " (\(info))" }
+        var line = 1, column = 1
+        for ch in String(decoding: data, as: UTF8.self).prefix(n) {
+            if ch == "\n" { line += 1; column = 1 } else { column += 1 }
+        }
+        let what = info.components(separatedBy: " around").first ?? info
+        return " at line \(line), column \(column): \(what)"
     }
 
     static func isHostPort(_ s: String) -> Bool {

@@ -455,7 +455,8 @@ func searchOnly(_ s: inout CoordinatorSettings) {
         let cases: [(String, String)] = [
             (#"{"shards": []}"#, "shards"), (#"{"shards": [["nohost"]]}"#, "shards[0][0]"), (#"[1]"#, "object"),
             (#"{"shards": [["a:1"]], "bogus": 1}"#, "bogus"), (#"{"shards": [["a:1"]], "coordinator": {"search_budget": -1}}"#, "search_budget"),
-            ("not json", "JSON"),
+            ("not json", "JSON"), ("{\n  \"shards\": [[\"a:1\"],,]\n}", "line 2, column"),
+            (#"{"shards": [["a:1"]], "rankers": {"x": 1}}"#, "rankers"),
         ]
         for (text, word) in cases {
             do {
