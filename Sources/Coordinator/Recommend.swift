@@ -48,7 +48,9 @@ extension Recommender {
     /// `Recommend`: the whole two-stage pipeline, in at most three rounds of shard calls: the
     /// profile and user vector (one shard; none for a user already cached); the lists the cache
     /// lacks and the search (which brings its hits' rows); the rows of list candidates not
-    /// already cached.
+    /// already cached. With the query tower's vector, one more before the search: the rows of
+    /// the user's latest items the row cache lacks. The user's session (this coordinator's
+    /// memory, no call) joins the seen set and leads the latest items.
     public func recommend(_ req: RecommendRequest, context ctx: ServerContext) async throws(RPCError) -> RecommendResponse {
         try validate(req)
         let trace = makeTrace(ctx)

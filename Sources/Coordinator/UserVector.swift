@@ -1,5 +1,5 @@
 import RPCCore
-public import ShardRankWire
+import ShardRankWire
 import ShardRankKernels
 
 /// Which user vector a Recommend searches and ranks with: the stored one (the users table,

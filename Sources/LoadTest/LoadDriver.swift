@@ -333,7 +333,7 @@ struct Caller: Sendable {
         switch r {
         case .recommend(let q): channel = self.channel(user: q.userID)
         case .rank(let q): channel = self.channel(user: q.userID)
-        case .similar(let q): channel = self.channel(user: q.itemID)
+        case .similar(let q): channel = self.channel(user: q.itemID)  // no user: spread by the item
         default: channel = channels[0]
         }
         do throws(RPCError) {

@@ -306,3 +306,30 @@ extension CoordinatorTests {
         #expect(none.latest == [1, 2, 3, 4, 5] && none.recent == [1, 2, 3, 4] && none.seenSorted == [1, 2, 3, 4, 5])
     }
 }
+
+@Suite struct SessionTopologyTests {
+    @Test func sessionSettingsAndTheQueryTowerKeyParse() throws {
+        let t = try Topology.parse(Data(#"{"shards": [["a:1"]], "query_tower": "tower/T.safetensors", "coordinator": {"session_events_per_user": 20, "session_users": 5000, "session_ttl_s": 600}}"#.utf8))
+        #expect(t.settings.sessionEventsPerUser == 20 && t.settings.sessionUsers == 5000 && t.settings.sessionTTLSeconds == 600)
+        let d = CoordinatorSettings()
+        #expect(d.sessionEventsPerUser == 50 && d.sessionUsers == 1_000_000 && d.sessionTTLSeconds == 86_400, "the documented defaults")
+        let store = SessionStore(settings: t.settings)
+        #expect(store.eventsPerUser == 20 && store.users == 5000 && store.ttlSeconds == 600)
+        #expect(SessionStore(settings: d).maxBytes == 920_000_000, "the documented bound: 1M users x (120 + 16 x 50) bytes")
+        let cases: [(String, String)] = [
+            (#"{"shards": [["a:1"]], "coordinator": {"session_events_per_user": 0}}"#, "session_events_per_user"),
+            (#"{"shards": [["a:1"]], "coordinator": {"session_events_per_user": 20000}}"#, "session_events_per_user"),
+            (#"{"shards": [["a:1"]], "coordinator": {"session_ttl_s": 0}}"#, "session_ttl_s"),
+            (#"{"shards": [["a:1"]], "coordinator": {"session_users": -1}}"#, "session_users"),
+            (#"{"shards": [["a:1"]], "query_tower": 3}"#, "query_tower"),
+        ]
+        for (text, word) in cases {
+            do {
+                _ = try Topology.parse(Data(text.utf8))
+                Issue.record("accepted \(text)")
+            } catch {
+                #expect("\(error)".contains(word), "\(error)")
+            }
+        }
+    }
+}
