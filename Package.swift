@@ -121,7 +121,7 @@ let package = Package(
         .testTarget(name: "ShardRankKernelsTests", dependencies: ["ShardRankKernels"], exclude: ["Fixtures"]),
         .testTarget(name: "ShardRankTablesTests", dependencies: ["ShardRankTables", "ShardRankKernels", "ShardRankIDs"]),
         .testTarget(name: "CoordinatorTests", dependencies: [
-            "Coordinator", "ShardRankWire", "RPCCore", "RPCTransport", "ShardRankKernels", "ShardRankTables", "ShardServer", "ShardRankIDs",
+            "Coordinator", "ShardRankWire", "ShardRankClient", "RPCCore", "RPCTransport", "ShardRankKernels", "ShardRankTables", "ShardServer", "ShardRankIDs",
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -438,7 +438,7 @@ def tables_root(topo, topology_path):
     return root
 
 
-def command_for(binary, p, s_count, tables, effective, model, netns, rankers=None):
+def command_for(binary, p, s_count, tables, effective, model, netns, rankers=None, query_tower=None):
     host, port = split_addr(p["address"])
     if p["role"] == "shard":
         argv = [binary, "shard", "--tables", tables, "--shard", str(p["shard"]), "--of", str(s_count)]
@@ -446,6 +446,8 @@ def command_for(binary, p, s_count, tables, effective, model, netns, rankers=Non
         argv = [binary, "coordinator", "--topology", effective]
         if model:
             argv += ["--model", model]
+        if query_tower:
+            argv += ["--query-tower", query_tower]
         for name, path in sorted((rankers or {}).items()):
             argv += ["--ranker", f"{name}={path}"]
     argv += ["--host", host, "--port", str(port)]
@@ -509,6 +511,16 @@ def cmd_up(args):
         raise Fail("'model' must be the path of the MLP weights (.safetensors)")
     if model and not os.path.isabs(model):
         model = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(args.topology)), model))
+    query_tower = topo.get("query_tower")
+    if query_tower is not None and not isinstance(query_tower, str):
+        raise Fail("'query_tower' must be the path of the query tower's weights (.safetensors; its .json beside it)")
+    if query_tower and not os.path.isabs(query_tower):
+        query_tower = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(args.topology)), query_tower))
+    if query_tower:
+        config = (query_tower[:-len(".safetensors")] if query_tower.endswith(".safetensors") else query_tower) + ".json"
+        for f in (query_tower, config):
+            if not os.path.isfile(f):
+                raise Fail(f"query_tower: {f} is not a file")
     rankers = topo.get("rankers") or {}
     if not isinstance(rankers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in rankers.items()):
         raise Fail("'rankers' must be an object of NAME: \"model file\" strings (LightGBM text models)")
@@ -578,6 +590,8 @@ def cmd_up(args):
             eff["model"] = model
         if rankers:
             eff["rankers"] = rankers
+        if query_tower:
+            eff["query_tower"] = query_tower
         effective = os.path.join(run_dir, "topology.json")
         write_atomic(effective, json.dumps(eff, indent=2) + "\n")
 
@@ -596,7 +610,8 @@ def cmd_up(args):
                 group = [p for p in todo if p["role"] == role]
                 for p in group:
                     ns = plan["hosts"][p["name"]]["netns"] if plan else None
-                    started[p["name"]] = start(run_dir, p, command_for(binary, p, len(topo["shards"]), tables, effective, model, ns, rankers))
+                    started[p["name"]] = start(run_dir, p, command_for(binary, p, len(topo["shards"]), tables, effective, model, ns, rankers,
+                                                                     query_tower))
                     log(f"started {p['name']} (pid {started[p['name']].pid}) on {p['address']}")
                 wait_serving(binary, run_dir, [p for p in effective_procs if p["role"] == role], started, deadline)
         except BaseException:

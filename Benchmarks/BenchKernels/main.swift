@@ -250,4 +250,32 @@ if let at = args.firstIndex(of: "--trees") {
     }
 }
 
+// ---- Query tower: one user vector, d = 64, hidden 128, R = 20 recent items -------------------
+// The coordinator's forward pass per request (QueryTower.userVector: two means over the recent
+// rows, the genre and country embeddings, 64+64+16+8 → 128 → 64 with the dot kernel).
+if enabled("query_tower") {
+    let d = 64, hidden = 128, recent = 20, gd = 16, cd = 8
+    let genres = (0..<20).map { "g\($0)" }, countries = (0..<50).map { "c\($0)" }
+    let config = QueryTowerConfig(dim: d, recent: recent, recencyDecay: 0.8, residual: true, genreDim: gd, countryDim: cd, hidden: hidden,
+                                  genres: genres, countries: countries)
+    func random(_ shape: [Int]) -> [Float] { (0..<shape.reduce(1, *)).map { _ in Float.random(in: -0.1..<0.1, using: &rng) } }
+    let shapes: [(String, [Int])] = [("genre_embedding", [genres.count + 1, gd]), ("country_embedding", [countries.count + 1, cd]),
+                                     ("layer0.weight", [hidden, config.inputDimension]), ("layer0.bias", [hidden]),
+                                     ("layer1.weight", [d, hidden]), ("layer1.bias", [d])]
+    let tower = try! QueryTower(weights: SafeTensors.serialize(shapes.map { ($0.0, $0.1, random($0.1)) }),
+                                config: Array(JSONEncoder().encode(config)))
+    let rows = randomFloats(recent * d), out = randomFloats(d)
+    let userGenres = ["g3", "g11", "g7"]
+    let r = measure {
+        for _ in 0..<100 {
+            tower.userVector(recentRows: rows, count: recent, genres: userGenres, country: "c12", into: out)
+        }
+        return 100
+    }
+    checksum += Double(out[0])
+    report("query_tower", "f32", dim: d, n: recent, batch: 1, threads: 1, r, "vectors/s")
+    log(String(format: "query_tower: %.2f µs per user vector (d=%d, hidden=%d, R=%d)", 1e6 / r, d, hidden, recent))
+    rows.deallocate(); out.deallocate()
+}
+
 log("checksum \(checksum)")

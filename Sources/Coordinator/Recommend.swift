@@ -30,6 +30,12 @@ extension Recommender {
         guard req.minCoverage.isFinite, req.minCoverage >= 0, req.minCoverage <= 1 else {
             throw RPCError(.invalidArgument, "min_coverage=\(req.minCoverage) is out of range [0, 1]")
         }
+        guard let mode = req.userVector else {
+            throw RPCError(.invalidArgument, "user_vector is not a UserVectorMode (AUTO, STORED, TOWER)")
+        }
+        if mode == .tower && tower == nil {
+            throw RPCError(.failedPrecondition, "user_vector TOWER: this coordinator has no query tower (start it with --query-tower FILE)")
+        }
         try RetrievalPlan.validateContext(req.context)
         for s in req.sources where ![.similar, .genre, .country, .popular, .search].contains(s) {
             throw RPCError(.invalidArgument, "sources: \(s) is not a retrieval source (similar, genre, country, popular, search)")
@@ -42,30 +48,46 @@ extension Recommender {
     /// `Recommend`: the whole two-stage pipeline, in at most three rounds of shard calls: the
     /// profile and user vector (one shard; none for a user already cached); the lists the cache
     /// lacks and the search (which brings its hits' rows); the rows of list candidates not
-    /// already cached.
+    /// already cached. With the query tower's vector, one more before the search: the rows of
+    /// the user's latest items the row cache lacks. The user's session (this coordinator's
+    /// memory, no call) joins the seen set and leads the latest items.
     public func recommend(_ req: RecommendRequest, context ctx: ServerContext) async throws(RPCError) -> RecommendResponse {
         try validate(req)
         let trace = makeTrace(ctx)
         let t0 = ContinuousClock.now
+        // What the user did on this coordinator in the last `session_ttl_s`: excluded, and the
+        // first of the latest items.
+        let session = sessions?.session(of: req.userID) ?? SessionStore.Session()
 
         // --- Round 1: profile and user vector — from the user cache when this user was seen
         // under the pinned version. The profile is always needed: its whole history is part of
         // the seen set whatever the context gives.
-        var storedProfile: UserProfile?, userVec: [Float]?, userVecFailed = false
+        var storedProfile: UserProfile?, storedVec: [Float]?, userVecFailed = false
         if let e = userCache.get(version: trace.version, user: req.userID) {
             storedProfile = e.profile
-            userVec = e.vector
+            storedVec = e.vector
         } else {
             let profileDeadline = trace.stageDeadline(0.3)
             async let profileTask = profile(req.userID, trace: trace, deadline: profileDeadline)
             async let vectorTask = userVector(req.userID, trace: trace, deadline: profileDeadline)
             let (p, profileFailed) = await profileTask
-            (userVec, userVecFailed) = await vectorTask
+            (storedVec, userVecFailed) = await vectorTask
             storedProfile = p
-            if !profileFailed && !userVecFailed { userCache.put(version: trace.version, user: req.userID, .init(vector: userVec, profile: p)) }
+            if !profileFailed && !userVecFailed { userCache.put(version: trace.version, user: req.userID, .init(vector: storedVec, profile: p)) }
         }
-        let coldStart = storedProfile == nil && userVec == nil && !userVecFailed
-        let plan = RetrievalPlan(req, settings: settings, profile: storedProfile)
+        let plan = RetrievalPlan(req, settings: settings, profile: storedProfile, session: session.items)
+
+        // --- The user vector: stored, or the query tower's (its items' rows from the row cache,
+        // else one Lookup round).
+        let vectorSource = Self.chooseVector(mode: req.userVector ?? .auto, towerLoaded: tower != nil, hasStored: storedVec != nil,
+                                             sessionEvents: session.events, towerHasInput: Self.towerHasInput(plan))
+        let userVec: [Float]?
+        switch vectorSource {
+        case .none: userVec = nil
+        case .stored: userVec = storedVec
+        case .tower: userVec = try await towerVector(tower!, plan: plan, trace: trace, deadline: trace.stageDeadline(0.3))
+        }
+        let coldStart = vectorSource == .none && storedProfile == nil && session.events == 0 && !userVecFailed
 
         // --- Round 2: every source in parallel (lists mostly from the cache), one flat group.
         let (lists, srch) = await retrieve(plan: plan, user: userVec, trace: trace, deadline: trace.stageDeadline(0.6))
@@ -140,12 +162,13 @@ extension Recommender {
                 throw RPCError(.unavailable, "only \(coverage.shardsAnswered) of \(coverage.shardsAsked) shards answered (min_coverage \(req.minCoverage)): \(coverage.degradedReasons.joined(separator: "; "))")
             }
         }
-        if coldStart { coverage.degradedReasons.append("cold start: user \(req.userID) has no stored vector or profile") }
+        if coldStart { coverage.degradedReasons.append("cold start: user \(req.userID) has no stored vector, profile or session") }
         let timings = StageTimings(retrieveMicros: Self.micros(t1 - t0), filterMicros: Self.micros(t2 - t1), gatherMicros: Self.micros(t3 - t2),
                                    rankMicros: Self.micros(t4 - t3), postRankMicros: Self.micros(t5 - t4),
                                    totalMicros: Self.micros(ContinuousClock.now - trace.start))
         let response = RecommendResponse(items: out, version: trace.answerVersion, timings: timings, coverage: coverage,
-                                         candidates: UInt32(merged.count), coldStart: coldStart, features: features)
+                                         candidates: UInt32(merged.count), coldStart: coldStart, features: features,
+                                         userVectorSource: vectorSource, sessionEvents: UInt32(session.events))
         observer?.answered(response)
         return response
     }
@@ -201,6 +224,43 @@ extension Recommender {
     }
 }
 
+extension Recommender {
+    /// Most events one RecordEvents call may carry.
+    public static let maxEventsPerCall = 1000
+
+    /// `RecordEvents`'s input rules, with INVALID_ARGUMENT naming the field (and the event's
+    /// index): a user id; 1...`maxEventsPerCall` events; each with an item id, a known kind and
+    /// a timestamp in 0...`SessionStore.maxTimestamp` (0 = now).
+    static func validate(_ req: RecordEventsRequest) throws(RPCError) {
+        guard req.userID != 0 else { throw RPCError(.invalidArgument, "user_id is required (got 0)") }
+        guard !req.events.isEmpty, req.events.count <= maxEventsPerCall else {
+            throw RPCError(.invalidArgument, "events has \(req.events.count) entries: 1...\(maxEventsPerCall) per call")
+        }
+        for (i, e) in req.events.enumerated() {
+            guard e.itemID != 0 else { throw RPCError(.invalidArgument, "events[\(i)].item_id is 0") }
+            guard e.timestampUnixSeconds >= 0 else {
+                throw RPCError(.invalidArgument, "events[\(i)].timestamp_unix_s is \(e.timestampUnixSeconds): it must be >= 0 (0 = now)")
+            }
+            guard e.timestampUnixSeconds <= SessionStore.maxTimestamp else {
+                throw RPCError(.invalidArgument, "events[\(i)].timestamp_unix_s is \(e.timestampUnixSeconds), past the limit of \(SessionStore.maxTimestamp)")
+            }
+            guard e.kind != nil else { throw RPCError(.invalidArgument, "events[\(i)].kind is \(e.kindValue), not an EventKind (0...4)") }
+        }
+    }
+
+    /// `RecordEvents`: appends the events to the user's session on this coordinator (events
+    /// stamped 0 get the coordinator's clock); answers how many it took and how many live
+    /// events it now holds for the user. Runs inline: a hash, a lock and a few stores.
+    public func recordEvents(_ req: RecordEventsRequest, context ctx: ServerContext) throws(RPCError) -> RecordEventsResponse {
+        try Self.validate(req)
+        guard let sessions else {
+            throw RPCError(.failedPrecondition, "sessions are off on this coordinator (coordinator.session_users is 0)")
+        }
+        let held = sessions.record(user: req.userID, events: req.events)
+        return RecordEventsResponse(accepted: UInt32(req.events.count), sessionEvents: UInt32(held))
+    }
+}
+
 /// `shardrank.v1.Recommender` on the RPC server. Placed `.inline`: each call runs on its
 /// connection's event loop (thread-per-core; see `Recommender`).
 public struct RecommenderService: RPCService {
@@ -219,6 +279,9 @@ public struct RecommenderService: RPCService {
             }),
             RPCMethod(service: serviceName, method: "Similar", placement: .inline, handler: .asyncUnary { bytes, ctx throws(RPCError) in
                 try await r.similar(try SimilarRequest.decode(bytes), context: ctx).encodedAsSimilar()
+            }),
+            RPCMethod(service: serviceName, method: "RecordEvents", placement: .inline, handler: .unary { bytes, ctx throws(RPCError) in
+                try r.recordEvents(try RecordEventsRequest.decode(bytes), context: ctx).encoded()
             }),
         ]
     }

@@ -22,6 +22,11 @@ public final class Recommender: Sendable {
     public let model: MLPModel?
     /// Learned rankers by the name a request's `model` gives (`--ranker NAME=FILE`).
     public let rankers: [String: ServedRanker]
+    /// The query tower (`--query-tower FILE`): user vectors computed per request from the
+    /// session, the recent items, the genres and the country.
+    public let tower: QueryTower?
+    /// Users' sessions (`RecordEvents`) on this coordinator; nil when `session_users` is 0.
+    public let sessions: SessionStore?
     public let pool: WorkerPool
     let logger: Logger
     let observer: (any RecommendObserver)?
@@ -34,11 +39,16 @@ public final class Recommender: Sendable {
     /// Item attributes already fetched, per table-set version (see `AttributeCache`).
     let attributeCache = AttributeCache()
 
+    /// - Parameter sessions: the session store; nil: one sized by `settings` (none when
+    ///   `settings.sessionUsers` is 0).
     public init(fetcher: any ShardFetcher, settings: CoordinatorSettings, model: MLPModel? = nil, rankers: [ServedRanker] = [],
+                tower: QueryTower? = nil, sessions: SessionStore? = nil,
                 pool: WorkerPool, logger: Logger, observer: (any RecommendObserver)? = nil) {
         self.fetcher = fetcher
         self.settings = settings
         self.model = model
+        self.tower = tower
+        self.sessions = sessions ?? (settings.sessionUsers > 0 ? SessionStore(settings: settings) : nil)
         self.rankers = Dictionary(rankers.map { ($0.name, $0) }, uniquingKeysWith: { _, last in last })
         self.pool = pool
         self.logger = logger
@@ -48,9 +58,10 @@ public final class Recommender: Sendable {
         self.userCache = UserCache(capacity: settings.userCacheEntries, capacityBytes: settings.userCacheBytes)
     }
 
-    public convenience init(cluster: ShardCluster, model: MLPModel? = nil, rankers: [ServedRanker] = [], pool: WorkerPool, logger: Logger,
-                            observer: (any RecommendObserver)? = nil) {
-        self.init(fetcher: cluster, settings: cluster.settings, model: model, rankers: rankers, pool: pool, logger: logger, observer: observer)
+    public convenience init(cluster: ShardCluster, model: MLPModel? = nil, rankers: [ServedRanker] = [], tower: QueryTower? = nil,
+                            pool: WorkerPool, logger: Logger, observer: (any RecommendObserver)? = nil) {
+        self.init(fetcher: cluster, settings: cluster.settings, model: model, rankers: rankers, tower: tower, pool: pool, logger: logger,
+                  observer: observer)
     }
 
     var shardCount: Int { fetcher.shardCount }

@@ -8,8 +8,13 @@ import ShardRankWire
 struct RetrievalPlan: Sendable, Equatable {
     var k: Int
     var similarPerItem = 0, genreBudget = 0, countryBudget = 0, popularBudget = 0, searchBudget = 0
-    /// Keys of the item→similar lists: the user's most recent items (at most `recentItems`).
+    /// Keys of the item→similar lists: the user's most recent items (at most `recentItems` of
+    /// `latest`).
     var recent: [UInt64] = []
+    /// The user's latest items, most recent first: the session's (`RecordEvents`), then the
+    /// context's recent items — or, when it gives none, the stored profile's — without repeats.
+    /// The similar source reads its first `recentItems`, the query tower its first R.
+    var latest: [UInt64] = []
     /// Keys of the genre lists (at most 3) and of the country list ("" = none).
     var genres: [String] = []
     var country = ""
@@ -82,7 +87,9 @@ struct RetrievalPlan: Sendable, Equatable {
 
     init(k: Int) { self.k = k }
 
-    init(_ req: RecommendRequest, settings: CoordinatorSettings, profile: UserProfile?) {
+    /// - Parameter session: the user's session items on this coordinator, most recent first,
+    ///   distinct (`SessionStore.Session.items`).
+    init(_ req: RecommendRequest, settings: CoordinatorSettings, profile: UserProfile?, session: [UInt64] = []) {
         k = Int(req.k)
         let b = req.budgets ?? Budgets()
         let only = Set(req.sources)
@@ -93,19 +100,36 @@ struct RetrievalPlan: Sendable, Equatable {
         popularBudget = budget(.popular, b.popular, settings.popularBudget)
         searchBudget = budget(.search, b.search, settings.searchBudget)
         let context = req.context ?? RecommendContext()
-        recent = Array((context.recentItemIDs.isEmpty ? profile?.recentItemIDs ?? [] : context.recentItemIDs).prefix(settings.recentItems))
+        latest = Self.latest(session: session, then: context.recentItemIDs.isEmpty ? profile?.recentItemIDs ?? [] : context.recentItemIDs)
+        recent = Array(latest.prefix(settings.recentItems))
         genres = Array((context.genres.isEmpty ? profile?.topGenres ?? [] : context.genres).prefix(3))
         country = context.country.isEmpty ? profile?.country ?? "" : context.country
-        (seenSorted, seenPacked) = Self.seen(profile: profile, context: context)
+        (seenSorted, seenPacked) = Self.seen(profile: profile, context: context, session: session)
+    }
+
+    /// The session's items, then `older` without the session's items (`older` as it is when there
+    /// is no session).
+    static func latest(session: [UInt64], then older: [UInt64]) -> [UInt64] {
+        if session.isEmpty { return older }
+        var out = session
+        out.reserveCapacity(session.count + older.count)
+        if session.count <= 64 {
+            for id in older where !session.contains(id) { out.append(id) }
+        } else {
+            let s = Set(session)
+            for id in older where !s.contains(id) { out.append(id) }
+        }
+        return out
     }
 
     /// The seen set, sorted and packed: the stored history ∪ the stored recent items (already in
-    /// it unless the shard sent no history) ∪ the context's recent items and exclusions. One
-    /// decode of the history and one merge; no re-encoding when nothing is added to it.
-    static func seen(profile: UserProfile?, context: RecommendContext) -> ([UInt64], PackedIDs) {
+    /// it unless the shard sent no history) ∪ the context's recent items and exclusions ∪ the
+    /// session's items. One decode of the history and one merge; no re-encoding when nothing is
+    /// added to it.
+    static func seen(profile: UserProfile?, context: RecommendContext, session: [UInt64] = []) -> ([UInt64], PackedIDs) {
         let history = profile?.history ?? PackedIDs()
         let stored = history.decoded()
-        var extra = context.recentItemIDs + context.excludeIDs
+        var extra = context.recentItemIDs + context.excludeIDs + session
         for id in profile?.recentItemIDs ?? [] where !SortedIDs.contains(stored, id) { extra.append(id) }
         if extra.isEmpty { return (stored, history) }
         let all = SortedIDs.union(stored, SortedIDs.sortedUnique(extra))

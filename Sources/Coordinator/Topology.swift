@@ -43,13 +43,17 @@ public struct Topology: Sendable, Equatable {
             throw Error(description: "not valid JSON\(jsonErrorPosition(error, in: data))")
         }
         guard let obj = json as? [String: Any] else { throw Error(description: "the top level must be a JSON object") }
-        let known: Set<String> = ["tables", "shards", "coordinators", "coordinator", "admin", "model", "rankers", "netns"]
+        let known: Set<String> = ["tables", "shards", "coordinators", "coordinator", "admin", "model", "rankers", "query_tower", "netns"]
         for k in obj.keys where !known.contains(k) {
             throw Error(description: "unknown key '\(k)' (known: \(known.sorted().joined(separator: ", ")))")
         }
         // "rankers": {"NAME": "FILE"}: the launch scripts pass them as --ranker NAME=FILE.
         if let r = obj["rankers"], !(r is [String: String]) {
             throw Error(description: "'rankers' must be an object of NAME: \"model file\" strings")
+        }
+        // "query_tower": the tower's weights; the launch scripts pass it as --query-tower FILE.
+        if let q = obj["query_tower"], !(q is String) {
+            throw Error(description: "'query_tower' must be the path of the query tower's weights (.safetensors)")
         }
         let tables = obj["tables"] as? String
         if obj["tables"] != nil && tables == nil { throw Error(description: "'tables' must be a string path") }
@@ -147,8 +151,17 @@ public struct CoordinatorSettings: Sendable, Equatable {
     /// Bytes the user cache may hold (vectors, recent items, compact histories; 0: off): cleared
     /// when full, like `userCacheEntries`.
     public var userCacheBytes = 256 << 20
+    /// Sessions (`RecordEvents`, `SessionStore`): the latest events kept per user (the oldest go
+    /// first), the users kept (the least recently updated go first; 0: sessions off), and how
+    /// long an event counts (seconds, by its timestamp).
+    public var sessionEventsPerUser = 50
+    public var sessionUsers = 1_000_000
+    public var sessionTTLSeconds = 86_400
 
     public init() {}
+
+    /// The most `session_events_per_user` accepted.
+    public static let maxSessionEventsPerUser = 10_000
 
     mutating func apply(_ c: [String: Any]) throws {
         func num(_ k: String) throws -> Double? {
@@ -160,7 +173,8 @@ public struct CoordinatorSettings: Sendable, Equatable {
         let known: Set<String> = ["default_deadline_ms", "similar_per_item", "genre_budget", "country_budget", "popular_budget",
                                   "search_budget", "recent_items", "diversity_lambda", "freshness_half_life_s", "hedge_quantile", "min_hedge_delay_ms",
                                   "eject_after_failures", "ejection_ms", "health_interval_ms", "max_shard_call_ms", "row_cache_mb",
-                                  "list_cache_entries", "user_cache_entries", "user_cache_mb", "search_shard_sigma"]
+                                  "list_cache_entries", "user_cache_entries", "user_cache_mb", "search_shard_sigma",
+                                  "session_events_per_user", "session_users", "session_ttl_s"]
         for k in c.keys where !known.contains(k) {
             throw Topology.Error(description: "unknown key 'coordinator.\(k)' (known: \(known.sorted().joined(separator: ", ")))")
         }
@@ -189,6 +203,17 @@ public struct CoordinatorSettings: Sendable, Equatable {
         if let v = try int("list_cache_entries") { listCacheEntries = v }
         if let v = try int("user_cache_entries") { userCacheEntries = v }
         if let v = try num("user_cache_mb") { userCacheBytes = Int(v * 1_048_576) }
+        if let v = try int("session_events_per_user") {
+            guard v >= 1 && v <= Self.maxSessionEventsPerUser else {
+                throw Topology.Error(description: "coordinator.session_events_per_user must be in 1...\(Self.maxSessionEventsPerUser)")
+            }
+            sessionEventsPerUser = v
+        }
+        if let v = try int("session_users") { sessionUsers = v }
+        if let v = try int("session_ttl_s") {
+            guard v >= 1 else { throw Topology.Error(description: "coordinator.session_ttl_s must be >= 1") }
+            sessionTTLSeconds = v
+        }
         if let v = c["search_shard_sigma"] {
             guard let d = (v as? NSNumber)?.doubleValue, d.isFinite else { throw Topology.Error(description: "coordinator.search_shard_sigma must be a number") }
             searchShardSigma = d

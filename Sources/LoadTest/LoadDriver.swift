@@ -37,11 +37,20 @@ public enum LoadDriver {
     /// Learns the query dimension and the id space from the target's `Info` (shard) or checks its
     /// health (coordinator).
     static func resolveShape(_ c: LoadTestConfiguration) async throws(LoadTestError) -> RequestShape {
+        var shape: RequestShape?
+        // Every target is reached (several: coordinators, each must be SERVING).
+        for target in c.targets {
+            shape = try await resolveShape(c, target: target)
+        }
+        return shape!
+    }
+
+    static func resolveShape(_ c: LoadTestConfiguration, target: String) async throws(LoadTestError) -> RequestShape {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         var cc = ClientConfiguration()
         cc.connections = 1
         let channel: RPCChannel
-        do { channel = try RPCChannel(target: c.target, group: group, configuration: cc) } catch {
+        do { channel = try RPCChannel(target: target, group: group, configuration: cc) } catch {
             try? await group.shutdownGracefully()
             throw LoadTestError("--target: \(error.message)")
         }
@@ -50,21 +59,21 @@ public enum LoadDriver {
         // its deadline between connecting and sending.
         let executor = EventLoopTaskExecutor(group.next())
         result = await withTaskExecutorPreference(executor) { () async -> Result<RequestShape, LoadTestError> in
-            do throws(LoadTestError) { return .success(try await probe(c, channel)) } catch { return .failure(error) }
+            do throws(LoadTestError) { return .success(try await probe(c, target: target, channel)) } catch { return .failure(error) }
         }
         await channel.close()
         try? await group.shutdownGracefully()
         return try result.get()
     }
 
-    private static func probe(_ c: LoadTestConfiguration, _ channel: RPCChannel) async throws(LoadTestError) -> RequestShape {
+    private static func probe(_ c: LoadTestConfiguration, target: String, _ channel: RPCChannel) async throws(LoadTestError) -> RequestShape {
         if c.mix.targetsShard {
             let info: InfoResponse
             do { info = try await ShardClient(channel: channel).info(timeout: .seconds(5)) } catch {
-                throw LoadTestError("cannot get Info from shard \(c.target): \(error)")
+                throw LoadTestError("cannot get Info from shard \(target): \(error)")
             }
             guard let t = info.tables.first(where: { $0.name == c.table }) else {
-                throw LoadTestError("--table '\(c.table)' is not served by \(c.target) (it has: \(info.tables.map(\.name).joined(separator: ", ")))")
+                throw LoadTestError("--table '\(c.table)' is not served by \(target) (it has: \(info.tables.map(\.name).joined(separator: ", ")))")
             }
             if c.mix.contains(.search), t.kind != .embedding {
                 throw LoadTestError("--table '\(c.table)' is a \(t.kind) table: Search needs an embedding table")
@@ -74,9 +83,9 @@ public enum LoadDriver {
         } else {
             do {
                 let s = try await HealthClient(channel: channel).check(timeout: .seconds(5))
-                guard s == .serving else { throw LoadTestError("coordinator \(c.target) is not SERVING (\(s))") }
+                guard s == .serving else { throw LoadTestError("coordinator \(target) is not SERVING (\(s))") }
             } catch let e as LoadTestError { throw e } catch {
-                throw LoadTestError("cannot reach coordinator \(c.target): \(error)")
+                throw LoadTestError("cannot reach coordinator \(target): \(error)")
             }
             return RequestShape(configuration: c, dim: c.dim ?? 0, idSpace: c.idSpace ?? 1_000_000)
         }
@@ -153,7 +162,7 @@ public enum LoadDriver {
     }
 
     static func runClosed(_ w: Worker, tasks: Int, shape: RequestShape, config: LoadTestConfiguration, timeline: Timeline) async {
-        let caller = Caller(channel: w.channel, timeout: config.timeout, dim: shape.dim)
+        let caller = Caller(channels: w.channels, ring: w.ring, timeout: config.timeout, dim: shape.dim)
         await withDiscardingTaskGroup { group in
             for j in 0 ..< tasks {
                 let seed = Xoshiro256.derive(config.seed, w.index << 20 | j)
@@ -178,7 +187,7 @@ public enum LoadDriver {
 
     static func runOpen(_ w: Worker, rate: Double, arrivals: Arrivals, shape: RequestShape, config: LoadTestConfiguration,
                         timeline: Timeline) async {
-        let caller = Caller(channel: w.channel, timeout: config.timeout, dim: shape.dim)
+        let caller = Caller(channels: w.channels, ring: w.ring, timeout: config.timeout, dim: shape.dim)
         let perWorker = rate / Double(config.threads)
         // Stagger constant-rate workers so their sends interleave instead of colliding.
         var schedule = ArrivalSchedule(rate: perWorker, arrivals: arrivals, seed: Xoshiro256.derive(config.seed, w.index),
@@ -248,7 +257,9 @@ struct IntervalStats: Sendable {
 final class Worker: Sendable {
     let index: Int
     let group: MultiThreadedEventLoopGroup
-    let channel: RPCChannel
+    /// One channel per target (several: coordinators, users routed over them by `ring`).
+    let channels: [RPCChannel]
+    let ring: CoordinatorRing?
     let inFlight = Atomic<Int>(0)
     private let keepLog: Bool
     private let state = Mutex<(measured: PhaseStats, interval: IntervalStats, log: [LatencyRecord])>((PhaseStats(), IntervalStats(), []))
@@ -263,8 +274,11 @@ final class Worker: Sendable {
         executor = EventLoopTaskExecutor(group.next())
         var cc = ClientConfiguration()
         cc.connections = connections
-        // The target was validated and reached in resolveShape.
-        channel = try! RPCChannel(target: configuration.target, group: group, configuration: cc)
+        // The targets were validated and reached in resolveShape.
+        let targets = configuration.targets
+        let g = group
+        channels = targets.map { try! RPCChannel(target: $0, group: g, configuration: cc) }
+        ring = targets.count > 1 ? CoordinatorRing(targets) : nil
     }
 
     func noteSent(_ op: LoadOperation, lagNanos: UInt64) {
@@ -299,18 +313,29 @@ final class Worker: Sendable {
     }
 
     func close() async {
-        await channel.close()
+        for c in channels { await c.close() }
         try? await group.shutdownGracefully()
     }
 }
 
 /// Sends one planned request and classifies the answer.
 struct Caller: Sendable {
-    let channel: RPCChannel
+    let channels: [RPCChannel]
+    let ring: CoordinatorRing?
     let timeout: Duration
     let dim: Int
 
+    /// The channel to the coordinator that holds `user`'s session (the only one when one).
+    @inline(__always) func channel(user: UInt64) -> RPCChannel { ring.map { channels[$0.index(of: user)] } ?? channels[0] }
+
     func call(_ r: PlannedRequest) async -> Outcome {
+        let channel: RPCChannel
+        switch r {
+        case .recommend(let q): channel = self.channel(user: q.userID)
+        case .rank(let q): channel = self.channel(user: q.userID)
+        case .similar(let q): channel = self.channel(user: q.itemID)  // no user: spread by the item
+        default: channel = channels[0]
+        }
         do throws(RPCError) {
             switch r {
             case .lookup(let q):

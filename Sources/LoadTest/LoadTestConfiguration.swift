@@ -59,10 +59,16 @@ public struct LoadTestConfiguration: Sendable {
 
     public init(target: String) { self.target = target }
 
+    /// The addresses `target` names: one, or (coordinators only) several separated by commas,
+    /// over which users are routed with `CoordinatorRing` (a user's requests always reach the
+    /// same coordinator, which holds the user's session).
+    public var targets: [String] { target.split(separator: ",").map { String($0.filter { $0 != " " }) } }
+
     /// Checks every value; the message names the flag.
     public func validate() throws(LoadTestError) {
         func need(_ ok: Bool, _ m: @autoclosure () -> String) throws(LoadTestError) { if !ok { throw LoadTestError(m()) } }
-        try need(target.contains(":"), "--target '\(target)' is not HOST:PORT")
+        try need(!targets.isEmpty && targets.allSatisfy { $0.contains(":") }, "--target '\(target)' is not HOST:PORT[,HOST:PORT...]")
+        try need(targets.count == 1 || !mix.targetsShard, "--target names \(targets.count) servers: several targets are for coordinators only")
         switch mode {
         case .open(let rate, _):
             try need(rate.isFinite && rate > 0, "--rate must be a positive number of requests per second (got \(rate))")

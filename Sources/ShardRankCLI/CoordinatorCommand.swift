@@ -30,6 +30,12 @@ struct CoordinatorCommand: AsyncParsableCommand {
         valueName: "NAME=FILE"))
     var rankerSpecs: [String] = []
 
+    @Option(help: "Query tower weights (.safetensors, scripts/train-query-tower): user vectors computed per request from the session, recent items, genres and country (docs/ranking.md). Its JSON config is --query-tower-config or FILE with .json.")
+    var queryTower: String?
+
+    @Option(help: "Query tower config JSON (default: the --query-tower path with its extension replaced by .json).")
+    var queryTowerConfig: String?
+
     @OptionGroup var server: ServerOptions
 
     func run() async throws {
@@ -50,6 +56,21 @@ struct CoordinatorCommand: AsyncParsableCommand {
                 logger.error("model \(model) needs dense or attribute features, which the coordinator does not provide yet")
                 throw ExitCode(2)
             }
+        }
+        var tower: QueryTower?
+        if let queryTower {
+            let config = queryTowerConfig
+                ?? (queryTower.hasSuffix(".safetensors") ? String(queryTower.dropLast(".safetensors".count)) + ".json" : queryTower + ".json")
+            do { tower = try QueryTower(weightsPath: queryTower, configPath: config) } catch {
+                logger.error("cannot load the query tower \(queryTower) (config \(config)): \(error)")
+                throw ExitCode(2)
+            }
+            guard tower!.config.itemsTable == topo.settings.itemsTable else {
+                logger.error("the query tower \(queryTower) reads table '\(tower!.config.itemsTable)'; this coordinator serves '\(topo.settings.itemsTable)'")
+                throw ExitCode(2)
+            }
+            let c = tower!.config
+            logger.info("query tower loaded from \(queryTower): dim \(c.dim), \(c.recent) recent items, hidden \(c.hidden), \(c.genres.count) genres, \(c.countries.count) countries")
         }
         var rankers: [ServedRanker] = []
         for spec in rankerSpecs {
@@ -84,19 +105,31 @@ struct CoordinatorCommand: AsyncParsableCommand {
         // spinning pool thread takes CPU another process needs); see docs/kernels.md.
         let pool = WorkerPool(threadCount: server.workers ?? WorkerPool.defaultThreadCount, spinMicroseconds: 0)
         let metrics = ServerMetrics(bootstrapSwiftMetrics: true)
-        let recommender = Recommender(cluster: cluster, model: mlp, rankers: rankers, pool: pool, logger: logger,
+        let recommender = Recommender(cluster: cluster, model: mlp, rankers: rankers, tower: tower, pool: pool, logger: logger,
                                       observer: RecommendMetrics(metrics: metrics))
+        if let sessions = recommender.sessions {
+            logger.info("sessions: \(sessions.eventsPerUser) events per user, \(sessions.users) users (at most \(sessions.maxBytes >> 20) MiB), ttl \(sessions.ttlSeconds) s")
+        }
         let pinned = metrics.registry.gauge(name: "shardrank_pinned_version", help: "Table-set version the coordinator pins")
         let hedges = metrics.registry.gauge(name: "shardrank_hedges_total", help: "Hedged shard calls since start")
         let ejections = metrics.registry.gauge(name: "shardrank_ejections_total", help: "Replica ejections since start")
         let servingReplicas = metrics.registry.gauge(name: "shardrank_replicas_serving", help: "Replicas that are SERVING and not ejected")
         let shardCalls = metrics.registry.gauge(name: "shardrank_shard_calls_total", help: "Shard calls made since start")
+        let sessionUsers = metrics.registry.gauge(name: "shardrank_session_users", help: "Users with a session on this coordinator")
+        let sessionEvents = metrics.registry.gauge(name: "shardrank_session_events", help: "Session events held on this coordinator")
+        let sessionEvictions = metrics.registry.gauge(name: "shardrank_session_evictions_total",
+                                                      help: "Sessions evicted for room (least recently updated first) since start")
         metrics.addCollector { _ in
             pinned.set(to: Double(cluster.pinnedVersion))
             hedges.set(to: Double(cluster.hedgeCount))
             ejections.set(to: Double(cluster.ejectionCount))
             servingReplicas.set(to: Double(cluster.replicaStates.filter { $0.serving && !$0.ejected }.count))
             shardCalls.set(to: Double(cluster.callCount))
+            if let u = recommender.sessions?.usage {
+                sessionUsers.set(to: Double(u.users))
+                sessionEvents.set(to: Double(u.events))
+                sessionEvictions.set(to: Double(u.evictions))
+            }
         }
         let health = HealthService(services: ["shardrank.v1.Recommender"])
         // Readiness: SERVING only while the coordinator can answer completely (a version pinned,

@@ -3,8 +3,8 @@ import Foundation
 import NIOPosix
 import RPCCore
 import RPCTransport
-import ShardRankEval
 import ShardRankClient
+import ShardRankEval
 import ShardRankWire
 
 /// `shardrank eval`: how many candidates should retrieval fetch? Replays held-out users against a
@@ -14,7 +14,7 @@ struct EvalCommand: AsyncParsableCommand {
         commandName: "eval",
         abstract: "Offline evaluation: precision/recall/MAP/NDCG@K, coverage and latency against the retrieval budget.")
 
-    @Option(help: "Coordinator address HOST:PORT.")
+    @Option(help: "Coordinator address HOST:PORT; several: HOST:PORT,HOST:PORT,... (each user goes to the one the coordinator ring picks: docs/operations.md).")
     var coordinator: String
 
     @Option(help: "Held-out interactions CSV (user_id,item_id,timestamp[,rating]).")
@@ -93,24 +93,30 @@ struct EvalCommand: AsyncParsableCommand {
         var ids = held.relevant.keys.sorted()
         if users > 0 { ids = Array(ids.prefix(users)) }
         let group = MultiThreadedEventLoopGroup.singleton
-        let channel: RPCChannel
-        do { channel = try RPCChannel(target: coordinator, group: group) } catch { throw ValidationError(error.message) }
-        // Check first (as loadtest does): one Recommend for the first user, so a dead or
-        // unready coordinator fails in a second with a human message, not after every run.
+        let targets = coordinator.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard !targets.isEmpty else { throw ValidationError("--coordinator is empty") }
+        var channels: [RPCChannel] = []
+        for t in targets {
+            do { channels.append(try RPCChannel(target: t, group: group)) } catch { throw ValidationError(error.message) }
+        }
+        // Check first (as loadtest does): one Recommend for the first user on every coordinator,
+        // so a dead or unready one fails in a second with a human message, not after every run.
         if let first = ids.first {
-            do {
-                _ = try await RecommenderClient(channel: channel).recommend(RecommendRequest(userID: first, k: 1), timeout: .milliseconds(timeoutMs))
-            } catch {
-                FileHandleStderr.write("shardrank eval: cannot evaluate against \(coordinator): \(error.message)"
-                                       + ((error.code == .unavailable || error.code == .deadlineExceeded) && !error.message.contains("running") ? " (is the coordinator running and SERVING? `shardrank health --target \(coordinator)`)" : "") + "\n")
-                await channel.close()
-                throw ExitCode(1)
+            for (t, channel) in zip(targets, channels) {
+                do {
+                    _ = try await RecommenderClient(channel: channel).recommend(RecommendRequest(userID: first, k: 1), timeout: .milliseconds(timeoutMs))
+                } catch {
+                    FileHandleStderr.write("shardrank eval: cannot evaluate against \(t): \(error.message)"
+                                           + ((error.code == .unavailable || error.code == .deadlineExceeded) && !error.message.contains("running") ? " (is the coordinator running and SERVING? `shardrank health --target \(t)`)" : "") + "\n")
+                    for c in channels { await c.close() }
+                    throw ExitCode(1)
+                }
             }
         }
-        let eval = Evaluation(channel: channel, ks: ks, budgets: budgetList, models: modelList, now: nowSeconds, concurrency: concurrency,
-                              timeout: .milliseconds(timeoutMs), catalogSize: catalog)
+        let eval = Evaluation(channels: channels, ring: targets.count > 1 ? CoordinatorRing(targets) : nil, ks: ks, budgets: budgetList,
+                              models: modelList, now: nowSeconds, concurrency: concurrency, timeout: .milliseconds(timeoutMs), catalogSize: catalog)
         let rows = await eval.run(heldOut: held, users: ids) { FileHandleStderr.write($0 + "\n") }
-        await channel.close()
+        for c in channels { await c.close() }
         if rows.allSatisfy({ $0.users == 0 }) {
             FileHandleStderr.write("shardrank eval: every request failed (is the coordinator at \(coordinator) up?)\n")
             throw ExitCode(1)

@@ -20,7 +20,7 @@ struct LoadtestCommand: AsyncParsableCommand {
           shardrank loadtest --target 127.0.0.1:7101 --sweep 1000:1000:20000 --p99-target 5
         """)
 
-    @Option(help: "Server address HOST:PORT (a shard or a coordinator).")
+    @Option(help: "Server address HOST:PORT (a shard or a coordinator); several coordinators: HOST:PORT,HOST:PORT,... (each user's requests go to one of them, chosen by the coordinator ring: docs/operations.md).")
     var target: String
 
     @Option(help: "Open loop: requests per second in total.")

@@ -42,6 +42,9 @@ struct RecommendCommand: AsyncParsableCommand {
     @Option(help: "Comma-separated item ids never to return.")
     var exclude: String?
 
+    @Option(help: "User vector: auto (the query tower's for a user with session events or without a stored vector), stored or tower.")
+    var userVector: String = "auto"
+
     @Option(help: "Deadline in milliseconds.")
     var timeoutMs: Int = 1000
 
@@ -60,8 +63,12 @@ struct RecommendCommand: AsyncParsableCommand {
             }
         }
         let ctx = RecommendContext(recentItemIDs: try ids(recent, "--recent"), excludeIDs: try ids(exclude, "--exclude"))
+        guard let mode = UserVectorMode.allCases.first(where: { $0.description == userVector }) else {
+            throw ValidationError("--user-vector: '\(userVector)' is not auto, stored or tower")
+        }
         let req = RecommendRequest(userID: user, context: ctx, k: k, model: model, diversityLambda: lambda, genreCap: genreCap,
-                                   freshnessWeight: freshnessWeight, freshnessHalfLifeSeconds: freshnessHalfLifeS, nowUnixSeconds: now)
+                                   freshnessWeight: freshnessWeight, freshnessHalfLifeSeconds: freshnessHalfLifeS, nowUnixSeconds: now,
+                                   userVector: mode)
         let timeout = Duration.milliseconds(timeoutMs)
         let r = try await withChannel(ClientOptions.parse(["--target", coordinator, "--timeout-ms", String(timeoutMs)])) { (ch) throws(RPCError) in
             try await RecommenderClient(channel: ch).recommend(req, timeout: timeout)
@@ -70,14 +77,16 @@ struct RecommendCommand: AsyncParsableCommand {
             let items = r.items.map { "{\"item_id\":\($0.itemID),\"score\":\($0.score),\"sources\":[\($0.sources.map { "\"\($0)\"" }.joined(separator: ","))]}" }
             let cov = r.coverage ?? Coverage()
             let t = r.timings ?? StageTimings()
-            print("{\"user_id\":\(user),\"version\":\(r.version),\"cold_start\":\(r.coldStart),\"candidates\":\(r.candidates),\"items\":[\(items.joined(separator: ","))],"
+            print("{\"user_id\":\(user),\"version\":\(r.version),\"cold_start\":\(r.coldStart),\"candidates\":\(r.candidates),"
+                + "\"user_vector_source\":\"\(r.userVectorSource)\",\"session_events\":\(r.sessionEvents),\"items\":[\(items.joined(separator: ","))],"
                 + "\"timings_us\":{\"retrieve\":\(t.retrieveMicros),\"filter\":\(t.filterMicros),\"gather\":\(t.gatherMicros),\"rank\":\(t.rankMicros),\"post_rank\":\(t.postRankMicros),\"total\":\(t.totalMicros)},"
                 + "\"coverage\":{\"shards_asked\":\(cov.shardsAsked),\"shards_answered\":\(cov.shardsAnswered),\"degraded\":\(cov.degraded),\"reasons\":[\(cov.degradedReasons.map { "\"\($0.replacingOccurrences(of: "\"", with: "'"))\"" }.joined(separator: ","))]}}")
             try Self.exitForIncomplete(r)
             return
         }
         let info = try items.map { try Self.itemInfo(path: $0, ids: Set(r.items.map(\.itemID))) } ?? [:]
-        print("user \(user)  version \(r.version)  candidates \(r.candidates)\(r.coldStart ? "  (cold start)" : "")")
+        print("user \(user)  version \(r.version)  candidates \(r.candidates)  user vector \(r.userVectorSource)"
+            + "\(r.sessionEvents > 0 ? "  session events \(r.sessionEvents)" : "")\(r.coldStart ? "  (cold start)" : "")")
         let srcWidth = 28
         let head: [String] = ["rank".leftPadded(4), "item".leftPadded(10), "score".leftPadded(9), "sources".padding(srcWidth)]
         let tail: String = items == nil ? "" : "  genres / title"

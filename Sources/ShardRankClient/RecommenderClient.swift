@@ -21,4 +21,11 @@ public struct RecommenderClient: Sendable {
         let bytes = try await channel.unary(path: "/shardrank.v1.Recommender/Similar", request: request.encoded(), metadata: metadata, timeout: timeout)
         return try decodeResponse { () throws(RPCError) in try ItemsResponse.decodeSimilar(bytes) }
     }
+
+    /// Appends events to the user's session on this coordinator. Send a user's events and their
+    /// Recommends to the same coordinator (`CoordinatorRing`): sessions are per replica.
+    public func recordEvents(_ request: RecordEventsRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> RecordEventsResponse {
+        let bytes = try await channel.unary(path: "/shardrank.v1.Recommender/RecordEvents", request: request.encoded(), metadata: metadata, timeout: timeout)
+        return try decodeResponse { () throws(RPCError) in try RecordEventsResponse.decode(bytes) }
+    }
 }

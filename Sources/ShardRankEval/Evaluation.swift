@@ -2,7 +2,7 @@ import Foundation
 import RPCCore
 public import RPCTransport
 public import ShardRankWire
-import ShardRankClient
+public import ShardRankClient
 
 /// The held-out interactions: user → the items they interacted with after the training cut.
 public struct HeldOut: Sendable {
@@ -120,7 +120,10 @@ public struct EvalReport: Codable, Sendable {
 
 /// Replays held-out users against a coordinator, per retrieval budget and for the baselines.
 public struct Evaluation: Sendable {
-    public var channel: RPCChannel
+    /// One channel per coordinator; with several, each user is sent to the one `ring` picks (the
+    /// coordinator that holds the user's session).
+    public var channels: [RPCChannel]
+    public var ring: CoordinatorRing?
     public var ks: [Int]
     public var budgets: [Int]
     public var models: [String]
@@ -131,7 +134,15 @@ public struct Evaluation: Sendable {
 
     public init(channel: RPCChannel, ks: [Int], budgets: [Int], models: [String] = ["dot"], now: Int64 = 0, concurrency: Int = 4,
                 timeout: Duration = .seconds(2), catalogSize: Int? = nil) {
-        self.channel = channel; self.ks = ks; self.budgets = budgets; self.models = models; self.now = now
+        self.init(channels: [channel], ring: nil, ks: ks, budgets: budgets, models: models, now: now, concurrency: concurrency, timeout: timeout,
+                  catalogSize: catalogSize)
+    }
+
+    /// Several coordinators: `channels[i]` to `ring.addresses[i]`.
+    public init(channels: [RPCChannel], ring: CoordinatorRing?, ks: [Int], budgets: [Int], models: [String] = ["dot"], now: Int64 = 0,
+                concurrency: Int = 4, timeout: Duration = .seconds(2), catalogSize: Int? = nil) {
+        precondition(!channels.isEmpty && (ring == nil || ring!.addresses.count == channels.count))
+        self.channels = channels; self.ring = ring; self.ks = ks; self.budgets = budgets; self.models = models; self.now = now
         self.concurrency = concurrency; self.timeout = timeout; self.catalogSize = catalogSize
     }
 
@@ -166,7 +177,7 @@ public struct Evaluation: Sendable {
     }
 
     func evaluate(_ c: Config, heldOut: HeldOut, users: [UInt64], k: Int) async -> EvalRow {
-        let client = RecommenderClient(channel: channel)
+        let clients = channels.map { RecommenderClient(channel: $0) }, ring = self.ring
         let model = c.model, timeout = self.timeout, now = self.now
         typealias Outcome = (user: UInt64, items: [UInt64]?, ms: Double, degraded: Bool, candidates: Int)
         var outcomes: [Outcome] = []
@@ -181,7 +192,7 @@ public struct Evaluation: Sendable {
                     let req = RecommendRequest(userID: u, k: UInt32(k), budgets: c.budgets, model: model, diversityLambda: 1, sources: c.sources,
                                                nowUnixSeconds: now)
                     do {
-                        let r = try await client.recommend(req, timeout: timeout)
+                        let r = try await clients[ring?.index(of: u) ?? 0].recommend(req, timeout: timeout)
                         let d = ContinuousClock.now - t0
                         return (u, r.items.map(\.itemID), Double(d.components.attoseconds) / 1e15 + Double(d.components.seconds) * 1000,
                                 r.coverage?.degraded ?? false, Int(r.candidates))

@@ -20,6 +20,39 @@ public enum Source: UInt32, Sendable, Hashable, CaseIterable, CustomStringConver
     }
 }
 
+/// Which user vector a Recommend searches and ranks with (proto `shardrank.v1.UserVectorMode`).
+public enum UserVectorMode: UInt32, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+    /// The query tower's when the coordinator has one and the user has session events, or has no
+    /// stored vector but something for the tower to read; else the stored one.
+    case auto = 0
+    /// The users table's vector (built offline).
+    case stored = 1
+    /// Computed now by the coordinator's query tower (FAILED_PRECONDITION without one).
+    case tower = 2
+    public var description: String {
+        switch self {
+        case .auto: "auto"
+        case .stored: "stored"
+        case .tower: "tower"
+        }
+    }
+}
+
+/// Which user vector an answer used (proto `shardrank.v1.UserVectorSource`).
+public enum UserVectorSource: UInt32, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+    /// None: cold start, ranked by retrieval scores.
+    case none = 0
+    case stored = 1
+    case tower = 2
+    public var description: String {
+        switch self {
+        case .none: "none"
+        case .stored: "stored"
+        case .tower: "tower"
+        }
+    }
+}
+
 public struct RecommendContext: Sendable, Hashable {
     public var recentItemIDs: [UInt64] = []
     public var country: String = ""
@@ -56,14 +89,18 @@ public struct RecommendRequest: Sendable, Hashable {
     public var nowUnixSeconds: Int64
     /// Also return every candidate's ranking features (`RecommendResponse.features`).
     public var returnFeatures: Bool
+    /// Which user vector to search and rank with. A value this build does not know decodes as
+    /// `nil` (the coordinator refuses it, naming the field).
+    public var userVector: UserVectorMode?
 
     public init(userID: UInt64, context: RecommendContext? = nil, k: UInt32 = 10, budgets: Budgets? = nil, model: String = "",
                 diversityLambda: Float = 0, minCoverage: Float = 0, genreCap: UInt32 = 0, sources: [Source] = [],
-                freshnessWeight: Float = 0, freshnessHalfLifeSeconds: UInt32 = 0, nowUnixSeconds: Int64 = 0, returnFeatures: Bool = false) {
+                freshnessWeight: Float = 0, freshnessHalfLifeSeconds: UInt32 = 0, nowUnixSeconds: Int64 = 0, returnFeatures: Bool = false,
+                userVector: UserVectorMode? = .auto) {
         self.userID = userID; self.context = context; self.k = k; self.budgets = budgets; self.model = model
         self.diversityLambda = diversityLambda; self.minCoverage = minCoverage; self.genreCap = genreCap; self.sources = sources
         self.freshnessWeight = freshnessWeight; self.freshnessHalfLifeSeconds = freshnessHalfLifeSeconds; self.nowUnixSeconds = nowUnixSeconds
-        self.returnFeatures = returnFeatures
+        self.returnFeatures = returnFeatures; self.userVector = userVector
     }
 
     public static func decode(_ bytes: [UInt8]) throws(RPCError) -> RecommendRequest {
@@ -84,7 +121,8 @@ public struct RecommendRequest: Sendable, Hashable {
                                     diversityLambda: p.diversity_lambda, minCoverage: p.min_coverage, genreCap: p.genre_cap,
                                     sources: ProtoC.array(p.sources, p.n_sources).map { Source(rawValue: $0.rawValue) ?? .unspecified },
                                     freshnessWeight: p.freshness_weight, freshnessHalfLifeSeconds: p.freshness_half_life_s,
-                                    nowUnixSeconds: p.now_unix_s, returnFeatures: p.return_features != 0)
+                                    nowUnixSeconds: p.now_unix_s, returnFeatures: p.return_features != 0,
+                                    userVector: UserVectorMode(rawValue: p.user_vector.rawValue))
         }
     }
 
@@ -102,6 +140,7 @@ public struct RecommendRequest: Sendable, Hashable {
         m.freshness_half_life_s = freshnessHalfLifeSeconds
         m.now_unix_s = nowUnixSeconds
         m.return_features = returnFeatures ? 1 : 0
+        m.user_vector = Shardrank__V1__UserVectorMode(rawValue: (userVector ?? .auto).rawValue)
         m.n_sources = sources.count
         m.sources = arena.array(sources.map { Shardrank__V1__Source(rawValue: $0.rawValue) })
         if let c = context {
@@ -183,11 +222,16 @@ public struct RecommendResponse: Sendable, Hashable {
     public var candidates: UInt32
     public var coldStart: Bool
     public var features: CandidateFeatures?
+    /// Which user vector the answer was searched and ranked with.
+    public var userVectorSource: UserVectorSource
+    /// The user's session events (RecordEvents) this coordinator held and used.
+    public var sessionEvents: UInt32
 
     public init(items: [ScoredItem], version: UInt64, timings: StageTimings? = nil, coverage: Coverage? = nil, candidates: UInt32 = 0,
-                coldStart: Bool = false, features: CandidateFeatures? = nil) {
+                coldStart: Bool = false, features: CandidateFeatures? = nil, userVectorSource: UserVectorSource = .none,
+                sessionEvents: UInt32 = 0) {
         self.items = items; self.version = version; self.timings = timings; self.coverage = coverage; self.candidates = candidates
-        self.coldStart = coldStart; self.features = features
+        self.coldStart = coldStart; self.features = features; self.userVectorSource = userVectorSource; self.sessionEvents = sessionEvents
     }
 
     public static func decode(_ bytes: [UInt8]) throws(RPCError) -> RecommendResponse {
@@ -206,7 +250,9 @@ public struct RecommendResponse: Sendable, Hashable {
                                          let x = f.pointee
                                          return CandidateFeatures(names: (0 ..< x.n_names).map { ProtoC.string(x.names[$0]) },
                                                                   itemIDs: ProtoC.array(x.item_ids, x.n_item_ids), values: ProtoC.array(x.values, x.n_values))
-                                     })
+                                     },
+                                     userVectorSource: UserVectorSource(rawValue: p.user_vector_source.rawValue) ?? .none,
+                                     sessionEvents: p.session_events)
         }
     }
 
@@ -227,6 +273,8 @@ public struct RecommendResponse: Sendable, Hashable {
         if let c = coverage { m.coverage = encodeCoverage(c, arena) }
         m.candidates = candidates
         m.cold_start = coldStart ? 1 : 0
+        m.user_vector_source = Shardrank__V1__UserVectorSource(rawValue: userVectorSource.rawValue)
+        m.session_events = sessionEvents
         if let f = features {
             var cf = Shardrank__V1__CandidateFeatures()
             shardrank__v1__candidate_features__init(&cf)
@@ -239,6 +287,100 @@ public struct RecommendResponse: Sendable, Hashable {
             m.features = arena.object(cf)
         }
         return withExtendedLifetime(arena) { ProtoC.pack(&m) }
+    }
+}
+
+/// What a user did (proto `shardrank.v1.EventKind`).
+public enum EventKind: UInt32, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+    case unspecified = 0, view = 1, click = 2, purchase = 3, rating = 4
+    public var description: String {
+        switch self {
+        case .unspecified: "unspecified"
+        case .view: "view"
+        case .click: "click"
+        case .purchase: "purchase"
+        case .rating: "rating"
+        }
+    }
+}
+
+/// One event of a user's session (proto `Event`).
+public struct Event: Sendable, Hashable {
+    public var itemID: UInt64
+    /// The kind as sent: a value outside `EventKind` is kept as is (the coordinator refuses it,
+    /// naming the event).
+    public var kindValue: UInt32
+    /// When it happened, Unix seconds; 0 = when the coordinator receives it.
+    public var timestampUnixSeconds: Int64
+
+    public var kind: EventKind? { EventKind(rawValue: kindValue) }
+
+    public init(itemID: UInt64, kind: EventKind = .view, timestampUnixSeconds: Int64 = 0) {
+        self.itemID = itemID; self.kindValue = kind.rawValue; self.timestampUnixSeconds = timestampUnixSeconds
+    }
+    public init(itemID: UInt64, kindValue: UInt32, timestampUnixSeconds: Int64) {
+        self.itemID = itemID; self.kindValue = kindValue; self.timestampUnixSeconds = timestampUnixSeconds
+    }
+}
+
+public struct RecordEventsRequest: Sendable, Hashable {
+    public var userID: UInt64
+    /// In the order they happened (oldest first).
+    public var events: [Event]
+    public init(userID: UInt64, events: [Event]) { self.userID = userID; self.events = events }
+
+    public static func decode(_ bytes: [UInt8]) throws(RPCError) -> RecordEventsRequest {
+        try ProtoC.unpack(bytes, "shardrank.v1.RecordEventsRequest", unpack: shardrank__v1__record_events_request__unpack,
+                          free: shardrank__v1__record_events_request__free_unpacked) { m in
+            let p = m.pointee
+            var events: [Event] = []
+            events.reserveCapacity(p.n_events)
+            for i in 0 ..< p.n_events {
+                let e = p.events[i]!.pointee
+                events.append(Event(itemID: e.item_id, kindValue: e.kind.rawValue, timestampUnixSeconds: e.timestamp_unix_s))
+            }
+            return RecordEventsRequest(userID: p.user_id, events: events)
+        }
+    }
+
+    public func encoded() -> FramedMessage {
+        let arena = CArena()
+        var m = Shardrank__V1__RecordEventsRequest()
+        shardrank__v1__record_events_request__init(&m)
+        m.user_id = userID
+        m.n_events = events.count
+        m.events = arena.pointerArray(events.map { e in
+            var c = Shardrank__V1__Event()
+            shardrank__v1__event__init(&c)
+            c.item_id = e.itemID
+            c.kind = Shardrank__V1__EventKind(rawValue: e.kindValue)
+            c.timestamp_unix_s = e.timestampUnixSeconds
+            return c
+        })
+        return withExtendedLifetime(arena) { ProtoC.pack(&m) }
+    }
+}
+
+public struct RecordEventsResponse: Sendable, Hashable {
+    /// Events taken (all of the request's).
+    public var accepted: UInt32
+    /// Events the coordinator now holds for the user (bounded per user; the oldest go first).
+    public var sessionEvents: UInt32
+    public init(accepted: UInt32, sessionEvents: UInt32) { self.accepted = accepted; self.sessionEvents = sessionEvents }
+
+    public static func decode(_ bytes: [UInt8]) throws(RPCError) -> RecordEventsResponse {
+        try ProtoC.unpack(bytes, "shardrank.v1.RecordEventsResponse", unpack: shardrank__v1__record_events_response__unpack,
+                          free: shardrank__v1__record_events_response__free_unpacked) { m in
+            RecordEventsResponse(accepted: m.pointee.accepted, sessionEvents: m.pointee.session_events)
+        }
+    }
+
+    public func encoded() -> FramedMessage {
+        var m = Shardrank__V1__RecordEventsResponse()
+        shardrank__v1__record_events_response__init(&m)
+        m.accepted = accepted
+        m.session_events = sessionEvents
+        return ProtoC.pack(&m)
     }
 }
 

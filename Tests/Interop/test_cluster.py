@@ -22,7 +22,7 @@ def rpb(pb):
 
 
 class LocalCluster:
-    def __init__(self, tmp, factory, shards=2, replicas=1, settings=None):
+    def __init__(self, tmp, factory, shards=2, replicas=1, settings=None, coordinator_args=()):
         inp = tmp / "input"
         self.ids, self.dim = write_input(str(inp), n_items=600, n_users=60)
         root = tmp / "tables"
@@ -34,8 +34,9 @@ class LocalCluster:
                 "coordinator": dict({"health_interval_ms": 100, "default_deadline_ms": 1000}, **(settings or {}))}
         path = tmp / "topology.json"
         path.write_text(json.dumps(topo))
+        self.topology = path
         self.coordinator = factory(["coordinator", "--topology", str(path), "--port", "0", "--log-level", "warning",
-                                    "--admin-port", "0"])
+                                    "--admin-port", "0", *coordinator_args])
         import re
         self.admin_port = int(re.search(r"admin listening on \S+:(\d+)", self.coordinator.preamble).group(1))
         self.channel = grpc.insecure_channel(self.coordinator.target)

@@ -456,7 +456,8 @@ def kubernetes_validate():
 def test_k8s_manifests_validate(tmp_path):
     kv = kubernetes_validate()
     import yaml
-    topo = {"tables": "/srv/tables", "model": "/srv/tables/models/mlp.safetensors", "admin": {"port_offset": 1000},
+    topo = {"tables": "/srv/tables", "model": "/srv/tables/models/mlp.safetensors", "query_tower": "/srv/tables/towers/T.safetensors",
+            "admin": {"port_offset": 1000},
             "shards": [["a:1", "b:1"], ["c:1", "d:1"], ["e:1", "f:1"]], "coordinators": ["x:1", "y:1"],
             "coordinator": {"search_budget": 150}}
     (tmp_path / "t.json").write_text(json.dumps(topo))
@@ -497,6 +498,9 @@ def test_k8s_manifests_validate(tmp_path):
     assert "--of 3" in shard_cmd and "HOSTNAME##*-" in shard_cmd  # shard index = pod ordinal
     assert any(v.get("persistentVolumeClaim") for v in sets[0]["spec"]["template"]["spec"]["volumes"])
     assert "--model" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    coord_args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert topo_cm["query_tower"] == "/tables/towers/T.safetensors"
+    assert coord_args[coord_args.index("--query-tower") + 1] == "/tables/towers/T.safetensors"
 
     # The validator is not a rubber stamp: a broken probe and an unknown field are rejected.
     broken = json.loads(json.dumps(sets[0]))
@@ -594,3 +598,30 @@ def test_rankers_in_the_topology_are_served_by_name(tables, tmp_path, run_dir, p
                              rankers={"x": "nope.txt"})
     out = cluster("up", missing, "--run-dir", run_dir, "--timeout", "20")
     assert out.returncode == 2 and "nope.txt" in out.stderr and "not a file" in out.stderr, out.stderr
+
+
+def test_a_query_tower_in_the_topology_is_served(tables, tmp_path, run_dir, pb):
+    from shardrank.v1 import recommender_pb2, recommender_pb2_grpc
+    from test_sessions import write_tower
+    (tmp_path / "tower").mkdir()
+    write_tower(tmp_path / "tower")
+    ports = free_ports(3)
+    # A relative path: resolved against the topology file's directory; the .json beside it.
+    topo = write_topology(tmp_path / "towered.json", tables, [[f"127.0.0.1:{p}"] for p in ports[:2]], [f"127.0.0.1:{ports[2]}"],
+                          query_tower="tower/T.safetensors")
+    try:
+        out = cluster("up", topo, "--run-dir", run_dir, timeout=60)
+        assert out.returncode == 0, out.stderr
+        import grpc
+        with grpc.insecure_channel(f"127.0.0.1:{ports[2]}") as ch:
+            stub = recommender_pb2_grpc.RecommenderStub(ch)
+            stub.RecordEvents(recommender_pb2.RecordEventsRequest(user_id=7, events=[recommender_pb2.Event(item_id=1003)]), timeout=5)
+            r = stub.Recommend(recommender_pb2.RecommendRequest(user_id=7, k=5, user_vector=recommender_pb2.USER_VECTOR_MODE_TOWER), timeout=5)
+            assert r.user_vector_source == recommender_pb2.USER_VECTOR_SOURCE_TOWER and len(r.items) == 5
+            assert 1003 not in [i.item_id for i in r.items] and r.session_events == 1
+    finally:
+        cluster("down", topo, "--run-dir", run_dir, timeout=60)
+    missing = write_topology(tmp_path / "missing.json", tables, [[f"127.0.0.1:{p}"] for p in ports[:2]], [f"127.0.0.1:{ports[2]}"],
+                             query_tower="nope/T.safetensors")
+    out = cluster("up", missing, "--run-dir", run_dir, "--timeout", "20")
+    assert out.returncode == 2 and "nope/T.safetensors" in out.stderr and "not a file" in out.stderr, out.stderr
