@@ -31,21 +31,23 @@ extension Recommender {
     }
 
     /// The tower's vector for the plan's user: the first R of the plan's latest items (the
-    /// session's first), their rows from the row cache or one Lookup per shard (items no shard
-    /// holds are skipped; a shard that fails leaves its items out and flags the answer
-    /// degraded), and the plan's genres and country.
+    /// session's first) that the items table holds — unknown items are skipped first, then R
+    /// taken, as the trainer does — their rows from the row cache or one Lookup per shard (a
+    /// shard that fails leaves its items out and flags the answer degraded), and the plan's
+    /// genres and country.
     /// - Throws: FAILED_PRECONDITION when the items table's vectors are not the tower's width.
     func towerVector(_ tower: QueryTower, plan: RetrievalPlan, trace: Trace, deadline: ContinuousClock.Instant) async throws(RPCError) -> [Float] {
         var out = [Float](repeating: 0, count: tower.dimension)
-        let ids = Array(plan.latest.prefix(tower.recentItems))
+        // A few more than R, so that R known items remain after the unknown ones are skipped.
+        let ids = Array(plan.latest.prefix(tower.recentItems + max(8, tower.recentItems / 4)))
         let gathered = ids.isEmpty ? nil : await assemble(ids, dim: nil, trace: trace, deadline: deadline)
         if let g = gathered, !g.ids.isEmpty, g.rows.dim != tower.dimension {
             throw RPCError(.failedPrecondition, "the query tower reads item vectors of dim \(tower.dimension), table '\(settings.itemsTable)' has dim \(g.rows.dim)")
         }
         out.withUnsafeMutableBufferPointer { o in
             if let g = gathered, !g.ids.isEmpty {
-                tower.userVector(recentRows: UnsafePointer(g.rows.base), count: g.ids.count, genres: plan.genres, country: plan.country,
-                                 into: o.baseAddress!)
+                tower.userVector(recentRows: UnsafePointer(g.rows.base), count: min(g.ids.count, tower.recentItems), genres: plan.genres,
+                                 country: plan.country, into: o.baseAddress!)
             } else {
                 tower.userVector(recentRows: nil, count: 0, genres: plan.genres, country: plan.country, into: o.baseAddress!)
             }

@@ -99,18 +99,22 @@ struct EvalCommand: AsyncParsableCommand {
         for t in targets {
             do { channels.append(try RPCChannel(target: t, group: group)) } catch { throw ValidationError(error.message) }
         }
-        // Check first (as loadtest does): one Recommend for the first user on every coordinator,
-        // so a dead or unready one fails in a second with a human message, not after every run.
-        if let first = ids.first {
-            for (t, channel) in zip(targets, channels) {
-                do {
-                    _ = try await RecommenderClient(channel: channel).recommend(RecommendRequest(userID: first, k: 1), timeout: .milliseconds(timeoutMs))
-                } catch {
-                    FileHandleStderr.write("shardrank eval: cannot evaluate against \(t): \(error.message)"
-                                           + ((error.code == .unavailable || error.code == .deadlineExceeded) && !error.message.contains("running") ? " (is the coordinator running and SERVING? `shardrank health --target \(t)`)" : "") + "\n")
-                    for c in channels { await c.close() }
-                    throw ExitCode(1)
-                }
+        // Check first (as loadtest does): every coordinator must answer its health check with
+        // SERVING, so a dead or unready one fails in a second with a human message, not after
+        // every configuration has run.
+        for (t, channel) in zip(targets, channels) {
+            var problem: String?
+            do {
+                let s = try await HealthClient(channel: channel).check(timeout: .milliseconds(timeoutMs))
+                if s != .serving { problem = "it is not SERVING (\(s)): its shards are not all reachable yet, or no table-set version is pinned" }
+            } catch {
+                problem = error.message + ((error.code == .unavailable || error.code == .deadlineExceeded) && !error.message.contains("running")
+                                           ? " (is the coordinator running? `shardrank health --target \(t)`)" : "")
+            }
+            if let problem {
+                FileHandleStderr.write("shardrank eval: cannot evaluate against \(t): \(problem)\n")
+                for c in channels { await c.close() }
+                throw ExitCode(1)
             }
         }
         let eval = Evaluation(channels: channels, ring: targets.count > 1 ? CoordinatorRing(targets) : nil, ks: ks, budgets: budgetList,

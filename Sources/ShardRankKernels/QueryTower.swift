@@ -274,7 +274,8 @@ public final class QueryTower: @unchecked Sendable {
         var rows: [Float] = []
         rows.reserveCapacity(min(ids.count, config.recent) * d)
         var n = 0
-        for id in ids.prefix(config.recent) {
+        // Unknown items are skipped first, then the first R known ones are read (the trainer's rule).
+        for id in ids where n < config.recent {
             guard let v = itemVector(id) else { continue }
             precondition(v.count == d, "item \(id) has a vector of \(v.count) floats, the tower reads \(d)")
             rows += v

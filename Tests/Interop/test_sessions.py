@@ -109,7 +109,7 @@ def write_tower(dirpath, dim=16, recent=4, decay=0.6, residual=1, genre_dim=3, c
 def tower_forward(t, c, vectors, recent, genres, country):
     """The contract's forward pass, written independently of the Swift one."""
     d = c["dim"]
-    vs = [vectors[i] for i in recent[:c["recent"]] if i in vectors]
+    vs = [vectors[i] for i in recent if i in vectors][:c["recent"]]  # unknown items skipped first, then R taken
     if vs:
         v = np.array(vs, dtype=np.float64)
         w = c["recency_decay"] ** np.arange(len(vs))

@@ -50,15 +50,16 @@ import ShardRankKernels
             // Only the first 3 genres count: a fourth changes nothing.
             #expect(vu([7, 99, 8], ["Z", "A", "A", "Z"], "FR") == vu([7, 99, 8], ["Z", "A", "A"], "FR"))
         }
-        // R bounds the ids read, before unknown ones are skipped: with R = 2, [99, 7, 8] reads 99
-        // and 7 only — mean = recency = 3: x = [3, 3, 1, 4], h = [11, 0], out = 11.25 + 3.
+        // Unknown ids are skipped first, then R taken (the trainer's rule): with R = 2,
+        // [99, 7, 8, 9] reads 7 and 8 — mean 4.5, recency (3 + 6/2) / 1.5 = 4: x = [4.5, 4, 1, 4],
+        // h = [13.5, 0], out = 13.75 + 4.
         let (config, tensors) = Self.handTower(residual: true, recent: 2)
         let t = try Self.tower(config, tensors)
-        #expect(t.userVector(recent: [99, 7, 8], itemVector: { Self.handItems[$0] }, genres: ["A"], country: "DE") == [14.25])
+        #expect(t.userVector(recent: [99, 7, 8, 9], itemVector: { Self.handItems[$0] }, genres: ["A"], country: "DE") == [17.75])
         // The standalone function (config, tensors, lookup, inputs) is the same pass.
         let st = try SafeTensors(bytes: SafeTensors.serialize(tensors))
-        #expect(try QueryTower.userVector(config: config, tensors: st, itemVector: { Self.handItems[$0] }, recent: [99, 7, 8],
-                                          genres: ["A"], country: "DE") == [14.25])
+        #expect(try QueryTower.userVector(config: config, tensors: st, itemVector: { Self.handItems[$0] }, recent: [99, 7, 8, 9],
+                                          genres: ["A"], country: "DE") == [17.75])
     }
 
     /// A random tower of awkward widths (not multiples of the SIMD width) against a double-precision
@@ -80,7 +81,7 @@ import ShardRankKernels
         let t = try Self.tower(config, tensors)
 
         func reference(_ recent: [UInt64], _ gs: [String], _ country: String) -> [Double] {
-            let vs = recent.prefix(config.recent).compactMap { items[$0]?.map(Double.init) }
+            let vs = Array(recent.compactMap { items[$0]?.map(Double.init) }.prefix(config.recent))
             var mean = [Double](repeating: 0, count: d), rec = mean, total = 0.0
             for (i, v) in vs.enumerated() {
                 let weight = pow(0.7, Double(i))
@@ -196,5 +197,34 @@ import ShardRankKernels
             }
         }
         #expect(throws: ModelError.self) { try QueryTower.config(Array(#"{"kind": "shardrank-query-tower"}"#.utf8)) }
+    }
+}
+
+/// The trainer's own fixture (scripts/train-query-tower on a small `shardrank synth` world:
+/// `--recent 6 --hidden 12 --genre-dim 4 --country-dim 3 --epochs 2 --holdout-users 0`): its
+/// float64 numpy forward pass on 20 inputs — unknown items first and among more than R, unknown
+/// genres and country, a repeated item, real users — against this float32 one.
+@Suite struct QueryTowerTrainerFixtureTests {
+    struct Fixture: Decodable {
+        struct Item: Decodable { let id: UInt64; let vector: [Float] }
+        struct Case: Decodable { let note: String; let recent: [UInt64]; let genres: [String]; let country: String; let user_vector: [Double] }
+        let item_vectors: [Item]
+        let cases: [Case]
+    }
+
+    @Test func theNativeForwardPassMatchesTheTrainers() throws {
+        let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
+        let tower = try QueryTower(weightsPath: dir.appendingPathComponent("query-tower.safetensors").path,
+                                   configPath: dir.appendingPathComponent("query-tower.json").path)
+        let fixture = try JSONDecoder().decode(Fixture.self, from: Data(contentsOf: dir.appendingPathComponent("query-tower.fixture.json")))
+        let items = Dictionary(uniqueKeysWithValues: fixture.item_vectors.map { ($0.id, $0.vector) })
+        #expect(fixture.cases.count == 20)
+        for c in fixture.cases {
+            let got = tower.userVector(recent: c.recent, itemVector: { items[$0] }, genres: c.genres, country: c.country)
+            #expect(got.count == c.user_vector.count, "\(c.note)")
+            for (g, w) in zip(got, c.user_vector) {
+                #expect(abs(Double(g) - w) <= 1e-4 + 1e-4 * abs(w), "\(c.note): \(g) vs \(w)")
+            }
+        }
     }
 }
