@@ -233,8 +233,8 @@ extension Recommender {
     /// a timestamp in 0...`SessionStore.maxTimestamp` (0 = now).
     static func validate(_ req: RecordEventsRequest) throws(RPCError) {
         guard req.userID != 0 else { throw RPCError(.invalidArgument, "user_id is required (got 0)") }
-        guard !req.events.isEmpty, req.events.count <= maxEventsPerCall else {
-            throw RPCError(.invalidArgument, "events has \(req.events.count) entries: 1...\(maxEventsPerCall) per call")
+        guard (req.replace || !req.events.isEmpty), req.events.count <= maxEventsPerCall else {
+            throw RPCError(.invalidArgument, "events has \(req.events.count) entries: 1...\(maxEventsPerCall) per call (0 only with replace)")
         }
         for (i, e) in req.events.enumerated() {
             guard e.itemID != 0 else { throw RPCError(.invalidArgument, "events[\(i)].item_id is 0") }
@@ -256,7 +256,7 @@ extension Recommender {
         guard let sessions else {
             throw RPCError(.failedPrecondition, "sessions are off on this coordinator (coordinator.session_users is 0)")
         }
-        let held = sessions.record(user: req.userID, events: req.events)
+        let held = sessions.record(user: req.userID, events: req.events, replace: req.replace)
         return RecordEventsResponse(accepted: UInt32(req.events.count), sessionEvents: UInt32(held))
     }
 }

@@ -149,8 +149,10 @@ public final class SessionStore: Sendable {
     /// Appends `events` (in the order they happened, oldest first) to `user`'s session; an event
     /// with timestamp 0 is stamped with the clock. Answers how many live events the user now
     /// has. The caller validated the events (`Recommender.validate(_: RecordEventsRequest)`).
+    /// With `replace`, the user's earlier events are dropped first (no events: the session is
+    /// cleared).
     @discardableResult
-    public func record(user: UInt64, events: [Event]) -> Int {
+    public func record(user: UInt64, events: [Event], replace: Bool = false) -> Int {
         let now = clock()
         let cutoff = now &- ttlSeconds
         let perUser = eventsPerUser
@@ -169,7 +171,7 @@ public final class SessionStore: Sendable {
             if let at = s.index[user] {
                 slot = at
                 Self.unlink(&s, slot)
-                if s.slots[Int(slot)].newest < cutoff {  // all expired: start afresh
+                if replace || s.slots[Int(slot)].newest < cutoff {  // replaced, or all expired: start afresh
                     s.events -= s.slots[Int(slot)].events.count
                     Self.reset(&s.slots[Int(slot)], user: user)
                 }

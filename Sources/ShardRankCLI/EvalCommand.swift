@@ -44,6 +44,9 @@ struct EvalCommand: AsyncParsableCommand {
     @Option(help: "Training interactions CSV: answers are checked never to hold one of the user's (seen_returned must be 0). Default: interactions.csv next to the held-out file when it exists; 'none' skips the check.")
     var train: String?
 
+    @Option(name: .customLong("protocol"), help: "budgets: every model at every budget beside the exhaustive and popularity baselines; sequential: each user's held-out events replayed one at a time through RecordEvents (stored vector vs query tower, with and without events, and new users) at the first budget.")
+    var evalProtocol: String = "budgets"
+
     @Option(help: "Catalog size for coverage (default: the rows of item_ids.npy next to the held-out file).")
     var catalogSize: Int?
 
@@ -64,6 +67,7 @@ struct EvalCommand: AsyncParsableCommand {
 
     func run() async throws {
         let ks = try parseList(k, "--k").sorted()
+        guard ["budgets", "sequential"].contains(evalProtocol) else { throw ValidationError("--protocol must be budgets or sequential (got '\(evalProtocol)')") }
         let modelList = models.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         guard !modelList.isEmpty else { throw ValidationError("--models is empty") }
         let budgetList = try parseList(budgets, "--budgets")
@@ -117,15 +121,35 @@ struct EvalCommand: AsyncParsableCommand {
                 throw ExitCode(1)
             }
         }
-        let eval = Evaluation(channels: channels, ring: targets.count > 1 ? CoordinatorRing(targets) : nil, ks: ks, budgets: budgetList,
-                              models: modelList, now: nowSeconds, concurrency: concurrency, timeout: .milliseconds(timeoutMs), catalogSize: catalog)
-        let rows = await eval.run(heldOut: held, users: ids) { FileHandleStderr.write($0 + "\n") }
+        let ring = targets.count > 1 ? CoordinatorRing(targets) : nil
+        var rows: [EvalRow] = []
+        if evalProtocol == "sequential" {
+            let timedHeld: TimedInteractions, timedTrain: TimedInteractions
+            do {
+                timedHeld = try TimedInteractions.read(path: heldout)
+                timedTrain = try TimedInteractions.read(path: trainPath == "none" ? "" : trainPath)
+            } catch {
+                FileHandleStderr.write("shardrank eval: \(error) (the sequential protocol needs the held-out and training interactions with timestamps)\n")
+                for c in channels { await c.close() }
+                throw ExitCode(2)
+            }
+            for m in modelList {
+                let seq = SequentialEvaluation(channels: channels, ring: ring, ks: ks, budget: budgetList[0], model: m, now: nowSeconds,
+                                               concurrency: concurrency, timeout: .milliseconds(timeoutMs))
+                rows += await seq.run(heldOut: timedHeld, train: timedTrain, users: ids) { FileHandleStderr.write($0 + "\n") }
+            }
+        } else {
+            let eval = Evaluation(channels: channels, ring: ring, ks: ks, budgets: budgetList,
+                                  models: modelList, now: nowSeconds, concurrency: concurrency, timeout: .milliseconds(timeoutMs), catalogSize: catalog)
+            rows = await eval.run(heldOut: held, users: ids) { FileHandleStderr.write($0 + "\n") }
+        }
         for c in channels { await c.close() }
         if rows.allSatisfy({ $0.users == 0 }) {
             FileHandleStderr.write("shardrank eval: every request failed (is the coordinator at \(coordinator) up?)\n")
             throw ExitCode(1)
         }
-        let report = EvalReport(coordinator: coordinator, heldout: heldout, models: modelList, nowUnixS: nowSeconds, ks: ks, catalogSize: catalog, rows: rows)
+        var report = EvalReport(coordinator: coordinator, heldout: heldout, models: modelList, nowUnixS: nowSeconds, ks: ks, catalogSize: catalog, rows: rows)
+        report.protocol = evalProtocol
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         enc.keyEncodingStrategy = .convertToSnakeCase

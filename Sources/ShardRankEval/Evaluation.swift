@@ -94,6 +94,9 @@ public struct EvalRow: Codable, Sendable {
 
 public struct EvalReport: Codable, Sendable {
     public var kind = "eval"
+    /// "budgets" (every model at every retrieval budget) or "sequential" (held-out events replayed
+    /// one at a time through RecordEvents).
+    public var `protocol` = "budgets"
     public var coordinator: String
     public var heldout: String
     public var models: [String]
@@ -109,6 +112,7 @@ public struct EvalReport: Codable, Sendable {
         "budget": "total retrieval budget B split as search B/2, genre 0.15B (over the top 3 genres), country 0.1B, popular 0.1B, similar 0.15B over the last 10 items",
         "exhaustive": "every item scored by V_u . V_m (exact top-K search over all shards, seen items excluded): the ceiling",
         "popularity": "the global popular list, seen items excluded",
+        "sequential": "each test user's held-out events in time order: recommend, score against the events still to come, record the next one (RecordEvents); metrics averaged over (user, step). stored / tower = the users table's vector / the query tower's, without events; +events = the same with the events recorded; new-user = an id the tables do not hold with the user's last 3 training items recorded, scored on all the held-out items, beside popularity for the same new users. seen_returned counts answers holding a recorded item",
         "model": "the ranking model of the two-stage rows: dot = V_u . V_m; any other name = a learned ranker the coordinator serves",
     ]
 

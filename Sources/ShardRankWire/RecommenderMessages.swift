@@ -327,7 +327,9 @@ public struct RecordEventsRequest: Sendable, Hashable {
     public var userID: UInt64
     /// In the order they happened (oldest first).
     public var events: [Event]
-    public init(userID: UInt64, events: [Event]) { self.userID = userID; self.events = events }
+    /// Replace the user's session with `events` instead of appending (none: clear it).
+    public var replace: Bool
+    public init(userID: UInt64, events: [Event], replace: Bool = false) { self.userID = userID; self.events = events; self.replace = replace }
 
     public static func decode(_ bytes: [UInt8]) throws(RPCError) -> RecordEventsRequest {
         try ProtoC.unpack(bytes, "shardrank.v1.RecordEventsRequest", unpack: shardrank__v1__record_events_request__unpack,
@@ -339,7 +341,7 @@ public struct RecordEventsRequest: Sendable, Hashable {
                 let e = p.events[i]!.pointee
                 events.append(Event(itemID: e.item_id, kindValue: e.kind.rawValue, timestampUnixSeconds: e.timestamp_unix_s))
             }
-            return RecordEventsRequest(userID: p.user_id, events: events)
+            return RecordEventsRequest(userID: p.user_id, events: events, replace: p.replace != 0)
         }
     }
 
@@ -348,6 +350,7 @@ public struct RecordEventsRequest: Sendable, Hashable {
         var m = Shardrank__V1__RecordEventsRequest()
         shardrank__v1__record_events_request__init(&m)
         m.user_id = userID
+        m.replace = replace ? 1 : 0
         m.n_events = events.count
         m.events = arena.pointerArray(events.map { e in
             var c = Shardrank__V1__Event()

@@ -257,6 +257,11 @@ extension CoordinatorTests {
             #expect(r.sessions?.usage.users == 0, "nothing was recorded by a refused call")
             let ok = try r.recordEvents(RecordEventsRequest(userID: 1, events: views((1 ... 1000).map(UInt64.init))), context: Cluster.context())
             #expect(ok.accepted == 1000 && ok.sessionEvents == 50, "the default bound: 50 per user")
+            // replace: the session becomes the request's events; none clears it.
+            let replaced = try r.recordEvents(RecordEventsRequest(userID: 1, events: views([7, 8]), replace: true), context: Cluster.context())
+            #expect(replaced.sessionEvents == 2 && r.sessions?.session(of: 1).items == [8, 7])
+            let cleared = try r.recordEvents(RecordEventsRequest(userID: 1, events: [], replace: true), context: Cluster.context())
+            #expect(cleared.accepted == 0 && cleared.sessionEvents == 0 && r.sessions?.session(of: 1).items == [])
             // Sessions off: FAILED_PRECONDITION.
             let off = try await Cluster(settings: { $0.sessionUsers = 0 })
             defer { Task { await off.stop() } }

@@ -1519,7 +1519,7 @@ const ProtobufCMessageDescriptor shardrank__v1__event__descriptor =
   (ProtobufCMessageInit) shardrank__v1__event__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor shardrank__v1__record_events_request__field_descriptors[2] =
+static const ProtobufCFieldDescriptor shardrank__v1__record_events_request__field_descriptors[3] =
 {
   {
     "user_id",
@@ -1545,15 +1545,28 @@ static const ProtobufCFieldDescriptor shardrank__v1__record_events_request__fiel
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "replace",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__RecordEventsRequest, replace),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned shardrank__v1__record_events_request__field_indices_by_name[] = {
   1,   /* field[1] = events */
+  2,   /* field[2] = replace */
   0,   /* field[0] = user_id */
 };
 static const ProtobufCIntRange shardrank__v1__record_events_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor shardrank__v1__record_events_request__descriptor =
 {
@@ -1563,7 +1576,7 @@ const ProtobufCMessageDescriptor shardrank__v1__record_events_request__descripto
   "Shardrank__V1__RecordEventsRequest",
   "shardrank.v1",
   sizeof(Shardrank__V1__RecordEventsRequest),
-  2,
+  3,
   shardrank__v1__record_events_request__field_descriptors,
   shardrank__v1__record_events_request__field_indices_by_name,
   1,  shardrank__v1__record_events_request__number_ranges,

@@ -274,10 +274,14 @@ struct  Shardrank__V1__RecordEventsRequest
   uint64_t user_id;
   size_t n_events;
   Shardrank__V1__Event **events;
+  /*
+   * Replace the user's session with these events instead of appending (no events: clear it).
+   */
+  protobuf_c_boolean replace;
 };
 #define SHARDRANK__V1__RECORD_EVENTS_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__record_events_request__descriptor) \
-    , 0, 0,NULL }
+    , 0, 0,NULL, 0 }
 
 
 struct  Shardrank__V1__RecordEventsResponse
