@@ -44,10 +44,28 @@ def run(argv, timeout=600):
     return p
 
 
-def test_movielens_100k_end_to_end(tmp_path, server_factory):
-    b = shardrank_bin()
-    data = tmp_path / "ml100k"
+@pytest.fixture(scope="module")
+def ml100k(tmp_path_factory):
+    """MovieLens 100K converted once for the module (with the ranker's validation split)."""
+    data = tmp_path_factory.mktemp("movielens") / "ml100k"
     run([os.path.join(ROOT, "scripts", "movielens"), recbole_wheel(), data, "--validation", "5", "--quiet"])
+    return data
+
+
+def start_cluster(tmp_path, server_factory, data, coordinator_args):
+    b = shardrank_bin()
+    tables = tmp_path / "tables"
+    run([b, "build", "--input", data, "--out", tables, "--shards", "4", "--quiet", *BUILD_ARGS])
+    shards = [server_factory(["shard", "--tables", str(tables), "--shard", str(s), "--of", "4", "--port", "0", "--log-level", "warning"])
+              for s in range(4)]
+    topo = tmp_path / "topology.json"
+    topo.write_text(json.dumps({"tables": str(tables), "shards": [[s.target] for s in shards]}))
+    return server_factory(["coordinator", "--topology", str(topo), *coordinator_args, "--port", "0", "--log-level", "warning"])
+
+
+def test_movielens_100k_end_to_end(tmp_path, server_factory, ml100k):
+    b = shardrank_bin()
+    data = ml100k
     world = json.loads((data / "world.json").read_text())
     assert world["source"]["layout"] == "recbole"
     assert world["counts"] == {"users": 943, "items": 1682, "interactions": 95285, "heldout": 4715}
@@ -60,13 +78,7 @@ def test_movielens_100k_end_to_end(tmp_path, server_factory):
     assert trained["collection"]["failed"] == 0 and trained["trees"] >= 1
     assert os.path.abspath(trained["validation_dir"]) == os.path.abspath(data / "validation"), "never the test split"
 
-    tables = tmp_path / "tables"
-    run([b, "build", "--input", data, "--out", tables, "--shards", "4", "--quiet", *BUILD_ARGS])
-    shards = [server_factory(["shard", "--tables", str(tables), "--shard", str(s), "--of", "4", "--port", "0", "--log-level", "warning"])
-              for s in range(4)]
-    topo = tmp_path / "topology.json"
-    topo.write_text(json.dumps({"tables": str(tables), "shards": [[s.target] for s in shards]}))
-    coord = server_factory(["coordinator", "--topology", str(topo), "--ranker", f"ltr={ranker}", "--port", "0", "--log-level", "warning"])
+    coord = start_cluster(tmp_path, server_factory, data, ["--ranker", f"ltr={ranker}"])
     report_path = tmp_path / "eval.json"
     run([b, "eval", "--coordinator", coord.target, "--heldout", data / "heldout.csv", "--k", "10", "--budgets", "20,200,1000",
          "--models", "dot,ltr", "--users", "0", "--json", "--out", report_path], timeout=1200)
@@ -89,3 +101,28 @@ def test_movielens_100k_end_to_end(tmp_path, server_factory):
     assert m("two-stage", "ltr", 200) > m("two-stage", "ltr", 20) + 0.005
     # dot at any budget is the exhaustive answer's quality or below (it ranks like the search).
     assert m("two-stage", "dot", 1000) <= m("exhaustive", "dot", 0) + 0.01
+
+
+def test_movielens_100k_query_tower_and_events(tmp_path, server_factory, ml100k):
+    """The sequential protocol (issue 20): each test user's 5 held-out events replayed one at a
+    time through RecordEvents; the query tower with the events against the stored MF vector, and
+    brand-new users with 3 recorded events against popularity for the same new users."""
+    b = shardrank_bin()
+    tower = tmp_path / "tower"
+    run([os.path.join(ROOT, "scripts", "train-query-tower"), ml100k, "--out", tower, "--no-eval"], timeout=1200)
+    coord = start_cluster(tmp_path, server_factory, ml100k, ["--query-tower", f"{tower}.safetensors"])
+    report_path = tmp_path / "seq.json"
+    run([b, "eval", "--coordinator", coord.target, "--heldout", ml100k / "heldout.csv", "--k", "10", "--budgets", "200",
+         "--models", "dot", "--users", "0", "--protocol", "sequential", "--json", "--out", report_path], timeout=1200)
+    report = json.loads(report_path.read_text())
+    assert report["protocol"] == "sequential"
+    rows = {r["name"]: r for r in report["rows"]}
+    assert set(rows) == {"stored", "tower", "stored+events", "tower+events", "new-user+events", "new-user-popularity"}
+    for r in report["rows"]:
+        assert r["failed"] == 0, r
+        assert r["seen_returned"] == 0, f"{r['name']}: a recorded item came back {r['seen_returned']} times"
+    assert rows["stored"]["users"] == 4715, "every (user, step) of the test split"
+    recall = {n: r["metrics"]["10"]["recall"] for n, r in rows.items()}
+    assert recall["tower+events"] >= 1.2 * recall["stored"], recall
+    assert recall["tower+events"] > recall["tower"], "fresh events help"
+    assert recall["new-user+events"] >= 2 * recall["new-user-popularity"], recall
