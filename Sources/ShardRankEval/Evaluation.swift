@@ -221,18 +221,7 @@ public struct Evaluation: Sendable {
             candidates += o.candidates
             if let seen = heldOut.seen[o.user] { seenReturned += items.reduce(0) { $0 + (seen.contains($1) ? 1 : 0) } }
             latencies.append(o.ms)
-            let relevant = heldOut.relevant[o.user] ?? []
-            let rel = RankingMetrics.relevance(items, relevant: relevant)
-            for kk in ks {
-                distinct.formUnion(items.prefix(kk))
-                var m = sums[kk] ?? [:]
-                m["precision", default: 0] += RankingMetrics.precision(rel, k: kk)
-                m["recall", default: 0] += RankingMetrics.recall(rel, k: kk, relevantCount: relevant.count)
-                m["map_common", default: 0] += RankingMetrics.averagePrecision(rel, k: kk, relevantCount: relevant.count)
-                m["map_course", default: 0] += RankingMetrics.averagePrecisionCourse(rel, n: kk)
-                m["ndcg", default: 0] += RankingMetrics.ndcg(rel, k: kk, relevantCount: relevant.count)
-                sums[kk] = m
-            }
+            RankingMetrics.accumulate(items, relevant: heldOut.relevant[o.user] ?? [], ks: ks, into: &sums, distinct: &distinct)
         }
         var metrics: [String: [String: Double]] = [:]
         for (kk, m) in sums { metrics[String(kk)] = m.mapValues { ok > 0 ? $0 / Double(ok) : 0 } }

@@ -60,6 +60,23 @@ public enum RankingMetrics {
         let i = min(s.count - 1, max(0, Int((q * Double(s.count)).rounded(.up)) - 1))
         return s[i]
     }
+
+    /// Adds one answer's precision, recall, MAP (both definitions) and NDCG at every K of `ks`
+    /// to `sums[K][metric]`, and its top-K items to `distinct` (catalog coverage).
+    public static func accumulate(_ items: [UInt64], relevant: Set<UInt64>, ks: [Int], into sums: inout [Int: [String: Double]],
+                                  distinct: inout Set<UInt64>) {
+        let rel = relevance(items, relevant: relevant)
+        for k in ks {
+            distinct.formUnion(items.prefix(k))
+            var m = sums[k] ?? [:]
+            m["precision", default: 0] += precision(rel, k: k)
+            m["recall", default: 0] += recall(rel, k: k, relevantCount: relevant.count)
+            m["map_common", default: 0] += averagePrecision(rel, k: k, relevantCount: relevant.count)
+            m["map_course", default: 0] += averagePrecisionCourse(rel, n: k)
+            m["ndcg", default: 0] += ndcg(rel, k: k, relevantCount: relevant.count)
+            sums[k] = m
+        }
+    }
 }
 
 #if canImport(Glibc)

@@ -209,17 +209,7 @@ public struct SequentialEvaluation: Sendable {
             latencies += o.ms
             for (items, relevant) in zip(o.items, o.relevant) {
                 steps += 1
-                let rel = RankingMetrics.relevance(items, relevant: relevant)
-                for kk in ks {
-                    distinct.formUnion(items.prefix(kk))
-                    var m = sums[kk] ?? [:]
-                    m["precision", default: 0] += RankingMetrics.precision(rel, k: kk)
-                    m["recall", default: 0] += RankingMetrics.recall(rel, k: kk, relevantCount: relevant.count)
-                    m["map_common", default: 0] += RankingMetrics.averagePrecision(rel, k: kk, relevantCount: relevant.count)
-                    m["map_course", default: 0] += RankingMetrics.averagePrecisionCourse(rel, n: kk)
-                    m["ndcg", default: 0] += RankingMetrics.ndcg(rel, k: kk, relevantCount: relevant.count)
-                    sums[kk] = m
-                }
+                RankingMetrics.accumulate(items, relevant: relevant, ks: ks, into: &sums, distinct: &distinct)
             }
         }
         var metrics: [String: [String: Double]] = [:]
