@@ -334,6 +334,7 @@ struct Caller: Sendable {
         case .recommend(let q): channel = self.channel(user: q.userID)
         case .rank(let q): channel = self.channel(user: q.userID)
         case .similar(let q): channel = self.channel(user: q.itemID)  // no user: spread by the item
+        case .record(let q): channel = self.channel(user: q.userID)
         default: channel = channels[0]
         }
         do throws(RPCError) {
@@ -356,6 +357,9 @@ struct Caller: Sendable {
             case .similar(let q):
                 let resp = try await RecommenderClient(channel: channel).similar(q, timeout: timeout)
                 return .ok(vectors: 0, degraded: resp.coverage?.degraded ?? false, timings: nil)
+            case .record(let q):
+                _ = try await RecommenderClient(channel: channel).recordEvents(q, timeout: timeout)
+                return .ok(vectors: 0, degraded: false, timings: nil)
             }
         } catch {
             return .failed(error.code)

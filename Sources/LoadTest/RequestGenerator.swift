@@ -7,6 +7,7 @@ public enum PlannedRequest: Sendable {
     case recommend(RecommendRequest)
     case rank(RankRequest)
     case similar(SimilarRequest)
+    case record(RecordEventsRequest)
 
     public var operation: LoadOperation {
         switch self {
@@ -15,6 +16,7 @@ public enum PlannedRequest: Sendable {
         case .recommend: .recommend
         case .rank: .rank
         case .similar: .similar
+        case .record: .record
         }
     }
 }
@@ -89,6 +91,9 @@ public struct RequestGenerator: Sendable {
             return .rank(RankRequest(userID: userID(), candidateIDs: c, model: shape.model, k: UInt32(shape.k ?? 10)))
         case .similar:
             return .similar(SimilarRequest(itemID: itemID(), k: UInt32(shape.k ?? 10)))
+        case .record:
+            // Item ids are ranks from 0; an event's item id must not be 0.
+            return .record(RecordEventsRequest(userID: userID() + 1, events: [Event(itemID: itemID() + 1, kind: .view)]))
         }
     }
 }

@@ -1,6 +1,7 @@
 /// The RPCs the driver can send.
 public enum LoadOperation: String, Sendable, CaseIterable, Codable, Comparable {
-    case lookup, search, recommend, rank, similar
+    /// `record`: a RecordEvents call of one view of a random item for a random user.
+    case lookup, search, recommend, rank, similar, record
 
     /// Shard (`shardrank.v1.Shard`) or coordinator (`shardrank.v1.Recommender`) method.
     public var targetsShard: Bool { self == .lookup || self == .search }
@@ -54,7 +55,7 @@ public struct RequestMix: Sendable, Equatable, CustomStringConvertible {
         }
         let shard = out.filter { $0.0.targetsShard }.count
         guard shard == 0 || shard == out.count else {
-            throw LoadTestError("--mix '\(text)': shard operations (lookup, search) and coordinator operations (recommend, rank, similar) cannot be mixed: a run has one target")
+            throw LoadTestError("--mix '\(text)': shard operations (lookup, search) and coordinator operations (recommend, rank, similar, record) cannot be mixed: a run has one target")
         }
         return RequestMix(out)
     }
