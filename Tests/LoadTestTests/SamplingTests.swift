@@ -253,4 +253,22 @@ import Testing
         let first = r.ids.filter { $0 == 100 }.count, last = r.ids.filter { $0 == 300 }.count
         #expect(first > last)   // the first id is the hottest
     }
+
+    /// `record`: one view per RecordEvents call, never user 0 or item 0 (both refused by the
+    /// coordinator), over the configured user and item spaces.
+    @Test func recordEventsCallsAreValid() throws {
+        var c = LoadTestConfiguration(target: "h:1")
+        c.mix = try RequestMix.parse("record")
+        c.users = 5
+        var g = RequestGenerator(shape: RequestShape(configuration: c, dim: 0, idSpace: 3), seed: 2)
+        var users = Set<UInt64>(), items = Set<UInt64>()
+        for _ in 0 ..< 500 {
+            guard case .record(let r) = g.next() else { Issue.record("not a record"); return }
+            #expect(r.events.count == 1 && r.events[0].kind == .view && r.events[0].timestampUnixSeconds == 0)
+            users.insert(r.userID)
+            items.insert(r.events[0].itemID)
+        }
+        #expect(users == [1, 2, 3, 4, 5] && items == [1, 2, 3])
+        #expect(throws: LoadTestError.self) { try RequestMix.parse("record,lookup") }
+    }
 }
