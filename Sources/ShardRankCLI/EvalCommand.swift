@@ -29,7 +29,7 @@ struct EvalCommand: AsyncParsableCommand {
     @Option(help: "Comma-separated ranking models to compare at every budget: dot, mlp, or the name of a learned ranker the coordinator serves.")
     var models: String = "dot"
 
-    @Option(help: "\"Now\" of every request in Unix seconds (item ages); default: the latest timestamp of interactions.csv next to the held-out file (the moment the split was cut), else the coordinator's clock.")
+    @Option(help: "\"Now\" of every request in Unix seconds (item ages); default: the latest timestamp of the training interactions (--train; the moment the split was cut), else the coordinator's clock.")
     var now: Int64?
 
     @Option(help: "Evaluate at most this many users (the lowest ids; 0 = all).")
@@ -72,29 +72,31 @@ struct EvalCommand: AsyncParsableCommand {
         guard !modelList.isEmpty else { throw ValidationError("--models is empty") }
         let budgetList = try parseList(budgets, "--budgets")
         guard ks.last! <= 1000 else { throw ValidationError("--k values must be <= 1000") }
-        var held: HeldOut
-        do { held = try HeldOut.read(path: heldout) } catch {
+        let held: Interactions
+        var heldOut: HeldOut
+        do {
+            held = try Interactions.read(path: heldout, requireTimestamp: evalProtocol == "sequential")
+            heldOut = try HeldOut(path: heldout, held)
+        } catch {
             FileHandleStderr.write("shardrank eval: \(error)\n")
             throw ExitCode(2)
         }
-        let heldDir = (heldout as NSString).deletingLastPathComponent
-        let trainPath = train ?? ((heldDir.isEmpty ? "." : heldDir) + "/interactions.csv")
-        if trainPath != "none" && (train != nil || FileManager.default.fileExists(atPath: trainPath)) {
-            do { held.seen = try HeldOut.read(path: trainPath).relevant } catch {
-                FileHandleStderr.write("shardrank eval: \(error)\n")
-                throw ExitCode(2)
-            }
-        }
         let dir = (heldout as NSString).deletingLastPathComponent
-        let catalog = catalogSize ?? Self.npyRows((dir.isEmpty ? "." : dir) + "/item_ids.npy")
-        let nowSeconds: Int64
-        if let now { nowSeconds = now } else {
-            do { nowSeconds = try HeldOut.latestTimestamp(path: (dir.isEmpty ? "." : dir) + "/interactions.csv") ?? 0 } catch {
+        let trainPath = train ?? ((dir.isEmpty ? "." : dir) + "/interactions.csv")
+        var trained: Interactions?
+        if trainPath != "none" && (train != nil || FileManager.default.fileExists(atPath: trainPath)) {
+            do { trained = try Interactions.read(path: trainPath, requireTimestamp: evalProtocol == "sequential") } catch {
                 FileHandleStderr.write("shardrank eval: \(error)\n")
                 throw ExitCode(2)
             }
+            heldOut.seen = trained!.itemSets
         }
-        var ids = held.relevant.keys.sorted()
+        if evalProtocol == "sequential" && trained == nil {
+            throw ValidationError("--protocol sequential needs the training interactions (--train FILE, or interactions.csv next to the held-out file)")
+        }
+        let catalog = catalogSize ?? Self.npyRows((dir.isEmpty ? "." : dir) + "/item_ids.npy")
+        let nowSeconds = now ?? trained?.latest ?? 0
+        var ids = heldOut.relevant.keys.sorted()
         if users > 0 { ids = Array(ids.prefix(users)) }
         let group = MultiThreadedEventLoopGroup.singleton
         let targets = coordinator.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
@@ -124,24 +126,15 @@ struct EvalCommand: AsyncParsableCommand {
         let ring = targets.count > 1 ? CoordinatorRing(targets) : nil
         var rows: [EvalRow] = []
         if evalProtocol == "sequential" {
-            let timedHeld: TimedInteractions, timedTrain: TimedInteractions
-            do {
-                timedHeld = try TimedInteractions.read(path: heldout)
-                timedTrain = try TimedInteractions.read(path: trainPath == "none" ? "" : trainPath)
-            } catch {
-                FileHandleStderr.write("shardrank eval: \(error) (the sequential protocol needs the held-out and training interactions with timestamps)\n")
-                for c in channels { await c.close() }
-                throw ExitCode(2)
-            }
             for m in modelList {
                 let seq = SequentialEvaluation(channels: channels, ring: ring, ks: ks, budget: budgetList[0], model: m, now: nowSeconds,
                                                concurrency: concurrency, timeout: .milliseconds(timeoutMs))
-                rows += await seq.run(heldOut: timedHeld, train: timedTrain, users: ids) { FileHandleStderr.write($0 + "\n") }
+                rows += await seq.run(heldOut: held, train: trained!, users: ids) { FileHandleStderr.write($0 + "\n") }
             }
         } else {
             let eval = Evaluation(channels: channels, ring: ring, ks: ks, budgets: budgetList,
                                   models: modelList, now: nowSeconds, concurrency: concurrency, timeout: .milliseconds(timeoutMs), catalogSize: catalog)
-            rows = await eval.run(heldOut: held, users: ids) { FileHandleStderr.write($0 + "\n") }
+            rows = await eval.run(heldOut: heldOut, users: ids) { FileHandleStderr.write($0 + "\n") }
         }
         for c in channels { await c.close() }
         if rows.allSatisfy({ $0.users == 0 }) {

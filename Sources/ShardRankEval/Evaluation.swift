@@ -14,58 +14,75 @@ public struct HeldOut: Sendable {
         public let description: String
     }
 
-    /// Reads `user_id,item_id,timestamp[,rating]` CSV (header required).
+    public init(relevant: [UInt64: Set<UInt64>], seen: [UInt64: Set<UInt64>] = [:]) { self.relevant = relevant; self.seen = seen }
+
+    /// Reads `user_id,item_id[,timestamp][,rating]` CSV (header required).
     /// - Throws: `ParseError` naming the file and the 1-based line.
     public static func read(path: String) throws -> HeldOut {
-        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
-            throw ParseError(description: "\(path): cannot read")
-        }
-        var lines = text.split(separator: "\n", omittingEmptySubsequences: false)
-        if lines.last == "" { lines.removeLast() }
-        guard let header = lines.first?.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) else {
-            throw ParseError(description: "\(path):1: empty file")
-        }
-        guard let u = header.firstIndex(of: "user_id"), let i = header.firstIndex(of: "item_id") else {
-            throw ParseError(description: "\(path):1: header must name user_id and item_id, got \(header.joined(separator: ","))")
-        }
-        var relevant: [UInt64: Set<UInt64>] = [:]
-        for (n, line) in lines.enumerated().dropFirst() {
-            let f = line.split(separator: ",", omittingEmptySubsequences: false)
-            guard f.count == header.count else {
-                throw ParseError(description: "\(path):\(n + 1): expected \(header.count) fields, got \(f.count)")
-            }
-            guard let user = UInt64(f[u].trimmingCharacters(in: .whitespaces)), let item = UInt64(f[i].trimmingCharacters(in: .whitespaces)) else {
-                throw ParseError(description: "\(path):\(n + 1): user_id and item_id must be unsigned integers")
-            }
-            relevant[user, default: []].insert(item)
-        }
-        guard !relevant.isEmpty else { throw ParseError(description: "\(path): no interactions") }
-        return HeldOut(relevant: relevant)
+        try HeldOut(path: path, Interactions.read(path: path))
+    }
+
+    /// The held-out sets of an interactions file already read from `path`.
+    /// - Throws: `ParseError` when it holds no interaction.
+    public init(path: String, _ file: Interactions) throws {
+        guard !file.byUser.isEmpty else { throw ParseError(description: "\(path): no interactions") }
+        self.init(relevant: file.itemSets)
     }
 }
 
-extension HeldOut {
-    /// The latest `timestamp` of an interactions CSV (header `...,timestamp,...`), or nil when the
-    /// file does not exist or has no timestamp column.
-    /// - Throws: `ParseError` naming the file and line of a malformed timestamp.
-    public static func latestTimestamp(path: String) throws -> Int64? {
-        guard let data = FileManager.default.contents(atPath: path) else { return nil }
-        var latest: Int64 = 0, column = -1, line = 0
+/// An interactions CSV (`user_id,item_id[,timestamp][,rating]`, header required): each user's
+/// interactions in time order (equal times, or no timestamp column: file order), and the latest
+/// timestamp. The one reader of the evaluation's held-out and training files.
+public struct Interactions: Sendable {
+    public var byUser: [UInt64: [(item: UInt64, time: Int64)]]
+    /// The latest timestamp (the moment a split was cut); nil without a timestamp column.
+    public var latest: Int64?
+
+    public var itemSets: [UInt64: Set<UInt64>] { byUser.mapValues { Set($0.map(\.item)) } }
+
+    /// - Throws: `HeldOut.ParseError` naming the file and the 1-based line (an unreadable file,
+    ///   a header without user_id and item_id, or without timestamp when `requireTimestamp`, a
+    ///   row with another number of fields than the header, a field that is not an integer).
+    public static func read(path: String, requireTimestamp: Bool = false) throws -> Interactions {
+        guard let data = FileManager.default.contents(atPath: path) else { throw HeldOut.ParseError(description: "\(path): cannot read") }
+        var byUser: [UInt64: [(item: UInt64, time: Int64)]] = [:]
+        var header: [String] = [], cu = 0, ci = 0, ct: Int?, latest: Int64?, line = 0
         for raw in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
             line += 1
             if raw.isEmpty { continue }
-            let fields = raw.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false)
-            if line == 1 {
-                guard let c = fields.firstIndex(where: { String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespaces) == "timestamp" }) else { return nil }
-                column = c
+            let f = raw.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false)
+                .map { String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) }
+            if header.isEmpty {
+                header = f
+                guard let u = f.firstIndex(of: "user_id"), let i = f.firstIndex(of: "item_id") else {
+                    throw HeldOut.ParseError(description: "\(path):\(line): header must name user_id and item_id, got \(f.joined(separator: ","))")
+                }
+                (cu, ci, ct) = (u, i, f.firstIndex(of: "timestamp"))
+                if requireTimestamp && ct == nil { throw HeldOut.ParseError(description: "\(path):\(line): header must name timestamp") }
                 continue
             }
-            guard column < fields.count, let t = Int64(String(decoding: fields[column], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) else {
-                throw ParseError(description: "\(path):\(line): timestamp must be an integer")
+            guard f.count == header.count else {
+                throw HeldOut.ParseError(description: "\(path):\(line): expected \(header.count) fields, got \(f.count)")
             }
-            latest = max(latest, t)
+            guard let u = UInt64(f[cu]), let i = UInt64(f[ci]) else {
+                throw HeldOut.ParseError(description: "\(path):\(line): user_id and item_id must be unsigned integers")
+            }
+            var t: Int64 = 0
+            if let ct {
+                guard let v = Int64(f[ct]) else { throw HeldOut.ParseError(description: "\(path):\(line): timestamp must be an integer") }
+                t = v
+                latest = max(latest ?? v, v)
+            }
+            byUser[u, default: []].append((i, t))
         }
-        return column >= 0 ? latest : nil
+        guard !header.isEmpty else { throw HeldOut.ParseError(description: "\(path):1: empty file") }
+        if ct != nil {
+            // Time order; equal times keep file order (a stable sort).
+            for (u, list) in byUser where zip(list, list.dropFirst()).contains(where: { $0.time > $1.time }) {
+                byUser[u] = list.enumerated().sorted { ($0.element.time, $0.offset) < ($1.element.time, $1.offset) }.map(\.element)
+            }
+        }
+        return Interactions(byUser: byUser, latest: latest)
     }
 }
 

@@ -4,41 +4,6 @@ public import RPCTransport
 public import ShardRankWire
 public import ShardRankClient
 
-/// Interactions in time order per user, from a `user_id,item_id,timestamp[,rating]` CSV.
-public struct TimedInteractions: Sendable {
-    public var byUser: [UInt64: [(item: UInt64, time: Int64)]]
-
-    /// - Throws: `HeldOut.ParseError` naming the file and line.
-    public static func read(path: String) throws -> TimedInteractions {
-        guard let data = FileManager.default.contents(atPath: path) else { throw HeldOut.ParseError(description: "\(path): cannot read") }
-        var byUser: [UInt64: [(item: UInt64, time: Int64)]] = [:]
-        var cu = -1, ci = -1, ct = -1, line = 0
-        for raw in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
-            line += 1
-            if raw.isEmpty { continue }
-            let f = raw.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false)
-                .map { String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) }
-            if line == 1 {
-                guard let u = f.firstIndex(of: "user_id"), let i = f.firstIndex(of: "item_id"), let t = f.firstIndex(of: "timestamp") else {
-                    throw HeldOut.ParseError(description: "\(path):1: header must name user_id, item_id and timestamp")
-                }
-                (cu, ci, ct) = (u, i, t)
-                continue
-            }
-            guard f.count > max(cu, ci, ct), let u = UInt64(f[cu]), let i = UInt64(f[ci]), let t = Int64(f[ct]) else {
-                throw HeldOut.ParseError(description: "\(path):\(line): user_id, item_id and timestamp must be integers")
-            }
-            byUser[u, default: []].append((i, t))
-        }
-        guard cu >= 0 else { throw HeldOut.ParseError(description: "\(path): empty file") }
-        // Time order; equal times keep file order (a stable sort).
-        for (u, list) in byUser {
-            byUser[u] = list.enumerated().sorted { ($0.element.time, $0.offset) < ($1.element.time, $1.offset) }.map(\.element)
-        }
-        return TimedInteractions(byUser: byUser)
-    }
-}
-
 /// The sequential protocol: each test user's held-out events are replayed one at a time —
 /// recommend, score against the events still to come, then record the next event (RecordEvents)
 /// — so the effect of fresh events on the answer is measured. Configurations: the stored (MF)
@@ -79,7 +44,7 @@ public struct SequentialEvaluation: Sendable {
     /// Rows in this order: stored, tower, stored + events, tower + events, new user (tower +
     /// events), new user (popularity). The tower rows are left out when the coordinator has no
     /// query tower (FAILED_PRECONDITION).
-    public func run(heldOut: TimedInteractions, train: TimedInteractions, users: [UInt64],
+    public func run(heldOut: Interactions, train: Interactions, users: [UInt64],
                     progress: (@Sendable (String) -> Void)? = nil) async -> [EvalRow] {
         var configs: [Config] = [
             Config(name: "stored", vector: .stored, events: false, newUser: false, sources: []),
@@ -180,7 +145,7 @@ public struct SequentialEvaluation: Sendable {
         }
     }
 
-    func evaluate(_ c: Config, heldOut: TimedInteractions, train: TimedInteractions, users: [UInt64]) async -> EvalRow {
+    func evaluate(_ c: Config, heldOut: Interactions, train: Interactions, users: [UInt64]) async -> EvalRow {
         var all: [Outcome] = []
         await withTaskGroup(of: Outcome.self) { group in
             var next = 0
