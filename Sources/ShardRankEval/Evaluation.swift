@@ -167,6 +167,27 @@ public struct Evaluation: Sendable {
         self.concurrency = concurrency; self.timeout = timeout; self.catalogSize = catalogSize
     }
 
+    /// `body` for every user with at most `concurrency` in flight; results in completion order.
+    static func forEach<T: Sendable>(_ users: [UInt64], concurrency: Int, _ body: @escaping @Sendable (UInt64) async -> T) async -> [T] {
+        var out: [T] = []
+        out.reserveCapacity(users.count)
+        await withTaskGroup(of: T.self) { group in
+            var next = 0
+            func add() {
+                guard next < users.count else { return }
+                let u = users[next]
+                next += 1
+                group.addTask { await body(u) }
+            }
+            for _ in 0 ..< max(1, concurrency) { add() }
+            while let o = await group.next() {
+                out.append(o)
+                add()
+            }
+        }
+        return out
+    }
+
     /// Per-source budgets for a total retrieval budget `b`.
     public static func split(_ b: Int) -> Budgets {
         Budgets(similarPerItem: UInt32(max(1, Int(Double(b) * 0.15 / 10))), genre: UInt32(max(1, Int(Double(b) * 0.15))),
@@ -201,31 +222,17 @@ public struct Evaluation: Sendable {
         let clients = channels.map { RecommenderClient(channel: $0) }, ring = self.ring
         let model = c.model, timeout = self.timeout, now = self.now
         typealias Outcome = (user: UInt64, items: [UInt64]?, ms: Double, degraded: Bool, candidates: Int)
-        var outcomes: [Outcome] = []
-        await withTaskGroup(of: Outcome.self) { group in
-            var next = 0
-            func add() {
-                guard next < users.count else { return }
-                let u = users[next]
-                next += 1
-                group.addTask {
-                    let t0 = ContinuousClock.now
-                    let req = RecommendRequest(userID: u, k: UInt32(k), budgets: c.budgets, model: model, diversityLambda: 1, sources: c.sources,
-                                               nowUnixSeconds: now)
-                    do {
-                        let r = try await clients[ring?.index(of: u) ?? 0].recommend(req, timeout: timeout)
-                        let d = ContinuousClock.now - t0
-                        return (u, r.items.map(\.itemID), Double(d.components.attoseconds) / 1e15 + Double(d.components.seconds) * 1000,
-                                r.coverage?.degraded ?? false, Int(r.candidates))
-                    } catch {
-                        return (u, nil, 0, false, 0)
-                    }
-                }
-            }
-            for _ in 0 ..< max(1, concurrency) { add() }
-            while let o = await group.next() {
-                outcomes.append(o)
-                add()
+        let outcomes = await Self.forEach(users, concurrency: concurrency) { u -> Outcome in
+            let t0 = ContinuousClock.now
+            let req = RecommendRequest(userID: u, k: UInt32(k), budgets: c.budgets, model: model, diversityLambda: 1, sources: c.sources,
+                                       nowUnixSeconds: now)
+            do {
+                let r = try await clients[ring?.index(of: u) ?? 0].recommend(req, timeout: timeout)
+                let d = ContinuousClock.now - t0
+                return (u, r.items.map(\.itemID), Double(d.components.attoseconds) / 1e15 + Double(d.components.seconds) * 1000,
+                        r.coverage?.degraded ?? false, Int(r.candidates))
+            } catch {
+                return (u, nil, 0, false, 0)
             }
         }
         var sums: [Int: [String: Double]] = [:]

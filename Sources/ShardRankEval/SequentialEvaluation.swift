@@ -146,21 +146,8 @@ public struct SequentialEvaluation: Sendable {
     }
 
     func evaluate(_ c: Config, heldOut: Interactions, train: Interactions, users: [UInt64]) async -> EvalRow {
-        var all: [Outcome] = []
-        await withTaskGroup(of: Outcome.self) { group in
-            var next = 0
-            func add() {
-                guard next < users.count else { return }
-                let u = users[next]
-                next += 1
-                let held = heldOut.byUser[u] ?? [], tr = train.byUser[u] ?? []
-                group.addTask { await self.replay(c, user: u, held: held, train: tr) }
-            }
-            for _ in 0 ..< max(1, concurrency) { add() }
-            while let o = await group.next() {
-                all.append(o)
-                add()
-            }
+        let all = await Evaluation.forEach(users, concurrency: concurrency) { u in
+            await self.replay(c, user: u, held: heldOut.byUser[u] ?? [], train: train.byUser[u] ?? [])
         }
         var sums: [Int: [String: Double]] = [:]
         var latencies: [Double] = []
