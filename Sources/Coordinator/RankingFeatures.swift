@@ -60,7 +60,7 @@ public enum RankingFeatures {
         if lists.count > 0 {
             for l in lists[0] {
                 let position = recency[l.key].map(Float.init) ?? .nan
-                for j in 0 ..< min(l.ids.count, l.scores.count) {
+                for j in 0 ..< min(l.ids.count, l.scores.count, plan.similarLimit) {
                     guard let i = index.get(l.ids[j]) else { continue }
                     best(2, i, Float(j))
                     m[i * f + 3] += 1
@@ -69,9 +69,11 @@ public enum RankingFeatures {
                 }
             }
         }
-        for (source, col) in [(1, 6), (2, 7), (3, 8)] where source < lists.count {
+        // Each list read to the length the plan asked for: a cached list may be longer, and the
+        // features must not depend on what the cache happens to hold.
+        for (source, col, limit) in [(1, 6, plan.genreLimit), (2, 7, plan.countryLimit), (3, 8, plan.popularLimit)] where source < lists.count {
             for l in lists[source] {
-                for j in 0 ..< l.ids.count {
+                for j in 0 ..< min(l.ids.count, limit) {
                     if let i = index.get(l.ids[j]) { best(col, i, Float(j)) }
                 }
             }

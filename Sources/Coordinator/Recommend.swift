@@ -117,23 +117,19 @@ extension Recommender {
         let ids = gathered.ids
         let matrix = ids.isEmpty ? nil : gathered.rows.matrix
         let now = req.nowUnixSeconds != 0 ? Double(req.nowUnixSeconds) : PostRanking.unixNow()
-        var scores: [Float]
+        // The model's scores; a learned ranker scores the features, whose `dot` column is the
+        // dot model's score (so that is computed once either way). Without a user vector (cold
+        // start), the best retrieval score, whatever the model.
+        let base = userVec == nil ? nil
+            : try Ranking.scores(model: ranker == nil ? req.model : "dot", mlp: model, user: userVec, rows: matrix, pool: pool)
+        var scores = base ?? Ranking.retrievalScores(ids: ids, merged: merged)
         var features: CandidateFeatures?
         if needFeatures {
-            let dot = userVec == nil ? nil : try Ranking.scores(model: "dot", mlp: nil, user: userVec, rows: matrix, pool: pool)
+            let dot = req.model == "mlp" && base != nil ? try Ranking.scores(model: "dot", mlp: nil, user: userVec, rows: matrix, pool: pool) : base
             let values = RankingFeatures.compute(ids: ids, dot: dot, plan: plan, lists: lists, search: srch.items, attributes: attributes,
                                                  genres: genreVocabulary, now: now)
-            if let ranker, userVec != nil {
-                scores = ranker.scores(values, rows: ids.count, pool: pool)
-            } else if userVec == nil {
-                scores = Ranking.retrievalScores(ids: ids, merged: merged)
-            } else {
-                scores = req.model == "mlp" ? try Ranking.scores(model: req.model, mlp: model, user: userVec, rows: matrix, pool: pool) : dot ?? []
-            }
+            if let ranker, base != nil { scores = ranker.scores(values, rows: ids.count, pool: pool) }
             if req.returnFeatures { features = CandidateFeatures(names: RankingFeatures.names, itemIDs: ids, values: values) }
-        } else {
-            scores = userVec == nil ? Ranking.retrievalScores(ids: ids, merged: merged)
-                                    : try Ranking.scores(model: req.model, mlp: model, user: userVec, rows: matrix, pool: pool)
         }
         let t4 = ContinuousClock.now
 

@@ -28,6 +28,7 @@ struct LinearRanker: LearnedRanker {
         var plan = RetrievalPlan(k: 10)
         plan.recent = [7, 8, 9]
         plan.genres = ["Drama", "Action"]
+        plan.similarPerItem = 3; plan.genreBudget = 2; plan.countryBudget = 1; plan.popularBudget = 1
         plan.setSeen([7, 8, 9, 50])
         let ids: [UInt64] = [100, 101, 102, 103]
         let similar = [RankedList(key: "8", ids: [7, 100, 101], scores: [0.9, 0.5, 0.4]),
@@ -62,6 +63,22 @@ struct LinearRanker: LearnedRanker {
         // Drama (the 1st genre) weighs 3, Action (2nd) 2.
         #expect(v(0, "genre_affinity") == 2 && v(1, "genre_affinity") == 3 && v(2, "genre_affinity") == 5)
         #expect((0 ..< 4).allSatisfy { v($0, "seen_count") == 4 })
+    }
+
+    /// A list longer than the plan asked for (a cached one) reads as if it had the asked length.
+    @Test func listsAreReadToThePlansLengthOnly() {
+        var plan = RetrievalPlan(k: 10)
+        plan.recent = [7]
+        plan.similarPerItem = 2; plan.popularBudget = 1
+        #expect(plan.similarLimit == 2 && plan.popularLimit == 1, "nothing seen: no over-fetch")
+        let long = [RankedList(key: "7", ids: [100, 101, 102], scores: [0.3, 0.2, 0.1])]
+        let popular = [RankedList(key: "all", ids: [101, 102], scores: [2, 1])]
+        let m = RankingFeatures.compute(ids: [101, 102], dot: nil, plan: plan, lists: [long, [], [], popular], search: [], attributes: nil,
+                                        genres: [], now: 0)
+        let f = RankingFeatures.count
+        #expect(m[column("similar_rank")] == 1 && m[column("similar_count")] == 1)
+        #expect(m[f + column("similar_count")] == 0 && m[f + column("similar_rank")].isNaN, "102 is past the asked length")
+        #expect(m[column("popular_rank")] == 0 && m[f + column("popular_rank")].isNaN)
     }
 
     @Test func coldStartHasNoDot() {
