@@ -227,20 +227,40 @@ extension Recommender {
     /// `RecordEvents`'s input rules, with INVALID_ARGUMENT naming the field (and the event's
     /// index): a user id; 1...`maxEventsPerCall` events; each with an item id, a known kind and
     /// a timestamp in 0...`SessionStore.maxTimestamp` (0 = now).
-    static func validate(_ req: RecordEventsRequest) throws(RPCError) {
-        guard req.userID != 0 else { throw RPCError(.invalidArgument, "user_id is required (got 0)") }
+    static func validate(_ req: RecordEventsRequest, field prefix: String = "") throws(RPCError) {
+        guard req.userID != 0 else { throw RPCError(.invalidArgument, "\(prefix)user_id is required (got 0)") }
         guard (req.replace || !req.events.isEmpty), req.events.count <= maxEventsPerCall else {
-            throw RPCError(.invalidArgument, "events has \(req.events.count) entries: 1...\(maxEventsPerCall) per call (0 only with replace)")
+            throw RPCError(.invalidArgument, "\(prefix)events has \(req.events.count) entries: 1...\(maxEventsPerCall) per call (0 only with replace)")
         }
         for (i, e) in req.events.enumerated() {
-            guard e.itemID != 0 else { throw RPCError(.invalidArgument, "events[\(i)].item_id is 0") }
+            guard e.itemID != 0 else { throw RPCError(.invalidArgument, "\(prefix)events[\(i)].item_id is 0") }
             guard e.timestampUnixSeconds >= 0 else {
-                throw RPCError(.invalidArgument, "events[\(i)].timestamp_unix_s is \(e.timestampUnixSeconds): it must be >= 0 (0 = now)")
+                throw RPCError(.invalidArgument, "\(prefix)events[\(i)].timestamp_unix_s is \(e.timestampUnixSeconds): it must be >= 0 (0 = now)")
             }
             guard e.timestampUnixSeconds <= SessionStore.maxTimestamp else {
-                throw RPCError(.invalidArgument, "events[\(i)].timestamp_unix_s is \(e.timestampUnixSeconds), past the limit of \(SessionStore.maxTimestamp)")
+                throw RPCError(.invalidArgument, "\(prefix)events[\(i)].timestamp_unix_s is \(e.timestampUnixSeconds), past the limit of \(SessionStore.maxTimestamp)")
             }
-            guard e.kind != nil else { throw RPCError(.invalidArgument, "events[\(i)].kind is \(e.kindValue), not an EventKind (0...4)") }
+            guard e.kind != nil else { throw RPCError(.invalidArgument, "\(prefix)events[\(i)].kind is \(e.kindValue), not an EventKind (0...4)") }
+        }
+    }
+
+    /// Most entries (users) and events one RecordEventsBatch call may carry.
+    public static let maxBatchUsers = 1000
+    public static let maxBatchEvents = 10_000
+
+    /// `RecordEventsBatch`'s input rules: 1...`maxBatchUsers` entries, at most `maxBatchEvents`
+    /// events in all, each entry valid as a RecordEvents request (the message names `users[i]`).
+    static func validate(_ req: RecordEventsBatchRequest) throws(RPCError) {
+        guard !req.users.isEmpty, req.users.count <= maxBatchUsers else {
+            throw RPCError(.invalidArgument, "users has \(req.users.count) entries: 1...\(maxBatchUsers) per call")
+        }
+        var total = 0
+        for (i, u) in req.users.enumerated() {
+            try validate(u, field: "users[\(i)].")
+            total += u.events.count
+        }
+        guard total <= maxBatchEvents else {
+            throw RPCError(.invalidArgument, "the batch holds \(total) events: at most \(maxBatchEvents) per call")
         }
     }
 
@@ -254,6 +274,21 @@ extension Recommender {
         }
         let held = sessions.record(user: req.userID, events: req.events, replace: req.replace)
         return RecordEventsResponse(accepted: UInt32(req.events.count), sessionEvents: UInt32(held))
+    }
+
+    /// `RecordEventsBatch`: every entry checked first (one bad entry refuses the whole batch, so
+    /// none of it is applied), then each applied in order as `recordEvents` would.
+    public func recordEventsBatch(_ req: RecordEventsBatchRequest, context ctx: ServerContext) throws(RPCError) -> RecordEventsBatchResponse {
+        try Self.validate(req)
+        guard let sessions else {
+            throw RPCError(.failedPrecondition, "sessions are off on this coordinator (coordinator.session_users is 0)")
+        }
+        var accepted = 0
+        for u in req.users {
+            sessions.record(user: u.userID, events: u.events, replace: u.replace)
+            accepted += u.events.count
+        }
+        return RecordEventsBatchResponse(accepted: UInt32(accepted), users: UInt32(req.users.count))
     }
 }
 
@@ -278,6 +313,9 @@ public struct RecommenderService: RPCService {
             }),
             RPCMethod(service: serviceName, method: "RecordEvents", placement: .inline, handler: .unary { bytes, ctx throws(RPCError) in
                 try r.recordEvents(try RecordEventsRequest.decode(bytes), context: ctx).encoded()
+            }),
+            RPCMethod(service: serviceName, method: "RecordEventsBatch", placement: .inline, handler: .unary { bytes, ctx throws(RPCError) in
+                try r.recordEventsBatch(try RecordEventsBatchRequest.decode(bytes), context: ctx).encoded()
             }),
         ]
     }

@@ -360,6 +360,9 @@ struct Caller: Sendable {
             case .record(let q):
                 _ = try await RecommenderClient(channel: channel).recordEvents(q, timeout: timeout)
                 return .ok(vectors: 0, degraded: false, timings: nil)
+            case .recordBatch(let q):
+                _ = try await RecommenderClient(channel: channel).recordEventsBatch(q, timeout: timeout)
+                return .ok(vectors: 0, degraded: false, timings: nil)
             }
         } catch {
             return .failed(error.code)

@@ -56,6 +56,10 @@ public struct LoadTestConfiguration: Sendable {
     public var candidates = 100
     /// Recommend/Rank: the ranking model ("" = the coordinator's default, dot).
     public var model = ""
+    /// Recommend: which user vector to ask for (`auto`: the coordinator decides).
+    public var userVector: UserVectorMode = .auto
+    /// Record: users per call; 1 sends RecordEvents, more sends RecordEventsBatch (one view each).
+    public var recordBatch = 1
 
     public init(target: String) { self.target = target }
 
@@ -95,6 +99,9 @@ public struct LoadTestConfiguration: Sendable {
         } else {
             try need(users >= 1, "--users must be ≥ 1 (got \(users))")
             if mix.contains(.rank) { try need(candidates >= 1 && candidates <= 100_000, "--candidates must be 1...100000 (got \(candidates))") }
+            try need(recordBatch >= 1 && recordBatch <= 1000, "--record-batch must be 1...1000 users per call (got \(recordBatch))")
+            try need(recordBatch == 1 || targets.count == 1,
+                     "--record-batch \(recordBatch) sends each batch to one coordinator: give one --target (users of a batch are not routed over several)")
         }
         if let idSpace { try need(idSpace >= 1, "--id-space must be ≥ 1 (got \(idSpace))") }
         if let ids { try need(!ids.isEmpty, "--ids-from holds no ids") }

@@ -8,6 +8,7 @@ public enum PlannedRequest: Sendable {
     case rank(RankRequest)
     case similar(SimilarRequest)
     case record(RecordEventsRequest)
+    case recordBatch(RecordEventsBatchRequest)
 
     public var operation: LoadOperation {
         switch self {
@@ -16,7 +17,7 @@ public enum PlannedRequest: Sendable {
         case .recommend: .recommend
         case .rank: .rank
         case .similar: .similar
-        case .record: .record
+        case .record, .recordBatch: .record
         }
     }
 }
@@ -39,11 +40,13 @@ public struct RequestShape: Sendable {
     public var users: Int
     public var candidates: Int
     public var model: String
+    public var userVector: UserVectorMode
+    public var recordBatch: Int
 
     public init(configuration c: LoadTestConfiguration, dim: Int, idSpace: Int) {
         mix = c.mix; table = c.table; batch = c.batch; dtype = c.dtype; k = c.k; queries = c.queries; searchMode = c.searchMode
         self.dim = dim; zipf = c.zipf; self.idSpace = c.ids?.count ?? idSpace; ids = c.ids
-        users = c.users; candidates = c.candidates; model = c.model
+        users = c.users; candidates = c.candidates; model = c.model; userVector = c.userVector; recordBatch = c.recordBatch
     }
 }
 
@@ -84,7 +87,7 @@ public struct RequestGenerator: Sendable {
             return .search(SearchRequest(table: shape.table, queries: q, dim: UInt32(shape.dim), k: UInt32(shape.k ?? 100),
                                          mode: shape.searchMode))
         case .recommend:
-            return .recommend(RecommendRequest(userID: userID(), k: UInt32(shape.k ?? 10), model: shape.model))
+            return .recommend(RecommendRequest(userID: userID(), k: UInt32(shape.k ?? 10), model: shape.model, userVector: shape.userVector))
         case .rank:
             var c = [UInt64](); c.reserveCapacity(shape.candidates)
             for _ in 0 ..< shape.candidates { c.append(itemID()) }
@@ -93,7 +96,15 @@ public struct RequestGenerator: Sendable {
             return .similar(SimilarRequest(itemID: itemID(), k: UInt32(shape.k ?? 10)))
         case .record:
             // Item ids are ranks from 0; an event's item id must not be 0.
-            return .record(RecordEventsRequest(userID: userID() + 1, events: [Event(itemID: itemID() + 1, kind: .view)]))
+            if shape.recordBatch == 1 {
+                return .record(RecordEventsRequest(userID: userID() + 1, events: [Event(itemID: itemID() + 1, kind: .view)]))
+            }
+            var users: [RecordEventsRequest] = []
+            users.reserveCapacity(shape.recordBatch)
+            for _ in 0 ..< shape.recordBatch {
+                users.append(RecordEventsRequest(userID: userID() + 1, events: [Event(itemID: itemID() + 1, kind: .view)]))
+            }
+            return .recordBatch(RecordEventsBatchRequest(users: users))
         }
     }
 }

@@ -1,6 +1,7 @@
 /// The RPCs the driver can send.
 public enum LoadOperation: String, Sendable, CaseIterable, Codable, Comparable {
-    /// `record`: a RecordEvents call of one view of a random item for a random user.
+    /// `record`: a RecordEvents call of one view of a random item for a random user (or, with
+    /// `recordBatch` > 1, a RecordEventsBatch call of that many such users).
     case lookup, search, recommend, rank, similar, record
 
     /// Shard (`shardrank.v1.Shard`) or coordinator (`shardrank.v1.Recommender`) method.

@@ -166,6 +166,8 @@ struct RecommendMetrics: RecommendObserver {
     let degraded: Prometheus.Counter
     let coldStart: Prometheus.Counter
     let answered: Prometheus.Counter
+    /// Indexed by `UserVectorSource.rawValue`.
+    let userVector: [Prometheus.Counter]
 
     init(metrics: ServerMetrics) {
         let r = metrics.registry
@@ -178,12 +180,17 @@ struct RecommendMetrics: RecommendObserver {
         degraded = r.counter(name: "shardrank_recommend_degraded_total", help: "Recommend answers flagged degraded")
         coldStart = r.counter(name: "shardrank_recommend_cold_start_total", help: "Recommend answers for users without vector or profile")
         answered = r.counter(name: "shardrank_recommend_answers_total", help: "Recommend answers")
+        userVector = UserVectorSource.allCases.map {
+            r.counter(name: "shardrank_recommend_user_vector_total", labels: [("source", $0.description)],
+                      help: "Recommend answers by the user vector they used (stored, tower, none = cold start)")
+        }
     }
 
     func answered(_ response: RecommendResponse) {
         answered.increment()
         if response.coverage?.degraded == true { degraded.increment() }
         if response.coldStart { coldStart.increment() }
+        userVector[Int(response.userVectorSource.rawValue)].increment()
         if let t = response.timings {
             for (kp, hist) in stages { hist.record(.microseconds(Int64(t[keyPath: kp]))) }
         }

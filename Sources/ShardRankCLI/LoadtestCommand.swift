@@ -95,6 +95,12 @@ struct LoadtestCommand: AsyncParsableCommand {
     @Option(help: "Recommend/Rank: ranking model, dot or mlp (default: the coordinator's).")
     var model: String = ""
 
+    @Option(name: .customLong("user-vector"), help: "Recommend: which user vector to ask for: auto, stored or tower (tower needs a coordinator with --query-tower).")
+    var userVector: String = "auto"
+
+    @Option(name: .customLong("record-batch"), help: "Record: users per call (one view each); 1 calls RecordEvents, more call RecordEventsBatch (one --target).")
+    var recordBatch: Int = 1
+
     @Option(help: "Per-request deadline in milliseconds.")
     var timeoutMs: Int = 5000
 
@@ -160,6 +166,11 @@ struct LoadtestCommand: AsyncParsableCommand {
         c.users = users
         c.candidates = candidates
         c.model = model
+        guard let uv = UserVectorMode.allCases.first(where: { $0.description == userVector }) else {
+            throw ValidationError("--user-vector must be auto, stored or tower (got '\(userVector)')")
+        }
+        c.userVector = uv
+        c.recordBatch = recordBatch
         guard timeoutMs >= 1 else { throw ValidationError("--timeout-ms must be ≥ 1") }
         c.timeout = .milliseconds(timeoutMs)
         c.maxInFlight = maxInFlight

@@ -28,4 +28,11 @@ public struct RecommenderClient: Sendable {
         let bytes = try await channel.unary(path: "/shardrank.v1.Recommender/RecordEvents", request: request.encoded(), metadata: metadata, timeout: timeout)
         return try decodeResponse { () throws(RPCError) in try RecordEventsResponse.decode(bytes) }
     }
+
+    /// Many users' events in one call (an event pipeline's batch). Every user in it must belong
+    /// to this coordinator (`CoordinatorRing.coordinator(of:)`); one bad entry refuses the whole batch.
+    public func recordEventsBatch(_ request: RecordEventsBatchRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> RecordEventsBatchResponse {
+        let bytes = try await channel.unary(path: "/shardrank.v1.Recommender/RecordEventsBatch", request: request.encoded(), metadata: metadata, timeout: timeout)
+        return try decodeResponse { () throws(RPCError) in try RecordEventsBatchResponse.decode(bytes) }
+    }
 }

@@ -1,7 +1,7 @@
 import Foundation
 import RPCCore
 public import RPCTransport
-public import ShardRankWire
+import ShardRankWire
 public import ShardRankClient
 
 /// The sequential protocol: each test user's held-out events are replayed one at a time —

@@ -333,20 +333,21 @@ public struct RecordEventsRequest: Sendable, Hashable {
 
     public static func decode(_ bytes: [UInt8]) throws(RPCError) -> RecordEventsRequest {
         try ProtoC.unpack(bytes, "shardrank.v1.RecordEventsRequest", unpack: shardrank__v1__record_events_request__unpack,
-                          free: shardrank__v1__record_events_request__free_unpacked) { m in
-            let p = m.pointee
-            var events: [Event] = []
-            events.reserveCapacity(p.n_events)
-            for i in 0 ..< p.n_events {
-                let e = p.events[i]!.pointee
-                events.append(Event(itemID: e.item_id, kindValue: e.kind.rawValue, timestampUnixSeconds: e.timestamp_unix_s))
-            }
-            return RecordEventsRequest(userID: p.user_id, events: events, replace: p.replace != 0)
-        }
+                          free: shardrank__v1__record_events_request__free_unpacked) { m in RecordEventsRequest(m.pointee) }
     }
 
-    public func encoded() -> FramedMessage {
-        let arena = CArena()
+    init(_ p: Shardrank__V1__RecordEventsRequest) {
+        var events: [Event] = []
+        events.reserveCapacity(p.n_events)
+        for i in 0 ..< p.n_events {
+            let e = p.events[i]!.pointee
+            events.append(Event(itemID: e.item_id, kindValue: e.kind.rawValue, timestampUnixSeconds: e.timestamp_unix_s))
+        }
+        self.init(userID: p.user_id, events: events, replace: p.replace != 0)
+    }
+
+    /// The C message, its events held by `arena`.
+    func cMessage(in arena: CArena) -> Shardrank__V1__RecordEventsRequest {
         var m = Shardrank__V1__RecordEventsRequest()
         shardrank__v1__record_events_request__init(&m)
         m.user_id = userID
@@ -360,7 +361,62 @@ public struct RecordEventsRequest: Sendable, Hashable {
             c.timestamp_unix_s = e.timestampUnixSeconds
             return c
         })
+        return m
+    }
+
+    public func encoded() -> FramedMessage {
+        let arena = CArena()
+        var m = cMessage(in: arena)
         return withExtendedLifetime(arena) { ProtoC.pack(&m) }
+    }
+}
+
+/// Many users' events in one call (`RecordEventsBatch`): entries apply in order.
+public struct RecordEventsBatchRequest: Sendable, Hashable {
+    public var users: [RecordEventsRequest]
+    public init(users: [RecordEventsRequest]) { self.users = users }
+
+    public static func decode(_ bytes: [UInt8]) throws(RPCError) -> RecordEventsBatchRequest {
+        try ProtoC.unpack(bytes, "shardrank.v1.RecordEventsBatchRequest", unpack: shardrank__v1__record_events_batch_request__unpack,
+                          free: shardrank__v1__record_events_batch_request__free_unpacked) { m in
+            let p = m.pointee
+            var users: [RecordEventsRequest] = []
+            users.reserveCapacity(p.n_users)
+            for i in 0 ..< p.n_users { users.append(RecordEventsRequest(p.users[i]!.pointee)) }
+            return RecordEventsBatchRequest(users: users)
+        }
+    }
+
+    public func encoded() -> FramedMessage {
+        let arena = CArena()
+        var m = Shardrank__V1__RecordEventsBatchRequest()
+        shardrank__v1__record_events_batch_request__init(&m)
+        m.n_users = users.count
+        m.users = arena.pointerArray(users.map { $0.cMessage(in: arena) })
+        return withExtendedLifetime(arena) { ProtoC.pack(&m) }
+    }
+}
+
+public struct RecordEventsBatchResponse: Sendable, Hashable {
+    /// Events taken, over all entries.
+    public var accepted: UInt32
+    /// Entries applied (all of the request's).
+    public var users: UInt32
+    public init(accepted: UInt32, users: UInt32) { self.accepted = accepted; self.users = users }
+
+    public static func decode(_ bytes: [UInt8]) throws(RPCError) -> RecordEventsBatchResponse {
+        try ProtoC.unpack(bytes, "shardrank.v1.RecordEventsBatchResponse", unpack: shardrank__v1__record_events_batch_response__unpack,
+                          free: shardrank__v1__record_events_batch_response__free_unpacked) { m in
+            RecordEventsBatchResponse(accepted: m.pointee.accepted, users: m.pointee.users)
+        }
+    }
+
+    public func encoded() -> FramedMessage {
+        var m = Shardrank__V1__RecordEventsBatchResponse()
+        shardrank__v1__record_events_batch_response__init(&m)
+        m.accepted = accepted
+        m.users = users
+        return ProtoC.pack(&m)
     }
 }
 

@@ -274,6 +274,50 @@ extension CoordinatorTests {
             }
         }
 
+        /// A batch applies its entries in order, as one call each would; one bad entry (or too
+        /// many entries or events) refuses the whole batch, naming the entry, and records nothing.
+        @Test func recordEventsBatchAppliesAllOrNothing() async throws {
+            let c = try await Cluster()
+            defer { Task { await c.stop() } }
+            let r = c.recommender
+            let good = RecordEventsRequest(userID: 11, events: views([1001, 1002]))
+            let refused: [(RecordEventsBatchRequest, String)] = [
+                (RecordEventsBatchRequest(users: []), "users has 0 entries: 1...1000"),
+                (RecordEventsBatchRequest(users: Array(repeating: good, count: 1001)), "users has 1001 entries"),
+                (RecordEventsBatchRequest(users: [good, RecordEventsRequest(userID: 12, events: views([5])),
+                                                  RecordEventsRequest(userID: 13, events: views([6, 0]))]), "users[2].events[1].item_id is 0"),
+                (RecordEventsBatchRequest(users: [good, RecordEventsRequest(userID: 0, events: views([5]))]), "users[1].user_id"),
+                (RecordEventsBatchRequest(users: Array(repeating: RecordEventsRequest(userID: 14, events: views((1 ... 1000).map(UInt64.init))), count: 11)),
+                 "holds 11000 events: at most 10000"),
+            ]
+            for (req, message) in refused {
+                do {
+                    _ = try r.recordEventsBatch(req, context: Cluster.context())
+                    Issue.record("accepted: \(message)")
+                } catch {
+                    #expect(error.code == .invalidArgument && error.message.contains(message), "\(error)")
+                }
+            }
+            #expect(r.sessions?.usage.users == 0, "a refused batch records nothing, not even its good entries")
+            let batch = RecordEventsBatchRequest(users: [good, RecordEventsRequest(userID: 12, events: views([1003])),
+                                                         RecordEventsRequest(userID: 11, events: views([1004])),
+                                                         RecordEventsRequest(userID: 12, events: views([1005]), replace: true)])
+            let ack = try r.recordEventsBatch(batch, context: Cluster.context())
+            #expect(ack == RecordEventsBatchResponse(accepted: 5, users: 4))
+            #expect(r.sessions?.session(of: 11).items == [1004, 1002, 1001], "in order, the latest first")
+            #expect(r.sessions?.session(of: 12).items == [1005], "the later replace wins")
+            let next = try await r.recommend(RecommendRequest(userID: 11, k: 240, diversityLambda: 1), context: Cluster.context())
+            #expect(next.sessionEvents == 3 && !next.items.contains { [1001, 1002, 1004].contains($0.itemID) })
+            // Through the service's handler, registered inline.
+            let service = RecommenderService(recommender: r)
+            let method = try #require(service.methods.first { $0.path == "/shardrank.v1.Recommender/RecordEventsBatch" })
+            #expect(method.placement == .inline)
+            guard case .unary(let handler) = method.handler else { Issue.record("not a unary handler"); return }
+            let bytes = Array(RecordEventsBatchRequest(users: [RecordEventsRequest(userID: 15, events: views([1010]))]).encoded().payload)
+            #expect(try RecordEventsBatchResponse.decode(Array(try handler(bytes, Cluster.context()).payload)) == RecordEventsBatchResponse(accepted: 1, users: 1))
+            #expect(r.sessions?.session(of: 15).items == [1010])
+        }
+
         /// The service registers RecordEvents inline, and its handler decodes, records and encodes.
         @Test func theServiceAnswersRecordEvents() async throws {
             let c = try await Cluster()

@@ -219,4 +219,56 @@ def test_eval_and_loadtest_route_users_over_several_coordinators(pb, rpb, tmp_pa
     assert out.returncode == 0, out.stderr
     after = [value(scrape(a), "shardrank_rpc_requests_total", method=path, code="OK") for a in admins]
     assert all(a > s for a, s in zip(after, served)), (served, after)
+    # record-events --file: each user's rows reach the user's ring coordinator (RecordEventsBatch),
+    # in file order, in batches of at most --batch users; only that coordinator holds the session.
+    stub = [rpb[1].RecommenderStub(grpc.insecure_channel(t)) for t in targets]
+    events_csv = tmp_path / "events.csv"
+    rows = [(u, cl.ids[(u - 100) * 5 + j]) for u in range(101, 131) for j in range(1 + u % 3)]
+    events_csv.write_text("user_id,item_id,timestamp,kind,rating\n" + "".join(f"{u},{i},0,click,4\n" for u, i in rows))
+    out = subprocess.run([shardrank_bin(), "record-events", "--coordinator", ",".join(targets), "--file", str(events_csv), "--batch", "4"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    per = [sum(1 for u in range(101, 131) if ring(targets, u) == i) for i in range(2)]
+    assert out.stdout.strip() == f"{len(rows)} events of 30 users recorded in {sum(-(-n // 4) for n in per)} calls to 2 coordinator(s)", out.stdout
+    batch_path = "/shardrank.v1.Recommender/RecordEventsBatch"
+    assert [value(scrape(a), "shardrank_rpc_requests_total", method=batch_path, code="OK") for a in admins] == [-(-n // 4) for n in per]
+    for u in range(101, 131):
+        home = ring(targets, u)
+        for i in (0, 1):
+            r = stub[i].Recommend(rpb[0].RecommendRequest(user_id=u, k=10), timeout=5)
+            assert r.session_events == (1 + u % 3 if i == home else 0), (u, i, r.session_events)
+    # A bad row: exit status 2, the file and line named, nothing sent.
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,item_id\n1,5\n2,0\n")
+    out = subprocess.run([shardrank_bin(), "record-events", "--coordinator", targets[0], "--file", str(bad)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and f"{bad}:3: item_id '0'" in out.stderr, (out.returncode, out.stderr)
+    assert stub[ring(targets, 1)].Recommend(rpb[0].RecommendRequest(user_id=1, k=10), timeout=5).session_events == 0
+    cl.close()
+
+
+def test_record_events_batch_and_the_user_vector_metric(pb, rpb, tmp_path, server_factory):
+    from test_metrics import scrape, value
+    cl = LocalCluster(tmp_path, server_factory)
+    stub = rpb[1].RecommenderStub(cl.channel)
+    entry = lambda u, ids, **kw: rpb[0].RecordEventsRequest(user_id=u, events=events(rpb, ids), **kw)
+    # One bad entry refuses the batch, naming it; nothing of it is applied.
+    with pytest.raises(grpc.RpcError) as e:
+        stub.RecordEventsBatch(rpb[0].RecordEventsBatchRequest(users=[entry(7, [cl.ids[1]]), entry(8, [cl.ids[2], 0])]), timeout=5)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "users[1].events[1].item_id" in e.value.details(), e.value.details()
+    assert stub.Recommend(rpb[0].RecommendRequest(user_id=7, k=10), timeout=5).session_events == 0
+    with pytest.raises(grpc.RpcError) as e:
+        stub.RecordEventsBatch(rpb[0].RecordEventsBatchRequest(users=[]), timeout=5)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "users has 0 entries" in e.value.details()
+    # A good batch: entries in order; the next Recommend of each user excludes the items.
+    before = stub.Recommend(rpb[0].RecommendRequest(user_id=7, k=10, diversity_lambda=1.0), timeout=5)
+    top = [it.item_id for it in before.items[:3]]
+    ack = stub.RecordEventsBatch(rpb[0].RecordEventsBatchRequest(users=[entry(7, top[:2]), entry(9, [cl.ids[4]]), entry(7, top[2:])]), timeout=5)
+    assert (ack.accepted, ack.users) == (4, 3)
+    after = stub.Recommend(rpb[0].RecommendRequest(user_id=7, k=10, diversity_lambda=1.0), timeout=5)
+    assert after.session_events == 3 and not set(top) & {it.item_id for it in after.items}
+    # Every answer is counted by the user vector it used.
+    text = scrape(cl.admin_port)
+    answers = value(text, "shardrank_recommend_answers_total")
+    by_source = {s: value(text, "shardrank_recommend_user_vector_total", source=s) for s in ("stored", "tower", "none")}
+    assert by_source["tower"] == 0 and by_source["stored"] >= 2 and sum(by_source.values()) == answers, (by_source, answers)
     cl.close()

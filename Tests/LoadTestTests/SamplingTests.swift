@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import LoadTest
+import ShardRankWire
 
 @Suite struct ZipfSamplerTests {
     /// Every rank's empirical frequency is within 5 standard errors of the exact probability.
@@ -270,5 +271,27 @@ import Testing
         }
         #expect(users == [1, 2, 3, 4, 5] && items == [1, 2, 3])
         #expect(throws: LoadTestError.self) { try RequestMix.parse("record,lookup") }
+        // --record-batch N: one RecordEventsBatch of N such users per call, to one target.
+        c.recordBatch = 40
+        var b = RequestGenerator(shape: RequestShape(configuration: c, dim: 0, idSpace: 3), seed: 2)
+        guard case .recordBatch(let batch) = b.next() else { Issue.record("not a batch"); return }
+        #expect(batch.users.count == 40 && batch.users.allSatisfy { (1 ... 5).contains($0.userID) && $0.events.count == 1 && (1 ... 3).contains($0.events[0].itemID) })
+        #expect(b.next().operation == .record)
+        #expect(errorOf { $0.mix = try! RequestMix.parse("record"); $0.recordBatch = 0 }?.contains("--record-batch") == true)
+        #expect(errorOf { $0.mix = try! RequestMix.parse("record"); $0.recordBatch = 1001 }?.contains("--record-batch") == true)
+        #expect(errorOf { $0.mix = try! RequestMix.parse("record"); $0.recordBatch = 2; $0.target = "h:1,h:2" }?.contains("one --target") == true)
+        #expect(errorOf { $0.mix = try! RequestMix.parse("record"); $0.recordBatch = 1; $0.target = "h:1,h:2" } == nil)
+    }
+
+    /// `--user-vector`: every Recommend asks for the configured vector.
+    @Test func recommendAsksForTheUserVector() {
+        for mode in UserVectorMode.allCases {
+            var c = LoadTestConfiguration(target: "h:1")
+            c.mix = try! RequestMix.parse("recommend")
+            c.userVector = mode
+            var g = RequestGenerator(shape: RequestShape(configuration: c, dim: 0, idSpace: 3), seed: 2)
+            guard case .recommend(let r) = g.next() else { Issue.record("not a recommend"); return }
+            #expect(r.userVector == mode)
+        }
     }
 }

@@ -41,4 +41,20 @@ import RPCCore
         // RecordEventsResponse: accepted (1) = 2, session_events (2) = 9.
         #expect(Array(RecordEventsResponse(accepted: 2, sessionEvents: 9).encoded().payload) == [0x08, 0x02, 0x10, 0x09])
     }
+
+    @Test func recordEventsBatchRoundTripAndFieldNumbers() throws {
+        let q = RecordEventsBatchRequest(users: [
+            RecordEventsRequest(userID: 1, events: [Event(itemID: 7, kind: .click, timestampUnixSeconds: 5)]),
+            RecordEventsRequest(userID: 2, events: [], replace: true),
+            RecordEventsRequest(userID: 1, events: [Event(itemID: 8), Event(itemID: 9, kindValue: 42, timestampUnixSeconds: 0)]),
+        ])
+        #expect(try RecordEventsBatchRequest.decode(Array(q.encoded().payload)) == q)
+        #expect(try RecordEventsBatchRequest.decode([]) == RecordEventsBatchRequest(users: []))
+        // users (1) = RecordEventsRequest{user_id (1) = 5}, twice.
+        #expect(try RecordEventsBatchRequest.decode([0x0A, 0x02, 0x08, 0x05, 0x0A, 0x02, 0x08, 0x06]).users.map(\.userID) == [5, 6])
+        // RecordEventsBatchResponse: accepted (1) = 300, users (2) = 3.
+        let r = RecordEventsBatchResponse(accepted: 300, users: 3)
+        #expect(Array(r.encoded().payload) == [0x08, 0xAC, 0x02, 0x10, 0x03])
+        #expect(try RecordEventsBatchResponse.decode(Array(r.encoded().payload)) == r)
+    }
 }

@@ -457,6 +457,96 @@ void   shardrank__v1__record_events_response__free_unpacked
   assert(message->base.descriptor == &shardrank__v1__record_events_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   shardrank__v1__record_events_batch_request__init
+                     (Shardrank__V1__RecordEventsBatchRequest         *message)
+{
+  static const Shardrank__V1__RecordEventsBatchRequest init_value = SHARDRANK__V1__RECORD_EVENTS_BATCH_REQUEST__INIT;
+  *message = init_value;
+}
+size_t shardrank__v1__record_events_batch_request__get_packed_size
+                     (const Shardrank__V1__RecordEventsBatchRequest *message)
+{
+  assert(message->base.descriptor == &shardrank__v1__record_events_batch_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t shardrank__v1__record_events_batch_request__pack
+                     (const Shardrank__V1__RecordEventsBatchRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &shardrank__v1__record_events_batch_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t shardrank__v1__record_events_batch_request__pack_to_buffer
+                     (const Shardrank__V1__RecordEventsBatchRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &shardrank__v1__record_events_batch_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Shardrank__V1__RecordEventsBatchRequest *
+       shardrank__v1__record_events_batch_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Shardrank__V1__RecordEventsBatchRequest *)
+     protobuf_c_message_unpack (&shardrank__v1__record_events_batch_request__descriptor,
+                                allocator, len, data);
+}
+void   shardrank__v1__record_events_batch_request__free_unpacked
+                     (Shardrank__V1__RecordEventsBatchRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &shardrank__v1__record_events_batch_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   shardrank__v1__record_events_batch_response__init
+                     (Shardrank__V1__RecordEventsBatchResponse         *message)
+{
+  static const Shardrank__V1__RecordEventsBatchResponse init_value = SHARDRANK__V1__RECORD_EVENTS_BATCH_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t shardrank__v1__record_events_batch_response__get_packed_size
+                     (const Shardrank__V1__RecordEventsBatchResponse *message)
+{
+  assert(message->base.descriptor == &shardrank__v1__record_events_batch_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t shardrank__v1__record_events_batch_response__pack
+                     (const Shardrank__V1__RecordEventsBatchResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &shardrank__v1__record_events_batch_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t shardrank__v1__record_events_batch_response__pack_to_buffer
+                     (const Shardrank__V1__RecordEventsBatchResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &shardrank__v1__record_events_batch_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Shardrank__V1__RecordEventsBatchResponse *
+       shardrank__v1__record_events_batch_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Shardrank__V1__RecordEventsBatchResponse *)
+     protobuf_c_message_unpack (&shardrank__v1__record_events_batch_response__descriptor,
+                                allocator, len, data);
+}
+void   shardrank__v1__record_events_batch_response__free_unpacked
+                     (Shardrank__V1__RecordEventsBatchResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &shardrank__v1__record_events_batch_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   shardrank__v1__candidate_features__init
                      (Shardrank__V1__CandidateFeatures         *message)
 {
@@ -1634,6 +1724,95 @@ const ProtobufCMessageDescriptor shardrank__v1__record_events_response__descript
   (ProtobufCMessageInit) shardrank__v1__record_events_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+static const ProtobufCFieldDescriptor shardrank__v1__record_events_batch_request__field_descriptors[1] =
+{
+  {
+    "users",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Shardrank__V1__RecordEventsBatchRequest, n_users),
+    offsetof(Shardrank__V1__RecordEventsBatchRequest, users),
+    &shardrank__v1__record_events_request__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned shardrank__v1__record_events_batch_request__field_indices_by_name[] = {
+  0,   /* field[0] = users */
+};
+static const ProtobufCIntRange shardrank__v1__record_events_batch_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor shardrank__v1__record_events_batch_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "shardrank.v1.RecordEventsBatchRequest",
+  "RecordEventsBatchRequest",
+  "Shardrank__V1__RecordEventsBatchRequest",
+  "shardrank.v1",
+  sizeof(Shardrank__V1__RecordEventsBatchRequest),
+  1,
+  shardrank__v1__record_events_batch_request__field_descriptors,
+  shardrank__v1__record_events_batch_request__field_indices_by_name,
+  1,  shardrank__v1__record_events_batch_request__number_ranges,
+  (ProtobufCMessageInit) shardrank__v1__record_events_batch_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor shardrank__v1__record_events_batch_response__field_descriptors[2] =
+{
+  {
+    "accepted",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__RecordEventsBatchResponse, accepted),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "users",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__RecordEventsBatchResponse, users),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned shardrank__v1__record_events_batch_response__field_indices_by_name[] = {
+  0,   /* field[0] = accepted */
+  1,   /* field[1] = users */
+};
+static const ProtobufCIntRange shardrank__v1__record_events_batch_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor shardrank__v1__record_events_batch_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "shardrank.v1.RecordEventsBatchResponse",
+  "RecordEventsBatchResponse",
+  "Shardrank__V1__RecordEventsBatchResponse",
+  "shardrank.v1",
+  sizeof(Shardrank__V1__RecordEventsBatchResponse),
+  2,
+  shardrank__v1__record_events_batch_response__field_descriptors,
+  shardrank__v1__record_events_batch_response__field_indices_by_name,
+  1,  shardrank__v1__record_events_batch_response__number_ranges,
+  (ProtobufCMessageInit) shardrank__v1__record_events_batch_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 static const ProtobufCFieldDescriptor shardrank__v1__candidate_features__field_descriptors[3] =
 {
   {
@@ -2048,17 +2227,19 @@ const ProtobufCEnumDescriptor shardrank__v1__event_kind__descriptor =
   shardrank__v1__event_kind__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCMethodDescriptor shardrank__v1__recommender__method_descriptors[4] =
+static const ProtobufCMethodDescriptor shardrank__v1__recommender__method_descriptors[5] =
 {
   { "Recommend", &shardrank__v1__recommend_request__descriptor, &shardrank__v1__recommend_response__descriptor },
   { "Rank", &shardrank__v1__rank_request__descriptor, &shardrank__v1__rank_response__descriptor },
   { "Similar", &shardrank__v1__similar_request__descriptor, &shardrank__v1__similar_response__descriptor },
   { "RecordEvents", &shardrank__v1__record_events_request__descriptor, &shardrank__v1__record_events_response__descriptor },
+  { "RecordEventsBatch", &shardrank__v1__record_events_batch_request__descriptor, &shardrank__v1__record_events_batch_response__descriptor },
 };
 const unsigned shardrank__v1__recommender__method_indices_by_name[] = {
   1,        /* Rank */
   0,        /* Recommend */
   3,        /* RecordEvents */
+  4,        /* RecordEventsBatch */
   2         /* Similar */
 };
 const ProtobufCServiceDescriptor shardrank__v1__recommender__descriptor =
@@ -2068,7 +2249,7 @@ const ProtobufCServiceDescriptor shardrank__v1__recommender__descriptor =
   "Recommender",
   "Shardrank__V1__Recommender",
   "shardrank.v1",
-  4,
+  5,
   shardrank__v1__recommender__method_descriptors,
   shardrank__v1__recommender__method_indices_by_name
 };
@@ -2103,6 +2284,14 @@ void shardrank__v1__recommender__record_events(ProtobufCService *service,
 {
   assert(service->descriptor == &shardrank__v1__recommender__descriptor);
   service->invoke(service, 3, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void shardrank__v1__recommender__record_events_batch(ProtobufCService *service,
+                                                     const Shardrank__V1__RecordEventsBatchRequest *input,
+                                                     Shardrank__V1__RecordEventsBatchResponse_Closure closure,
+                                                     void *closure_data)
+{
+  assert(service->descriptor == &shardrank__v1__recommender__descriptor);
+  service->invoke(service, 4, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void shardrank__v1__recommender__init (Shardrank__V1__Recommender_Service *service,
                                        Shardrank__V1__Recommender_ServiceDestroy destroy)

@@ -26,6 +26,8 @@ typedef struct Shardrank__V1__RecommendResponse Shardrank__V1__RecommendResponse
 typedef struct Shardrank__V1__Event Shardrank__V1__Event;
 typedef struct Shardrank__V1__RecordEventsRequest Shardrank__V1__RecordEventsRequest;
 typedef struct Shardrank__V1__RecordEventsResponse Shardrank__V1__RecordEventsResponse;
+typedef struct Shardrank__V1__RecordEventsBatchRequest Shardrank__V1__RecordEventsBatchRequest;
+typedef struct Shardrank__V1__RecordEventsBatchResponse Shardrank__V1__RecordEventsBatchResponse;
 typedef struct Shardrank__V1__CandidateFeatures Shardrank__V1__CandidateFeatures;
 typedef struct Shardrank__V1__RankRequest Shardrank__V1__RankRequest;
 typedef struct Shardrank__V1__RankResponse Shardrank__V1__RankResponse;
@@ -301,6 +303,39 @@ struct  Shardrank__V1__RecordEventsResponse
     , 0, 0 }
 
 
+struct  Shardrank__V1__RecordEventsBatchRequest
+{
+  ProtobufCMessage base;
+  /*
+   * One entry per user and call, applied in order (a user may appear more than once). At most
+   * 1,000 entries and 10,000 events in all; each entry follows RecordEvents' rules. One bad entry
+   * refuses the whole batch (INVALID_ARGUMENT naming users[i]): none of it is applied.
+   */
+  size_t n_users;
+  Shardrank__V1__RecordEventsRequest **users;
+};
+#define SHARDRANK__V1__RECORD_EVENTS_BATCH_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__record_events_batch_request__descriptor) \
+    , 0,NULL }
+
+
+struct  Shardrank__V1__RecordEventsBatchResponse
+{
+  ProtobufCMessage base;
+  /*
+   * Events taken, over all entries.
+   */
+  uint32_t accepted;
+  /*
+   * Entries applied (all of the request's).
+   */
+  uint32_t users;
+};
+#define SHARDRANK__V1__RECORD_EVENTS_BATCH_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__record_events_batch_response__descriptor) \
+    , 0, 0 }
+
+
 /*
  * The ranking features of every candidate the ranker scored (docs/ranking.md defines each).
  */
@@ -569,6 +604,44 @@ Shardrank__V1__RecordEventsResponse *
 void   shardrank__v1__record_events_response__free_unpacked
                      (Shardrank__V1__RecordEventsResponse *message,
                       ProtobufCAllocator *allocator);
+/* Shardrank__V1__RecordEventsBatchRequest methods */
+void   shardrank__v1__record_events_batch_request__init
+                     (Shardrank__V1__RecordEventsBatchRequest         *message);
+size_t shardrank__v1__record_events_batch_request__get_packed_size
+                     (const Shardrank__V1__RecordEventsBatchRequest   *message);
+size_t shardrank__v1__record_events_batch_request__pack
+                     (const Shardrank__V1__RecordEventsBatchRequest   *message,
+                      uint8_t             *out);
+size_t shardrank__v1__record_events_batch_request__pack_to_buffer
+                     (const Shardrank__V1__RecordEventsBatchRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Shardrank__V1__RecordEventsBatchRequest *
+       shardrank__v1__record_events_batch_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   shardrank__v1__record_events_batch_request__free_unpacked
+                     (Shardrank__V1__RecordEventsBatchRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Shardrank__V1__RecordEventsBatchResponse methods */
+void   shardrank__v1__record_events_batch_response__init
+                     (Shardrank__V1__RecordEventsBatchResponse         *message);
+size_t shardrank__v1__record_events_batch_response__get_packed_size
+                     (const Shardrank__V1__RecordEventsBatchResponse   *message);
+size_t shardrank__v1__record_events_batch_response__pack
+                     (const Shardrank__V1__RecordEventsBatchResponse   *message,
+                      uint8_t             *out);
+size_t shardrank__v1__record_events_batch_response__pack_to_buffer
+                     (const Shardrank__V1__RecordEventsBatchResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Shardrank__V1__RecordEventsBatchResponse *
+       shardrank__v1__record_events_batch_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   shardrank__v1__record_events_batch_response__free_unpacked
+                     (Shardrank__V1__RecordEventsBatchResponse *message,
+                      ProtobufCAllocator *allocator);
 /* Shardrank__V1__CandidateFeatures methods */
 void   shardrank__v1__candidate_features__init
                      (Shardrank__V1__CandidateFeatures         *message);
@@ -696,6 +769,12 @@ typedef void (*Shardrank__V1__RecordEventsRequest_Closure)
 typedef void (*Shardrank__V1__RecordEventsResponse_Closure)
                  (const Shardrank__V1__RecordEventsResponse *message,
                   void *closure_data);
+typedef void (*Shardrank__V1__RecordEventsBatchRequest_Closure)
+                 (const Shardrank__V1__RecordEventsBatchRequest *message,
+                  void *closure_data);
+typedef void (*Shardrank__V1__RecordEventsBatchResponse_Closure)
+                 (const Shardrank__V1__RecordEventsBatchResponse *message,
+                  void *closure_data);
 typedef void (*Shardrank__V1__CandidateFeatures_Closure)
                  (const Shardrank__V1__CandidateFeatures *message,
                   void *closure_data);
@@ -734,6 +813,10 @@ struct Shardrank__V1__Recommender_Service
                         const Shardrank__V1__RecordEventsRequest *input,
                         Shardrank__V1__RecordEventsResponse_Closure closure,
                         void *closure_data);
+  void (*record_events_batch)(Shardrank__V1__Recommender_Service *service,
+                              const Shardrank__V1__RecordEventsBatchRequest *input,
+                              Shardrank__V1__RecordEventsBatchResponse_Closure closure,
+                              void *closure_data);
 };
 typedef void (*Shardrank__V1__Recommender_ServiceDestroy)(Shardrank__V1__Recommender_Service *);
 void shardrank__v1__recommender__init (Shardrank__V1__Recommender_Service *service,
@@ -745,7 +828,8 @@ void shardrank__v1__recommender__init (Shardrank__V1__Recommender_Service *servi
       function_prefix__ ## recommend,\
       function_prefix__ ## rank,\
       function_prefix__ ## similar,\
-      function_prefix__ ## record_events  }
+      function_prefix__ ## record_events,\
+      function_prefix__ ## record_events_batch  }
 void shardrank__v1__recommender__recommend(ProtobufCService *service,
                                            const Shardrank__V1__RecommendRequest *input,
                                            Shardrank__V1__RecommendResponse_Closure closure,
@@ -762,6 +846,10 @@ void shardrank__v1__recommender__record_events(ProtobufCService *service,
                                                const Shardrank__V1__RecordEventsRequest *input,
                                                Shardrank__V1__RecordEventsResponse_Closure closure,
                                                void *closure_data);
+void shardrank__v1__recommender__record_events_batch(ProtobufCService *service,
+                                                     const Shardrank__V1__RecordEventsBatchRequest *input,
+                                                     Shardrank__V1__RecordEventsBatchResponse_Closure closure,
+                                                     void *closure_data);
 
 /* --- descriptors --- */
 
@@ -778,6 +866,8 @@ extern const ProtobufCMessageDescriptor shardrank__v1__recommend_response__descr
 extern const ProtobufCMessageDescriptor shardrank__v1__event__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__record_events_request__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__record_events_response__descriptor;
+extern const ProtobufCMessageDescriptor shardrank__v1__record_events_batch_request__descriptor;
+extern const ProtobufCMessageDescriptor shardrank__v1__record_events_batch_response__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__candidate_features__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__rank_request__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__rank_response__descriptor;
