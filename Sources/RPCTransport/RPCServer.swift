@@ -146,3 +146,89 @@ public struct RPCServerError: Error, CustomStringConvertible, Sendable {
     public let description: String
     public init(_ d: String) { description = d }
 }
+
+extension RPCServer {
+    /// Runs one unary call of `path` as if it had arrived over HTTP/2, for another front door
+    /// of the same service (the coordinator's JSON endpoint): the same router and handler, with
+    /// its placement; the same in-flight limit (`maxInFlightHandlers`, else RESOURCE_EXHAUSTED)
+    /// and message size limit; the same deadline handling (`timeout` cancels the call like
+    /// `grpc-timeout` does); the same per-method metrics.
+    /// - Parameter loop: where `.inline` work runs (the front door's connection loop, one of
+    ///   this server's loops).
+    public func invokeUnary(path: String, request: [UInt8], metadata: Metadata = Metadata(), timeout: Duration?, peer: String,
+                            on loop: any EventLoop) async -> Result<FramedMessage, RPCError> {
+        let method: RPCMethod
+        do throws(RPCError) { method = try router.method(for: path) } catch {
+            observers?.unknown.callFinished(status: error.code, duration: .zero)
+            return .failure(error)
+        }
+        let observer = observers?.byIndex[method.index]
+        let start = ContinuousClock.now
+        observer?.callStarted()
+        let result = await run(method, request: request, metadata: metadata, timeout: timeout, peer: peer, loop: loop)
+        let code: RPCStatusCode = switch result {
+        case .success: .ok
+        case .failure(let e): e.code
+        }
+        observer?.callFinished(status: code, duration: start.duration(to: .now))
+        return result
+    }
+
+    private func run(_ method: RPCMethod, request: [UInt8], metadata: Metadata, timeout: Duration?, peer: String,
+                     loop: any EventLoop) async -> Result<FramedMessage, RPCError> {
+        guard request.count <= configuration.maxMessageLength else {
+            return .failure(RPCError(.resourceExhausted, "request of \(request.count) bytes exceeds the limit of \(configuration.maxMessageLength)"))
+        }
+        if case .serverStreaming = method.handler {
+            return .failure(RPCError(.unimplemented, "\(method.path) is a streaming method: call it over gRPC"))
+        }
+        guard state.tryAcquireHandler(limit: configuration.maxInFlightHandlers) else {
+            return .failure(RPCError(.resourceExhausted, "server overloaded: \(configuration.maxInFlightHandlers) calls in flight"))
+        }
+        defer { state.releaseHandler() }
+        let ctx = ServerContext(path: method.path, metadata: metadata, deadline: timeout.map { .now + $0 }, peer: peer)
+        var timer: Scheduled<Void>?
+        if let timeout {
+            let (sec, atto) = timeout.components
+            let ns = sec >= 9_000_000_000 ? Int64.max : max(0, sec * 1_000_000_000 + atto / 1_000_000_000)
+            let ms = Double(ns) / 1e6
+            timer = loop.scheduleTask(in: .nanoseconds(ns)) {
+                ctx.cancel(RPCError(.deadlineExceeded, "deadline of \(ms) ms exceeded"))
+            }
+        }
+        defer { timer?.cancel() }
+        let result: Result<FramedMessage, RPCError>
+        switch method.handler {
+        case .unary(let handler):
+            let pool = self.pool
+            result = await withCheckedContinuation { (k: CheckedContinuation<Result<FramedMessage, RPCError>, Never>) in
+                let work: @Sendable () -> Void = {
+                    do throws(RPCError) { k.resume(returning: .success(try handler(request, ctx))) } catch { k.resume(returning: .failure(error)) }
+                }
+                if method.placement == .inline { loop.execute(work) } else { pool.submit { _ in work() } }
+            }
+        case .asyncUnary(let handler):
+            var executor: any TaskExecutor = poolExecutor
+            if method.placement == .inline, let e = loopExecutors.executor(for: loop) { executor = e }
+            let task = Task(executorPreference: executor) { () async -> Result<FramedMessage, RPCError> in
+                do throws(RPCError) { return .success(try await handler(request, ctx)) } catch { return .failure(error) }
+            }
+            ctx.whenCancelled { task.cancel() }
+            result = await task.value
+        case .deferredUnary(let handler):
+            result = await withCheckedContinuation { (k: CheckedContinuation<Result<FramedMessage, RPCError>, Never>) in
+                let once = Atomic<Bool>(false)
+                loop.execute {
+                    handler(request, ctx) { r in
+                        if !once.exchange(true, ordering: .acquiringAndReleasing) { k.resume(returning: r) }
+                    }
+                }
+            }
+        case .serverStreaming:
+            result = .failure(RPCError(.unimplemented, "\(method.path) is a streaming method"))
+        }
+        // A deadline that passed wins over a late answer, as on the HTTP/2 path.
+        if ctx.isCancelled, case .success = result { return .failure(ctx.cancellationError ?? .cancelled()) }
+        return result
+    }
+}

@@ -152,8 +152,9 @@ struct CoordinatorCommand: AsyncParsableCommand {
         }
         let router = Router(services: [health, RecommenderService(recommender: recommender)])
         logger.info("coordinator over \(topo.shardCount) shards (\(topo.shards.map(\.count).reduce(0, +)) replicas), pinned version \(cluster.pinnedVersion)")
+        // The admin port also answers the JSON API (docs/api.md, "JSON over HTTP").
         try await serve(router: router, health: health, options: server, logger: logger, what: "coordinator", metrics: metrics, group: group,
-                        beforeDrain: { draining.store(true, ordering: .relaxed); readinessTask.cancel() })
+                        frontDoor: { JSONGateway(server: $0) }, beforeDrain: { draining.store(true, ordering: .relaxed); readinessTask.cancel() })
         let users = recommender.cacheCounts
         logger.info("made \(cluster.callCount) shard calls; caches: users \(users.users), lists \(users.lists), rows \(users.rows) (hits/misses)")
         await cluster.stop()

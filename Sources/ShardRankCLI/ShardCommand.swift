@@ -203,6 +203,7 @@ func makeLogger(_ label: String, level: String) -> Logger {
 /// waits for SIGTERM/SIGINT, then: health → NOT_SERVING, end health watches, GOAWAY, drain, exit.
 func serve(router: Router, health: HealthService, options: ServerOptions, logger: Logger, what: String,
            metrics: ServerMetrics = ServerMetrics(), group: MultiThreadedEventLoopGroup? = nil,
+           frontDoor: ((RPCServer) -> any HTTPFrontDoor)? = nil,
            beforeDrain: @Sendable () -> Void = {}) async throws {
     // Response buffers (64 KiB-4 MiB) come and go at a high rate: keep glibc from serving them
     // with fresh mmap/munmap pairs (a page fault per 4 KiB on every response, ~10 % of server
@@ -219,7 +220,7 @@ func serve(router: Router, health: HealthService, options: ServerOptions, logger
     var admin: AdminServer?
     if let adminPort = options.adminPort {
         do {
-            admin = try await AdminServer(host: options.host, port: adminPort, metrics: metrics, group: server.group)
+            admin = try await AdminServer(host: options.host, port: adminPort, metrics: metrics, frontDoor: frontDoor?(server), group: server.group)
         } catch {
             logger.error("cannot listen for admin HTTP on \(options.host):\(adminPort): \(error)")
             _ = await server.shutdownGracefully()
