@@ -30,6 +30,12 @@ public protocol HTTPFrontDoor: Sendable {
     func owns(path: String) -> Bool
     /// Answers one request; `loop` is the connection's event loop.
     func handle(_ request: HTTPRequest, on loop: any EventLoop) async -> HTTPResponse
+    /// Where `handle` should run for a connection on `loop` (nil: Swift's default executor).
+    func executor(for loop: any EventLoop) -> (any TaskExecutor)?
+}
+
+extension HTTPFrontDoor {
+    public func executor(for loop: any EventLoop) -> (any TaskExecutor)? { nil }
 }
 
 /// The admin HTTP/1.1 endpoint of a process: `GET /metrics` (Prometheus text format) and
@@ -102,7 +108,7 @@ final class AdminHandler: ChannelInboundHandler {
             body = []
             let loop = context.eventLoop
             let bound = NIOLoopBound((self, context), eventLoop: loop)
-            Task {
+            Task(executorPreference: frontDoor.executor(for: loop)) {
                 let response = await frontDoor.handle(request, on: loop)
                 loop.execute { bound.value.0.write(response, version: head.version, context: bound.value.1) }
             }

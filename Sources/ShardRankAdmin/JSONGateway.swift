@@ -43,6 +43,9 @@ public struct JSONGateway: HTTPFrontDoor {
 
     public func owns(path: String) -> Bool { path == "/v1" || path.hasPrefix("/v1/") }
 
+    /// The connection's own event loop (thread-per-core, as the gRPC path runs).
+    public func executor(for loop: any EventLoop) -> (any TaskExecutor)? { server.loopExecutors.executor(for: loop) }
+
     public func handle(_ request: HTTPRequest, on loop: any EventLoop) async -> HTTPResponse {
         do throws(RPCError) {
             let (route, bytes, timeout) = try Self.parse(request)

@@ -346,6 +346,35 @@ public enum ProtoJSON {
         UnsafeBufferPointer(start: d.pointee.fields, count: Int(d.pointee.n_fields))
     }
 
+    /// Each message's fields with their names made once: the proto name, the JSON name and the
+    /// JSON member prefix written on output (`"itemId":`). Every message reachable from
+    /// `descriptors`, keyed by descriptor address; immutable after start-up.
+    struct FieldInfo {
+        let proto: String
+        let json: String
+        let prefix: String
+        /// Enums: each value's name as a JSON string (with its quotes).
+        let enumJSON: [Int32: String]
+    }
+
+    nonisolated(unsafe) static let fieldInfo: [UnsafeRawPointer: [FieldInfo]] = {
+        var out: [UnsafeRawPointer: [FieldInfo]] = [:]
+        var todo = Array(descriptors.values)
+        while let d = todo.popLast() {
+            guard out[UnsafeRawPointer(d)] == nil else { continue }
+            out[UnsafeRawPointer(d)] = fields(d).map { f in
+                let proto = String(cString: f.name), json = jsonName(proto)
+                if f.type == PROTOBUF_C_TYPE_MESSAGE { todo.append(f.descriptor!.assumingMemoryBound(to: ProtobufCMessageDescriptor.self)) }
+                var enums: [Int32: String] = [:]
+                if f.type == PROTOBUF_C_TYPE_ENUM { for e in enumValues(f) where enums[e.value] == nil { enums[e.value] = "\"\(String(cString: e.name))\"" } }
+                return FieldInfo(proto: proto, json: json, prefix: "\"\(json)\":", enumJSON: enums)
+            }
+        }
+        return out
+    }()
+
+    static func info(_ d: Descriptor) -> [FieldInfo] { fieldInfo[UnsafeRawPointer(d)]! }
+
     static func enumValues(_ f: ProtobufCFieldDescriptor) -> UnsafeBufferPointer<ProtobufCEnumValue> {
         let e = f.descriptor!.assumingMemoryBound(to: ProtobufCEnumDescriptor.self)
         return UnsafeBufferPointer(start: e.pointee.values, count: Int(e.pointee.n_values))
@@ -356,18 +385,17 @@ public enum ProtoJSON {
     static func encodeMessage(_ json: JSONValue, _ d: Descriptor, path: String, into out: inout [UInt8]) throws(RPCError) {
         if case .null = json { return }
         guard case .object(let members) = json else {
-            throw RPCError(.invalidArgument, "\(path.isEmpty ? "the request" : path) must be a JSON object")
+            throw RPCError(.invalidArgument, "\(path.isEmpty ? "the request" : String(path.dropLast())) must be a JSON object")
         }
         var seen = Set<UInt32>()
         for (name, value) in members {
-            guard let f = fields(d).first(where: { f in
-                let proto = String(cString: f.name)
-                return proto == name || jsonName(proto) == name
-            }) else {
-                let known = fields(d).map { jsonName(String(cString: $0.name)) }.joined(separator: ", ")
+            let names = info(d)
+            guard let fi = names.firstIndex(where: { $0.json == name || $0.proto == name }) else {
+                let known = names.map(\.json).joined(separator: ", ")
                 throw RPCError(.invalidArgument, "unknown field '\(path)\(name)' of \(String(cString: d.pointee.name)) (known: \(known))")
             }
-            let fpath = path + String(cString: f.name)
+            let f = fields(d)[fi]
+            let fpath = path + names[fi].proto
             guard seen.insert(f.id).inserted else { throw RPCError(.invalidArgument, "field '\(fpath)' is given twice") }
             if case .null = value { continue }
             if f.label == PROTOBUF_C_LABEL_REPEATED {
@@ -525,27 +553,28 @@ public enum ProtoJSON {
     static func writeMessage(_ m: UnsafeRawPointer, _ d: Descriptor, into out: inout String) {
         out += "{"
         var first = true
-        for f in fields(d) {
+        let names = info(d)
+        for (i, f) in fields(d).enumerated() {
             let at = m + Int(f.offset)
-            let name = jsonName(String(cString: f.name))
             if f.label == PROTOBUF_C_LABEL_REPEATED {
                 let n = m.load(fromByteOffset: Int(f.quantifier_offset), as: Int.self)
                 guard n > 0, let base = at.load(as: UnsafeRawPointer?.self) else { continue }
                 if !first { out += "," }
                 first = false
-                out += "\"\(name)\":["
+                out += names[i].prefix
+                out += "["
                 let stride = elementSize(f.type)
-                for i in 0..<n {
-                    if i > 0 { out += "," }
-                    writeValue(base + i * stride, f, into: &out)
+                for e in 0..<n {
+                    if e > 0 { out += "," }
+                    writeValue(base + e * stride, f, names[i], into: &out)
                 }
                 out += "]"
             } else {
                 guard !isDefault(at, f) else { continue }
                 if !first { out += "," }
                 first = false
-                out += "\"\(name)\":"
-                writeValue(at, f, into: &out)
+                out += names[i].prefix
+                writeValue(at, f, names[i], into: &out)
             }
         }
         out += "}"
@@ -571,7 +600,7 @@ public enum ProtoJSON {
         }
     }
 
-    static func writeValue(_ at: UnsafeRawPointer, _ f: ProtobufCFieldDescriptor, into out: inout String) {
+    static func writeValue(_ at: UnsafeRawPointer, _ f: ProtobufCFieldDescriptor, _ fi: FieldInfo, into out: inout String) {
         func float(_ x: Double, _ text: String) {
             if x.isNaN { out += "\"NaN\"" } else if x.isInfinite { out += x > 0 ? "\"Infinity\"" : "\"-Infinity\"" } else { out += text }
         }
@@ -589,7 +618,7 @@ public enum ProtoJSON {
         case PROTOBUF_C_TYPE_BOOL: out += at.load(as: Int32.self) != 0 ? "true" : "false"
         case PROTOBUF_C_TYPE_ENUM:
             let v = at.load(as: Int32.self)
-            if let e = enumValues(f).first(where: { $0.value == v }) { out += "\"\(String(cString: e.name))\"" } else { out += String(v) }
+            if let e = fi.enumJSON[v] { out += e } else { out += String(v) }
         case PROTOBUF_C_TYPE_STRING:
             let p = at.load(as: UnsafePointer<CChar>?.self)
             writeString(p.map { String(cString: $0) } ?? "", into: &out)
