@@ -1,0 +1,1 @@
+"""Generated from proto/grpc (scripts/gen-python-stubs)."""

@@ -1,0 +1,1 @@
+"""Generated from proto/grpc/health (scripts/gen-python-stubs)."""

@@ -1,0 +1,1 @@
+"""Generated from proto/shardrank (scripts/gen-python-stubs)."""

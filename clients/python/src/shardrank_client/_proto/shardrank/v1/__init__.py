@@ -1,0 +1,1 @@
+"""Generated from proto/shardrank/v1 (scripts/gen-python-stubs): common, shard, recommender."""
