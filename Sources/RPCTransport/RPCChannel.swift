@@ -287,7 +287,7 @@ public final class RPCChannel: Sendable {
                     for _ in 1 ..< n { backoff = min(maxB, backoff * config.backoffMultiplier) }
                     backoff *= 1 + Double.random(in: -config.backoffJitter ... config.backoffJitter)
                     st = .backoff(until: ContinuousClock.now.advanced(by: .milliseconds(Int(backoff * 1000))), attempts: n,
-                                  lastError: "\(target): \(error)")
+                                  lastError: Self.describe(connectError: error))
                 }
             }
         }

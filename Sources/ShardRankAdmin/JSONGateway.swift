@@ -55,7 +55,7 @@ public struct JSONGateway: HTTPFrontDoor {
                                                   timeout: timeout, peer: request.peer, on: loop)
             let answer = try result.get()
             let json = try ProtoJSON.json(fromWire: Array(answer.payload), message: route.response)
-            return HTTPResponse(status: 200, contentType: "application/json", body: Array(json.utf8))
+            return HTTPResponse(status: 200, contentType: "application/json", body: Array(json.utf8) + [0x0A])  // a newline, for shells
         } catch {
             return Self.errorResponse(error)
         }
@@ -120,7 +120,7 @@ public struct JSONGateway: HTTPFrontDoor {
     static func errorResponse(_ e: RPCError) -> HTTPResponse {
         var out = "{\"code\":\(e.code.rawValue),\"status\":\"\(e.code)\",\"message\":"
         ProtoJSON.writeString(e.message, into: &out)
-        out += "}"
+        out += "}\n"
         return HTTPResponse(status: httpStatus(e.code), contentType: "application/json", body: Array(out.utf8))
     }
 }

@@ -116,14 +116,58 @@ struct HealthCommand: AsyncParsableCommand {
     @Option(help: "Service name ('' = the whole server).")
     var service: String = ""
 
+    @Option(help: "Wait up to this many seconds for SERVING, asking every 100 ms (a server still starting, or not ready yet); 0 = ask once.")
+    var wait: Double = 0
+
+    func validate() throws {
+        guard wait.isFinite, wait >= 0, wait <= 3600 else { throw ValidationError("--wait must be 0...3600 seconds (got \(wait))") }
+    }
+
+    static func name(_ s: ServingStatus) -> String { s == .serving ? "SERVING" : s == .notServing ? "NOT_SERVING" : "\(s)" }
+
     func run() async throws {
         let timeout = Duration.milliseconds(client.timeoutMs)
         let service = self.service
-        let status = try await withChannel(client) { (ch) throws(RPCError) in
-            try await HealthClient(channel: ch).check(service: service, timeout: timeout)
+        if wait == 0 {
+            let status = try await withChannel(client) { (ch) throws(RPCError) in
+                try await HealthClient(channel: ch).check(service: service, timeout: timeout)
+            }
+            print(Self.name(status))
+            if status != .serving { throw ExitCode(2) }
+            return
         }
-        print(status == .serving ? "SERVING" : status == .notServing ? "NOT_SERVING" : "\(status)")
-        if status != .serving { throw ExitCode(2) }
+        // Poll until SERVING or the wait is over; a refused connection counts as "not yet".
+        let deadline = ContinuousClock.now + .milliseconds(Int(wait * 1000))
+        var config = ClientConfiguration()
+        config.connections = 1
+        config.connectTimeout = .milliseconds(max(1, min(client.timeoutMs, 1000)))
+        let channel: RPCChannel
+        do { channel = try RPCChannel(target: client.target, group: MultiThreadedEventLoopGroup.singleton, configuration: config) } catch {
+            throw ValidationError(error.message)
+        }
+        var last = "no answer yet"
+        var everAnswered = false
+        while true {
+            do throws(RPCError) {
+                let left = ContinuousClock.now.duration(to: deadline)
+                let status = try await HealthClient(channel: channel).check(service: service, timeout: min(timeout, max(left, .milliseconds(50))))
+                everAnswered = true
+                if status == .serving {
+                    await channel.close()
+                    print("SERVING")
+                    return
+                }
+                last = Self.name(status)
+            } catch {
+                last = error.description
+            }
+            if ContinuousClock.now >= deadline { break }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+        await channel.close()
+        print(everAnswered ? last : "UNREACHABLE")
+        FileHandleStderr.write("shardrank health: \(client.target) not SERVING after \(wait) s (last: \(last))\n")
+        throw ExitCode(everAnswered ? 2 : 1)
     }
 }
 

@@ -1,0 +1,58 @@
+"""The README's "A cluster by hand" block, run as it is written: synth, build, two shards and a
+coordinator on the README's fixed ports, the readiness wait, recommend, the JSON front door, eval,
+and the shutdown. It runs on this host's loopback after checking that the README's ports are free
+(a taken port fails the test, naming it); if the block fails half-way, its servers are stopped."""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+
+import pytest
+
+from conftest import shardrank_bin
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MARK = "<!-- Tests/Interop/test_readme.py runs this block as it is. -->"
+PORTS = (7000, 7001, 7101, 7102)
+
+
+def readme_block():
+    text = open(os.path.join(ROOT, "README.md")).read()
+    assert MARK in text, "the README lost its tested block"
+    m = re.search(re.escape(MARK) + r"\n```sh\n(.*?)\n```", text, re.S)
+    assert m, "the marked block is not a ```sh fence"
+    return m.group(1)
+
+
+def test_the_readme_cluster_block_runs_as_written(tmp_path):
+    block = readme_block()
+    for word in ("shardrank health --target 127.0.0.1:7000 --wait", "curl", "shardrank eval", "kill $(jobs -p)"):
+        assert word in block, f"the block no longer has {word!r}"
+    env = dict(os.environ, PATH=os.path.dirname(shardrank_bin()) + os.pathsep + os.environ["PATH"])
+    assert os.path.basename(shardrank_bin()) == "shardrank"
+    # The harness around the block: stop on the first failing command, and stop the block's
+    # servers however it ends; `wait`: every server drained and exited after the block's kill.
+    script = "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + block + "\nwait\n"
+    for p in PORTS:
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", p)) != 0, f"port {p}, which the README uses, is taken on this host"
+    argv = ["bash", "-c", script]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}"
+    lines = out.splitlines()
+    assert "SERVING" in lines, out[:2000]
+    # recommend printed a ranked answer with item names from items.csv.
+    assert re.search(r"^user 42 .*candidates \d+", out, re.M) and re.search(r"^\s+1\s+\d+\s+-?\d", out, re.M), out[:3000]
+    # curl printed the JSON answer: 3 items, ids as strings.
+    doc = next(json.loads(l) for l in lines if l.startswith("{\"items\""))
+    assert len(doc["items"]) == 3 and all(i["itemId"].isdigit() for i in doc["items"])
+    # eval printed its table for both budgets, beside the baselines.
+    assert re.search(r"two-stage dot B=50 ", out) and re.search(r"two-stage dot B=200 ", out) and "exhaustive" in out and "popularity" in out, out[-3000:]
