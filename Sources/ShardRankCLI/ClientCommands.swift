@@ -145,6 +145,11 @@ struct InfoCommand: AsyncParsableCommand {
                 do throws(RPCError) {
                     return (try await RecommenderClient(channel: ch).info(timeout: timeout), true)
                 } catch let e where e.code == .unimplemented {
+                    // A coordinator older than Recommender.Info.
+                    if (try? await HealthClient(channel: ch).check(service: "shardrank.v1.Recommender", timeout: timeout)) != nil {
+                        throw RPCError(.unimplemented, "\(ch.target) is a coordinator that does not answer Info (an older version): "
+                                       + "ask it with `shardrank recommend` or `shardrank health`")
+                    }
                     throw error
                 }
             }

@@ -302,7 +302,7 @@ struct  Shardrank__V1__InfoResponse
   uint64_t hash_seed;
   /*
    * Set by a coordinator (Recommender.Info) only: the tables it reads user and item vectors
-   * from (its topology's users_table and items_table).
+   * from ("users" and "items").
    */
   char *users_table;
   char *items_table;
