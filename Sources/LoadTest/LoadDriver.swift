@@ -153,7 +153,7 @@ public enum LoadDriver {
             let count = span >= UInt64(Int.max) ? Int.max : Int(span) + 1
             let gaps = UInt64(count) == t.rows ? "" : ", so some ids of the range have no row"
             return IDSpace(first: t.minID, count: count,
-                           source: "\(t.minID)...\(t.maxID) of table '\(table)' (\(t.rows) rows over \(info.shardCount) shards\(gaps); from the coordinator's Info)")
+                           source: "\(t.minID)...\(t.maxID) of table '\(table)' (\(t.rows) rows over \(info.shardCount) shard\(info.shardCount == 1 ? "" : "s")\(gaps); from the coordinator's Info)")
         }
         if needUsers { users = try space(info.usersTable, what: "users", flag: "--users N") }
         if needItems { items = try space(info.itemsTable, what: "items", flag: "--id-space N or --ids-from FILE") }

@@ -161,7 +161,8 @@ struct InfoCommand: AsyncParsableCommand {
             print("source \(info.source)  version \(info.version)  shard \(info.shard) of \(info.shardCount)  hash \(info.hash) seed 0x\(String(info.hashSeed, radix: 16))  mapped \(info.mappedBytes) bytes")
         }
         for t in info.tables {
-            let ids = t.kind != .list && t.rows > 0 ? "  ids \(t.minID)...\(t.maxID)" : ""
+            // (0...0 for many rows: a shard that does not report id ranges)
+            let ids = t.kind != .list && t.rows > 0 && (t.maxID > 0 || t.rows == 1) ? "  ids \(t.minID)...\(t.maxID)" : ""
             print("  \(t.name.padding(12))  \(String(describing: t.kind).padding(10))  dim \(t.dim)  \(t.dtype)  rows \(t.rows)\(ids)")
         }
     }
