@@ -129,7 +129,7 @@ let package = Package(
         .testTarget(name: "ShardRankEvalTests", dependencies: ["ShardRankEval"]),
         .testTarget(name: "ShardRankSynthTests", dependencies: ["ShardRankSynth", "ShardRankTables"]),
         .testTarget(name: "LoadTestTests", dependencies: [
-            "LoadTest", "RPCCore", "RPCTransport", "ShardRankWire", "ShardServer",
+            "LoadTest", "RPCCore", "RPCTransport", "ShardRankWire", "ShardServer", "ShardRankTables", "ShardRankClient", "ShardRankKernels",
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         .testTarget(name: "EndToEndTests", dependencies: [

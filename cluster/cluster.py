@@ -4,7 +4,10 @@ Run through the wrappers `cluster/up`, `cluster/down`, `cluster/status` and `clu
 (`python3 cluster/cluster.py COMMAND ...` works too). Standard library only, so the system
 python3 runs it.
 
-Layout of a run directory (default `run/<topology name>/` under the repository):
+Layout of a run directory (default `run/<topology name>-<hash>/` under the repository, where
+<hash> is the first 8 hex digits of the SHA-1 of the topology file's absolute path: two files
+named `topology.json` in different directories get different run directories; `--run-dir`
+overrides it, and `cluster/up` prints the one it uses):
 
     cluster.json          what is up: mode, binary, processes, network namespaces and links
     topology.json         the effective topology the coordinators read (absolute tables path,
@@ -393,10 +396,29 @@ def netns_down(plan):
 # Commands
 
 
+def default_run_dir(topology):
+    """run/<name>-<first 8 hex of SHA-1 of the topology's absolute path, symlinks resolved>: one
+    run directory per topology file, however many files share a name."""
+    tag = hashlib.sha1(os.path.realpath(topology).encode()).hexdigest()[:8]
+    return os.path.join(DEFAULT_RUN_ROOT, f"{topology_name(topology)}-{tag}")
+
+
 def run_dir_for(topology, run_dir):
     if run_dir:
         return os.path.abspath(run_dir)
-    return os.path.join(DEFAULT_RUN_ROOT, topology_name(topology))
+    own = default_run_dir(topology)
+    # A cluster started before run directories carried the hash lives in run/<name>/: found
+    # there while it runs, when its state names this very topology file.
+    legacy = os.path.join(DEFAULT_RUN_ROOT, topology_name(topology))
+    if not os.path.exists(os.path.join(own, STATE)) and os.path.exists(os.path.join(legacy, STATE)):
+        try:
+            with open(os.path.join(legacy, STATE)) as f:
+                started_from = json.load(f).get("topology")
+        except (OSError, ValueError, AttributeError):
+            started_from = None
+        if started_from and os.path.realpath(started_from) == os.path.realpath(topology):
+            return legacy
+    return own
 
 
 def read_state(run_dir):
@@ -504,6 +526,8 @@ def cmd_up(args):
     tables = tables_root(topo, args.topology)
     binary = find_binary(args.binary)
     log(f"binary {binary}")
+    log(f"run directory {run_dir}" + ("" if args.run_dir else " (cluster/status and cluster/down find it from the topology file, "
+                                      "or without one)"))
     if not any(p["role"] == "coordinator" for p in procs):
         log("the topology lists no \"coordinators\": starting shards only (add \"coordinators\": [\"127.0.0.1:PORT\"] for one)")
     model = topo.get("model")
@@ -715,11 +739,12 @@ def print_rows(rows, as_json):
         print(json.dumps(rows, indent=2))
         return
     admin = any(r.get("admin") for r in rows)
-    print((f"{'CLUSTER':<14} {'ROLE':<12} {'SHARD':>5} {'REPLICA':>7}  {'ADDRESS':<22} {'PID':>8}  {'HEALTH':<11}"
+    w = max([14] + [len(r["cluster"]) for r in rows])
+    print((f"{'CLUSTER':<{w}} {'ROLE':<12} {'SHARD':>5} {'REPLICA':>7}  {'ADDRESS':<22} {'PID':>8}  {'HEALTH':<11}"
            + ("  ADMIN" if admin else "")).rstrip())
     for r in rows:
         shard = "-" if r["shard"] is None else r["shard"]
-        line = f"{r['cluster']:<14} {r['role']:<12} {shard:>5} {r['replica']:>7}  {r['address']:<22} {r['pid'] or '-':>8}  {r['health']:<11}"
+        line = f"{r['cluster']:<{w}} {r['role']:<12} {shard:>5} {r['replica']:>7}  {r['address']:<22} {r['pid'] or '-':>8}  {r['health']:<11}"
         print((line + (f"  {r.get('admin') or '-'}" if admin else "")).rstrip())
     sys.stdout.flush()
 
@@ -815,7 +840,7 @@ def main(argv=None):
             p.add_argument("topology", help="topology file (JSON, docs/operations.md)")
         else:
             p.add_argument("topology", nargs="?", help="topology file (default: every cluster under run/)")
-        p.add_argument("--run-dir", help="run directory (default: run/<topology name>/ in the repository)")
+        p.add_argument("--run-dir", help="run directory (default: run/<topology name>-<hash of its path>/ in the repository)")
         if with_json:
             p.add_argument("--json", action="store_true", help="print the process table as JSON")
 
@@ -842,7 +867,7 @@ def main(argv=None):
     fa.add_argument("target", nargs="?", help="shard index, or 'coordinator'")
     fa.add_argument("index", nargs="?", type=int, help="replica index (coordinator index)")
     fa.add_argument("topology", nargs="?", help="topology file (default: the only netns cluster under run/)")
-    fa.add_argument("--run-dir", help="run directory (default: run/<topology name>/)")
+    fa.add_argument("--run-dir", help="run directory (default: run/<topology name>-<hash of its path>/)")
     args = ap.parse_args(argv)
     if args.cmd == "fault" and args.action == "list" and args.target and not args.topology:
         args.topology, args.target = args.target, None  # fault list TOPOLOGY

@@ -317,6 +317,10 @@ public struct RecommenderService: RPCService {
             RPCMethod(service: serviceName, method: "RecordEventsBatch", placement: .inline, handler: .unary { bytes, ctx throws(RPCError) in
                 try r.recordEventsBatch(try RecordEventsBatchRequest.decode(bytes), context: ctx).encoded()
             }),
+            RPCMethod(service: serviceName, method: "Info", placement: .inline, handler: .asyncUnary { bytes, ctx throws(RPCError) in
+                _ = try InfoRequest.decode(bytes)
+                return try await r.info(context: ctx).encoded()
+            }),
         ]
     }
 }

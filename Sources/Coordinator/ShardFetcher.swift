@@ -32,14 +32,24 @@ public protocol ShardFetcher: Sendable {
     func profiles(_ request: ProfilesRequest, shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> ProfilesResponse
     func attributes(_ request: AttributesRequest, shard: Int, deadline: ContinuousClock.Instant,
                     requestID: String) async throws(RPCError) -> AttributesResponse
+    /// `Info` of shard `shard` (for the coordinator's own Info); a default answers UNIMPLEMENTED.
+    func info(shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> InfoResponse
 }
 
 extension ShardFetcher {
     /// The pinned version alone.
     public var pinnedVersion: UInt64 { pinned.version }
+
+    /// `Info` of shard `shard` (what `Recommender.info` aggregates). The default: UNIMPLEMENTED.
+    public func info(shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> InfoResponse {
+        throw RPCError(.unimplemented, "this shard fetcher does not ask shards for Info")
+    }
 }
 
 extension ShardCluster: ShardFetcher {
+    public func info(shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> InfoResponse {
+        try await call(shard: shard, deadline: deadline, requestID: requestID) { c, t throws(RPCError) in try await c.info(timeout: t) }
+    }
     public func lookup(_ request: LookupRequest, shard: Int, deadline: ContinuousClock.Instant, requestID: String) async throws(RPCError) -> LookupResponse {
         try await call(shard: shard, deadline: deadline, requestID: requestID) { c, t throws(RPCError) in try await c.lookup(request, timeout: t) }
     }

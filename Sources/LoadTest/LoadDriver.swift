@@ -34,18 +34,18 @@ public enum LoadDriver {
         return await execute(config, shape: shape, progress: progress)
     }
 
-    /// Learns the query dimension and the id space from the target's `Info` (shard) or checks its
-    /// health (coordinator).
+    /// Learns the query dimension and the id spaces from the target (see `probe`); every target
+    /// is reached (several: coordinators, each must be SERVING), the first is asked for `Info`.
     static func resolveShape(_ c: LoadTestConfiguration) async throws(LoadTestError) -> RequestShape {
         var shape: RequestShape?
-        // Every target is reached (several: coordinators, each must be SERVING).
-        for target in c.targets {
-            shape = try await resolveShape(c, target: target)
+        for (i, target) in c.targets.enumerated() {
+            let s = try await resolveShape(c, target: target, askInfo: i == 0)
+            if i == 0 { shape = s }
         }
         return shape!
     }
 
-    static func resolveShape(_ c: LoadTestConfiguration, target: String) async throws(LoadTestError) -> RequestShape {
+    static func resolveShape(_ c: LoadTestConfiguration, target: String, askInfo: Bool = true) async throws(LoadTestError) -> RequestShape? {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         var cc = ClientConfiguration()
         cc.connections = 1
@@ -54,22 +54,38 @@ public enum LoadDriver {
             try? await group.shutdownGracefully()
             throw LoadTestError("--target: \(error.message)")
         }
-        let result: Result<RequestShape, LoadTestError>
+        let result: Result<RequestShape?, LoadTestError>
         // On the channel's own event loop: a busy cooperative pool cannot stall the probe past
         // its deadline between connecting and sending.
         let executor = EventLoopTaskExecutor(group.next())
-        result = await withTaskExecutorPreference(executor) { () async -> Result<RequestShape, LoadTestError> in
-            do throws(LoadTestError) { return .success(try await probe(c, target: target, channel)) } catch { return .failure(error) }
+        result = await withTaskExecutorPreference(executor) { () async -> Result<RequestShape?, LoadTestError> in
+            do throws(LoadTestError) { return .success(try await probe(c, target: target, channel, askInfo: askInfo)) } catch { return .failure(error) }
         }
         await channel.close()
         try? await group.shutdownGracefully()
         return try result.get()
     }
 
-    private static func probe(_ c: LoadTestConfiguration, target: String, _ channel: RPCChannel) async throws(LoadTestError) -> RequestShape {
+    /// Paging a shard's ids reads at most this many (a larger slice: `--ids-from` or `--id-space`).
+    static let maxShardIDs = 100_000_000
+
+    /// A shard: `Info` (the table exists, its dim; Search needs an embedding table) and, for
+    /// Lookups without `--ids-from`/`--id-space`, the ids the shard holds of the table — all of
+    /// `min_id...max_id` when that range has exactly `rows` ids (a dense single slice, e.g. a
+    /// synthetic shard), else read with `Ids`, in row order. A coordinator: gRPC health (SERVING),
+    /// then (the first target, when `--users` or the item ids are not given) its `Info`: the id
+    /// ranges of its users and items tables.
+    private static func probe(_ c: LoadTestConfiguration, target: String, _ channel: RPCChannel,
+                              askInfo: Bool) async throws(LoadTestError) -> RequestShape? {
+        let explicitItems: IDSpace? = if let ids = c.ids {
+            IDSpace(ids: ids, source: "\(ids.count) ids from --ids-from (the first is the hottest)")
+        } else if let n = c.idSpace {
+            IDSpace(first: c.mix.targetsShard ? 0 : 1, count: n, source: "\(c.mix.targetsShard ? 0 : 1)...\((c.mix.targetsShard ? 0 : 1) + n - 1) (--id-space \(n))")
+        } else { nil }
         if c.mix.targetsShard {
+            let client = ShardClient(channel: channel)
             let info: InfoResponse
-            do { info = try await ShardClient(channel: channel).info(timeout: .seconds(5)) } catch {
+            do { info = try await client.info(timeout: .seconds(5)) } catch {
                 throw LoadTestError("cannot get Info from shard \(target): \(error)")
             }
             guard let t = info.tables.first(where: { $0.name == c.table }) else {
@@ -78,17 +94,70 @@ public enum LoadDriver {
             if c.mix.contains(.search), t.kind != .embedding {
                 throw LoadTestError("--table '\(c.table)' is a \(t.kind) table: Search needs an embedding table")
             }
-            let rows = Int(clamping: t.rows)
-            return RequestShape(configuration: c, dim: c.dim ?? Int(t.dim), idSpace: c.idSpace ?? max(1, rows))
-        } else {
-            do {
-                let s = try await HealthClient(channel: channel).check(timeout: .seconds(5))
-                guard s == .serving else { throw LoadTestError("coordinator \(target) is not SERVING (\(s))") }
-            } catch let e as LoadTestError { throw e } catch {
-                throw LoadTestError("cannot reach coordinator \(target): \(error)")
+            if c.mix.contains(.lookup), t.kind != .embedding {
+                throw LoadTestError("--table '\(c.table)' is a \(t.kind) table: Lookup needs an embedding table")
             }
-            return RequestShape(configuration: c, dim: c.dim ?? 0, idSpace: c.idSpace ?? 1_000_000)
+            let dim = c.dim ?? Int(t.dim)
+            let unused = IDSpace(first: 0, count: 1, source: "not used")
+            guard c.mix.contains(.lookup) else { return RequestShape(configuration: c, dim: dim, items: explicitItems ?? unused, users: unused) }
+            if let explicitItems { return RequestShape(configuration: c, dim: dim, items: explicitItems, users: unused) }
+            let whose = "table '\(c.table)' on shard \(info.shard) of \(info.shardCount) (\(target))"
+            guard t.rows > 0 else { throw LoadTestError("--table '\(c.table)' holds no rows on shard \(info.shard) of \(info.shardCount) (\(target)): nothing to look up") }
+            if t.maxID >= t.minID, t.maxID - t.minID == t.rows - 1, t.rows <= UInt64(Int.max) {
+                // `rows` distinct ids in a range of `rows` ids: exactly that range.
+                return RequestShape(configuration: c, dim: dim, items: IDSpace(first: t.minID, count: Int(t.rows),
+                                    source: "\(t.minID)...\(t.maxID): all \(t.rows) ids of \(whose)"), users: unused)
+            }
+            do {
+                let (ids, _) = try await client.allIDs(table: c.table, version: info.version, maxIDs: maxShardIDs, timeout: .seconds(30))
+                guard !ids.isEmpty else { throw LoadTestError("--table '\(c.table)' holds no rows on \(target): nothing to look up") }
+                return RequestShape(configuration: c, dim: dim, items: IDSpace(ids: ids, source: "the \(ids.count) ids of \(whose), in row order (read with Ids)"),
+                                    users: unused)
+            } catch let e as LoadTestError {
+                throw e
+            } catch let e as RPCError where e.code == .unimplemented {
+                throw LoadTestError("shard \(target) does not list its ids (Ids is UNIMPLEMENTED: an older shard): give --ids-from FILE or --id-space N")
+            } catch {
+                throw LoadTestError("cannot read the ids of \(whose): \(error)")
+            }
         }
+        do {
+            let s = try await HealthClient(channel: channel).check(timeout: .seconds(5))
+            guard s == .serving else { throw LoadTestError("coordinator \(target) is not SERVING (\(s))") }
+        } catch let e as LoadTestError { throw e } catch {
+            throw LoadTestError("cannot reach coordinator \(target): \(error)")
+        }
+        guard askInfo else { return nil }
+        let dim = c.dim ?? 0
+        let needUsers = c.users == nil && [.recommend, .rank, .record].contains { c.mix.contains($0) }
+        let needItems = explicitItems == nil && [.rank, .similar, .record].contains { c.mix.contains($0) }
+        var users = IDSpace(first: 1, count: c.users ?? 1, source: c.users.map { "1...\($0) (--users \($0))" } ?? "not used")
+        var items = explicitItems ?? IDSpace(first: 1, count: 1, source: "not used")
+        guard needUsers || needItems else { return RequestShape(configuration: c, dim: dim, items: items, users: users) }
+        let info: InfoResponse
+        do { info = try await RecommenderClient(channel: channel).info(timeout: .seconds(10)) } catch {
+            let flags = [needUsers ? "--users N" : nil, needItems ? "--id-space N or --ids-from FILE" : nil].compactMap { $0 }.joined(separator: " and ")
+            if error.code == .unimplemented {
+                throw LoadTestError("coordinator \(target) does not answer Info (an older coordinator): give \(flags)")
+            }
+            throw LoadTestError("cannot get Info from coordinator \(target) (for the id ranges of its tables): \(error); or give \(flags)")
+        }
+        func space(_ table: String, what: String, flag: String) throws(LoadTestError) -> IDSpace {
+            guard let t = info.tables.first(where: { $0.name == table }), t.kind != .list else {
+                throw LoadTestError("coordinator \(target) reports no \(what) table '\(table)' (tables: \(info.tables.map(\.name).joined(separator: ", "))): give \(flag)")
+            }
+            guard t.rows > 0, t.maxID >= t.minID else {
+                throw LoadTestError("the \(what) table '\(table)' behind coordinator \(target) holds no rows: give \(flag)")
+            }
+            let span = t.maxID - t.minID
+            let count = span >= UInt64(Int.max) ? Int.max : Int(span) + 1
+            let gaps = UInt64(count) == t.rows ? "" : ", so some ids of the range have no row"
+            return IDSpace(first: t.minID, count: count,
+                           source: "\(t.minID)...\(t.maxID) of table '\(table)' (\(t.rows) rows over \(info.shardCount) shard\(info.shardCount == 1 ? "" : "s")\(gaps); from the coordinator's Info)")
+        }
+        if needUsers { users = try space(info.usersTable, what: "users", flag: "--users N") }
+        if needItems { items = try space(info.itemsTable, what: "items", flag: "--id-space N or --ids-from FILE") }
+        return RequestShape(configuration: c, dim: dim, items: items, users: users)
     }
 
     /// Runs the configured phases against an already resolved shape.
@@ -350,7 +419,7 @@ struct Caller: Sendable {
             case .recommend(let q):
                 let resp = try await RecommenderClient(channel: channel).recommend(q, timeout: timeout)
                 let t = resp.timings.map { [$0.retrieveMicros, $0.filterMicros, $0.gatherMicros, $0.rankMicros, $0.postRankMicros, $0.totalMicros] }
-                return .ok(vectors: 0, degraded: resp.coverage?.degraded ?? false, timings: t)
+                return .ok(vectors: 0, degraded: resp.coverage?.degraded ?? false, timings: t, coldStart: resp.coldStart)
             case .rank(let q):
                 let resp = try await RecommenderClient(channel: channel).rank(q, timeout: timeout)
                 return .ok(vectors: 0, degraded: resp.coverage?.degraded ?? false, timings: nil)

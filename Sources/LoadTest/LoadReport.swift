@@ -23,7 +23,12 @@ public struct LoadReport: Sendable, Codable {
     public var dtype: String?
     public var k: Int?
     public var zipf: Double
-    public var idSpace: Int
+    /// How many item ids were drawn from, and where they came from (nil: no operation uses item ids).
+    public var idSpace: Int?
+    public var idSource: String?
+    /// How many user ids were drawn from, and where they came from (nil: no operation uses users).
+    public var users: Int?
+    public var userSource: String?
 
     public var sent: Int
     public var completed: Int
@@ -32,6 +37,10 @@ public struct LoadReport: Sendable, Codable {
     public var errorCount: Int
     public var degraded: Int
     public var degradedShare: Double
+    /// Recommend answers with `cold_start` set (the user had no stored vector, profile or session),
+    /// and their share of the ok Recommend answers.
+    public var coldStarts: Int
+    public var coldStartShare: Double
     /// Completed requests (ok or not) per second of the measured phase.
     public var throughputRPS: Double
     public var okRPS: Double
@@ -46,8 +55,10 @@ public struct LoadReport: Sendable, Codable {
 
     enum CodingKeys: String, CodingKey {
         case target, mode, arrivals, rateRPS = "rate_rps", concurrency, threads, connections, warmupS = "warmup_s",
-             durationS = "duration_s", mix, table, batch, dtype, k, zipf, idSpace = "id_space", sent, completed, ok, errors,
-             errorCount = "error_count", degraded, degradedShare = "degraded_share", throughputRPS = "throughput_rps",
+             durationS = "duration_s", mix, table, batch, dtype, k, zipf, idSpace = "id_space", idSource = "id_source", users,
+             userSource = "user_source", sent, completed, ok, errors,
+             errorCount = "error_count", degraded, degradedShare = "degraded_share", coldStarts = "cold_starts",
+             coldStartShare = "cold_start_share", throughputRPS = "throughput_rps",
              okRPS = "ok_rps", vectors, vectorsPerS = "vectors_per_s", maxSendLagMs = "max_send_lag_ms", latency, operations, stages
     }
 
@@ -65,11 +76,16 @@ public struct LoadReport: Sendable, Codable {
         batch = c.mix.contains(.lookup) ? c.batch : nil
         dtype = c.mix.contains(.lookup) ? c.dtype.description : nil
         k = c.mix.contains(.lookup) && c.mix.entries.count == 1 ? nil : (c.k ?? (c.mix.contains(.search) ? 100 : 10))
-        zipf = c.zipf; idSpace = shape.idSpace
+        zipf = c.zipf
+        if shape.usesItemIDs { idSpace = shape.items.count; idSource = shape.items.source }
+        if shape.usesUsers { users = shape.users.count; userSource = shape.users.source }
         sent = s.sent; completed = s.completed; ok = s.ok
         errors = Dictionary(uniqueKeysWithValues: s.errors.map { ($0.key.description, $0.value) })
         errorCount = s.errorCount; degraded = s.degraded
         degradedShare = s.ok > 0 ? Double(s.degraded) / Double(s.ok) : 0
+        coldStarts = s.coldStarts
+        let okRecommends = s.okByOperation[.recommend] ?? 0
+        coldStartShare = okRecommends > 0 ? Double(s.coldStarts) / Double(okRecommends) : 0
         let secs = c.duration.seconds
         throughputRPS = Double(s.completed) / secs; okRPS = Double(s.ok) / secs
         vectors = s.vectors; vectorsPerS = Double(s.vectors) / secs
@@ -95,9 +111,12 @@ public struct LoadReport: Sendable, Codable {
         l.append("target \(target): \(how), \(threads) thread(s), \(connections) connection(s), warm-up \(warmupS) s, measured \(durationS) s")
         l.append("mix \(mix.sorted { $0.key < $1.key }.map { "\($0.key):\(formatWeight($0.value))" }.joined(separator: ","))"
                  + (batch.map { ", batch \($0)" } ?? "") + (dtype.map { ", dtype \($0)" } ?? "") + (k.map { ", k \($0)" } ?? "")
-                 + ", zipf \(zipf) over \(idSpace) ids")
+                 + ", zipf \(zipf)")
+        if let idSource { l.append("item ids: \(idSource)") }
+        if let userSource { l.append("user ids: \(userSource)") }
         l.append("requests: sent \(sent), ok \(ok), errors \(errorCount)" + (errors.isEmpty ? "" : " (" + errors.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + ")")
-                 + ", degraded \(degraded) (\(fmt(degradedShare * 100)) %)")
+                 + ", degraded \(degraded) (\(fmt(degradedShare * 100)) %)"
+                 + (mix["recommend"] != nil ? ", cold starts \(coldStarts) (\(fmt(coldStartShare * 100)) % of ok Recommends)" : ""))
         l.append("throughput: \(fmtRate(throughputRPS)) req/s" + (vectors > 0 ? ", \(fmtRate(vectorsPerS)) vectors/s" : "")
                  + (mode == "open" ? ", max send lag \(fmt(maxSendLagMs)) ms" : ""))
         l.append("latency ms: " + line(latency))

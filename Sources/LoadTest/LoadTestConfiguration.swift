@@ -44,14 +44,18 @@ public struct LoadTestConfiguration: Sendable {
     public var dim: Int?
     /// Zipf exponent of item and user ids (0: uniform).
     public var zipf = 0.99
-    /// Item ids are ranks `0 ..< idSpace` (rank 0 the hottest); nil: the table's rows (from `Info`).
+    /// Item ids are the range of `idSpace` ids from 0 (a shard: a synthetic shard's ids) or from 1
+    /// (a coordinator), the first the hottest. nil (and no `ids`): the ids the target holds — a
+    /// shard's own ids of `table` (its `Info` and `Ids`), a coordinator's items table's id range
+    /// (its `Info`).
     public var idSpace: Int?
     /// Item ids to draw from instead (the first is the hottest).
     public var ids: [UInt64]?
 
     // Coordinator targets.
-    /// User ids are `0 ..< users`, Zipf-skewed.
-    public var users = 100_000
+    /// User ids are `1 ... users`, Zipf-skewed; nil: the id range of the coordinator's users
+    /// table (its `Info`).
+    public var users: Int?
     /// Candidate ids per Rank call.
     public var candidates = 100
     /// Recommend/Rank: the ranking model ("" = the coordinator's default, dot).
@@ -97,7 +101,7 @@ public struct LoadTestConfiguration: Sendable {
             if mix.contains(.search) { try need(queries >= 1 && queries <= 1024, "--queries must be 1...1024 (got \(queries))") }
             if let dim { try need(dim >= 1 && dim <= 65_536, "--dim must be 1...65536 (got \(dim))") }
         } else {
-            try need(users >= 1, "--users must be ≥ 1 (got \(users))")
+            if let users { try need(users >= 1, "--users must be ≥ 1 (got \(users))") }
             if mix.contains(.rank) { try need(candidates >= 1 && candidates <= 100_000, "--candidates must be 1...100000 (got \(candidates))") }
             try need(recordBatch >= 1 && recordBatch <= 1000, "--record-batch must be 1...1000 users per call (got \(recordBatch))")
             try need(recordBatch == 1 || targets.count == 1,

@@ -16,6 +16,11 @@ public struct PhaseStats: Sendable {
     public var ok = 0
     /// Successful responses whose coverage says `degraded` (a subset of `ok`).
     public var degraded = 0
+    /// Successful Recommend responses with `cold_start` set: the user had no stored vector,
+    /// profile or session (a subset of `ok`).
+    public var coldStarts = 0
+    /// Successful responses by operation.
+    public var okByOperation: [LoadOperation: Int] = [:]
     /// Rows returned by Lookup calls.
     public var vectors = 0
     public var errors: [RPCStatusCode: Int] = [:]
@@ -32,7 +37,8 @@ public struct PhaseStats: Sendable {
         for (k, v) in o.byOperation { byOperation[k, default: LatencyHistogram()].merge(v) }
         for (k, v) in o.sentByOperation { sentByOperation[k, default: 0] += v }
         for (k, v) in o.stages { stages[k, default: LatencyHistogram()].merge(v) }
-        sent += o.sent; ok += o.ok; degraded += o.degraded; vectors += o.vectors
+        for (k, v) in o.okByOperation { okByOperation[k, default: 0] += v }
+        sent += o.sent; ok += o.ok; degraded += o.degraded; coldStarts += o.coldStarts; vectors += o.vectors
         for (k, v) in o.errors { errors[k, default: 0] += v }
         maxSendLagNanos = max(maxSendLagNanos, o.maxSendLagNanos)
     }
@@ -47,10 +53,12 @@ public struct PhaseStats: Sendable {
         latency.record(nanoseconds: latencyNanos)
         byOperation[op, default: LatencyHistogram()].record(nanoseconds: latencyNanos)
         switch outcome {
-        case .ok(let v, let deg, let timings):
+        case .ok(let v, let deg, let timings, let cold):
             ok += 1
+            okByOperation[op, default: 0] += 1
             vectors += v
             if deg { degraded += 1 }
+            if cold { coldStarts += 1 }
             if let t = timings {
                 for (name, micros) in zip(stageNames, t) { stages[name, default: LatencyHistogram()].record(nanoseconds: micros &* 1000) }
             }
@@ -62,7 +70,8 @@ public struct PhaseStats: Sendable {
 
 /// How one request ended.
 public enum Outcome: Sendable, Equatable {
-    /// `vectors`: Lookup rows returned; `timings`: Recommend stage timings in µs, in `stageNames` order.
-    case ok(vectors: Int, degraded: Bool, timings: [UInt64]?)
+    /// `vectors`: Lookup rows returned; `timings`: Recommend stage timings in µs, in `stageNames`
+    /// order; `coldStart`: a Recommend answered as a cold start.
+    case ok(vectors: Int, degraded: Bool, timings: [UInt64]?, coldStart: Bool = false)
     case failed(RPCStatusCode)
 }

@@ -22,6 +22,36 @@ public enum PlannedRequest: Sendable {
     }
 }
 
+/// The ids a run draws from, Zipf-ranked: a list (rank 1 = its first id) or a range
+/// `first ... first + count - 1` (rank 1 = `first`), with a line saying where they come from.
+public struct IDSpace: Sendable, Equatable {
+    /// Draw from these ids instead of a range (the first is the hottest).
+    public var ids: [UInt64]?
+    /// The range's first id (unused with `ids`).
+    public var first: UInt64
+    /// How many ids (ranks).
+    public var count: Int
+    /// Where they come from, for the report (e.g. "2503 ids of table 'items' held by shard 0 of 2").
+    public var source: String
+
+    public init(first: UInt64, count: Int, source: String) {
+        self.ids = nil; self.first = first; self.count = max(1, count); self.source = source
+    }
+
+    public init(ids: [UInt64], source: String) {
+        self.ids = ids; self.first = ids.first ?? 0; self.count = max(1, ids.count); self.source = source
+    }
+
+    /// The id of 0-based rank `r` (< `count`).
+    @inline(__always) public func id(rank r: Int) -> UInt64 {
+        if let ids { return ids[r] }
+        return first &+ UInt64(r)
+    }
+
+    /// `first...last` of a range ("" for a list).
+    public var rangeText: String { ids == nil ? "\(first)...\(first &+ UInt64(count - 1))" : "" }
+}
+
 /// What the generator needs to know about the target, resolved once before the run.
 public struct RequestShape: Sendable {
     public var mix: RequestMix
@@ -34,24 +64,38 @@ public struct RequestShape: Sendable {
     /// Search query dimension.
     public var dim: Int
     public var zipf: Double
-    /// Item ids are `0 ..< idSpace` unless `ids` is given.
-    public var idSpace: Int
-    public var ids: [UInt64]?
-    public var users: Int
+    /// Item ids (Lookup, Rank candidates, Similar, Record).
+    public var items: IDSpace
+    /// User ids (Recommend, Rank, Record).
+    public var users: IDSpace
     public var candidates: Int
     public var model: String
     public var userVector: UserVectorMode
     public var recordBatch: Int
 
-    public init(configuration c: LoadTestConfiguration, dim: Int, idSpace: Int) {
+    public init(configuration c: LoadTestConfiguration, dim: Int, items: IDSpace, users: IDSpace) {
         mix = c.mix; table = c.table; batch = c.batch; dtype = c.dtype; k = c.k; queries = c.queries; searchMode = c.searchMode
-        self.dim = dim; zipf = c.zipf; self.idSpace = c.ids?.count ?? idSpace; ids = c.ids
-        users = c.users; candidates = c.candidates; model = c.model; userVector = c.userVector; recordBatch = c.recordBatch
+        self.dim = dim; zipf = c.zipf; self.items = items; self.users = users
+        candidates = c.candidates; model = c.model; userVector = c.userVector; recordBatch = c.recordBatch
     }
+
+    /// Spaces from counts alone (tests, tools): item ids are `c.ids`, else `idSpace` ids from 0
+    /// against a shard and from 1 against a coordinator; users are `1...c.users` (else `1...idSpace`).
+    public init(configuration c: LoadTestConfiguration, dim: Int, idSpace: Int) {
+        let items = c.ids.map { IDSpace(ids: $0, source: "--ids-from") }
+            ?? IDSpace(first: c.mix.targetsShard ? 0 : 1, count: idSpace, source: "\(c.mix.targetsShard ? 0 : 1)...\((c.mix.targetsShard ? 0 : 1) + idSpace - 1) (--id-space \(idSpace))")
+        let n = c.users ?? idSpace
+        self.init(configuration: c, dim: dim, items: items, users: IDSpace(first: 1, count: n, source: "1...\(n) (--users \(n))"))
+    }
+
+    /// Item ids: the table's for Lookup; the items' for Rank, Similar and Record.
+    public var usesItemIDs: Bool { mix.entries.contains { $0.operation != .search && $0.operation != .recommend } }
+    /// User ids: Recommend, Rank, Record.
+    public var usesUsers: Bool { mix.entries.contains { [.recommend, .rank, .record].contains($0.operation) } }
 }
 
-/// Draws requests: the operation from the mix, item and user ids Zipf-skewed (rank 1 → id 0,
-/// or the first id of `ids`), Search queries uniform in [-1, 1). Not thread-safe: one per task.
+/// Draws requests: the operation from the mix, item and user ids Zipf-skewed over their
+/// `IDSpace`s (rank 1 the hottest), Search queries uniform in [-1, 1). Not thread-safe: one per task.
 public struct RequestGenerator: Sendable {
     public let shape: RequestShape
     private var rng: Xoshiro256
@@ -61,17 +105,13 @@ public struct RequestGenerator: Sendable {
     public init(shape: RequestShape, seed: UInt64) {
         self.shape = shape
         rng = Xoshiro256(seed: seed)
-        items = ZipfSampler(count: max(1, shape.idSpace), exponent: shape.zipf)
-        userSampler = ZipfSampler(count: max(1, shape.users), exponent: shape.zipf)
+        items = ZipfSampler(count: max(1, shape.items.count), exponent: shape.zipf)
+        userSampler = ZipfSampler(count: max(1, shape.users.count), exponent: shape.zipf)
     }
 
-    public mutating func itemID() -> UInt64 {
-        let r = items.sample(using: &rng) - 1
-        if let ids = shape.ids { return ids[r] }
-        return UInt64(r)
-    }
+    public mutating func itemID() -> UInt64 { shape.items.id(rank: items.sample(using: &rng) - 1) }
 
-    public mutating func userID() -> UInt64 { UInt64(userSampler.sample(using: &rng) - 1) }
+    public mutating func userID() -> UInt64 { shape.users.id(rank: userSampler.sample(using: &rng) - 1) }
 
     public mutating func next() -> PlannedRequest {
         let op = shape.mix.entries.count == 1 ? shape.mix.entries[0].operation : shape.mix.pick(rng.nextUnit())
@@ -95,14 +135,14 @@ public struct RequestGenerator: Sendable {
         case .similar:
             return .similar(SimilarRequest(itemID: itemID(), k: UInt32(shape.k ?? 10)))
         case .record:
-            // Item ids are ranks from 0; an event's item id must not be 0.
+            // The coordinator refuses user 0 and item 0 (INVALID_ARGUMENT, counted like any error).
             if shape.recordBatch == 1 {
-                return .record(RecordEventsRequest(userID: userID() + 1, events: [Event(itemID: itemID() + 1, kind: .view)]))
+                return .record(RecordEventsRequest(userID: userID(), events: [Event(itemID: itemID(), kind: .view)]))
             }
             var users: [RecordEventsRequest] = []
             users.reserveCapacity(shape.recordBatch)
             for _ in 0 ..< shape.recordBatch {
-                users.append(RecordEventsRequest(userID: userID() + 1, events: [Event(itemID: itemID() + 1, kind: .view)]))
+                users.append(RecordEventsRequest(userID: userID(), events: [Event(itemID: itemID(), kind: .view)]))
             }
             return .recordBatch(RecordEventsBatchRequest(users: users))
         }

@@ -171,30 +171,43 @@ struct HealthCommand: AsyncParsableCommand {
     }
 }
 
-/// `shardrank info`: what a shard serves.
+/// `shardrank info`: what a shard serves, or (a coordinator) what the cluster behind it serves.
 struct InfoCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "info", abstract: "Show what a shard serves.")
+    static let configuration = CommandConfiguration(
+        commandName: "info", abstract: "Show what a shard serves, or what the cluster behind a coordinator serves.")
 
     @OptionGroup var client: ClientOptions
 
     func run() async throws {
         let timeout = Duration.milliseconds(client.timeoutMs)
-        let info = try await withChannel(client) { (ch) throws(RPCError) in
+        let (info, coordinator) = try await withChannel(client) { (ch) throws(RPCError) -> (InfoResponse, Bool) in
             do throws(RPCError) {
-                return try await ShardClient(channel: ch).info(timeout: timeout)
+                return (try await ShardClient(channel: ch).info(timeout: timeout), false)
             } catch {
-                // Not a shard: say what it is when it answers health for the Recommender.
-                if error.code == .unimplemented,
-                   (try? await HealthClient(channel: ch).check(service: "shardrank.v1.Recommender", timeout: timeout)) != nil {
-                    throw RPCError(.unimplemented, "\(ch.target) is a coordinator, not a shard: `info` describes a shard "
-                                   + "(ask a coordinator with `shardrank recommend` or `shardrank health`)")
+                // Not a shard: a coordinator answers Recommender.Info for its cluster.
+                guard error.code == .unimplemented else { throw error }
+                do throws(RPCError) {
+                    return (try await RecommenderClient(channel: ch).info(timeout: timeout), true)
+                } catch let e where e.code == .unimplemented {
+                    // A coordinator older than Recommender.Info.
+                    if (try? await HealthClient(channel: ch).check(service: "shardrank.v1.Recommender", timeout: timeout)) != nil {
+                        throw RPCError(.unimplemented, "\(ch.target) is a coordinator that does not answer Info (an older version): "
+                                       + "ask it with `shardrank recommend` or `shardrank health`")
+                    }
+                    throw error
                 }
-                throw error
             }
         }
-        print("source \(info.source)  version \(info.version)  shard \(info.shard) of \(info.shardCount)  hash \(info.hash) seed 0x\(String(info.hashSeed, radix: 16))  mapped \(info.mappedBytes) bytes")
+        if coordinator {
+            print("\(info.source)  version \(info.version)  hash \(info.hash) seed 0x\(String(info.hashSeed, radix: 16))  mapped \(info.mappedBytes) bytes"
+                  + "  users table '\(info.usersTable)'  items table '\(info.itemsTable)'")
+        } else {
+            print("source \(info.source)  version \(info.version)  shard \(info.shard) of \(info.shardCount)  hash \(info.hash) seed 0x\(String(info.hashSeed, radix: 16))  mapped \(info.mappedBytes) bytes")
+        }
         for t in info.tables {
-            print("  \(t.name.padding(12))  \(String(describing: t.kind).padding(10))  dim \(t.dim)  \(t.dtype)  rows \(t.rows)")
+            // (0...0 for many rows: a shard that does not report id ranges)
+            let ids = t.kind != .list && t.rows > 0 && (t.maxID > 0 || t.rows == 1) ? "  ids \(t.minID)...\(t.maxID)" : ""
+            print("  \(t.name.padding(12))  \(String(describing: t.kind).padding(10))  dim \(t.dim)  \(t.dtype)  rows \(t.rows)\(ids)")
         }
     }
 }

@@ -16,7 +16,7 @@ struct LoadtestCommand: AsyncParsableCommand {
         Examples:
           shardrank loadtest --target 127.0.0.1:7101 --mix lookup --batch 256 --concurrency 16 --duration 10
           shardrank loadtest --target 127.0.0.1:7101 --mix lookup:0.9,search:0.1 --rate 2000 --arrivals poisson --json
-          shardrank loadtest --target 127.0.0.1:7001 --mix recommend:0.8,rank:0.1,similar:0.1 --users 100000 --rate 500
+          shardrank loadtest --target 127.0.0.1:7001 --mix recommend:0.8,rank:0.1,similar:0.1 --rate 500
           shardrank loadtest --target 127.0.0.1:7101 --sweep 1000:1000:20000 --p99-target 5
         """)
 
@@ -80,14 +80,14 @@ struct LoadtestCommand: AsyncParsableCommand {
     @Option(help: "Zipf exponent of item and user ids (0 = uniform).")
     var zipf: Double = 0.99
 
-    @Option(help: "Item ids are 0..<N, Zipf-ranked (default: the table's rows; 1000000 for a coordinator).")
+    @Option(help: "Item ids are N ids from 0 (shard) or from 1 (coordinator), Zipf-ranked (default: the ids the target holds: a shard's own ids of --table, read with Info and Ids; a coordinator's items table's id range, from its Info).")
     var idSpace: Int?
 
     @Option(help: "Draw item ids from this file (one per line; the first is the hottest).")
     var idsFrom: String?
 
-    @Option(help: "Coordinator: user ids are 0..<N, Zipf-ranked.")
-    var users: Int = 100_000
+    @Option(help: "Coordinator: user ids are 1...N, Zipf-ranked (default: the id range of the coordinator's users table, from its Info).")
+    var users: Int?
 
     @Option(help: "Rank: candidate ids per call.")
     var candidates: Int = 100
@@ -156,6 +156,7 @@ struct LoadtestCommand: AsyncParsableCommand {
         }
         c.dim = dim
         c.zipf = zipf
+        if let idSpace, idSpace < 1 { throw ValidationError("--id-space must be ≥ 1 (got \(idSpace))") }
         c.idSpace = idSpace
         if let idsFrom {
             guard let data = FileManager.default.contents(atPath: idsFrom) else { throw ValidationError("--ids-from: cannot read '\(idsFrom)'") }
@@ -163,6 +164,8 @@ struct LoadtestCommand: AsyncParsableCommand {
                 throw ValidationError("--ids-from: \(error.message)")
             }
         }
+        if let users, users < 1 { throw ValidationError("--users must be ≥ 1 (got \(users))") }
+        if let users, c.mix.targetsShard { throw ValidationError("--users \(users) is for a coordinator (recommend, rank, record): a shard's mix has no users") }
         c.users = users
         c.candidates = candidates
         c.model = model

@@ -29,6 +29,12 @@ public struct RecommenderClient: Sendable {
         return try decodeResponse { () throws(RPCError) in try RecordEventsResponse.decode(bytes) }
     }
 
+    /// What the cluster behind the coordinator serves (every shard's Info, merged).
+    public func info(metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> InfoResponse {
+        let bytes = try await channel.unary(path: "/shardrank.v1.Recommender/Info", request: InfoRequest().encoded(), metadata: metadata, timeout: timeout)
+        return try decodeResponse { () throws(RPCError) in try InfoResponse.decode(bytes) }
+    }
+
     /// Many users' events in one call (an event pipeline's batch). Every user in it must belong
     /// to this coordinator (`CoordinatorRing.coordinator(of:)`); one bad entry refuses the whole batch.
     public func recordEventsBatch(_ request: RecordEventsBatchRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> RecordEventsBatchResponse {

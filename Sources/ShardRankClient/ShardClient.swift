@@ -60,6 +60,33 @@ public struct ShardClient: Sendable {
         return try decodeResponse { () throws(RPCError) in try AttributesResponse.decode(bytes) }
     }
 
+    /// A page of the ids `request.table` holds on this shard, in row order.
+    public func ids(_ request: IdsRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> IdsResponse {
+        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Ids", request: request.encoded(), metadata: merged(metadata), timeout: timeout)
+        return try decodeResponse { () throws(RPCError) in try IdsResponse.decode(bytes) }
+    }
+
+    /// Every id `table` holds on this shard, in row order, paged from one table-set version
+    /// (`version`, or the newest when 0). Refuses (FAILED_PRECONDITION) a table of more than `maxIDs` rows.
+    public func allIDs(table: String, version: UInt64 = 0, maxIDs: Int = 100_000_000, pageSize: UInt32 = IdsRequest.maxLimit,
+                       timeout: Duration? = nil) async throws(RPCError) -> (ids: [UInt64], version: UInt64) {
+        var out: [UInt64] = []
+        var version = version
+        while true {
+            let page = try await ids(IdsRequest(table: table, offset: UInt64(out.count), limit: pageSize, version: version), timeout: timeout)
+            if out.isEmpty {
+                guard page.rows <= UInt64(maxIDs) else {
+                    throw RPCError(.failedPrecondition, "table '\(table)' holds \(page.rows) rows on this shard, more than the \(maxIDs) ids read at most")
+                }
+                version = page.version
+                out.reserveCapacity(Int(page.rows))
+            }
+            out += page.ids
+            if page.ids.isEmpty || out.count >= Int(page.rows) { break }
+        }
+        return (out, version)
+    }
+
     public func info(timeout: Duration? = nil) async throws(RPCError) -> InfoResponse {
         let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Info", request: InfoRequest().encoded(), timeout: timeout)
         return try decodeResponse { () throws(RPCError) in try InfoResponse.decode(bytes) }

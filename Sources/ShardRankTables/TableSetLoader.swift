@@ -14,6 +14,17 @@ public enum LoadedTable: Sendable {
         }
     }
 
+    /// The numeric ids of the rows held by this shard, in row order; nil for a list table
+    /// (string keys). Valid while the table set is alive.
+    public var ids: UnsafeBufferPointer<UInt64>? {
+        switch self {
+        case .embedding(let t): t.ids
+        case .list: nil
+        case .profile(let t): t.ids
+        case .attribute(let t): t.ids
+        }
+    }
+
     /// Rows (keys) held by this shard.
     public var rowCount: Int {
         switch self {
@@ -67,6 +78,8 @@ public final class LoadedTableSet: Sendable {
     public let tables: [String: LoadedTable]
     /// ANN indexes by the name of the embedding table they index.
     public let indexes: [String: ANNIndexTable]
+    /// The smallest and largest id of each table keyed by numeric ids that holds rows here.
+    public let idRanges: [String: ClosedRange<UInt64>]
 
     init(root: String, version: UInt64, manifest: TableSetManifest, shard: Int, router: ShardRouter,
          tables: [String: LoadedTable], indexes: [String: ANNIndexTable] = [:]) {
@@ -78,6 +91,14 @@ public final class LoadedTableSet: Sendable {
         self.shardCount = router.shardCount
         self.router = router
         self.tables = tables
+        var ranges: [String: ClosedRange<UInt64>] = [:]
+        for (name, t) in tables {
+            guard let ids = t.ids, var lo = ids.first else { continue }
+            var hi = lo
+            for id in ids { lo = Swift.min(lo, id); hi = Swift.max(hi, id) }
+            ranges[name] = lo ... hi
+        }
+        self.idRanges = ranges
     }
 
     public func embedding(_ name: String) -> EmbeddingTable? {

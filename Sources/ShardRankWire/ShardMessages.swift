@@ -429,8 +429,11 @@ public struct TableInfo: Sendable, Hashable {
     public var dim: UInt32
     public var dtype: DType
     public var rows: UInt64
-    public init(name: String, kind: TableKind, dim: UInt32, dtype: DType, rows: UInt64) {
-        self.name = name; self.kind = kind; self.dim = dim; self.dtype = dtype; self.rows = rows
+    /// The smallest and largest id of the rows (0 and 0: a list table, or no rows).
+    public var minID: UInt64
+    public var maxID: UInt64
+    public init(name: String, kind: TableKind, dim: UInt32, dtype: DType, rows: UInt64, minID: UInt64 = 0, maxID: UInt64 = 0) {
+        self.name = name; self.kind = kind; self.dim = dim; self.dtype = dtype; self.rows = rows; self.minID = minID; self.maxID = maxID
     }
 }
 
@@ -444,11 +447,15 @@ public struct InfoResponse: Sendable, Hashable {
     public var hash: String
     /// The hash function's seed (the manifest's); 0 = not reported (a shard predating the field).
     public var hashSeed: UInt64
+    /// A coordinator's Info: the tables it reads user and item vectors from ("" from a shard).
+    public var usersTable: String
+    public var itemsTable: String
 
     public init(version: UInt64, shard: UInt32, shardCount: UInt32, tables: [TableInfo], mappedBytes: UInt64, source: String, hash: String,
-                hashSeed: UInt64 = 0) {
+                hashSeed: UInt64 = 0, usersTable: String = "", itemsTable: String = "") {
         self.version = version; self.shard = shard; self.shardCount = shardCount; self.tables = tables
         self.mappedBytes = mappedBytes; self.source = source; self.hash = hash; self.hashSeed = hashSeed
+        self.usersTable = usersTable; self.itemsTable = itemsTable
     }
 
     public static func decode(_ bytes: [UInt8]) throws(RPCError) -> InfoResponse {
@@ -456,11 +463,13 @@ public struct InfoResponse: Sendable, Hashable {
             let tables = (0 ..< m.pointee.n_tables).map { i -> TableInfo in
                 let t = m.pointee.tables[i]!.pointee
                 return TableInfo(name: ProtoC.string(t.name), kind: TableKind(rawValue: t.kind.rawValue) ?? .unspecified,
-                                 dim: t.dim, dtype: DType(rawValue: t.dtype.rawValue) ?? .unspecified, rows: t.rows)
+                                 dim: t.dim, dtype: DType(rawValue: t.dtype.rawValue) ?? .unspecified, rows: t.rows,
+                                 minID: t.min_id, maxID: t.max_id)
             }
             return InfoResponse(version: m.pointee.version, shard: m.pointee.shard, shardCount: m.pointee.shard_count,
                                 tables: tables, mappedBytes: m.pointee.mapped_bytes, source: ProtoC.string(m.pointee.source),
-                                hash: ProtoC.string(m.pointee.hash), hashSeed: m.pointee.hash_seed)
+                                hash: ProtoC.string(m.pointee.hash), hashSeed: m.pointee.hash_seed,
+                                usersTable: ProtoC.string(m.pointee.users_table), itemsTable: ProtoC.string(m.pointee.items_table))
         }
     }
 
@@ -480,12 +489,84 @@ public struct InfoResponse: Sendable, Hashable {
             c.dim = t.dim
             c.dtype = Shardrank__V1__DType(rawValue: t.dtype.rawValue)
             c.rows = t.rows
+            c.min_id = t.minID
+            c.max_id = t.maxID
             return c
         })
         m.mapped_bytes = mappedBytes
         m.source = arena.string(source)
         m.hash = arena.string(hash)
         m.hash_seed = hashSeed
+        m.users_table = arena.string(usersTable)
+        m.items_table = arena.string(itemsTable)
+        return withExtendedLifetime(arena) { ProtoC.pack(&m) }
+    }
+}
+
+/// `Ids`: a page of the ids a table holds on one shard, in row order.
+public struct IdsRequest: Sendable, Hashable {
+    /// The page size a `limit` of 0 asks for, and the most one call may ask for.
+    public static let defaultLimit: UInt32 = 65_536
+    public static let maxLimit: UInt32 = 262_144
+    public var table: String
+    public var offset: UInt64
+    /// 0: `defaultLimit`.
+    public var limit: UInt32
+    public var version: UInt64
+
+    public init(table: String, offset: UInt64 = 0, limit: UInt32 = 0, version: UInt64 = 0) {
+        self.table = table; self.offset = offset; self.limit = limit; self.version = version
+    }
+
+    /// The page size asked for (`limit`, or `defaultLimit` for 0).
+    public var pageSize: Int { Int(limit == 0 ? Self.defaultLimit : limit) }
+
+    public static func decode(_ bytes: [UInt8]) throws(RPCError) -> IdsRequest {
+        try ProtoC.unpack(bytes, "shardrank.v1.IdsRequest", unpack: shardrank__v1__ids_request__unpack, free: shardrank__v1__ids_request__free_unpacked) { m in
+            IdsRequest(table: ProtoC.string(m.pointee.table), offset: m.pointee.offset, limit: m.pointee.limit, version: m.pointee.version)
+        }
+    }
+
+    public func encoded() -> FramedMessage {
+        let arena = CArena()
+        var m = Shardrank__V1__IdsRequest()
+        shardrank__v1__ids_request__init(&m)
+        m.table = arena.string(table)
+        m.offset = offset
+        m.limit = limit
+        m.version = version
+        return withExtendedLifetime(arena) { ProtoC.pack(&m) }
+    }
+}
+
+public struct IdsResponse: Sendable, Hashable {
+    public var ids: [UInt64]
+    /// Rows the table holds on this shard.
+    public var rows: UInt64
+    public var version: UInt64
+    public var shard: UInt32
+    public var shardCount: UInt32
+
+    public init(ids: [UInt64], rows: UInt64, version: UInt64, shard: UInt32 = 0, shardCount: UInt32 = 1) {
+        self.ids = ids; self.rows = rows; self.version = version; self.shard = shard; self.shardCount = shardCount
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws(RPCError) -> IdsResponse {
+        try ProtoC.unpack(bytes, "shardrank.v1.IdsResponse", unpack: shardrank__v1__ids_response__unpack, free: shardrank__v1__ids_response__free_unpacked) { m in
+            let p = m.pointee
+            return IdsResponse(ids: ProtoC.array(p.ids, p.n_ids), rows: p.rows, version: p.version, shard: p.shard, shardCount: p.shard_count)
+        }
+    }
+
+    public func encoded() -> FramedMessage {
+        let arena = CArena()
+        var m = Shardrank__V1__IdsResponse()
+        shardrank__v1__ids_response__init(&m)
+        m.n_ids = ids.count; m.ids = arena.array(ids)
+        m.rows = rows
+        m.version = version
+        m.shard = shard
+        m.shard_count = shardCount
         return withExtendedLifetime(arena) { ProtoC.pack(&m) }
     }
 }

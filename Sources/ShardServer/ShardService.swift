@@ -31,9 +31,16 @@ public protocol ShardBackend: Sendable {
     func profiles(_ request: ProfilesRequest, context: ServerContext) throws(RPCError) -> ProfilesResponse
     func attributes(_ request: AttributesRequest, context: ServerContext) throws(RPCError) -> AttributesResponse
     func info() -> InfoResponse
+    /// A page of the ids table `request.table` holds, in row order (`limit` already checked).
+    func ids(_ request: IdsRequest, context: ServerContext) throws(RPCError) -> IdsResponse
 }
 
 extension ShardBackend {
+    /// A backend that cannot list its ids.
+    public func ids(_ request: IdsRequest, context: ServerContext) throws(RPCError) -> IdsResponse {
+        throw RPCError(.unimplemented, "this shard backend does not list its ids")
+    }
+
     public var deferredSearch: Bool { false }
     public func searchDeferred(_ request: SearchRequest, context: ServerContext,
                                respond: @escaping @Sendable (Result<SearchResponse, RPCError>) -> Void) {
@@ -124,6 +131,13 @@ public struct ShardService: RPCService {
             RPCMethod(service: serviceName, method: "Info", placement: .inline, handler: .unary { bytes, _ throws(RPCError) in
                 _ = try InfoRequest.decode(bytes)
                 return backend.info().encoded()
+            }),
+            RPCMethod(service: serviceName, method: "Ids", placement: .inline, handler: .unary { bytes, ctx throws(RPCError) in
+                let req = try IdsRequest.decode(bytes)
+                guard req.limit <= IdsRequest.maxLimit else {
+                    throw RPCError(.invalidArgument, "Ids limit \(req.limit) exceeds the limit of \(IdsRequest.maxLimit) ids per call")
+                }
+                return try backend.ids(req, context: ctx).encoded()
             }),
         ]
     }

@@ -126,9 +126,20 @@ public struct SyntheticBackend: ShardBackend {
 
     public func info() -> InfoResponse {
         InfoResponse(version: Self.version, shard: 0, shardCount: 1,
-                     tables: [TableInfo(name: Self.tableName, kind: .embedding, dim: UInt32(table.dim), dtype: .f32, rows: UInt64(table.rows))],
+                     tables: [TableInfo(name: Self.tableName, kind: .embedding, dim: UInt32(table.dim), dtype: .f32, rows: UInt64(table.rows),
+                                        minID: 0, maxID: UInt64(table.rows - 1))],
                      mappedBytes: UInt64(table.rows * table.dim * 4), source: "synthetic:\(table.rows)x\(table.dim)", hash: "none",
                      hashSeed: StableHash.defaultSeed)
+    }
+
+    /// Ids `0 ..< rows`, in order.
+    public func ids(_ req: IdsRequest, context: ServerContext) throws(RPCError) -> IdsResponse {
+        try checkTable(req.table)
+        try checkVersion(req.version)
+        let rows = UInt64(table.rows)
+        let start = min(req.offset, rows)
+        let end = min(rows, start + UInt64(req.pageSize))
+        return IdsResponse(ids: Array(start ..< end), rows: rows, version: Self.version)
     }
 }
 

@@ -387,18 +387,33 @@ public final class TableSetBackend: ShardBackend {
         let ts = state.withLock { $0.current }
         let tables = ts.tables.keys.sorted().map { name -> TableInfo in
             let t = ts.tables[name]!
+            let range = ts.idRanges[name]
+            let lo = range?.lowerBound ?? 0, hi = range?.upperBound ?? 0
             switch t {
             case .embedding(let e):
-                return TableInfo(name: name, kind: .embedding, dim: UInt32(e.dim), dtype: DType(rawValue: e.dtype.rawValue)!, rows: UInt64(e.rowCount))
+                return TableInfo(name: name, kind: .embedding, dim: UInt32(e.dim), dtype: DType(rawValue: e.dtype.rawValue)!, rows: UInt64(e.rowCount),
+                                 minID: lo, maxID: hi)
             case .list:
                 return TableInfo(name: name, kind: .list, dim: 0, dtype: .unspecified, rows: UInt64(t.rowCount))
             case .profile:
-                return TableInfo(name: name, kind: .profile, dim: 0, dtype: .unspecified, rows: UInt64(t.rowCount))
+                return TableInfo(name: name, kind: .profile, dim: 0, dtype: .unspecified, rows: UInt64(t.rowCount), minID: lo, maxID: hi)
             case .attribute:
-                return TableInfo(name: name, kind: .attribute, dim: 0, dtype: .unspecified, rows: UInt64(t.rowCount))
+                return TableInfo(name: name, kind: .attribute, dim: 0, dtype: .unspecified, rows: UInt64(t.rowCount), minID: lo, maxID: hi)
             }
         }
         return InfoResponse(version: ts.version, shard: UInt32(shard), shardCount: UInt32(shardCount), tables: tables,
                             mappedBytes: UInt64(ts.mappedBytes), source: root, hash: StableHash.functionName, hashSeed: ts.router.seed)
+    }
+
+    public func ids(_ req: IdsRequest, context: ServerContext) throws(RPCError) -> IdsResponse {
+        let ts = try snapshot(pinned: req.version)
+        guard let t = ts.tables[req.table] else { throw tableMissing(req.table, ts, want: "a table") }
+        guard let ids = t.ids else {
+            throw RPCError(.invalidArgument, "table '\(req.table)' is a list table: its keys are strings, not ids (Lists reads them)")
+        }
+        let start = Int(min(req.offset, UInt64(ids.count)))
+        let end = min(ids.count, start + req.pageSize)
+        return IdsResponse(ids: Array(ids[start ..< end]), rows: UInt64(ids.count), version: ts.version, shard: UInt32(shard),
+                           shardCount: UInt32(shardCount))
     }
 }

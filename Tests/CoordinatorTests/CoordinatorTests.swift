@@ -404,6 +404,36 @@ func searchOnly(_ s: inout CoordinatorSettings) {
         await c.stop()
     }
 
+    /// `Recommender.Info`: every shard's Info merged — each table once, rows summed, the id range
+    /// over all shards, the coordinator's users and items tables; a shard that does not answer is
+    /// UNAVAILABLE naming it (never a partial sum).
+    @Test func infoMergesEveryShardsInfo() async throws {
+        let c = try await Cluster(shards: 3, sockets: true)
+        // Every replica SERVING first (a health check on a loaded machine may time out once).
+        let ready = ContinuousClock.now.advanced(by: .seconds(10))
+        while !(c.cluster?.readiness.ready ?? true) && ContinuousClock.now < ready {
+            try await Task.sleep(for: .milliseconds(50))
+            await c.cluster?.checkAll()
+        }
+        let info = try await c.recommender.info(context: Cluster.context())
+        #expect(info.shardCount == 3 && info.version == 1 && info.hashSeed == StableHash.defaultSeed)
+        #expect(info.usersTable == "users" && info.itemsTable == "items" && info.source == "coordinator over 3 shards")
+        let byName = Dictionary(uniqueKeysWithValues: info.tables.map { ($0.name, $0) })
+        #expect(info.tables.map(\.name) == info.tables.map(\.name).sorted())
+        #expect(byName["items"].map { ($0.rows, $0.minID, $0.maxID, $0.dim) } ?? (0, 0, 0, 0) == (240, 1000, 1239, UInt32(Cluster.dim)))
+        #expect(byName["users"].map { ($0.rows, $0.minID, $0.maxID) } ?? (0, 0, 0) == (12, 1, 12))
+        #expect(byName["profiles"]?.rows == 12 && byName["attributes"]?.rows == 240)
+        #expect(byName["popular"].map { $0.kind == .list && $0.rows == 1 && $0.minID == 0 && $0.maxID == 0 } == true)
+        await c.servers[2][0].shutdownGracefully()
+        do {
+            _ = try await c.recommender.info(context: Cluster.context(ms: 500))
+            Issue.record("Info answered without shard 2")
+        } catch {
+            #expect(error.code == .unavailable && error.message.hasPrefix("shard 2 of 3 did not answer Info"), "\(error)")
+        }
+        await c.stop()
+    }
+
     @Test func aDeadShardIsFlaggedAndMinCoverageRefuses() async throws {
         let c = try await Cluster(sockets: true, settings: searchOnly)
         await c.servers[1][0].shutdownGracefully()

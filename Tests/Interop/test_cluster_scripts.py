@@ -341,6 +341,72 @@ def test_down_and_status_without_a_topology_cover_every_cluster_under_run(tmp_pa
     assert tool.main(["status"]) == 1 and "nothing is up" in capsys.readouterr().err
 
 
+def test_topology_files_of_one_name_get_their_own_run_directories(tables, tmp_path, capsys, monkeypatch):
+    """Two clusters from two files both named topology.json (in different directories) run side
+    by side: each gets run/topology-<hash of its path>/, which cluster/up names; status lists
+    both, `down TOPOLOGY` stops only its own, a bare down stops the rest."""
+    spec = importlib.util.spec_from_file_location("cluster_tool_dirs", os.path.join(CLUSTER, "cluster.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    root = tmp_path / "run"
+    monkeypatch.setattr(tool, "DEFAULT_RUN_ROOT", str(root))
+    monkeypatch.setenv("SHARDRANK_BIN", shardrank_bin())
+    ports = free_ports(4)
+    topos = []
+    for i, name in enumerate(("a", "b")):
+        (tmp_path / name).mkdir()
+        topos.append(write_topology(tmp_path / name / "topology.json", tables,
+                                    [[f"127.0.0.1:{ports[2 * i]}"], [f"127.0.0.1:{ports[2 * i + 1]}"]], []))
+    dirs = [tool.run_dir_for(t, None) for t in topos]
+    assert dirs[0] != dirs[1] and all(os.path.dirname(d) == str(root) for d in dirs), dirs
+    assert all(re.fullmatch(r"topology-[0-9a-f]{8}", os.path.basename(d)) for d in dirs), dirs
+    # The same file reached through another path (a symlink) is the same cluster.
+    os.symlink(tmp_path / "a", tmp_path / "a-link")
+    assert tool.run_dir_for(str(tmp_path / "a-link" / "topology.json"), None) == dirs[0]
+    assert tool.run_dir_for(topos[0], str(tmp_path / "elsewhere")) == str(tmp_path / "elsewhere")
+    try:
+        for t, d in zip(topos, dirs):
+            capsys.readouterr()
+            assert tool.main(["up", t, "--timeout", "20"]) == 0, capsys.readouterr().err
+            err = capsys.readouterr().err
+            assert f"run directory {d}" in err, err
+            assert os.path.exists(os.path.join(d, "cluster.json"))
+        assert tool.main(["status", "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert sorted((r["cluster"], r["address"]) for r in rows) == sorted(
+            (os.path.basename(d), f"127.0.0.1:{p}") for d, pair in zip(dirs, (ports[:2], ports[2:])) for p in pair)
+        assert all(r["health"] == "SERVING" for r in rows)
+        pids = {r["address"]: r["pid"] for r in rows}
+        assert tool.main(["down", topos[0], "--grace", "5"]) == 0
+        assert not any(alive(pids[f"127.0.0.1:{p}"]) for p in ports[:2])
+        assert all(alive(pids[f"127.0.0.1:{p}"]) for p in ports[2:])
+        assert tool.main(["status", topos[1], "--json"]) == 0
+        assert [r["health"] for r in json.loads(capsys.readouterr().out)] == ["SERVING", "SERVING"]
+        assert tool.main(["down", "--grace", "5"]) == 0
+        assert not any(alive(p) for p in pids.values())
+    finally:
+        tool.main(["down", "--grace", "5"])
+
+
+def test_a_cluster_in_a_run_directory_without_the_hash_is_still_found(tmp_path, monkeypatch):
+    """A cluster started when the run directory was run/<name>/ is still stopped by name."""
+    spec = importlib.util.spec_from_file_location("cluster_tool_legacy", os.path.join(CLUSTER, "cluster.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.setattr(tool, "DEFAULT_RUN_ROOT", str(tmp_path / "run"))
+    topo = tmp_path / "x" / "topology.json"
+    topo.parent.mkdir()
+    topo.write_text("{}")
+    other = tmp_path / "y" / "topology.json"
+    other.parent.mkdir()
+    other.write_text("{}")
+    legacy = tmp_path / "run" / "topology"
+    legacy.mkdir(parents=True)
+    (legacy / "cluster.json").write_text(json.dumps({"topology": str(topo)}))
+    assert tool.run_dir_for(str(topo), None) == str(legacy)
+    assert tool.run_dir_for(str(other), None) == tool.default_run_dir(str(other)) != str(legacy)
+
+
 def netns_unavailable():
     if os.geteuid() != 0:
         return "not root: network namespaces need root"

@@ -2227,15 +2227,17 @@ const ProtobufCEnumDescriptor shardrank__v1__event_kind__descriptor =
   shardrank__v1__event_kind__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCMethodDescriptor shardrank__v1__recommender__method_descriptors[5] =
+static const ProtobufCMethodDescriptor shardrank__v1__recommender__method_descriptors[6] =
 {
   { "Recommend", &shardrank__v1__recommend_request__descriptor, &shardrank__v1__recommend_response__descriptor },
   { "Rank", &shardrank__v1__rank_request__descriptor, &shardrank__v1__rank_response__descriptor },
   { "Similar", &shardrank__v1__similar_request__descriptor, &shardrank__v1__similar_response__descriptor },
   { "RecordEvents", &shardrank__v1__record_events_request__descriptor, &shardrank__v1__record_events_response__descriptor },
   { "RecordEventsBatch", &shardrank__v1__record_events_batch_request__descriptor, &shardrank__v1__record_events_batch_response__descriptor },
+  { "Info", &shardrank__v1__info_request__descriptor, &shardrank__v1__info_response__descriptor },
 };
 const unsigned shardrank__v1__recommender__method_indices_by_name[] = {
+  5,        /* Info */
   1,        /* Rank */
   0,        /* Recommend */
   3,        /* RecordEvents */
@@ -2249,7 +2251,7 @@ const ProtobufCServiceDescriptor shardrank__v1__recommender__descriptor =
   "Recommender",
   "Shardrank__V1__Recommender",
   "shardrank.v1",
-  5,
+  6,
   shardrank__v1__recommender__method_descriptors,
   shardrank__v1__recommender__method_indices_by_name
 };
@@ -2292,6 +2294,14 @@ void shardrank__v1__recommender__record_events_batch(ProtobufCService *service,
 {
   assert(service->descriptor == &shardrank__v1__recommender__descriptor);
   service->invoke(service, 4, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void shardrank__v1__recommender__info(ProtobufCService *service,
+                                      const Shardrank__V1__InfoRequest *input,
+                                      Shardrank__V1__InfoResponse_Closure closure,
+                                      void *closure_data)
+{
+  assert(service->descriptor == &shardrank__v1__recommender__descriptor);
+  service->invoke(service, 5, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void shardrank__v1__recommender__init (Shardrank__V1__Recommender_Service *service,
                                        Shardrank__V1__Recommender_ServiceDestroy destroy)

@@ -502,6 +502,96 @@ void   shardrank__v1__info_response__free_unpacked
   assert(message->base.descriptor == &shardrank__v1__info_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   shardrank__v1__ids_request__init
+                     (Shardrank__V1__IdsRequest         *message)
+{
+  static const Shardrank__V1__IdsRequest init_value = SHARDRANK__V1__IDS_REQUEST__INIT;
+  *message = init_value;
+}
+size_t shardrank__v1__ids_request__get_packed_size
+                     (const Shardrank__V1__IdsRequest *message)
+{
+  assert(message->base.descriptor == &shardrank__v1__ids_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t shardrank__v1__ids_request__pack
+                     (const Shardrank__V1__IdsRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &shardrank__v1__ids_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t shardrank__v1__ids_request__pack_to_buffer
+                     (const Shardrank__V1__IdsRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &shardrank__v1__ids_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Shardrank__V1__IdsRequest *
+       shardrank__v1__ids_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Shardrank__V1__IdsRequest *)
+     protobuf_c_message_unpack (&shardrank__v1__ids_request__descriptor,
+                                allocator, len, data);
+}
+void   shardrank__v1__ids_request__free_unpacked
+                     (Shardrank__V1__IdsRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &shardrank__v1__ids_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   shardrank__v1__ids_response__init
+                     (Shardrank__V1__IdsResponse         *message)
+{
+  static const Shardrank__V1__IdsResponse init_value = SHARDRANK__V1__IDS_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t shardrank__v1__ids_response__get_packed_size
+                     (const Shardrank__V1__IdsResponse *message)
+{
+  assert(message->base.descriptor == &shardrank__v1__ids_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t shardrank__v1__ids_response__pack
+                     (const Shardrank__V1__IdsResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &shardrank__v1__ids_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t shardrank__v1__ids_response__pack_to_buffer
+                     (const Shardrank__V1__IdsResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &shardrank__v1__ids_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Shardrank__V1__IdsResponse *
+       shardrank__v1__ids_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Shardrank__V1__IdsResponse *)
+     protobuf_c_message_unpack (&shardrank__v1__ids_response__descriptor,
+                                allocator, len, data);
+}
+void   shardrank__v1__ids_response__free_unpacked
+                     (Shardrank__V1__IdsResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &shardrank__v1__ids_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   shardrank__v1__profiles_request__init
                      (Shardrank__V1__ProfilesRequest         *message)
 {
@@ -1543,7 +1633,7 @@ const ProtobufCMessageDescriptor shardrank__v1__info_request__descriptor =
   (ProtobufCMessageInit) shardrank__v1__info_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor shardrank__v1__table_info__field_descriptors[5] =
+static const ProtobufCFieldDescriptor shardrank__v1__table_info__field_descriptors[7] =
 {
   {
     "name",
@@ -1605,18 +1695,44 @@ static const ProtobufCFieldDescriptor shardrank__v1__table_info__field_descripto
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "min_id",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__TableInfo, min_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "max_id",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__TableInfo, max_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned shardrank__v1__table_info__field_indices_by_name[] = {
   2,   /* field[2] = dim */
   3,   /* field[3] = dtype */
   1,   /* field[1] = kind */
+  6,   /* field[6] = max_id */
+  5,   /* field[5] = min_id */
   0,   /* field[0] = name */
   4,   /* field[4] = rows */
 };
 static const ProtobufCIntRange shardrank__v1__table_info__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 5 }
+  { 0, 7 }
 };
 const ProtobufCMessageDescriptor shardrank__v1__table_info__descriptor =
 {
@@ -1626,14 +1742,14 @@ const ProtobufCMessageDescriptor shardrank__v1__table_info__descriptor =
   "Shardrank__V1__TableInfo",
   "shardrank.v1",
   sizeof(Shardrank__V1__TableInfo),
-  5,
+  7,
   shardrank__v1__table_info__field_descriptors,
   shardrank__v1__table_info__field_indices_by_name,
   1,  shardrank__v1__table_info__number_ranges,
   (ProtobufCMessageInit) shardrank__v1__table_info__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor shardrank__v1__info_response__field_descriptors[8] =
+static const ProtobufCFieldDescriptor shardrank__v1__info_response__field_descriptors[10] =
 {
   {
     "version",
@@ -1731,21 +1847,47 @@ static const ProtobufCFieldDescriptor shardrank__v1__info_response__field_descri
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "users_table",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__InfoResponse, users_table),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "items_table",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__InfoResponse, items_table),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned shardrank__v1__info_response__field_indices_by_name[] = {
   6,   /* field[6] = hash */
   7,   /* field[7] = hash_seed */
+  9,   /* field[9] = items_table */
   4,   /* field[4] = mapped_bytes */
   1,   /* field[1] = shard */
   2,   /* field[2] = shard_count */
   5,   /* field[5] = source */
   3,   /* field[3] = tables */
+  8,   /* field[8] = users_table */
   0,   /* field[0] = version */
 };
 static const ProtobufCIntRange shardrank__v1__info_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 8 }
+  { 0, 10 }
 };
 const ProtobufCMessageDescriptor shardrank__v1__info_response__descriptor =
 {
@@ -1755,11 +1897,178 @@ const ProtobufCMessageDescriptor shardrank__v1__info_response__descriptor =
   "Shardrank__V1__InfoResponse",
   "shardrank.v1",
   sizeof(Shardrank__V1__InfoResponse),
-  8,
+  10,
   shardrank__v1__info_response__field_descriptors,
   shardrank__v1__info_response__field_indices_by_name,
   1,  shardrank__v1__info_response__number_ranges,
   (ProtobufCMessageInit) shardrank__v1__info_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor shardrank__v1__ids_request__field_descriptors[4] =
+{
+  {
+    "table",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__IdsRequest, table),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "offset",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__IdsRequest, offset),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "limit",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__IdsRequest, limit),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "version",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__IdsRequest, version),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned shardrank__v1__ids_request__field_indices_by_name[] = {
+  2,   /* field[2] = limit */
+  1,   /* field[1] = offset */
+  0,   /* field[0] = table */
+  3,   /* field[3] = version */
+};
+static const ProtobufCIntRange shardrank__v1__ids_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor shardrank__v1__ids_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "shardrank.v1.IdsRequest",
+  "IdsRequest",
+  "Shardrank__V1__IdsRequest",
+  "shardrank.v1",
+  sizeof(Shardrank__V1__IdsRequest),
+  4,
+  shardrank__v1__ids_request__field_descriptors,
+  shardrank__v1__ids_request__field_indices_by_name,
+  1,  shardrank__v1__ids_request__number_ranges,
+  (ProtobufCMessageInit) shardrank__v1__ids_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor shardrank__v1__ids_response__field_descriptors[5] =
+{
+  {
+    "ids",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Shardrank__V1__IdsResponse, n_ids),
+    offsetof(Shardrank__V1__IdsResponse, ids),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "rows",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__IdsResponse, rows),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "version",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__IdsResponse, version),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "shard",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__IdsResponse, shard),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "shard_count",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Shardrank__V1__IdsResponse, shard_count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned shardrank__v1__ids_response__field_indices_by_name[] = {
+  0,   /* field[0] = ids */
+  1,   /* field[1] = rows */
+  3,   /* field[3] = shard */
+  4,   /* field[4] = shard_count */
+  2,   /* field[2] = version */
+};
+static const ProtobufCIntRange shardrank__v1__ids_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 5 }
+};
+const ProtobufCMessageDescriptor shardrank__v1__ids_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "shardrank.v1.IdsResponse",
+  "IdsResponse",
+  "Shardrank__V1__IdsResponse",
+  "shardrank.v1",
+  sizeof(Shardrank__V1__IdsResponse),
+  5,
+  shardrank__v1__ids_response__field_descriptors,
+  shardrank__v1__ids_response__field_indices_by_name,
+  1,  shardrank__v1__ids_response__number_ranges,
+  (ProtobufCMessageInit) shardrank__v1__ids_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor shardrank__v1__profiles_request__field_descriptors[3] =
@@ -2255,21 +2564,23 @@ const ProtobufCEnumDescriptor shardrank__v1__search_mode__descriptor =
   shardrank__v1__search_mode__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCMethodDescriptor shardrank__v1__shard__method_descriptors[6] =
+static const ProtobufCMethodDescriptor shardrank__v1__shard__method_descriptors[7] =
 {
   { "Lookup", &shardrank__v1__lookup_request__descriptor, &shardrank__v1__lookup_response__descriptor },
   { "Search", &shardrank__v1__search_request__descriptor, &shardrank__v1__search_response__descriptor },
   { "Lists", &shardrank__v1__lists_request__descriptor, &shardrank__v1__lists_response__descriptor },
   { "Info", &shardrank__v1__info_request__descriptor, &shardrank__v1__info_response__descriptor },
+  { "Ids", &shardrank__v1__ids_request__descriptor, &shardrank__v1__ids_response__descriptor },
   { "Profiles", &shardrank__v1__profiles_request__descriptor, &shardrank__v1__profiles_response__descriptor },
   { "Attributes", &shardrank__v1__attributes_request__descriptor, &shardrank__v1__attributes_response__descriptor },
 };
 const unsigned shardrank__v1__shard__method_indices_by_name[] = {
-  5,        /* Attributes */
+  6,        /* Attributes */
+  4,        /* Ids */
   3,        /* Info */
   2,        /* Lists */
   0,        /* Lookup */
-  4,        /* Profiles */
+  5,        /* Profiles */
   1         /* Search */
 };
 const ProtobufCServiceDescriptor shardrank__v1__shard__descriptor =
@@ -2279,7 +2590,7 @@ const ProtobufCServiceDescriptor shardrank__v1__shard__descriptor =
   "Shard",
   "Shardrank__V1__Shard",
   "shardrank.v1",
-  6,
+  7,
   shardrank__v1__shard__method_descriptors,
   shardrank__v1__shard__method_indices_by_name
 };
@@ -2315,13 +2626,21 @@ void shardrank__v1__shard__info(ProtobufCService *service,
   assert(service->descriptor == &shardrank__v1__shard__descriptor);
   service->invoke(service, 3, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
+void shardrank__v1__shard__ids(ProtobufCService *service,
+                               const Shardrank__V1__IdsRequest *input,
+                               Shardrank__V1__IdsResponse_Closure closure,
+                               void *closure_data)
+{
+  assert(service->descriptor == &shardrank__v1__shard__descriptor);
+  service->invoke(service, 4, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
 void shardrank__v1__shard__profiles(ProtobufCService *service,
                                     const Shardrank__V1__ProfilesRequest *input,
                                     Shardrank__V1__ProfilesResponse_Closure closure,
                                     void *closure_data)
 {
   assert(service->descriptor == &shardrank__v1__shard__descriptor);
-  service->invoke(service, 4, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 5, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void shardrank__v1__shard__attributes(ProtobufCService *service,
                                       const Shardrank__V1__AttributesRequest *input,
@@ -2329,7 +2648,7 @@ void shardrank__v1__shard__attributes(ProtobufCService *service,
                                       void *closure_data)
 {
   assert(service->descriptor == &shardrank__v1__shard__descriptor);
-  service->invoke(service, 5, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 6, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void shardrank__v1__shard__init (Shardrank__V1__Shard_Service *service,
                                  Shardrank__V1__Shard_ServiceDestroy destroy)

@@ -15,6 +15,7 @@ PROTOBUF_C__BEGIN_DECLS
 #endif
 
 #include "shardrank/v1/common.pb-c.h"
+#include "shardrank/v1/shard.pb-c.h"
 
 typedef struct Shardrank__V1__Context Shardrank__V1__Context;
 typedef struct Shardrank__V1__Budgets Shardrank__V1__Budgets;
@@ -817,6 +818,10 @@ struct Shardrank__V1__Recommender_Service
                               const Shardrank__V1__RecordEventsBatchRequest *input,
                               Shardrank__V1__RecordEventsBatchResponse_Closure closure,
                               void *closure_data);
+  void (*info)(Shardrank__V1__Recommender_Service *service,
+               const Shardrank__V1__InfoRequest *input,
+               Shardrank__V1__InfoResponse_Closure closure,
+               void *closure_data);
 };
 typedef void (*Shardrank__V1__Recommender_ServiceDestroy)(Shardrank__V1__Recommender_Service *);
 void shardrank__v1__recommender__init (Shardrank__V1__Recommender_Service *service,
@@ -829,7 +834,8 @@ void shardrank__v1__recommender__init (Shardrank__V1__Recommender_Service *servi
       function_prefix__ ## rank,\
       function_prefix__ ## similar,\
       function_prefix__ ## record_events,\
-      function_prefix__ ## record_events_batch  }
+      function_prefix__ ## record_events_batch,\
+      function_prefix__ ## info  }
 void shardrank__v1__recommender__recommend(ProtobufCService *service,
                                            const Shardrank__V1__RecommendRequest *input,
                                            Shardrank__V1__RecommendResponse_Closure closure,
@@ -850,6 +856,10 @@ void shardrank__v1__recommender__record_events_batch(ProtobufCService *service,
                                                      const Shardrank__V1__RecordEventsBatchRequest *input,
                                                      Shardrank__V1__RecordEventsBatchResponse_Closure closure,
                                                      void *closure_data);
+void shardrank__v1__recommender__info(ProtobufCService *service,
+                                      const Shardrank__V1__InfoRequest *input,
+                                      Shardrank__V1__InfoResponse_Closure closure,
+                                      void *closure_data);
 
 /* --- descriptors --- */
 

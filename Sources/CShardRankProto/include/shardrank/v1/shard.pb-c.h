@@ -27,6 +27,8 @@ typedef struct Shardrank__V1__ListsResponse Shardrank__V1__ListsResponse;
 typedef struct Shardrank__V1__InfoRequest Shardrank__V1__InfoRequest;
 typedef struct Shardrank__V1__TableInfo Shardrank__V1__TableInfo;
 typedef struct Shardrank__V1__InfoResponse Shardrank__V1__InfoResponse;
+typedef struct Shardrank__V1__IdsRequest Shardrank__V1__IdsRequest;
+typedef struct Shardrank__V1__IdsResponse Shardrank__V1__IdsResponse;
 typedef struct Shardrank__V1__ProfilesRequest Shardrank__V1__ProfilesRequest;
 typedef struct Shardrank__V1__UserProfile Shardrank__V1__UserProfile;
 typedef struct Shardrank__V1__ProfilesResponse Shardrank__V1__ProfilesResponse;
@@ -263,10 +265,17 @@ struct  Shardrank__V1__TableInfo
    * Rows held by this shard.
    */
   uint64_t rows;
+  /*
+   * The smallest and the largest id of those rows (tables keyed by numeric ids: embedding,
+   * profile, attribute); 0 and 0 for a list table (string keys) or a table with no rows here.
+   * A coordinator's Info: over every shard.
+   */
+  uint64_t min_id;
+  uint64_t max_id;
 };
 #define SHARDRANK__V1__TABLE_INFO__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__table_info__descriptor) \
-    , (char *)protobuf_c_empty_string, SHARDRANK__V1__TABLE_KIND__TABLE_KIND_UNSPECIFIED, 0, SHARDRANK__V1__DTYPE__DTYPE_UNSPECIFIED, 0 }
+    , (char *)protobuf_c_empty_string, SHARDRANK__V1__TABLE_KIND__TABLE_KIND_UNSPECIFIED, 0, SHARDRANK__V1__DTYPE__DTYPE_UNSPECIFIED, 0, 0, 0 }
 
 
 struct  Shardrank__V1__InfoResponse
@@ -291,10 +300,65 @@ struct  Shardrank__V1__InfoResponse
    * 0x9e3779b97f4a7c15 for a synthetic shard). 0: not reported (a shard predating this field).
    */
   uint64_t hash_seed;
+  /*
+   * Set by a coordinator (Recommender.Info) only: the tables it reads user and item vectors
+   * from ("users" and "items").
+   */
+  char *users_table;
+  char *items_table;
 };
 #define SHARDRANK__V1__INFO_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__info_response__descriptor) \
-    , 0, 0, 0, 0,NULL, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0 }
+    , 0, 0, 0, 0,NULL, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
+
+
+struct  Shardrank__V1__IdsRequest
+{
+  ProtobufCMessage base;
+  /*
+   * A table keyed by numeric ids (embedding, profile, attribute); a list table is
+   * INVALID_ARGUMENT.
+   */
+  char *table;
+  /*
+   * First row of the page (0-based, in the table's row order on this shard).
+   */
+  uint64_t offset;
+  /*
+   * At most this many ids; 0 = 65,536; more than 262,144 is INVALID_ARGUMENT (a page stays under
+   * a client's default 4 MiB message limit whatever the ids).
+   */
+  uint32_t limit;
+  /*
+   * Table-set version to answer from; 0 = the newest this shard serves (page with the version
+   * the first answer names, so that every page comes from one version).
+   */
+  uint64_t version;
+};
+#define SHARDRANK__V1__IDS_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__ids_request__descriptor) \
+    , (char *)protobuf_c_empty_string, 0, 0, 0 }
+
+
+struct  Shardrank__V1__IdsResponse
+{
+  ProtobufCMessage base;
+  /*
+   * The ids of rows offset ..< offset + ids_size(), in row order; empty past the last row.
+   */
+  size_t n_ids;
+  uint64_t *ids;
+  /*
+   * Rows the table holds on this shard.
+   */
+  uint64_t rows;
+  uint64_t version;
+  uint32_t shard;
+  uint32_t shard_count;
+};
+#define SHARDRANK__V1__IDS_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&shardrank__v1__ids_response__descriptor) \
+    , 0,NULL, 0, 0, 0, 0 }
 
 
 struct  Shardrank__V1__ProfilesRequest
@@ -624,6 +688,44 @@ Shardrank__V1__InfoResponse *
 void   shardrank__v1__info_response__free_unpacked
                      (Shardrank__V1__InfoResponse *message,
                       ProtobufCAllocator *allocator);
+/* Shardrank__V1__IdsRequest methods */
+void   shardrank__v1__ids_request__init
+                     (Shardrank__V1__IdsRequest         *message);
+size_t shardrank__v1__ids_request__get_packed_size
+                     (const Shardrank__V1__IdsRequest   *message);
+size_t shardrank__v1__ids_request__pack
+                     (const Shardrank__V1__IdsRequest   *message,
+                      uint8_t             *out);
+size_t shardrank__v1__ids_request__pack_to_buffer
+                     (const Shardrank__V1__IdsRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Shardrank__V1__IdsRequest *
+       shardrank__v1__ids_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   shardrank__v1__ids_request__free_unpacked
+                     (Shardrank__V1__IdsRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Shardrank__V1__IdsResponse methods */
+void   shardrank__v1__ids_response__init
+                     (Shardrank__V1__IdsResponse         *message);
+size_t shardrank__v1__ids_response__get_packed_size
+                     (const Shardrank__V1__IdsResponse   *message);
+size_t shardrank__v1__ids_response__pack
+                     (const Shardrank__V1__IdsResponse   *message,
+                      uint8_t             *out);
+size_t shardrank__v1__ids_response__pack_to_buffer
+                     (const Shardrank__V1__IdsResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Shardrank__V1__IdsResponse *
+       shardrank__v1__ids_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   shardrank__v1__ids_response__free_unpacked
+                     (Shardrank__V1__IdsResponse *message,
+                      ProtobufCAllocator *allocator);
 /* Shardrank__V1__ProfilesRequest methods */
 void   shardrank__v1__profiles_request__init
                      (Shardrank__V1__ProfilesRequest         *message);
@@ -754,6 +856,12 @@ typedef void (*Shardrank__V1__TableInfo_Closure)
 typedef void (*Shardrank__V1__InfoResponse_Closure)
                  (const Shardrank__V1__InfoResponse *message,
                   void *closure_data);
+typedef void (*Shardrank__V1__IdsRequest_Closure)
+                 (const Shardrank__V1__IdsRequest *message,
+                  void *closure_data);
+typedef void (*Shardrank__V1__IdsResponse_Closure)
+                 (const Shardrank__V1__IdsResponse *message,
+                  void *closure_data);
 typedef void (*Shardrank__V1__ProfilesRequest_Closure)
                  (const Shardrank__V1__ProfilesRequest *message,
                   void *closure_data);
@@ -792,6 +900,10 @@ struct Shardrank__V1__Shard_Service
                const Shardrank__V1__InfoRequest *input,
                Shardrank__V1__InfoResponse_Closure closure,
                void *closure_data);
+  void (*ids)(Shardrank__V1__Shard_Service *service,
+              const Shardrank__V1__IdsRequest *input,
+              Shardrank__V1__IdsResponse_Closure closure,
+              void *closure_data);
   void (*profiles)(Shardrank__V1__Shard_Service *service,
                    const Shardrank__V1__ProfilesRequest *input,
                    Shardrank__V1__ProfilesResponse_Closure closure,
@@ -812,6 +924,7 @@ void shardrank__v1__shard__init (Shardrank__V1__Shard_Service *service,
       function_prefix__ ## search,\
       function_prefix__ ## lists,\
       function_prefix__ ## info,\
+      function_prefix__ ## ids,\
       function_prefix__ ## profiles,\
       function_prefix__ ## attributes  }
 void shardrank__v1__shard__lookup(ProtobufCService *service,
@@ -830,6 +943,10 @@ void shardrank__v1__shard__info(ProtobufCService *service,
                                 const Shardrank__V1__InfoRequest *input,
                                 Shardrank__V1__InfoResponse_Closure closure,
                                 void *closure_data);
+void shardrank__v1__shard__ids(ProtobufCService *service,
+                               const Shardrank__V1__IdsRequest *input,
+                               Shardrank__V1__IdsResponse_Closure closure,
+                               void *closure_data);
 void shardrank__v1__shard__profiles(ProtobufCService *service,
                                     const Shardrank__V1__ProfilesRequest *input,
                                     Shardrank__V1__ProfilesResponse_Closure closure,
@@ -853,6 +970,8 @@ extern const ProtobufCMessageDescriptor shardrank__v1__lists_response__descripto
 extern const ProtobufCMessageDescriptor shardrank__v1__info_request__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__table_info__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__info_response__descriptor;
+extern const ProtobufCMessageDescriptor shardrank__v1__ids_request__descriptor;
+extern const ProtobufCMessageDescriptor shardrank__v1__ids_response__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__profiles_request__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__user_profile__descriptor;
 extern const ProtobufCMessageDescriptor shardrank__v1__profiles_response__descriptor;
