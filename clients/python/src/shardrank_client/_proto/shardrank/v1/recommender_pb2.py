@@ -25,55 +25,56 @@ _sym_db = _symbol_database.Default()
 
 
 from shardrank_client._proto.shardrank.v1 import common_pb2 as shardrank_dot_v1_dot_common__pb2
+from shardrank_client._proto.shardrank.v1 import shard_pb2 as shardrank_dot_v1_dot_shard__pb2
 
 
-DESCRIPTOR = _POOL.AddSerializedFile(b'\n\x1eshardrank/v1/recommender.proto\x12\x0cshardrank.v1\x1a\x19shardrank/v1/common.proto\"X\n\x07\x43ontext\x12\x17\n\x0frecent_item_ids\x18\x01 \x03(\x04\x12\x0f\n\x07\x63ountry\x18\x02 \x01(\t\x12\x0e\n\x06genres\x18\x03 \x03(\t\x12\x13\n\x0b\x65xclude_ids\x18\x04 \x03(\x04\"d\n\x07\x42udgets\x12\x18\n\x10similar_per_item\x18\x01 \x01(\r\x12\r\n\x05genre\x18\x02 \x01(\r\x12\x0f\n\x07\x63ountry\x18\x03 \x01(\r\x12\x0f\n\x07popular\x18\x04 \x01(\r\x12\x0e\n\x06search\x18\x05 \x01(\r\"\x90\x03\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x04\x12&\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x15.shardrank.v1.Context\x12\t\n\x01k\x18\x03 \x01(\r\x12&\n\x07\x62udgets\x18\x04 \x01(\x0b\x32\x15.shardrank.v1.Budgets\x12\r\n\x05model\x18\x05 \x01(\t\x12\x18\n\x10\x64iversity_lambda\x18\x06 \x01(\x02\x12\x14\n\x0cmin_coverage\x18\x07 \x01(\x02\x12\x11\n\tgenre_cap\x18\x08 \x01(\r\x12%\n\x07sources\x18\t \x03(\x0e\x32\x14.shardrank.v1.Source\x12\x18\n\x10\x66reshness_weight\x18\n \x01(\x02\x12\x1d\n\x15\x66reshness_half_life_s\x18\x0b \x01(\r\x12\x12\n\nnow_unix_s\x18\x0c \x01(\x03\x12\x17\n\x0freturn_features\x18\r \x01(\x08\x12\x31\n\x0buser_vector\x18\x0e \x01(\x0e\x32\x1c.shardrank.v1.UserVectorMode\"S\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\x04\x12\r\n\x05score\x18\x02 \x01(\x02\x12%\n\x07sources\x18\x03 \x03(\x0e\x32\x14.shardrank.v1.Source\"\x82\x01\n\x0cStageTimings\x12\x13\n\x0bretrieve_us\x18\x01 \x01(\x04\x12\x11\n\tfilter_us\x18\x02 \x01(\x04\x12\x11\n\tgather_us\x18\x03 \x01(\x04\x12\x0f\n\x07rank_us\x18\x04 \x01(\x04\x12\x14\n\x0cpost_rank_us\x18\x05 \x01(\x04\x12\x10\n\x08total_us\x18\x06 \x01(\x04\"\x93\x01\n\x08\x43overage\x12\x14\n\x0cshards_asked\x18\x01 \x01(\r\x12\x17\n\x0fshards_answered\x18\x02 \x01(\r\x12,\n\x0esources_failed\x18\x03 \x03(\x0e\x32\x14.shardrank.v1.Source\x12\x10\n\x08\x64\x65graded\x18\x04 \x01(\x08\x12\x18\n\x10\x64\x65graded_reasons\x18\x05 \x03(\t\"\xd3\x02\n\x11RecommendResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.shardrank.v1.ScoredItem\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12+\n\x07timings\x18\x03 \x01(\x0b\x32\x1a.shardrank.v1.StageTimings\x12(\n\x08\x63overage\x18\x04 \x01(\x0b\x32\x16.shardrank.v1.Coverage\x12\x12\n\ncandidates\x18\x05 \x01(\r\x12\x12\n\ncold_start\x18\x06 \x01(\x08\x12\x31\n\x08\x66\x65\x61tures\x18\x07 \x01(\x0b\x32\x1f.shardrank.v1.CandidateFeatures\x12:\n\x12user_vector_source\x18\x08 \x01(\x0e\x32\x1e.shardrank.v1.UserVectorSource\x12\x16\n\x0esession_events\x18\t \x01(\r\"Y\n\x05\x45vent\x12\x0f\n\x07item_id\x18\x01 \x01(\x04\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.shardrank.v1.EventKind\x12\x18\n\x10timestamp_unix_s\x18\x03 \x01(\x03\"\\\n\x13RecordEventsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x04\x12#\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x13.shardrank.v1.Event\x12\x0f\n\x07replace\x18\x03 \x01(\x08\"@\n\x14RecordEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x16\n\x0esession_events\x18\x02 \x01(\r\"L\n\x18RecordEventsBatchRequest\x12\x30\n\x05users\x18\x01 \x03(\x0b\x32!.shardrank.v1.RecordEventsRequest\"<\n\x19RecordEventsBatchResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\r\n\x05users\x18\x02 \x01(\r\"D\n\x11\x43\x61ndidateFeatures\x12\r\n\x05names\x18\x01 \x03(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\x04\x12\x0e\n\x06values\x18\x03 \x03(\x02\"O\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x04\x12\x15\n\rcandidate_ids\x18\x02 \x03(\x04\x12\r\n\x05model\x18\x03 \x01(\t\x12\t\n\x01k\x18\x04 \x01(\r\"r\n\x0cRankResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.shardrank.v1.ScoredItem\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12(\n\x08\x63overage\x18\x03 \x01(\x0b\x32\x16.shardrank.v1.Coverage\",\n\x0eSimilarRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\x04\x12\t\n\x01k\x18\x02 \x01(\r\"u\n\x0fSimilarResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.shardrank.v1.ScoredItem\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12(\n\x08\x63overage\x18\x03 \x01(\x0b\x32\x16.shardrank.v1.Coverage*d\n\x0eUserVectorMode\x12\x19\n\x15USER_VECTOR_MODE_AUTO\x10\x00\x12\x1b\n\x17USER_VECTOR_MODE_STORED\x10\x01\x12\x1a\n\x16USER_VECTOR_MODE_TOWER\x10\x02*l\n\x10UserVectorSource\x12\x1b\n\x17USER_VECTOR_SOURCE_NONE\x10\x00\x12\x1d\n\x19USER_VECTOR_SOURCE_STORED\x10\x01\x12\x1c\n\x18USER_VECTOR_SOURCE_TOWER\x10\x02*\x82\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_KIND_VIEW\x10\x01\x12\x14\n\x10\x45VENT_KIND_CLICK\x10\x02\x12\x17\n\x13\x45VENT_KIND_PURCHASE\x10\x03\x12\x15\n\x11\x45VENT_KIND_RATING\x10\x04\x32\x9f\x03\n\x0bRecommender\x12L\n\tRecommend\x12\x1e.shardrank.v1.RecommendRequest\x1a\x1f.shardrank.v1.RecommendResponse\x12=\n\x04Rank\x12\x19.shardrank.v1.RankRequest\x1a\x1a.shardrank.v1.RankResponse\x12\x46\n\x07Similar\x12\x1c.shardrank.v1.SimilarRequest\x1a\x1d.shardrank.v1.SimilarResponse\x12U\n\x0cRecordEvents\x12!.shardrank.v1.RecordEventsRequest\x1a\".shardrank.v1.RecordEventsResponse\x12\x64\n\x11RecordEventsBatch\x12&.shardrank.v1.RecordEventsBatchRequest\x1a\'.shardrank.v1.RecordEventsBatchResponseb\x06proto3')
+DESCRIPTOR = _POOL.AddSerializedFile(b'\n\x1eshardrank/v1/recommender.proto\x12\x0cshardrank.v1\x1a\x19shardrank/v1/common.proto\x1a\x18shardrank/v1/shard.proto\"X\n\x07\x43ontext\x12\x17\n\x0frecent_item_ids\x18\x01 \x03(\x04\x12\x0f\n\x07\x63ountry\x18\x02 \x01(\t\x12\x0e\n\x06genres\x18\x03 \x03(\t\x12\x13\n\x0b\x65xclude_ids\x18\x04 \x03(\x04\"d\n\x07\x42udgets\x12\x18\n\x10similar_per_item\x18\x01 \x01(\r\x12\r\n\x05genre\x18\x02 \x01(\r\x12\x0f\n\x07\x63ountry\x18\x03 \x01(\r\x12\x0f\n\x07popular\x18\x04 \x01(\r\x12\x0e\n\x06search\x18\x05 \x01(\r\"\x90\x03\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x04\x12&\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x15.shardrank.v1.Context\x12\t\n\x01k\x18\x03 \x01(\r\x12&\n\x07\x62udgets\x18\x04 \x01(\x0b\x32\x15.shardrank.v1.Budgets\x12\r\n\x05model\x18\x05 \x01(\t\x12\x18\n\x10\x64iversity_lambda\x18\x06 \x01(\x02\x12\x14\n\x0cmin_coverage\x18\x07 \x01(\x02\x12\x11\n\tgenre_cap\x18\x08 \x01(\r\x12%\n\x07sources\x18\t \x03(\x0e\x32\x14.shardrank.v1.Source\x12\x18\n\x10\x66reshness_weight\x18\n \x01(\x02\x12\x1d\n\x15\x66reshness_half_life_s\x18\x0b \x01(\r\x12\x12\n\nnow_unix_s\x18\x0c \x01(\x03\x12\x17\n\x0freturn_features\x18\r \x01(\x08\x12\x31\n\x0buser_vector\x18\x0e \x01(\x0e\x32\x1c.shardrank.v1.UserVectorMode\"S\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\x04\x12\r\n\x05score\x18\x02 \x01(\x02\x12%\n\x07sources\x18\x03 \x03(\x0e\x32\x14.shardrank.v1.Source\"\x82\x01\n\x0cStageTimings\x12\x13\n\x0bretrieve_us\x18\x01 \x01(\x04\x12\x11\n\tfilter_us\x18\x02 \x01(\x04\x12\x11\n\tgather_us\x18\x03 \x01(\x04\x12\x0f\n\x07rank_us\x18\x04 \x01(\x04\x12\x14\n\x0cpost_rank_us\x18\x05 \x01(\x04\x12\x10\n\x08total_us\x18\x06 \x01(\x04\"\x93\x01\n\x08\x43overage\x12\x14\n\x0cshards_asked\x18\x01 \x01(\r\x12\x17\n\x0fshards_answered\x18\x02 \x01(\r\x12,\n\x0esources_failed\x18\x03 \x03(\x0e\x32\x14.shardrank.v1.Source\x12\x10\n\x08\x64\x65graded\x18\x04 \x01(\x08\x12\x18\n\x10\x64\x65graded_reasons\x18\x05 \x03(\t\"\xd3\x02\n\x11RecommendResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.shardrank.v1.ScoredItem\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12+\n\x07timings\x18\x03 \x01(\x0b\x32\x1a.shardrank.v1.StageTimings\x12(\n\x08\x63overage\x18\x04 \x01(\x0b\x32\x16.shardrank.v1.Coverage\x12\x12\n\ncandidates\x18\x05 \x01(\r\x12\x12\n\ncold_start\x18\x06 \x01(\x08\x12\x31\n\x08\x66\x65\x61tures\x18\x07 \x01(\x0b\x32\x1f.shardrank.v1.CandidateFeatures\x12:\n\x12user_vector_source\x18\x08 \x01(\x0e\x32\x1e.shardrank.v1.UserVectorSource\x12\x16\n\x0esession_events\x18\t \x01(\r\"Y\n\x05\x45vent\x12\x0f\n\x07item_id\x18\x01 \x01(\x04\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.shardrank.v1.EventKind\x12\x18\n\x10timestamp_unix_s\x18\x03 \x01(\x03\"\\\n\x13RecordEventsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x04\x12#\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x13.shardrank.v1.Event\x12\x0f\n\x07replace\x18\x03 \x01(\x08\"@\n\x14RecordEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x16\n\x0esession_events\x18\x02 \x01(\r\"L\n\x18RecordEventsBatchRequest\x12\x30\n\x05users\x18\x01 \x03(\x0b\x32!.shardrank.v1.RecordEventsRequest\"<\n\x19RecordEventsBatchResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\r\n\x05users\x18\x02 \x01(\r\"D\n\x11\x43\x61ndidateFeatures\x12\r\n\x05names\x18\x01 \x03(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\x04\x12\x0e\n\x06values\x18\x03 \x03(\x02\"O\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x04\x12\x15\n\rcandidate_ids\x18\x02 \x03(\x04\x12\r\n\x05model\x18\x03 \x01(\t\x12\t\n\x01k\x18\x04 \x01(\r\"r\n\x0cRankResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.shardrank.v1.ScoredItem\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12(\n\x08\x63overage\x18\x03 \x01(\x0b\x32\x16.shardrank.v1.Coverage\",\n\x0eSimilarRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\x04\x12\t\n\x01k\x18\x02 \x01(\r\"u\n\x0fSimilarResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.shardrank.v1.ScoredItem\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12(\n\x08\x63overage\x18\x03 \x01(\x0b\x32\x16.shardrank.v1.Coverage*d\n\x0eUserVectorMode\x12\x19\n\x15USER_VECTOR_MODE_AUTO\x10\x00\x12\x1b\n\x17USER_VECTOR_MODE_STORED\x10\x01\x12\x1a\n\x16USER_VECTOR_MODE_TOWER\x10\x02*l\n\x10UserVectorSource\x12\x1b\n\x17USER_VECTOR_SOURCE_NONE\x10\x00\x12\x1d\n\x19USER_VECTOR_SOURCE_STORED\x10\x01\x12\x1c\n\x18USER_VECTOR_SOURCE_TOWER\x10\x02*\x82\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_KIND_VIEW\x10\x01\x12\x14\n\x10\x45VENT_KIND_CLICK\x10\x02\x12\x17\n\x13\x45VENT_KIND_PURCHASE\x10\x03\x12\x15\n\x11\x45VENT_KIND_RATING\x10\x04\x32\xde\x03\n\x0bRecommender\x12L\n\tRecommend\x12\x1e.shardrank.v1.RecommendRequest\x1a\x1f.shardrank.v1.RecommendResponse\x12=\n\x04Rank\x12\x19.shardrank.v1.RankRequest\x1a\x1a.shardrank.v1.RankResponse\x12\x46\n\x07Similar\x12\x1c.shardrank.v1.SimilarRequest\x1a\x1d.shardrank.v1.SimilarResponse\x12U\n\x0cRecordEvents\x12!.shardrank.v1.RecordEventsRequest\x1a\".shardrank.v1.RecordEventsResponse\x12\x64\n\x11RecordEventsBatch\x12&.shardrank.v1.RecordEventsBatchRequest\x1a\'.shardrank.v1.RecordEventsBatchResponse\x12=\n\x04Info\x12\x19.shardrank.v1.InfoRequest\x1a\x1a.shardrank.v1.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shardrank_client._proto.shardrank.v1.recommender_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_USERVECTORMODE']._serialized_start=2203
-  _globals['_USERVECTORMODE']._serialized_end=2303
-  _globals['_USERVECTORSOURCE']._serialized_start=2305
-  _globals['_USERVECTORSOURCE']._serialized_end=2413
-  _globals['_EVENTKIND']._serialized_start=2416
-  _globals['_EVENTKIND']._serialized_end=2546
-  _globals['_CONTEXT']._serialized_start=75
-  _globals['_CONTEXT']._serialized_end=163
-  _globals['_BUDGETS']._serialized_start=165
-  _globals['_BUDGETS']._serialized_end=265
-  _globals['_RECOMMENDREQUEST']._serialized_start=268
-  _globals['_RECOMMENDREQUEST']._serialized_end=668
-  _globals['_SCOREDITEM']._serialized_start=670
-  _globals['_SCOREDITEM']._serialized_end=753
-  _globals['_STAGETIMINGS']._serialized_start=756
-  _globals['_STAGETIMINGS']._serialized_end=886
-  _globals['_COVERAGE']._serialized_start=889
-  _globals['_COVERAGE']._serialized_end=1036
-  _globals['_RECOMMENDRESPONSE']._serialized_start=1039
-  _globals['_RECOMMENDRESPONSE']._serialized_end=1378
-  _globals['_EVENT']._serialized_start=1380
-  _globals['_EVENT']._serialized_end=1469
-  _globals['_RECORDEVENTSREQUEST']._serialized_start=1471
-  _globals['_RECORDEVENTSREQUEST']._serialized_end=1563
-  _globals['_RECORDEVENTSRESPONSE']._serialized_start=1565
-  _globals['_RECORDEVENTSRESPONSE']._serialized_end=1629
-  _globals['_RECORDEVENTSBATCHREQUEST']._serialized_start=1631
-  _globals['_RECORDEVENTSBATCHREQUEST']._serialized_end=1707
-  _globals['_RECORDEVENTSBATCHRESPONSE']._serialized_start=1709
-  _globals['_RECORDEVENTSBATCHRESPONSE']._serialized_end=1769
-  _globals['_CANDIDATEFEATURES']._serialized_start=1771
-  _globals['_CANDIDATEFEATURES']._serialized_end=1839
-  _globals['_RANKREQUEST']._serialized_start=1841
-  _globals['_RANKREQUEST']._serialized_end=1920
-  _globals['_RANKRESPONSE']._serialized_start=1922
-  _globals['_RANKRESPONSE']._serialized_end=2036
-  _globals['_SIMILARREQUEST']._serialized_start=2038
-  _globals['_SIMILARREQUEST']._serialized_end=2082
-  _globals['_SIMILARRESPONSE']._serialized_start=2084
-  _globals['_SIMILARRESPONSE']._serialized_end=2201
-  _globals['_RECOMMENDER']._serialized_start=2549
-  _globals['_RECOMMENDER']._serialized_end=2964
+  _globals['_USERVECTORMODE']._serialized_start=2229
+  _globals['_USERVECTORMODE']._serialized_end=2329
+  _globals['_USERVECTORSOURCE']._serialized_start=2331
+  _globals['_USERVECTORSOURCE']._serialized_end=2439
+  _globals['_EVENTKIND']._serialized_start=2442
+  _globals['_EVENTKIND']._serialized_end=2572
+  _globals['_CONTEXT']._serialized_start=101
+  _globals['_CONTEXT']._serialized_end=189
+  _globals['_BUDGETS']._serialized_start=191
+  _globals['_BUDGETS']._serialized_end=291
+  _globals['_RECOMMENDREQUEST']._serialized_start=294
+  _globals['_RECOMMENDREQUEST']._serialized_end=694
+  _globals['_SCOREDITEM']._serialized_start=696
+  _globals['_SCOREDITEM']._serialized_end=779
+  _globals['_STAGETIMINGS']._serialized_start=782
+  _globals['_STAGETIMINGS']._serialized_end=912
+  _globals['_COVERAGE']._serialized_start=915
+  _globals['_COVERAGE']._serialized_end=1062
+  _globals['_RECOMMENDRESPONSE']._serialized_start=1065
+  _globals['_RECOMMENDRESPONSE']._serialized_end=1404
+  _globals['_EVENT']._serialized_start=1406
+  _globals['_EVENT']._serialized_end=1495
+  _globals['_RECORDEVENTSREQUEST']._serialized_start=1497
+  _globals['_RECORDEVENTSREQUEST']._serialized_end=1589
+  _globals['_RECORDEVENTSRESPONSE']._serialized_start=1591
+  _globals['_RECORDEVENTSRESPONSE']._serialized_end=1655
+  _globals['_RECORDEVENTSBATCHREQUEST']._serialized_start=1657
+  _globals['_RECORDEVENTSBATCHREQUEST']._serialized_end=1733
+  _globals['_RECORDEVENTSBATCHRESPONSE']._serialized_start=1735
+  _globals['_RECORDEVENTSBATCHRESPONSE']._serialized_end=1795
+  _globals['_CANDIDATEFEATURES']._serialized_start=1797
+  _globals['_CANDIDATEFEATURES']._serialized_end=1865
+  _globals['_RANKREQUEST']._serialized_start=1867
+  _globals['_RANKREQUEST']._serialized_end=1946
+  _globals['_RANKRESPONSE']._serialized_start=1948
+  _globals['_RANKRESPONSE']._serialized_end=2062
+  _globals['_SIMILARREQUEST']._serialized_start=2064
+  _globals['_SIMILARREQUEST']._serialized_end=2108
+  _globals['_SIMILARRESPONSE']._serialized_start=2110
+  _globals['_SIMILARRESPONSE']._serialized_end=2227
+  _globals['_RECOMMENDER']._serialized_start=2575
+  _globals['_RECOMMENDER']._serialized_end=3053
 # @@protoc_insertion_point(module_scope)

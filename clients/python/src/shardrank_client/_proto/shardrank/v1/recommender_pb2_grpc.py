@@ -5,6 +5,7 @@ import grpc
 import warnings
 
 from shardrank_client._proto.shardrank.v1 import recommender_pb2 as shardrank_dot_v1_dot_recommender__pb2
+from shardrank_client._proto.shardrank.v1 import shard_pb2 as shardrank_dot_v1_dot_shard__pb2
 
 GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
@@ -60,6 +61,11 @@ class RecommenderStub(object):
                 request_serializer=shardrank_dot_v1_dot_recommender__pb2.RecordEventsBatchRequest.SerializeToString,
                 response_deserializer=shardrank_dot_v1_dot_recommender__pb2.RecordEventsBatchResponse.FromString,
                 _registered_method=True)
+        self.Info = channel.unary_unary(
+                '/shardrank.v1.Recommender/Info',
+                request_serializer=shardrank_dot_v1_dot_shard__pb2.InfoRequest.SerializeToString,
+                response_deserializer=shardrank_dot_v1_dot_shard__pb2.InfoResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer(object):
@@ -102,6 +108,16 @@ class RecommenderServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Info(self, request, context):
+        """What the cluster behind this coordinator serves, asked of every shard now: each table once,
+        with its rows summed and its id range (min_id, max_id) taken over the shards; the pinned
+        version, shard_count, hash and hash_seed; users_table and items_table name the tables this
+        coordinator reads. UNAVAILABLE naming the shard when a shard does not answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +145,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.RecordEventsBatch,
                     request_deserializer=shardrank_dot_v1_dot_recommender__pb2.RecordEventsBatchRequest.FromString,
                     response_serializer=shardrank_dot_v1_dot_recommender__pb2.RecordEventsBatchResponse.SerializeToString,
+            ),
+            'Info': grpc.unary_unary_rpc_method_handler(
+                    servicer.Info,
+                    request_deserializer=shardrank_dot_v1_dot_shard__pb2.InfoRequest.FromString,
+                    response_serializer=shardrank_dot_v1_dot_shard__pb2.InfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +287,33 @@ class Recommender(object):
             '/shardrank.v1.Recommender/RecordEventsBatch',
             shardrank_dot_v1_dot_recommender__pb2.RecordEventsBatchRequest.SerializeToString,
             shardrank_dot_v1_dot_recommender__pb2.RecordEventsBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Info(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardrank.v1.Recommender/Info',
+            shardrank_dot_v1_dot_shard__pb2.InfoRequest.SerializeToString,
+            shardrank_dot_v1_dot_shard__pb2.InfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

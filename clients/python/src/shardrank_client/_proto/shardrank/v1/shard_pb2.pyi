@@ -147,21 +147,25 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TableInfo(_message.Message):
-    __slots__ = ("name", "kind", "dim", "dtype", "rows")
+    __slots__ = ("name", "kind", "dim", "dtype", "rows", "min_id", "max_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    MIN_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: _common_pb2.TableKind
     dim: int
     dtype: _common_pb2.DType
     rows: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.TableKind, str]] = ..., dim: _Optional[int] = ..., dtype: _Optional[_Union[_common_pb2.DType, str]] = ..., rows: _Optional[int] = ...) -> None: ...
+    min_id: int
+    max_id: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.TableKind, str]] = ..., dim: _Optional[int] = ..., dtype: _Optional[_Union[_common_pb2.DType, str]] = ..., rows: _Optional[int] = ..., min_id: _Optional[int] = ..., max_id: _Optional[int] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("version", "shard", "shard_count", "tables", "mapped_bytes", "source", "hash", "hash_seed")
+    __slots__ = ("version", "shard", "shard_count", "tables", "mapped_bytes", "source", "hash", "hash_seed", "users_table", "items_table")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +174,8 @@ class InfoResponse(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
     HASH_SEED_FIELD_NUMBER: _ClassVar[int]
+    USERS_TABLE_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_TABLE_FIELD_NUMBER: _ClassVar[int]
     version: int
     shard: int
     shard_count: int
@@ -178,7 +184,35 @@ class InfoResponse(_message.Message):
     source: str
     hash: str
     hash_seed: int
-    def __init__(self, version: _Optional[int] = ..., shard: _Optional[int] = ..., shard_count: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableInfo, _Mapping]]] = ..., mapped_bytes: _Optional[int] = ..., source: _Optional[str] = ..., hash: _Optional[str] = ..., hash_seed: _Optional[int] = ...) -> None: ...
+    users_table: str
+    items_table: str
+    def __init__(self, version: _Optional[int] = ..., shard: _Optional[int] = ..., shard_count: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableInfo, _Mapping]]] = ..., mapped_bytes: _Optional[int] = ..., source: _Optional[str] = ..., hash: _Optional[str] = ..., hash_seed: _Optional[int] = ..., users_table: _Optional[str] = ..., items_table: _Optional[str] = ...) -> None: ...
+
+class IdsRequest(_message.Message):
+    __slots__ = ("table", "offset", "limit", "version")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    offset: int
+    limit: int
+    version: int
+    def __init__(self, table: _Optional[str] = ..., offset: _Optional[int] = ..., limit: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+
+class IdsResponse(_message.Message):
+    __slots__ = ("ids", "rows", "version", "shard", "shard_count")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    rows: int
+    version: int
+    shard: int
+    shard_count: int
+    def __init__(self, ids: _Optional[_Iterable[int]] = ..., rows: _Optional[int] = ..., version: _Optional[int] = ..., shard: _Optional[int] = ..., shard_count: _Optional[int] = ...) -> None: ...
 
 class ProfilesRequest(_message.Message):
     __slots__ = ("table", "user_ids", "version")

@@ -55,6 +55,11 @@ class ShardStub(object):
                 request_serializer=shardrank_dot_v1_dot_shard__pb2.InfoRequest.SerializeToString,
                 response_deserializer=shardrank_dot_v1_dot_shard__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.Ids = channel.unary_unary(
+                '/shardrank.v1.Shard/Ids',
+                request_serializer=shardrank_dot_v1_dot_shard__pb2.IdsRequest.SerializeToString,
+                response_deserializer=shardrank_dot_v1_dot_shard__pb2.IdsResponse.FromString,
+                _registered_method=True)
         self.Profiles = channel.unary_unary(
                 '/shardrank.v1.Shard/Profiles',
                 request_serializer=shardrank_dot_v1_dot_shard__pb2.ProfilesRequest.SerializeToString,
@@ -99,6 +104,14 @@ class ShardServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Ids(self, request, context):
+        """The ids a table holds on this shard, a page at a time, in the table's row order (what a
+        load driver draws its ids from).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Profiles(self, request, context):
         """User profiles (recent items, whole history, top genres, country) from a profile table.
         """
@@ -135,6 +148,11 @@ def add_ShardServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=shardrank_dot_v1_dot_shard__pb2.InfoRequest.FromString,
                     response_serializer=shardrank_dot_v1_dot_shard__pb2.InfoResponse.SerializeToString,
+            ),
+            'Ids': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ids,
+                    request_deserializer=shardrank_dot_v1_dot_shard__pb2.IdsRequest.FromString,
+                    response_serializer=shardrank_dot_v1_dot_shard__pb2.IdsResponse.SerializeToString,
             ),
             'Profiles': grpc.unary_unary_rpc_method_handler(
                     servicer.Profiles,
@@ -255,6 +273,33 @@ class Shard(object):
             '/shardrank.v1.Shard/Info',
             shardrank_dot_v1_dot_shard__pb2.InfoRequest.SerializeToString,
             shardrank_dot_v1_dot_shard__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ids(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardrank.v1.Shard/Ids',
+            shardrank_dot_v1_dot_shard__pb2.IdsRequest.SerializeToString,
+            shardrank_dot_v1_dot_shard__pb2.IdsResponse.FromString,
             options,
             channel_credentials,
             insecure,
