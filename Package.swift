@@ -114,6 +114,8 @@ let package = Package(
         ], path: "Benchmarks/BenchRPC", swiftSettings: swiftSettings),
 
         // ---- Tests -----------------------------------------------------------------------
+        // Helpers the test targets share (no product depends on it).
+        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: swiftSettings),
         .testTarget(name: "RPCCoreTests", dependencies: ["RPCCore"]),
         .testTarget(name: "RPCHTTP2Tests", dependencies: ["RPCHTTP2", "RPCCore"]),
         .testTarget(name: "ShardRankIDsTests", dependencies: ["ShardRankIDs"]),
@@ -125,7 +127,7 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .testTarget(name: "ShardServerTests", dependencies: ["ShardServer", "ShardRankTables", "ShardRankKernels", "RPCCore", "ShardRankWire", "ShardRankIDs"]),
+        .testTarget(name: "ShardServerTests", dependencies: ["ShardServer", "ShardRankTables", "ShardRankKernels", "RPCCore", "ShardRankWire", "ShardRankIDs", "TestSupport"]),
         .testTarget(name: "ShardRankEvalTests", dependencies: ["ShardRankEval"]),
         .testTarget(name: "ShardRankSynthTests", dependencies: ["ShardRankSynth", "ShardRankTables"]),
         .testTarget(name: "LoadTestTests", dependencies: [
@@ -133,7 +135,7 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         .testTarget(name: "EndToEndTests", dependencies: [
-            "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient", "ShardServer",
+            "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient", "ShardServer", "TestSupport",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),

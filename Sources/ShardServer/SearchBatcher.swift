@@ -83,6 +83,8 @@ public final class SearchBatcher: Sendable {
     /// Tests: while held, submitted jobs only queue; `release` then runs them (as one pass
     /// where they fit).
     func hold() { state.withLock { $0.held = true } }
+    /// Tests: jobs waiting in the queue (so a test can wait until its calls have arrived).
+    var queuedJobs: Int { state.withLock { $0.jobs.count } }
     func release() {
         let start = state.withLock { s -> Bool in
             s.held = false

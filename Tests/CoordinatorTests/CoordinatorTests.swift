@@ -212,6 +212,7 @@ func searchOnly(_ s: inout CoordinatorSettings) {
 @Suite(.serialized) struct CoordinatorTests {
     @Test func searchOnlyEqualsExhaustiveScoring() async throws {
         let c = try await Cluster(settings: searchOnly)
+        defer { Task { await c.stop() } }
         for user in Cluster.userIDs.prefix(5) {
             let r = try await c.recommender.recommend(RecommendRequest(userID: user, k: 10, diversityLambda: 1), context: Cluster.context())
             let want = Cluster.exhaustive(user: user, k: 10, excluding: Set(Cluster.recentItems(user)))
@@ -221,13 +222,13 @@ func searchOnly(_ s: inout CoordinatorSettings) {
             #expect(r.coverage?.shardsAsked == 2 && r.coverage?.shardsAnswered == 2)
             #expect(r.version == 1)
         }
-        await c.stop()
     }
 
     /// Every sub-call carries a deadline: never more than the request's remaining time nor the
     /// per-call cap, so shards stop work the coordinator can no longer use.
     @Test(arguments: [false, true]) func shardsSeeThePropagatedDeadlines(sockets: Bool) async throws {
         let c = try await Cluster(sockets: sockets)
+        defer { Task { await c.stop() } }
         _ = try await c.recommender.recommend(RecommendRequest(userID: 4, k: 10), context: Cluster.context(ms: 60))
         let seen = c.seenDeadlines.all
         #expect(seen.count >= 4, "profile, user vector, lists and searches reach the shards")
@@ -235,11 +236,11 @@ func searchOnly(_ s: inout CoordinatorSettings) {
             let d = try #require(d, "a shard call arrived without grpc-timeout")
             #expect(d > .zero && d <= .milliseconds(60))
         }
-        await c.stop()
     }
 
     @Test func sourcesAreMergedFilteredAndRemembered() async throws {
         let c = try await Cluster()
+        defer { Task { await c.stop() } }
         let user: UInt64 = 4
         let exclude: [UInt64] = [1000, 1001, 1002]
         let r = try await c.recommender.recommend(RecommendRequest(userID: user, context: RecommendContext(excludeIDs: exclude), k: 100,
@@ -258,33 +259,33 @@ func searchOnly(_ s: inout CoordinatorSettings) {
         let t = try #require(r.timings)
         #expect(t.totalMicros >= t.retrieveMicros + t.filterMicros + t.gatherMicros + t.rankMicros + t.postRankMicros)
         #expect(r.candidates >= UInt32(ids.count))
-        await c.stop()
     }
 
     @Test func mmrWithLambdaOneEqualsPlainRankingAndLowerLambdaDiversifies() async throws {
         let c = try await Cluster(settings: searchOnly)
+        defer { Task { await c.stop() } }
         let plain = try await c.recommender.recommend(RecommendRequest(userID: 2, k: 10, diversityLambda: 1), context: Cluster.context())
         #expect(plain.items.map(\.itemID) == Cluster.exhaustive(user: 2, k: 10, excluding: Set(Cluster.recentItems(2))))
         let diverse = try await c.recommender.recommend(RecommendRequest(userID: 2, k: 10, diversityLambda: 0.3), context: Cluster.context())
         #expect(diverse.items.count == 10)
         #expect(diverse.items.map(\.itemID) != plain.items.map(\.itemID))
         #expect(diverse.items.first?.itemID == plain.items.first?.itemID, "the first MMR pick is the most relevant")
-        await c.stop()
     }
 
     @Test func genreCapIsApplied() async throws {
         let c = try await Cluster(settings: searchOnly)
+        defer { Task { await c.stop() } }
         let r = try await c.recommender.recommend(RecommendRequest(userID: 3, k: 6, diversityLambda: 1, genreCap: 2), context: Cluster.context())
         #expect(r.items.count == 6)
         var perGenre = [0, 0, 0]
         for it in r.items { perGenre[Int(it.itemID - 1000) % 3] += 1 }
         #expect(perGenre.allSatisfy { $0 <= 2 })
-        await c.stop()
     }
 
     @Test func freshnessBoostAddsTheDecayedWeight() async throws {
         // Item i (id 1000 + i) has timestamp i; every item is a search candidate.
         let c = try await Cluster(settings: { searchOnly(&$0); $0.searchBudget = 240 })
+        defer { Task { await c.stop() } }
         let user: UInt64 = 3
         let seen = Set(Cluster.recentItems(user))
         let u = Cluster.userVector(user)
@@ -326,11 +327,11 @@ func searchOnly(_ s: inout CoordinatorSettings) {
                 #expect(error.message.contains("freshness_weight"))
             }
         }
-        await c.stop()
     }
 
     @Test func listsComeFromTheCacheOnTheSecondRequest() async throws {
         let c = try await Cluster()
+        defer { Task { await c.stop() } }
         let req = RecommendRequest(userID: 2, k: 10, diversityLambda: 1)
         let first = try await c.recommender.recommend(req, context: Cluster.context())
         let callsFirst = c.seenDeadlines.all.count
@@ -339,7 +340,6 @@ func searchOnly(_ s: inout CoordinatorSettings) {
         #expect(first.items == second.items)
         #expect(callsSecond < callsFirst, "popular and genre lists were not fetched again (\(callsFirst) then \(callsSecond) shard calls)")
         #expect(c.recommender.listCache.counts.hits >= 2)
-        await c.stop()
     }
 
     @Test func listCacheHonoursLimitsAndVersions() {
@@ -367,6 +367,7 @@ func searchOnly(_ s: inout CoordinatorSettings) {
 
     @Test func onlyTheRequestedSourcesRun() async throws {
         let c = try await Cluster()
+        defer { Task { await c.stop() } }
         let r = try await c.recommender.recommend(RecommendRequest(userID: 2, k: 10, diversityLambda: 1, sources: [.popular]), context: Cluster.context())
         #expect(r.items.count == 10)
         #expect(r.items.allSatisfy { $0.sources == [.popular] && $0.itemID < 1030 })
@@ -376,20 +377,20 @@ func searchOnly(_ s: inout CoordinatorSettings) {
         } catch {
             #expect(error.code == .invalidArgument)
         }
-        await c.stop()
     }
 
     @Test func coldStartUsesPopularAndIsMarked() async throws {
         let c = try await Cluster()
+        defer { Task { await c.stop() } }
         let r = try await c.recommender.recommend(RecommendRequest(userID: 999_999, k: 5), context: Cluster.context())
         #expect(r.coldStart)
         #expect(r.items.count == 5)
         #expect(r.items.allSatisfy { $0.sources.contains(.popular) || $0.sources.contains(.genre) })
-        await c.stop()
     }
 
     @Test func inputErrorsAreInvalidArgument() async throws {
         let c = try await Cluster()
+        defer { Task { await c.stop() } }
         let bad = [RecommendRequest(userID: 1, k: 0), RecommendRequest(userID: 1, k: 100_000), RecommendRequest(userID: 1, model: "xgb"),
                    RecommendRequest(userID: 1, model: "mlp"), RecommendRequest(userID: 1, budgets: Budgets(search: 1_000_000)),
                    RecommendRequest(userID: 1, diversityLambda: 2), RecommendRequest(userID: 1, minCoverage: -1)]
@@ -401,7 +402,6 @@ func searchOnly(_ s: inout CoordinatorSettings) {
                 #expect(error.code == .invalidArgument, "\(req)")
             }
         }
-        await c.stop()
     }
 
     /// `Recommender.Info`: every shard's Info merged — each table once, rows summed, the id range
@@ -409,6 +409,7 @@ func searchOnly(_ s: inout CoordinatorSettings) {
     /// UNAVAILABLE naming it (never a partial sum).
     @Test func infoMergesEveryShardsInfo() async throws {
         let c = try await Cluster(shards: 3, sockets: true)
+        defer { Task { await c.stop() } }
         // Every replica SERVING first (a health check on a loaded machine may time out once).
         let ready = ContinuousClock.now.advanced(by: .seconds(10))
         while !(c.cluster?.readiness.ready ?? true) && ContinuousClock.now < ready {
@@ -431,11 +432,11 @@ func searchOnly(_ s: inout CoordinatorSettings) {
         } catch {
             #expect(error.code == .unavailable && error.message.hasPrefix("shard 2 of 3 did not answer Info"), "\(error)")
         }
-        await c.stop()
     }
 
     @Test func aDeadShardIsFlaggedAndMinCoverageRefuses() async throws {
         let c = try await Cluster(sockets: true, settings: searchOnly)
+        defer { Task { await c.stop() } }
         await c.servers[1][0].shutdownGracefully()
         let r = try await c.recommender.recommend(RecommendRequest(userID: 5, k: 10, diversityLambda: 1), context: Cluster.context(ms: 500))
         let cov = try #require(r.coverage)
@@ -450,22 +451,22 @@ func searchOnly(_ s: inout CoordinatorSettings) {
         } catch {
             #expect(error.code == .unavailable)
         }
-        await c.stop()
     }
 
     @Test func aDeadReplicaFailsNoRequest() async throws {
         let c = try await Cluster(shards: 2, replicas: 2, sockets: true, settings: searchOnly)
+        defer { Task { await c.stop() } }
         await c.servers[0][0].shutdownGracefully()
         for user in Cluster.userIDs {
             let r = try await c.recommender.recommend(RecommendRequest(userID: user, k: 10, diversityLambda: 1), context: Cluster.context(ms: 1000))
             #expect(r.coverage?.shardsAnswered == 2, "user \(user): \(r.coverage?.degradedReasons ?? [])")
             #expect(r.items.map(\.itemID) == Cluster.exhaustive(user: user, k: 10, excluding: Set(Cluster.recentItems(user))))
         }
-        await c.stop()
     }
 
     @Test func rankAndSimilar() async throws {
         let c = try await Cluster(settings: searchOnly)
+        defer { Task { await c.stop() } }
         let cands: [UInt64] = [1005, 1100, 1200, 1033, 1005, 5555]
         let r = try await c.recommender.rank(RankRequest(userID: 7, candidateIDs: cands, k: 0), context: Cluster.context())
         let want = Cluster.exhaustive(user: 7, k: 240, excluding: []).filter { [1005, 1100, 1200, 1033].contains($0) }
@@ -475,7 +476,6 @@ func searchOnly(_ s: inout CoordinatorSettings) {
         #expect(s.items.count == 5)
         #expect(!s.items.contains { $0.itemID == 1010 })
         #expect(s.items.allSatisfy { $0.sources == [.search] })
-        await c.stop()
     }
 
     @Test func topologyParsingErrorsNameTheKey() throws {
@@ -503,6 +503,7 @@ func searchOnly(_ s: inout CoordinatorSettings) {
     /// Every call to a shard with one dead replica succeeds (retried or hedged to the live one).
     @Test func callsSurviveADeadReplica() async throws {
         let c = try await Cluster(shards: 1, replicas: 2, sockets: true)
+        defer { Task { await c.stop() } }
         await c.servers[0][0].shutdownGracefully()
         var failures: [String] = []
         for i in 0 ..< 60 {
@@ -515,6 +516,5 @@ func searchOnly(_ s: inout CoordinatorSettings) {
             }
         }
         #expect(failures.isEmpty, "\(failures)")
-        await c.stop()
     }
 }

@@ -1,4 +1,5 @@
 import Testing
+import TestSupport
 import Foundation
 import NIOCore
 import NIOPosix
@@ -99,6 +100,7 @@ struct Harness {
     /// call made from an inline handler through a loop-affine channel resumes it on that loop.
     @Test func asyncHandlersHonourPlacementAndLoopAffineCallsStayOnTheLoop() async throws {
         let h = try Harness.start()
+        defer { Task { await h.stop() } }
         var cc = ClientConfiguration()
         cc.loopAffinity = true
         let back = try RPCChannel(target: "127.0.0.1:\(h.port)", group: h.server.group, configuration: cc)
@@ -109,11 +111,11 @@ struct Harness {
             #expect(try await h.channel.unary(path: "/test.Probe/Relay", request: FramedMessage(payload: [7]), timeout: .seconds(5)) == [1, 1])
         }
         await back.close()
-        await h.stop()
     }
 
     @Test func lookupBytesMatchTheSyntheticDefinition() async throws {
         let h = try Harness.start()
+        defer { Task { await h.stop() } }
         let client = ShardClient(channel: h.channel)
         let ids: [UInt64] = [0, 5, 999, 1000, 5]
         let r = try await client.lookup(LookupRequest(table: "items", ids: ids), timeout: .seconds(30))
@@ -123,11 +125,11 @@ struct Harness {
         for id in ids where id < 1000 { for j in 0 ..< 16 { expected.append(SyntheticTable.value(row: id, column: j)) } }
         let got = r.vectors.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
         #expect(got == expected)
-        await h.stop()
     }
 
     @Test func manyConcurrentCallsOnFewConnections() async throws {
         let h = try Harness.start()
+        defer { Task { await h.stop() } }
         let client = ShardClient(channel: h.channel)
         try await withThrowingTaskGroup(of: Void.self) { group in
             for i in 0 ..< 300 {
@@ -140,11 +142,11 @@ struct Harness {
             }
             try await group.waitForAll()
         }
-        await h.stop()
     }
 
     @Test func deadlineExceededOnTimeAndHandlerCancelled() async throws {
         let h = try Harness.start()
+        defer { Task { await h.stop() } }
         let t0 = ContinuousClock.now
         do {
             _ = try await h.channel.unary(path: "/test.Probe/Spin", request: FramedMessage(payload: []), timeout: .milliseconds(100))
@@ -157,11 +159,11 @@ struct Harness {
         // The server's own deadline cancelled the handler (no work after the deadline).
         try await waitUntil { h.probe.cancelledHandlers.load(ordering: .relaxed) == 1 }
         #expect(h.probe.finishedHandlers.load(ordering: .relaxed) == 0)
-        await h.stop()
     }
 
     @Test func taskCancellationResetsTheStreamAndStopsTheHandler() async throws {
         let h = try Harness.start()
+        defer { Task { await h.stop() } }
         let task = Task {
             try await h.channel.unary(path: "/test.Probe/Spin", request: FramedMessage(payload: []), timeout: .seconds(10))
         }
@@ -174,7 +176,6 @@ struct Harness {
             #expect(e.code == .cancelled)
         }
         try await waitUntil { h.probe.cancelledHandlers.load(ordering: .relaxed) == 1 }
-        await h.stop()
     }
 
     @Test func unavailableWhenNothingListensThenBackoffFailsFast() async throws {
@@ -207,15 +208,15 @@ struct Harness {
         config.port = port
         let server = RPCServer(configuration: config, router: Router(services: [HealthService(services: [])]))
         try server.start()
+        defer { Task { await ch.close(); await server.shutdownGracefully() } }
         try await waitUntil(timeout: .seconds(10)) {
             (try? await HealthClient(channel: ch).check(timeout: .seconds(1))) == .serving
         }
-        await ch.close()
-        await server.shutdownGracefully()
     }
 
     @Test func inFlightLimitAnswersResourceExhaustedAtOnce() async throws {
         let h = try Harness.start { $0.maxInFlightHandlers = 1 }
+        defer { Task { await h.stop() } }
         let spin = Task { try await h.channel.unary(path: "/test.Probe/Spin", request: FramedMessage(payload: []), timeout: .seconds(10)) }
         try await waitUntil { h.probe.startedHandlers.load(ordering: .relaxed) == 1 }
         let t0 = ContinuousClock.now
@@ -229,16 +230,15 @@ struct Harness {
         #expect(h.server.overloadRejections == 1)
         spin.cancel()
         _ = try? await spin.value
-        await h.stop()
     }
 
     @Test func binaryMetadataReachesTheHandler() async throws {
         let h = try Harness.start()
+        defer { Task { await h.stop() } }
         var md = Metadata()
         md.add("x-echo-bin", binary: [0, 0xFF, 0x10])
         let r = try await h.channel.unary(path: "/test.Probe/Echo", request: FramedMessage(payload: [7]), metadata: md, timeout: .seconds(5))
         #expect(r == [7, 0, 0xFF, 0x10])
-        await h.stop()
     }
 
     @Test func gracefulShutdownDrainsInFlightCalls() async throws {
@@ -247,7 +247,7 @@ struct Harness {
         let calls = (0 ..< 3).map { _ in
             Task { try await h.channel.unary(path: "/test.Probe/Sleep", request: FramedMessage(payload: [30]), timeout: .seconds(5)) }
         }
-        try await Task.sleep(for: .milliseconds(50))
+        try await waitUntil("3 calls in flight") { h.server.inFlightHandlers == 3 }
         h.health.setAllNotServing()
         let drained = await h.server.shutdownGracefully()
         #expect(drained)
@@ -263,12 +263,4 @@ struct Harness {
     }
 }
 
-/// Polls `cond` every 5 ms until it holds or `timeout` passes (then records a failure).
-func waitUntil(timeout: Duration = .seconds(5), _ cond: () async throws -> Bool) async throws {
-    let end = ContinuousClock.now.advanced(by: timeout)
-    while ContinuousClock.now < end {
-        if try await cond() { return }
-        try await Task.sleep(for: .milliseconds(5))
-    }
-    Issue.record("condition not met within \(timeout)")
-}
+

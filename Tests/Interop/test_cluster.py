@@ -168,10 +168,19 @@ def test_rf2_killing_a_replica_under_load_fails_nothing(pb, rpb, tmp_path, serve
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
-    time.sleep(0.5)
-    cl.shards[0][1].proc.kill()
-    time.sleep(1.5)
-    stop.set()
+    def wait_for_answers(n, what):
+        deadline = time.monotonic() + 20
+        while ledger["ok"] < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ledger["ok"] >= n, f"{what}: only {ledger['ok']} answers"
+
+    try:
+        wait_for_answers(10, "before the kill")                 # load is flowing
+        cl.shards[0][1].proc.kill()
+        at_kill = ledger["ok"]
+        wait_for_answers(at_kill + 30, "after the kill")       # 30 answers with the replica dead
+    finally:
+        stop.set()
     for t in threads:
         t.join()
     cl.close()

@@ -192,14 +192,24 @@ def test_cancellation_stops_server_work(pb, big_shard):
     with ch:
         s.Info(pb.shard_pb2.InfoRequest(), timeout=5)
         fut = s.Search.future(slow_search(pb), timeout=60)
-        time.sleep(0.3)
-        busy0 = big_shard.cpu_seconds()
-        time.sleep(0.3)
-        assert big_shard.cpu_seconds() - busy0 > 0.05, "the search should be running"
+        # Wait until the server is visibly working on it (CPU time rising), not a guessed time.
+        start, deadline = big_shard.cpu_seconds(), time.monotonic() + 10
+        while big_shard.cpu_seconds() - start < 0.1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert big_shard.cpu_seconds() - start >= 0.1, "the search should be running"
+        assert not fut.done()
         assert fut.cancel()
-        time.sleep(0.2)
+        # Then until its CPU time stops rising (two readings 100 ms apart within 10 ms), and check
+        # it stays idle over a measured half second.
+        last, deadline = big_shard.cpu_seconds(), time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = big_shard.cpu_seconds()
+            if now - last < 0.01:
+                break
+            last = now
         idle0 = big_shard.cpu_seconds()
-        time.sleep(0.5)
+        time.sleep(0.5)   # the measurement window, not a synchronisation
         assert big_shard.cpu_seconds() - idle0 < 0.1, "the server kept working after the cancel"
         assert fut.cancelled()
         # The server still answers.
@@ -266,12 +276,20 @@ def test_sigterm_not_serving_then_clean_exit(pb, server_factory):
 
 
 def test_in_flight_limit_gives_resource_exhausted(pb, server_factory):
-    srv = server_factory(["shard", "--synthetic", "200000x64", "--port", "0", "--workers", "1", "--max-in-flight", "2"])
+    srv = server_factory(["shard", "--synthetic", "200000x64", "--port", "0", "--workers", "1", "--max-in-flight", "2",
+                          "--admin-port", "0"])
+    import re
+    from test_metrics import scrape, value
+    admin = int(re.search(r"admin listening on \S+:(\d+)", srv.preamble).group(1))
     ch, s = stub(pb, srv.target)
     with ch:
         s.Info(pb.shard_pb2.InfoRequest(), timeout=5)
         slow = [s.Search.future(slow_search(pb, queries=64), timeout=30) for _ in range(2)]
-        time.sleep(0.2)
+        # Wait until both slow calls hold their slots (the server's in-flight gauge says 2).
+        deadline = time.monotonic() + 10
+        while (value(scrape(admin), "shardrank_rpc_in_flight") or 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert value(scrape(admin), "shardrank_rpc_in_flight") == 2
         t0 = time.monotonic()
         with pytest.raises(grpc.RpcError) as e:
             s.Search(slow_search(pb, queries=1), timeout=10)

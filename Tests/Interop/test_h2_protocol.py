@@ -260,9 +260,18 @@ def test_slow_reader_does_not_grow_server_memory(pb, shard):
         c.send_data(sid, grpc_frame(body), end=True)
         if c.closed:
             break
-    time.sleep(1.0)
-    # 100 answers of 4 MiB would be 400 MiB: the server stops reading requests while the socket is
-    # backed up, so only the requests of the first reads are answered and held.
-    grown = shard.rss_bytes() - rss0
+    # Wait until the server's memory has stopped moving (three readings 100 ms apart within
+    # 1 MiB, at most 10 s) rather than for a fixed time. 100 answers of 4 MiB would be 400 MiB:
+    # the server stops reading requests while the socket is backed up, so only the requests of
+    # the first reads are answered and held.
+    readings = [shard.rss_bytes()]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        readings.append(shard.rss_bytes())
+        if len(readings) >= 4 and max(readings[-3:]) - min(readings[-3:]) < (1 << 20):
+            break
+    grown = max(readings) - rss0
+    assert max(readings[-3:]) - min(readings[-3:]) < (1 << 20), f"memory still moving after 10 s: {readings[-3:]}"
     c.close()
     assert grown < (150 << 20), grown

@@ -4,6 +4,7 @@ hot reload under load (rows are a function of (id, version): no torn batch, vers
 backwards, no failed request) and a corrupt version that must not replace a good one."""
 import glob
 import os
+import re
 import signal
 import threading
 import time
@@ -178,7 +179,8 @@ def corrupt_newest(root):
 def test_hot_reload_under_load(pb, single_root, server_factory):
     table_root = single_root
     ids, dim, root = table_root["ids"], table_root["dim"], table_root["root"]
-    srv = server_factory(["shard", "--tables", root, "--shard", "0", "--of", "1", "--port", "0", "--reload-seconds", "0"])
+    srv = server_factory(["shard", "--tables", root, "--shard", "0", "--of", "1", "--port", "0", "--reload-seconds", "0", "--admin-port", "0"])
+    admin = int(re.search(r"admin listening on \S+:(\d+)", srv.preamble).group(1))
     ch, stub = shard_stub(pb, srv)
     stop = threading.Event()
     ledger = {"ok": 0, "failed": [], "torn": 0, "backwards": 0, "versions": set()}
@@ -219,7 +221,13 @@ def test_hot_reload_under_load(pb, single_root, server_factory):
         assert build(shardrank_bin(), table_root["input"], root, 1).returncode == 0
         corrupt_newest(root)
         srv.proc.send_signal(signal.SIGHUP)
-        time.sleep(1.0)
+        # Wait for the reload to have run and refused v5 (not a fixed sleep: the assertion below
+        # that v5 never served would pass if the reload had not happened yet).
+        from test_metrics import scrape, value
+        deadline = time.monotonic() + 10
+        while (value(scrape(admin), "shardrank_reload_rejections_total") or 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert value(scrape(admin), "shardrank_reload_rejections_total") == 1, "the corrupt v5 was never examined"
     finally:
         stop.set()
         for t in threads:

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import ShardRankKernels
 
@@ -7,10 +8,22 @@ import ShardRankKernels
     static let cases: [(KernelISA, RowElementType)] =
         KernelISA.supported.flatMap { isa in RowElementType.allCases.map { (isa, $0) } }
 
-    @Test func bestVariantIsSupportedAndThisMachineHasAll() {
+    /// The variants the ISA-parameterised tests run are the ones this CPU has: detection is
+    /// checked against the kernel's own report of the CPU's flags (`/proc/cpuinfo` on Linux), so
+    /// a machine with AVX-512 whose detection broke fails here instead of silently testing less.
+    @Test func bestVariantIsSupportedAndThisMachineHasAll() throws {
         #expect(KernelISA.supported.contains(.baseline))
         #expect(KernelISA.best.isSupported)
         #expect(KernelISA.supported.last == KernelISA.best)
+        #if os(Linux) && arch(x86_64)
+        let cpuinfo = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
+        let flagsLine = try #require(cpuinfo.split(separator: "\n").first { $0.hasPrefix("flags") })
+        let flags = Set(flagsLine.split(separator: ":", maxSplits: 1).last!.split(separator: " ").map(String.init))
+        let wantAVX2 = ["avx2", "fma", "f16c"].allSatisfy(flags.contains)
+        let wantAVX512 = wantAVX2 && ["avx512f", "avx512bw", "avx512vl", "avx512dq"].allSatisfy(flags.contains)
+        #expect(KernelISA.avx2.isSupported == wantAVX2, "the CPU's flags say avx2=\(wantAVX2)")
+        #expect(KernelISA.avx512.isSupported == wantAVX512, "the CPU's flags say avx512=\(wantAVX512)")
+        #endif
     }
 
     @Test(arguments: cases)

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 import RPCCore
 import ShardRankIDs
 import ShardRankKernels
@@ -71,7 +72,7 @@ import ShardRankWire
         let before = backend.batcher.stats
         let got = try await withThrowingTaskGroup(of: (Int, SearchResponse).self) { group in
             for (i, r) in requests.enumerated() { group.addTask { (i, try await backend.searchAsync(r, context: SearchBatcherTests.context())) } }
-            try await Task.sleep(for: .milliseconds(200))
+            try await waitUntil("every call queued") { backend.batcher.queuedJobs == requests.count }
             backend.batcher.release()
             var out = [SearchResponse?](repeating: nil, count: requests.count)
             for try await (i, r) in group { out[i] = r }

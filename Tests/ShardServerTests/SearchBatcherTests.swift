@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 import RPCCore
 import ShardRankKernels
 import ShardRankTables
@@ -53,8 +54,8 @@ import ShardRankWire
             for (i, r) in requests.enumerated() {
                 group.addTask { (i, try await backend.searchAsync(r, context: Self.context())) }
             }
-            // Let every call reach the queue, then run them.
-            try await Task.sleep(for: .milliseconds(200))
+            // Wait until every call has reached the queue, then run them.
+            try await waitUntil { backend.batcher.queuedJobs == requests.count }
             backend.batcher.release()
             var out = [SearchResponse?](repeating: nil, count: requests.count)
             for try await (i, r) in group { out[i] = r }
@@ -77,7 +78,7 @@ import ShardRankWire
         let cancelled = Self.context()
         async let a = backend.searchAsync(SearchRequest(table: "items", queries: Self.query(4), dim: UInt32(Self.dim), k: 5), context: cancelled)
         async let b = backend.searchAsync(SearchRequest(table: "items", queries: Self.query(5), dim: UInt32(Self.dim), k: 5), context: Self.context())
-        try await Task.sleep(for: .milliseconds(100))
+        try await waitUntil { backend.batcher.queuedJobs == 2 }
         cancelled.cancel(RPCError(.cancelled, "client went away"))
         backend.batcher.release()
         do {
@@ -99,9 +100,9 @@ import ShardRankWire
         let wantSmall = try backend.search(small, context: Self.context())
         backend.batcher.hold()
         async let a = backend.searchAsync(big, context: Self.context())
-        try await Task.sleep(for: .milliseconds(50))
+        try await waitUntil { backend.batcher.queuedJobs == 1 }   // the big call first
         async let b = backend.searchAsync(small, context: Self.context())
-        try await Task.sleep(for: .milliseconds(50))
+        try await waitUntil { backend.batcher.queuedJobs == 2 }
         let before = backend.batcher.stats
         backend.batcher.release()
         let (ga, gb) = try await (a, b)
