@@ -68,12 +68,14 @@ let package = Package(
         .target(name: "ShardRankClient", dependencies: ["RPCCore", "RPCTransport", "ShardRankWire"],
                 swiftSettings: hotPathSettings),
         .target(name: "ShardServer", dependencies: [
-            "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankTables", "ShardRankKernels", "ShardRankIDs",
+            "RPCCore", "ShardRankWire", "ShardRankTables", "ShardRankKernels", "ShardRankIDs",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: hotPathSettings),
         .target(name: "Coordinator", dependencies: [
             "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient", "ShardRankKernels", "ShardRankTables", "ShardRankIDs",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
         ], swiftSettings: swiftSettings),
         .target(name: "ShardRankAdmin", dependencies: [
             "RPCCore", "RPCTransport", "ShardRankWire",
@@ -85,7 +87,7 @@ let package = Package(
         ], swiftSettings: swiftSettings),
         .target(name: "ShardRankEval", dependencies: ["RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient"],
                 swiftSettings: swiftSettings),
-        .target(name: "ShardRankSynth", dependencies: ["ShardRankTables"], swiftSettings: swiftSettings),
+        .target(name: "ShardRankSynth", swiftSettings: swiftSettings),
         .target(name: "LoadTest", dependencies: [
             "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient",
             .product(name: "Histogram", package: "hdrhistogram-swift"),
@@ -97,7 +99,6 @@ let package = Package(
             "Coordinator", "ShardRankSynth", "LoadTest", "ShardRankKernels", "ShardRankAdmin", "ShardRankEval", "CShardRankSystem",
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: swiftSettings),

@@ -28,3 +28,23 @@ def test_no_file_cites_documents_outside_the_repository():
             if OUTSIDE.search(line):
                 hits.append(f"{f}:{n}: {line.strip()}")
     assert hits == [], "\n".join(hits)
+
+
+def test_package_dependencies_equal_the_imports(tmp_path):
+    """scripts/check-imports passes on the repository, and fails naming the target and the module
+    when a file imports a module its target does not declare."""
+    import shutil
+    import sys
+    dump = subprocess.run(["swift", "package", "--package-path", ROOT, "dump-package"], capture_output=True, text=True, timeout=600)
+    assert dump.returncode == 0, dump.stderr
+    pkg = tmp_path / "package.json"
+    pkg.write_text(dump.stdout)
+    check = os.path.join(ROOT, "scripts", "check-imports")
+    ok = subprocess.run([sys.executable, check, "--package-json", str(pkg)], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    # A copy of one target with a file importing an undeclared module.
+    shutil.copytree(os.path.join(ROOT, "Sources", "ShardRankIDs"), tmp_path / "root" / "Sources" / "ShardRankIDs")
+    (tmp_path / "root" / "Sources" / "ShardRankIDs" / "Extra.swift").write_text("internal import NIOCore\n")
+    bad = subprocess.run([sys.executable, check, "--package-json", str(pkg), "--root", str(tmp_path / "root")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "ShardRankIDs: imports NIOCore (Sources/ShardRankIDs/Extra.swift) but does not declare it" in bad.stdout, bad.stdout
