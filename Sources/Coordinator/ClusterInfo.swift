@@ -1,6 +1,6 @@
+import ShardRankRouting
 public import RPCCore
 public import ShardRankWire
-import ShardRankTables
 
 extension Recommender {
     /// `Recommender.Info`: what the cluster behind this coordinator serves, asked of every shard

@@ -3,7 +3,7 @@ import Synchronization
 import RPCCore
 public import ShardRankWire
 public import ShardRankKernels
-public import ShardRankTables
+public import ShardRankRouting
 
 /// The two-stage pipeline behind `shardrank.v1.Recommender`, as stages (one file each, pure
 /// values and functions, tested without sockets): `RetrievalPlan` → the fan-out (this file: the

@@ -1,3 +1,4 @@
+import ShardRankRouting
 internal import ArgumentParser
 internal import ShardRankTables
 internal import ShardRankKernels

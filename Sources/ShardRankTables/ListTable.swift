@@ -1,3 +1,4 @@
+import ShardRankRouting
 /// A ranked list: ids best first with their scores (views into the mapped file, valid while the
 /// table that returned them is alive).
 public struct RankedListView: @unchecked Sendable {

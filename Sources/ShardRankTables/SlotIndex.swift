@@ -1,3 +1,4 @@
+import ShardRankRouting
 /// The open-addressing id index of a table file: `capacity` (a power of two) `u32` slots holding
 /// `row + 1`, or 0 for empty; a key with stable hash `h` starts at slot
 /// `StableHash.indexHash(h) & (capacity - 1)` and probes linearly. Lookups never allocate and

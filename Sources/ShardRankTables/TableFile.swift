@@ -1,3 +1,4 @@
+import ShardRankRouting
 /// One mapped and verified table file: the header fields and bounds-checked sections.
 ///
 /// `open(path:)` checks, before any section byte is touched: the file size against the header, the

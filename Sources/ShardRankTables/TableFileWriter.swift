@@ -1,3 +1,4 @@
+import ShardRankRouting
 /// A buffered, block-checksumming output stream for the payload of one table file.
 ///
 /// Bytes are appended in file order; every `TableFormat.blockSize` bytes of payload get an xxHash64

@@ -1,3 +1,4 @@
+import ShardRankRouting
 public import ShardRankKernels
 #if canImport(FoundationEssentials)
 internal import FoundationEssentials

@@ -1,3 +1,4 @@
+public import ShardRankRouting
 public import ShardRankKernels
 import ShardRankIDs
 #if canImport(Glibc)

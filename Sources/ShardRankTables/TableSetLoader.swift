@@ -1,3 +1,4 @@
+public import ShardRankRouting
 /// One table of a loaded table set.
 public enum LoadedTable: Sendable {
     case embedding(EmbeddingTable)

@@ -1,3 +1,4 @@
+import ShardRankRouting
 #if canImport(FoundationEssentials)
 internal import FoundationEssentials
 #else

@@ -1,3 +1,4 @@
+import ShardRankRouting
 public import RPCCore
 public import ShardRankWire
 import ShardRankKernels

@@ -1,3 +1,4 @@
+import ShardRankRouting
 import Dispatch
 public import Logging
 import Synchronization

@@ -1,3 +1,4 @@
+import ShardRankRouting
 import Foundation
 import Testing
 import ShardRankIDs

@@ -1,3 +1,4 @@
+import ShardRankRouting
 import Testing
 @testable import ShardRankTables
 

@@ -1,3 +1,4 @@
+import ShardRankRouting
 import Foundation
 import Testing
 @testable import ShardRankTables
