@@ -1,7 +1,7 @@
 public import NIOCore
 import NIOPosix
 public import RPCCore
-public import RPCHTTP2
+internal import RPCHTTP2
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -13,7 +13,7 @@ public struct ClientConfiguration: Sendable {
     public var connections: Int = 2
     /// Largest response message accepted.
     public var maxMessageLength: Int = 4 << 20
-    public var http2 = HTTP2Configuration()
+    public var http2 = HTTP2Settings()
     /// Reconnect backoff (gRPC connection-backoff: initial, ×multiplier, ±jitter, capped).
     public var initialBackoff: Duration = .milliseconds(100)
     public var maxBackoff: Duration = .seconds(5)
@@ -249,7 +249,7 @@ public final class RPCChannel: Sendable {
             .connectTimeout(.nanoseconds(nanos))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let h = try ClientConnectionHandler(configuration: config.http2, maxMessageLength: config.maxMessageLength)
+                    let h = try ClientConnectionHandler(configuration: config.http2.session, maxMessageLength: config.maxMessageLength)
                     try channel.pipeline.syncOperations.addHandler(h)
                     let bound = NIOLoopBound(h, eventLoop: channel.eventLoop)
                     h.onUnusable = { [weak slot] in

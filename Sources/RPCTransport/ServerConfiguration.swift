@@ -1,4 +1,4 @@
-public import RPCHTTP2
+internal import RPCHTTP2
 
 /// Everything a server's transport can be told. Built once in `main`, passed down. Every limit is
 /// checked before anything is allocated for what it limits.
@@ -12,7 +12,7 @@ public struct ServerConfiguration: Sendable {
     /// Worker threads for handlers placed `.workerPool`.
     public var workerThreads: Int = System.coreCount
     /// HTTP/2 settings: max concurrent streams per connection (256), header list bytes (16 KiB).
-    public var http2 = HTTP2Configuration()
+    public var http2 = HTTP2Settings()
     /// Largest request message (4 MiB, gRPC's default).
     public var maxMessageLength: Int = 4 << 20
     /// Handlers running at once in this process; beyond it a call fails RESOURCE_EXHAUSTED at once.
@@ -42,3 +42,31 @@ public enum System {
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// The HTTP/2 settings and limits of one connection, as the transport's users set them (the
+/// HTTP/2 layer itself, RPCHTTP2, stays an implementation detail of the transport).
+public struct HTTP2Settings: Sendable, Hashable {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to the peer (server): streams beyond it are refused.
+    public var maxConcurrentStreams: UInt32 = 256
+    /// Largest header list accepted, counted as RFC 7540 does (name + value + 32 per field);
+    /// advertised as SETTINGS_MAX_HEADER_LIST_SIZE.
+    public var maxHeaderListBytes: Int = 16 << 10
+    /// SETTINGS_INITIAL_WINDOW_SIZE for streams, and the connection window opened up to.
+    public var initialWindowSize: UInt32 = 1 << 20
+    public var connectionWindowSize: Int32 = 16 << 20
+    /// SETTINGS_MAX_FRAME_SIZE advertised.
+    public var maxFrameSize: UInt32 = 16 << 10
+
+    public init() {}
+
+    /// The HTTP/2 layer's configuration with these values.
+    var session: HTTP2Configuration {
+        var c = HTTP2Configuration()
+        c.maxConcurrentStreams = maxConcurrentStreams
+        c.maxHeaderListBytes = maxHeaderListBytes
+        c.initialWindowSize = initialWindowSize
+        c.connectionWindowSize = connectionWindowSize
+        c.maxFrameSize = maxFrameSize
+        return c
+    }
+}

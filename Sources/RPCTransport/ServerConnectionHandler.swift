@@ -57,7 +57,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
          poolExecutor: ThreadPoolTaskExecutor, loopExecutors: EventLoopExecutors?, logger: Logger) throws {
         self.poolExecutor = poolExecutor
         self.loopExecutors = loopExecutors
-        self.session = try HTTP2Session(role: .server, configuration: config.http2)
+        self.session = try HTTP2Session(role: .server, configuration: config.http2.session)
         self.router = router
         self.observers = observers
         self.config = config
