@@ -120,6 +120,7 @@ let package = Package(
         // Helpers the test targets share (no product depends on it).
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: swiftSettings),
         .testTarget(name: "RPCCoreTests", dependencies: ["RPCCore"]),
+        .testTarget(name: "ShardRankAdminTests", dependencies: ["ShardRankAdmin", "RPCCore", "ShardRankWire"]),
         .testTarget(name: "RPCHTTP2Tests", dependencies: ["RPCHTTP2", "RPCCore"]),
         .testTarget(name: "ShardRankIDsTests", dependencies: ["ShardRankIDs"]),
         .testTarget(name: "ShardRankWireTests", dependencies: ["ShardRankWire", "RPCCore", "ShardRankIDs"]),
