@@ -467,7 +467,7 @@ def command_for(binary, p, s_count, tables, effective, model, netns, rankers=Non
     else:
         argv = [binary, "coordinator", "--topology", effective]
         if model:
-            argv += ["--model", model]
+            argv += ["--mlp", model]
         if query_tower:
             argv += ["--query-tower", query_tower]
         for name, path in sorted((rankers or {}).items()):

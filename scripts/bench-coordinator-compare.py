@@ -53,7 +53,7 @@ def free_port():
 
 def loadtest(binary, target, rate, duration, warmup, users):
     cmd = [binary, "loadtest", "--target", target, "--mix", "recommend", "--rate", str(rate),
-           "--duration", str(duration), "--warmup", str(warmup), "--users", str(users), "--json"]
+           "--duration", str(duration), "--warmup", str(warmup), "--user-space", str(users), "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + warmup + 60)
     start = out.stdout.find("{")
     if start < 0:

@@ -9,7 +9,7 @@ Usage
     taskset -c 1 .venv-bench-coord/bin/python scripts/bench-coordinator-reference.py \\
         --world /tmp/world --port 7400 --cache /tmp/world-ref-cache
     # ... wait for the line "ready 7400" on stdout, then drive it exactly like a coordinator:
-    shardrank loadtest --target 127.0.0.1:7400 --mix recommend --rate 200 --duration 5 --users 2000
+    shardrank loadtest --target 127.0.0.1:7400 --mix recommend --rate 200 --duration 5 --user-space 2000
 
   --world DIR            a `shardrank synth` world (items.npy, item_ids.npy, items.csv, users.npy,
                          user_ids.npy, users.csv, interactions.csv; row r of items.npy = item r + 1)

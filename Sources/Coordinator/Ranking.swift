@@ -19,7 +19,7 @@ enum Ranking {
         let count = rows.count, dim = rows.dimension
         var scores = [Float](repeating: 0, count: count)
         if name == "mlp" {
-            guard let model = mlp else { throw RPCError(.invalidArgument, "model 'mlp' is not loaded (start the coordinator with --model FILE)") }
+            guard let model = mlp else { throw RPCError(.invalidArgument, "model 'mlp' is not loaded (start the coordinator with --mlp FILE)") }
             guard model.itemDimension == 0 || model.itemDimension == dim else {
                 throw RPCError(.failedPrecondition, "the MLP expects item vectors of dim \(model.itemDimension), the tables have \(dim)")
             }

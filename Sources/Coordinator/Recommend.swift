@@ -19,7 +19,7 @@ extension Recommender {
             throw RPCError(.invalidArgument, "unknown model '\(req.model)' (known: \(knownModels))")
         }
         if req.model == "mlp" && model == nil {
-            throw RPCError(.invalidArgument, "model 'mlp' is not loaded (start the coordinator with --model FILE)")
+            throw RPCError(.invalidArgument, "model 'mlp' is not loaded (start the coordinator with --mlp FILE)")
         }
         guard req.diversityLambda.isFinite, req.diversityLambda >= 0, req.diversityLambda <= 1 else {
             throw RPCError(.invalidArgument, "diversity_lambda=\(req.diversityLambda) is out of range [0, 1]")

@@ -73,7 +73,7 @@ public enum LoadDriver {
     /// Lookups without `--ids-from`/`--id-space`, the ids the shard holds of the table — all of
     /// `min_id...max_id` when that range has exactly `rows` ids (a dense single slice, e.g. a
     /// synthetic shard), else read with `Ids`, in row order. A coordinator: gRPC health (SERVING),
-    /// then (the first target, when `--users` or the item ids are not given) its `Info`: the id
+    /// then (the first target, when `--user-space` or the item ids are not given) its `Info`: the id
     /// ranges of its users and items tables.
     private static func probe(_ c: LoadTestConfiguration, target: String, _ channel: RPCChannel,
                               askInfo: Bool) async throws(LoadTestError) -> RequestShape? {
@@ -131,12 +131,12 @@ public enum LoadDriver {
         let dim = c.dim ?? 0
         let needUsers = c.users == nil && [.recommend, .rank, .record].contains { c.mix.contains($0) }
         let needItems = explicitItems == nil && [.rank, .similar, .record].contains { c.mix.contains($0) }
-        var users = IDSpace(first: 1, count: c.users ?? 1, source: c.users.map { "1...\($0) (--users \($0))" } ?? "not used")
+        var users = IDSpace(first: 1, count: c.users ?? 1, source: c.users.map { "1...\($0) (--user-space \($0))" } ?? "not used")
         var items = explicitItems ?? IDSpace(first: 1, count: 1, source: "not used")
         guard needUsers || needItems else { return RequestShape(configuration: c, dim: dim, items: items, users: users) }
         let info: InfoResponse
         do { info = try await RecommenderClient(channel: channel).info(timeout: .seconds(10)) } catch {
-            let flags = [needUsers ? "--users N" : nil, needItems ? "--id-space N or --ids-from FILE" : nil].compactMap { $0 }.joined(separator: " and ")
+            let flags = [needUsers ? "--user-space N" : nil, needItems ? "--id-space N or --ids-from FILE" : nil].compactMap { $0 }.joined(separator: " and ")
             if error.code == .unimplemented {
                 throw LoadTestError("coordinator \(target) does not answer Info (an older coordinator): give \(flags)")
             }
@@ -155,7 +155,7 @@ public enum LoadDriver {
             return IDSpace(first: t.minID, count: count,
                            source: "\(t.minID)...\(t.maxID) of table '\(table)' (\(t.rows) rows over \(info.shardCount) shard\(info.shardCount == 1 ? "" : "s")\(gaps); from the coordinator's Info)")
         }
-        if needUsers { users = try space(info.usersTable, what: "users", flag: "--users N") }
+        if needUsers { users = try space(info.usersTable, what: "users", flag: "--user-space N") }
         if needItems { items = try space(info.itemsTable, what: "items", flag: "--id-space N or --ids-from FILE") }
         return RequestShape(configuration: c, dim: dim, items: items, users: users)
     }

@@ -172,7 +172,7 @@ extension LoadDriver {
         guard start > 0, step > 0, max >= start, start.isFinite, step.isFinite, max.isFinite else {
             throw LoadTestError("--sweep START:STEP:MAX needs 0 < START ≤ MAX and STEP > 0")
         }
-        guard p99TargetMs > 0, p99TargetMs.isFinite else { throw LoadTestError("--p99-target must be a positive number of ms") }
+        guard p99TargetMs > 0, p99TargetMs.isFinite else { throw LoadTestError("--p99-target-ms must be a positive number of ms") }
         guard ((max - start) / step) < 1000 else { throw LoadTestError("--sweep would run more than 1000 steps") }
         let arrivals: Arrivals = if case .open(_, let a) = config.mode { a } else { .constant }
         var c = config

@@ -101,7 +101,7 @@ public struct LoadTestConfiguration: Sendable {
             if mix.contains(.search) { try need(queries >= 1 && queries <= 1024, "--queries must be 1...1024 (got \(queries))") }
             if let dim { try need(dim >= 1 && dim <= 65_536, "--dim must be 1...65536 (got \(dim))") }
         } else {
-            if let users { try need(users >= 1, "--users must be ≥ 1 (got \(users))") }
+            if let users { try need(users >= 1, "--user-space must be ≥ 1 (got \(users))") }
             if mix.contains(.rank) { try need(candidates >= 1 && candidates <= 100_000, "--candidates must be 1...100000 (got \(candidates))") }
             try need(recordBatch >= 1 && recordBatch <= 1000, "--record-batch must be 1...1000 users per call (got \(recordBatch))")
             try need(recordBatch == 1 || targets.count == 1,

@@ -85,7 +85,7 @@ public struct RequestShape: Sendable {
         let items = c.ids.map { IDSpace(ids: $0, source: "--ids-from") }
             ?? IDSpace(first: c.mix.targetsShard ? 0 : 1, count: idSpace, source: "\(c.mix.targetsShard ? 0 : 1)...\((c.mix.targetsShard ? 0 : 1) + idSpace - 1) (--id-space \(idSpace))")
         let n = c.users ?? idSpace
-        self.init(configuration: c, dim: dim, items: items, users: IDSpace(first: 1, count: n, source: "1...\(n) (--users \(n))"))
+        self.init(configuration: c, dim: dim, items: items, users: IDSpace(first: 1, count: n, source: "1...\(n) (--user-space \(n))"))
     }
 
     /// Item ids: the table's for Lookup; the items' for Rank, Similar and Record.

@@ -8,13 +8,24 @@ import ShardRankWire
 import Glibc
 #endif
 
+/// The deadline of a client command's calls when `--timeout-ms` is not given: one default for
+/// every client command (docs/cli.md).
+let clientTimeoutMs = 5000
+
+/// The help of `--timeout-ms`, the same in every client command.
+let timeoutHelp: ArgumentHelp = "Deadline of each call in milliseconds."
+
 /// Options every client command shares.
 struct ClientOptions: ParsableArguments {
     @Option(help: "Server address HOST:PORT.")
     var target: String
 
-    @Option(help: "Deadline in milliseconds.")
-    var timeoutMs: Int = 5000
+    @Option(help: timeoutHelp)
+    var timeoutMs: Int = clientTimeoutMs
+
+    func validate() throws {
+        guard timeoutMs >= 1 else { throw ValidationError("--timeout-ms must be ≥ 1 (got \(timeoutMs))") }
+    }
 }
 
 /// Runs `body` with a channel to the target; an RPC error becomes a message on stderr and exit 1.
@@ -179,25 +190,7 @@ struct InfoCommand: AsyncParsableCommand {
     @OptionGroup var client: ClientOptions
 
     func run() async throws {
-        let timeout = Duration.milliseconds(client.timeoutMs)
-        let (info, coordinator) = try await withChannel(client) { (ch) throws(RPCError) -> (InfoResponse, Bool) in
-            do throws(RPCError) {
-                return (try await ShardClient(channel: ch).info(timeout: timeout), false)
-            } catch {
-                // Not a shard: a coordinator answers Recommender.Info for its cluster.
-                guard error.code == .unimplemented else { throw error }
-                do throws(RPCError) {
-                    return (try await RecommenderClient(channel: ch).info(timeout: timeout), true)
-                } catch let e where e.code == .unimplemented {
-                    // A coordinator older than Recommender.Info.
-                    if (try? await HealthClient(channel: ch).check(service: "shardrank.v1.Recommender", timeout: timeout)) != nil {
-                        throw RPCError(.unimplemented, "\(ch.target) is a coordinator that does not answer Info (an older version): "
-                                       + "ask it with `shardrank recommend` or `shardrank health`")
-                    }
-                    throw error
-                }
-            }
-        }
+        let (info, coordinator) = try await fetchInfo(client)
         if coordinator {
             print("\(info.source)  version \(info.version)  hash \(info.hash) seed 0x\(String(info.hashSeed, radix: 16))  mapped \(info.mappedBytes) bytes"
                   + "  users table '\(info.usersTable)'  items table '\(info.itemsTable)'")
@@ -208,6 +201,30 @@ struct InfoCommand: AsyncParsableCommand {
             // (0...0 for many rows: a shard that does not report id ranges)
             let ids = t.kind != .list && t.rows > 0 && (t.maxID > 0 || t.rows == 1) ? "  ids \(t.minID)...\(t.maxID)" : ""
             print("  \(t.name.padding(12))  \(String(describing: t.kind).padding(10))  dim \(t.dim)  \(t.dtype)  rows \(t.rows)\(ids)")
+        }
+    }
+}
+
+/// What the server at `options.target` serves: a shard's `Shard.Info`, or (when the target is a
+/// coordinator) `Recommender.Info` for the cluster behind it; `coordinator` says which answered.
+func fetchInfo(_ options: ClientOptions) async throws -> (info: InfoResponse, coordinator: Bool) {
+    let timeout = Duration.milliseconds(options.timeoutMs)
+    return try await withChannel(options) { (ch) throws(RPCError) -> (InfoResponse, Bool) in
+        do throws(RPCError) {
+            return (try await ShardClient(channel: ch).info(timeout: timeout), false)
+        } catch {
+            // Not a shard: a coordinator answers Recommender.Info for its cluster.
+            guard error.code == .unimplemented else { throw error }
+            do throws(RPCError) {
+                return (try await RecommenderClient(channel: ch).info(timeout: timeout), true)
+            } catch let e where e.code == .unimplemented {
+                // A coordinator older than Recommender.Info.
+                if (try? await HealthClient(channel: ch).check(service: "shardrank.v1.Recommender", timeout: timeout)) != nil {
+                    throw RPCError(.unimplemented, "\(ch.target) is a coordinator that does not answer Info (an older version): "
+                                   + "ask it with `shardrank recommend` or `shardrank health`")
+                }
+                throw error
+            }
         }
     }
 }

@@ -19,10 +19,10 @@ struct CoordinatorCommand: AsyncParsableCommand {
     @Option(help: "Topology file (JSON: tables, shards[replicas], coordinators; see docs/operations.md).")
     var topology: String
 
-    @Option(help: "MLP weights (.safetensors) for model 'mlp'; its JSON config is --model-config or FILE with .json.")
+    @Option(name: .customLong("mlp"), help: ArgumentHelp("MLP weights (.safetensors) served as model 'mlp'; its JSON config is --mlp-config or FILE with .json.", valueName: "file"))
     var model: String?
 
-    @Option(help: "MLP config JSON (default: the --model path with its extension replaced by .json).")
+    @Option(name: .customLong("mlp-config"), help: ArgumentHelp("MLP config JSON (default: the --mlp path with its extension replaced by .json).", valueName: "file"))
     var modelConfig: String?
 
     @Option(name: .customLong("ranker"), help: ArgumentHelp(

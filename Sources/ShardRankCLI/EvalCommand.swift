@@ -15,7 +15,7 @@ struct EvalCommand: AsyncParsableCommand {
         abstract: "Offline evaluation: precision/recall/MAP/NDCG@K, coverage and latency against the retrieval budget.")
 
     @Option(help: "Coordinator address HOST:PORT; several: HOST:PORT,HOST:PORT,... (each user goes to the one the coordinator ring picks: docs/operations.md).")
-    var coordinator: String
+    var target: String
 
     @Option(help: "Held-out interactions CSV (user_id,item_id,timestamp[,rating]).")
     var heldout: String
@@ -32,14 +32,20 @@ struct EvalCommand: AsyncParsableCommand {
     @Option(help: "\"Now\" of every request in Unix seconds (item ages); default: the latest timestamp of the training interactions (--train; the moment the split was cut), else the coordinator's clock.")
     var now: Int64?
 
-    @Option(help: "Evaluate at most this many users (the lowest ids; 0 = all).")
+    @Option(name: .customLong("max-users"), help: "Evaluate at most this many held-out users (the lowest ids; 0 = all).")
     var users: Int = 1000
 
     @Option(help: "Requests in flight.")
     var concurrency: Int = 4
 
-    @Option(help: "Per-request deadline in milliseconds.")
-    var timeoutMs: Int = 2000
+    @Option(help: timeoutHelp)
+    var timeoutMs: Int = clientTimeoutMs
+
+    func validate() throws {
+        guard timeoutMs >= 1 else { throw ValidationError("--timeout-ms must be ≥ 1 (got \(timeoutMs))") }
+        guard users >= 0 else { throw ValidationError("--max-users must be ≥ 0 (0 = all; got \(users))") }
+        guard concurrency >= 1 else { throw ValidationError("--concurrency must be ≥ 1 (got \(concurrency))") }
+    }
 
     @Option(help: "Training interactions CSV: answers are checked never to hold one of the user's (seen_returned must be 0). Default: interactions.csv next to the held-out file when it exists; 'none' skips the check.")
     var train: String?
@@ -99,8 +105,8 @@ struct EvalCommand: AsyncParsableCommand {
         var ids = heldOut.relevant.keys.sorted()
         if users > 0 { ids = Array(ids.prefix(users)) }
         let group = MultiThreadedEventLoopGroup.singleton
-        let targets = coordinator.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-        guard !targets.isEmpty else { throw ValidationError("--coordinator is empty") }
+        let targets = target.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard !targets.isEmpty else { throw ValidationError("--target is empty") }
         var channels: [RPCChannel] = []
         for t in targets {
             do { channels.append(try RPCChannel(target: t, group: group)) } catch { throw ValidationError(error.message) }
@@ -138,10 +144,10 @@ struct EvalCommand: AsyncParsableCommand {
         }
         for c in channels { await c.close() }
         if rows.allSatisfy({ $0.users == 0 }) {
-            FileHandleStderr.write("shardrank eval: every request failed (is the coordinator at \(coordinator) up?)\n")
+            FileHandleStderr.write("shardrank eval: every request failed (is the coordinator at \(target) up?)\n")
             throw ExitCode(1)
         }
-        var report = EvalReport(coordinator: coordinator, heldout: heldout, models: modelList, nowUnixS: nowSeconds, ks: ks, catalogSize: catalog, rows: rows)
+        var report = EvalReport(coordinator: target, heldout: heldout, models: modelList, nowUnixS: nowSeconds, ks: ks, catalogSize: catalog, rows: rows)
         report.protocol = evalProtocol
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]

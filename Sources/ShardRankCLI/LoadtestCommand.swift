@@ -12,12 +12,12 @@ struct LoadtestCommand: AsyncParsableCommand {
         abstract: "Drive load at a shard or a coordinator and report latency percentiles and throughput.",
         discussion: """
         Exactly one of --rate (open loop), --concurrency (closed loop) or --sweep (open-loop rates, \
-        with --p99-target). Runs --warmup seconds (not counted) then --duration seconds, and stops by itself.
+        with --p99-target-ms). Runs --warmup seconds (not counted) then --duration seconds, and stops by itself.
         Examples:
           shardrank loadtest --target 127.0.0.1:7101 --mix lookup --batch 256 --concurrency 16 --duration 10
           shardrank loadtest --target 127.0.0.1:7101 --mix lookup:0.9,search:0.1 --rate 2000 --arrivals poisson --json
           shardrank loadtest --target 127.0.0.1:7001 --mix recommend:0.8,rank:0.1,similar:0.1 --rate 500
-          shardrank loadtest --target 127.0.0.1:7101 --sweep 1000:1000:20000 --p99-target 5
+          shardrank loadtest --target 127.0.0.1:7101 --sweep 1000:1000:20000 --p99-target-ms 5
         """)
 
     @Option(help: "Server address HOST:PORT (a shard or a coordinator); several coordinators: HOST:PORT,HOST:PORT,... (each user's requests go to one of them, chosen by the coordinator ring: docs/operations.md).")
@@ -32,10 +32,10 @@ struct LoadtestCommand: AsyncParsableCommand {
     @Option(help: "Closed loop: requests in flight in total.")
     var concurrency: Int?
 
-    @Option(help: "Open-loop rates START:STEP:MAX; reports the highest meeting --p99-target.")
+    @Option(help: "Open-loop rates START:STEP:MAX; reports the highest meeting --p99-target-ms.")
     var sweep: String?
 
-    @Option(help: "Sweep: p99 target in milliseconds.")
+    @Option(name: .customLong("p99-target-ms"), help: "Sweep: p99 target in milliseconds.")
     var p99Target: Double?
 
     @Option(help: "Largest share of failed requests a run may have (a sweep: a passing rate); above it the run exits with status 3.")
@@ -86,14 +86,14 @@ struct LoadtestCommand: AsyncParsableCommand {
     @Option(help: "Draw item ids from this file (one per line; the first is the hottest).")
     var idsFrom: String?
 
-    @Option(help: "Coordinator: user ids are 1...N, Zipf-ranked (default: the id range of the coordinator's users table, from its Info).")
+    @Option(name: .customLong("user-space"), help: "Coordinator: user ids are 1...N, Zipf-ranked (default: the id range of the coordinator's users table, from its Info).")
     var users: Int?
 
     @Option(help: "Rank: candidate ids per call.")
     var candidates: Int = 100
 
-    @Option(help: "Recommend/Rank: ranking model, dot or mlp (default: the coordinator's).")
-    var model: String = ""
+    @Option(help: "Recommend/Rank: ranking model NAME, dot, mlp or a learned ranker the coordinator serves (default: the coordinator's, dot).")
+    var model: String?
 
     @Option(name: .customLong("user-vector"), help: "Recommend: which user vector to ask for: auto, stored or tower (tower needs a coordinator with --query-tower).")
     var userVector: String = "auto"
@@ -101,8 +101,8 @@ struct LoadtestCommand: AsyncParsableCommand {
     @Option(name: .customLong("record-batch"), help: "Record: users per call (one view each); 1 calls RecordEvents, more call RecordEventsBatch (one --target).")
     var recordBatch: Int = 1
 
-    @Option(help: "Per-request deadline in milliseconds.")
-    var timeoutMs: Int = 5000
+    @Option(help: timeoutHelp)
+    var timeoutMs: Int = clientTimeoutMs
 
     @Option(help: "Open loop: most requests in flight; later sends wait (and are charged for it).")
     var maxInFlight: Int = 10_000
@@ -130,7 +130,7 @@ struct LoadtestCommand: AsyncParsableCommand {
         } else {
             c.mode = .open(rate: rate ?? 1, arrivals: arr)
         }
-        if sweep == nil, p99Target != nil { throw ValidationError("--p99-target goes with --sweep") }
+        if sweep == nil, p99Target != nil { throw ValidationError("--p99-target-ms goes with --sweep") }
         c.threads = threads
         c.connections = connections
         guard warmup.isFinite, warmup >= 0, warmup <= 3600 else { throw ValidationError("--warmup must be 0...3600 seconds") }
@@ -164,11 +164,11 @@ struct LoadtestCommand: AsyncParsableCommand {
                 throw ValidationError("--ids-from: \(error.message)")
             }
         }
-        if let users, users < 1 { throw ValidationError("--users must be ≥ 1 (got \(users))") }
-        if let users, c.mix.targetsShard { throw ValidationError("--users \(users) is for a coordinator (recommend, rank, record): a shard's mix has no users") }
+        if let users, users < 1 { throw ValidationError("--user-space must be ≥ 1 (got \(users))") }
+        if let users, c.mix.targetsShard { throw ValidationError("--user-space \(users) is for a coordinator (recommend, rank, record): a shard's mix has no users") }
         c.users = users
         c.candidates = candidates
-        c.model = model
+        c.model = model ?? ""
         guard let uv = UserVectorMode.allCases.first(where: { $0.description == userVector }) else {
             throw ValidationError("--user-vector must be auto, stored or tower (got '\(userVector)')")
         }
@@ -192,7 +192,7 @@ struct LoadtestCommand: AsyncParsableCommand {
             guard parts.count == 3, let s = parts[0], let st = parts[1], let m = parts[2] else {
                 throw ValidationError("--sweep must be START:STEP:MAX in requests per second (got '\(sweep)')")
             }
-            guard let target = p99Target else { throw ValidationError("--sweep needs --p99-target MS") }
+            guard let target = p99Target else { throw ValidationError("--sweep needs --p99-target-ms MS") }
             let r: SweepReport
             do { r = try await LoadDriver.sweep(c, start: s, step: st, max: m, p99TargetMs: target, maxErrorShare: maxErrorShare, progress: sink) } catch {
                 FileHandle.standardError.write(Data("shardrank loadtest: \(error.message)\n".utf8))

@@ -10,7 +10,7 @@ struct RecommendCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "recommend", abstract: "Ask a coordinator for recommendations.")
 
     @Option(help: "Coordinator address HOST:PORT.")
-    var coordinator: String
+    var target: String
 
     @Option(help: "User id.")
     var user: UInt64
@@ -18,11 +18,11 @@ struct RecommendCommand: AsyncParsableCommand {
     @Option(help: "How many items.")
     var k: UInt32 = 10
 
-    @Option(help: "Model: dot or mlp.")
-    var model: String = ""
+    @Option(help: "Ranking model NAME: dot, mlp or a learned ranker the coordinator serves (default: the coordinator's, dot).")
+    var model: String?
 
-    @Option(help: "MMR trade-off in (0, 1] (1 = relevance only; default: the server's).")
-    var lambda: Float = 0
+    @Option(help: "MMR trade-off in (0, 1], 1 = relevance only (default: the coordinator's diversity_lambda).")
+    var lambda: Float?
 
     @Option(help: "At most this many items per genre (0 = no cap).")
     var genreCap: UInt32 = 0
@@ -30,29 +30,33 @@ struct RecommendCommand: AsyncParsableCommand {
     @Option(help: "Freshness boost: add W * 2^(-age / half-life) to each score (0 = off).")
     var freshnessWeight: Float = 0
 
-    @Option(help: "Half-life of the freshness boost in seconds (0 = the server's default, 7 days).")
-    var freshnessHalfLifeS: UInt32 = 0
+    @Option(help: "Half-life of the freshness boost in seconds (default: the coordinator's freshness_half_life_s, 7 days).")
+    var freshnessHalfLifeS: UInt32?
 
-    @Option(help: "'Now' for item ages in Unix seconds (0 = the coordinator's clock).")
-    var now: Int64 = 0
+    @Option(help: "'Now' for item ages in Unix seconds (default: the coordinator's clock).")
+    var now: Int64?
 
-    @Option(help: "Comma-separated recent item ids (overrides the stored profile).")
+    @Option(name: .customLong("recent-ids"), help: "Comma-separated recent item ids (overrides the stored profile).")
     var recent: String?
 
-    @Option(help: "Comma-separated item ids never to return.")
+    @Option(name: .customLong("exclude-ids"), help: "Comma-separated item ids never to return.")
     var exclude: String?
 
     @Option(help: "User vector: auto (the query tower's for a user with session events or without a stored vector), stored or tower.")
     var userVector: String = "auto"
 
-    @Option(help: "Deadline in milliseconds.")
-    var timeoutMs: Int = 1000
+    @Option(help: timeoutHelp)
+    var timeoutMs: Int = clientTimeoutMs
 
     @Flag(help: "Print JSON.")
     var json = false
 
-    @Option(help: "items.csv (item_id,genres,timestamp[,title]) to show each item's genres and title.")
+    @Option(name: .customLong("items-csv"), help: ArgumentHelp("items.csv (item_id,genres,timestamp[,title]) to show each item's genres and title.", valueName: "file"))
     var items: String?
+
+    func validate() throws {
+        guard timeoutMs >= 1 else { throw ValidationError("--timeout-ms must be ≥ 1 (got \(timeoutMs))") }
+    }
 
     func run() async throws {
         func ids(_ s: String?, _ flag: String) throws -> [UInt64] {
@@ -62,15 +66,15 @@ struct RecommendCommand: AsyncParsableCommand {
                 return v
             }
         }
-        let ctx = RecommendContext(recentItemIDs: try ids(recent, "--recent"), excludeIDs: try ids(exclude, "--exclude"))
+        let ctx = RecommendContext(recentItemIDs: try ids(recent, "--recent-ids"), excludeIDs: try ids(exclude, "--exclude-ids"))
         guard let mode = UserVectorMode.allCases.first(where: { $0.description == userVector }) else {
             throw ValidationError("--user-vector: '\(userVector)' is not auto, stored or tower")
         }
-        let req = RecommendRequest(userID: user, context: ctx, k: k, model: model, diversityLambda: lambda, genreCap: genreCap,
-                                   freshnessWeight: freshnessWeight, freshnessHalfLifeSeconds: freshnessHalfLifeS, nowUnixSeconds: now,
+        let req = RecommendRequest(userID: user, context: ctx, k: k, model: model ?? "", diversityLambda: lambda ?? 0, genreCap: genreCap,
+                                   freshnessWeight: freshnessWeight, freshnessHalfLifeSeconds: freshnessHalfLifeS ?? 0, nowUnixSeconds: now ?? 0,
                                    userVector: mode)
         let timeout = Duration.milliseconds(timeoutMs)
-        let r = try await withChannel(ClientOptions.parse(["--target", coordinator, "--timeout-ms", String(timeoutMs)])) { (ch) throws(RPCError) in
+        let r = try await withChannel(ClientOptions.parse(["--target", target, "--timeout-ms", String(timeoutMs)])) { (ch) throws(RPCError) in
             try await RecommenderClient(channel: ch).recommend(req, timeout: timeout)
         }
         if json {
@@ -123,7 +127,7 @@ struct RecommendCommand: AsyncParsableCommand {
 extension RecommendCommand {
     /// Genres and title of `ids` from an items.csv (read line by line; only the wanted rows kept).
     static func itemInfo(path: String, ids: Set<UInt64>) throws -> [UInt64: (genres: String, title: String)] {
-        guard let f = fopen(path, "r") else { throw ValidationError("--items: cannot open \(path)") }
+        guard let f = fopen(path, "r") else { throw ValidationError("--items-csv: cannot open \(path)") }
         defer { fclose(f) }
         var out: [UInt64: (genres: String, title: String)] = [:]
         var line: UnsafeMutablePointer<CChar>?

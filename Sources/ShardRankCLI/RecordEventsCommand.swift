@@ -15,8 +15,8 @@ struct RecordEventsCommand: AsyncParsableCommand {
         Sessions live in the coordinator's memory: a user's events and Recommends must reach the same coordinator. \
         With several coordinators (comma-separated), each user is routed over them with the coordinator ring \
         (docs/operations.md, "The coordinator ring").
-          shardrank record-events --coordinator 127.0.0.1:7000 --user 42 --items 1017,1033 --kind view
-          shardrank record-events --coordinator 127.0.0.1:7000,127.0.0.1:7001 --file events.csv
+          shardrank record-events --target 127.0.0.1:7000 --user 42 --item-ids 1017,1033 --kind view
+          shardrank record-events --target 127.0.0.1:7000,127.0.0.1:7001 --file events.csv
         An events file is CSV with a header naming user_id and item_id, optionally timestamp (Unix seconds; \
         0 or absent = when the coordinator receives it) and kind (view, click, purchase, rating, unspecified \
         or 0...4); other columns (e.g. rating) are ignored, so an interactions.csv replays as is. Rows apply \
@@ -26,18 +26,18 @@ struct RecordEventsCommand: AsyncParsableCommand {
         """)
 
     @Option(help: "Coordinator address HOST:PORT, or several separated by commas (users are routed over them).")
-    var coordinator: String
+    var target: String
 
-    @Option(help: "User id (with --items).")
+    @Option(help: "User id (with --item-ids).")
     var user: UInt64?
 
-    @Option(help: "Comma-separated item ids, in the order they happened (oldest first).")
+    @Option(name: .customLong("item-ids"), help: "Comma-separated item ids, in the order they happened (oldest first).")
     var items: String?
 
-    @Option(help: "Event kind for --items: view, click, purchase, rating or unspecified.")
+    @Option(help: "Event kind for --item-ids: view, click, purchase, rating or unspecified.")
     var kind: String = "view"
 
-    @Option(help: "When the --items events happened, Unix seconds (0 = when the coordinator receives them).")
+    @Option(help: "When the --item-ids events happened, Unix seconds (0 = when the coordinator receives them).")
     var timestamp: Int64 = 0
 
     @Option(help: "Send the events of this CSV file instead (user_id,item_id[,timestamp][,kind]).")
@@ -46,23 +46,23 @@ struct RecordEventsCommand: AsyncParsableCommand {
     @Option(help: "--file: most users (entries) per RecordEventsBatch call, 1...1000.")
     var batch: Int = 500
 
-    @Option(help: "Deadline of each call in milliseconds.")
-    var timeoutMs: Int = 1000
+    @Option(help: timeoutHelp)
+    var timeoutMs: Int = clientTimeoutMs
 
     func validate() throws {
         if file != nil {
-            guard user == nil, items == nil else { throw ValidationError("give either --user with --items, or --file, not both") }
+            guard user == nil, items == nil else { throw ValidationError("give either --user with --item-ids, or --file, not both") }
         } else {
-            guard user != nil, items != nil else { throw ValidationError("give --user with --items (or --file)") }
+            guard user != nil, items != nil else { throw ValidationError("give --user with --item-ids (or --file)") }
         }
         guard (1...Recommender.maxBatchUsers).contains(batch) else { throw ValidationError("--batch must be 1...\(Recommender.maxBatchUsers) (got \(batch))") }
         guard timeoutMs >= 1 else { throw ValidationError("--timeout-ms must be ≥ 1") }
         guard !addresses.isEmpty, addresses.allSatisfy({ $0.contains(":") }) else {
-            throw ValidationError("--coordinator '\(coordinator)' is not HOST:PORT[,HOST:PORT...]")
+            throw ValidationError("--target '\(target)' is not HOST:PORT[,HOST:PORT...]")
         }
     }
 
-    var addresses: [String] { coordinator.split(separator: ",").map { String($0.filter { $0 != " " }) }.filter { !$0.isEmpty } }
+    var addresses: [String] { target.split(separator: ",").map { String($0.filter { $0 != " " }) }.filter { !$0.isEmpty } }
 
     func run() async throws {
         let ring = CoordinatorRing(addresses)
@@ -95,7 +95,7 @@ struct RecordEventsCommand: AsyncParsableCommand {
             throw ValidationError("--kind: '\(kind)' is not one of \(EventKind.allCases.map(\.description).joined(separator: ", "))")
         }
         let ids: [UInt64] = try items!.split(separator: ",").map {
-            guard let v = UInt64($0.trimmingCharacters()) else { throw ValidationError("--items: '\($0)' is not an unsigned integer") }
+            guard let v = UInt64($0.trimmingCharacters()) else { throw ValidationError("--item-ids: '\($0)' is not an unsigned integer") }
             return v
         }
         let user = user!

@@ -8,6 +8,7 @@ import RPCTransport
 import ShardRankWire
 import ShardServer
 import ShardRankKernels
+import ShardRankTables
 import ShardRankAdmin
 import Prometheus
 import Synchronization
@@ -30,8 +31,8 @@ struct ShardCommand: AsyncParsableCommand {
     @Option(help: "This shard's index (0-based).")
     var shard: Int = 0
 
-    @Option(help: "Number of shards.")
-    var of: Int = 1
+    @Option(help: "Number of shards, as a check: the table set's manifest knows it (default: the manifest's; 1 with --synthetic). A different number is refused.")
+    var of: Int?
 
     @Option(help: "Seconds between checks for a newer table-set version (0: only on SIGHUP).")
     var reloadSeconds: Double = 5
@@ -57,8 +58,10 @@ struct ShardCommand: AsyncParsableCommand {
         if synthetic == nil && tables == nil { throw ValidationError("give --synthetic ROWSxDIM or --tables ROOT") }
         if synthetic != nil && tables != nil { throw ValidationError("--synthetic and --tables are exclusive") }
         if let s = synthetic { _ = try parseShape(s) }
-        if of < 1 { throw ValidationError("--of must be >= 1") }
-        if shard < 0 || shard >= of { throw ValidationError("--shard must be in 0..<\(of)") }
+        if let of, of < 1 { throw ValidationError("--of must be ≥ 1 (got \(of))") }
+        if shard < 0 { throw ValidationError("--shard must be ≥ 0 (got \(shard))") }
+        if let of, shard >= of { throw ValidationError("--shard must be in 0..<\(of) (got \(shard))") }
+        if synthetic != nil, let of, of != 1 { throw ValidationError("--synthetic serves one shard: --of must be 1 or left out (got \(of))") }
         if annShadowEvery < 0 { throw ValidationError("--ann-shadow-every must be >= 0") }
         if annMinRows < 0 { throw ValidationError("--ann-min-rows must be >= 0") }
         if !(annMaxExcludedShare >= 0 && annMaxExcludedShare <= 1) { throw ValidationError("--ann-max-excluded-share must be in 0...1") }
@@ -75,6 +78,7 @@ struct ShardCommand: AsyncParsableCommand {
             // No spin-waiting in servers: several server processes usually share the cores (a
             // spinning pool thread takes CPU another process needs); see docs/kernels.md.
             let pool = WorkerPool(threadCount: server.workers ?? WorkerPool.defaultThreadCount, spinMicroseconds: 0)
+            let of = try shardCount(root: tables!, logger: logger)
             let tb: TableSetBackend
             do {
                 var ann = ANNServing()
@@ -128,6 +132,33 @@ struct ShardCommand: AsyncParsableCommand {
         }
         try await serve(router: router, health: health, options: server, logger: logger, what: "shard", metrics: metrics)
         hangup?.cancel()
+    }
+}
+
+extension ShardCommand {
+    /// The shard count of the table set's newest version (its manifest's), checked against `--of`
+    /// when given: a disagreement exits 2 naming both, a `--shard` beyond the count is a usage error.
+    func shardCount(root: String, logger: Logger) throws -> Int {
+        let catalog = TableSetCatalog(root: root)
+        let count: Int, path: String
+        do {
+            guard let newest = try catalog.newestVersion() else {
+                throw TableError(.notFound, "no complete table-set version under \(root) (expected \(root)/v<N>/manifest.json)")
+            }
+            path = catalog.manifestPath(of: newest)
+            count = try catalog.manifest(of: newest).shardCount
+        } catch {
+            logger.error("cannot serve \(root): \(error)")
+            throw ExitCode(2)
+        }
+        if let of, of != count {
+            logger.error("--of \(of) disagrees with the table set: \(path) has \(count) shard\(count == 1 ? "" : "s") (leave --of out to take the manifest's)")
+            throw ExitCode(2)
+        }
+        guard shard < count else {
+            throw ValidationError("--shard \(shard) is not a shard of \(root): its \(count) shard\(count == 1 ? " is 0" : "s are 0...\(count - 1)")")
+        }
+        return count
     }
 }
 

@@ -7,7 +7,7 @@ internal import Darwin
 #endif
 
 /// `shardrank synth --out DIR [--users N] [--items M] [--dim D] [--genres G] [--countries C] [--seed S]
-/// [--heldout H] [--interactions-per-user K] [--quiet]`: writes a deterministic synthetic world as
+/// [--heldout-per-user H] [--interactions-per-user K] [--quiet]`: writes a deterministic synthetic world as
 /// an input directory (docs/data.md, with the model). Progress on stderr; bad
 /// arguments exit 64 (usage), an unwritable DIR "error: …" and exit 1. Prints DIR on stdout.
 struct SynthCommand: ParsableCommand {
@@ -42,7 +42,7 @@ struct SynthCommand: ParsableCommand {
     @Option(name: .long, help: "Random seed (unsigned 64-bit).")
     var seed: UInt64 = SynthParameters().seed
 
-    @Option(name: .long, help: "Interactions per user held out (the last H by time) into heldout.csv.")
+    @Option(name: .customLong("heldout-per-user"), help: "Interactions per user held out (the last H by time) into heldout.csv.")
     var heldout: Int = SynthParameters().heldout
 
     @Option(name: .customLong("interactions-per-user"), help: "Mean interactions per user K (training + held out).")

@@ -48,11 +48,11 @@ public struct SynthParameters: Sendable, Equatable {
         try check(dim >= 2 && dim <= 4096, "--dim must be in 2...4096 (D − 1 latent dimensions + 1 popularity), got \(dim)")
         try check(genres >= 1 && genres <= 64, "--genres must be in 1...64 (the table format's genre masks are 64 bits), got \(genres)")
         try check(countries >= 1 && countries <= 10_000, "--countries must be in 1...10000, got \(countries)")
-        try check(heldout >= 0, "--heldout must be ≥ 0, got \(heldout)")
+        try check(heldout >= 0, "--heldout-per-user must be ≥ 0, got \(heldout)")
         try check(interactionsPerUser >= 1 && interactionsPerUser <= 100_000,
                   "--interactions-per-user must be in 1...100000, got \(interactionsPerUser)")
         try check(heldout < interactionsPerUser,
-                  "--heldout (\(heldout)) must be smaller than --interactions-per-user (\(interactionsPerUser))")
+                  "--heldout-per-user (\(heldout)) must be smaller than --interactions-per-user (\(interactionsPerUser))")
         try check(interactionsPerUser <= items,
                   "--interactions-per-user (\(interactionsPerUser)) must not exceed --items (\(items)): histories have distinct items")
         let (cells, o1) = items.multipliedReportingOverflow(by: dim)

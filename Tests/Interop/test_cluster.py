@@ -64,7 +64,7 @@ def test_recommend_through_a_real_cluster(pb, rpb, tmp_path, server_factory):
     assert t.total_us >= t.retrieve_us + t.filter_us + t.gather_us + t.rank_us + t.post_rank_us > 0
     # The CLI client prints the same answer.
     import subprocess
-    out = subprocess.run([shardrank_bin(), "recommend", "--coordinator", cl.coordinator.target, "--user", "7", "--json"],
+    out = subprocess.run([shardrank_bin(), "recommend", "--target", cl.coordinator.target, "--user", "7", "--json"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
@@ -197,7 +197,7 @@ def test_loadtest_against_a_cluster_reconciles_with_metrics(pb, rpb, tmp_path, s
     from test_metrics import scrape, value
     cl = LocalCluster(tmp_path, server_factory)
     out = subprocess.run([shardrank_bin(), "loadtest", "--target", cl.coordinator.target, "--mix", "recommend", "--rate", "40",
-                          "--warmup", "0", "--duration", "2", "--users", "60", "--json", "--quiet"],
+                          "--warmup", "0", "--duration", "2", "--user-space", "60", "--json", "--quiet"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)
@@ -239,7 +239,7 @@ def test_recommend_cli_exit_status_says_degraded(pb, rpb, tmp_path, server_facto
     """`shardrank recommend` prints every answer, and exits 4 when it is degraded (a shard down)."""
     import subprocess
     cl = LocalCluster(tmp_path, server_factory)
-    args = [shardrank_bin(), "recommend", "--coordinator", cl.coordinator.target, "--user", "7", "--timeout-ms", "2000"]
+    args = [shardrank_bin(), "recommend", "--target", cl.coordinator.target, "--user", "7", "--timeout-ms", "2000"]
     full = subprocess.run(args, capture_output=True, text=True, timeout=30)
     assert full.returncode == 0, full.stderr
     cl.shards[1][0].proc.kill()

@@ -77,7 +77,7 @@ def proc_name(row):
 
 
 def recommend(target, user=7):
-    out = sh(shardrank_bin(), "recommend", "--coordinator", target, "--user", str(user), "--json", "--timeout-ms", "1000",
+    out = sh(shardrank_bin(), "recommend", "--target", target, "--user", str(user), "--json", "--timeout-ms", "1000",
              timeout=30)
     doc = json.loads(out.stdout)
     # A full answer exits 0, a degraded one 4 (the answer is printed either way).
@@ -563,7 +563,7 @@ def test_k8s_manifests_validate(tmp_path):
     shard_cmd = sets[0]["spec"]["template"]["spec"]["containers"][0]["command"][-1]
     assert "--of 3" in shard_cmd and "HOSTNAME##*-" in shard_cmd  # shard index = pod ordinal
     assert any(v.get("persistentVolumeClaim") for v in sets[0]["spec"]["template"]["spec"]["volumes"])
-    assert "--model" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--mlp" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
     coord_args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert topo_cm["query_tower"] == "/tables/towers/T.safetensors"
     assert coord_args[coord_args.index("--query-tower") + 1] == "/tables/towers/T.safetensors"

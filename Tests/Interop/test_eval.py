@@ -24,8 +24,8 @@ def test_eval_on_a_synthetic_world(tmp_path, server_factory):
     topo.write_text(json.dumps({"tables": str(root), "shards": [[s.target] for s in shards]}))
     coord = server_factory(["coordinator", "--topology", str(topo), "--port", "0", "--log-level", "warning"])
     report_path = tmp_path / "eval.json"
-    out = subprocess.run([b, "eval", "--coordinator", coord.target, "--heldout", str(inp / "heldout.csv"), "--k", "10,20",
-                          "--budgets", "50,200", "--users", "150", "--json", "--out", str(report_path)],
+    out = subprocess.run([b, "eval", "--target", coord.target, "--heldout", str(inp / "heldout.csv"), "--k", "10,20",
+                          "--budgets", "50,200", "--max-users", "150", "--json", "--out", str(report_path)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
@@ -58,7 +58,7 @@ def test_eval_on_a_synthetic_world(tmp_path, server_factory):
 def test_eval_rejects_a_bad_heldout_file(tmp_path):
     bad = tmp_path / "heldout.csv"
     bad.write_text("user_id,item_id,timestamp\n1,2,3\nx,2,3\n")
-    out = subprocess.run([shardrank_bin(), "eval", "--coordinator", "127.0.0.1:1", "--heldout", str(bad)],
+    out = subprocess.run([shardrank_bin(), "eval", "--target", "127.0.0.1:1", "--heldout", str(bad)],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert "heldout.csv:3" in out.stderr
@@ -74,7 +74,7 @@ def test_eval_against_nothing_fails_at_once_with_a_human_message(tmp_path):
     s.close()  # nothing listens there now
     import time
     t0 = time.monotonic()
-    out = subprocess.run([shardrank_bin(), "eval", "--coordinator", f"127.0.0.1:{port}", "--heldout", str(held)],
+    out = subprocess.run([shardrank_bin(), "eval", "--target", f"127.0.0.1:{port}", "--heldout", str(held)],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 1
     assert "nothing is listening" in out.stderr and f"127.0.0.1:{port}" in out.stderr, out.stderr

@@ -58,12 +58,12 @@ def test_recommend_users_come_from_the_cluster_and_cold_starts_are_counted(tmp_p
     assert rep["user_source"] == "1...60 of table 'users' (60 rows over 2 shards; from the coordinator's Info)"
     assert "id_space" not in rep  # Recommend draws no item ids
     # Users the cluster does not hold are cold starts: counted, and said in the summary.
-    wide = loadtest("--target", coord, "--mix", "recommend", "--rate", "50", "--duration", "1", "--users", "600", "--zipf", "0")
+    wide = loadtest("--target", coord, "--mix", "recommend", "--rate", "50", "--duration", "1", "--user-space", "600", "--zipf", "0")
     assert wide.returncode == 0, wide.stderr
     line = next(l for l in wide.stdout.splitlines() if l.startswith("requests:"))
     cold = int(line.split("cold starts ")[1].split()[0])
     assert 0 < cold < 50, line
-    assert "user ids: 1...600 (--users 600)" in wide.stdout
+    assert "user ids: 1...600 (--user-space 600)" in wide.stdout
     # Rank, Similar and Record draw the items table's ids: nothing is refused.
     mixed = loadtest("--target", coord, "--mix", "rank:1,similar:1,record:1", "--rate", "60", "--duration", "1", "--json")
     assert mixed.returncode == 0, mixed.stderr

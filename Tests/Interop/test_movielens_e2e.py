@@ -80,8 +80,8 @@ def test_movielens_100k_end_to_end(tmp_path, server_factory, ml100k):
 
     coord = start_cluster(tmp_path, server_factory, data, ["--ranker", f"ltr={ranker}"])
     report_path = tmp_path / "eval.json"
-    run([b, "eval", "--coordinator", coord.target, "--heldout", data / "heldout.csv", "--k", "10", "--budgets", "20,200,1000",
-         "--models", "dot,ltr", "--users", "0", "--json", "--out", report_path], timeout=1200)
+    run([b, "eval", "--target", coord.target, "--heldout", data / "heldout.csv", "--k", "10", "--budgets", "20,200,1000",
+         "--models", "dot,ltr", "--max-users", "0", "--json", "--out", report_path], timeout=1200)
     report = json.loads(report_path.read_text())
     rows = {(r["name"], r["model"], r["budget"]): r for r in report["rows"]}
     for r in report["rows"]:
@@ -112,8 +112,8 @@ def test_movielens_100k_query_tower_and_events(tmp_path, server_factory, ml100k)
     run([os.path.join(ROOT, "scripts", "train-query-tower"), ml100k, "--out", tower, "--no-eval"], timeout=1200)
     coord = start_cluster(tmp_path, server_factory, ml100k, ["--query-tower", f"{tower}.safetensors"])
     report_path = tmp_path / "seq.json"
-    run([b, "eval", "--coordinator", coord.target, "--heldout", ml100k / "heldout.csv", "--k", "10", "--budgets", "200",
-         "--models", "dot", "--users", "0", "--protocol", "sequential", "--json", "--out", report_path], timeout=1200)
+    run([b, "eval", "--target", coord.target, "--heldout", ml100k / "heldout.csv", "--k", "10", "--budgets", "200",
+         "--models", "dot", "--max-users", "0", "--protocol", "sequential", "--json", "--out", report_path], timeout=1200)
     report = json.loads(report_path.read_text())
     assert report["protocol"] == "sequential"
     rows = {r["name"]: r for r in report["rows"]}

@@ -429,7 +429,7 @@ def test_several_coordinators_are_routed_like_the_swift_coordinator_ring(sr, rpb
     users = list(range(301, 341))
     events = tmp_path / "events.csv"
     events.write_text("user_id,item_id,timestamp,kind\n" + "".join(f"{u},{cluster.ids[u - 300]},0,view\n" for u in users))
-    out = subprocess.run([shardrank_bin(), "record-events", "--coordinator", ",".join(targets), "--file", str(events)],
+    out = subprocess.run([shardrank_bin(), "record-events", "--target", ",".join(targets), "--file", str(events)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     homes = set()

@@ -1,5 +1,5 @@
 """The README's "A cluster by hand" block, run as it is written: synth, build, two shards and a
-coordinator on the README's fixed ports, the readiness wait, recommend, the JSON front door, eval,
+coordinator on the README's fixed ports, the readiness wait, route, recommend, the JSON front door, eval,
 and the shutdown. It runs on this host's loopback after checking that the README's ports are free
 (a taken port fails the test, naming it); if the block fails half-way, its servers are stopped."""
 import json
@@ -49,6 +49,8 @@ def test_the_readme_cluster_block_runs_as_written(tmp_path):
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}"
     lines = out.splitlines()
     assert "SERVING" in lines, out[:2000]
+    # route named the shard of each id: 1 and 2 on shard 0, 3 on shard 1 (as the Python example says).
+    assert [l for l in lines if l.startswith("id ")] == ["id 1 → shard 0 of 2", "id 2 → shard 0 of 2", "id 3 → shard 1 of 2"], out[:2000]
     # recommend printed a ranked answer with item names from items.csv.
     assert re.search(r"^user 42 .*candidates \d+", out, re.M) and re.search(r"^\s+1\s+\d+\s+-?\d", out, re.M), out[:3000]
     # curl printed the JSON answer: 3 items, ids as strings.

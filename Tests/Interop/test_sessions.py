@@ -203,8 +203,8 @@ def test_eval_and_loadtest_route_users_over_several_coordinators(pb, rpb, tmp_pa
     users = list(range(1, 41))
     heldout = tmp_path / "heldout.csv"
     heldout.write_text("user_id,item_id,timestamp\n" + "".join(f"{u},{cl.ids[u * 3]},1\n" for u in users))
-    out = subprocess.run([shardrank_bin(), "eval", "--coordinator", ",".join(targets), "--heldout", str(heldout), "--k", "10",
-                          "--budgets", "50", "--users", "0", "--train", "none", "--json"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([shardrank_bin(), "eval", "--target", ",".join(targets), "--heldout", str(heldout), "--k", "10",
+                          "--budgets", "50", "--max-users", "0", "--train", "none", "--json"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)["rows"]
     assert len(rows) == 3 and all(r["users"] == 40 and r["failed"] == 0 for r in rows)   # two-stage, exhaustive, popularity
@@ -214,7 +214,7 @@ def test_eval_and_loadtest_route_users_over_several_coordinators(pb, rpb, tmp_pa
     served = [value(scrape(a), "shardrank_rpc_requests_total", method=path, code="OK") for a in admins]
     assert served == [3 * n for n in per], f"each user's requests went to its ring coordinator: {served} vs {per}"
     # The load driver routes the same way: both coordinators get requests, and no request fails.
-    out = subprocess.run([shardrank_bin(), "loadtest", "--target", ",".join(targets), "--mix", "recommend", "--users", "60",
+    out = subprocess.run([shardrank_bin(), "loadtest", "--target", ",".join(targets), "--mix", "recommend", "--user-space", "60",
                           "--rate", "100", "--warmup", "0", "--duration", "1", "--json"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     after = [value(scrape(a), "shardrank_rpc_requests_total", method=path, code="OK") for a in admins]
@@ -225,7 +225,7 @@ def test_eval_and_loadtest_route_users_over_several_coordinators(pb, rpb, tmp_pa
     events_csv = tmp_path / "events.csv"
     rows = [(u, cl.ids[(u - 100) * 5 + j]) for u in range(101, 131) for j in range(1 + u % 3)]
     events_csv.write_text("user_id,item_id,timestamp,kind,rating\n" + "".join(f"{u},{i},0,click,4\n" for u, i in rows))
-    out = subprocess.run([shardrank_bin(), "record-events", "--coordinator", ",".join(targets), "--file", str(events_csv), "--batch", "4"],
+    out = subprocess.run([shardrank_bin(), "record-events", "--target", ",".join(targets), "--file", str(events_csv), "--batch", "4"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     per = [sum(1 for u in range(101, 131) if ring(targets, u) == i) for i in range(2)]
@@ -240,7 +240,7 @@ def test_eval_and_loadtest_route_users_over_several_coordinators(pb, rpb, tmp_pa
     # A bad row: exit status 2, the file and line named, nothing sent.
     bad = tmp_path / "bad.csv"
     bad.write_text("user_id,item_id\n1,5\n2,0\n")
-    out = subprocess.run([shardrank_bin(), "record-events", "--coordinator", targets[0], "--file", str(bad)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([shardrank_bin(), "record-events", "--target", targets[0], "--file", str(bad)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and f"{bad}:3: item_id '0'" in out.stderr, (out.returncode, out.stderr)
     assert stub[ring(targets, 1)].Recommend(rpb[0].RecommendRequest(user_id=1, k=10), timeout=5).session_events == 0
     cl.close()

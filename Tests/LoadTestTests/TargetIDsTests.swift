@@ -230,7 +230,7 @@ struct FakeService: RPCService {
     }
 
     /// Against a coordinator, the users are the users table's id range from its `Info` (no cold
-    /// start), and Rank/Similar/Record items the items table's; `--users N` beyond the users
+    /// start), and Rank/Similar/Record items the items table's; `--user-space N` beyond the users
     /// table gives cold starts, which the report counts and shows.
     @Test func coordinatorUsersAndItemsComeFromItsInfoAndColdStartsAreCounted() async throws {
         let coord = try FakeCoordinator()
@@ -253,7 +253,7 @@ struct FakeService: RPCService {
         #expect(rep.text.contains("user ids: 1...40 of table 'users'") && rep.text.contains("cold starts 0 (0.000 % of ok Recommends)"),
                 "\(rep.text)")
 
-        // --users 100: users 41...100 are cold starts, counted and reported.
+        // --user-space 100: users 41...100 are cold starts, counted and reported.
         let wide = try await LoadDriver.run(config(coord.target) { c in
             c.mix = try! RequestMix.parse("recommend")
             c.users = 100
@@ -262,11 +262,11 @@ struct FakeService: RPCService {
         #expect(wide.errorCount == 0 && wide.ok > 10)
         #expect(wide.coldStarts > 0 && wide.coldStarts < wide.ok, "cold starts \(wide.coldStarts) of \(wide.ok)")
         #expect(abs(wide.coldStartShare - Double(wide.coldStarts) / Double(wide.ok)) < 1e-12)
-        #expect(wide.users == 100 && wide.userSource == "1...100 (--users 100)")
+        #expect(wide.users == 100 && wide.userSource == "1...100 (--user-space 100)")
         #expect(wide.text.contains("cold starts \(wide.coldStarts) ("), "\(wide.text)")
         let obj = try JSONSerialization.jsonObject(with: Data(jsonText(wide).utf8)) as? [String: Any]
         #expect(obj?["cold_starts"] as? Int == wide.coldStarts && obj?["users"] as? Int == 100)
-        #expect((obj?["user_source"] as? String)?.contains("--users 100") == true && obj?["cold_start_share"] != nil)
+        #expect((obj?["user_source"] as? String)?.contains("--user-space 100") == true && obj?["cold_start_share"] != nil)
         await coord.stop()
     }
 
@@ -278,7 +278,7 @@ struct FakeService: RPCService {
             _ = try await LoadDriver.run(config(coord.target) { $0.mix = try! RequestMix.parse("recommend") })
             Issue.record("ran without a user space")
         } catch {
-            #expect(error.message == "coordinator \(coord.target) does not answer Info (an older coordinator): give --users N", "\(error.message)")
+            #expect(error.message == "coordinator \(coord.target) does not answer Info (an older coordinator): give --user-space N", "\(error.message)")
         }
         do {
             _ = try await LoadDriver.run(config(coord.target) { $0.mix = try! RequestMix.parse("similar") })
@@ -291,7 +291,7 @@ struct FakeService: RPCService {
             c.users = 40
             c.idSpace = 5
         }).report
-        #expect(r.userSource == "1...40 (--users 40)" && r.idSource == "1...5 (--id-space 5)")
+        #expect(r.userSource == "1...40 (--user-space 40)" && r.idSource == "1...5 (--id-space 5)")
         #expect(r.ok > 0)
         await coord.stop()
     }

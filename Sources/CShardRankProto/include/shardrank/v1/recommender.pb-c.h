@@ -127,7 +127,7 @@ struct  Shardrank__V1__RecommendRequest
   uint32_t k;
   Shardrank__V1__Budgets *budgets;
   /*
-   * The ranking model: "dot" (default: V_u . V_m), "mlp" (the coordinator's --model), or the
+   * The ranking model: "dot" (default: V_u . V_m), "mlp" (the coordinator's --mlp FILE), or the
    * name of a learned ranker the coordinator loaded (--ranker NAME=FILE; see docs/ranking.md).
    */
   char *model;
