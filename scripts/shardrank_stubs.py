@@ -14,13 +14,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def generate(service):
-    """Compiles common.proto and `service`.proto; returns (service_pb2, service_pb2_grpc)."""
+    """Compiles every shardrank/v1 .proto (recommender.proto imports shard.proto); returns
+    (service_pb2, service_pb2_grpc) of `service`."""
     from grpc_tools import protoc
     import grpc_tools
     out = tempfile.mkdtemp(prefix="shardrank-pb-")
     wk = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
     rc = protoc.main(["protoc", f"-I{os.path.join(ROOT, 'proto')}", f"-I{wk}", f"--python_out={out}",
-                      f"--grpc_python_out={out}", "shardrank/v1/common.proto", f"shardrank/v1/{service}.proto"])
+                      f"--grpc_python_out={out}", "shardrank/v1/common.proto", "shardrank/v1/shard.proto",
+                      "shardrank/v1/recommender.proto"])
     if rc != 0:
         sys.exit("grpc_tools.protoc failed")
     sys.path.insert(0, out)
