@@ -1,3 +1,4 @@
+import ShardRankRouting
 import ArgumentParser
 import ShardRankTables
 import ShardRankWire
