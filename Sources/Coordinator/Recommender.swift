@@ -155,7 +155,7 @@ public final class Recommender: Sendable {
     }
 
     static func micros(_ d: Duration) -> UInt64 {
-        UInt64(max(0, d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000))
+        UInt64(d.clampedMicroseconds)
     }
 
     // MARK: - The fan-out

@@ -223,7 +223,7 @@ public final class ShardCluster: Sendable {
             do throws(RPCError) {
                 let v = try await op(r.client.forwarding(requestID: requestID), remaining)
                 let d = ContinuousClock.now - t0
-                r.recordSuccess(ms: Double(d.components.attoseconds) / 1e15 + Double(d.components.seconds) * 1000)
+                r.recordSuccess(ms: d.millisecondsValue)
                 return .success(v)
             } catch {
                 if error.code == .unavailable || (error.code == .deadlineExceeded && !Task.isCancelled) {

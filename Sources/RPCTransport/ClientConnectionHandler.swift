@@ -89,7 +89,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
                                            ("content-type", "application/grpc"), ("te", "trailers"),
                                            ("user-agent", "shardrank-swift/1.0")]
         if let timeout {
-            let ns = max(Int64(0), timeout.components.seconds * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000)
+            let ns = timeout.clampedNanoseconds
             headers.append(("grpc-timeout", GRPCTimeout(nanoseconds: ns).headerValue))
         }
         headers.append(contentsOf: metadata.wireHeaders)
@@ -103,7 +103,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         let call = PendingCall(parser: ClientResponseParser(maxMessageLength: maxMessageLength), complete: complete)
         calls[id] = call
         if let timeout, let loop = context?.eventLoop {
-            let ns = timeout.components.seconds * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000
+            let ns = timeout.clampedNanoseconds
             let bound = NIOLoopBound(self, eventLoop: loop)
             call.deadlineTask = loop.scheduleTask(in: .nanoseconds(max(0, ns))) {
                 bound.value.finish(id, .failure(RPCError(.deadlineExceeded, "deadline exceeded after \(timeout)")), reset: true)

@@ -209,8 +209,7 @@ public final class RPCChannel: Sendable {
                 }
             }
             if let deadline {
-                let left = ContinuousClock.now.duration(to: deadline).components
-                let nanos = max(0, left.seconds * 1_000_000_000 + left.attoseconds / 1_000_000_000)
+                let nanos = ContinuousClock.now.duration(to: deadline).clampedNanoseconds
                 let timer = loop.scheduleTask(in: .nanoseconds(nanos)) {
                     promise.fail(RPCError(.deadlineExceeded, "deadline exceeded while connecting to \(target)"))
                 }
@@ -243,7 +242,7 @@ public final class RPCChannel: Sendable {
 
     private func startConnect(_ slot: Slot) -> EventLoopFuture<ConnectionBox> {
         let config = configuration
-        let nanos = config.connectTimeout.components.seconds * 1_000_000_000 + config.connectTimeout.components.attoseconds / 1_000_000_000
+        let nanos = config.connectTimeout.clampedNanoseconds
         let bootstrap = ClientBootstrap(group: slot.loop ?? group)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(.nanoseconds(nanos))
@@ -282,8 +281,8 @@ public final class RPCChannel: Sendable {
                     st = .ready(box)
                 case .failure(let error):
                     let n = slot.attempts.wrappingAdd(1, ordering: .relaxed).newValue
-                    var backoff = Double(config.initialBackoff.components.seconds) + Double(config.initialBackoff.components.attoseconds) / 1e18
-                    let maxB = Double(config.maxBackoff.components.seconds) + Double(config.maxBackoff.components.attoseconds) / 1e18
+                    var backoff = config.initialBackoff.secondsValue
+                    let maxB = config.maxBackoff.secondsValue
                     for _ in 1 ..< n { backoff = min(maxB, backoff * config.backoffMultiplier) }
                     backoff *= 1 + Double.random(in: -config.backoffJitter ... config.backoffJitter)
                     st = .backoff(until: ContinuousClock.now.advanced(by: .milliseconds(Int(backoff * 1000))), attempts: n,

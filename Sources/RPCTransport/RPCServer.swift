@@ -189,9 +189,8 @@ extension RPCServer {
         let ctx = ServerContext(path: method.path, metadata: metadata, deadline: timeout.map { .now + $0 }, peer: peer)
         var timer: Scheduled<Void>?
         if let timeout {
-            let (sec, atto) = timeout.components
-            let ns = sec >= 9_000_000_000 ? Int64.max : max(0, sec * 1_000_000_000 + atto / 1_000_000_000)
-            let ms = Double(ns) / 1e6
+            let ns = timeout.clampedNanoseconds
+            let ms = timeout.millisecondsValue
             timer = loop.scheduleTask(in: .nanoseconds(ns)) {
                 ctx.cancel(RPCError(.deadlineExceeded, "deadline of \(ms) ms exceeded"))
             }

@@ -245,7 +245,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         if logger.logLevel <= level {
             logger.log(level: level, "call", metadata: [
                 "request_id": "\(s.serverContext?.requestID ?? "-")", "method": "\(path)", "status": "\(code)", "peer": "\(peer)",
-                "ms": "\(Double(duration.components.attoseconds) / 1e15 + Double(duration.components.seconds) * 1000)",
+                "ms": "\(duration.millisecondsValue)",
             ])
         }
         if let observers { (s.observer ?? observers.unknown).callFinished(status: code, duration: duration) }
@@ -378,7 +378,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     private var idleInterval: TimeAmount {
         guard let idle = config.maxConnectionIdle else { return .seconds(0) }
-        return .nanoseconds(idle.components.seconds * 1_000_000_000 + idle.components.attoseconds / 1_000_000_000)
+        return .nanoseconds(idle.clampedNanoseconds)
     }
 
     private func scheduleIdleCheck(in delay: TimeAmount) {

@@ -229,7 +229,7 @@ public struct Evaluation: Sendable {
             do {
                 let r = try await clients[ring?.index(of: u) ?? 0].recommend(req, timeout: timeout)
                 let d = ContinuousClock.now - t0
-                return (u, r.items.map(\.itemID), Double(d.components.attoseconds) / 1e15 + Double(d.components.seconds) * 1000,
+                return (u, r.items.map(\.itemID), d.millisecondsValue,
                         r.coverage?.degraded ?? false, Int(r.candidates))
             } catch {
                 return (u, nil, 0, false, 0)

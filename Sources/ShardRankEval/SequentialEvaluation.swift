@@ -136,7 +136,7 @@ public struct SequentialEvaluation: Sendable {
             let d = ContinuousClock.now - t0
             out.items.append(r.items.map(\.itemID))
             out.relevant.append(relevant)
-            out.ms.append(Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15)
+            out.ms.append(d.millisecondsValue)
             out.candidates += Int(r.candidates)
             out.recordedReturned += r.items.reduce(0) { $0 + (recorded.contains($1.itemID) ? 1 : 0) }
             if r.coverage?.degraded ?? false { out.degraded += 1 }

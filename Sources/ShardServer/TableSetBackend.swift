@@ -94,7 +94,7 @@ public final class TableSetBackend: ShardBackend {
     /// Polls `root` for a newer complete version every `interval`.
     public func startPolling(every interval: Duration) {
         let t = DispatchSource.makeTimerSource(queue: reloadQueue)
-        let ms = Int(interval.components.seconds * 1000 + interval.components.attoseconds / 1_000_000_000_000_000)
+        let ms = Int(interval.clampedNanoseconds / 1_000_000)
         t.schedule(deadline: .now() + .milliseconds(ms), repeating: .milliseconds(max(ms, 10)))
         t.setEventHandler { [weak self] in _ = self?.reloadOnQueue() }
         t.resume()

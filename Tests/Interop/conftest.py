@@ -109,8 +109,8 @@ def big_shard():
     s.stop()
 
 
-@pytest.fixture
-def server_factory():
+def _servers():
+    """Starts servers on demand and stops every one of them when the fixture ends."""
     made = []
 
     def make(args):
@@ -120,3 +120,14 @@ def server_factory():
     yield make
     for s in made:
         s.stop()
+
+
+@pytest.fixture
+def server_factory():
+    yield from _servers()
+
+
+@pytest.fixture(scope="module")
+def module_server_factory():
+    """`server_factory` for module-scoped fixtures (servers shared by a module's tests)."""
+    yield from _servers()

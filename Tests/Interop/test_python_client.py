@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import ROOT, Server, shardrank_bin
+from conftest import ROOT, shardrank_bin
 from tables_support import SEED, item_vectors, jump, mix64, shard_of
 from test_cluster import LocalCluster
 from test_sessions import ring
@@ -58,16 +58,8 @@ def rpb(pb):
 
 
 @pytest.fixture(scope="module")
-def servers():
-    made = []
-
-    def make(args):
-        s = Server(args)
-        made.append(s)
-        return s
-    yield make
-    for s in made:
-        s.stop()
+def servers(module_server_factory):
+    return module_server_factory
 
 
 @pytest.fixture(scope="module")
