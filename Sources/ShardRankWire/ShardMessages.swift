@@ -128,6 +128,20 @@ public struct LookupResponse: Sendable, Hashable {
 
     /// Encodes a response whose `vectors` field (`vectorBytes` long) is written in place by
     /// `fillVectors` directly into the framed buffer: the gather is the only copy of the rows.
+    /// The largest `vectors` payload one Lookup answer may carry (64 MiB). The id count alone does
+    /// not bound it (100,000 ids of a 16,384-dim f32 table are 6.5 GB): beyond it the call is
+    /// RESOURCE_EXHAUSTED, decided before anything is allocated.
+    public static let maxVectorBytes = 64 << 20
+
+    /// Servers call this before building an answer of `vectorBytes` bytes of rows.
+    /// - Throws: `RPCError(.resourceExhausted)` when it exceeds `maxVectorBytes`.
+    public static func checkSize(vectorBytes: Int, dim: Int, dtype: DType) throws(RPCError) {
+        guard vectorBytes <= maxVectorBytes else {
+            throw RPCError(.resourceExhausted, "a Lookup answer of \(vectorBytes) bytes of rows exceeds the limit of \(maxVectorBytes) "
+                           + "(\(dim) dims of \(dtype)): ask for fewer ids, or for dtype f16 or int8")
+        }
+    }
+
     public static func encode(dim: UInt32, dtype: DType, missingIDs: [UInt64], version: UInt64, scales: [UInt8],
                               shard: UInt32, shardCount: UInt32, vectorBytes: Int,
                               fillVectors: (UnsafeMutableRawBufferPointer) -> Void) -> FramedMessage {

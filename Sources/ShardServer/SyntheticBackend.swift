@@ -32,6 +32,7 @@ public struct SyntheticBackend: ShardBackend {
         var found = 0
         for id in req.ids { if id < UInt64(table.rows) { found += 1 } else { missing.append(id) } }
         let dtype: DType = req.dtype == .unspecified ? .f32 : req.dtype
+        try LookupResponse.checkSize(vectorBytes: found * dim * dtype.elementSize, dim: dim, dtype: dtype)
         var scales: [UInt8] = []
         if dtype == .int8 {
             scales.reserveCapacity(found * 4)

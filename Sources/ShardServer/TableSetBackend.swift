@@ -202,6 +202,7 @@ public final class TableSetBackend: ShardBackend {
             if let r = table.rowIndex(of: id) { rows[i] = r; found += 1 } else { missing.append(id) }
         }
         let outStride = table.dim * target.elementSize
+        try LookupResponse.checkSize(vectorBytes: found * outStride, dim: table.dim, dtype: DType(rawValue: target.rawValue) ?? .f32)
         var scales = [Float](repeating: 1, count: target == .int8 ? found : 0)
         var scratch = [Float](repeating: 0, count: target == table.dtype ? 0 : table.dim)
         if target == .int8 && table.dtype != .int8 {
