@@ -152,7 +152,9 @@ extension Recommender {
         }
         let out = order.map { i in ShardRankWire.ScoredItem(itemID: ids[i], score: scores[i], sources: CandidateMerge.sources(sourceMask[i])) }
         var coverage = trace.coverage()
-        if userVec != nil && coverage.shardsAsked > 0 {
+        // Every shard call counts, the user's own profile/vector call too: a user whose shard is
+        // down gets no vector, and `min_coverage` must still refuse that answer.
+        if coverage.shardsAsked > 0 {
             let share = Float(coverage.shardsAnswered) / Float(coverage.shardsAsked)
             if share < req.minCoverage {
                 throw RPCError(.unavailable, "only \(coverage.shardsAnswered) of \(coverage.shardsAsked) shards answered (min_coverage \(req.minCoverage)): \(coverage.degradedReasons.joined(separator: "; "))")

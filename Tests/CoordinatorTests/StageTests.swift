@@ -270,6 +270,29 @@ import ShardRankWire
         let healed = try await c.recommender.recommend(RecommendRequest(userID: 4, k: 10, diversityLambda: 1), context: Cluster.context())
         #expect(healed.coverage?.degraded == false)
     }
+
+    /// `min_coverage` holds whatever failed, including the shard that holds the user's own profile
+    /// and vector (the answer then has no vector, and used to come back OK and degraded), and
+    /// when every shard is down.
+    @Test func minCoverageHoldsWhenTheUsersOwnShardOrEveryShardIsDown() async throws {
+        let c = try await Cluster(settings: searchOnly)
+        defer { Task { await c.stop() } }
+        let local = try #require(c.local)
+        let user: UInt64 = 4
+        let home = c.recommender.router.shard(ofID: user)
+        for failing in [[home], [0, 1]] {
+            local.failing = Set(failing)
+            let lenient = try await c.recommender.recommend(RecommendRequest(userID: user, k: 10, diversityLambda: 1), context: Cluster.context())
+            #expect(lenient.coverage?.degraded == true, "shards \(failing) down: flagged")
+            do {
+                _ = try await c.recommender.recommend(RecommendRequest(userID: user, k: 10, diversityLambda: 1, minCoverage: 1), context: Cluster.context())
+                Issue.record("shards \(failing) down, min_coverage 1: answered")
+            } catch {
+                #expect(error.code == .unavailable && error.message.contains("min_coverage"), "\(error)")
+            }
+        }
+        local.failing = []
+    }
 }
 
 @Suite struct SearchFanOutMathTests {
