@@ -74,14 +74,36 @@ public final class TableSetBackend: ShardBackend {
         self.previousVersionGrace = previousVersionGrace
         self.lockTables = lockTables
         self.logger = logger
-        guard let newest = try TableSetCatalog(root: root).newestVersion() else {
+        let versions = try TableSetCatalog(root: root).completeVersions()
+        guard !versions.isEmpty else {
             throw TableError(.notFound, "no complete table-set version under \(root) (expected \(root)/v<N>/manifest.json)")
         }
-        let ts = try TableSetLoader.load(root: root, version: newest, shard: shard, of: shardCount)
+        // The newest version that loads and verifies: a corrupt newest one is refused (as a hot
+        // reload refuses it) and the last good one serves; only when none loads does start fail.
+        var loaded: LoadedTableSet?
+        var rejected: [UInt64: String] = [:]
+        var firstError: (any Error)?
+        for v in versions.reversed() {
+            do {
+                loaded = try TableSetLoader.load(root: root, version: v, shard: shard, of: shardCount)
+                break
+            } catch {
+                rejected[v] = "\(error)"
+                if firstError == nil { firstError = error }
+                logger.error("rejected table set v\(v): \(error)")
+            }
+        }
+        guard let ts = loaded else { throw firstError! }
         ts.warm()
         if lockTables { for w in ts.lockInMemory() { logger.warning("not locked in memory (serving anyway): \(w)") } }
-        state = Mutex(State(current: ts))
-        logger.info("serving table set \(root) v\(newest), shard \(shard) of \(shardCount): \(ts.tables.keys.sorted().joined(separator: ", "))")
+        var st = State(current: ts)
+        st.rejected = rejected
+        state = Mutex(st)
+        stats.rejections.store(rejected.count, ordering: .relaxed)
+        if let newest = versions.last, newest != ts.version {
+            logger.warning("serving v\(ts.version), the newest version that loads: v\(newest) was refused")
+        }
+        logger.info("serving table set \(root) v\(ts.version), shard \(shard) of \(shardCount): \(ts.tables.keys.sorted().joined(separator: ", "))")
     }
 
     deinit { pollTimer?.cancel() }

@@ -399,3 +399,30 @@ def test_build_similar_from_interactions(pb, tmp_path, server_factory):
     bad = build(shardrank_bin(), str(inp), str(tmp_path / "r2"), 1, "--similar", "3", "--similar-source", "interactions")
     assert bad.returncode == 1 and "interactions.csv" in bad.stderr, bad.stderr
     assert not os.path.exists(tmp_path / "r2" / "v1" / "manifest.json")
+
+
+def test_a_shard_started_over_a_corrupt_newest_version_serves_the_last_good_one(pb, single_root, server_factory):
+    """As a hot reload does: the corrupt newest version is refused (named in the log, counted in
+    the metrics) and the newest version that verifies serves; a later good version is taken."""
+    from test_metrics import scrape, value
+    table_root = single_root
+    root, ids, dim = table_root["root"], table_root["ids"], table_root["dim"]
+    write_input(table_root["input"], version=2)
+    assert build(shardrank_bin(), table_root["input"], root, 1).returncode == 0
+    corrupt_newest(root)   # v2
+    srv = server_factory(["shard", "--tables", root, "--shard", "0", "--of", "1", "--port", "0", "--reload-seconds", "0",
+                          "--admin-port", "0", "--log-level", "info"])
+    admin = int(re.search(r"admin listening on \S+:(\d+)", srv.preamble).group(1))
+    ch, stub = shard_stub(pb, srv)
+    with ch:
+        r = stub.Lookup(pb.shard_pb2.LookupRequest(table="items", ids=ids[:3]), timeout=5)
+        assert r.version == 1 and r.vectors == item_vectors(ids[:3], dim, 1).astype("<f4").tobytes()
+        assert value(scrape(admin), "shardrank_reload_rejections_total") == 1
+        # A good v3 is switched to on reload; the refused v2 is not tried again.
+        write_input(table_root["input"], version=3)
+        assert build(shardrank_bin(), table_root["input"], root, 1).returncode == 0
+        srv.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while stub.Info(pb.shard_pb2.InfoRequest(), timeout=5).version != 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert stub.Info(pb.shard_pb2.InfoRequest(), timeout=5).version == 3
