@@ -162,10 +162,16 @@ extension ShardCommand {
     }
 }
 
+/// The synthetic table is materialised (rows × dim × 4 bytes): at most this many bytes (16 GiB).
+let maxSyntheticBytes = 16 << 30
+
 func parseShape(_ s: String) throws -> (Int, Int) {
     let parts = s.lowercased().split(separator: "x")
     guard parts.count == 2, let r = Int(parts[0]), let d = Int(parts[1]), r > 0, d > 0, d <= 65536, r <= 100_000_000 else {
         throw ValidationError("--synthetic must be ROWSxDIM with positive integers (e.g. 100000x64), got '\(s)'")
+    }
+    guard r * d * 4 <= maxSyntheticBytes else {
+        throw ValidationError("--synthetic \(s) would take \(r * d * 4) bytes of memory: at most \(maxSyntheticBytes) (16 GiB)")
     }
     return (r, d)
 }

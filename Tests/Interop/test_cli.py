@@ -250,6 +250,12 @@ def test_negative_numbers_are_values(free_port):
     assert out.returncode == 64 and "--shard must be ≥ 0" in out.stderr, out.stderr
 
 
+def test_a_synthetic_table_too_big_for_memory_is_a_usage_error():
+    """It is materialised: 100M × 4096 floats would be 1.6 TB (it used to abort in the allocator)."""
+    out = run("shard", "--synthetic", "100000000x4096", "--port", "0")
+    assert out.returncode == 64 and "would take 1638400000000 bytes of memory" in out.stderr, (out.returncode, out.stderr)
+
+
 def test_a_mistyped_command_is_named():
     out = run("recomend", "--user", "1")
     assert out.returncode == 64, out.returncode
