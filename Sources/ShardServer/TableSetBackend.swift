@@ -426,7 +426,7 @@ public final class TableSetBackend: ShardBackend {
             }
         }
         return InfoResponse(version: ts.version, shard: UInt32(shard), shardCount: UInt32(shardCount), tables: tables,
-                            mappedBytes: UInt64(ts.mappedBytes), source: root, hash: StableHash.functionName, hashSeed: ts.router.seed)
+                            mappedBytes: UInt64(ts.mappedBytes), source: "table-set:" + (root.split(separator: "/").last.map(String.init) ?? root), hash: StableHash.functionName, hashSeed: ts.router.seed)
     }
 
     public func ids(_ req: IdsRequest, context: ServerContext) throws(RPCError) -> IdsResponse {

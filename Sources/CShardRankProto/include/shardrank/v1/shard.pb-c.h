@@ -288,7 +288,8 @@ struct  Shardrank__V1__InfoResponse
   Shardrank__V1__TableInfo **tables;
   uint64_t mapped_bytes;
   /*
-   * Where the tables come from: a table-set root, or "synthetic:ROWSxDIM".
+   * Where the tables come from: "table-set:NAME" (the root directory's last component; the full
+   * path stays on the server) or "synthetic:ROWSxDIM".
    */
   char *source;
   /*
