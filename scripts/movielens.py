@@ -130,13 +130,35 @@ def region(zip_code, digits):
     return f"zip{z[:digits]}" if z else ""
 
 
+def bad_rating_line(path, sep, header):
+    """The first line of a ratings file that is not user, item, rating, timestamp numbers:
+    (line number, text), or None."""
+    with open(path, encoding="latin-1", newline="") as f:
+        for n, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line or (header and n == 1):
+                continue
+            parts = line.split(sep)
+            try:
+                int(parts[0]), int(parts[1]), float(parts[2]), int(float(parts[3]))
+            except (ValueError, IndexError):
+                return n, line
+    return None
+
+
 def read_ratings(path, sep, header):
-    """(users, items, ratings, timestamps) as numpy arrays from a ratings file."""
-    if sep == "\t":
-        a = np.loadtxt(path, dtype=np.float64, delimiter="\t", ndmin=2)
-        return a[:, 0].astype(np.int64), a[:, 1].astype(np.int64), a[:, 2], a[:, 3].astype(np.int64)
-    if sep == ",":
-        a = np.loadtxt(path, dtype=np.float64, delimiter=",", skiprows=1 if header else 0, usecols=(0, 1, 2, 3), ndmin=2)
+    """(users, items, ratings, timestamps) as numpy arrays from a ratings file.
+    Raises NotMovieLens naming the file and line of the first malformed row."""
+    def malformed():
+        bad = bad_rating_line(path, sep, header)
+        where = f"{path}:{bad[0]}: " if bad else f"{path}: "
+        got = f", got {bad[1][:80]!r}" if bad else ""
+        return NotMovieLens(f"{where}expected user{sep}item{sep}rating{sep}timestamp numbers{got}".replace("\t", "<TAB>"))
+    if sep in ("\t", ","):
+        try:
+            a = np.loadtxt(path, dtype=np.float64, delimiter=sep, skiprows=1 if header else 0, usecols=(0, 1, 2, 3), ndmin=2)
+        except (ValueError, IndexError):
+            raise malformed() from None
         return a[:, 0].astype(np.int64), a[:, 1].astype(np.int64), a[:, 2], a[:, 3].astype(np.int64)
     us, its, rs, ts = [], [], [], []
     with open(path, encoding="latin-1", newline="") as f:
@@ -147,9 +169,10 @@ def read_ratings(path, sep, header):
             if not line:
                 continue
             parts = line.split(sep)
-            if len(parts) < 4:
-                raise ValueError(f"{path}:{n}: expected user{sep}item{sep}rating{sep}timestamp")
-            us.append(int(parts[0])); its.append(int(parts[1])); rs.append(float(parts[2])); ts.append(int(parts[3]))
+            try:
+                us.append(int(parts[0])); its.append(int(parts[1])); rs.append(float(parts[2])); ts.append(int(parts[3]))
+            except (ValueError, IndexError):
+                raise NotMovieLens(f"{path}:{n}: expected user{sep}item{sep}rating{sep}timestamp numbers, got {line[:80]!r}") from None
     return np.array(us, np.int64), np.array(its, np.int64), np.array(rs, np.float64), np.array(ts, np.int64)
 
 
@@ -391,6 +414,9 @@ def main(argv=None):
         layout, (u, i, r, t), items, regions = read_movielens(args.dir, args.zip_digits)
     except NotMovieLens as e:
         print(f"movielens: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, IndexError) as e:   # a malformed item or user file
+        print(f"movielens: error: {args.dir}: a file does not parse as MovieLens ({e})", file=sys.stderr)
         return 2
     keep = r >= args.min_rating
     u, i, r, t = u[keep], i[keep], r[keep], t[keep]

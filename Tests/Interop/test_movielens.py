@@ -208,6 +208,18 @@ def test_not_a_movielens_directory_exits_2(tmp_path):
     assert p.returncode == 2
 
 
+def test_a_malformed_ratings_row_is_named_with_exit_2(ml100k, tmp_path):
+    """One line naming the file and the row (it used to be numpy's traceback)."""
+    d = ml100k[0]
+    data = d / "u.data"
+    lines = data.read_text().splitlines()
+    lines[41] = lines[41].replace("\t", "\tx", 1)
+    data.write_text("\n".join(lines) + "\n")
+    p = run(d, tmp_path / "out", check=False)
+    assert p.returncode == 2 and f"{data}:42: expected user<TAB>item<TAB>rating<TAB>timestamp numbers" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr and not (tmp_path / "out").exists()
+
+
 def recbole_files(d, rows):
     """RecBole's atomic files for the planted ratings (the layout its wheel ships ml-100k in)."""
     d.mkdir(parents=True, exist_ok=True)
