@@ -17,6 +17,8 @@ public enum HTTP2Event: Sendable {
     case streamClosed(streamID: Int32, errorCode: UInt32)
     /// The peer sent GOAWAY.
     case goAway(lastStreamID: Int32, errorCode: UInt32)
+    /// The peer acknowledged one of our PINGs (`submitPing`).
+    case pingAck
 }
 
 /// Errors of the HTTP/2 layer: the connection can not go on.
@@ -337,6 +339,12 @@ public final class HTTP2Session {
     }
 
     /// Graceful shutdown, step 1: a GOAWAY with the maximum stream id (a "shutdown notice").
+    /// Queues a PING (the peer must answer with an ACK: `HTTP2Event.pingAck`); a keepalive probe.
+    public func submitPing() throws(HTTP2Error) {
+        let rv = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil)
+        if rv != 0 { throw HTTP2Error(code: rv, operation: "nghttp2_submit_ping") }
+    }
+
     public func submitShutdownNotice() {
         _ = nghttp2_submit_shutdown_notice(session)
     }

@@ -30,9 +30,21 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         init(parser: ClientResponseParser, complete: @escaping Completion) { self.parser = parser; self.complete = complete }
     }
 
-    init(configuration: HTTP2Configuration, maxMessageLength: Int) throws {
+    /// Keepalive: a PING every `keepaliveInterval`; when one is not acknowledged within
+    /// `keepaliveTimeout` the connection is declared dead (its calls fail UNAVAILABLE, the channel
+    /// reconnects) — a peer lost silently (power cut, partition) is found in seconds instead of
+    /// TCP's retransmission timeout (minutes). nil: no pings.
+    private let keepaliveInterval: Duration?
+    private let keepaliveTimeout: Duration
+    private var keepaliveTask: Scheduled<Void>?
+    private var pingSentAt: NIODeadline?
+
+    init(configuration: HTTP2Configuration, maxMessageLength: Int, keepaliveInterval: Duration? = nil,
+         keepaliveTimeout: Duration = .seconds(5)) throws {
         session = try HTTP2Session(role: .client, configuration: configuration)
         self.maxMessageLength = maxMessageLength
+        self.keepaliveInterval = keepaliveInterval
+        self.keepaliveTimeout = keepaliveTimeout
     }
 
     var activeCalls: Int { calls.count }
@@ -43,10 +55,42 @@ final class ClientConnectionHandler: ChannelInboundHandler {
 
     func channelActive(context: ChannelHandlerContext) {
         flush()
+        scheduleKeepalive(in: keepaliveInterval)
         context.fireChannelActive()
     }
 
+    /// The next keepalive step after `delay`: send a PING, or, when the last one is still
+    /// unanswered after `keepaliveTimeout`, close the connection.
+    private func scheduleKeepalive(in delay: Duration?) {
+        guard let delay, let loop = context?.eventLoop, !isClosed else { return }
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        keepaliveTask = loop.scheduleTask(in: .nanoseconds(delay.clampedNanoseconds)) { bound.value.keepaliveTick() }
+    }
+
+    private func keepaliveTick() {
+        guard let context, !isClosed, keepaliveInterval != nil else { return }
+        let now = NIODeadline.now()
+        if let sent = pingSentAt {
+            let elapsed = Duration.nanoseconds((now - sent).nanoseconds)
+            if elapsed >= keepaliveTimeout {
+                isClosed = true
+                failAll(RPCError(.unavailable, "connection to \(context.remoteAddress?.description ?? "server") lost: keepalive PING "
+                                 + "not acknowledged within \(keepaliveTimeout)"))
+                onUnusable?()
+                context.close(promise: nil)
+                return
+            }
+            scheduleKeepalive(in: keepaliveTimeout - elapsed)
+            return
+        }
+        do { try session.submitPing() } catch { return }
+        pingSentAt = now
+        flush()
+        scheduleKeepalive(in: keepaliveTimeout)
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
+        keepaliveTask?.cancel()
         isClosed = true
         failAll(RPCError(.unavailable, "connection to \(context.remoteAddress?.description ?? "server") closed"))
         onUnusable?()
@@ -159,6 +203,14 @@ final class ClientConnectionHandler: ChannelInboundHandler {
                 finish(id, .failure(RPCError(.unavailable, "server sent GOAWAY before processing the call")), reset: false)
             }
             onUnusable?()
+        case .pingAck:
+            if let sent = pingSentAt, let interval = keepaliveInterval {
+                pingSentAt = nil
+                // The next PING one interval after this one was sent.
+                let elapsed = Duration.nanoseconds(max(0, (NIODeadline.now() - sent).nanoseconds))
+                keepaliveTask?.cancel()
+                scheduleKeepalive(in: interval > elapsed ? interval - elapsed : .zero)
+            }
         }
     }
 

@@ -21,6 +21,11 @@ public struct ClientConfiguration: Sendable {
     public var backoffJitter: Double = 0.2
     /// Time allowed to establish a TCP connection.
     public var connectTimeout: Duration = .seconds(2)
+    /// Keepalive: a PING on each connection every `keepaliveInterval` (nil: none); a PING not
+    /// acknowledged within `keepaliveTimeout` closes the connection (its calls fail UNAVAILABLE
+    /// and the channel reconnects), so a silently lost peer is found in seconds.
+    public var keepaliveInterval: Duration? = .seconds(10)
+    public var keepaliveTimeout: Duration = .seconds(5)
     /// One connection per event loop of the group (`connections` is then ignored), and a call
     /// made on one of the group's event loops goes out on that loop's own connection: its
     /// answer resumes the caller on the same thread (see `EventLoopTaskExecutor`). Calls from
@@ -248,7 +253,8 @@ public final class RPCChannel: Sendable {
             .connectTimeout(.nanoseconds(nanos))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let h = try ClientConnectionHandler(configuration: config.http2.session, maxMessageLength: config.maxMessageLength)
+                    let h = try ClientConnectionHandler(configuration: config.http2.session, maxMessageLength: config.maxMessageLength,
+                                                        keepaliveInterval: config.keepaliveInterval, keepaliveTimeout: config.keepaliveTimeout)
                     try channel.pipeline.syncOperations.addHandler(h)
                     let bound = NIOLoopBound(h, eventLoop: channel.eventLoop)
                     h.onUnusable = { [weak slot] in

@@ -165,7 +165,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             s.deadlineTask?.cancel()
             if code != 0 { s.serverContext?.cancel(RPCError(.cancelled, "the client cancelled the call")) }
             removeStream(id)
-        case .goAway:
+        case .goAway, .pingAck:
             break
         }
     }
