@@ -50,6 +50,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         /// The method's observer, once the call was accepted and counted as started.
         var observer: (any RPCMethodObserver)?
         var finished = false
+        /// A streaming call holds one of the process's `maxInFlightHandlers` slots until the
+        /// stream is gone (unary handlers hold theirs while they run).
+        var holdsSlot = false
         init(limits: ServerStreamStateMachine.Limits) { machine = ServerStreamStateMachine(limits: limits) }
     }
 
@@ -171,8 +174,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     private func removeStream(_ id: Int32) {
-        if streams.removeValue(forKey: id) != nil {
+        if let s = streams.removeValue(forKey: id) {
             state.openStreams.wrappingSubtract(1, ordering: .relaxed)
+            if s.holdsSlot { s.holdsSlot = false; state.releaseHandler() }
         }
         if streams.isEmpty, idleSince == nil { armIdleTimer() }
     }
@@ -340,6 +344,12 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             handler(request, ctx, responder.respond)
             if let early = responder.handlerReturned() { apply(s.machine.handlerReturned(early), s, id) }
         case .serverStreaming(let handler):
+            guard state.tryAcquireHandler(limit: config.maxInFlightHandlers) else {
+                apply(s.machine.abort(RPCError(.resourceExhausted,
+                      "server overloaded: \(config.maxInFlightHandlers) calls in flight")), s, id)
+                return
+            }
+            s.holdsSlot = true
             let writer = StreamWriter(bound: NIOLoopBound(self, eventLoop: loop), id: id)
             do throws(RPCError) {
                 try handler(request, ctx, writer)

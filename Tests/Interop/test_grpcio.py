@@ -297,3 +297,28 @@ def test_in_flight_limit_gives_resource_exhausted(pb, server_factory):
         assert time.monotonic() - t0 < 0.5, "overload must be answered at once"
         for f in slow:
             f.cancel()
+
+
+def test_open_watch_streams_count_toward_the_in_flight_limit(pb, server_factory):
+    """A streaming call (health Watch) holds an in-flight slot while its stream is open, so
+    `--max-in-flight` bounds them too; the slot comes back when the stream ends."""
+    import re
+    from test_metrics import scrape, value
+    srv = server_factory(["shard", "--synthetic", "100x8", "--port", "0", "--max-in-flight", "2", "--admin-port", "0"])
+    admin = int(re.search(r"admin listening on \S+:(\d+)", srv.preamble).group(1))
+    ch = grpc.insecure_channel(srv.target)
+    h = pb.health_pb2_grpc.HealthStub(ch)
+    s = pb.shard_pb2_grpc.ShardStub(ch)
+    watches = [h.Watch(pb.health_pb2.HealthCheckRequest(service=""), timeout=30) for _ in range(2)]
+    for w in watches:
+        assert next(w).status == pb.health_pb2.HealthCheckResponse.SERVING   # both streams are open
+    with pytest.raises(grpc.RpcError) as e:
+        s.Lookup(pb.shard_pb2.LookupRequest(table="items", ids=[1]), timeout=5)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "2 calls in flight" in e.value.details()
+    watches[0].cancel()
+    deadline = time.monotonic() + 10
+    while (value(scrape(admin), "shardrank_rpc_in_flight") or 0) > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert s.Lookup(pb.shard_pb2.LookupRequest(table="items", ids=[1]), timeout=5).dim == 8
+    watches[1].cancel()
+    ch.close()
