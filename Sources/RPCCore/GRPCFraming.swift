@@ -78,7 +78,7 @@ public struct GRPCMessageDeframer: Sendable {
 
     /// Consumes `bytes`, calling `onMessage` for every complete message in order.
     /// - Throws: `RPCError(.resourceExhausted)` for a prefix longer than the limit,
-    ///   `RPCError(.unimplemented)` for a compressed message. After a throw the deframer must not
+    ///   `RPCError(.internal)` for a message with the compressed flag set. After a throw the deframer must not
     ///   be fed again.
     public mutating func consume(_ bytes: UnsafeRawBufferPointer, onMessage: ([UInt8]) throws(RPCError) -> Void) throws(RPCError) {
         var i = 0
@@ -93,10 +93,12 @@ public struct GRPCMessageDeframer: Sendable {
                     let length = Int(header[1]) << 24 | Int(header[2]) << 16 | Int(header[3]) << 8 | Int(header[4])
                     header.removeAll(keepingCapacity: true)
                     if flag != 0 {
-                        if flag == 1 {
-                            throw RPCError(.unimplemented, "compressed message received but no grpc-encoding is supported (identity only)")
-                        }
-                        throw RPCError(.internal, "invalid compressed-flag byte \(flag) in message prefix")
+                        // gRPC: a set Compressed-Flag on a call whose grpc-encoding is identity (the
+                        // only one negotiated here; others are refused UNIMPLEMENTED from the
+                        // headers) is a protocol violation: INTERNAL, as grpc-go and grpc-core do.
+                        throw RPCError(.internal, flag == 1
+                                       ? "compressed flag set on a message, but the call's grpc-encoding is identity"
+                                       : "invalid compressed-flag byte \(flag) in message prefix")
                     }
                     if length > maxMessageLength {
                         throw RPCError(.resourceExhausted, "message of \(length) bytes exceeds the limit of \(maxMessageLength) bytes")

@@ -60,7 +60,7 @@ import Testing
     @Test func compressedFlagRejected() {
         var d = GRPCMessageDeframer(maxMessageLength: 100)
         #expect(throws: RPCError.self) { try d.consume([1, 0, 0, 0, 1, 9]) { _ in } }
-        do { try d.consume([1, 0, 0, 0, 1, 9]) { _ in } } catch { #expect(error.code == .unimplemented) }
+        do { try d.consume([1, 0, 0, 0, 1, 9]) { _ in } } catch { #expect(error.code == .internal && error.message.contains("compressed flag")) }
         var d2 = GRPCMessageDeframer(maxMessageLength: 100)
         do { try d2.consume([7, 0, 0, 0, 1, 9]) { _ in } } catch { #expect(error.code == .internal) }
     }
