@@ -20,6 +20,9 @@ public struct ServerConfiguration: Sendable {
     /// A connection with no open stream for this long gets a GOAWAY and is closed (gRPC's
     /// MAX_CONNECTION_IDLE); nil keeps idle connections forever.
     public var maxConnectionIdle: Duration? = .seconds(300)
+    /// A connection whose socket stays unwritable (the peer stopped reading while answers wait)
+    /// for this long is closed, releasing what it holds; nil: never.
+    public var writeTimeout: Duration? = .seconds(30)
     /// Told about every call's start and outcome (metrics); nil for none.
     public var observer: (any RPCServerObserver)?
     /// How long a graceful shutdown waits for in-flight calls before closing connections.

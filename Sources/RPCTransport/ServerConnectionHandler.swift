@@ -37,6 +37,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     /// re-arms for the rest of the interval (a timer per request would cost a heap insert and
     /// removal on every call).
     private var idleTask: Scheduled<Void>?
+    private var writeStallTask: Scheduled<Void>?
     /// When the last stream closed; nil while streams are open.
     private var idleSince: NIODeadline?
 
@@ -100,6 +101,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         idleTask?.cancel()
+        writeStallTask?.cancel()
         let gone = RPCError(.unavailable, "connection closed")
         for (id, s) in streams {
             s.deadlineTask?.cancel()
@@ -130,8 +132,26 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         let writable = context.channel.isWritable
         context.channel.setOption(ChannelOptions.autoRead, value: writable).whenFailure { _ in }
-        if writable { flush() }
+        if writable {
+            writeStallTask?.cancel()
+            writeStallTask = nil
+            flush()
+        } else if writeStallTask == nil, let timeout = config.writeTimeout {
+            // The peer stopped reading: if it does not resume within the write timeout, close
+            // the connection (and free the answers waiting for it) instead of holding them.
+            let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            writeStallTask = context.eventLoop.scheduleTask(in: .nanoseconds(timeout.clampedNanoseconds)) {
+                bound.value.writeStalled(timeout)
+            }
+        }
         context.fireChannelWritabilityChanged()
+    }
+
+    private func writeStalled(_ timeout: Duration) {
+        writeStallTask = nil
+        guard let context, !context.channel.isWritable else { return }
+        logger.info("closing the connection from \(peer): it read nothing for \(timeout) while answers waited (write timeout)")
+        context.close(promise: nil)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {

@@ -208,6 +208,9 @@ struct ServerOptions: ParsableArguments {
     @Option(help: "Seconds a connection may stay without streams before the server closes it (0: never).")
     var maxConnectionIdleSeconds: Double = 300
 
+    @Option(help: "Seconds a connection may stay unwritable (its peer reading nothing while answers wait) before the server closes it (0: never).")
+    var writeTimeoutSeconds: Double = 30
+
     @Option(help: "Log level: trace, debug, info, warning, error.")
     var logLevel: String = "info"
 
@@ -226,6 +229,7 @@ struct ServerOptions: ParsableArguments {
         c.maxInFlightHandlers = maxInFlight
         c.drainTimeout = .milliseconds(Int(drainSeconds * 1000))
         c.maxConnectionIdle = maxConnectionIdleSeconds > 0 ? .milliseconds(Int(maxConnectionIdleSeconds * 1000)) : nil
+        c.writeTimeout = writeTimeoutSeconds > 0 ? .milliseconds(Int(writeTimeoutSeconds * 1000)) : nil
         return c
     }
 }

@@ -275,3 +275,42 @@ def test_slow_reader_does_not_grow_server_memory(pb, shard):
     assert max(readings[-3:]) - min(readings[-3:]) < (1 << 20), f"memory still moving after 10 s: {readings[-3:]}"
     c.close()
     assert grown < (150 << 20), grown
+
+
+def server_side_established(server_port, client_port):
+    """Whether the server's end of a loopback TCP connection is still ESTABLISHED (/proc/net/tcp)."""
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        f = line.split()
+        if int(f[1].split(":")[1], 16) == server_port and int(f[2].split(":")[1], 16) == client_port:
+            return f[3] == "01"
+    return False
+
+
+def test_a_connection_that_stops_reading_is_closed_after_the_write_timeout(pb, server_factory):
+    """A client that asks for large answers and never reads: once the socket has stayed
+    unwritable for --write-timeout-seconds the server closes its end of the connection (freeing
+    what it held) instead of keeping it forever."""
+    import socket as pysocket
+    srv = server_factory(["shard", "--synthetic", "1000x64", "--port", "0", "--write-timeout-seconds", "0.5",
+                          "--max-connection-idle-seconds", "0"])
+    c = RawH2(srv.port)
+    c.sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_RCVBUF, 4096)
+    client_port = c.sock.getsockname()[1]
+    c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+    c.conn.increment_flow_control_window(2**31 - 1 - 65535)
+    c.sock.sendall(c.conn.data_to_send())
+    body = pb.shard_pb2.LookupRequest(table="items", ids=list(range(1000)) * 8).SerializeToString()  # ~2 MiB answers
+    for _ in range(8):
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, c.request_headers("/shardrank.v1.Shard/Lookup"), end_stream=False)
+        c.send_data(sid, grpc_frame(body), end=True)
+    assert server_side_established(srv.port, client_port)
+    deadline = time.monotonic() + 10
+    while server_side_established(srv.port, client_port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not server_side_established(srv.port, client_port), "the server kept the connection of a peer that reads nothing"
+    c.sock.close()
+    # The server still serves others.
+    c2 = RawH2(srv.port)
+    assert c2.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString()).trailer("grpc-status") == "0"
+    c2.close()
