@@ -85,8 +85,22 @@ class Features:
     values: np.ndarray
 
 
+class _ScoredAnswer:
+    """What every answer with ranked items offers (``items`` and ``coverage`` fields)."""
+
+    @property
+    def item_ids(self) -> List[int]:
+        """The items' ids, best first."""
+        return [i.item_id for i in self.items]
+
+    @property
+    def degraded(self) -> bool:
+        """True when some shard or source did not answer (``coverage.degraded_reasons`` says why)."""
+        return self.coverage.degraded
+
+
 @dataclass(frozen=True)
-class Recommendation:
+class Recommendation(_ScoredAnswer):
     """The answer of :meth:`Recommender.recommend`.
 
     ``user_vector_source``: which user vector searched and ranked (``"stored"``, ``"tower"``, or
@@ -104,32 +118,14 @@ class Recommendation:
     features: Optional[Features]
     coordinator: str
 
-    @property
-    def item_ids(self) -> List[int]:
-        """The recommended items' ids, best first."""
-        return [i.item_id for i in self.items]
-
-    @property
-    def degraded(self) -> bool:
-        """True when some shard or source did not answer (``coverage.degraded_reasons`` says why)."""
-        return self.coverage.degraded
-
 
 @dataclass(frozen=True)
-class Ranking:
+class Ranking(_ScoredAnswer):
     """The answer of :meth:`Recommender.rank` and :meth:`Recommender.similar`."""
     items: List[ScoredItem]
     version: int
     coverage: Coverage
     coordinator: str
-
-    @property
-    def item_ids(self) -> List[int]:
-        return [i.item_id for i in self.items]
-
-    @property
-    def degraded(self) -> bool:
-        return self.coverage.degraded
 
 
 @dataclass(frozen=True)
