@@ -62,9 +62,12 @@ struct EvalCommand: AsyncParsableCommand {
     @Option(help: "Also write the JSON report to this file.")
     var out: String?
 
-    func parseList(_ s: String, _ flag: String) throws -> [Int] {
+    /// Comma-separated positive integers, each at most `max` (the wire carries them as uint32;
+    /// the coordinator refuses more than its own limits anyway, naming them).
+    func parseList(_ s: String, _ flag: String, max: Int = 1_000_000) throws -> [Int] {
         let v = try s.split(separator: ",").map { part -> Int in
             guard let x = Int(part.trimmingCharacters(in: .whitespaces)), x > 0 else { throw ValidationError("\(flag): '\(part)' is not a positive integer") }
+            guard x <= max else { throw ValidationError("\(flag): \(x) is more than \(max)") }
             return x
         }
         guard !v.isEmpty else { throw ValidationError("\(flag) is empty") }

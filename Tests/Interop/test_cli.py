@@ -250,6 +250,12 @@ def test_negative_numbers_are_values(free_port):
     assert out.returncode == 64 and "--shard must be ≥ 0" in out.stderr, out.stderr
 
 
+def test_an_eval_budget_beyond_the_wire_is_a_usage_error(free_port):
+    """Budgets travel as uint32: 1e11 used to trap in the conversion; now a usage error (exit 64)."""
+    out = run("eval", "--target", f"127.0.0.1:{free_port}", "--heldout", "/dev/null", "--budgets", "100000000000")
+    assert out.returncode == 64 and "--budgets: 100000000000 is more than 1000000" in out.stderr, (out.returncode, out.stderr)
+
+
 def test_a_synthetic_table_too_big_for_memory_is_a_usage_error():
     """It is materialised: 100M × 4096 floats would be 1.6 TB (it used to abort in the allocator)."""
     out = run("shard", "--synthetic", "100000000x4096", "--port", "0")
