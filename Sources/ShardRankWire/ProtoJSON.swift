@@ -238,10 +238,12 @@ public enum ProtoJSON {
             let parts = key.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
             var md = d
             var f: ProtobufCFieldDescriptor?
+            var names: [String] = []
             for (i, part) in parts.enumerated() {
-                guard let x = fields(md).first(where: { String(cString: $0.name) == part || jsonName(String(cString: $0.name)) == part }) else {
+                guard let (x, xi) = field(part, of: md) else {
                     throw RPCError(.invalidArgument, "unknown query parameter '\(key)' for \(String(cString: d.pointee.name))")
                 }
+                names.append(xi.proto)
                 if i < parts.count - 1 {
                     guard x.type == PROTOBUF_C_TYPE_MESSAGE, x.label != PROTOBUF_C_LABEL_REPEATED else {
                         throw RPCError(.invalidArgument, "query parameter '\(key)': '\(part)' is not a message field")
@@ -254,7 +256,6 @@ public enum ProtoJSON {
                     f = x
                 }
             }
-            let names = try Self.protoNames(parts, d)
             guard !fixed.contains(where: { $0.0 == names[0] || $0.0 == jsonName(names[0]) }) else {
                 throw RPCError(.invalidArgument, "query parameter '\(key)' repeats a value given by the URL path")
             }
@@ -287,17 +288,6 @@ public enum ProtoJSON {
         }
         var out: [UInt8] = []
         try encodeMessage(.object(json), d, path: "", into: &out)
-        return out
-    }
-
-    /// The proto names along a path of proto or JSON names (already checked to exist).
-    static func protoNames(_ parts: [String], _ d: Descriptor) throws(RPCError) -> [String] {
-        var md = d, out: [String] = []
-        for part in parts {
-            let x = fields(md).first(where: { String(cString: $0.name) == part || jsonName(String(cString: $0.name)) == part })!
-            out.append(String(cString: x.name))
-            if x.type == PROTOBUF_C_TYPE_MESSAGE { md = x.descriptor!.assumingMemoryBound(to: ProtobufCMessageDescriptor.self) }
-        }
         return out
     }
 
@@ -375,6 +365,13 @@ public enum ProtoJSON {
 
     static func info(_ d: Descriptor) -> [FieldInfo] { fieldInfo[UnsafeRawPointer(d)]! }
 
+    /// The field of `d` named `name` (its proto or its JSON name), with its names.
+    static func field(_ name: String, of d: Descriptor) -> (ProtobufCFieldDescriptor, FieldInfo)? {
+        let names = info(d)
+        guard let i = names.firstIndex(where: { $0.json == name || $0.proto == name }) else { return nil }
+        return (fields(d)[i], names[i])
+    }
+
     static func enumValues(_ f: ProtobufCFieldDescriptor) -> UnsafeBufferPointer<ProtobufCEnumValue> {
         let e = f.descriptor!.assumingMemoryBound(to: ProtobufCEnumDescriptor.self)
         return UnsafeBufferPointer(start: e.pointee.values, count: Int(e.pointee.n_values))
@@ -389,13 +386,11 @@ public enum ProtoJSON {
         }
         var seen = Set<UInt32>()
         for (name, value) in members {
-            let names = info(d)
-            guard let fi = names.firstIndex(where: { $0.json == name || $0.proto == name }) else {
-                let known = names.map(\.json).joined(separator: ", ")
+            guard let (f, fi) = field(name, of: d) else {
+                let known = info(d).map(\.json).joined(separator: ", ")
                 throw RPCError(.invalidArgument, "unknown field '\(path)\(name)' of \(String(cString: d.pointee.name)) (known: \(known))")
             }
-            let f = fields(d)[fi]
-            let fpath = path + names[fi].proto
+            let fpath = path + fi.proto
             guard seen.insert(f.id).inserted else { throw RPCError(.invalidArgument, "field '\(fpath)' is given twice") }
             if case .null = value { continue }
             if f.label == PROTOBUF_C_LABEL_REPEATED {
