@@ -133,7 +133,7 @@ let package = Package(
         ]),
         .testTarget(name: "ShardServerTests", dependencies: ["ShardRankRouting", "ShardServer", "ShardRankTables", "ShardRankKernels", "RPCCore", "ShardRankWire", "ShardRankIDs", "TestSupport"]),
         .testTarget(name: "ShardRankEvalTests", dependencies: ["ShardRankEval"]),
-        .testTarget(name: "ShardRankSynthTests", dependencies: ["ShardRankSynth", "ShardRankTables"]),
+        .testTarget(name: "ShardRankSynthTests", dependencies: ["ShardRankSynth", "ShardRankTables", "ShardRankKernels"]),
         .testTarget(name: "LoadTestTests", dependencies: ["ShardRankRouting", 
             "LoadTest", "RPCCore", "RPCTransport", "ShardRankWire", "ShardServer", "ShardRankTables", "ShardRankClient", "ShardRankKernels",
             .product(name: "NIOPosix", package: "swift-nio"),
