@@ -649,13 +649,48 @@ def test_k8s_manifests_validate(tmp_path):
     # The committed example is what the generator makes of the committed example topology.
     regen = tmp_path / "example"
     out = subprocess.run([os.path.join(CLUSTER, "k8s", "generate"), os.path.join(CLUSTER, "examples", "local-4x2.json"),
-                          str(regen)], capture_output=True, text=True, timeout=30)
+                          str(regen), "--shard-memory", "2Gi"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     committed = os.path.join(CLUSTER, "k8s", "example")
     assert sorted(os.listdir(regen)) == sorted(os.listdir(committed))
     for name in os.listdir(regen):
         with open(regen / name) as a, open(os.path.join(committed, name)) as b:
-            assert a.read() == b.read(), f"cluster/k8s/example/{name} is stale: rerun cluster/k8s/generate"
+            assert a.read() == b.read(), \
+                f"cluster/k8s/example/{name} is stale: rerun cluster/k8s/generate cluster/examples/local-4x2.json cluster/k8s/example --shard-memory 2Gi"
+
+
+def test_k8s_memory_requests_follow_the_table_set_and_the_coordinator_settings(tmp_path):
+    import yaml
+    # A table set on this machine: 3 shards, shard 0's slice the largest (sparse files: sizes only).
+    v = tmp_path / "tables" / "v2"
+    v.mkdir(parents=True)
+    (v / "manifest.json").write_text("{}")
+    for name, mib in (("items.0-of-3.srt", 90), ("items.0-of-3.ann.srt", 10), ("items.1-of-3.srt", 60), ("users.2-of-3.srt", 5)):
+        with open(v / name, "wb") as f:
+            f.truncate(mib << 20)
+    (tmp_path / "tables" / "v1").mkdir()  # older, and without a manifest: not a version
+    topo = {"tables": "tables", "shards": [["a:1"], ["b:1"], ["c:1"]],
+            "coordinator": {"session_users": 100000, "session_events_per_user": 10, "user_cache_mb": 100, "row_cache_mb": 0}}
+    (tmp_path / "t.json").write_text(json.dumps(topo))
+
+    def requests(*extra):
+        out = subprocess.run([os.path.join(CLUSTER, "k8s", "generate"), str(tmp_path / "t.json"), str(tmp_path / "k8s"), *extra],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        got = {}
+        for name in ("30-shards.yaml", "40-coordinator.yaml"):
+            for d in yaml.safe_load_all(open(tmp_path / "k8s" / name)):
+                if d and d["kind"] in ("StatefulSet", "Deployment"):
+                    got[d["kind"]] = d["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"]
+        return got
+    # Shard: 64 MiB + 2 x 100 MiB (two versions of shard 0's slice during a switch) = 264 → 320Mi.
+    # Coordinator: 64 + 100 + 0 MiB + 100,000 x (120 + 16 x 10) B = 190.7 MiB → 192Mi.
+    assert requests() == {"StatefulSet": "320Mi", "Deployment": "192Mi"}
+    assert requests("--shard-memory", "3Gi", "--coordinator-memory", "1Gi") == {"StatefulSet": "3Gi", "Deployment": "1Gi"}
+    topo["tables"] = "elsewhere"   # not on this machine: the fallback, said on stderr
+    del topo["coordinator"]        # the defaults: 64 + 256 + 64 MiB + 1,000,000 x 920 B = 1261 MiB → 1280Mi
+    (tmp_path / "t.json").write_text(json.dumps(topo))
+    assert requests() == {"StatefulSet": "2Gi", "Deployment": "1280Mi"}
 
 
 # A LightGBM text model of one split over the coordinator's `popularity` feature: more popular
