@@ -574,6 +574,8 @@ def test_k8s_manifests_validate(tmp_path):
         assert [p["containerPort"] for p in c["ports"]] == [port, port + 1000]  # grpc, admin (metrics)
         assert c["securityContext"]["runAsNonRoot"] and c["securityContext"]["readOnlyRootFilesystem"]
         assert pod["automountServiceAccountToken"] is False
+        tmp = next(m for m in c["volumeMounts"] if m["mountPath"] == "/tmp")  # writable scratch on a read-only root
+        assert next(v for v in pod["volumes"] if v["name"] == tmp["name"])["emptyDir"]
     shard_args = sets[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert shard_args[shard_args.index("--of") + 1] == "3"
     assert shard_args[shard_args.index("--shard") + 1] == "$(POD_INDEX)"  # shard index = pod ordinal, expanded by Kubernetes

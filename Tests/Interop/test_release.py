@@ -237,21 +237,35 @@ def test_image_layout_is_valid_and_runs_as_non_root(release, tmp_path):
     assert re.search(rf"^\w+:x:{uid}:{gid}:", passwd, re.M), passwd
     assert not (rootfs / "bin").exists() and not (rootfs / "usr" / "bin").exists(), "the image is built from scratch"
 
-    # The image's filesystem is a root of its own: a shard (synthetic table) as the image's user,
-    # and a health check by name (/etc/hosts, /etc/nsswitch.conf of the image), with /proc and
-    # /dev mounted as a container runtime does.
+    # The image's filesystem is a root of its own, run as a pod runs it: read-only, as the image's
+    # user, /tmp a writable tmpfs (an emptyDir), /proc and /dev mounted as a container runtime
+    # does. In it: a tiny world and table set, a shard, and a coordinator that reaches the shard by
+    # name (the image's /etc/hosts and /etc/nsswitch.conf), then a Recommend through it.
     for d in ("proc", "dev"):
         (rootfs / d).mkdir()
+    run = f"chroot --userspec={uid}:{gid} \"$R\" /usr/local/bin/shardrank"
     script = f"""
 R={rootfs}
+mount --bind "$R" "$R"
+mount -o remount,bind,ro "$R"
 mount -t proc proc "$R/proc"
 mount --rbind /dev "$R/dev"
-chroot --userspec={uid}:{gid} "$R" /usr/local/bin/shardrank shard --synthetic 1000x16 --port 7100 &
-chroot --userspec={uid}:{gid} "$R" /usr/local/bin/shardrank health --target localhost:7100 --wait 30
-chroot --userspec={uid}:{gid} "$R" /usr/local/bin/shardrank lookup --target localhost:7100 --ids 5 --json
+mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
+if {run} synth --out /world --users 10 --items 10 --dim 4 --quiet 2>/dev/null; then echo "root is writable"; exit 1; fi
+{run} synth --out /tmp/world --users 300 --items 400 --dim 8 --seed 3 --quiet
+{run} build --input /tmp/world --out /tmp/tables --shards 1 --quiet
+echo '{{"tables": "/tmp/tables", "shards": [["localhost:7100"]]}}' > "$R/tmp/topology.json"
+{run} shard --tables /tmp/tables --shard 0 --of 1 --port 7100 &
+{run} coordinator --topology /tmp/topology.json --port 7000 &
+{run} health --target localhost:7100 --wait 30
+{run} health --target localhost:7000 --wait 60
+{run} lookup --target localhost:7100 --ids 5 --json
+{run} recommend --target localhost:7000 --user 7 --k 5 --json
 """
-    rc, out = run_isolated(script, timeout=120)
+    rc, out = run_isolated(script, timeout=180)
     assert rc == 0, out[-3000:]
-    assert "SERVING" in out, out
+    assert out.count("SERVING") >= 2 and "root is writable" not in out, out
     lookup = json.loads(next(l for l in out.splitlines() if l.startswith("{\"version\"")))
-    assert lookup["dim"] == 16 and [r["id"] for r in lookup["rows"]] == [5]
+    assert lookup["dim"] == 8 and [r["id"] for r in lookup["rows"]] == [5]
+    rec = json.loads(next(l for l in out.splitlines() if l.startswith("{") and "items" in l))
+    assert len(rec["items"]) == 5, rec
