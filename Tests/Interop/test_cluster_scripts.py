@@ -566,10 +566,15 @@ def test_k8s_manifests_validate(tmp_path):
         tls_mount = next(m for m in c["volumeMounts"] if m["mountPath"] == "/etc/shardrank/tls")
         secret = next(v for v in pod["volumes"] if v["name"] == tls_mount["name"])["secret"]["secretName"]
         assert secret == ("shardrank-coordinator-tls" if args[0] == "coordinator" else "shardrank-shard-tls")
-        # The kubelet's grpc probe has no TLS: the probes run `shardrank health` over TLS in the pod.
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        # The kubelet's grpc probe has no TLS: the health checks run `shardrank health` over TLS in
+        # the pod (startup everywhere, readiness on shards); liveness (and a coordinator's
+        # readiness: it answers degraded while a shard is down) is /healthz on the admin port.
+        checks = ["startupProbe", "readinessProbe"] if args[0] == "shard" else ["startupProbe"]
+        for probe in checks:
             cmd = c[probe]["exec"]["command"]
             assert cmd[:4] == ["/usr/local/bin/shardrank", "health", "--target", f"localhost:{port}"] and "--tls-ca" in cmd
+        for probe in {"startupProbe", "readinessProbe", "livenessProbe"} - set(checks):
+            assert c[probe]["httpGet"] == {"path": "/healthz", "port": port + 1000, "scheme": "HTTP"}
         assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
         assert [p["containerPort"] for p in c["ports"]] == [port, port + 1000]  # grpc, admin (metrics)
         assert c["securityContext"]["runAsNonRoot"] and c["securityContext"]["readOnlyRootFilesystem"]
@@ -631,7 +636,7 @@ def test_k8s_manifests_validate(tmp_path):
         if d["kind"] in ("StatefulSet", "Deployment"):
             c = d["spec"]["template"]["spec"]["containers"][0]
             assert "--insecure-plaintext" in c["args"] and "--tls-cert" not in c["args"] and "--token-file" not in c["args"]
-            assert c["readinessProbe"]["grpc"]["port"] == c["ports"][0]["containerPort"]
+            assert c["startupProbe"]["grpc"]["port"] == c["ports"][0]["containerPort"]
         if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "shardrank-clients-to-coordinator":
             assert d["spec"]["ingress"][0]["from"] == [{"namespaceSelector": {"matchLabels": {"team": "recs"}}, "podSelector": {}}]
     bad = subprocess.run([os.path.join(CLUSTER, "k8s", "generate"), str(tmp_path / "t.json"), str(tmp_path / "bad"),
