@@ -2,8 +2,9 @@
 statically, runs in a clean Debian 12 root with no Swift toolchain (debootstrap --variant=minbase,
 then chroot): --help, synth + build of a tiny world, a shard serving it on loopback, health and a
 Lookup answering. The OCI image layout is valid (digests match the blobs, the config is JSON with a
-non-root user, the layer holds the binary and every library `ldd` lists), and the image's own
-filesystem runs a shard as that user.
+non-root user, the layer holds the binary and every library `ldd` lists; umoci unpacks it), and
+the image's own filesystem, read-only and as that user, runs synth, build, a shard, a coordinator
+and a Recommend.
 
 Cost: scripts/release's release build (minutes the first time, seconds when current; it shares
 .build with `swift build -c release`), and a debootstrap of Debian 12 minbase from the apt mirror
@@ -230,12 +231,25 @@ def test_image_layout_is_valid_and_runs_as_non_root(release, tmp_path):
         t.extractall(rootfs)
     binary = members["usr/local/bin/shardrank"]
     assert binary.isfile() and binary.mode & 0o111
-    assert open(rootfs / "usr/local/bin/shardrank", "rb").read() == open(os.path.join(release, "shardrank"), "rb").read()
+    binary_bytes = open(os.path.join(release, "shardrank"), "rb").read()
+    assert (rootfs / "usr/local/bin/shardrank").read_bytes() == binary_bytes
     for lib in ("libnghttp2.so.14", "libprotobuf-c.so.1", "libc.so.6"):
         assert glob.glob(str(rootfs / "lib" / "*-linux-gnu" / lib)), f"the image lacks {lib}"
     passwd = (rootfs / "etc" / "passwd").read_text()
     assert re.search(rf"^\w+:x:{uid}:{gid}:", passwd, re.M), passwd
     assert not (rootfs / "bin").exists() and not (rootfs / "usr" / "bin").exists(), "the image is built from scratch"
+
+    # An independent reader of OCI layouts agrees: umoci (Debian package, scripts/setup) unpacks
+    # it into a runtime bundle whose process runs the binary as the image's user.
+    if shutil.which("umoci") is None:
+        pytest.fail("umoci is not installed: run scripts/setup (it installs it from apt)")
+    bundle = tmp_path / "bundle"
+    out = subprocess.run(["umoci", "unpack", "--image", f"{image}:{version}", str(bundle)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    runtime = json.load(open(bundle / "config.json"))
+    assert runtime["process"]["user"] == {"uid": uid, "gid": gid} and runtime["process"]["args"][0] == "/usr/local/bin/shardrank"
+    assert (bundle / "rootfs" / "usr" / "local" / "bin" / "shardrank").read_bytes() == binary_bytes
 
     # The image's filesystem is a root of its own, run as a pod runs it: read-only, as the image's
     # user, /tmp a writable tmpfs (an emptyDir), /proc and /dev mounted as a container runtime
