@@ -6,8 +6,8 @@ Usage: scripts/release-image.py --binary FILE --out DIR --version V [--created E
 
 The image is built from scratch (no base image): one layer holding
   /usr/local/bin/shardrank          the binary (Swift runtime linked statically)
-  /lib/x86_64-linux-gnu/<soname>    the shared libraries `ldd` lists for it (libc-level ones,
-  /lib64/ld-linux-x86-64.so.2         libnghttp2, libprotobuf-c), copied from this machine
+  /lib/<arch>-linux-gnu/<soname>    the shared libraries `ldd` lists for it (libc-level ones,
+  the loader at its own path           libnghttp2, libprotobuf-c), copied from this machine
   /etc/passwd, /etc/group           root and the non-root user `shardrank` (65532:65532)
   /etc/nsswitch.conf, /etc/hosts    so that names resolve (Kubernetes mounts its own /etc/hosts)
   /tmp                              mode 1777
@@ -63,7 +63,8 @@ def ldd(binary):
             continue
         name = m.group(1)
         path = m.group(2) if m.lastindex == 2 else (name if name.startswith("/") else None)
-        libs.append((os.path.basename(name), path))
+        # The loader is listed by its absolute path (the binary's PT_INTERP): it goes there.
+        libs.append((os.path.basename(name), path, name.lstrip("/") if name.startswith("/") else None))
     return out.stdout, libs
 
 
@@ -119,7 +120,7 @@ def main(argv):
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "ldd.txt"), "w") as f:
         f.write(text)
-    bad = [n for n, _ in libs if not any(re.fullmatch(p, n) for p in ALLOWED)]
+    bad = [n for n, _, _ in libs if not any(re.fullmatch(p, n) for p in ALLOWED)]
     if bad:
         print(f"release-image: error: {a.binary} needs {', '.join(bad)}: only libc-level libraries, libnghttp2 and "
               "libprotobuf-c may be linked dynamically (was it built with --static-swift-stdlib, and does a target "
@@ -127,14 +128,15 @@ def main(argv):
         return 1
 
     layer = Layer()
-    for d in ("etc", "tmp", "usr/local/bin", "lib/x86_64-linux-gnu", "lib64"):
+    multiarch = f"lib/{os.uname().machine}-linux-gnu"
+    for d in ("etc", "tmp", "usr/local/bin", multiarch):
         layer.dir(d, 0o1777 if d == "tmp" else 0o755)
     with open(a.binary, "rb") as f:
         layer.file("usr/local/bin/shardrank", f.read(), 0o755)
-    for name, path in libs:
+    for name, path, interp in libs:
         if name.startswith("linux-vdso") or not path:
             continue
-        dest = "lib64/" + name if name.startswith("ld-linux") else f"lib/{os.uname().machine}-linux-gnu/{name}"
+        dest = interp or f"{multiarch}/{name}"
         with open(os.path.realpath(path), "rb") as f:
             layer.file(dest, f.read(), 0o755)
     layer.file("etc/passwd", b"root:x:0:0:root:/root:/sbin/nologin\n"
