@@ -178,14 +178,6 @@ int64_t srk_ivfpq_search(const srk_kernels *k, int32_t isa, const srk_ivfpq *ix,
                          const uint32_t *exclude_rows, int64_t nexclude, int64_t nprobe, int64_t rerank,
                          srk_topk *out, void *scratch);
 
-// ---- OpenBLAS -------------------------------------------------------------------------
-/// C = A * B^T via OpenBLAS cblas_sgemm, run on the calling thread only (OpenBLAS's own
-/// threading is switched off once, at first use).
-void srk_blas_sgemm_nt(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
-                       const float *b, int64_t ldb, float *c, int64_t ldc);
-/// The OpenBLAS core name (e.g. "SkylakeX"), static storage.
-const char *srk_blas_corename(void);
-
 /// Converts one binary16 bit pattern to float (exact, handles subnormals/Inf/NaN).
 float srk_f16_to_f32(uint16_t h);
 
