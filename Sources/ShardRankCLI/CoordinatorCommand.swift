@@ -150,7 +150,8 @@ struct CoordinatorCommand: AsyncParsableCommand {
                 try? await Task.sleep(for: .milliseconds(Int(topo.settings.healthIntervalMs)))
             }
         }
-        let router = Router(services: [health, RecommenderService(recommender: recommender)])
+        let served: [any RPCService] = [health, RecommenderService(recommender: recommender)]
+        let router = Router(services: served + ReflectionService.both(serving: served))
         logger.info("coordinator over \(topo.shardCount) shards (\(topo.shards.map(\.count).reduce(0, +)) replicas), pinned version \(cluster.pinnedVersion)")
         // The admin port also answers the JSON API (docs/api.md, "JSON over HTTP").
         try await serve(router: router, health: health, options: server, logger: logger, what: "coordinator", metrics: metrics, group: group,

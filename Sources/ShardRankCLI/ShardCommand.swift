@@ -96,7 +96,8 @@ struct ShardCommand: AsyncParsableCommand {
             backend = tb
         }
         let health = HealthService(services: ["shardrank.v1.Shard"])
-        let router = Router(services: [health, ShardService(backend: backend)])
+        let served: [any RPCService] = [health, ShardService(backend: backend)]
+        let router = Router(services: served + ReflectionService.both(serving: served))
         let metrics = ServerMetrics(bootstrapSwiftMetrics: true)
         let version = metrics.registry.gauge(name: "shardrank_table_set_version", help: "Table-set version answering new requests")
         let mapped = metrics.registry.gauge(name: "shardrank_mapped_bytes", help: "Bytes of table files mapped")
