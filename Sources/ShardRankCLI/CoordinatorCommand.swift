@@ -95,7 +95,8 @@ struct CoordinatorCommand: AsyncParsableCommand {
         // Recommend runs on the loop its connection lives on, and so do its shard calls.
         let group = MultiThreadedEventLoopGroup(numberOfThreads: server.configuration().eventLoopThreads)
         let cluster: ShardCluster
-        do { cluster = try ShardCluster(topology: topo, group: group, logger: logger) } catch {
+        let tracer = server.tracer(service: "coordinator")
+        do { cluster = try ShardCluster(topology: topo, group: group, logger: logger, propagatesTrace: tracer != nil) } catch {
             logger.error("\(error)")
             throw ExitCode(2)
         }
@@ -106,7 +107,7 @@ struct CoordinatorCommand: AsyncParsableCommand {
         let pool = WorkerPool(threadCount: server.workers ?? WorkerPool.defaultThreadCount, spinMicroseconds: 0)
         let metrics = ServerMetrics(bootstrapSwiftMetrics: true)
         let recommender = Recommender(cluster: cluster, model: mlp, rankers: rankers, tower: tower, pool: pool, logger: logger,
-                                      observer: RecommendMetrics(metrics: metrics))
+                                      observer: RecommendMetrics(metrics: metrics), tracer: tracer)
         if let sessions = recommender.sessions {
             logger.info("sessions: \(sessions.eventsPerUser) events per user, \(sessions.users) users (at most \(sessions.maxBytes >> 20) MiB), ttl \(sessions.ttlSeconds) s")
         }
