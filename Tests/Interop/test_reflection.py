@@ -1,8 +1,9 @@
 """gRPC server reflection on a shard and a coordinator, as grpcurl-style tools use it: grpcio's
 reflection client lists the services, resolves a method's input type, and one call is made with
 messages built only from the reflected descriptors (no .proto file and no generated stub of ours is
-loaded), and grpcurl does the same from the command line. A raw stream checks the v1 name too: several requests answered in order on one stream,
-errors about a request as error_response, the stream ended with OK when the client half-closes."""
+loaded); grpcurl does the same from the command line. A raw stream checks the v1 name too: several
+requests answered in order on one stream, errors about a request as error_response, the stream
+ended with OK when the client half-closes."""
 import json
 import os
 import subprocess
