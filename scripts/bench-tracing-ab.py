@@ -58,11 +58,11 @@ def prepare(binary, work):
     if not os.path.exists(os.path.join(world, "world.json")):
         log("synthesizing the demo world (5000 users, 20000 items, 32 dims, seed 42)")
         subprocess.run([binary, "synth", "--out", world, "--users", "5000", "--items", "20000", "--dim", "32", "--seed", "42", "--quiet"],
-                       check=True)
+                       check=True, stdout=subprocess.DEVNULL)
     if not any(n.startswith("v") for n in (os.listdir(tables) if os.path.isdir(tables) else [])):
         log("building a 2-shard int8 table set with 10 similar items per item")
         subprocess.run([binary, "build", "--input", world, "--out", tables, "--shards", "2", "--dtype", "int8", "--similar", "10", "--quiet"],
-                       check=True)
+                       check=True, stdout=subprocess.DEVNULL)
     return tables
 
 
@@ -133,6 +133,12 @@ def main():
         cpu = statistics.median(x["cpu_ms"] for x in xs)
         print(f"  {name}: server CPU {cpu:.3f} ms/request ({cpu / base:.3f}x A), coordinator {statistics.median(x['coord_ms'] for x in xs):.3f},"
               f" p50 {statistics.median(x['p50'] for x in xs)} ms, p99 {statistics.median(x['p99'] for x in xs)} ms")
+    print("median of paired ratios (each round against its own A):")
+    for name, _, _ in configs[1:]:
+        ratios = [x["cpu_ms"] / y["cpu_ms"] for x, y in zip(results[name], results["A"])]
+        coord = [x["coord_ms"] / y["coord_ms"] for x, y in zip(results[name], results["A"])]
+        print(f"  {name}/A: server CPU {statistics.median(ratios):.3f} ({', '.join(f'{r:.3f}' for r in ratios)}),"
+              f" coordinator {statistics.median(coord):.3f}")
 
 
 if __name__ == "__main__":
