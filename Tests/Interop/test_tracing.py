@@ -118,3 +118,17 @@ def test_a_bad_sample_rate_is_a_usage_error():
                              capture_output=True, text=True, timeout=30)
         assert out.returncode == 64, out
         assert "--trace-sample-rate must be in 0...1" in out.stderr
+
+
+def test_recommend_trace_prints_the_trace_id_the_spans_carry(rpb, tmp_path, server_factory):
+    import subprocess
+    shards, coordinator = start_cluster(tmp_path, server_factory, "0.000000001")
+    out = subprocess.run([shardrank_bin(), "recommend", "--target", coordinator.target, "--user", "7", "--trace"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    trace_id = out.stderr.split("trace_id ", 1)[1].split()[0]
+    assert len(trace_id) == 32 and trace_id != "0" * 32
+    coord = spans_of(coordinator)
+    assert {s["trace_id"] for s in coord} == {trace_id}
+    assert [s["name"] for s in coord if s["kind"] == "server"] == ["shardrank.v1.Recommender/Recommend"]
+    assert all({s["trace_id"] for s in spans_of(sh)} == {trace_id} for sh in shards)
