@@ -182,6 +182,9 @@ extension RPCServer {
         if case .serverStreaming = method.handler {
             return .failure(RPCError(.unimplemented, "\(method.path) is a streaming method: call it over gRPC"))
         }
+        if method.streamsRequests {
+            return .failure(RPCError(.unimplemented, "\(method.path) is a streaming method: call it over gRPC"))
+        }
         guard state.tryAcquireHandler(limit: configuration.maxInFlightHandlers) else {
             return .failure(RPCError(.resourceExhausted, "server overloaded: \(configuration.maxInFlightHandlers) calls in flight"))
         }
@@ -223,7 +226,7 @@ extension RPCServer {
                     }
                 }
             }
-        case .serverStreaming:
+        case .serverStreaming, .streamMessages:
             result = .failure(RPCError(.unimplemented, "\(method.path) is a streaming method"))
         }
         // A deadline that passed wins over a late answer, as on the HTTP/2 path.

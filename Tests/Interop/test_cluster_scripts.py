@@ -801,3 +801,28 @@ def test_a_query_tower_in_the_topology_is_served(tables, tmp_path, run_dir, pb):
                              query_tower="nope/T.safetensors")
     out = cluster("up", missing, "--run-dir", run_dir, "--timeout", "20")
     assert out.returncode == 2 and "nope/T.safetensors" in out.stderr and "not a file" in out.stderr, out.stderr
+
+
+def test_up_with_tracing_writes_one_trace_across_the_processes_logs(tables, tmp_path, run_dir):
+    ports = free_ports(3)
+    topo = write_topology(tmp_path / "traced.json", tables, [[f"127.0.0.1:{p}"] for p in ports[:2]], [f"127.0.0.1:{ports[2]}"])
+    try:
+        out = cluster("up", topo, "--run-dir", run_dir, "--trace-sample-rate", "1", timeout=60)
+        assert out.returncode == 0, out.stderr
+        recommend(f"127.0.0.1:{ports[2]}")  # no traceparent: rate 1 starts a trace
+    finally:
+        cluster("down", topo, "--run-dir", run_dir, timeout=60)
+    spans = {}
+    for name in ("coordinator-0", "shard-0-0", "shard-1-0"):
+        with open(os.path.join(run_dir, name + ".log")) as f:
+            spans[name] = [json.loads(l)["span"] for l in f if l.startswith('{"span":')]
+    roots = [s for s in spans["coordinator-0"] if s["name"] == "shardrank.v1.Recommender/Recommend"]
+    assert len(roots) == 1 and "parent_span_id" not in roots[0], spans["coordinator-0"]
+    trace = roots[0]["trace_id"]
+    calls = {s["span_id"] for s in spans["coordinator-0"] if s["kind"] == "client"}
+    for shard in ("shard-0-0", "shard-1-0"):
+        ours = [s for s in spans[shard] if s["trace_id"] == trace]
+        assert ours and all(s["parent_span_id"] in calls for s in ours), spans[shard]
+        # At rate 1 the shards also trace the calls that come without a context (the
+        # coordinator's Info polls): each is a root of its own trace.
+        assert all("parent_span_id" not in s for s in spans[shard] if s["trace_id"] != trace)
