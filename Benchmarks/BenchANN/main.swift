@@ -121,7 +121,7 @@ func jsonLine(_ o: [String: Any]) -> String {
 }
 out(jsonLine(["system": "shardrank", "dataset": dataset, "build_s": buildS, "build_threads": threads,
               "bytes_per_vector": Double(indexBytes + n * rowBytes) / Double(n), "index_bytes_per_vector": Double(indexBytes) / Double(n),
-              "bytes_note": "index (codes 16 B + row number 4 B + centroids, per vector) plus the \(dtype) rows it re-ranks from",
+              "bytes_note": "index (codes \(index.subspaces / 2) B + row number 4 B per entry, two entries per spilled row, + centroids) plus the \(dtype) rows it re-ranks from",
               "lists": index.listCount, "subspaces": index.subspaces, "dtype": dtype, "probe_bonus_weight": data.probeBonusWeight]))
 
 func sweep(for k: Int) -> [ANNSearchParameters] {

@@ -57,8 +57,10 @@ enum ANNSearch {
             rows.removeLast(rows.count - w)
         }
         guard Double(rows.count) <= serving.maxExcludedShare * Double(table.rowCount) else { return nil }
-        let p = ANNSearchParameters(nprobe: req.nprobe > 0 ? Int(req.nprobe) : index.defaults.nprobe,
-                                    rerank: req.rerank > 0 ? Int(req.rerank) : index.defaults.rerank)
+        // A knob left at 0 takes the manifest's default, scaled for k (the defaults are set for k = 10).
+        let defaults = index.defaults.scaled(forK: Int(req.k))
+        let p = ANNSearchParameters(nprobe: req.nprobe > 0 ? Int(req.nprobe) : defaults.nprobe,
+                                    rerank: req.rerank > 0 ? Int(req.rerank) : defaults.rerank)
         return Plan(index: index, parameters: p, excludedRows: rows)
     }
 

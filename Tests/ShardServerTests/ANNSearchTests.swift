@@ -61,6 +61,31 @@ import ShardRankWire
         SearchRequest(table: "items", queries: Self.query(q, count: count), dim: UInt32(Self.dim), k: k, excludeIDs: exclude, mode: mode)
     }
 
+    /// The manifest's knobs are for k = 10: a request that leaves them at 0 and asks for more
+    /// results gets both scaled by √(k/10) (rerank at least k); explicit knobs are used as sent.
+    @Test func defaultKnobsScaleWithK() throws {
+        let defaults = ANNSearchParameters(nprobe: 4, rerank: 80)
+        #expect(defaults.scaled(forK: 10) == defaults)
+        #expect(defaults.scaled(forK: 5) == defaults)
+        #expect(defaults.scaled(forK: 76) == ANNSearchParameters(nprobe: 11, rerank: 221))
+        #expect(defaults.scaled(forK: 40) == ANNSearchParameters(nprobe: 8, rerank: 160))
+        #expect(ANNSearchParameters(nprobe: 1, rerank: 10).scaled(forK: 1000) == ANNSearchParameters(nprobe: 10, rerank: 1000))
+        let root = Self.root()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try Self.publish(root)
+        let ts = try TableSetLoader.load(root: root, shard: 0, of: 1)
+        let index = try #require(ts.index("items"))
+        func plan(k: UInt32, nprobe: UInt32 = 0, rerank: UInt32 = 0) throws(RPCError) -> ANNSearchParameters? {
+            var req = request(1, k: k, mode: .ann)
+            req.nprobe = nprobe
+            req.rerank = rerank
+            return try ANNSearch.plan(req, excluded: [], index: index, serving: ANNServing())?.parameters
+        }
+        #expect(try plan(k: 10) == index.defaults)
+        #expect(try plan(k: 90) == index.defaults.scaled(forK: 90))
+        #expect(try plan(k: 90, nprobe: 3, rerank: 500) == ANNSearchParameters(nprobe: 3, rerank: 500))
+    }
+
     @Test func modesAnswerAsAskedAndANNMatchesExactClosely() async throws {
         let root = Self.root()
         defer { try? FileManager.default.removeItem(atPath: root) }

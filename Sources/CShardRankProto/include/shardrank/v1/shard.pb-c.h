@@ -125,8 +125,9 @@ struct  Shardrank__V1__SearchRequest
    */
   Shardrank__V1__SearchMode mode;
   /*
-   * ANN recall knobs; 0 = the index's defaults (recorded in the manifest). nprobe: lists probed
-   * per query; rerank: approximate candidates re-scored exactly per query (raised to k).
+   * ANN recall knobs; 0 = the index's defaults (recorded in the manifest, set for k = 10; both
+   * multiplied by sqrt(k / 10) for a larger k). nprobe: lists probed per query; rerank:
+   * approximate candidates re-scored exactly per query (raised to k).
    */
   uint32_t nprobe;
   uint32_t rerank;
