@@ -76,6 +76,13 @@ public struct GRPCMessageDeframer: Sendable {
     /// True when no partial message is buffered (a stream may end here cleanly).
     public var isIdle: Bool { expected < 0 && header.isEmpty }
 
+    /// Bytes reserved for the partial message: grows with the bytes received, not with the
+    /// length its prefix claims.
+    public var bufferedCapacity: Int { current.capacity }
+
+    /// What a message's buffer starts with when its first chunk carries less of it.
+    static let initialReserve = 64 << 10
+
     /// Consumes `bytes`, calling `onMessage` for every complete message in order.
     /// - Throws: `RPCError(.resourceExhausted)` for a prefix longer than the limit,
     ///   `RPCError(.internal)` for a message with the compressed flag set. After a throw the deframer must not
@@ -108,11 +115,17 @@ public struct GRPCMessageDeframer: Sendable {
                     } else {
                         expected = length
                         current = []
-                        current.reserveCapacity(length)
+                        // Not the claimed length up front (a 5-byte prefix would pin 4 MiB per
+                        // stream): what this chunk carries, at least 64 KiB; grown as bytes arrive.
+                        current.reserveCapacity(min(length, max(n - i, Self.initialReserve)))
                     }
                 }
             } else {
                 let take = min(expected - current.count, n - i)
+                if current.count + take > current.capacity {
+                    // Doubling (amortised copies), never past the message's length.
+                    current.reserveCapacity(min(expected, max(current.capacity * 2, current.count + take)))
+                }
                 current.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[i ..< i + take]))
                 i += take
                 if current.count == expected {
