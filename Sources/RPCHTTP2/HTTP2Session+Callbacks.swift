@@ -83,7 +83,7 @@ extension HTTP2Session {
                     s.pendingHeadersStream = 0
                     s.pendingHeaders.reset()
                 }
-                s.outbound[streamID] = nil
+                if let o = s.outbound.removeValue(forKey: streamID) { s.queuedBytes -= o.pendingBytes }
                 s.events.append(.streamClosed(streamID: streamID, errorCode: errorCode))
                 return 0
             }
@@ -117,6 +117,7 @@ extension HTTP2Session {
                     o.offset += take
                     remaining -= take
                     o.pendingBytes -= take
+                    s.queuedBytes -= take
                     if o.offset == first.count {
                         o.chunks.removeFirst()
                         o.offset = 0

@@ -76,6 +76,8 @@ public final class HTTP2Session {
     // handed back to the data callbacks), valid because nghttp2 calls those only while the stream
     // is open, and the entry is removed only when nghttp2 reports the stream closed.
     var outbound: [Int32: OutboundStream] = [:]
+    /// The sum of every queue's `pendingBytes`: message bytes this connection holds, not yet sent.
+    public internal(set) var queuedBytes = 0
     // The sinks during `flush`: bytes serialised by nghttp2 (frame headers, HEADERS, SETTINGS, ...)
     // and, when set, the spans of queued messages that DATA frames carry (else copied into `sink`).
     var sink: ((UnsafeRawBufferPointer) -> Void)?
@@ -239,6 +241,20 @@ public final class HTTP2Session {
         return out
     }
 
+    /// Whether nghttp2 still has `stream` open. False once it closed: both sides ended it, either
+    /// reset it, or the connection failed — even while the `.streamClosed` event saying so waits
+    /// to be handled (a request and its RST_STREAM in one read close the stream inside `receive`).
+    public func isStreamOpen(_ stream: Int32) -> Bool {
+        guard let st = nghttp2_session_find_stream(session, stream) else { return false }
+        return nghttp2_stream_get_state(st).rawValue != NGHTTP2_STREAM_STATE_CLOSED.rawValue
+    }
+
+    /// Streams with a response (or request body) queue: what this connection holds for its peer.
+    public var queuedStreams: Int { outbound.count }
+
+    /// Bytes queued on `stream` and not yet sent (0 for a stream with no queue).
+    public func queuedBytes(stream: Int32) -> Int { outbound[stream]?.pendingBytes ?? 0 }
+
     /// True while the connection has something to read or write; false once both sides are done
     /// (after GOAWAY and every stream closed): the owner should close the socket.
     public var isActive: Bool { nghttp2_session_want_read(session) != 0 || nghttp2_session_want_write(session) != 0 }
@@ -262,10 +278,16 @@ public final class HTTP2Session {
     }
 
     /// `submitResponse` with headers prepared once (no per-call encoding).
+    /// - Throws: on a stream nghttp2 has already closed (the peer reset it, possibly in the same
+    ///   read that carried the request): its queue would never be released, as nghttp2 reports a
+    ///   stream's close only once.
     public func submitResponse(stream: Int32, headers: PreparedHeaders) throws(HTTP2Error) {
         // A second response on a stream would free the queue the first one's provider points to.
         guard outbound[stream] == nil else {
             throw HTTP2Error(code: Int32(NGHTTP2_ERR_INVALID_STREAM_STATE.rawValue), operation: "submitResponse")
+        }
+        guard isStreamOpen(stream) else {
+            throw HTTP2Error(code: Int32(NGHTTP2_ERR_STREAM_CLOSED.rawValue), operation: "submitResponse")
         }
         let o = OutboundStream()
         outbound[stream] = o
@@ -286,6 +308,7 @@ public final class HTTP2Session {
         if stream < 0 { throw HTTP2Error(code: stream, operation: "nghttp2_submit_request") }
         o.chunks = [body]
         o.pendingBytes = body.count
+        queuedBytes += body.count
         o.endStreamAfterData = true
         o.finished = true
         outbound[stream] = o
@@ -296,6 +319,7 @@ public final class HTTP2Session {
     public func enqueue(stream: Int32, _ message: FramedMessage) {
         guard let o = outbound[stream], !o.finished else { return }
         o.pendingBytes += message.count
+        queuedBytes += message.count
         o.chunks.append(message)
         let resume = o.deferred
         o.deferred = false
@@ -331,7 +355,7 @@ public final class HTTP2Session {
         // had not gone out: nghttp2 cancels them, and will neither read its data nor report a
         // close) drops its queue now.
         if nghttp2_session_find_stream(session, stream) == nil {
-            outbound[stream] = nil
+            if let o = outbound.removeValue(forKey: stream) { queuedBytes -= o.pendingBytes }
         } else {
             outbound[stream]?.cancelled = true
         }

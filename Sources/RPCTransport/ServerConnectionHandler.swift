@@ -186,7 +186,12 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             guard let s = streams[id] else { return }
             if code != 0 { apply(s.machine.peerReset(), s, id) }
             s.deadlineTask?.cancel()
-            if code != 0 { s.serverContext?.cancel(RPCError(.cancelled, "the client cancelled the call")) }
+            if code != 0 {
+                s.serverContext?.cancel(RPCError(.cancelled, "the client cancelled the call"))
+                // A call reset before its handler ran (or before it had its whole request) ends
+                // here: counted as CANCELLED, like one cancelled while it runs.
+                if s.call != nil { observeEnd(s, .cancelled) }
+            }
             removeStream(id)
         case .goAway, .pingAck:
             break
@@ -227,9 +232,18 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                 }
             }
         case .invoke(let call, let request):
+            // The peer may have reset the stream in the same read that completed the request
+            // (HEADERS + DATA + RST_STREAM): its `.streamClosed` event follows in this batch and
+            // counts the call as cancelled. Running the handler would be work for nobody.
+            guard session.isStreamOpen(id) else { return }
             invoke(call, request: request, stream: s, id: id)
         case .sendResponse(let message):
             s.deadlineTask?.cancel()
+            guard session.isStreamOpen(id) else {
+                // Reset while the handler ran: nothing to send, nothing to keep.
+                observeEnd(s, .cancelled)
+                return
+            }
             observeEnd(s, .ok)
             do {
                 try session.submitResponse(stream: id, headers: Self.preparedResponseHeaders)

@@ -314,3 +314,55 @@ def test_a_connection_that_stops_reading_is_closed_after_the_write_timeout(pb, s
     c2 = RawH2(srv.port)
     assert c2.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString()).trailer("grpc-status") == "0"
     c2.close()
+
+
+def metric(admin_port, name, **labels):
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_reset_in_the_same_read_as_the_request_runs_nothing_holds_nothing_and_is_not_ok(pb, server_factory):
+    """Issue 17, row 1: a request whose last DATA frame and RST_STREAM arrive in one read. The
+    stream is closed by the time the request is complete: the server must not run the handler nor
+    keep its answer for a stream that is gone (it used to, until the connection closed: 600 such
+    Lookups held 2.4 GiB), and counts the call as CANCELLED, not OK."""
+    import re
+    srv = server_factory(["shard", "--synthetic", "1000x64", "--port", "0", "--admin-port", "0"])
+    admin = int(re.search(r"admin listening on \S+:(\d+)", srv.preamble).group(1))
+    lookup = "/shardrank.v1.Shard/Lookup"
+    c = RawH2(srv.port)
+    c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+    c.conn.increment_flow_control_window(2**31 - 1 - 65535)
+    c.sock.sendall(c.conn.data_to_send())
+    body = grpc_frame(lookup_bytes(pb, list(range(1000)) * 4))  # a 1 MiB answer
+    rss0 = srv.rss_bytes()
+    n = 200
+    for _ in range(n):
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, c.request_headers(lookup), end_stream=False)
+        c.send_data(sid, body[:-1], end=False)
+        # The last byte, END_STREAM and the reset: one small write, so one read on the server.
+        c.conn.send_data(sid, body[-1:], end_stream=True)
+        c.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        c.sock.sendall(c.conn.data_to_send())
+        assert not c.closed
+    deadline = time.monotonic() + 10
+    while metric(admin, "shardrank_rpc_requests_total", method=lookup, code="CANCELLED") \
+            + metric(admin, "shardrank_rpc_requests_total", method=lookup, code="OK") < n and time.monotonic() < deadline:
+        c.pump(0.05)
+    grown = srv.rss_bytes() - rss0
+    assert metric(admin, "shardrank_rpc_requests_total", method=lookup, code="OK") == 0
+    assert metric(admin, "shardrank_rpc_requests_total", method=lookup, code="CANCELLED") == n
+    # 200 answers of 1 MiB would be 200 MiB held while the connection stays open.
+    assert grown < (48 << 20), f"the server grew by {grown >> 20} MiB for {n} reset calls"
+    # The connection still serves.
+    r = c.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString())
+    assert r.trailer("grpc-status") == "0"
+    c.close()
+
