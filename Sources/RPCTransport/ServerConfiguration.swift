@@ -23,6 +23,15 @@ public struct ServerConfiguration: Sendable {
     /// A connection whose socket stays unwritable (the peer stopped reading while answers wait)
     /// for this long is closed, releasing what it holds; nil: never.
     public var writeTimeout: Duration? = .seconds(30)
+    /// A stream whose finished answer sends no byte for this long (the peer grants no HTTP/2
+    /// flow-control window) is reset and its answer freed, counted CANCELLED; checked once per
+    /// interval, so a stall is found after one to two intervals. A call's own `grpc-timeout`
+    /// applies too (DEADLINE_EXCEEDED). nil: only `grpc-timeout`.
+    public var streamSendTimeout: Duration? = .seconds(30)
+    /// Bytes of answers one connection may hold unsent; an answer that would take it past this
+    /// fails RESOURCE_EXHAUSTED instead of being queued (one answer on an otherwise empty
+    /// connection is always queued: answers have their own bounds).
+    public var maxConnectionQueuedBytes: Int = 64 << 20
     /// Told about every call's start and outcome (metrics); nil for none.
     public var observer: (any RPCServerObserver)?
     /// How long a graceful shutdown waits for in-flight calls before closing connections.

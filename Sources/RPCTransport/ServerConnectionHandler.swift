@@ -38,6 +38,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     /// removal on every call).
     private var idleTask: Scheduled<Void>?
     private var writeStallTask: Scheduled<Void>?
+    /// Checks answered streams for stalled sends every `streamSendTimeout` while any exist.
+    private var sendCheckTask: Scheduled<Void>?
     /// When the last stream closed; nil while streams are open.
     private var idleSince: NIODeadline?
 
@@ -51,6 +53,11 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         /// The method's observer, once the call was accepted and counted as started.
         var observer: (any RPCMethodObserver)?
         var finished = false
+        /// A unary answer is queued: the call is counted when the stream closes — OK once all of
+        /// it went out, CANCELLED or DEADLINE_EXCEEDED if the peer never took it.
+        var answered = false
+        /// Bytes still queued at the last send check (-1: not checked yet).
+        var lastQueued = -1
         /// A streaming call holds one of the process's `maxInFlightHandlers` slots until the
         /// stream is gone (unary handlers hold theirs while they run).
         var holdsSlot = false
@@ -102,6 +109,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         idleTask?.cancel()
         writeStallTask?.cancel()
+        sendCheckTask?.cancel()
         let gone = RPCError(.unavailable, "connection closed")
         for (id, s) in streams {
             s.deadlineTask?.cancel()
@@ -186,6 +194,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             guard let s = streams[id] else { return }
             if code != 0 { apply(s.machine.peerReset(), s, id) }
             s.deadlineTask?.cancel()
+            if code == 0, s.answered { observeEnd(s, .ok) }  // the whole answer went out
             if code != 0 {
                 s.serverContext?.cancel(RPCError(.cancelled, "the client cancelled the call"))
                 // A call reset before its handler ran (or before it had its whole request) ends
@@ -238,18 +247,32 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             guard session.isStreamOpen(id) else { return }
             invoke(call, request: request, stream: s, id: id)
         case .sendResponse(let message):
-            s.deadlineTask?.cancel()
             guard session.isStreamOpen(id) else {
                 // Reset while the handler ran: nothing to send, nothing to keep.
+                s.deadlineTask?.cancel()
                 observeEnd(s, .cancelled)
                 return
             }
-            observeEnd(s, .ok)
+            let held = session.queuedBytes
+            if held > 0, held + message.count > config.maxConnectionQueuedBytes {
+                s.deadlineTask?.cancel()
+                let error = RPCError(.resourceExhausted, "the connection holds \(held) bytes of answers its peer has not read; "
+                                     + "this one (\(message.count) bytes) would pass the limit of \(config.maxConnectionQueuedBytes)")
+                observeEnd(s, error.code)
+                try? session.submitHeaders(stream: id, headers: Self.responseHeaders + Self.statusHeaders(error), endStream: true)
+                return
+            }
             do {
                 try session.submitResponse(stream: id, headers: Self.preparedResponseHeaders)
                 session.enqueue(stream: id, message)
                 session.finish(stream: id, trailers: Self.preparedOKTrailers)
+                // Counted when the stream closes; until then the deadline (if any) and the send
+                // check may still reset it if the peer's window keeps the answer here.
+                s.answered = true
+                if sendCheckTask == nil, config.streamSendTimeout != nil { scheduleSendCheck() }
             } catch {
+                s.deadlineTask?.cancel()
+                observeEnd(s, .internal)
                 logger.warning("submitting response on stream \(id) failed: \(error)")
                 session.reset(stream: id, errorCode: 2)
             }
@@ -304,6 +327,16 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private func deadlineExpired(_ id: Int32) {
         guard let s = streams[id] else { return }
         let ms = Double(s.call?.timeout?.nanoseconds ?? 0) / 1e6
+        if s.answered {
+            // The answer was ready in time but is still here: the peer's flow-control window kept
+            // it. Give up on it (the client's own deadline has passed too) and free it.
+            guard !s.finished else { return }
+            observeEnd(s, .deadlineExceeded)
+            logger.debug("resetting stream \(id) from \(peer): its answer was not taken within the deadline of \(ms) ms")
+            session.reset(stream: id, errorCode: 8)
+            flush()
+            return
+        }
         apply(s.machine.abort(RPCError(.deadlineExceeded, "deadline of \(ms) ms exceeded")), s, id)
         flush()
     }
@@ -409,6 +442,39 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         guard let s = streams[id] else { return }
         apply(s.machine.handlerFinished(error), s, id)
         flush()
+    }
+
+    // MARK: - Stalled sends
+
+    private func scheduleSendCheck() {
+        guard let loop = context?.eventLoop, let timeout = config.streamSendTimeout else { return }
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        sendCheckTask = loop.scheduleTask(in: .nanoseconds(timeout.clampedNanoseconds)) { bound.value.sendCheck() }
+    }
+
+    /// Every answered stream whose queue did not shrink since the previous check (the peer grants
+    /// it no window) is reset and its answer freed: counted CANCELLED. One timer per connection,
+    /// armed only while answers wait (none per call).
+    private func sendCheck() {
+        sendCheckTask = nil
+        var waiting = false
+        var stalled = 0
+        for (id, s) in streams where s.answered && !s.finished {
+            let queued = session.queuedBytes(stream: id)
+            if queued > 0, queued == s.lastQueued {
+                observeEnd(s, .cancelled)
+                session.reset(stream: id, errorCode: 8)
+                stalled += 1
+            } else {
+                s.lastQueued = queued
+                waiting = true
+            }
+        }
+        if stalled > 0 {
+            logger.info("reset \(stalled) stream(s) from \(peer): their answers sent nothing for \(config.streamSendTimeout ?? .zero) (no flow-control window)")
+            flush()
+        }
+        if waiting { scheduleSendCheck() }
     }
 
     // MARK: - Shutdown and output

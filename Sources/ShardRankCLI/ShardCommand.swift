@@ -211,6 +211,12 @@ struct ServerOptions: ParsableArguments {
     @Option(help: "Seconds a connection may stay unwritable (its peer reading nothing while answers wait) before the server closes it (0: never).")
     var writeTimeoutSeconds: Double = 30
 
+    @Option(help: "Seconds a finished answer may send nothing (its peer grants no flow-control window) before its stream is reset and the answer freed (0: only the call's grpc-timeout).")
+    var streamSendTimeoutSeconds: Double = 30
+
+    @Option(help: "Bytes of unsent answers one connection may hold; an answer beyond it fails RESOURCE_EXHAUSTED.")
+    var maxConnectionQueuedBytes: Int = 64 << 20
+
     @Option(help: "Log level: trace, debug, info, warning, error.")
     var logLevel: String = "info"
 
@@ -230,6 +236,8 @@ struct ServerOptions: ParsableArguments {
         c.drainTimeout = .milliseconds(Int(drainSeconds * 1000))
         c.maxConnectionIdle = maxConnectionIdleSeconds > 0 ? .milliseconds(Int(maxConnectionIdleSeconds * 1000)) : nil
         c.writeTimeout = writeTimeoutSeconds > 0 ? .milliseconds(Int(writeTimeoutSeconds * 1000)) : nil
+        c.streamSendTimeout = streamSendTimeoutSeconds > 0 ? .milliseconds(Int(streamSendTimeoutSeconds * 1000)) : nil
+        c.maxConnectionQueuedBytes = max(1, maxConnectionQueuedBytes)
         return c
     }
 }

@@ -357,8 +357,11 @@ def test_reset_in_the_same_read_as_the_request_runs_nothing_holds_nothing_and_is
             + metric(admin, "shardrank_rpc_requests_total", method=lookup, code="OK") < n and time.monotonic() < deadline:
         c.pump(0.05)
     grown = srv.rss_bytes() - rss0
-    assert metric(admin, "shardrank_rpc_requests_total", method=lookup, code="OK") == 0
-    assert metric(admin, "shardrank_rpc_requests_total", method=lookup, code="CANCELLED") == n
+    ok = metric(admin, "shardrank_rpc_requests_total", method=lookup, code="OK")
+    cancelled = metric(admin, "shardrank_rpc_requests_total", method=lookup, code="CANCELLED")
+    print(f"{n} resets in the request's read: RSS +{grown / 2**20:.1f} MiB with the connection open, OK {ok:.0f}, CANCELLED {cancelled:.0f}")
+    assert ok == 0
+    assert cancelled == n
     # 200 answers of 1 MiB would be 200 MiB held while the connection stays open.
     assert grown < (48 << 20), f"the server grew by {grown >> 20} MiB for {n} reset calls"
     # The connection still serves.
@@ -366,3 +369,92 @@ def test_reset_in_the_same_read_as_the_request_runs_nothing_holds_nothing_and_is
     assert r.trailer("grpc-status") == "0"
     c.close()
 
+
+
+def zero_window_client(port):
+    """A client that reads everything from the socket but never grants a stream any HTTP/2 window."""
+    c = RawH2(port)
+    c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    c.sock.sendall(c.conn.data_to_send())
+    return c
+
+
+def wait_all_ended(c, sids, limit):
+    deadline = time.monotonic() + limit
+    while not all(c.responses[s].reset is not None or c.responses[s].ended for s in sids) \
+            and not c.closed and time.monotonic() < deadline:
+        c.pump(0.05)
+
+
+def admin_port(srv):
+    import re
+    return int(re.search(r"admin listening on \S+:(\d+)", srv.preamble).group(1))
+
+
+ONE_MIB_ANSWER = list(range(1000)) * 4  # 4,000 ids of a 64-dim float32 table
+
+
+def test_zero_window_answer_is_reset_at_the_calls_deadline(pb, server_factory):
+    """Issue 17, row 2: answers ready in time but held by a peer that grants no window are reset
+    when the call's grpc-timeout passes (freed), counted DEADLINE_EXCEEDED, not OK."""
+    srv = server_factory(["shard", "--synthetic", "1000x64", "--port", "0", "--admin-port", "0",
+                          "--stream-send-timeout-seconds", "0"])
+    lookup = "/shardrank.v1.Shard/Lookup"
+    c = zero_window_client(srv.port)
+    n = 20
+    t0 = time.monotonic()
+    sids = [c.start(lookup, lookup_bytes(pb, ONE_MIB_ANSWER), extra_headers=[("grpc-timeout", "500m")]) for _ in range(n)]
+    wait_all_ended(c, sids, 10)
+    elapsed = time.monotonic() - t0
+    assert [c.responses[s].reset for s in sids] == [h2.errors.ErrorCodes.CANCEL] * n
+    assert elapsed < 5, elapsed
+    a = admin_port(srv)
+    assert metric(a, "shardrank_rpc_requests_total", method=lookup, code="DEADLINE_EXCEEDED") == n
+    assert metric(a, "shardrank_rpc_requests_total", method=lookup, code="OK") == 0
+    c.close()
+
+
+def test_zero_window_answer_without_deadline_is_reset_by_the_send_timeout(pb, server_factory):
+    """Without grpc-timeout, --stream-send-timeout-seconds resets an answer that sent nothing for
+    one to two intervals: counted CANCELLED, not OK."""
+    srv = server_factory(["shard", "--synthetic", "1000x64", "--port", "0", "--admin-port", "0",
+                          "--stream-send-timeout-seconds", "0.3"])
+    lookup = "/shardrank.v1.Shard/Lookup"
+    c = zero_window_client(srv.port)
+    n = 20
+    t0 = time.monotonic()
+    sids = [c.start(lookup, lookup_bytes(pb, ONE_MIB_ANSWER)) for _ in range(n)]
+    wait_all_ended(c, sids, 10)
+    elapsed = time.monotonic() - t0
+    assert [c.responses[s].reset for s in sids] == [h2.errors.ErrorCodes.CANCEL] * n
+    assert elapsed < 5, elapsed
+    a = admin_port(srv)
+    assert metric(a, "shardrank_rpc_requests_total", method=lookup, code="CANCELLED") == n
+    assert metric(a, "shardrank_rpc_requests_total", method=lookup, code="OK") == 0
+    # A reader that grants window on a new connection still gets its answer.
+    ok = RawH2(srv.port)
+    r = ok.call(lookup, lookup_bytes(pb, ONE_MIB_ANSWER))
+    assert r.trailer("grpc-status") == "0" and len(r.data) > 1_000_000
+    ok.close()
+    c.close()
+
+
+def test_a_connection_holds_at_most_its_queued_bytes(pb, server_factory):
+    """--max-connection-queued-bytes: answers that would take a connection's unsent bytes past the
+    cap fail RESOURCE_EXHAUSTED, naming the limit, instead of being held."""
+    srv = server_factory(["shard", "--synthetic", "1000x64", "--port", "0", "--stream-send-timeout-seconds", "0",
+                          "--max-connection-queued-bytes", "4000000"])
+    c = zero_window_client(srv.port)
+    sids = [c.start("/shardrank.v1.Shard/Lookup", lookup_bytes(pb, ONE_MIB_ANSWER)) for _ in range(10)]
+    deadline = time.monotonic() + 10
+    refused = []
+    while len(refused) < 7 and not c.closed and time.monotonic() < deadline:
+        c.pump(0.05)
+        refused = [s for s in sids if c.responses[s].ended]
+    # 3 answers of 1 MiB fit under 4,000,000 bytes; the other 7 are refused.
+    assert len(refused) == 7
+    for s in refused:
+        assert c.responses[s].trailer("grpc-status") == "8"
+        assert "limit of 4000000" in c.responses[s].trailer("grpc-message")
+    assert all(not c.responses[s].ended and c.responses[s].reset is None for s in sids if s not in refused)
+    c.close()
