@@ -49,6 +49,8 @@ extension HTTP2Session {
                     if endStream { s.events.append(.endStream(streamID: hd.stream_id)) }
                 case NGHTTP2_GOAWAY.rawValue:
                     s.events.append(.goAway(lastStreamID: frame!.pointee.goaway.last_stream_id, errorCode: frame!.pointee.goaway.error_code))
+                case NGHTTP2_SETTINGS.rawValue:
+                    if hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) == 0 { s.peerSettingsReceived = true }
                 case NGHTTP2_PING.rawValue:
                     if hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0 { s.events.append(.pingAck) }
                 default:

@@ -76,6 +76,8 @@ public final class HTTP2Session {
     // handed back to the data callbacks), valid because nghttp2 calls those only while the stream
     // is open, and the entry is removed only when nghttp2 reports the stream closed.
     var outbound: [Int32: OutboundStream] = [:]
+    /// The peer's first SETTINGS (after its preface) arrived.
+    public internal(set) var peerSettingsReceived = false
     /// The sum of every queue's `pendingBytes`: message bytes this connection holds, not yet sent.
     public internal(set) var queuedBytes = 0
     // The sinks during `flush`: bytes serialised by nghttp2 (frame headers, HEADERS, SETTINGS, ...)
@@ -251,6 +253,9 @@ public final class HTTP2Session {
 
     /// Streams with a response (or request body) queue: what this connection holds for its peer.
     public var queuedStreams: Int { outbound.count }
+
+    /// The stream whose header block (HEADERS + CONTINUATION) is being received; 0: none.
+    public var headerBlockInProgress: Int32 { pendingHeadersStream }
 
     /// Bytes queued on `stream` and not yet sent (0 for a stream with no queue).
     public func queuedBytes(stream: Int32) -> Int { outbound[stream]?.pendingBytes ?? 0 }

@@ -85,7 +85,16 @@ public final class RPCServer: Sendable {
             // 64 KiB Lookup answer would flip the channel unwritable and pause reading (stop-and-go).
             .childChannelOption(.writeBufferWaterMark, value: .init(low: 1 << 20, high: 4 << 20))
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                let open = state.liveConnections.wrappingAdd(1, ordering: .relaxed).newValue
+                channel.closeFuture.whenComplete { _ in state.liveConnections.wrappingSubtract(1, ordering: .relaxed) }
+                if let cap = config.maxConnections, open > cap {
+                    // Refused before anything is read or allocated for it (no session, no handler).
+                    if state.refusedConnections.wrappingAdd(1, ordering: .relaxed).newValue % 1000 == 1 {
+                        logger.warning("refusing connections: \(cap) open (--max-connections); \(state.refusedConnections.load(ordering: .relaxed)) refused so far")
+                    }
+                    return channel.close()
+                }
+                return channel.eventLoop.makeCompletedFuture {
                     let handler = try ServerConnectionHandler(router: router, observers: observers, config: config, state: state, pool: pool,
                                                               poolExecutor: poolExecutor, loopExecutors: loopExecutors, logger: logger)
                     try channel.pipeline.syncOperations.addHandler(handler)
@@ -114,6 +123,11 @@ public final class RPCServer: Sendable {
     public var overloadRejections: Int { state.rejectedOverload.load(ordering: .relaxed) }
     /// Calls whose handler was started.
     public var acceptedCalls: Int { state.acceptedCalls.load(ordering: .relaxed) }
+    /// Connections open now, and those closed at once because `maxConnections` were open.
+    public var openConnections: Int { state.liveConnections.load(ordering: .relaxed) }
+    public var refusedConnections: Int { state.refusedConnections.load(ordering: .relaxed) }
+    /// Bytes of unsent answers held by all connections.
+    public var queuedBytes: Int { state.queuedBytes.load(ordering: .relaxed) }
 
     /// Graceful shutdown: stop accepting, GOAWAY every connection, wait for open streams to end
     /// (at most `drainTimeout`), close the rest, stop the worker pool and the event loops.

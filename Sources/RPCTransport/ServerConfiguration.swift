@@ -32,6 +32,20 @@ public struct ServerConfiguration: Sendable {
     /// fails RESOURCE_EXHAUSTED instead of being queued (one answer on an otherwise empty
     /// connection is always queued: answers have their own bounds).
     public var maxConnectionQueuedBytes: Int = 64 << 20
+    /// Bytes of unsent answers all connections together may hold; an answer that would pass it
+    /// fails RESOURCE_EXHAUSTED (one answer on a connection holding nothing is always queued).
+    public var maxQueuedBytes: Int = 1 << 30
+    /// Connections open at once; one accepted beyond it is closed at once, before anything is
+    /// read from it. nil: no limit.
+    public var maxConnections: Int? = 10_000
+    /// A connection must send its preface and SETTINGS, and every header block (HEADERS with its
+    /// CONTINUATIONs) must be completed, within this long, else the connection is closed (checked
+    /// once per interval: one to two intervals). nil: never.
+    public var headerTimeout: Duration? = .seconds(10)
+    /// A request stream that receives nothing for this long before its request is complete is
+    /// answered CANCELLED and reset (checked once per interval: one to two intervals). nil: never
+    /// (a call's `grpc-timeout` still applies).
+    public var streamIdleTimeout: Duration? = .seconds(30)
     /// Told about every call's start and outcome (metrics); nil for none.
     public var observer: (any RPCServerObserver)?
     /// How long a graceful shutdown waits for in-flight calls before closing connections.

@@ -40,6 +40,14 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private var writeStallTask: Scheduled<Void>?
     /// Checks answered streams for stalled sends every `streamSendTimeout` while any exist.
     private var sendCheckTask: Scheduled<Void>?
+    /// Checks streams still receiving their request every `streamIdleTimeout` while any exist.
+    private var streamIdleTask: Scheduled<Void>?
+    /// Checks the preface and header blocks every `headerTimeout` for the connection's life.
+    private var headerTask: Scheduled<Void>?
+    /// The header block in progress at the previous header check (0: none).
+    private var lastHeaderBlock: Int32 = 0
+    /// This connection's `session.queuedBytes` as last added to the process's `state.queuedBytes`.
+    private var publishedQueued = 0
     /// When the last stream closed; nil while streams are open.
     private var idleSince: NIODeadline?
 
@@ -58,6 +66,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         var answered = false
         /// Bytes still queued at the last send check (-1: not checked yet).
         var lastQueued = -1
+        /// Request bytes (or its end) arrived since the last stream-idle check; `watched`: that
+        /// check saw this stream already (a stream is judged only over a whole interval).
+        var sawInput = false
+        var watched = false
         /// A streaming call holds one of the process's `maxInFlightHandlers` slots until the
         /// stream is gone (unary handlers hold theirs while they run).
         var holdsSlot = false
@@ -102,6 +114,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     func channelActive(context: ChannelHandlerContext) {
         if state.shuttingDown.load(ordering: .relaxed) { goingAway = true; session.submitGoAway() }
         armIdleTimer()
+        if config.headerTimeout != nil { scheduleHeaderCheck() }
         flush()  // SETTINGS first
         context.fireChannelActive()
     }
@@ -110,6 +123,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         idleTask?.cancel()
         writeStallTask?.cancel()
         sendCheckTask?.cancel()
+        streamIdleTask?.cancel()
+        headerTask?.cancel()
+        state.queuedBytes.wrappingSubtract(publishedQueued, ordering: .relaxed)
+        publishedQueued = 0
         let gone = RPCError(.unavailable, "connection closed")
         for (id, s) in streams {
             s.deadlineTask?.cancel()
@@ -185,10 +202,12 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             apply(action, s, id)
         case .data(let id, let bytes):
             guard let s = streams[id] else { return }
+            s.sawInput = true
             let action = bytes.withUnsafeBytes { s.machine.receivedData($0, endStream: false) }
             apply(action, s, id)
         case .endStream(let id):
             guard let s = streams[id] else { return }
+            s.sawInput = true
             apply(s.machine.receivedEndStream(), s, id)
         case .streamClosed(let id, let code):
             guard let s = streams[id] else { return }
@@ -228,6 +247,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             session.resetAfterEndStream(stream: id)
         case .accepted(let call):
             s.call = call
+            if streamIdleTask == nil, config.streamIdleTimeout != nil { scheduleStreamIdleCheck() }
             if let o = observers?.byIndex[call.method.index] {
                 s.observer = o
                 o.callStarted()
@@ -254,12 +274,19 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                 return
             }
             let held = session.queuedBytes
+            let heldByAll = state.queuedBytes.load(ordering: .relaxed) + held - publishedQueued
+            var refusal: RPCError?
             if held > 0, held + message.count > config.maxConnectionQueuedBytes {
+                refusal = RPCError(.resourceExhausted, "the connection holds \(held) bytes of answers its peer has not read; "
+                                   + "this one (\(message.count) bytes) would pass the limit of \(config.maxConnectionQueuedBytes)")
+            } else if heldByAll > 0, heldByAll + message.count > config.maxQueuedBytes {
+                refusal = RPCError(.resourceExhausted, "the server holds \(heldByAll) bytes of answers its peers have not read; "
+                                   + "this one (\(message.count) bytes) would pass the process limit of \(config.maxQueuedBytes)")
+            }
+            if let refusal {
                 s.deadlineTask?.cancel()
-                let error = RPCError(.resourceExhausted, "the connection holds \(held) bytes of answers its peer has not read; "
-                                     + "this one (\(message.count) bytes) would pass the limit of \(config.maxConnectionQueuedBytes)")
-                observeEnd(s, error.code)
-                try? session.submitHeaders(stream: id, headers: Self.responseHeaders + Self.statusHeaders(error), endStream: true)
+                observeEnd(s, refusal.code)
+                try? session.submitHeaders(stream: id, headers: Self.responseHeaders + Self.statusHeaders(refusal), endStream: true)
                 return
             }
             do {
@@ -477,6 +504,77 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         if waiting { scheduleSendCheck() }
     }
 
+    // MARK: - Slow requests
+
+    private func scheduleStreamIdleCheck() {
+        guard let loop = context?.eventLoop, let timeout = config.streamIdleTimeout else { return }
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        streamIdleTask = loop.scheduleTask(in: .nanoseconds(timeout.clampedNanoseconds)) { bound.value.streamIdleCheck() }
+    }
+
+    /// Every stream still receiving its request that got nothing over a whole interval (open
+    /// streams that never end: slowloris) is answered CANCELLED and reset.
+    private func streamIdleCheck() {
+        streamIdleTask = nil
+        let timeout = config.streamIdleTimeout ?? .zero
+        var receiving = false
+        var expired: [Int32] = []
+        for (id, s) in streams where s.call != nil && s.serverContext == nil && !s.machine.isDone {
+            if s.watched && !s.sawInput {
+                expired.append(id)
+            } else {
+                s.watched = true
+                s.sawInput = false
+                receiving = true
+            }
+        }
+        for id in expired {
+            guard let s = streams[id] else { continue }
+            apply(s.machine.abort(RPCError(.cancelled, "the request received nothing for \(timeout) before it was complete (stream idle timeout)")), s, id)
+        }
+        if !expired.isEmpty {
+            logger.debug("reset \(expired.count) stream(s) from \(peer): their requests received nothing for \(timeout)")
+            flush()
+        }
+        if receiving { scheduleStreamIdleCheck() }
+    }
+
+    private func scheduleHeaderCheck() {
+        guard let loop = context?.eventLoop, let timeout = config.headerTimeout else { return }
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        headerTask = loop.scheduleTask(in: .nanoseconds(timeout.clampedNanoseconds)) { bound.value.headerCheck() }
+    }
+
+    /// Closes a connection that sent no preface and SETTINGS within the header timeout, or whose
+    /// header block stayed incomplete over a whole interval (slow HEADERS/CONTINUATION).
+    private func headerCheck() {
+        headerTask = nil
+        guard let context else { return }
+        let timeout = config.headerTimeout ?? .zero
+        if !session.peerSettingsReceived {
+            logger.debug("closing the connection from \(peer): no HTTP/2 preface and SETTINGS within \(timeout)")
+            context.close(promise: nil)
+            return
+        }
+        let block = session.headerBlockInProgress
+        if block != 0, block == lastHeaderBlock {
+            logger.debug("closing the connection from \(peer): the header block of stream \(block) was not completed within \(timeout)")
+            context.close(promise: nil)
+            return
+        }
+        lastHeaderBlock = block
+        scheduleHeaderCheck()
+    }
+
+    /// Adds the change in what this connection holds unsent to the process's total.
+    private func publishQueued() {
+        let q = session.queuedBytes
+        if q != publishedQueued {
+            state.queuedBytes.wrappingAdd(q - publishedQueued, ordering: .relaxed)
+            publishedQueued = q
+        }
+    }
+
     // MARK: - Shutdown and output
 
     /// The connection just became idle: note when, and make sure a check is scheduled.
@@ -552,6 +650,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         }
         if buffer.writerIndex > cut { segments.append(.serialised(cut ..< buffer.writerIndex)) }
         for e in session.takeEvents() { handle(e) }
+        publishQueued()
         let done = !session.isActive || (goingAway && streams.isEmpty)
         defer { outBuffer = buffer }
         if !segments.isEmpty {

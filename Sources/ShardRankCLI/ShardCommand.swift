@@ -217,6 +217,18 @@ struct ServerOptions: ParsableArguments {
     @Option(help: "Bytes of unsent answers one connection may hold; an answer beyond it fails RESOURCE_EXHAUSTED.")
     var maxConnectionQueuedBytes: Int = 64 << 20
 
+    @Option(help: "Bytes of unsent answers all connections together may hold; an answer beyond it fails RESOURCE_EXHAUSTED.")
+    var maxQueuedBytes: Int = 1 << 30
+
+    @Option(help: "Connections open at once; one beyond it is closed at once (0: no limit).")
+    var maxConnections: Int = 10_000
+
+    @Option(help: "Seconds a connection has to send its preface and SETTINGS, and to complete each header block, before it is closed (0: never).")
+    var headerTimeoutSeconds: Double = 10
+
+    @Option(help: "Seconds a request stream may receive nothing before its request is complete; then it is answered CANCELLED and reset (0: never).")
+    var streamIdleTimeoutSeconds: Double = 30
+
     @Option(help: "Log level: trace, debug, info, warning, error.")
     var logLevel: String = "info"
 
@@ -238,6 +250,10 @@ struct ServerOptions: ParsableArguments {
         c.writeTimeout = writeTimeoutSeconds > 0 ? .milliseconds(Int(writeTimeoutSeconds * 1000)) : nil
         c.streamSendTimeout = streamSendTimeoutSeconds > 0 ? .milliseconds(Int(streamSendTimeoutSeconds * 1000)) : nil
         c.maxConnectionQueuedBytes = max(1, maxConnectionQueuedBytes)
+        c.maxQueuedBytes = max(1, maxQueuedBytes)
+        c.maxConnections = maxConnections > 0 ? maxConnections : nil
+        c.headerTimeout = headerTimeoutSeconds > 0 ? .milliseconds(Int(headerTimeoutSeconds * 1000)) : nil
+        c.streamIdleTimeout = streamIdleTimeoutSeconds > 0 ? .milliseconds(Int(streamIdleTimeoutSeconds * 1000)) : nil
         return c
     }
 }

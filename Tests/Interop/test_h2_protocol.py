@@ -458,3 +458,122 @@ def test_a_connection_holds_at_most_its_queued_bytes(pb, server_factory):
         assert "limit of 4000000" in c.responses[s].trailer("grpc-message")
     assert all(not c.responses[s].ended and c.responses[s].reset is None for s in sids if s not in refused)
     c.close()
+
+
+def test_the_process_holds_at_most_its_queued_bytes(pb, server_factory):
+    """--max-queued-bytes bounds the unsent answers of all connections together: once one
+    zero-window connection holds most of it, another's answers fail RESOURCE_EXHAUSTED."""
+    srv = server_factory(["shard", "--synthetic", "1000x64", "--port", "0", "--stream-send-timeout-seconds", "0",
+                          "--max-queued-bytes", "4000000"])
+    lookup = "/shardrank.v1.Shard/Lookup"
+    a = zero_window_client(srv.port)
+    held = [a.start(lookup, lookup_bytes(pb, ONE_MIB_ANSWER)) for _ in range(3)]
+    deadline = time.monotonic() + 10
+    while not all(a.responses[s].headers for s in held) and time.monotonic() < deadline:
+        a.pump(0.05)
+    assert all(a.responses[s].header(":status") == "200" and not a.responses[s].ended for s in held)
+    b = zero_window_client(srv.port)
+    refused = [b.start(lookup, lookup_bytes(pb, ONE_MIB_ANSWER)) for _ in range(3)]
+    wait_all_ended(b, refused, 10)
+    for s in refused:
+        assert b.responses[s].trailer("grpc-status") == "8"
+        assert "process limit of 4000000" in b.responses[s].trailer("grpc-message")
+    a.close()
+    b.close()
+
+
+def read_until_closed(sock, limit):
+    """Reads until the peer closes (True) or `limit` seconds pass (False)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            if not sock.recv(1 << 16):
+                return True
+        except socket.timeout:
+            return False
+        except ConnectionResetError:
+            return True
+    return False
+
+
+def test_connections_beyond_max_connections_are_closed(pb, server_factory):
+    """--max-connections: a connection beyond the limit is closed at once; once one closes, a new
+    one is served again."""
+    srv = server_factory(["shard", "--synthetic", "100x8", "--port", "0", "--max-connections", "3"])
+    info = pb.shard_pb2.InfoRequest().SerializeToString()
+    held = [RawH2(srv.port) for _ in range(3)]
+    for c in held:
+        assert c.call("/shardrank.v1.Shard/Info", info).trailer("grpc-status") == "0"
+    extra = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    assert read_until_closed(extra, 5), "a fourth connection was kept"
+    extra.close()
+    held.pop().close()
+    deadline = time.monotonic() + 5
+    served = False
+    while not served and time.monotonic() < deadline:
+        c = RawH2(srv.port)
+        try:
+            served = c.call("/shardrank.v1.Shard/Info", info, wait=1).trailer("grpc-status") == "0"
+        except OSError:
+            pass
+        c.close()
+    assert served, "no connection served after one of the three closed"
+    for c in held:
+        c.close()
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def test_a_connection_without_preface_is_closed_after_the_header_timeout(server_factory):
+    srv = server_factory(["shard", "--synthetic", "100x8", "--port", "0", "--header-timeout-seconds", "0.3",
+                          "--max-connection-idle-seconds", "0"])
+    silent = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    half = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    half.sendall(PREFACE[:10])
+    idle = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    idle.sendall(PREFACE + EMPTY_SETTINGS)
+    t0 = time.monotonic()
+    assert read_until_closed(silent, 5), "a connection that sent nothing was kept"
+    assert read_until_closed(half, 5), "a connection that sent half a preface was kept"
+    assert time.monotonic() - t0 < 2
+    # A connection that sent its preface and SETTINGS may stay idle (no streams) for longer.
+    assert not read_until_closed(idle, 1.5), "an idle connection with a preface was closed"
+    for s in (silent, half, idle):
+        s.close()
+
+
+def test_an_incomplete_header_block_closes_the_connection(server_factory):
+    srv = server_factory(["shard", "--synthetic", "100x8", "--port", "0", "--header-timeout-seconds", "0.3",
+                          "--max-connection-idle-seconds", "0"])
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    # HEADERS on stream 1 without END_HEADERS (one field, :method POST), and no CONTINUATION ever.
+    s.sendall(PREFACE + EMPTY_SETTINGS + b"\x00\x00\x01\x01\x00\x00\x00\x00\x01" + b"\x83")
+    t0 = time.monotonic()
+    assert read_until_closed(s, 5), "a connection with a header block left open was kept"
+    assert time.monotonic() - t0 < 2
+    s.close()
+
+
+def test_a_request_that_receives_nothing_is_cancelled_after_the_stream_idle_timeout(pb, server_factory):
+    """Slowloris: a stream whose request never ends. One that receives nothing for
+    --stream-idle-timeout-seconds is answered CANCELLED and reset; one that keeps sending is not."""
+    srv = server_factory(["shard", "--synthetic", "100x8", "--port", "0", "--stream-idle-timeout-seconds", "0.3"])
+    c = RawH2(srv.port)
+    body = grpc_frame(lookup_bytes(pb, [1, 2, 3]))
+    stuck = c.start("/shardrank.v1.Shard/Lookup", body[:-1], framed=False, end=False)
+    slow = c.start("/shardrank.v1.Shard/Lookup", b"", framed=False, end=False)
+    t0 = time.monotonic()
+    for b in body:  # one byte every 0.1 s: 1.5-2 s in all, longer than the idle limit, never idle for it
+        c.send_data(slow, bytes([b]), end=False)
+        c.pump(0.1)
+    c.send_data(slow, b"", end=True)
+    r = c.wait(slow)
+    assert r.trailer("grpc-status") == "0", r.headers
+    r = c.wait(stuck)
+    assert r.trailer("grpc-status") == "1"
+    assert "stream idle timeout" in r.trailer("grpc-message")
+    assert time.monotonic() - t0 < 5
+    c.close()
