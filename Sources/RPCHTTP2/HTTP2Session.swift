@@ -42,6 +42,15 @@ public struct HTTP2Configuration: Sendable, Hashable {
     public var connectionWindowSize: Int32 = 16 << 20
     /// SETTINGS_MAX_FRAME_SIZE advertised.
     public var maxFrameSize: UInt32 = 16 << 10
+    /// The server's limiter of incoming RST_STREAM (nghttp2's token bucket against rapid reset):
+    /// `resetBurst` resets at once, refilled at `resetRate` per second; beyond it the connection
+    /// gets GOAWAY. nghttp2's defaults (1000, 33/s) make a shard GOAWAY its own coordinator when
+    /// many of its calls are cancelled (hedges, expired deadlines: thousands per second in a
+    /// slow spell). A reset costs this server little: a request reset in the read that completed
+    /// it runs nothing, a running handler is cancelled, and handlers in flight are bounded by
+    /// `--max-in-flight` whatever the resets.
+    public var resetBurst: UInt64 = 20_000
+    public var resetRate: UInt64 = 5_000
 
     public init() {}
 }
@@ -134,6 +143,9 @@ public final class HTTP2Session {
         guard rv == 0, let option else { throw HTTP2Error(code: rv, operation: "nghttp2_option_new") }
         defer { nghttp2_option_del(option) }
         nghttp2_option_set_max_send_header_block_length(option, 64 << 10)
+        if role == .server {
+            nghttp2_option_set_stream_reset_rate_limit(option, configuration.resetBurst, configuration.resetRate)
+        }
         if role == .client {
             // Streams a client may open before the server's SETTINGS arrive: 100, the least
             // RFC 9113 lets a server advertise (and nghttp2's own default). More than the server

@@ -577,3 +577,29 @@ def test_a_request_that_receives_nothing_is_cancelled_after_the_stream_idle_time
     assert "stream idle timeout" in r.trailer("grpc-message")
     assert time.monotonic() - t0 < 5
     c.close()
+
+
+def test_a_client_cancelling_many_calls_keeps_its_connection(pb, shard):
+    """Issue 17, row 5: nghttp2's rapid-reset limiter at its defaults (1,000 resets, then 33 per
+    second) made a shard GOAWAY a coordinator whose calls were cancelled often (hedges, expired
+    deadlines): 500 cancels a second lost the connection after 2.2 s. 3,000 cancelled calls in a
+    burst now keep it, and the calls alongside are answered."""
+    c = RawH2(shard.port)
+    body = grpc_frame(lookup_bytes(pb, [1, 2, 3]))
+    for i in range(3000):
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, c.request_headers("/shardrank.v1.Shard/Lookup"), end_stream=False)
+        c.conn.send_data(sid, body, end_stream=True)
+        c.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        try:
+            c.sock.sendall(c.conn.data_to_send())
+        except OSError:
+            c.closed = True
+        if i % 100 == 0:
+            c.pump(0.001)
+        if c.closed or c.goaway is not None:
+            break
+    assert c.goaway is None and not c.closed, f"the shard dropped the connection after {i + 1} cancels: GOAWAY {c.goaway}"
+    r = c.call("/shardrank.v1.Shard/Lookup", body, framed=False)
+    assert r.trailer("grpc-status") == "0"
+    c.close()
