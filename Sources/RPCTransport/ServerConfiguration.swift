@@ -11,7 +11,7 @@ public struct ServerConfiguration: Sendable {
     public var eventLoopThreads: Int = System.coreCount
     /// Worker threads for handlers placed `.workerPool`.
     public var workerThreads: Int = System.coreCount
-    /// HTTP/2 settings: max concurrent streams per connection (256), header list bytes (16 KiB).
+    /// HTTP/2 settings: max concurrent streams per connection (256), header list bytes (8 KiB).
     public var http2 = HTTP2Settings()
     /// Largest request message (4 MiB, gRPC's default).
     public var maxMessageLength: Int = 4 << 20
@@ -75,8 +75,8 @@ public struct HTTP2Settings: Sendable, Hashable {
     /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to the peer (server): streams beyond it are refused.
     public var maxConcurrentStreams: UInt32 = 256
     /// Largest header list accepted, counted as RFC 7540 does (name + value + 32 per field);
-    /// advertised as SETTINGS_MAX_HEADER_LIST_SIZE.
-    public var maxHeaderListBytes: Int = 16 << 10
+    /// advertised as SETTINGS_MAX_HEADER_LIST_SIZE. 8 KiB, gRPC's default for a server.
+    public var maxHeaderListBytes: Int = 8 << 10
     /// SETTINGS_INITIAL_WINDOW_SIZE for streams, and the connection window opened up to.
     public var initialWindowSize: UInt32 = 1 << 20
     public var connectionWindowSize: Int32 = 16 << 20

@@ -194,7 +194,7 @@ struct ServerOptions: ParsableArguments {
     var maxMessageBytes: Int = 4 << 20
 
     @Option(help: "Largest request header list in bytes.")
-    var maxHeaderListBytes: Int = 16 << 10
+    var maxHeaderListBytes: Int = 8 << 10
 
     @Option(help: "Concurrent streams per connection.")
     var maxConcurrentStreams: UInt32 = 256

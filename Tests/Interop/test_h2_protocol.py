@@ -126,6 +126,18 @@ def test_truncated_message(pb, shard):
     c.close()
 
 
+def test_header_list_limit_is_8_kib_like_grpc(pb, shard):
+    """Issue 17, row 11: 10 KiB of metadata is over gRPC's 8 KiB default (it was accepted under 16 KiB)."""
+    c = RawH2(shard.port)
+    pad = [(f"x-pad-{i}", "v" * 1000) for i in range(10)]  # 10 × (1000 + 7 + 32) bytes
+    r = c.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString(), extra_headers=pad)
+    assert r.trailer("grpc-status") == "8", r.headers
+    assert "header list" in r.trailer("grpc-message")
+    r = c.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString(), extra_headers=pad[:6])
+    assert r.trailer("grpc-status") == "0", "6 KiB of metadata is within the limit"
+    c.close()
+
+
 def test_header_list_limit(pb, shard):
     c = RawH2(shard.port)
     big = [(f"x-pad-{i}", "v" * 1000) for i in range(20)]  # ~20 KiB > 16 KiB
