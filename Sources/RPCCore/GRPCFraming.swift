@@ -42,6 +42,14 @@ public struct FramedMessage: Sendable {
         }
     }
 
+    /// `bytes` as they are, without a gRPC prefix: the body of a plain HTTP answer (a rejection
+    /// with 405 or 415) sent through the same queue as messages. `payloadLength` means nothing for it.
+    public init(unframed bytes: some Collection<UInt8>) {
+        var b = FramedMessage.allocator.buffer(capacity: bytes.count)
+        b.writeBytes(bytes)
+        buffer = b
+    }
+
     /// Prefix + payload length in bytes.
     public var count: Int { buffer.readableBytes }
     public var payloadLength: Int { buffer.readableBytes - 5 }

@@ -348,6 +348,16 @@ public final class HTTP2Session {
         finish(stream: stream, trailers: PreparedHeaders(trailers))
     }
 
+    /// Ends a stream started with `submitResponse` without trailers: END_STREAM goes on the last
+    /// DATA frame (a plain HTTP answer).
+    public func finishWithoutTrailers(stream: Int32) {
+        guard let o = outbound[stream], !o.finished else { return }
+        o.finished = true
+        let resume = o.deferred
+        o.deferred = false
+        if resume { nghttp2_session_resume_data(session, stream) }
+    }
+
     /// `finish` with trailers prepared once (no per-call encoding).
     public func finish(stream: Int32, trailers: PreparedHeaders) {
         guard let o = outbound[stream], !o.finished else { return }

@@ -242,9 +242,18 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             break
         case .rejectHTTP(let status, let message):
             logger.debug("rejecting stream \(id) from \(peer): HTTP \(status): \(message)")
-            try? session.submitHeaders(stream: id, headers: [(":status", String(status)), ("content-type", "text/plain"),
-                                                             ("grpc-message", PercentEncoding.encode(message))], endStream: true)
-            session.resetAfterEndStream(stream: id)
+            // The message as a text body too (for curl and browsers). No RST_STREAM: the stream
+            // stays half-closed until the client ends it, counted against
+            // --max-concurrent-streams like any open stream (what it sends is discarded), as an
+            // HTTP/2 server answering a request early does.
+            do {
+                try session.submitResponse(stream: id, headers: PreparedHeaders([(":status", String(status)), ("content-type", "text/plain"),
+                                                                                 ("grpc-message", PercentEncoding.encode(message))]))
+                session.enqueue(stream: id, FramedMessage(unframed: Array((message + "\n").utf8)))
+                session.finishWithoutTrailers(stream: id)
+            } catch {
+                session.reset(stream: id, errorCode: 2)
+            }
         case .accepted(let call):
             s.call = call
             if streamIdleTask == nil, config.streamIdleTimeout != nil { scheduleStreamIdleCheck() }

@@ -32,6 +32,27 @@ def test_get_is_rejected(pb, shard):
     c.sock.sendall(c.conn.data_to_send())
     r = c.wait(sid)
     assert r.header(":status") == "405"
+    # A plain HTTP answer: the reason as a text body, and no RST_STREAM after it (h2spec
+    # generic/2: the stream was half-closed by the client, a DATA frame is expected).
+    assert r.ended and r.reset is None
+    assert r.data == b"gRPC requires POST, got GET\n"
+    c.close()
+
+
+def test_an_http_rejection_of_an_unended_request_leaves_the_stream_to_the_client(pb, shard):
+    """415 on a request the client has not ended: the answer (with its reason as body) ends
+    the server's side only; the stream stays open until the client ends it, so it counts
+    against the concurrent-stream limit (h2spec http2/5.1.2) instead of being reset at once."""
+    c = RawH2(shard.port)
+    sid = c.start("/shardrank.v1.Shard/Lookup", lookup_bytes(pb, [1]), content_type="application/json", end=False)
+    r = c.wait(sid)
+    assert r.header(":status") == "415" and r.ended and r.reset is None
+    assert b"expected application/grpc" in r.data
+    assert sid in c.conn.streams, "the server closed a stream the client had not ended"
+    c.send_data(sid, b"more", end=True)
+    ok = c.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString())
+    assert ok.trailer("grpc-status") == "0"
+    assert c.responses[sid].reset is None
     c.close()
 
 
