@@ -133,6 +133,16 @@ def test_two_messages_on_unary(pb, shard):
     c.close()
 
 
+def test_bad_binary_metadata_is_internal_naming_the_header(pb, shard):
+    """A `-bin` value that is not base64: INTERNAL naming the header, as grpc-go answers it."""
+    c = RawH2(shard.port)
+    r = c.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString(),
+               extra_headers=[("x-trace-bin", "not base64!")])
+    assert r.trailer("grpc-status") == "13"
+    assert "x-trace-bin" in r.trailer("grpc-message")
+    c.close()
+
+
 def test_no_message_on_unary(pb, shard):
     c = RawH2(shard.port)
     r = c.call("/shardrank.v1.Shard/Info", b"", framed=False)
