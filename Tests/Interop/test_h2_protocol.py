@@ -566,6 +566,46 @@ def test_connections_beyond_max_connections_are_closed(pb, server_factory):
         c.close()
 
 
+def test_connections_past_the_file_descriptor_limit_are_closed_not_left_waiting(pb, server_factory):
+    """With 200 file descriptors, the connection cap comes down to 136 (an eighth, at least 64,
+    kept for the rest): connections past it are closed at once. Without that, accept failed with
+    EMFILE, the connections past the limit waited in the backlog and the idle server spent half a
+    core retrying accept."""
+    srv = server_factory(["shard", "--synthetic", "100x8", "--port", "0"], fd_limit=200)
+    socks = []
+    for _ in range(250):
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        s.sendall(PREFACE + EMPTY_SETTINGS)
+        socks.append(s)
+    open_socks, closed = list(socks), 0
+    deadline = time.monotonic() + 5
+    while closed < 250 - 136 and time.monotonic() < deadline:
+        still = []
+        for s in open_socks:
+            if read_until_closed(s, 0.001):
+                closed += 1
+            else:
+                still.append(s)
+        open_socks = still
+    cpu0, t0 = srv.cpu_seconds(), time.monotonic()
+    time.sleep(1)  # a measurement window for the server's CPU while nothing happens
+    busy = (srv.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+    print(f"250 connections with 200 fds: {closed} closed by the server, server CPU {busy:.0%} of a core while idle")
+    assert closed >= 250 - 136, f"only {closed} of the connections past the cap were closed"
+    for s in socks:
+        s.close()
+    deadline = time.monotonic() + 5
+    served = False
+    while not served and time.monotonic() < deadline:
+        c = RawH2(srv.port)
+        try:
+            served = c.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString(), wait=1).trailer("grpc-status") == "0"
+        except OSError:
+            pass
+        c.close()
+    assert served
+
+
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
