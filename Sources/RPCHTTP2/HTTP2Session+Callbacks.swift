@@ -70,6 +70,7 @@ extension HTTP2Session {
         nghttp2_session_callbacks_set_on_frame_send_callback(cbs) { _, frame, userData in
             HTTP2Session.with(userData) { s in
                 let hd = frame!.pointee.hd
+                if hd.type == UInt8(NGHTTP2_RST_STREAM.rawValue) { s.countSentReset() }
                 if !s.resetAfterEnd.isEmpty, hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0,
                    s.resetAfterEnd.remove(hd.stream_id) != nil {
                     s.resetsDue.append(hd.stream_id)

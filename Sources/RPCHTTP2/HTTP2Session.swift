@@ -51,6 +51,13 @@ public struct HTTP2Configuration: Sendable, Hashable {
     /// `--max-in-flight` whatever the resets.
     public var resetBurst: UInt64 = 20_000
     public var resetRate: UInt64 = 5_000
+    /// RST_STREAMs a server may send on one connection: `sentResetBurst` at once, refilled at
+    /// `sentResetRate` per second; beyond it the connection gets GOAWAY(ENHANCE_YOUR_CALM) and is
+    /// closed. Bounds resets a peer provokes (bad frames on a stream, requests failed before they
+    /// ended: "MadeYouReset"), which nghttp2's limiter of incoming resets does not count. A
+    /// well-behaved client provokes none: its requests end with their headers and body.
+    public var sentResetBurst: Double = 1_000
+    public var sentResetRate: Double = 200
 
     public init() {}
 }
@@ -97,6 +104,14 @@ public final class HTTP2Session {
     // Streams to reset (NO_ERROR) once their END_STREAM frame went out, and those now due.
     var resetAfterEnd: Set<Int32> = []
     var resetsDue: [Int32] = []
+    // The token bucket of RST_STREAMs this side sent (server), and whether it ran dry.
+    var sentResetTokens: Double
+    var sentResetRefilled = ContinuousClock.now
+    var sentResetFlood = false
+    /// RST_STREAM frames this side has sent.
+    public internal(set) var resetsSent = 0
+    /// The connection was torn down (GOAWAY ENHANCE_YOUR_CALM) for sending too many resets.
+    public internal(set) var terminatedForResets = false
 
     /// A class, not a struct: mutated in place from the callbacks (no copy-on-write per header).
     final class PendingHeaders {
@@ -132,6 +147,7 @@ public final class HTTP2Session {
     public init(role: Role, configuration: HTTP2Configuration = HTTP2Configuration()) throws(HTTP2Error) {
         self.role = role
         self.configuration = configuration
+        self.sentResetTokens = configuration.sentResetBurst
         var callbacks: OpaquePointer?
         var rv = nghttp2_session_callbacks_new(&callbacks)
         guard rv == 0, let callbacks else { throw HTTP2Error(code: rv, operation: "nghttp2_session_callbacks_new") }
@@ -241,6 +257,15 @@ public final class HTTP2Session {
             let rv = nghttp2_session_send(session)
             inCallback = false
             if rv != 0 { throw HTTP2Error(code: rv, operation: "nghttp2_session_send") }
+            if sentResetFlood {
+                // GOAWAY(ENHANCE_YOUR_CALM); nghttp2 then wants neither to read nor to write, and
+                // the owner closes the connection once it went out.
+                sentResetFlood = false
+                terminatedForResets = true
+                resetsDue.removeAll()
+                _ = nghttp2_session_terminate_session(session, UInt32(NGHTTP2_ENHANCE_YOUR_CALM.rawValue))
+                continue
+            }
             if resetsDue.isEmpty { break }
             // The END_STREAM of these streams is on the wire: now tell the peer to stop sending.
             for id in resetsDue { _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), id, 0) }
@@ -406,6 +431,23 @@ public final class HTTP2Session {
         var d = Array(debug.utf8)
         _ = d.withUnsafeMutableBufferPointer {
             nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), last, errorCode, $0.baseAddress, $0.count)
+        }
+    }
+
+    /// Called for every RST_STREAM sent (server): takes a token, refilling by the time elapsed;
+    /// none left: the connection is to be torn down (`sentResetFlood`).
+    func countSentReset() {
+        resetsSent += 1
+        guard role == .server, !sentResetFlood else { return }
+        let now = ContinuousClock.now
+        let elapsed = sentResetRefilled.duration(to: now)
+        sentResetRefilled = now
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        sentResetTokens = min(configuration.sentResetBurst, sentResetTokens + seconds * configuration.sentResetRate)
+        if sentResetTokens >= 1 {
+            sentResetTokens -= 1
+        } else {
+            sentResetFlood = true
         }
     }
 

@@ -661,6 +661,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         for e in session.takeEvents() { handle(e) }
         publishQueued()
         let done = !session.isActive || (goingAway && streams.isEmpty)
+        if done, session.terminatedForResets, !goingAway {
+            goingAway = true
+            logger.info("closing the connection from \(peer): it made the server reset \(session.resetsSent) streams (GOAWAY ENHANCE_YOUR_CALM)")
+        }
         defer { outBuffer = buffer }
         if !segments.isEmpty {
             // Slices are taken only now, after the last write into `buffer` (a slice taken

@@ -686,3 +686,33 @@ def test_a_client_cancelling_many_calls_keeps_its_connection(pb, shard):
     r = c.call("/shardrank.v1.Shard/Lookup", body, framed=False)
     assert r.trailer("grpc-status") == "0"
     c.close()
+
+
+def test_a_client_provoking_resets_is_sent_away(pb, shard):
+    """Issue 17, row 5 ("MadeYouReset"): streams the server must reset because of what the client
+    sent (here a request whose prefix claims more than the message limit, never ended: answered
+    RESOURCE_EXHAUSTED, then RST_STREAM) are bounded per connection: past 1,000 at once (refilled
+    at 200 a second) the connection gets GOAWAY(ENHANCE_YOUR_CALM). Other connections are served."""
+    c = RawH2(shard.port)
+    oversize = struct.pack(">BI", 0, 64 << 20)
+    for i in range(2000):
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, c.request_headers("/shardrank.v1.Shard/Lookup"), end_stream=False)
+        c.conn.send_data(sid, oversize, end_stream=False)
+        try:
+            c.sock.sendall(c.conn.data_to_send())
+        except OSError:
+            c.closed = True
+        c.pump(0.001)  # reads the answers (and the GOAWAY) as they come
+        if c.closed or c.goaway is not None:
+            break
+    deadline = time.monotonic() + 5
+    while c.goaway is None and not c.closed and time.monotonic() < deadline:
+        c.pump(0.05)
+    assert c.goaway is not None, f"no GOAWAY after {i + 1} provoked resets"
+    assert c.goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    assert 1000 <= i + 1 < 2000
+    c.close()
+    other = RawH2(shard.port)
+    assert other.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString()).trailer("grpc-status") == "0"
+    other.close()
