@@ -460,7 +460,7 @@ def tables_root(topo, topology_path):
     return root
 
 
-def command_for(binary, p, s_count, tables, effective, model, netns, rankers=None, query_tower=None):
+def command_for(binary, p, s_count, tables, effective, model, netns, rankers=None, query_tower=None, trace_sample_rate=None):
     host, port = split_addr(p["address"])
     if p["role"] == "shard":
         argv = [binary, "shard", "--tables", tables, "--shard", str(p["shard"]), "--of", str(s_count)]
@@ -475,6 +475,8 @@ def command_for(binary, p, s_count, tables, effective, model, netns, rankers=Non
     argv += ["--host", host, "--port", str(port)]
     if p.get("admin"):
         argv += ["--admin-port", p["admin"].rsplit(":", 1)[1]]
+    if trace_sample_rate:
+        argv += ["--trace-sample-rate", str(trace_sample_rate)]
     return (["ip", "netns", "exec", netns] if netns else []) + argv
 
 
@@ -635,7 +637,7 @@ def cmd_up(args):
                 for p in group:
                     ns = plan["hosts"][p["name"]]["netns"] if plan else None
                     started[p["name"]] = start(run_dir, p, command_for(binary, p, len(topo["shards"]), tables, effective, model, ns, rankers,
-                                                                     query_tower))
+                                                                     query_tower, args.trace_sample_rate))
                     log(f"started {p['name']} (pid {started[p['name']].pid}) on {p['address']}")
                 wait_serving(binary, run_dir, [p for p in effective_procs if p["role"] == role], started, deadline)
         except BaseException:
@@ -851,6 +853,8 @@ def main(argv=None):
     up.add_argument("--admin-port-offset", type=int, help="serve /metrics on PORT+N for every process "
                     "(default: the topology's admin.port_offset; 0: off)")
     up.add_argument("--timeout", type=float, default=30, help="seconds to reach SERVING (default 30)")
+    up.add_argument("--trace-sample-rate", type=float, help="give every process --trace-sample-rate R: tracing on, "
+                    "span lines in each process's log (docs/operations.md, \"Tracing\"; default: off)")
     up.add_argument("--grace", type=float, default=15, help="seconds a stop waits after SIGTERM before SIGKILL (default 15)")
     down = sub.add_parser("down", help="SIGTERM, bounded wait, SIGKILL; remove namespaces")
     common(down, False, with_json=False)

@@ -249,7 +249,7 @@ public final class RPCChannel: Sendable {
         let config = configuration
         let nanos = config.connectTimeout.clampedNanoseconds
         let bootstrap = ClientBootstrap(group: slot.loop ?? group)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .connectTimeout(.nanoseconds(nanos))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {

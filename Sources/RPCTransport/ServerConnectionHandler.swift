@@ -275,6 +275,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             // counts the call as cancelled. Running the handler would be work for nobody.
             guard session.isStreamOpen(id) else { return }
             invoke(call, request: request, stream: s, id: id)
+        case .invokeEach(let call, let requests, let endStream):
+            invokeEach(call, requests: requests, endStream: endStream, stream: s, id: id)
         case .sendResponse(let message):
             guard session.isStreamOpen(id) else {
                 // Reset while the handler ran: nothing to send, nothing to keep.
@@ -446,6 +448,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             let responder = DeferredResponder(bound: NIOLoopBound(self, eventLoop: loop), id: id, state: state)
             handler(request, ctx, responder.respond)
             if let early = responder.handlerReturned() { apply(s.machine.handlerReturned(early), s, id) }
+        case .streamMessages:
+            preconditionFailure("\(call.method.path): request-streaming calls go through invokeEach")
         case .serverStreaming(let handler):
             guard state.tryAcquireHandler(limit: config.maxInFlightHandlers) else {
                 apply(s.machine.abort(RPCError(.resourceExhausted,
@@ -460,6 +464,29 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                 apply(s.machine.handlerFinished(error), s, id)
             }
         }
+    }
+
+    /// Answers the request messages of a `.streamMessages` call in order, on this loop.
+    private func invokeEach(_ call: ServerStreamStateMachine.Call, requests: [[UInt8]], endStream: Bool, stream s: Stream, id: Int32) {
+        guard case .streamMessages(let handler) = call.method.handler else { preconditionFailure("\(call.method.path) streams no requests") }
+        let ctx: ServerContext
+        if let c = s.serverContext {
+            ctx = c
+        } else {
+            ctx = ServerContext(path: call.method.path, metadata: call.metadata, deadline: s.deadline, peer: peer,
+                                generatedIDPrefix: connectionTag, generatedIDNumber: Int64(id))
+            s.serverContext = ctx
+            state.acceptedCalls.wrappingAdd(1, ordering: .relaxed)
+        }
+        for request in requests {
+            do throws(RPCError) {
+                for response in try handler(request, ctx) { apply(s.machine.handlerSent(response), s, id) }
+            } catch {
+                apply(s.machine.handlerFinished(error), s, id)
+                return
+            }
+        }
+        if endStream { apply(s.machine.handlerFinished(nil), s, id) }
     }
 
     fileprivate func handlerReturned(_ id: Int32, _ result: Result<FramedMessage, RPCError>) {
