@@ -276,6 +276,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             guard session.isStreamOpen(id) else { return }
             invoke(call, request: request, stream: s, id: id)
         case .invokeEach(let call, let requests, let endStream):
+            guard session.isStreamOpen(id) else { return }  // reset in this read, as for `.invoke`
             invokeEach(call, requests: requests, endStream: endStream, stream: s, id: id)
         case .sendResponse(let message):
             guard session.isStreamOpen(id) else {
