@@ -42,6 +42,14 @@ public struct FramedMessage: Sendable {
         }
     }
 
+    /// `bytes` as they are, without a gRPC prefix: the body of a plain HTTP answer (a rejection
+    /// with 405 or 415) sent through the same queue as messages. `payloadLength` means nothing for it.
+    public init(unframed bytes: some Collection<UInt8>) {
+        var b = FramedMessage.allocator.buffer(capacity: bytes.count)
+        b.writeBytes(bytes)
+        buffer = b
+    }
+
     /// Prefix + payload length in bytes.
     public var count: Int { buffer.readableBytes }
     public var payloadLength: Int { buffer.readableBytes - 5 }
@@ -76,6 +84,13 @@ public struct GRPCMessageDeframer: Sendable {
     /// True when no partial message is buffered (a stream may end here cleanly).
     public var isIdle: Bool { expected < 0 && header.isEmpty }
 
+    /// Bytes reserved for the partial message: grows with the bytes received, not with the
+    /// length its prefix claims.
+    public var bufferedCapacity: Int { current.capacity }
+
+    /// What a message's buffer starts with when its first chunk carries less of it.
+    static let initialReserve = 64 << 10
+
     /// Consumes `bytes`, calling `onMessage` for every complete message in order.
     /// - Throws: `RPCError(.resourceExhausted)` for a prefix longer than the limit,
     ///   `RPCError(.internal)` for a message with the compressed flag set. After a throw the deframer must not
@@ -108,11 +123,17 @@ public struct GRPCMessageDeframer: Sendable {
                     } else {
                         expected = length
                         current = []
-                        current.reserveCapacity(length)
+                        // Not the claimed length up front (a 5-byte prefix would pin 4 MiB per
+                        // stream): what this chunk carries, at least 64 KiB; grown as bytes arrive.
+                        current.reserveCapacity(min(length, max(n - i, Self.initialReserve)))
                     }
                 }
             } else {
                 let take = min(expected - current.count, n - i)
+                if current.count + take > current.capacity {
+                    // Doubling (amortised copies), never past the message's length.
+                    current.reserveCapacity(min(expected, max(current.capacity * 2, current.count + take)))
+                }
                 current.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[i ..< i + take]))
                 i += take
                 if current.count == expected {

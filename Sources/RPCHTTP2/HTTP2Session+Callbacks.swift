@@ -49,6 +49,8 @@ extension HTTP2Session {
                     if endStream { s.events.append(.endStream(streamID: hd.stream_id)) }
                 case NGHTTP2_GOAWAY.rawValue:
                     s.events.append(.goAway(lastStreamID: frame!.pointee.goaway.last_stream_id, errorCode: frame!.pointee.goaway.error_code))
+                case NGHTTP2_SETTINGS.rawValue:
+                    if hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) == 0 { s.peerSettingsReceived = true }
                 case NGHTTP2_PING.rawValue:
                     if hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0 { s.events.append(.pingAck) }
                 default:
@@ -68,6 +70,7 @@ extension HTTP2Session {
         nghttp2_session_callbacks_set_on_frame_send_callback(cbs) { _, frame, userData in
             HTTP2Session.with(userData) { s in
                 let hd = frame!.pointee.hd
+                if hd.type == UInt8(NGHTTP2_RST_STREAM.rawValue) { s.countSentReset() }
                 if !s.resetAfterEnd.isEmpty, hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0,
                    s.resetAfterEnd.remove(hd.stream_id) != nil {
                     s.resetsDue.append(hd.stream_id)
@@ -83,7 +86,7 @@ extension HTTP2Session {
                     s.pendingHeadersStream = 0
                     s.pendingHeaders.reset()
                 }
-                s.outbound[streamID] = nil
+                if let o = s.outbound.removeValue(forKey: streamID) { s.queuedBytes -= o.pendingBytes }
                 s.events.append(.streamClosed(streamID: streamID, errorCode: errorCode))
                 return 0
             }
@@ -117,6 +120,7 @@ extension HTTP2Session {
                     o.offset += take
                     remaining -= take
                     o.pendingBytes -= take
+                    s.queuedBytes -= take
                     if o.offset == first.count {
                         o.chunks.removeFirst()
                         o.offset = 0

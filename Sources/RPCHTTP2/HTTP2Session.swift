@@ -42,6 +42,22 @@ public struct HTTP2Configuration: Sendable, Hashable {
     public var connectionWindowSize: Int32 = 16 << 20
     /// SETTINGS_MAX_FRAME_SIZE advertised.
     public var maxFrameSize: UInt32 = 16 << 10
+    /// The server's limiter of incoming RST_STREAM (nghttp2's token bucket against rapid reset):
+    /// `resetBurst` resets at once, refilled at `resetRate` per second; beyond it the connection
+    /// gets GOAWAY. nghttp2's defaults (1000, 33/s) make a shard GOAWAY its own coordinator when
+    /// many of its calls are cancelled (hedges, expired deadlines: thousands per second in a
+    /// slow spell). A reset costs this server little: a request reset in the read that completed
+    /// it runs nothing, a running handler is cancelled, and handlers in flight are bounded by
+    /// `--max-in-flight` whatever the resets.
+    public var resetBurst: UInt64 = 20_000
+    public var resetRate: UInt64 = 5_000
+    /// RST_STREAMs a server may send on one connection: `sentResetBurst` at once, refilled at
+    /// `sentResetRate` per second; beyond it the connection gets GOAWAY(ENHANCE_YOUR_CALM) and is
+    /// closed. Bounds resets a peer provokes (bad frames on a stream, requests failed before they
+    /// ended: "MadeYouReset"), which nghttp2's limiter of incoming resets does not count. A
+    /// well-behaved client provokes none: its requests end with their headers and body.
+    public var sentResetBurst: Double = 1_000
+    public var sentResetRate: Double = 200
 
     public init() {}
 }
@@ -76,6 +92,10 @@ public final class HTTP2Session {
     // handed back to the data callbacks), valid because nghttp2 calls those only while the stream
     // is open, and the entry is removed only when nghttp2 reports the stream closed.
     var outbound: [Int32: OutboundStream] = [:]
+    /// The peer's first SETTINGS (after its preface) arrived.
+    public internal(set) var peerSettingsReceived = false
+    /// The sum of every queue's `pendingBytes`: message bytes this connection holds, not yet sent.
+    public internal(set) var queuedBytes = 0
     // The sinks during `flush`: bytes serialised by nghttp2 (frame headers, HEADERS, SETTINGS, ...)
     // and, when set, the spans of queued messages that DATA frames carry (else copied into `sink`).
     var sink: ((UnsafeRawBufferPointer) -> Void)?
@@ -84,6 +104,14 @@ public final class HTTP2Session {
     // Streams to reset (NO_ERROR) once their END_STREAM frame went out, and those now due.
     var resetAfterEnd: Set<Int32> = []
     var resetsDue: [Int32] = []
+    // The token bucket of RST_STREAMs this side sent (server), and whether it ran dry.
+    var sentResetTokens: Double
+    var sentResetRefilled = ContinuousClock.now
+    var sentResetFlood = false
+    /// RST_STREAM frames this side has sent.
+    public internal(set) var resetsSent = 0
+    /// The connection was torn down (GOAWAY ENHANCE_YOUR_CALM) for sending too many resets.
+    public internal(set) var terminatedForResets = false
 
     /// A class, not a struct: mutated in place from the callbacks (no copy-on-write per header).
     final class PendingHeaders {
@@ -119,6 +147,7 @@ public final class HTTP2Session {
     public init(role: Role, configuration: HTTP2Configuration = HTTP2Configuration()) throws(HTTP2Error) {
         self.role = role
         self.configuration = configuration
+        self.sentResetTokens = configuration.sentResetBurst
         var callbacks: OpaquePointer?
         var rv = nghttp2_session_callbacks_new(&callbacks)
         guard rv == 0, let callbacks else { throw HTTP2Error(code: rv, operation: "nghttp2_session_callbacks_new") }
@@ -130,6 +159,9 @@ public final class HTTP2Session {
         guard rv == 0, let option else { throw HTTP2Error(code: rv, operation: "nghttp2_option_new") }
         defer { nghttp2_option_del(option) }
         nghttp2_option_set_max_send_header_block_length(option, 64 << 10)
+        if role == .server {
+            nghttp2_option_set_stream_reset_rate_limit(option, configuration.resetBurst, configuration.resetRate)
+        }
         if role == .client {
             // Streams a client may open before the server's SETTINGS arrive: 100, the least
             // RFC 9113 lets a server advertise (and nghttp2's own default). More than the server
@@ -225,6 +257,15 @@ public final class HTTP2Session {
             let rv = nghttp2_session_send(session)
             inCallback = false
             if rv != 0 { throw HTTP2Error(code: rv, operation: "nghttp2_session_send") }
+            if sentResetFlood {
+                // GOAWAY(ENHANCE_YOUR_CALM); nghttp2 then wants neither to read nor to write, and
+                // the owner closes the connection once it went out.
+                sentResetFlood = false
+                terminatedForResets = true
+                resetsDue.removeAll()
+                _ = nghttp2_session_terminate_session(session, UInt32(NGHTTP2_ENHANCE_YOUR_CALM.rawValue))
+                continue
+            }
             if resetsDue.isEmpty { break }
             // The END_STREAM of these streams is on the wire: now tell the peer to stop sending.
             for id in resetsDue { _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), id, 0) }
@@ -238,6 +279,23 @@ public final class HTTP2Session {
         events.removeAll(keepingCapacity: true)
         return out
     }
+
+    /// Whether nghttp2 still has `stream` open. False once it closed: both sides ended it, either
+    /// reset it, or the connection failed — even while the `.streamClosed` event saying so waits
+    /// to be handled (a request and its RST_STREAM in one read close the stream inside `receive`).
+    public func isStreamOpen(_ stream: Int32) -> Bool {
+        guard let st = nghttp2_session_find_stream(session, stream) else { return false }
+        return nghttp2_stream_get_state(st).rawValue != NGHTTP2_STREAM_STATE_CLOSED.rawValue
+    }
+
+    /// Streams with a response (or request body) queue: what this connection holds for its peer.
+    public var queuedStreams: Int { outbound.count }
+
+    /// The stream whose header block (HEADERS + CONTINUATION) is being received; 0: none.
+    public var headerBlockInProgress: Int32 { pendingHeadersStream }
+
+    /// Bytes queued on `stream` and not yet sent (0 for a stream with no queue).
+    public func queuedBytes(stream: Int32) -> Int { outbound[stream]?.pendingBytes ?? 0 }
 
     /// True while the connection has something to read or write; false once both sides are done
     /// (after GOAWAY and every stream closed): the owner should close the socket.
@@ -262,10 +320,16 @@ public final class HTTP2Session {
     }
 
     /// `submitResponse` with headers prepared once (no per-call encoding).
+    /// - Throws: on a stream nghttp2 has already closed (the peer reset it, possibly in the same
+    ///   read that carried the request): its queue would never be released, as nghttp2 reports a
+    ///   stream's close only once.
     public func submitResponse(stream: Int32, headers: PreparedHeaders) throws(HTTP2Error) {
         // A second response on a stream would free the queue the first one's provider points to.
         guard outbound[stream] == nil else {
             throw HTTP2Error(code: Int32(NGHTTP2_ERR_INVALID_STREAM_STATE.rawValue), operation: "submitResponse")
+        }
+        guard isStreamOpen(stream) else {
+            throw HTTP2Error(code: Int32(NGHTTP2_ERR_STREAM_CLOSED.rawValue), operation: "submitResponse")
         }
         let o = OutboundStream()
         outbound[stream] = o
@@ -286,6 +350,7 @@ public final class HTTP2Session {
         if stream < 0 { throw HTTP2Error(code: stream, operation: "nghttp2_submit_request") }
         o.chunks = [body]
         o.pendingBytes = body.count
+        queuedBytes += body.count
         o.endStreamAfterData = true
         o.finished = true
         outbound[stream] = o
@@ -296,6 +361,7 @@ public final class HTTP2Session {
     public func enqueue(stream: Int32, _ message: FramedMessage) {
         guard let o = outbound[stream], !o.finished else { return }
         o.pendingBytes += message.count
+        queuedBytes += message.count
         o.chunks.append(message)
         let resume = o.deferred
         o.deferred = false
@@ -305,6 +371,16 @@ public final class HTTP2Session {
     /// Ends a stream started with `submitResponse`: trailers go after the queued data.
     public func finish(stream: Int32, trailers: [(String, String)]) {
         finish(stream: stream, trailers: PreparedHeaders(trailers))
+    }
+
+    /// Ends a stream started with `submitResponse` without trailers: END_STREAM goes on the last
+    /// DATA frame (a plain HTTP answer).
+    public func finishWithoutTrailers(stream: Int32) {
+        guard let o = outbound[stream], !o.finished else { return }
+        o.finished = true
+        let resume = o.deferred
+        o.deferred = false
+        if resume { nghttp2_session_resume_data(session, stream) }
     }
 
     /// `finish` with trailers prepared once (no per-call encoding).
@@ -331,7 +407,7 @@ public final class HTTP2Session {
         // had not gone out: nghttp2 cancels them, and will neither read its data nor report a
         // close) drops its queue now.
         if nghttp2_session_find_stream(session, stream) == nil {
-            outbound[stream] = nil
+            if let o = outbound.removeValue(forKey: stream) { queuedBytes -= o.pendingBytes }
         } else {
             outbound[stream]?.cancelled = true
         }
@@ -355,6 +431,23 @@ public final class HTTP2Session {
         var d = Array(debug.utf8)
         _ = d.withUnsafeMutableBufferPointer {
             nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), last, errorCode, $0.baseAddress, $0.count)
+        }
+    }
+
+    /// Called for every RST_STREAM sent (server): takes a token, refilling by the time elapsed;
+    /// none left: the connection is to be torn down (`sentResetFlood`).
+    func countSentReset() {
+        resetsSent += 1
+        guard role == .server, !sentResetFlood else { return }
+        let now = ContinuousClock.now
+        let elapsed = sentResetRefilled.duration(to: now)
+        sentResetRefilled = now
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        sentResetTokens = min(configuration.sentResetBurst, sentResetTokens + seconds * configuration.sentResetRate)
+        if sentResetTokens >= 1 {
+            sentResetTokens -= 1
+        } else {
+            sentResetFlood = true
         }
     }
 

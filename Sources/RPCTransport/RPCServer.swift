@@ -3,6 +3,9 @@ public import NIOPosix
 public import Logging
 public import RPCCore
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A gRPC server: SwiftNIO event loops (one per core) accept cleartext HTTP/2 with prior
 /// knowledge; each connection hosts one nghttp2 server session (`ServerConnectionHandler`).
@@ -24,6 +27,30 @@ public final class RPCServer: Sendable {
     private let poolExecutor: ThreadPoolTaskExecutor
     /// The group's event loops as task executors (async handlers placed `.inline` run on them).
     public let loopExecutors: EventLoopExecutors
+    /// Connections served at once: `maxConnections`, lowered to what the process's file
+    /// descriptor limit leaves room for. nil: no limit.
+    public let connectionCap: Int?
+
+    /// The connections a process with `fdLimit` file descriptors can hold: all but an eighth (at
+    /// least 64) kept for everything else (event loops, table files, outgoing channels, the
+    /// admin port). Past the descriptor limit `accept` fails (EMFILE) and new connections wait
+    /// in the backlog while the accept loop retries; a cap below it closes them at once instead.
+    static func connectionCap(configured: Int?, fdLimit: Int?) -> Int? {
+        guard let fdLimit, fdLimit > 0 else { return configured }
+        let room = max(1, fdLimit - max(64, fdLimit / 8))
+        return min(configured ?? .max, room)
+    }
+
+    /// The soft RLIMIT_NOFILE, or nil when unlimited or unknown.
+    static var fileDescriptorLimit: Int? {
+        #if canImport(Glibc)
+        var r = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &r) == 0, r.rlim_cur != rlim_t.max else { return nil }
+        return Int(clamping: r.rlim_cur)
+        #else
+        return nil
+        #endif
+    }
 
     /// - Parameter group: event loops to use; by default the server creates its own
     ///   (`configuration.eventLoopThreads`) and shuts them down at the end.
@@ -38,6 +65,11 @@ public final class RPCServer: Sendable {
         self.pool = NIOThreadPool(numberOfThreads: max(1, configuration.workerThreads))
         self.poolExecutor = ThreadPoolTaskExecutor(pool)
         self.loopExecutors = EventLoopExecutors(group: self.group)
+        let fdLimit = Self.fileDescriptorLimit
+        self.connectionCap = Self.connectionCap(configured: configuration.maxConnections, fdLimit: fdLimit)
+        if let cap = connectionCap, cap < configuration.maxConnections ?? .max {
+            logger.info("serving at most \(cap) connections: the file descriptor limit is \(fdLimit ?? 0) (raise it with ulimit -n for more)")
+        }
     }
 
     /// Binds and starts serving.
@@ -76,6 +108,7 @@ public final class RPCServer: Sendable {
         if !poolStarted.exchange(true, ordering: .relaxed) { pool.start() }
         let router = self.router, observers = self.observers, config = self.configuration, state = self.state, pool = self.pool
         let logger = self.logger, poolExecutor = self.poolExecutor, loopExecutors = self.loopExecutors
+        let connectionCap = self.connectionCap
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -85,7 +118,16 @@ public final class RPCServer: Sendable {
             // 64 KiB Lookup answer would flip the channel unwritable and pause reading (stop-and-go).
             .childChannelOption(.writeBufferWaterMark, value: .init(low: 1 << 20, high: 4 << 20))
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                let open = state.liveConnections.wrappingAdd(1, ordering: .relaxed).newValue
+                channel.closeFuture.whenComplete { _ in state.liveConnections.wrappingSubtract(1, ordering: .relaxed) }
+                if let cap = connectionCap, open > cap {
+                    // Refused before anything is read or allocated for it (no session, no handler).
+                    if state.refusedConnections.wrappingAdd(1, ordering: .relaxed).newValue % 1000 == 1 {
+                        logger.warning("refusing connections: \(cap) open (--max-connections, or the file descriptor limit); \(state.refusedConnections.load(ordering: .relaxed)) refused so far")
+                    }
+                    return channel.close()
+                }
+                return channel.eventLoop.makeCompletedFuture {
                     let handler = try ServerConnectionHandler(router: router, observers: observers, config: config, state: state, pool: pool,
                                                               poolExecutor: poolExecutor, loopExecutors: loopExecutors, logger: logger)
                     try channel.pipeline.syncOperations.addHandler(handler)
@@ -114,6 +156,11 @@ public final class RPCServer: Sendable {
     public var overloadRejections: Int { state.rejectedOverload.load(ordering: .relaxed) }
     /// Calls whose handler was started.
     public var acceptedCalls: Int { state.acceptedCalls.load(ordering: .relaxed) }
+    /// Connections open now, and those closed at once because `maxConnections` were open.
+    public var openConnections: Int { state.liveConnections.load(ordering: .relaxed) }
+    public var refusedConnections: Int { state.refusedConnections.load(ordering: .relaxed) }
+    /// Bytes of unsent answers held by all connections.
+    public var queuedBytes: Int { state.queuedBytes.load(ordering: .relaxed) }
 
     /// Graceful shutdown: stop accepting, GOAWAY every connection, wait for open streams to end
     /// (at most `drainTimeout`), close the rest, stop the worker pool and the event loops.

@@ -11,7 +11,7 @@ public struct ServerConfiguration: Sendable {
     public var eventLoopThreads: Int = System.coreCount
     /// Worker threads for handlers placed `.workerPool`.
     public var workerThreads: Int = System.coreCount
-    /// HTTP/2 settings: max concurrent streams per connection (256), header list bytes (16 KiB).
+    /// HTTP/2 settings: max concurrent streams per connection (256), header list bytes (8 KiB).
     public var http2 = HTTP2Settings()
     /// Largest request message (4 MiB, gRPC's default).
     public var maxMessageLength: Int = 4 << 20
@@ -23,6 +23,29 @@ public struct ServerConfiguration: Sendable {
     /// A connection whose socket stays unwritable (the peer stopped reading while answers wait)
     /// for this long is closed, releasing what it holds; nil: never.
     public var writeTimeout: Duration? = .seconds(30)
+    /// A stream whose finished answer sends no byte for this long (the peer grants no HTTP/2
+    /// flow-control window) is reset and its answer freed, counted CANCELLED; checked once per
+    /// interval, so a stall is found after one to two intervals. A call's own `grpc-timeout`
+    /// applies too (DEADLINE_EXCEEDED). nil: only `grpc-timeout`.
+    public var streamSendTimeout: Duration? = .seconds(30)
+    /// Bytes of answers one connection may hold unsent; an answer that would take it past this
+    /// fails RESOURCE_EXHAUSTED instead of being queued (one answer on an otherwise empty
+    /// connection is always queued: answers have their own bounds).
+    public var maxConnectionQueuedBytes: Int = 64 << 20
+    /// Bytes of unsent answers all connections together may hold; an answer that would pass it
+    /// fails RESOURCE_EXHAUSTED (one answer on a connection holding nothing is always queued).
+    public var maxQueuedBytes: Int = 1 << 30
+    /// Connections open at once; one accepted beyond it is closed at once, before anything is
+    /// read from it. nil: no limit.
+    public var maxConnections: Int? = 10_000
+    /// A connection must send its preface and SETTINGS, and every header block (HEADERS with its
+    /// CONTINUATIONs) must be completed, within this long, else the connection is closed (checked
+    /// once per interval: one to two intervals). nil: never.
+    public var headerTimeout: Duration? = .seconds(10)
+    /// A request stream that receives nothing for this long before its request is complete is
+    /// answered CANCELLED and reset (checked once per interval: one to two intervals). nil: never
+    /// (a call's `grpc-timeout` still applies).
+    public var streamIdleTimeout: Duration? = .seconds(30)
     /// Told about every call's start and outcome (metrics); nil for none.
     public var observer: (any RPCServerObserver)?
     /// How long a graceful shutdown waits for in-flight calls before closing connections.
@@ -52,8 +75,8 @@ public struct HTTP2Settings: Sendable, Hashable {
     /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to the peer (server): streams beyond it are refused.
     public var maxConcurrentStreams: UInt32 = 256
     /// Largest header list accepted, counted as RFC 7540 does (name + value + 32 per field);
-    /// advertised as SETTINGS_MAX_HEADER_LIST_SIZE.
-    public var maxHeaderListBytes: Int = 16 << 10
+    /// advertised as SETTINGS_MAX_HEADER_LIST_SIZE. 8 KiB, gRPC's default for a server.
+    public var maxHeaderListBytes: Int = 8 << 10
     /// SETTINGS_INITIAL_WINDOW_SIZE for streams, and the connection window opened up to.
     public var initialWindowSize: UInt32 = 1 << 20
     public var connectionWindowSize: Int32 = 16 << 20

@@ -38,6 +38,16 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     /// removal on every call).
     private var idleTask: Scheduled<Void>?
     private var writeStallTask: Scheduled<Void>?
+    /// Checks answered streams for stalled sends every `streamSendTimeout` while any exist.
+    private var sendCheckTask: Scheduled<Void>?
+    /// Checks streams still receiving their request every `streamIdleTimeout` while any exist.
+    private var streamIdleTask: Scheduled<Void>?
+    /// Checks the preface and header blocks every `headerTimeout` for the connection's life.
+    private var headerTask: Scheduled<Void>?
+    /// The header block in progress at the previous header check (0: none).
+    private var lastHeaderBlock: Int32 = 0
+    /// This connection's `session.queuedBytes` as last added to the process's `state.queuedBytes`.
+    private var publishedQueued = 0
     /// When the last stream closed; nil while streams are open.
     private var idleSince: NIODeadline?
 
@@ -51,6 +61,15 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         /// The method's observer, once the call was accepted and counted as started.
         var observer: (any RPCMethodObserver)?
         var finished = false
+        /// A unary answer is queued: the call is counted when the stream closes — OK once all of
+        /// it went out, CANCELLED or DEADLINE_EXCEEDED if the peer never took it.
+        var answered = false
+        /// Bytes still queued at the last send check (-1: not checked yet).
+        var lastQueued = -1
+        /// Request bytes (or its end) arrived since the last stream-idle check; `watched`: that
+        /// check saw this stream already (a stream is judged only over a whole interval).
+        var sawInput = false
+        var watched = false
         /// A streaming call holds one of the process's `maxInFlightHandlers` slots until the
         /// stream is gone (unary handlers hold theirs while they run).
         var holdsSlot = false
@@ -95,6 +114,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     func channelActive(context: ChannelHandlerContext) {
         if state.shuttingDown.load(ordering: .relaxed) { goingAway = true; session.submitGoAway() }
         armIdleTimer()
+        if config.headerTimeout != nil { scheduleHeaderCheck() }
         flush()  // SETTINGS first
         context.fireChannelActive()
     }
@@ -102,6 +122,11 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         idleTask?.cancel()
         writeStallTask?.cancel()
+        sendCheckTask?.cancel()
+        streamIdleTask?.cancel()
+        headerTask?.cancel()
+        state.queuedBytes.wrappingSubtract(publishedQueued, ordering: .relaxed)
+        publishedQueued = 0
         let gone = RPCError(.unavailable, "connection closed")
         for (id, s) in streams {
             s.deadlineTask?.cancel()
@@ -177,16 +202,24 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             apply(action, s, id)
         case .data(let id, let bytes):
             guard let s = streams[id] else { return }
+            s.sawInput = true
             let action = bytes.withUnsafeBytes { s.machine.receivedData($0, endStream: false) }
             apply(action, s, id)
         case .endStream(let id):
             guard let s = streams[id] else { return }
+            s.sawInput = true
             apply(s.machine.receivedEndStream(), s, id)
         case .streamClosed(let id, let code):
             guard let s = streams[id] else { return }
             if code != 0 { apply(s.machine.peerReset(), s, id) }
             s.deadlineTask?.cancel()
-            if code != 0 { s.serverContext?.cancel(RPCError(.cancelled, "the client cancelled the call")) }
+            if code == 0, s.answered { observeEnd(s, .ok) }  // the whole answer went out
+            if code != 0 {
+                s.serverContext?.cancel(RPCError(.cancelled, "the client cancelled the call"))
+                // A call reset before its handler ran (or before it had its whole request) ends
+                // here: counted as CANCELLED, like one cancelled while it runs.
+                if s.call != nil { observeEnd(s, .cancelled) }
+            }
             removeStream(id)
         case .goAway, .pingAck:
             break
@@ -209,11 +242,21 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             break
         case .rejectHTTP(let status, let message):
             logger.debug("rejecting stream \(id) from \(peer): HTTP \(status): \(message)")
-            try? session.submitHeaders(stream: id, headers: [(":status", String(status)), ("content-type", "text/plain"),
-                                                             ("grpc-message", PercentEncoding.encode(message))], endStream: true)
-            session.resetAfterEndStream(stream: id)
+            // The message as a text body too (for curl and browsers). No RST_STREAM: the stream
+            // stays half-closed until the client ends it, counted against
+            // --max-concurrent-streams like any open stream (what it sends is discarded), as an
+            // HTTP/2 server answering a request early does.
+            do {
+                try session.submitResponse(stream: id, headers: PreparedHeaders([(":status", String(status)), ("content-type", "text/plain"),
+                                                                                 ("grpc-message", PercentEncoding.encode(message))]))
+                session.enqueue(stream: id, FramedMessage(unframed: Array((message + "\n").utf8)))
+                session.finishWithoutTrailers(stream: id)
+            } catch {
+                session.reset(stream: id, errorCode: 2)
+            }
         case .accepted(let call):
             s.call = call
+            if streamIdleTask == nil, config.streamIdleTimeout != nil { scheduleStreamIdleCheck() }
             if let o = observers?.byIndex[call.method.index] {
                 s.observer = o
                 o.callStarted()
@@ -227,17 +270,48 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                 }
             }
         case .invoke(let call, let request):
+            // The peer may have reset the stream in the same read that completed the request
+            // (HEADERS + DATA + RST_STREAM): its `.streamClosed` event follows in this batch and
+            // counts the call as cancelled. Running the handler would be work for nobody.
+            guard session.isStreamOpen(id) else { return }
             invoke(call, request: request, stream: s, id: id)
         case .invokeEach(let call, let requests, let endStream):
+            guard session.isStreamOpen(id) else { return }  // reset in this read, as for `.invoke`
             invokeEach(call, requests: requests, endStream: endStream, stream: s, id: id)
         case .sendResponse(let message):
-            s.deadlineTask?.cancel()
-            observeEnd(s, .ok)
+            guard session.isStreamOpen(id) else {
+                // Reset while the handler ran: nothing to send, nothing to keep.
+                s.deadlineTask?.cancel()
+                observeEnd(s, .cancelled)
+                return
+            }
+            let held = session.queuedBytes
+            let heldByAll = state.queuedBytes.load(ordering: .relaxed) + held - publishedQueued
+            var refusal: RPCError?
+            if held > 0, held + message.count > config.maxConnectionQueuedBytes {
+                refusal = RPCError(.resourceExhausted, "the connection holds \(held) bytes of answers its peer has not read; "
+                                   + "this one (\(message.count) bytes) would pass the limit of \(config.maxConnectionQueuedBytes)")
+            } else if heldByAll > 0, heldByAll + message.count > config.maxQueuedBytes {
+                refusal = RPCError(.resourceExhausted, "the server holds \(heldByAll) bytes of answers its peers have not read; "
+                                   + "this one (\(message.count) bytes) would pass the process limit of \(config.maxQueuedBytes)")
+            }
+            if let refusal {
+                s.deadlineTask?.cancel()
+                observeEnd(s, refusal.code)
+                try? session.submitHeaders(stream: id, headers: Self.responseHeaders + Self.statusHeaders(refusal), endStream: true)
+                return
+            }
             do {
                 try session.submitResponse(stream: id, headers: Self.preparedResponseHeaders)
                 session.enqueue(stream: id, message)
                 session.finish(stream: id, trailers: Self.preparedOKTrailers)
+                // Counted when the stream closes; until then the deadline (if any) and the send
+                // check may still reset it if the peer's window keeps the answer here.
+                s.answered = true
+                if sendCheckTask == nil, config.streamSendTimeout != nil { scheduleSendCheck() }
             } catch {
+                s.deadlineTask?.cancel()
+                observeEnd(s, .internal)
                 logger.warning("submitting response on stream \(id) failed: \(error)")
                 session.reset(stream: id, errorCode: 2)
             }
@@ -292,6 +366,16 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private func deadlineExpired(_ id: Int32) {
         guard let s = streams[id] else { return }
         let ms = Double(s.call?.timeout?.nanoseconds ?? 0) / 1e6
+        if s.answered {
+            // The answer was ready in time but is still here: the peer's flow-control window kept
+            // it. Give up on it (the client's own deadline has passed too) and free it.
+            guard !s.finished else { return }
+            observeEnd(s, .deadlineExceeded)
+            logger.debug("resetting stream \(id) from \(peer): its answer was not taken within the deadline of \(ms) ms")
+            session.reset(stream: id, errorCode: 8)
+            flush()
+            return
+        }
         apply(s.machine.abort(RPCError(.deadlineExceeded, "deadline of \(ms) ms exceeded")), s, id)
         flush()
     }
@@ -424,6 +508,110 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         flush()
     }
 
+    // MARK: - Stalled sends
+
+    private func scheduleSendCheck() {
+        guard let loop = context?.eventLoop, let timeout = config.streamSendTimeout else { return }
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        sendCheckTask = loop.scheduleTask(in: .nanoseconds(timeout.clampedNanoseconds)) { bound.value.sendCheck() }
+    }
+
+    /// Every answered stream whose queue did not shrink since the previous check (the peer grants
+    /// it no window) is reset and its answer freed: counted CANCELLED. One timer per connection,
+    /// armed only while answers wait (none per call).
+    private func sendCheck() {
+        sendCheckTask = nil
+        var waiting = false
+        var stalled = 0
+        for (id, s) in streams where s.answered && !s.finished {
+            let queued = session.queuedBytes(stream: id)
+            if queued > 0, queued == s.lastQueued {
+                observeEnd(s, .cancelled)
+                session.reset(stream: id, errorCode: 8)
+                stalled += 1
+            } else {
+                s.lastQueued = queued
+                waiting = true
+            }
+        }
+        if stalled > 0 {
+            logger.info("reset \(stalled) stream(s) from \(peer): their answers sent nothing for \(config.streamSendTimeout ?? .zero) (no flow-control window)")
+            flush()
+        }
+        if waiting { scheduleSendCheck() }
+    }
+
+    // MARK: - Slow requests
+
+    private func scheduleStreamIdleCheck() {
+        guard let loop = context?.eventLoop, let timeout = config.streamIdleTimeout else { return }
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        streamIdleTask = loop.scheduleTask(in: .nanoseconds(timeout.clampedNanoseconds)) { bound.value.streamIdleCheck() }
+    }
+
+    /// Every stream still receiving its request that got nothing over a whole interval (open
+    /// streams that never end: slowloris) is answered CANCELLED and reset.
+    private func streamIdleCheck() {
+        streamIdleTask = nil
+        let timeout = config.streamIdleTimeout ?? .zero
+        var receiving = false
+        var expired: [Int32] = []
+        for (id, s) in streams where s.call != nil && s.serverContext == nil && !s.machine.isDone {
+            if s.watched && !s.sawInput {
+                expired.append(id)
+            } else {
+                s.watched = true
+                s.sawInput = false
+                receiving = true
+            }
+        }
+        for id in expired {
+            guard let s = streams[id] else { continue }
+            apply(s.machine.abort(RPCError(.cancelled, "the request received nothing for \(timeout) before it was complete (stream idle timeout)")), s, id)
+        }
+        if !expired.isEmpty {
+            logger.debug("reset \(expired.count) stream(s) from \(peer): their requests received nothing for \(timeout)")
+            flush()
+        }
+        if receiving { scheduleStreamIdleCheck() }
+    }
+
+    private func scheduleHeaderCheck() {
+        guard let loop = context?.eventLoop, let timeout = config.headerTimeout else { return }
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        headerTask = loop.scheduleTask(in: .nanoseconds(timeout.clampedNanoseconds)) { bound.value.headerCheck() }
+    }
+
+    /// Closes a connection that sent no preface and SETTINGS within the header timeout, or whose
+    /// header block stayed incomplete over a whole interval (slow HEADERS/CONTINUATION).
+    private func headerCheck() {
+        headerTask = nil
+        guard let context else { return }
+        let timeout = config.headerTimeout ?? .zero
+        if !session.peerSettingsReceived {
+            logger.debug("closing the connection from \(peer): no HTTP/2 preface and SETTINGS within \(timeout)")
+            context.close(promise: nil)
+            return
+        }
+        let block = session.headerBlockInProgress
+        if block != 0, block == lastHeaderBlock {
+            logger.debug("closing the connection from \(peer): the header block of stream \(block) was not completed within \(timeout)")
+            context.close(promise: nil)
+            return
+        }
+        lastHeaderBlock = block
+        scheduleHeaderCheck()
+    }
+
+    /// Adds the change in what this connection holds unsent to the process's total.
+    private func publishQueued() {
+        let q = session.queuedBytes
+        if q != publishedQueued {
+            state.queuedBytes.wrappingAdd(q - publishedQueued, ordering: .relaxed)
+            publishedQueued = q
+        }
+    }
+
     // MARK: - Shutdown and output
 
     /// The connection just became idle: note when, and make sure a check is scheduled.
@@ -499,7 +687,12 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         }
         if buffer.writerIndex > cut { segments.append(.serialised(cut ..< buffer.writerIndex)) }
         for e in session.takeEvents() { handle(e) }
+        publishQueued()
         let done = !session.isActive || (goingAway && streams.isEmpty)
+        if done, session.terminatedForResets, !goingAway {
+            goingAway = true
+            logger.info("closing the connection from \(peer): it made the server reset \(session.resetsSent) streams (GOAWAY ENHANCE_YOUR_CALM)")
+        }
         defer { outBuffer = buffer }
         if !segments.isEmpty {
             // Slices are taken only now, after the last write into `buffer` (a slice taken

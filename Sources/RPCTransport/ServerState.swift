@@ -10,6 +10,12 @@ final class ServerState: Sendable {
     let rejectedOverload = Atomic<Int>(0)
     let shuttingDown = Atomic<Bool>(false)
     let connections = Mutex<[ObjectIdentifier: ConnectionRef]>([:])
+    /// Accepted connections not yet closed (counted before the connection's handler exists).
+    let liveConnections = Atomic<Int>(0)
+    /// Connections closed at once because `maxConnections` were open.
+    let refusedConnections = Atomic<Int>(0)
+    /// Bytes of unsent answers held by all connections (each publishes its own after it changes).
+    let queuedBytes = Atomic<Int>(0)
 
     struct ConnectionRef: Sendable {
         let eventLoop: any EventLoop

@@ -198,7 +198,7 @@ struct ServerOptions: ParsableArguments {
     var maxMessageBytes: Int = 4 << 20
 
     @Option(help: "Largest request header list in bytes.")
-    var maxHeaderListBytes: Int = 16 << 10
+    var maxHeaderListBytes: Int = 8 << 10
 
     @Option(help: "Concurrent streams per connection.")
     var maxConcurrentStreams: UInt32 = 256
@@ -214,6 +214,24 @@ struct ServerOptions: ParsableArguments {
 
     @Option(help: "Seconds a connection may stay unwritable (its peer reading nothing while answers wait) before the server closes it (0: never).")
     var writeTimeoutSeconds: Double = 30
+
+    @Option(help: "Seconds a finished answer may send nothing (its peer grants no flow-control window) before its stream is reset and the answer freed (0: only the call's grpc-timeout).")
+    var streamSendTimeoutSeconds: Double = 30
+
+    @Option(help: "Bytes of unsent answers one connection may hold; an answer beyond it fails RESOURCE_EXHAUSTED.")
+    var maxConnectionQueuedBytes: Int = 64 << 20
+
+    @Option(help: "Bytes of unsent answers all connections together may hold; an answer beyond it fails RESOURCE_EXHAUSTED.")
+    var maxQueuedBytes: Int = 1 << 30
+
+    @Option(help: "Connections open at once; one beyond it is closed at once (0: no limit).")
+    var maxConnections: Int = 10_000
+
+    @Option(help: "Seconds a connection has to send its preface and SETTINGS, and to complete each header block, before it is closed (0: never).")
+    var headerTimeoutSeconds: Double = 10
+
+    @Option(help: "Seconds a request stream may receive nothing before its request is complete; then it is answered CANCELLED and reset (0: never).")
+    var streamIdleTimeoutSeconds: Double = 30
 
     @Option(help: "Log level: trace, debug, info, warning, error.")
     var logLevel: String = "info"
@@ -248,6 +266,12 @@ struct ServerOptions: ParsableArguments {
         c.drainTimeout = .milliseconds(Int(drainSeconds * 1000))
         c.maxConnectionIdle = maxConnectionIdleSeconds > 0 ? .milliseconds(Int(maxConnectionIdleSeconds * 1000)) : nil
         c.writeTimeout = writeTimeoutSeconds > 0 ? .milliseconds(Int(writeTimeoutSeconds * 1000)) : nil
+        c.streamSendTimeout = streamSendTimeoutSeconds > 0 ? .milliseconds(Int(streamSendTimeoutSeconds * 1000)) : nil
+        c.maxConnectionQueuedBytes = max(1, maxConnectionQueuedBytes)
+        c.maxQueuedBytes = max(1, maxQueuedBytes)
+        c.maxConnections = maxConnections > 0 ? maxConnections : nil
+        c.headerTimeout = headerTimeoutSeconds > 0 ? .milliseconds(Int(headerTimeoutSeconds * 1000)) : nil
+        c.streamIdleTimeout = streamIdleTimeoutSeconds > 0 ? .milliseconds(Int(streamIdleTimeoutSeconds * 1000)) : nil
         return c
     }
 }

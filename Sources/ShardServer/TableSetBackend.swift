@@ -181,6 +181,11 @@ public final class TableSetBackend: ShardBackend {
             if old.dim != new.dim {
                 throw TableError(.mismatch, "table '\(name)' has dim \(new.dim) in v\(next.version) but \(old.dim) in v\(current.version)")
             }
+            // Pinned requests read the previous version while new ones read this one: a changed
+            // element type would mix f32 and int8 rows (and scales) within one rollout.
+            if old.dtype != new.dtype {
+                throw TableError(.mismatch, "table '\(name)' has dtype \(new.dtype) in v\(next.version) but \(old.dtype) in v\(current.version)")
+            }
         }
     }
 

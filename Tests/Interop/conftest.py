@@ -56,8 +56,12 @@ def pb():
 class Server:
     """A `shardrank shard` process; stops by itself at teardown (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, args):
-        self.proc = subprocess.Popen([shardrank_bin()] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def __init__(self, args, fd_limit=None):
+        def limit_fds():
+            import resource
+            resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+        self.proc = subprocess.Popen([shardrank_bin()] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=limit_fds if fd_limit else None)
         self.preamble = ""
         line = self.proc.stdout.readline()
         while "admin listening" in line:
@@ -113,8 +117,8 @@ def _servers():
     """Starts servers on demand and stops every one of them when the fixture ends."""
     made = []
 
-    def make(args):
-        s = Server(args)
+    def make(args, **kw):
+        s = Server(args, **kw)
         made.append(s)
         return s
     yield make

@@ -32,6 +32,27 @@ def test_get_is_rejected(pb, shard):
     c.sock.sendall(c.conn.data_to_send())
     r = c.wait(sid)
     assert r.header(":status") == "405"
+    # A plain HTTP answer: the reason as a text body, and no RST_STREAM after it (h2spec
+    # generic/2: the stream was half-closed by the client, a DATA frame is expected).
+    assert r.ended and r.reset is None
+    assert r.data == b"gRPC requires POST, got GET\n"
+    c.close()
+
+
+def test_an_http_rejection_of_an_unended_request_leaves_the_stream_to_the_client(pb, shard):
+    """415 on a request the client has not ended: the answer (with its reason as body) ends
+    the server's side only; the stream stays open until the client ends it, so it counts
+    against the concurrent-stream limit (h2spec http2/5.1.2) instead of being reset at once."""
+    c = RawH2(shard.port)
+    sid = c.start("/shardrank.v1.Shard/Lookup", lookup_bytes(pb, [1]), content_type="application/json", end=False)
+    r = c.wait(sid)
+    assert r.header(":status") == "415" and r.ended and r.reset is None
+    assert b"expected application/grpc" in r.data
+    assert sid in c.conn.streams, "the server closed a stream the client had not ended"
+    c.send_data(sid, b"more", end=True)
+    ok = c.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString())
+    assert ok.trailer("grpc-status") == "0"
+    assert c.responses[sid].reset is None
     c.close()
 
 
@@ -112,6 +133,16 @@ def test_two_messages_on_unary(pb, shard):
     c.close()
 
 
+def test_bad_binary_metadata_is_internal_naming_the_header(pb, shard):
+    """A `-bin` value that is not base64: INTERNAL naming the header, as grpc-go answers it."""
+    c = RawH2(shard.port)
+    r = c.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString(),
+               extra_headers=[("x-trace-bin", "not base64!")])
+    assert r.trailer("grpc-status") == "13"
+    assert "x-trace-bin" in r.trailer("grpc-message")
+    c.close()
+
+
 def test_no_message_on_unary(pb, shard):
     c = RawH2(shard.port)
     r = c.call("/shardrank.v1.Shard/Info", b"", framed=False)
@@ -123,6 +154,18 @@ def test_truncated_message(pb, shard):
     c = RawH2(shard.port)
     r = c.call("/shardrank.v1.Shard/Lookup", grpc_frame(lookup_bytes(pb, [1]))[:-2], framed=False)
     assert r.trailer("grpc-status") == "13"
+    c.close()
+
+
+def test_header_list_limit_is_8_kib_like_grpc(pb, shard):
+    """Issue 17, row 11: 10 KiB of metadata is over gRPC's 8 KiB default (it was accepted under 16 KiB)."""
+    c = RawH2(shard.port)
+    pad = [(f"x-pad-{i}", "v" * 1000) for i in range(10)]  # 10 × (1000 + 7 + 32) bytes
+    r = c.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString(), extra_headers=pad)
+    assert r.trailer("grpc-status") == "8", r.headers
+    assert "header list" in r.trailer("grpc-message")
+    r = c.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString(), extra_headers=pad[:6])
+    assert r.trailer("grpc-status") == "0", "6 KiB of metadata is within the limit"
     c.close()
 
 
@@ -314,3 +357,362 @@ def test_a_connection_that_stops_reading_is_closed_after_the_write_timeout(pb, s
     c2 = RawH2(srv.port)
     assert c2.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString()).trailer("grpc-status") == "0"
     c2.close()
+
+
+def metric(admin_port, name, **labels):
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_reset_in_the_same_read_as_the_request_runs_nothing_holds_nothing_and_is_not_ok(pb, server_factory):
+    """Issue 17, row 1: a request whose last DATA frame and RST_STREAM arrive in one read. The
+    stream is closed by the time the request is complete: the server must not run the handler nor
+    keep its answer for a stream that is gone (it used to, until the connection closed: 600 such
+    Lookups held 2.4 GiB), and counts the call as CANCELLED, not OK."""
+    import re
+    srv = server_factory(["shard", "--synthetic", "1000x64", "--port", "0", "--admin-port", "0"])
+    admin = int(re.search(r"admin listening on \S+:(\d+)", srv.preamble).group(1))
+    lookup = "/shardrank.v1.Shard/Lookup"
+    c = RawH2(srv.port)
+    c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+    c.conn.increment_flow_control_window(2**31 - 1 - 65535)
+    c.sock.sendall(c.conn.data_to_send())
+    body = grpc_frame(lookup_bytes(pb, list(range(1000)) * 4))  # a 1 MiB answer
+    rss0 = srv.rss_bytes()
+    n = 200
+    for _ in range(n):
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, c.request_headers(lookup), end_stream=False)
+        c.send_data(sid, body[:-1], end=False)
+        # The last byte, END_STREAM and the reset: one small write, so one read on the server.
+        c.conn.send_data(sid, body[-1:], end_stream=True)
+        c.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        c.sock.sendall(c.conn.data_to_send())
+        assert not c.closed
+    deadline = time.monotonic() + 10
+    while metric(admin, "shardrank_rpc_requests_total", method=lookup, code="CANCELLED") \
+            + metric(admin, "shardrank_rpc_requests_total", method=lookup, code="OK") < n and time.monotonic() < deadline:
+        c.pump(0.05)
+    grown = srv.rss_bytes() - rss0
+    ok = metric(admin, "shardrank_rpc_requests_total", method=lookup, code="OK")
+    cancelled = metric(admin, "shardrank_rpc_requests_total", method=lookup, code="CANCELLED")
+    print(f"{n} resets in the request's read: RSS +{grown / 2**20:.1f} MiB with the connection open, OK {ok:.0f}, CANCELLED {cancelled:.0f}")
+    assert ok == 0
+    assert cancelled == n
+    # 200 answers of 1 MiB would be 200 MiB held while the connection stays open.
+    assert grown < (48 << 20), f"the server grew by {grown >> 20} MiB for {n} reset calls"
+    # The connection still serves.
+    r = c.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString())
+    assert r.trailer("grpc-status") == "0"
+    c.close()
+
+
+
+def zero_window_client(port):
+    """A client that reads everything from the socket but never grants a stream any HTTP/2 window."""
+    c = RawH2(port)
+    c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    c.sock.sendall(c.conn.data_to_send())
+    return c
+
+
+def wait_all_ended(c, sids, limit):
+    deadline = time.monotonic() + limit
+    while not all(c.responses[s].reset is not None or c.responses[s].ended for s in sids) \
+            and not c.closed and time.monotonic() < deadline:
+        c.pump(0.05)
+
+
+def admin_port(srv):
+    import re
+    return int(re.search(r"admin listening on \S+:(\d+)", srv.preamble).group(1))
+
+
+ONE_MIB_ANSWER = list(range(1000)) * 4  # 4,000 ids of a 64-dim float32 table
+
+
+def test_zero_window_answer_is_reset_at_the_calls_deadline(pb, server_factory):
+    """Issue 17, row 2: answers ready in time but held by a peer that grants no window are reset
+    when the call's grpc-timeout passes (freed), counted DEADLINE_EXCEEDED, not OK."""
+    srv = server_factory(["shard", "--synthetic", "1000x64", "--port", "0", "--admin-port", "0",
+                          "--stream-send-timeout-seconds", "0"])
+    lookup = "/shardrank.v1.Shard/Lookup"
+    c = zero_window_client(srv.port)
+    n = 20
+    t0 = time.monotonic()
+    sids = [c.start(lookup, lookup_bytes(pb, ONE_MIB_ANSWER), extra_headers=[("grpc-timeout", "500m")]) for _ in range(n)]
+    wait_all_ended(c, sids, 10)
+    elapsed = time.monotonic() - t0
+    assert [c.responses[s].reset for s in sids] == [h2.errors.ErrorCodes.CANCEL] * n
+    assert elapsed < 5, elapsed
+    a = admin_port(srv)
+    assert metric(a, "shardrank_rpc_requests_total", method=lookup, code="DEADLINE_EXCEEDED") == n
+    assert metric(a, "shardrank_rpc_requests_total", method=lookup, code="OK") == 0
+    c.close()
+
+
+def test_zero_window_answer_without_deadline_is_reset_by_the_send_timeout(pb, server_factory):
+    """Without grpc-timeout, --stream-send-timeout-seconds resets an answer that sent nothing for
+    one to two intervals: counted CANCELLED, not OK."""
+    srv = server_factory(["shard", "--synthetic", "1000x64", "--port", "0", "--admin-port", "0",
+                          "--stream-send-timeout-seconds", "0.3"])
+    lookup = "/shardrank.v1.Shard/Lookup"
+    c = zero_window_client(srv.port)
+    n = 20
+    t0 = time.monotonic()
+    sids = [c.start(lookup, lookup_bytes(pb, ONE_MIB_ANSWER)) for _ in range(n)]
+    wait_all_ended(c, sids, 10)
+    elapsed = time.monotonic() - t0
+    assert [c.responses[s].reset for s in sids] == [h2.errors.ErrorCodes.CANCEL] * n
+    assert elapsed < 5, elapsed
+    a = admin_port(srv)
+    assert metric(a, "shardrank_rpc_requests_total", method=lookup, code="CANCELLED") == n
+    assert metric(a, "shardrank_rpc_requests_total", method=lookup, code="OK") == 0
+    # A reader that grants window on a new connection still gets its answer.
+    ok = RawH2(srv.port)
+    r = ok.call(lookup, lookup_bytes(pb, ONE_MIB_ANSWER))
+    assert r.trailer("grpc-status") == "0" and len(r.data) > 1_000_000
+    ok.close()
+    c.close()
+
+
+def test_a_connection_holds_at_most_its_queued_bytes(pb, server_factory):
+    """--max-connection-queued-bytes: answers that would take a connection's unsent bytes past the
+    cap fail RESOURCE_EXHAUSTED, naming the limit, instead of being held."""
+    srv = server_factory(["shard", "--synthetic", "1000x64", "--port", "0", "--stream-send-timeout-seconds", "0",
+                          "--max-connection-queued-bytes", "4000000"])
+    c = zero_window_client(srv.port)
+    sids = [c.start("/shardrank.v1.Shard/Lookup", lookup_bytes(pb, ONE_MIB_ANSWER)) for _ in range(10)]
+    deadline = time.monotonic() + 10
+    refused = []
+    while len(refused) < 7 and not c.closed and time.monotonic() < deadline:
+        c.pump(0.05)
+        refused = [s for s in sids if c.responses[s].ended]
+    # 3 answers of 1 MiB fit under 4,000,000 bytes; the other 7 are refused.
+    assert len(refused) == 7
+    for s in refused:
+        assert c.responses[s].trailer("grpc-status") == "8"
+        assert "limit of 4000000" in c.responses[s].trailer("grpc-message")
+    assert all(not c.responses[s].ended and c.responses[s].reset is None for s in sids if s not in refused)
+    c.close()
+
+
+def test_the_process_holds_at_most_its_queued_bytes(pb, server_factory):
+    """--max-queued-bytes bounds the unsent answers of all connections together: once one
+    zero-window connection holds most of it, another's answers fail RESOURCE_EXHAUSTED."""
+    srv = server_factory(["shard", "--synthetic", "1000x64", "--port", "0", "--stream-send-timeout-seconds", "0",
+                          "--max-queued-bytes", "4000000"])
+    lookup = "/shardrank.v1.Shard/Lookup"
+    a = zero_window_client(srv.port)
+    held = [a.start(lookup, lookup_bytes(pb, ONE_MIB_ANSWER)) for _ in range(3)]
+    deadline = time.monotonic() + 10
+    while not all(a.responses[s].headers for s in held) and time.monotonic() < deadline:
+        a.pump(0.05)
+    assert all(a.responses[s].header(":status") == "200" and not a.responses[s].ended for s in held)
+    b = zero_window_client(srv.port)
+    refused = [b.start(lookup, lookup_bytes(pb, ONE_MIB_ANSWER)) for _ in range(3)]
+    wait_all_ended(b, refused, 10)
+    for s in refused:
+        assert b.responses[s].trailer("grpc-status") == "8"
+        assert "process limit of 4000000" in b.responses[s].trailer("grpc-message")
+    a.close()
+    b.close()
+
+
+def read_until_closed(sock, limit):
+    """Reads until the peer closes (True) or `limit` seconds pass (False)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            if not sock.recv(1 << 16):
+                return True
+        except socket.timeout:
+            return False
+        except ConnectionResetError:
+            return True
+    return False
+
+
+def test_connections_beyond_max_connections_are_closed(pb, server_factory):
+    """--max-connections: a connection beyond the limit is closed at once; once one closes, a new
+    one is served again."""
+    srv = server_factory(["shard", "--synthetic", "100x8", "--port", "0", "--max-connections", "3"])
+    info = pb.shard_pb2.InfoRequest().SerializeToString()
+    held = [RawH2(srv.port) for _ in range(3)]
+    for c in held:
+        assert c.call("/shardrank.v1.Shard/Info", info).trailer("grpc-status") == "0"
+    extra = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    assert read_until_closed(extra, 5), "a fourth connection was kept"
+    extra.close()
+    held.pop().close()
+    deadline = time.monotonic() + 5
+    served = False
+    while not served and time.monotonic() < deadline:
+        c = RawH2(srv.port)
+        try:
+            served = c.call("/shardrank.v1.Shard/Info", info, wait=1).trailer("grpc-status") == "0"
+        except OSError:
+            pass
+        c.close()
+    assert served, "no connection served after one of the three closed"
+    for c in held:
+        c.close()
+
+
+def test_connections_past_the_file_descriptor_limit_are_closed_not_left_waiting(pb, server_factory):
+    """With 200 file descriptors, the connection cap comes down to 136 (an eighth, at least 64,
+    kept for the rest): connections past it are closed at once. Without that, accept failed with
+    EMFILE, the connections past the limit waited in the backlog and the idle server spent half a
+    core retrying accept."""
+    srv = server_factory(["shard", "--synthetic", "100x8", "--port", "0"], fd_limit=200)
+    socks = []
+    for _ in range(250):
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        s.sendall(PREFACE + EMPTY_SETTINGS)
+        socks.append(s)
+    open_socks, closed = list(socks), 0
+    deadline = time.monotonic() + 5
+    while closed < 250 - 136 and time.monotonic() < deadline:
+        still = []
+        for s in open_socks:
+            if read_until_closed(s, 0.001):
+                closed += 1
+            else:
+                still.append(s)
+        open_socks = still
+    cpu0, t0 = srv.cpu_seconds(), time.monotonic()
+    time.sleep(1)  # a measurement window for the server's CPU while nothing happens
+    busy = (srv.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+    print(f"250 connections with 200 fds: {closed} closed by the server, server CPU {busy:.0%} of a core while idle")
+    assert closed >= 250 - 136, f"only {closed} of the connections past the cap were closed"
+    for s in socks:
+        s.close()
+    deadline = time.monotonic() + 5
+    served = False
+    while not served and time.monotonic() < deadline:
+        c = RawH2(srv.port)
+        try:
+            served = c.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString(), wait=1).trailer("grpc-status") == "0"
+        except OSError:
+            pass
+        c.close()
+    assert served
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def test_a_connection_without_preface_is_closed_after_the_header_timeout(server_factory):
+    srv = server_factory(["shard", "--synthetic", "100x8", "--port", "0", "--header-timeout-seconds", "0.3",
+                          "--max-connection-idle-seconds", "0"])
+    silent = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    half = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    half.sendall(PREFACE[:10])
+    idle = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    idle.sendall(PREFACE + EMPTY_SETTINGS)
+    t0 = time.monotonic()
+    assert read_until_closed(silent, 5), "a connection that sent nothing was kept"
+    assert read_until_closed(half, 5), "a connection that sent half a preface was kept"
+    assert time.monotonic() - t0 < 2
+    # A connection that sent its preface and SETTINGS may stay idle (no streams) for longer.
+    assert not read_until_closed(idle, 1.5), "an idle connection with a preface was closed"
+    for s in (silent, half, idle):
+        s.close()
+
+
+def test_an_incomplete_header_block_closes_the_connection(server_factory):
+    srv = server_factory(["shard", "--synthetic", "100x8", "--port", "0", "--header-timeout-seconds", "0.3",
+                          "--max-connection-idle-seconds", "0"])
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    # HEADERS on stream 1 without END_HEADERS (one field, :method POST), and no CONTINUATION ever.
+    s.sendall(PREFACE + EMPTY_SETTINGS + b"\x00\x00\x01\x01\x00\x00\x00\x00\x01" + b"\x83")
+    t0 = time.monotonic()
+    assert read_until_closed(s, 5), "a connection with a header block left open was kept"
+    assert time.monotonic() - t0 < 2
+    s.close()
+
+
+def test_a_request_that_receives_nothing_is_cancelled_after_the_stream_idle_timeout(pb, server_factory):
+    """Slowloris: a stream whose request never ends. One that receives nothing for
+    --stream-idle-timeout-seconds is answered CANCELLED and reset; one that keeps sending is not."""
+    srv = server_factory(["shard", "--synthetic", "100x8", "--port", "0", "--stream-idle-timeout-seconds", "0.3"])
+    c = RawH2(srv.port)
+    body = grpc_frame(lookup_bytes(pb, [1, 2, 3]))
+    stuck = c.start("/shardrank.v1.Shard/Lookup", body[:-1], framed=False, end=False)
+    slow = c.start("/shardrank.v1.Shard/Lookup", b"", framed=False, end=False)
+    t0 = time.monotonic()
+    for b in body:  # one byte every 0.1 s: 1.5-2 s in all, longer than the idle limit, never idle for it
+        c.send_data(slow, bytes([b]), end=False)
+        c.pump(0.1)
+    c.send_data(slow, b"", end=True)
+    r = c.wait(slow)
+    assert r.trailer("grpc-status") == "0", r.headers
+    r = c.wait(stuck)
+    assert r.trailer("grpc-status") == "1"
+    assert "stream idle timeout" in r.trailer("grpc-message")
+    assert time.monotonic() - t0 < 5
+    c.close()
+
+
+def test_a_client_cancelling_many_calls_keeps_its_connection(pb, shard):
+    """Issue 17, row 5: nghttp2's rapid-reset limiter at its defaults (1,000 resets, then 33 per
+    second) made a shard GOAWAY a coordinator whose calls were cancelled often (hedges, expired
+    deadlines): 500 cancels a second lost the connection after 2.2 s. 3,000 cancelled calls in a
+    burst now keep it, and the calls alongside are answered."""
+    c = RawH2(shard.port)
+    body = grpc_frame(lookup_bytes(pb, [1, 2, 3]))
+    for i in range(3000):
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, c.request_headers("/shardrank.v1.Shard/Lookup"), end_stream=False)
+        c.conn.send_data(sid, body, end_stream=True)
+        c.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        try:
+            c.sock.sendall(c.conn.data_to_send())
+        except OSError:
+            c.closed = True
+        if i % 100 == 0:
+            c.pump(0.001)
+        if c.closed or c.goaway is not None:
+            break
+    assert c.goaway is None and not c.closed, f"the shard dropped the connection after {i + 1} cancels: GOAWAY {c.goaway}"
+    r = c.call("/shardrank.v1.Shard/Lookup", body, framed=False)
+    assert r.trailer("grpc-status") == "0"
+    c.close()
+
+
+def test_a_client_provoking_resets_is_sent_away(pb, shard):
+    """Issue 17, row 5 ("MadeYouReset"): streams the server must reset because of what the client
+    sent (here a request whose prefix claims more than the message limit, never ended: answered
+    RESOURCE_EXHAUSTED, then RST_STREAM) are bounded per connection: past 1,000 at once (refilled
+    at 200 a second) the connection gets GOAWAY(ENHANCE_YOUR_CALM). Other connections are served."""
+    c = RawH2(shard.port)
+    oversize = struct.pack(">BI", 0, 64 << 20)
+    for i in range(2000):
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, c.request_headers("/shardrank.v1.Shard/Lookup"), end_stream=False)
+        c.conn.send_data(sid, oversize, end_stream=False)
+        try:
+            c.sock.sendall(c.conn.data_to_send())
+        except OSError:
+            c.closed = True
+        c.pump(0.001)  # reads the answers (and the GOAWAY) as they come
+        if c.closed or c.goaway is not None:
+            break
+    deadline = time.monotonic() + 5
+    while c.goaway is None and not c.closed and time.monotonic() < deadline:
+        c.pump(0.05)
+    assert c.goaway is not None, f"no GOAWAY after {i + 1} provoked resets"
+    assert c.goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    assert 1000 <= i + 1 < 2000
+    c.close()
+    other = RawH2(shard.port)
+    assert other.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString()).trailer("grpc-status") == "0"
+    other.close()

@@ -50,6 +50,27 @@ import Testing
         }
     }
 
+    /// A prefix claiming 4 MiB reserves no 4 MiB: memory follows the bytes that arrive (issue 17,
+    /// row 3: a peer sending prefixes only would pin 4 MiB per stream). The message still arrives whole.
+    @Test func claimedLengthIsNotReservedUpFront() throws {
+        var d = GRPCMessageDeframer(maxMessageLength: 4 << 20)
+        try d.consume([0, 0, 0x40, 0, 0]) { _ in Issue.record("no message expected") }  // claims 4 MiB
+        try d.consume([1, 2, 3]) { _ in Issue.record("no message expected") }
+        #expect(d.bufferedCapacity < 256 << 10, "reserved \(d.bufferedCapacity) bytes for 3 received")
+        var payload = [UInt8](repeating: 0x5A, count: (4 << 20) - 3)
+        payload[payload.count - 1] = 0xEE
+        var got: [UInt8] = []
+        var i = 0
+        while i < payload.count {
+            let n = min(16 << 10, payload.count - i)
+            try d.consume(Array(payload[i ..< i + n])) { got = $0 }
+            if i + n < payload.count { #expect(d.bufferedCapacity <= 2 * (i + n + 3) + (64 << 10)) }
+            i += n
+        }
+        #expect(got == [1, 2, 3] + payload)
+        #expect(d.isIdle)
+    }
+
     @Test func exactlyAtLimitAccepted() throws {
         var d = GRPCMessageDeframer(maxMessageLength: 16)
         var n = 0

@@ -132,6 +132,39 @@ let requestHeaders: [(String, String)] = [(":method", "POST"), (":scheme", "http
         #expect(p.serverEvents.contains { if case .streamClosed(id, 8) = $0 { return true } else { return false } })
     }
 
+    /// HEADERS + DATA + RST_STREAM arriving in one read: nghttp2 opens and closes the stream inside
+    /// `receive`, and reports the close only then. A response submitted afterwards (the owner
+    /// handles the events in order, so it sees the request before the close) is refused and
+    /// nothing is queued for it: the queue would never be released (issue 17, row 1).
+    @Test func responseToAStreamResetInTheSameReadIsRefusedAndHoldsNothing() throws {
+        var p = try Pipe()
+        try p.pump()  // SETTINGS both ways
+        let id = try p.client.submitRequest(headers: requestHeaders, body: FramedMessage(payload: [1]))
+        var c2s: [UInt8] = []
+        try p.client.flush { c2s.append(contentsOf: $0) }
+        p.client.reset(stream: id, errorCode: 8)
+        try p.client.flush { c2s.append(contentsOf: $0) }
+        let events = try c2s.withUnsafeBytes { try p.server.receive($0) }
+        #expect(events.contains { if case .endStream(id) = $0 { return true } else { return false } })
+        #expect(events.contains { if case .streamClosed(id, 8) = $0 { return true } else { return false } })
+        #expect(!p.server.isStreamOpen(id))
+        #expect(throws: HTTP2Error.self) {
+            try p.server.submitResponse(stream: id, headers: [(":status", "200"), ("content-type", "application/grpc")])
+        }
+        p.server.enqueue(stream: id, FramedMessage(payload: Array(repeating: 3, count: 1 << 20)))
+        p.server.finish(stream: id, trailers: [("grpc-status", "0")])
+        #expect(p.server.queuedStreams == 0)
+        #expect(p.server.queuedBytes == 0)
+        try p.pump()
+        #expect(p.server.queuedStreams == 0)
+        // An open stream on the same connection is still answered.
+        let next = try p.client.submitRequest(headers: requestHeaders, body: FramedMessage(payload: [1]))
+        try p.pump()
+        #expect(p.server.isStreamOpen(next))
+        try p.server.submitResponse(stream: next, headers: [(":status", "200"), ("content-type", "application/grpc")])
+        #expect(p.server.queuedStreams == 1)
+    }
+
     /// A request reset before its HEADERS went out: nghttp2 cancels it and never opens the
     /// stream, so its queued body is dropped at once (nothing else would ever release it).
     @Test func requestResetBeforeItIsSentIsDropped() throws {
@@ -169,12 +202,14 @@ let requestHeaders: [(String, String)] = [(":method", "POST"), (":scheme", "http
         let before = p.clientEvents.reduce(0) { if case .data(id, let b) = $1 { return $0 + b.count } else { return $0 } }
         #expect(before > 0 && before < 200_005, "the window stops the body part way")
         #expect(p.server.outbound[id] != nil)
+        #expect(p.server.queuedBytes == 200_005 - before && p.server.queuedBytes(stream: id) == p.server.queuedBytes)
         p.server.reset(stream: id, errorCode: 8)
         try p.pump()
         let after = p.clientEvents.reduce(0) { if case .data(id, let b) = $1 { return $0 + b.count } else { return $0 } }
         #expect(after == before, "DATA after the reset")
         #expect(p.clientEvents.contains { if case .streamClosed(id, 8) = $0 { return true } else { return false } })
         #expect(p.server.outbound[id] == nil)
+        #expect(p.server.queuedBytes == 0)
         // A second response on a stream that has one is refused (it would orphan the first queue).
         let id2 = try p.client.submitRequest(headers: requestHeaders, body: FramedMessage(payload: [1]))
         try p.pump()
