@@ -1,11 +1,13 @@
 public import NIOCore
 public import NIOPosix
+import NIOSSL
 public import Logging
 public import RPCCore
 import Synchronization
 
-/// A gRPC server: SwiftNIO event loops (one per core) accept cleartext HTTP/2 with prior
-/// knowledge; each connection hosts one nghttp2 server session (`ServerConnectionHandler`).
+/// A gRPC server: SwiftNIO event loops (one per core) accept HTTP/2 with prior knowledge, in
+/// cleartext or (with `configuration.tls`) inside TLS negotiated with ALPN `h2`; each connection
+/// hosts one nghttp2 server session (`ServerConnectionHandler`).
 ///
 /// Lifecycle: `start()` binds and returns; `shutdownGracefully()` sends GOAWAY on every
 /// connection, stops accepting, waits for in-flight calls up to `drainTimeout`, then closes
@@ -86,6 +88,11 @@ public final class RPCServer: Sendable {
             .childChannelOption(.writeBufferWaterMark, value: .init(low: 1 << 20, high: 4 << 20))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // TLS first: the HTTP/2 session sees only decrypted bytes. Each connection
+                    // takes the context current when it is accepted (a reload changes new ones).
+                    if let tls = config.tls {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context))
+                    }
                     let handler = try ServerConnectionHandler(router: router, observers: observers, config: config, state: state, pool: pool,
                                                               poolExecutor: poolExecutor, loopExecutors: loopExecutors, logger: logger)
                     try channel.pipeline.syncOperations.addHandler(handler)
@@ -181,6 +188,10 @@ extension RPCServer {
         }
         if case .serverStreaming = method.handler {
             return .failure(RPCError(.unimplemented, "\(method.path) is a streaming method: call it over gRPC"))
+        }
+        // The same authorization as over HTTP/2 (this door has no client certificate).
+        if let authorizer = configuration.authorizer, let denied = authorizer.authorize(path: method.path, metadata: metadata, peer: .anonymous) {
+            return .failure(denied)
         }
         guard state.tryAcquireHandler(limit: configuration.maxInFlightHandlers) else {
             return .failure(RPCError(.resourceExhausted, "server overloaded: \(configuration.maxInFlightHandlers) calls in flight"))

@@ -26,6 +26,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private var streams: [Int32: Stream] = [:]
     private var context: ChannelHandlerContext?
     private var peer = ""
+    /// The peer certificate's identity, read at the first call that needs it (with an authorizer).
+    private var peerIdentity: PeerIdentity?
     private var goingAway = false
     /// Distinguishes this connection in generated request ids.
     private let connectionTag = String(UInt32.random(in: 0 ... .max), radix: 36)
@@ -298,6 +300,18 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     private func invoke(_ call: ServerStreamStateMachine.Call, request: [UInt8], stream s: Stream, id: Int32) {
         let loop = context!.eventLoop
+        if let authorizer = config.authorizer {
+            let identity: PeerIdentity
+            if let known = peerIdentity { identity = known } else {
+                identity = config.tls == nil ? .anonymous : PeerIdentity.of(context!.pipeline.syncOperations)
+                peerIdentity = identity
+            }
+            if let denied = authorizer.authorize(path: call.method.path, metadata: call.metadata, peer: identity) {
+                logger.debug("refusing \(call.method.path) from \(peer): \(denied.code): \(denied.message)")
+                apply(s.machine.abort(denied), s, id)
+                return
+            }
+        }
         let ctx = ServerContext(path: call.method.path, metadata: call.metadata, deadline: s.deadline, peer: peer,
                                 generatedIDPrefix: connectionTag, generatedIDNumber: Int64(id))
         s.serverContext = ctx

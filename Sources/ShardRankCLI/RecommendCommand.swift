@@ -48,6 +48,8 @@ struct RecommendCommand: AsyncParsableCommand {
     @Option(help: timeoutHelp)
     var timeoutMs: Int = clientTimeoutMs
 
+    @OptionGroup var security: ClientSecurityOptions
+
     @Flag(help: "Print JSON.")
     var json = false
 
@@ -74,7 +76,7 @@ struct RecommendCommand: AsyncParsableCommand {
                                    freshnessWeight: freshnessWeight, freshnessHalfLifeSeconds: freshnessHalfLifeS ?? 0, nowUnixSeconds: now ?? 0,
                                    userVector: mode)
         let timeout = Duration.milliseconds(timeoutMs)
-        let r = try await withChannel(ClientOptions.parse(["--target", target, "--timeout-ms", String(timeoutMs)])) { (ch) throws(RPCError) in
+        let r = try await withChannel(clientOptions(target: target, timeoutMs: timeoutMs, security: security)) { (ch) throws(RPCError) in
             try await RecommenderClient(channel: ch).recommend(req, timeout: timeout)
         }
         if json {
