@@ -22,9 +22,18 @@ public struct RoleAuthorizer: CallAuthorizer {
     }
 }
 
-/// One token file's contents: token → the scopes it grants.
+/// One token file's contents: each token and the scopes it grants.
 public struct TokenTable: Sendable {
     public let scopes: [String: Set<String>]
+    /// The same, as bytes for the per-call check: a scan comparing bytes, no String made per call
+    /// (a token file holds a handful of tokens).
+    let entries: [(token: [UInt8], scopes: Set<String>)]
+
+    /// The scopes `token` grants, or nil for an unknown token.
+    func scopes<C: Collection>(ofUTF8 token: C) -> Set<String>? where C.Element == UInt8 {
+        for e in entries where e.token.count == token.count && e.token.elementsEqual(token) { return e.scopes }
+        return nil
+    }
 
     /// Parses `TOKEN SCOPE[,SCOPE...]` lines (blank lines and `#` comments skipped).
     /// - Parameter known: the scope names that exist (`*` grants every scope).
@@ -57,6 +66,7 @@ public struct TokenTable: Sendable {
             table[token] = granted
         }
         self.scopes = table
+        self.entries = table.map { (Array($0.key.utf8), $0.value) }
     }
 }
 
@@ -95,29 +105,26 @@ public final class TokenAuthorizer: CallAuthorizer {
         return try TokenTable(text: text, path: path, known: known)
     }
 
+    private static let bearer: [UInt8] = Array("bearer ".utf8)
+
     public func authorize(path: String, metadata: Metadata, peer: PeerIdentity) -> RPCError? {
         guard let scope = scopeOfPath[path] else { return nil }
         guard let header = metadata.string("authorization") else {
             return RPCError(.unauthenticated, "\(path) needs a bearer token: send 'authorization: Bearer TOKEN' metadata")
         }
-        let prefix = "bearer "
-        guard header.utf8.count > prefix.utf8.count, header.lowercased().hasPrefix(prefix) else {
+        // "Bearer " in any case, then the token (surrounding spaces ignored); no allocation.
+        var token = header.utf8[...]
+        let prefix = Self.bearer
+        guard token.count > prefix.count, zip(token.prefix(prefix.count), prefix).allSatisfy({ $0 | 0x20 == $1 }) else {
             return RPCError(.unauthenticated, "the authorization metadata must be 'Bearer TOKEN'")
         }
-        let token = String(header.dropFirst(prefix.count)).trimmingSpaces()
-        guard let granted = table.withLock({ $0.scopes[token] }) else {
+        token = token.dropFirst(prefix.count)
+        while token.first == UInt8(ascii: " ") { token = token.dropFirst() }
+        while token.last == UInt8(ascii: " ") { token = token.dropLast() }
+        guard let granted = table.withLock({ $0.scopes(ofUTF8: token) }) else {
             return RPCError(.unauthenticated, "unknown bearer token")
         }
         if granted.contains("*") || granted.contains(scope) { return nil }
         return RPCError(.permissionDenied, "the token lacks scope '\(scope)' for \(path) (it has \(granted.sorted().joined(separator: ",")))")
-    }
-}
-
-extension String {
-    func trimmingSpaces() -> String {
-        var s = Substring(self)
-        while s.first == " " { s = s.dropFirst() }
-        while s.last == " " { s = s.dropLast() }
-        return String(s)
     }
 }
