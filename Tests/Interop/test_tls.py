@@ -209,6 +209,22 @@ def test_cli_clients_speak_tls_with_tokens(cluster, certs, tmp_path):
                           "--tls-cert", str(certs / "coordinator.pem"), "--tls-key", str(certs / "coordinator-key.pem")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+    coordinator_cert = ["--tls-cert", str(certs / "coordinator.pem"), "--tls-key", str(certs / "coordinator-key.pem")]
+    out = subprocess.run([shardrank_bin(), "info", "--target", c.shards[0].target, *ca, "--tls-cert", str(certs / "client.pem"),
+                          "--tls-key", str(certs / "client-key.pem")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "shard 0 of 2" in out.stdout, out.stderr
+    out = subprocess.run([shardrank_bin(), "route", "--target", c.coordinator.target, "--ids", ids, *ca, "--token-file", str(token)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "shard 0 of 2" in out.stdout, out.stderr
+    # The load driver: over mutual TLS with the coordinator's certificate; a refused run exits 1.
+    (tmp_path / "ids.txt").write_text(ids.replace(",", "\n") + "\n")
+    out = subprocess.run([shardrank_bin(), "loadtest", "--target", c.shards[0].target, "--mix", "lookup", "--batch", "8",
+                          "--ids-from", str(tmp_path / "ids.txt"), "--concurrency", "2", "--warmup", "0.2", "--duration", "1", "--json",
+                          "--quiet", *ca, *coordinator_cert], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and json.loads(out.stdout)["ok"] > 0 and json.loads(out.stdout)["error_count"] == 0, out.stderr
+    out = subprocess.run([shardrank_bin(), "loadtest", "--target", c.shards[0].target, "--mix", "lookup", "--concurrency", "1",
+                          "--duration", "1", "--quiet", *ca], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stdout
     # Without a client certificate the shard refuses; against the wrong CA the client refuses.
     out = subprocess.run([shardrank_bin(), "lookup", "--target", c.shards[0].target, "--ids", ids, *ca],
                          capture_output=True, text=True, timeout=60)
