@@ -20,7 +20,7 @@ public struct ClientConfiguration: Sendable {
     public var maxBackoff: Duration = .seconds(5)
     public var backoffMultiplier: Double = 1.6
     public var backoffJitter: Double = 0.2
-    /// Time allowed to establish a TCP connection.
+    /// Time allowed to establish a TCP connection (and, with TLS, again for the handshake).
     public var connectTimeout: Duration = .seconds(2)
     /// Keepalive: a PING on each connection every `keepaliveInterval` (nil: none); a PING not
     /// acknowledged within `keepaliveTimeout` closes the connection (its calls fail UNAVAILABLE
@@ -276,7 +276,7 @@ public final class RPCChannel: Sendable {
                     if let tls = config.tls {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls.context, serverHostname: serverName))
                         let handshake = channel.eventLoop.makePromise(of: Void.self)
-                        try channel.pipeline.syncOperations.addHandler(TLSHandshakeWaiter(promise: handshake))
+                        try channel.pipeline.syncOperations.addHandler(TLSHandshakeWaiter(promise: handshake, timeout: config.connectTimeout))
                         try channel.pipeline.syncOperations.addHandler(TLSHandshakeResult(handshake.futureResult))
                     }
                     let h = try ClientConnectionHandler(configuration: config.http2.session, maxMessageLength: config.maxMessageLength,

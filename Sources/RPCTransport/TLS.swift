@@ -171,10 +171,35 @@ final class TLSHandshakeWaiter: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
     private var promise: EventLoopPromise<Void>?
-    init(promise: EventLoopPromise<Void>) { self.promise = promise }
+    private let timeout: Duration
+    private var timer: Scheduled<Void>?
+
+    /// - Parameter timeout: a handshake not finished by then fails and closes the connection (a
+    ///   peer that accepted TCP and says nothing must not hold the connection slot forever).
+    init(promise: EventLoopPromise<Void>, timeout: Duration) {
+        self.promise = promise
+        self.timeout = timeout
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let channel = context.channel
+        let timeout = self.timeout
+        timer = context.eventLoop.scheduleTask(in: .nanoseconds(timeout.clampedNanoseconds)) {
+            bound.value.fail(TLSSetupError("TLS handshake not finished within \(timeout.millisecondsValue) ms"))
+            channel.close(promise: nil)
+        }
+    }
+
+    private func fail(_ error: TLSSetupError) {
+        timer?.cancel()
+        promise?.fail(error)
+        promise = nil
+    }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let e = event as? TLSUserEvent, case .handshakeCompleted(let proto) = e {
+            timer?.cancel()
             if proto == "h2" {
                 promise?.succeed(())
             } else {
@@ -187,20 +212,17 @@ final class TLSHandshakeWaiter: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        promise?.fail(TLSSetupError("TLS handshake failed: \(error)"))
-        promise = nil
+        fail(TLSSetupError("TLS handshake failed: \(error)"))
         context.fireErrorCaught(error)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        promise?.fail(TLSSetupError("the connection closed during the TLS handshake"))
-        promise = nil
+        fail(TLSSetupError("the connection closed during the TLS handshake"))
         context.fireChannelInactive()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        promise?.fail(TLSSetupError("the connection closed during the TLS handshake"))
-        promise = nil
+        fail(TLSSetupError("the connection closed during the TLS handshake"))
     }
 }
 

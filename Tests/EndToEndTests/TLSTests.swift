@@ -1,4 +1,5 @@
 import Testing
+import NIOCore
 import NIOPosix
 import RPCCore
 import RPCTransport
@@ -43,6 +44,12 @@ private struct TestPKI {
         }
         rmdir(dir)
     }
+}
+
+/// Accepts a connection and reads nothing back: a host that took TCP and went silent.
+private final class Silent: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 }
 
 @Suite(.serialized) struct TLSTests {
@@ -120,6 +127,37 @@ private struct TestPKI {
             Issue.record("a coordinator certificate of another CA was accepted")
         } catch {
             #expect(error.code == .unavailable, "\(error)")
+        }
+    }
+
+    /// A peer that accepts TCP and never answers the TLS ClientHello: the handshake fails after
+    /// the connect timeout (UNAVAILABLE, naming it), not at the call's much later deadline, and
+    /// the connection slot is freed for the next try.
+    @Test func aSilentPeerFailsTheHandshakeAtTheConnectTimeout() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { ch in ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(Silent()) } }
+            .bind(host: "127.0.0.1", port: 0).get()
+        defer { server.close(promise: nil) }
+        var c = ClientConfiguration()
+        c.connections = 1
+        c.connectTimeout = .milliseconds(300)
+        c.initialBackoff = .milliseconds(10)
+        c.tls = try TLSContextSource(files: pki.files(nil), side: .client)
+        let ch = try RPCChannel(target: "127.0.0.1:\(server.localAddress!.port!)", group: MultiThreadedEventLoopGroup.singleton, configuration: c)
+        defer { Task { await ch.close() } }
+        for _ in 0 ..< 2 {
+            let t0 = ContinuousClock.now
+            do {
+                _ = try await ch.unary(path: "/test.Probe/Echo", request: FramedMessage(payload: [1]), timeout: .seconds(10))
+                Issue.record("a silent peer answered")
+            } catch {
+                #expect(error.code == .unavailable && error.message.contains("TLS handshake not finished"), "\(error)")
+            }
+            // (The second call meets the slot in backoff or reconnecting: either way it names the
+            // handshake failure and does not wait for its deadline.)
+            #expect(ContinuousClock.now - t0 < .seconds(5), "failed at the connect timeout, not the 10 s deadline")
         }
     }
 
