@@ -46,6 +46,10 @@ let package = Package(
         .target(name: "CShardRankProto", dependencies: ["CProtobufC"],
                 cSettings: [.unsafeFlags(["-Wno-everything"])]),
         .target(name: "CShardRankKernels",
+                cSettings: [.unsafeFlags(["-O3"])]),
+        // The OpenBLAS GEMM wrapper: benchmarks and tests only. The serving binary must not link
+        // libopenblas (the release artifact, scripts/release, carries no OpenBLAS).
+        .target(name: "CShardRankBLAS",
                 cSettings: [.unsafeFlags(["-O3"])],
                 linkerSettings: [.linkedLibrary("openblas")]),
 
@@ -76,6 +80,8 @@ let package = Package(
         .target(name: "ShardRankWire", dependencies: ["CShardRankProto", "CProtobufC", "RPCCore", "ShardRankIDs"],
                 swiftSettings: hotPathSettings),
         .target(name: "ShardRankKernels", dependencies: ["CShardRankKernels"], swiftSettings: swiftSettings),
+        // `GEMMBackend.openBLAS` (benchmarks and tests only, see CShardRankBLAS).
+        .target(name: "ShardRankBLAS", dependencies: ["ShardRankKernels", "CShardRankBLAS"], swiftSettings: swiftSettings),
         // The sharding hash and router: what the builder, the shards and the coordinator share.
         .target(name: "ShardRankRouting", swiftSettings: swiftSettings),
         .target(name: "ShardRankTables", dependencies: ["ShardRankKernels", "ShardRankIDs", "ShardRankRouting"], swiftSettings: swiftSettings),
@@ -118,7 +124,7 @@ let package = Package(
         ], swiftSettings: swiftSettings),
 
         // ---- Benchmarks (executables, never tests) ---------------------------------------
-        .executableTarget(name: "BenchKernels", dependencies: ["ShardRankKernels"],
+        .executableTarget(name: "BenchKernels", dependencies: ["ShardRankKernels", "ShardRankBLAS"],
                           path: "Benchmarks/BenchKernels", swiftSettings: swiftSettings),
         .executableTarget(name: "BenchANN", dependencies: ["ShardRankKernels"],
                           path: "Benchmarks/BenchANN", swiftSettings: swiftSettings),
@@ -136,7 +142,7 @@ let package = Package(
         .testTarget(name: "RPCHTTP2Tests", dependencies: ["RPCHTTP2", "RPCCore"]),
         .testTarget(name: "ShardRankIDsTests", dependencies: ["ShardRankIDs"]),
         .testTarget(name: "ShardRankWireTests", dependencies: ["ShardRankWire", "RPCCore", "ShardRankIDs"]),
-        .testTarget(name: "ShardRankKernelsTests", dependencies: ["ShardRankKernels"], exclude: ["Fixtures"]),
+        .testTarget(name: "ShardRankKernelsTests", dependencies: ["ShardRankKernels", "ShardRankBLAS"], exclude: ["Fixtures"]),
         .testTarget(name: "ShardRankTablesTests", dependencies: ["ShardRankRouting", "ShardRankTables", "ShardRankKernels", "ShardRankIDs"]),
         .testTarget(name: "CoordinatorTests", dependencies: ["ShardRankRouting", 
             "Coordinator", "ShardRankWire", "ShardRankClient", "RPCCore", "RPCTransport", "ShardRankKernels", "ShardRankTables", "ShardServer", "ShardRankIDs",
@@ -145,7 +151,7 @@ let package = Package(
         ]),
         .testTarget(name: "ShardServerTests", dependencies: ["ShardRankRouting", "ShardServer", "ShardRankTables", "ShardRankKernels", "RPCCore", "ShardRankWire", "ShardRankIDs", "TestSupport"]),
         .testTarget(name: "ShardRankEvalTests", dependencies: ["ShardRankEval"]),
-        .testTarget(name: "ShardRankSynthTests", dependencies: ["ShardRankSynth", "ShardRankTables"]),
+        .testTarget(name: "ShardRankSynthTests", dependencies: ["ShardRankSynth", "ShardRankTables", "ShardRankKernels"]),
         .testTarget(name: "LoadTestTests", dependencies: ["ShardRankRouting", 
             "LoadTest", "RPCCore", "RPCTransport", "ShardRankWire", "ShardServer", "ShardRankTables", "ShardRankClient", "ShardRankKernels",
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -469,7 +469,8 @@ def tables_root(topo, topology_path):
     return root
 
 
-def command_for(binary, p, s_count, tables, effective, model, netns, rankers=None, query_tower=None, certs=None):
+def command_for(binary, p, s_count, tables, effective, model, netns, rankers=None, query_tower=None, trace_sample_rate=None,
+                certs=None):
     host, port = split_addr(p["address"])
     if p["role"] == "shard":
         argv = [binary, "shard", "--tables", tables, "--shard", str(p["shard"]), "--of", str(s_count)]
@@ -493,6 +494,8 @@ def command_for(binary, p, s_count, tables, effective, model, netns, rankers=Non
         argv += ["--insecure-plaintext"]
     if p.get("admin"):
         argv += ["--admin-port", p["admin"].rsplit(":", 1)[1]]
+    if trace_sample_rate:
+        argv += ["--trace-sample-rate", str(trace_sample_rate)]
     return (["ip", "netns", "exec", netns] if netns else []) + argv
 
 
@@ -674,7 +677,7 @@ def cmd_up(args):
                 for p in group:
                     ns = plan["hosts"][p["name"]]["netns"] if plan else None
                     started[p["name"]] = start(run_dir, p, command_for(binary, p, len(topo["shards"]), tables, effective, model, ns, rankers,
-                                                                     query_tower, certs))
+                                                                     query_tower, args.trace_sample_rate, certs))
                     log(f"started {p['name']} (pid {started[p['name']].pid}) on {p['address']}")
                 wait_serving(binary, run_dir, [p for p in effective_procs if p["role"] == role], started, deadline, certs)
         except BaseException:
@@ -892,6 +895,8 @@ def main(argv=None):
     up.add_argument("--tls", action="store_true", help="mutual TLS: make development certificates (shardrank certs) in "
                     "RUN_DIR/certs and start every process with its role's certificate")
     up.add_argument("--timeout", type=float, default=30, help="seconds to reach SERVING (default 30)")
+    up.add_argument("--trace-sample-rate", type=float, help="give every process --trace-sample-rate R: tracing on, "
+                    "span lines in each process's log (docs/operations.md, \"Tracing\"; default: off)")
     up.add_argument("--grace", type=float, default=15, help="seconds a stop waits after SIGTERM before SIGKILL (default 15)")
     down = sub.add_parser("down", help="SIGTERM, bounded wait, SIGKILL; remove namespaces")
     common(down, False, with_json=False)

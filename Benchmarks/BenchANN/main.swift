@@ -3,6 +3,7 @@
 //   swift build -c release --product BenchANN
 // Usage: BenchANN --data DIR [--k 10,100] [--dtype f32|int8] [--lists N] [--threads T] [--no-spill] [--dsub D]
 //                 [--sweep NPROBE:RERANK,...] [--excluded 1,10,50] [--seed S] [--name NAME]
+//                 [--probe-bonus W | --tune-knob P:R --tune-queries N]
 // Prints one JSON object per line (the schema of scripts/bench-ann-report.py):
 //   {"system","dataset","build_s","build_threads","bytes_per_vector","bytes_note"}       (the build)
 //   {"system","dataset","k","knob","recall","qps_cpu","excluded","excluded_returned"}  (sweep points)
@@ -97,6 +98,19 @@ let data: IVFPQIndexData
 do {
     data = try withRows { rows in try IVFPQBuilder.build(rows: rows, options: options, pool: pool) }
 } catch { fail("build: \(error)") }
+// The probe-bonus weight: chosen as `shardrank build` does (recall@10 against the exact scan at
+// `--tune-knob`, default 4:80) on the first `--tune-queries` (200) queries, or set by `--probe-bonus W`.
+if let w = opt("--probe-bonus") {
+    data.setProbeBonusWeight(Float(w)!)
+} else {
+    let tk = (opt("--tune-knob") ?? "4:80").split(separator: ":").map { Int($0)! }
+    let tq = min(nq, Int(opt("--tune-queries") ?? "200")!)
+    let chosen = withRows { rows in ids.withUnsafeBufferPointer { idp in queries.withUnsafeBufferPointer { qp in
+        IVFPQBuilder.chooseProbeBonusWeight(data, rows: rows, ids: idp.baseAddress!, queries: qp.baseAddress!, count: tq,
+                                            parameters: ANNSearchParameters(nprobe: tk[0], rerank: tk[1]))
+    } } }
+    log("BenchANN: probe bonus weight \(chosen.weight) (recall@10 \(Double(chosen.hits) / Double(max(1, chosen.asked))) at \(tk[0]):\(tk[1]) on \(tq) queries)")
+}
 let buildS = wallSeconds() - t0
 let index = data.index
 let indexBytes = data.centroids.count * 4 + data.codebooks.count * 4 + data.listOffsets.count * 8 + data.codes.count + data.rows.count * 4
@@ -108,7 +122,7 @@ func jsonLine(_ o: [String: Any]) -> String {
 out(jsonLine(["system": "shardrank", "dataset": dataset, "build_s": buildS, "build_threads": threads,
               "bytes_per_vector": Double(indexBytes + n * rowBytes) / Double(n), "index_bytes_per_vector": Double(indexBytes) / Double(n),
               "bytes_note": "index (codes 16 B + row number 4 B + centroids, per vector) plus the \(dtype) rows it re-ranks from",
-              "lists": index.listCount, "subspaces": index.subspaces, "dtype": dtype]))
+              "lists": index.listCount, "subspaces": index.subspaces, "dtype": dtype, "probe_bonus_weight": data.probeBonusWeight]))
 
 func sweep(for k: Int) -> [ANNSearchParameters] {
     if let s = opt("--sweep") {

@@ -7,6 +7,7 @@
 // Each figure is the median of several timed repetitions (see `measure`).
 import Foundation
 import ShardRankKernels
+import ShardRankBLAS
 
 let args = CommandLine.arguments
 let json = args.contains("--json")

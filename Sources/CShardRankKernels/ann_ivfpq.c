@@ -124,12 +124,53 @@ void srk_pq4_scan(int32_t isa, const uint8_t *codes, int64_t nblocks, int64_t m,
     pq4_scan_scalar(codes, nblocks, m, lut, out);
 }
 
+#if defined(__x86_64__)
+// The query's lookup tables for 1 or 2 dimensions per subspace, 16 codewords in one vector:
+// table s holds q_s . codeword_c, shifted by its minimum (summed into *bias); *range is the
+// largest max - min. A first pass finds the minima and the step (range / 255), a second one
+// recomputes the tables and quantises them as the scalar path does (multiply, add 0.5, truncate).
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static void ann_luts_avx512(const float *codebooks, const float *qpad, int64_t m, int64_t dsub, uint8_t *lut,
+                            float *bias, float *range) {
+    float lo_s[SRK_PQ4_MAX_M];
+    float b = 0, r = 0;
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+#define ANN_LUT_ROW(s, v) do { \
+        if (dsub == 1) { v = _mm512_mul_ps(_mm512_set1_ps(qpad[s]), _mm512_loadu_ps(codebooks + (s) * 16)); } \
+        else { const __m512 a_ = _mm512_loadu_ps(codebooks + (s) * 32), b_ = _mm512_loadu_ps(codebooks + (s) * 32 + 16); \
+               v = _mm512_fmadd_ps(_mm512_set1_ps(qpad[2 * (s)]), _mm512_permutex2var_ps(a_, even, b_), \
+                                   _mm512_mul_ps(_mm512_set1_ps(qpad[2 * (s) + 1]), _mm512_permutex2var_ps(a_, odd, b_))); } \
+    } while (0)
+    for (int64_t s = 0; s < m; s++) {
+        __m512 v;
+        ANN_LUT_ROW(s, v);
+        const float lo = _mm512_reduce_min_ps(v), hi = _mm512_reduce_max_ps(v);
+        lo_s[s] = lo;
+        b += lo;
+        if (hi - lo > r) r = hi - lo;
+    }
+    const float inv = 1.0f / (r > 0 ? r / 255.0f : 1.0f);
+    const __m512 vinv = _mm512_set1_ps(inv), half = _mm512_set1_ps(0.5f), top = _mm512_set1_ps(255.0f);
+    for (int64_t s = 0; s < m; s++) {
+        __m512 v;
+        ANN_LUT_ROW(s, v);
+        v = _mm512_min_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v, _mm512_set1_ps(lo_s[s])), vinv), half), top);
+        _mm_storeu_si128((__m128i *)(lut + 16 * s), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v)));
+    }
+#undef ANN_LUT_ROW
+    *bias = b;
+    *range = r;
+}
+#endif
+
 // ---- The per-query search ----------------------------------------------------------------
 
-// The best `keep` (score, row) pairs of a stream, kept in a buffer of 2 * keep: an item enters
-// when it beats `thr`; a full buffer is cut back to its `keep` best by quickselect, and `thr`
-// becomes the keep-th best score. Cheaper than a heap (no data-dependent sift per item).
-typedef struct { float *s; uint32_t *r; int64_t n, cap, keep; float thr; } ann_res;
+// The best `keep` (score, row) pairs of a stream, kept in a buffer of `cap` > keep: an item
+// enters when it beats `thr`; a full buffer is cut back by `ann_res_cut` to (about) its `keep`
+// best, and `thr` becomes the best score it dropped. Cheaper than a heap (no data-dependent
+// sift per item).
+typedef struct { float *s; uint32_t *r; int64_t n, cap, keep; float thr; int32_t isa; } ann_res;
 
 static inline void ann_swap(ann_res *h, int64_t a, int64_t b) {
     float ts = h->s[a]; h->s[a] = h->s[b]; h->s[b] = ts;
@@ -162,17 +203,183 @@ static void ann_select(ann_res *h, int64_t keep) {
     }
 }
 
+// Exact cut to the `keep` best; `thr` becomes the keep-th best (quickselect leaves it there).
 static void ann_res_shrink(ann_res *h) {
     if (h->n <= h->keep) return;
     ann_select(h, h->keep);
     h->n = h->keep;
-    h->thr = h->s[h->keep - 1]; // quickselect leaves the keep-th best there, the better ones before it
+    h->thr = h->s[h->keep - 1];
+}
+
+#define ANN_BINS 256
+// Up to this many best items are selected by sorted insertion; more by quickselect.
+#define ANN_SMALL_K 64
+
+// Sorts n (score, id) pairs best first, in place (scores and ids in separate arrays): insertion
+// sort for short arrays, heapsort (a min-heap, its minimum moved to the end) for long ones.
+static void ann_sort_desc(float *s, uint32_t *r, int64_t n) {
+    if (n <= ANN_SMALL_K) {
+        for (int64_t i = 1; i < n; i++) {
+            float v = s[i]; uint32_t x = r[i]; int64_t j = i;
+            while (j > 0 && s[j - 1] < v) { s[j] = s[j - 1]; r[j] = r[j - 1]; j--; }
+            s[j] = v; r[j] = x;
+        }
+        return;
+    }
+    for (int64_t end = n, start = n / 2 - 1; end > 1;) {
+        int64_t root;
+        if (start >= 0) root = start--;
+        else {
+            end--;
+            float ts = s[0]; s[0] = s[end]; s[end] = ts;
+            uint32_t tr = r[0]; r[0] = r[end]; r[end] = tr;
+            root = 0;
+        }
+        for (;;) { // sift down in the min-heap s[0..end)
+            int64_t c = 2 * root + 1;
+            if (c >= end) break;
+            if (c + 1 < end && s[c + 1] < s[c]) c++;
+            if (!(s[c] < s[root])) break;
+            float ts = s[c]; s[c] = s[root]; s[root] = ts;
+            uint32_t tr = r[c]; r[c] = r[root]; r[root] = tr;
+            root = c;
+        }
+    }
+}
+
+// Cuts a buffer of n > keep items back to the items of the best histogram bins that hold at
+// least `keep` of them (usually keep + a few), in three linear passes: min/max, a 256-bin
+// histogram of the scores, and a branch-free compaction that also finds the best score it
+// drops, which becomes `thr`. Every dropped item has at least `keep` kept items above it, so
+// the best `keep` of the stream are never lost. Bins are monotone in the score, so equal
+// scores share a fate. Falls back to the exact quickselect when the scores do not spread
+// (all equal, or one bin holding most of them) — then at most `slack` items over `keep` stay.
+#if defined(__x86_64__)
+// ann_res_cut's three passes with AVX-512: vector min/max, the histogram (scalar increments of
+// vector-computed bins), and a compaction by compress + full-width store (in place: the write
+// position never passes the read position, so a 16-lane store only overwrites items already
+// read), the dropped scores' maximum kept in a vector.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+static int ann_res_cut_avx512(ann_res *h, int64_t slack) {
+    const int64_t n = h->n, keep = h->keep;
+    float *s = h->s; uint32_t *r = h->r;
+    __m512 vlo = _mm512_set1_ps(INFINITY), vhi = _mm512_set1_ps(-INFINITY);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(s + i);
+        vlo = _mm512_min_ps(vlo, v); vhi = _mm512_max_ps(vhi, v);
+    }
+    const __mmask16 tail = (__mmask16)((1u << (n - i)) - 1);
+    if (tail) {
+        const __m512 v = _mm512_maskz_loadu_ps(tail, s + i);
+        vlo = _mm512_mask_min_ps(vlo, tail, vlo, v); vhi = _mm512_mask_max_ps(vhi, tail, vhi, v);
+    }
+    const float lo = _mm512_reduce_min_ps(vlo), hi = _mm512_reduce_max_ps(vhi);
+    const float scale = (float)(ANN_BINS - 1) / (hi - lo);
+    if (!(hi > lo) || !(scale < 1e30f)) return 0;
+    uint32_t hist[ANN_BINS];
+    memset(hist, 0, sizeof hist);
+    const __m512 vl = _mm512_set1_ps(lo), vs = _mm512_set1_ps(scale);
+    int32_t bins[16] __attribute__((aligned(64)));
+    for (i = 0; i + 16 <= n; i += 16) {
+        _mm512_store_si512(bins, _mm512_cvttps_epi32(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(s + i), vl), vs)));
+        for (int j = 0; j < 16; j++) hist[bins[j]]++;
+    }
+    for (; i < n; i++) hist[(int32_t)((s[i] - lo) * scale)]++;
+    int64_t above = 0;
+    int32_t b = ANN_BINS - 1;
+    while (above + hist[b] < keep) above += hist[b--];
+    if (above + hist[b] > keep + slack) return 0;
+    const __m512i vb = _mm512_set1_epi32(b);
+    __m512 vdrop = _mm512_set1_ps(-INFINITY);
+    int64_t w = 0;
+    for (i = 0; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(s + i);
+        const __m512i x = _mm512_loadu_si512(r + i);
+        const __mmask16 take = _mm512_cmpge_epi32_mask(_mm512_cvttps_epi32(_mm512_mul_ps(_mm512_sub_ps(v, vl), vs)), vb);
+        vdrop = _mm512_mask_max_ps(vdrop, (__mmask16)~take, vdrop, v);
+        _mm512_storeu_ps(s + w, _mm512_maskz_compress_ps(take, v));
+        _mm512_storeu_si512(r + w, _mm512_maskz_compress_epi32(take, x));
+        w += __builtin_popcount(take);
+    }
+    float dropped = _mm512_reduce_max_ps(vdrop);
+    for (; i < n; i++) {
+        const float si = s[i];
+        const int t = (int32_t)((si - lo) * scale) >= b;
+        s[w] = si; r[w] = r[i];
+        w += t;
+        dropped = (!t && si > dropped) ? si : dropped;
+    }
+    h->n = w;
+    h->thr = dropped;
+    return 1;
+}
+#endif
+
+static void ann_res_cut(ann_res *h, int64_t slack) {
+    const int64_t n = h->n, keep = h->keep;
+    if (n <= keep) return;
+#if defined(__x86_64__)
+    if (h->isa == SRK_ISA_AVX512) { if (!ann_res_cut_avx512(h, slack)) ann_res_shrink(h); return; }
+#endif
+    float *s = h->s; uint32_t *r = h->r;
+    float lo = s[0], hi = s[0];
+    for (int64_t i = 1; i < n; i++) { lo = s[i] < lo ? s[i] : lo; hi = s[i] > hi ? s[i] : hi; }
+    const float scale = (float)(ANN_BINS - 1) / (hi - lo);
+    if (!(hi > lo) || !(scale < 1e30f)) { ann_res_shrink(h); return; }
+    uint32_t hist[ANN_BINS];
+    memset(hist, 0, sizeof hist);
+    for (int64_t i = 0; i < n; i++) hist[(int32_t)((s[i] - lo) * scale)]++;
+    int64_t above = 0;
+    int32_t b = ANN_BINS - 1;
+    while (above + hist[b] < keep) above += hist[b--];
+    if (above + hist[b] > keep + slack) { ann_res_shrink(h); return; }
+    // Keep bins >= b, i.e. scores whose bin index is >= b.
+    float dropped = -INFINITY;
+    int64_t w = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const float si = s[i];
+        const int take = (int32_t)((si - lo) * scale) >= b;
+        s[w] = si; r[w] = r[i];
+        w += take;
+        dropped = (!take && si > dropped) ? si : dropped;
+    }
+    h->n = w;
+    h->thr = dropped;
 }
 
 static inline void ann_res_add(ann_res *h, float s, uint32_t r) {
     h->s[h->n] = s; h->r[h->n] = r;
-    if (++h->n == h->cap) ann_res_shrink(h);
+    if (++h->n == h->cap) ann_res_cut(h, (h->cap - h->keep) / 2);
 }
+
+// The `keep` best of a stream kept sorted best first by insertion (for small keep, such as the
+// lists to probe or the final top-k): an item is offered only when the array is not full or it
+// beats the last entry; equal scores keep the earlier item.
+static inline void ann_sorted_offer(float *s, uint32_t *r, int64_t *n, int64_t keep, float v, uint32_t x) {
+    int64_t j = *n < keep ? (*n)++ : keep - 1;
+    while (j > 0 && s[j - 1] < v) { s[j] = s[j - 1]; r[j] = r[j - 1]; j--; }
+    s[j] = v; r[j] = x;
+}
+
+#if defined(__x86_64__)
+// The coarse scores from `l` on, 16 at a time: only the lanes above the threshold (rarely any,
+// once the first lists are in) go through the sorted insertion. Returns where it stopped.
+__attribute__((target("avx512f")))
+static int64_t ann_coarse_offer_avx512(const float *c, int64_t l, int64_t nlist, float *ps, uint32_t *pl, int64_t nprobe,
+                                       float *thr) {
+    int64_t np = nprobe;
+    for (; l + 16 <= nlist; l += 16) {
+        __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(c + l), _mm512_set1_ps(*thr), _CMP_GT_OQ);
+        while (m) {
+            const int v = __builtin_ctz(m);
+            m &= m - 1;
+            if (c[l + v] > *thr) { ann_sorted_offer(ps, pl, &np, nprobe, c[l + v], (uint32_t)(l + v)); *thr = ps[nprobe - 1]; }
+        }
+    }
+    return l;
+}
+#endif
 
 static inline int ann_row_excluded(uint32_t row, const uint32_t *ex, int64_t n) {
     int64_t lo = 0, hi = n;
@@ -194,9 +401,9 @@ typedef struct {
     uint16_t *acc;     // max_list
     float *cand_s;     // 2 * rerank
     uint32_t *cand_r;  // 2 * rerank
-    int64_t *idx;      // rerank
+    int64_t *idx;      // 2 * rerank (the final cut may keep a few more than rerank)
     uint32_t *seen;    // seen_slots: open addressing, row + 1 (0 = empty)
-    float *exact;      // rerank
+    float *exact;      // 2 * rerank
 } ann_scratch;
 
 // Slots of the per-query set that drops duplicate candidates (a power of two >= 4 * rerank).
@@ -221,9 +428,9 @@ static int64_t ann_layout(const srk_ivfpq *ix, int64_t nprobe, int64_t rerank, c
     ANN_TAKE(acc, uint16_t, ix->max_list + SRK_PQ4_BLOCK);
     ANN_TAKE(cand_s, float, 2 * rerank);
     ANN_TAKE(cand_r, uint32_t, 2 * rerank);
-    ANN_TAKE(idx, int64_t, rerank);
+    ANN_TAKE(idx, int64_t, 2 * rerank);
     ANN_TAKE(seen, uint32_t, ann_seen_slots(rerank));
-    ANN_TAKE(exact, float, rerank);
+    ANN_TAKE(exact, float, 2 * rerank);
 #undef ANN_TAKE
     return off;
 }
@@ -242,63 +449,91 @@ int64_t srk_ivfpq_search(const srk_kernels *k, int32_t isa, const srk_ivfpq *ix,
     ann_scratch sc;
     ann_layout(ix, nprobe, rerank, (char *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63), &sc);
 
-    // 1. Coarse scores q.c_l, and the nprobe best lists.
+    // 1. Coarse scores q.c_l, and the nprobe best lists: by q.c_l + |q| * bonus_l when the index
+    //    has per-list bonuses (members far from their centroid, such as the high-norm items of
+    //    skewed data, can beat the centroid's score by about |q| * |residual|). sc.coarse holds
+    //    the ordering score; the list's base for the approximate scores stays q.c_l.
     k->dot[SRK_DTYPE_F32](q, 1, d, ix->centroids, NULL, NULL, nlist, d, sc.coarse, nlist, 0);
-    ann_res ph = { sc.probe_s, sc.probe_l, 0, 2 * nprobe, nprobe, -INFINITY };
-    for (int64_t l = 0; l < nlist; l++) {
-        float s = sc.coarse[l];
-        if (s > ph.thr) ann_res_add(&ph, s, (uint32_t)l);
+    float qnorm = 0;
+    if (ix->list_bonus) {
+        for (int64_t j = 0; j < d; j++) qnorm += q[j] * q[j];
+        qnorm = sqrtf(qnorm);
+        const float *bonus = ix->list_bonus;
+        for (int64_t l = 0; l < nlist; l++) sc.coarse[l] += qnorm * bonus[l];
     }
-    ann_res_shrink(&ph);
+    int64_t np = 0;
+    if (nprobe <= ANN_SMALL_K) {
+        float thr = -INFINITY; // the nprobe-th best once np == nprobe
+        int64_t l = 0;
+        for (; l < nlist && np < nprobe; l++) ann_sorted_offer(sc.probe_s, sc.probe_l, &np, nprobe, sc.coarse[l], (uint32_t)l);
+        if (np == nprobe) thr = sc.probe_s[nprobe - 1];
+#if defined(__x86_64__)
+        if (isa == SRK_ISA_AVX512) l = ann_coarse_offer_avx512(sc.coarse, l, nlist, sc.probe_s, sc.probe_l, nprobe, &thr);
+#endif
+        for (; l < nlist; l++) {
+            const float v = sc.coarse[l];
+            if (v > thr) { ann_sorted_offer(sc.probe_s, sc.probe_l, &np, nprobe, v, (uint32_t)l); thr = sc.probe_s[nprobe - 1]; }
+        }
+    } else {
+        ann_res ph = { sc.probe_s, sc.probe_l, 0, 2 * nprobe, nprobe, -INFINITY, isa };
+        for (int64_t l = 0; l < nlist; l++) {
+            float v = sc.coarse[l];
+            if (v > ph.thr) { ph.s[ph.n] = v; ph.r[ph.n] = (uint32_t)l; if (++ph.n == ph.cap) ann_res_shrink(&ph); }
+        }
+        ann_res_shrink(&ph);
+        np = ph.n;
+        ann_sort_desc(sc.probe_s, sc.probe_l, np);
+    }
 
     // 2. The query's lookup tables, quantised to u8 with one step for all subspaces.
     float delta_range = 0, bias = 0;
     // q' = R q (the codes describe rotated residuals), zero-padded to m * dsub.
     k->dot[SRK_DTYPE_F32](q, 1, d, ix->rotation, NULL, NULL, d, d, sc.qpad, d, 0);
     for (int64_t j = d; j < m * dsub; j++) sc.qpad[j] = 0.0f;
-    for (int64_t s = 0; s < m; s++) {
-        float *row = sc.lutf + s * 16;
-        const float *cw = ix->codebooks + s * 16 * dsub;
-        const float *qs = sc.qpad + s * dsub;
-        if (dsub == 2) {
-            for (int c = 0; c < 16; c++) row[c] = qs[0] * cw[2 * c] + qs[1] * cw[2 * c + 1];
-        } else {
-            for (int c = 0; c < 16; c++) {
-                float v = 0;
-                for (int64_t t = 0; t < dsub; t++) v += qs[t] * cw[c * dsub + t];
-                row[c] = v;
+#if defined(__x86_64__)
+    if (isa == SRK_ISA_AVX512 && (dsub == 1 || dsub == 2)) {
+        ann_luts_avx512(ix->codebooks, sc.qpad, m, dsub, sc.lut, &bias, &delta_range);
+    } else
+#endif
+    {
+        for (int64_t s = 0; s < m; s++) {
+            float *row = sc.lutf + s * 16;
+            const float *cw = ix->codebooks + s * 16 * dsub;
+            const float *qs = sc.qpad + s * dsub;
+            if (dsub == 2) {
+                for (int c = 0; c < 16; c++) row[c] = qs[0] * cw[2 * c] + qs[1] * cw[2 * c + 1];
+            } else {
+                for (int c = 0; c < 16; c++) {
+                    float v = 0;
+                    for (int64_t t = 0; t < dsub; t++) v += qs[t] * cw[c * dsub + t];
+                    row[c] = v;
+                }
             }
+            float lo = row[0], hi = row[0];
+            for (int c = 1; c < 16; c++) { lo = row[c] < lo ? row[c] : lo; hi = row[c] > hi ? row[c] : hi; }
+            for (int c = 0; c < 16; c++) row[c] -= lo;
+            bias += lo;
+            if (hi - lo > delta_range) delta_range = hi - lo;
         }
-        float lo = row[0], hi = row[0];
-        for (int c = 1; c < 16; c++) { lo = row[c] < lo ? row[c] : lo; hi = row[c] > hi ? row[c] : hi; }
-        for (int c = 0; c < 16; c++) row[c] -= lo;
-        bias += lo;
-        if (hi - lo > delta_range) delta_range = hi - lo;
+        const float inv = 1.0f / (delta_range > 0 ? delta_range / 255.0f : 1.0f);
+        for (int64_t i = 0; i < m * 16; i++) {
+            float v = sc.lutf[i] * inv + 0.5f; // >= 0.5: truncation rounds to nearest
+            sc.lut[i] = (uint8_t)(v > 255.0f ? 255 : (int32_t)v);
+        }
     }
     const float delta = delta_range > 0 ? delta_range / 255.0f : 1.0f;
     const float inv = 1.0f / delta;
-    for (int64_t i = 0; i < m * 16; i++) {
-        float v = sc.lutf[i] * inv + 0.5f; // >= 0.5: truncation rounds to nearest
-        sc.lut[i] = (uint8_t)(v > 255.0f ? 255 : (int32_t)v);
-    }
 
     // 3. Scan the probed lists, best list first (the threshold rises fastest), keeping the
     //    `rerank` best approximate scores of rows that are not excluded.
-    // Order the probe heap best first (small: nprobe entries, insertion sort).
-    int64_t np = ph.n;
-    for (int64_t i = 1; i < np; i++) {
-        float s = sc.probe_s[i]; uint32_t l = sc.probe_l[i]; int64_t j = i;
-        while (j > 0 && sc.probe_s[j - 1] < s) { sc.probe_s[j] = sc.probe_s[j - 1]; sc.probe_l[j] = sc.probe_l[j - 1]; j--; }
-        sc.probe_s[j] = s; sc.probe_l[j] = l;
-    }
-    ann_res ch = { sc.cand_s, sc.cand_r, 0, 2 * rerank, rerank, -INFINITY };
+    ann_res ch = { sc.cand_s, sc.cand_r, 0, 2 * rerank, rerank, -INFINITY, isa };
     const int32_t max_acc = (int32_t)(m * 255);
     int64_t scanned = 0;
     for (int64_t pi = 0; pi < np; pi++) {
         const uint32_t l = sc.probe_l[pi];
         const int64_t p0 = ix->list_offsets[l], p1 = ix->list_offsets[l + 1];
         if (p1 <= p0) continue;
-        const float base = sc.probe_s[pi] + bias;
+        const float base = (ix->list_bonus ? sc.probe_s[pi] - qnorm * ix->list_bonus[l] : sc.probe_s[pi]) + bias;
         // Integer threshold: a vector can enter only if base + delta * acc > the heap's worst.
         int32_t t = -1;
         if (ch.thr > -INFINITY) {
@@ -308,9 +543,12 @@ int64_t srk_ivfpq_search(const srk_kernels *k, int32_t isa, const srk_ivfpq *ix,
         }
         const int64_t nblocks = (p1 - p0) / SRK_PQ4_BLOCK;
         if (pi + 1 < np) {
+            // The next list: its first code blocks, and all its row numbers (read at random
+            // positions, for the candidates that pass, so the hardware prefetcher misses them).
             const uint32_t nl = sc.probe_l[pi + 1];
-            __builtin_prefetch(ix->codes + (ix->list_offsets[nl] / SRK_PQ4_BLOCK) * 16 * m, 0, 3);
-            __builtin_prefetch(ix->rows + ix->list_offsets[nl], 0, 3);
+            const int64_t n0 = ix->list_offsets[nl], n1 = ix->list_offsets[nl + 1];
+            __builtin_prefetch(ix->codes + (n0 / SRK_PQ4_BLOCK) * 16 * m, 0, 3);
+            for (int64_t o = 0; o < n1 - n0; o += 16) __builtin_prefetch(ix->rows + n0 + o, 0, 3);
         }
         srk_pq4_scan(isa, ix->codes + (p0 / SRK_PQ4_BLOCK) * 16 * m, nblocks, m, sc.lut, sc.acc);
         scanned += p1 - p0;
@@ -341,8 +579,9 @@ int64_t srk_ivfpq_search(const srk_kernels *k, int32_t isa, const srk_ivfpq *ix,
         }
     }
 
-    // 4. Exact re-rank of the candidates with the dot kernel (gathered rows, prefetched).
-    ann_res_shrink(&ch);
+    // 4. Exact re-rank of the candidates with the dot kernel (gathered rows, prefetched): the
+    //    best `rerank` approximate ones, and the few more that share the cut's histogram bin.
+    ann_res_cut(&ch, rerank / 8);
     if (ch.n == 0) return scanned;
     // A spilled row may be a candidate twice (once per list): score it once.
     const int64_t slots = ann_seen_slots(rerank);
@@ -364,10 +603,19 @@ int64_t srk_ivfpq_search(const srk_kernels *k, int32_t isa, const srk_ivfpq *ix,
     // offer those with a score >= the k-th best.
     const int64_t want = out->capacity - out->count;
     float kth = -INFINITY;
-    if (want > 0 && want < nc) {
-        ann_res sel = { sc.cand_s, sc.seen, nc, nc, want, -INFINITY };
+    if (want > 0 && want < nc && want > ANN_SMALL_K) {
+        ann_res sel = { sc.cand_s, sc.seen, nc, nc, want, -INFINITY, isa };
         for (int64_t i = 0; i < nc; i++) { sc.cand_s[i] = sc.exact[i]; sc.seen[i] = (uint32_t)i; }
         ann_select(&sel, want);
+        kth = sc.cand_s[want - 1];
+    } else if (want > 0 && want < nc) {
+        // The `want` best exact scores by sorted insertion (scores in cand_s, candidate numbers
+        // in seen, both free now), the threshold skipping most of them.
+        int64_t nt = 0;
+        for (int64_t i = 0; i < nc; i++) {
+            const float v = sc.exact[i];
+            if (nt < want || v > sc.cand_s[want - 1]) ann_sorted_offer(sc.cand_s, sc.seen, &nt, want, v, (uint32_t)i);
+        }
         kth = sc.cand_s[want - 1];
     }
     for (int64_t i = 0; i < nc; i++) {

@@ -54,6 +54,11 @@ extension Recommender {
     public func recommend(_ req: RecommendRequest, context ctx: ServerContext) async throws(RPCError) -> RecommendResponse {
         try validate(req)
         let trace = makeTrace(ctx)
+        return try await traced(trace) { () async throws(RPCError) in try await recommend(req, trace: trace) }
+    }
+
+    /// The stages of `recommend` (validated request, trace made).
+    func recommend(_ req: RecommendRequest, trace: Trace) async throws(RPCError) -> RecommendResponse {
         let t0 = ContinuousClock.now
         // What the user did on this coordinator in the last `session_ttl_s`: excluded, and the
         // first of the latest items.
@@ -161,6 +166,7 @@ extension Recommender {
             }
         }
         if coldStart { coverage.degradedReasons.append("cold start: user \(req.userID) has no stored vector, profile or session") }
+        trace.span?.setStages([t0, t1, t2, t3, t4, t5])
         let timings = StageTimings(retrieveMicros: Self.micros(t1 - t0), filterMicros: Self.micros(t2 - t1), gatherMicros: Self.micros(t3 - t2),
                                    rankMicros: Self.micros(t4 - t3), postRankMicros: Self.micros(t5 - t4),
                                    totalMicros: Self.micros(ContinuousClock.now - trace.start))
@@ -182,6 +188,10 @@ extension Recommender {
         }
         guard Ranking.models.contains(req.model) else { throw RPCError(.invalidArgument, "unknown model '\(req.model)' (known: \(knownModels))") }
         let trace = makeTrace(ctx)
+        return try await traced(trace) { () async throws(RPCError) in try await rank(req, trace: trace) }
+    }
+
+    func rank(_ req: RankRequest, trace: Trace) async throws(RPCError) -> ItemsResponse {
         let (userVec, failed) = await userVector(req.userID, trace: trace, deadline: trace.stageDeadline(0.4))
         guard let userVec else {
             throw failed ? RPCError(.unavailable, "the user's shard did not answer")
@@ -207,6 +217,10 @@ extension Recommender {
         let k = req.k == 0 ? 10 : Int(req.k)
         guard k <= settings.maxK else { throw RPCError(.invalidArgument, "k=\(req.k) is out of range 1...\(settings.maxK)") }
         let trace = makeTrace(ctx)
+        return try await traced(trace) { () async throws(RPCError) in try await similar(req, k: k, trace: trace) }
+    }
+
+    func similar(_ req: SimilarRequest, k: Int, trace: Trace) async throws(RPCError) -> ItemsResponse {
         let l = await lists(table: "similar", keys: [String(req.itemID)], limit: k, source: .similar, trace: trace,
                             deadline: trace.stageDeadline(0.4))
         if let first = l.first, !first.ids.isEmpty {

@@ -1,6 +1,6 @@
 public import Logging
 import Synchronization
-import RPCCore
+public import RPCCore
 public import ShardRankWire
 public import ShardRankKernels
 public import ShardRankRouting
@@ -30,6 +30,8 @@ public final class Recommender: Sendable {
     public let pool: WorkerPool
     let logger: Logger
     let observer: (any RecommendObserver)?
+    /// Records spans of traced requests (`--trace-sample-rate`); nil: tracing off.
+    let tracer: Tracer?
     /// Ranked lists already fetched, per table-set version (see `ListCache`).
     let listCache: ListCache
     /// Item rows already fetched, per table-set version (see `RowCache`).
@@ -43,8 +45,9 @@ public final class Recommender: Sendable {
     ///   `settings.sessionUsers` is 0).
     public init(fetcher: any ShardFetcher, settings: CoordinatorSettings, model: MLPModel? = nil, rankers: [ServedRanker] = [],
                 tower: QueryTower? = nil, sessions: SessionStore? = nil,
-                pool: WorkerPool, logger: Logger, observer: (any RecommendObserver)? = nil) {
+                pool: WorkerPool, logger: Logger, observer: (any RecommendObserver)? = nil, tracer: Tracer? = nil) {
         self.fetcher = fetcher
+        self.tracer = tracer
         self.settings = settings
         self.model = model
         self.tower = tower
@@ -59,9 +62,9 @@ public final class Recommender: Sendable {
     }
 
     public convenience init(cluster: ShardCluster, model: MLPModel? = nil, rankers: [ServedRanker] = [], tower: QueryTower? = nil,
-                            pool: WorkerPool, logger: Logger, observer: (any RecommendObserver)? = nil) {
+                            pool: WorkerPool, logger: Logger, observer: (any RecommendObserver)? = nil, tracer: Tracer? = nil) {
         self.init(fetcher: cluster, settings: cluster.settings, model: model, rankers: rankers, tower: tower, pool: pool, logger: logger,
-                  observer: observer)
+                  observer: observer, tracer: tracer)
     }
 
     var shardCount: Int { fetcher.shardCount }
@@ -91,6 +94,8 @@ public final class Recommender: Sendable {
         /// Routes ids and keys with the hash seed of the pinned version.
         let router: ShardRouter
         var requestID = ""
+        /// Set only for a traced request (tracing on, and sampled or carrying a context).
+        var span: RequestSpan?
         private struct State {
             var failed: UInt8 = 0  // bit per `CandidateMerge.sourceOrder` index
             var reasons: [String] = []
@@ -151,7 +156,23 @@ public final class Recommender: Sendable {
         let pinned = fetcher.pinned
         let t = Trace(deadline: deadline, version: pinned.version, router: router(for: pinned))
         t.requestID = ctx.requestID
+        if let tracer { t.span = RequestSpan.begin(tracer, metadata: ctx.metadata, name: String(ctx.path.dropFirst()), start: t.start) }
         return t
+    }
+
+    /// Runs an RPC's work (`body`) and, when the request is recorded, writes its spans with the
+    /// status it ended with.
+    func traced<R>(_ trace: Trace, _ body: () async throws(RPCError) -> R) async throws(RPCError) -> R {
+        guard let span = trace.span, span.records else { return try await body() }
+        let attributes: [(String, SpanAttribute)] = [("request_id", .string(trace.requestID))]
+        do throws(RPCError) {
+            let r = try await body()
+            span.finish(status: .ok, attributes: attributes)
+            return r
+        } catch {
+            span.finish(status: error.code, attributes: attributes)
+            throw error
+        }
     }
 
     static func micros(_ d: Duration) -> UInt64 {
@@ -162,7 +183,15 @@ public final class Recommender: Sendable {
 
     /// A shard call that counts in the request's coverage: the shard is asked, and marked failed
     /// unless it answers (NOT_FOUND — e.g. a table set without that table — is an answer).
-    func counted<T: Sendable>(_ shard: Int, trace: Trace, _ op: () async throws(RPCError) -> T) async throws(RPCError) -> T {
+    /// `method` names the call in its span when the request is traced.
+    func counted<T: Sendable>(_ shard: Int, trace: Trace, _ method: String, _ op: () async throws(RPCError) -> T) async throws(RPCError) -> T {
+        if let span = trace.span {
+            return try await span.call(shard: shard, method: method) { () async throws(RPCError) in try await countedCall(shard, trace: trace, op) }
+        }
+        return try await countedCall(shard, trace: trace, op)
+    }
+
+    private func countedCall<T: Sendable>(_ shard: Int, trace: Trace, _ op: () async throws(RPCError) -> T) async throws(RPCError) -> T {
         trace.asked(shard)
         do throws(RPCError) {
             return try await op()
@@ -177,7 +206,7 @@ public final class Recommender: Sendable {
         let shard = trace.router.shard(ofID: user)
         let req = LookupRequest(table: settings.usersTable, ids: [user], dtype: .f32, version: trace.version)
         do throws(RPCError) {
-            let r = try await counted(shard, trace: trace) { () async throws(RPCError) in
+            let r = try await counted(shard, trace: trace, "Lookup") { () async throws(RPCError) in
                 try await fetcher.lookup(req, shard: shard, deadline: deadline, requestID: trace.requestID)
             }
             guard !r.vectors.isEmpty else { return (nil, false) }
@@ -194,7 +223,7 @@ public final class Recommender: Sendable {
         let shard = trace.router.shard(ofID: user)
         let req = ProfilesRequest(table: settings.profilesTable, userIDs: [user], version: trace.version)
         do throws(RPCError) {
-            let r = try await counted(shard, trace: trace) { () async throws(RPCError) in
+            let r = try await counted(shard, trace: trace, "Profiles") { () async throws(RPCError) in
                 try await fetcher.profiles(req, shard: shard, deadline: deadline, requestID: trace.requestID)
             }
             return (r.profiles.first, false)
@@ -228,7 +257,7 @@ public final class Recommender: Sendable {
         let version = trace.version
         let req = ListsRequest(table: table, keys: keys, limit: UInt32(limit), version: version)
         do throws(RPCError) {
-            let r = try await counted(shard, trace: trace) { () async throws(RPCError) in
+            let r = try await counted(shard, trace: trace, "Lists") { () async throws(RPCError) in
                 try await fetcher.lists(req, shard: shard, deadline: deadline, requestID: trace.requestID)
             }
             // Only answers from the pinned version are cached (version 0 = unknown).
@@ -265,7 +294,7 @@ public final class Recommender: Sendable {
     /// One shard's Search answer (nil when it failed: flagged in the trace).
     func searchShard(_ req: SearchRequest, shard: Int, trace: Trace, deadline: ContinuousClock.Instant) async -> SearchResponse? {
         do throws(RPCError) {
-            let r = try await counted(shard, trace: trace) { () async throws(RPCError) in
+            let r = try await counted(shard, trace: trace, "Search") { () async throws(RPCError) in
                 try await fetcher.search(req, shard: shard, deadline: deadline, requestID: trace.requestID)
             }
             trace.answered(shard, version: r.version)
@@ -409,7 +438,7 @@ public final class Recommender: Sendable {
         let looked = await perShard(byShard) { shard, list -> (ids: [UInt64], response: LookupResponse)? in
             let req = LookupRequest(table: table, ids: list, version: version)
             do throws(RPCError) {
-                let r = try await self.counted(shard, trace: trace) { () async throws(RPCError) in
+                let r = try await self.counted(shard, trace: trace, "Lookup") { () async throws(RPCError) in
                     try await self.fetcher.lookup(req, shard: shard, deadline: deadline, requestID: trace.requestID)
                 }
                 return (list, r)
@@ -478,7 +507,7 @@ public final class Recommender: Sendable {
         let parts = await perShard(byShard) { shard, list -> [(UInt64, ItemAttributes)]? in
             let req = AttributesRequest(table: table, itemIDs: list, version: version)
             do throws(RPCError) {
-                let r = try await self.counted(shard, trace: trace) { () async throws(RPCError) in
+                let r = try await self.counted(shard, trace: trace, "Attributes") { () async throws(RPCError) in
                     try await self.fetcher.attributes(req, shard: shard, deadline: deadline, requestID: trace.requestID)
                 }
                 if !r.genres.isEmpty { vocabulary.withLock { if $0.isEmpty { $0 = r.genres } } }

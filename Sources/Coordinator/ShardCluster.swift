@@ -93,9 +93,14 @@ public final class ShardCluster: Sendable {
     let hedges = Atomic<Int>(0)
     let ejections = Atomic<Int>(0)
     let calls = Atomic<Int>(0)
+    /// Tracing is on in this process: shard calls forward the traced request's context (read
+    /// from `OutgoingTraceContext`). False: that task-local is never read.
+    let propagatesTrace: Bool
 
     /// - Parameter tls: TLS (and the coordinator's client certificate) for every shard connection; nil: cleartext.
-    public init(topology: Topology, group: any EventLoopGroup, logger: Logger, tls: TLSContextSource? = nil) throws(RPCError) {
+    public init(topology: Topology, group: any EventLoopGroup, logger: Logger, propagatesTrace: Bool = false,
+                tls: TLSContextSource? = nil) throws(RPCError) {
+        self.propagatesTrace = propagatesTrace
         healthExecutor = EventLoopTaskExecutor(group.next())
         shardCount = topology.shardCount
         settings = topology.settings
@@ -216,6 +221,7 @@ public final class ShardCluster: Sendable {
         let deadline = min(deadline, ContinuousClock.now.advanced(by: .microseconds(Int(settings.maxShardCallMs * 1000))))
         let settings = self.settings
         let logger = self.logger
+        let traceContext = propagatesTrace ? OutgoingTraceContext.current : nil
         @Sendable func attempt(_ r: Replica) async -> Result<T, RPCError> {
             let remaining = ContinuousClock.now.duration(to: deadline)
             if remaining <= .zero { return .failure(RPCError(.deadlineExceeded, "shard \(shard): no time left")) }
@@ -223,7 +229,9 @@ public final class ShardCluster: Sendable {
             defer { r.outstanding.wrappingSubtract(1, ordering: .relaxed) }
             let t0 = ContinuousClock.now
             do throws(RPCError) {
-                let v = try await op(r.client.forwarding(requestID: requestID), remaining)
+                let client = traceContext.map { r.client.forwarding(requestID: requestID, traceParent: $0.traceParent, traceState: $0.traceState) }
+                    ?? r.client.forwarding(requestID: requestID)
+                let v = try await op(client, remaining)
                 let d = ContinuousClock.now - t0
                 r.recordSuccess(ms: d.millisecondsValue)
                 return .success(v)

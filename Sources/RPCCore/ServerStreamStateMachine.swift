@@ -32,6 +32,11 @@ public struct ServerStreamStateMachine: Sendable {
         case accepted(Call)
         /// The request is complete: run the handler with this message.
         case invoke(Call, request: [UInt8])
+        /// Request messages of a request-streaming call (`RPCMethod.Handler.streamMessages`): run
+        /// the handler on each, in order, passing every response to `handlerSent`; then, if
+        /// `endStream` (the client half-closed), `handlerFinished(nil)`. A handler error goes to
+        /// `handlerFinished(error)` and the remaining requests are dropped.
+        case invokeEach(Call, requests: [[UInt8]], endStream: Bool)
         /// Send the whole unary response: headers, the message, trailers with OK.
         case sendResponse(FramedMessage)
         /// Send response headers (first streaming message only) and a message.
@@ -48,6 +53,8 @@ public struct ServerStreamStateMachine: Sendable {
         case awaitingHeaders
         case receiving(Call, message: [UInt8]?, deframer: GRPCMessageDeframer)
         case handlerRunning(Call, headersSent: Bool)
+        /// A request-streaming call: messages are handed out as they complete.
+        case streaming(Call, headersSent: Bool, deframer: GRPCMessageDeframer, clientDone: Bool)
         case done
     }
 
@@ -116,6 +123,15 @@ public struct ServerStreamStateMachine: Sendable {
             do throws(RPCError) { timeout = try GRPCTimeout(parsing: timeoutValue) } catch { return fail(error) }
         }
         let call = Call(method: m, metadata: metadata, timeout: timeout)
+        if m.streamsRequests {
+            if endStream {  // an empty request stream: nothing to answer
+                state = .done
+                return .finish(nil, headersSent: false, cancelHandler: false, resetAfter: false)
+            }
+            state = .streaming(call, headersSent: false, deframer: GRPCMessageDeframer(maxMessageLength: limits.maxMessageLength),
+                               clientDone: false)
+            return .accepted(call)
+        }
         if endStream {
             return fail(RPCError(.internal, "request stream ended without a message"))
         }
@@ -125,6 +141,10 @@ public struct ServerStreamStateMachine: Sendable {
 
     /// DATA arrived.
     public mutating func receivedData(_ bytes: UnsafeRawBufferPointer, endStream: Bool) -> Action {
+        if case .streaming(let call, let headersSent, var deframer, let clientDone) = state {
+            guard !clientDone else { return .none }
+            return receivedStreamData(bytes, endStream: endStream, call: call, headersSent: headersSent, deframer: &deframer)
+        }
         guard case .receiving(let call, var message, var deframer) = state else {
             return .none  // after an early error, or before headers (nghttp2 rejects that)
         }
@@ -159,6 +179,24 @@ public struct ServerStreamStateMachine: Sendable {
         return .none
     }
 
+    private mutating func receivedStreamData(_ bytes: UnsafeRawBufferPointer, endStream: Bool, call: Call, headersSent: Bool,
+                                             deframer: inout GRPCMessageDeframer) -> Action {
+        state = .done  // while mutating; restored below
+        var requests: [[UInt8]] = []
+        do throws(RPCError) {
+            try deframer.consume(bytes) { (m: [UInt8]) throws(RPCError) in requests.append(m) }
+        } catch {
+            return .finish(error, headersSent: headersSent, cancelHandler: false, resetAfter: !endStream)
+        }
+        if endStream, !deframer.isIdle {
+            return .finish(RPCError(.internal, "request stream ended inside a message"), headersSent: headersSent,
+                           cancelHandler: false, resetAfter: false)
+        }
+        state = .streaming(call, headersSent: headersSent, deframer: deframer, clientDone: endStream)
+        if requests.isEmpty && !endStream { return .none }
+        return .invokeEach(call, requests: requests, endStream: endStream)
+    }
+
     /// The client half-closed with an empty DATA or trailers frame.
     public mutating func receivedEndStream() -> Action {
         var empty: [UInt8] = []
@@ -177,6 +215,10 @@ public struct ServerStreamStateMachine: Sendable {
 
     /// A streaming handler sent a message.
     public mutating func handlerSent(_ message: FramedMessage) -> Action {
+        if case .streaming(let call, let headersSent, let deframer, let clientDone) = state {
+            state = .streaming(call, headersSent: true, deframer: deframer, clientDone: clientDone)
+            return .sendMessage(message, withHeaders: !headersSent)
+        }
         guard case .handlerRunning(let call, let headersSent) = state else { return .none }
         state = .handlerRunning(call, headersSent: true)
         return .sendMessage(message, withHeaders: !headersSent)
@@ -184,6 +226,10 @@ public struct ServerStreamStateMachine: Sendable {
 
     /// A streaming handler finished.
     public mutating func handlerFinished(_ error: RPCError?) -> Action {
+        if case .streaming(_, let headersSent, _, let clientDone) = state {
+            state = .done
+            return .finish(error, headersSent: headersSent, cancelHandler: false, resetAfter: !clientDone)
+        }
         guard case .handlerRunning(_, let headersSent) = state else { return .none }
         state = .done
         return .finish(error, headersSent: headersSent, cancelHandler: false, resetAfter: false)
@@ -201,13 +247,19 @@ public struct ServerStreamStateMachine: Sendable {
         case .handlerRunning(_, let headersSent):
             state = .done
             return .finish(reason, headersSent: headersSent, cancelHandler: true, resetAfter: false)
+        case .streaming(_, let headersSent, _, let clientDone):
+            state = .done
+            return .finish(reason, headersSent: headersSent, cancelHandler: false, resetAfter: !clientDone)
         }
     }
 
     /// The peer reset the stream (RST_STREAM) or the connection went away.
     public mutating func peerReset() -> Action {
         let wasRunning: Bool
-        if case .handlerRunning = state { wasRunning = true } else { wasRunning = false }
+        switch state {
+        case .handlerRunning, .streaming: wasRunning = true
+        default: wasRunning = false
+        }
         state = .done
         return wasRunning ? .cancelHandler(RPCError(.cancelled, "the client cancelled the call")) : .none
     }

@@ -20,6 +20,9 @@ public struct RPCMethod: Sendable {
     public typealias AsyncUnaryHandler = @Sendable (_ request: [UInt8], _ context: ServerContext) async throws(RPCError) -> FramedMessage
     public typealias ServerStreamingHandler = @Sendable (_ request: [UInt8], _ context: ServerContext, _ writer: any ResponseStreamWriter) throws(RPCError) -> Void
     /// Answers through `respond`, exactly once, from any thread: at once (before returning) or later.
+    /// One request message of a bidirectional stream in, the response messages for it out (in
+    /// order, possibly none). Runs on the connection's event loop, so it must be short.
+    public typealias StreamMessageHandler = @Sendable (_ request: [UInt8], _ context: ServerContext) throws(RPCError) -> [FramedMessage]
     public typealias DeferredUnaryHandler = @Sendable (_ request: [UInt8], _ context: ServerContext,
                                                        _ respond: @escaping @Sendable (Result<FramedMessage, RPCError>) -> Void) -> Void
 
@@ -37,6 +40,19 @@ public struct RPCMethod: Sendable {
         /// the work to another component that answers later from its own thread (e.g. a batcher).
         /// Counts toward the in-flight handler limit until answered; `placement` is ignored.
         case deferredUnary(DeferredUnaryHandler)
+        /// A request stream and a response stream (gRPC bidirectional streaming), in the simplest
+        /// shape: each request message is answered, in order, by the messages the handler returns
+        /// for it, on the connection's event loop as it arrives; the call ends with OK when the
+        /// client half-closes (or with the status the handler throws). Used by server reflection.
+        /// `placement` is ignored.
+        case streamMessages(StreamMessageHandler)
+    }
+
+    /// True for methods whose request is a stream of messages (the state machine keeps the stream
+    /// open after the first message).
+    public var streamsRequests: Bool {
+        if case .streamMessages = handler { return true }
+        return false
     }
 
     /// `/package.Service/Method`.

@@ -269,7 +269,7 @@ public final class RPCChannel: Sendable {
         // SNI and the name checked: a host name; an IP literal is checked against IP SANs.
         let serverName = config.tlsServerName ?? ((try? SocketAddress(ipAddress: host, port: port)) == nil ? host : nil)
         let bootstrap = ClientBootstrap(group: slot.loop ?? group)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .connectTimeout(.nanoseconds(nanos))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {

@@ -81,7 +81,7 @@ public final class RPCServer: Sendable {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 4)
             // Responses are often larger than NIO's default 64 KiB high-water mark: with it, every
             // 64 KiB Lookup answer would flip the channel unwritable and pause reading (stop-and-go).
@@ -189,6 +189,9 @@ extension RPCServer {
         if case .serverStreaming = method.handler {
             return .failure(RPCError(.unimplemented, "\(method.path) is a streaming method: call it over gRPC"))
         }
+        if method.streamsRequests {
+            return .failure(RPCError(.unimplemented, "\(method.path) is a streaming method: call it over gRPC"))
+        }
         // The same authorization as over HTTP/2 (this door has no client certificate).
         if let authorizer = configuration.authorizer, let denied = authorizer.authorize(path: method.path, metadata: metadata, peer: .anonymous) {
             return .failure(denied)
@@ -234,7 +237,7 @@ extension RPCServer {
                     }
                 }
             }
-        case .serverStreaming:
+        case .serverStreaming, .streamMessages:
             result = .failure(RPCError(.unimplemented, "\(method.path) is a streaming method"))
         }
         // A deadline that passed wins over a late answer, as on the HTTP/2 path.

@@ -230,6 +230,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             }
         case .invoke(let call, let request):
             invoke(call, request: request, stream: s, id: id)
+        case .invokeEach(let call, let requests, let endStream):
+            invokeEach(call, requests: requests, endStream: endStream, stream: s, id: id)
         case .sendResponse(let message):
             s.deadlineTask?.cancel()
             observeEnd(s, .ok)
@@ -298,19 +300,25 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     // MARK: - Handlers
 
+    /// The configured authorizer's verdict on `call` (nil: it may run), with the peer's
+    /// certificate identity read once per connection.
+    private func authorizationError(_ call: ServerStreamStateMachine.Call) -> RPCError? {
+        guard let authorizer = config.authorizer else { return nil }
+        let identity: PeerIdentity
+        if let known = peerIdentity { identity = known } else {
+            identity = config.tls == nil ? .anonymous : PeerIdentity.of(context!.pipeline.syncOperations)
+            peerIdentity = identity
+        }
+        guard let denied = authorizer.authorize(path: call.method.path, metadata: call.metadata, peer: identity) else { return nil }
+        logger.debug("refusing \(call.method.path) from \(peer): \(denied.code): \(denied.message)")
+        return denied
+    }
+
     private func invoke(_ call: ServerStreamStateMachine.Call, request: [UInt8], stream s: Stream, id: Int32) {
         let loop = context!.eventLoop
-        if let authorizer = config.authorizer {
-            let identity: PeerIdentity
-            if let known = peerIdentity { identity = known } else {
-                identity = config.tls == nil ? .anonymous : PeerIdentity.of(context!.pipeline.syncOperations)
-                peerIdentity = identity
-            }
-            if let denied = authorizer.authorize(path: call.method.path, metadata: call.metadata, peer: identity) {
-                logger.debug("refusing \(call.method.path) from \(peer): \(denied.code): \(denied.message)")
-                apply(s.machine.abort(denied), s, id)
-                return
-            }
+        if let denied = authorizationError(call) {
+            apply(s.machine.abort(denied), s, id)
+            return
         }
         let ctx = ServerContext(path: call.method.path, metadata: call.metadata, deadline: s.deadline, peer: peer,
                                 generatedIDPrefix: connectionTag, generatedIDNumber: Int64(id))
@@ -377,6 +385,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             let responder = DeferredResponder(bound: NIOLoopBound(self, eventLoop: loop), id: id, state: state)
             handler(request, ctx, responder.respond)
             if let early = responder.handlerReturned() { apply(s.machine.handlerReturned(early), s, id) }
+        case .streamMessages:
+            preconditionFailure("\(call.method.path): request-streaming calls go through invokeEach")
         case .serverStreaming(let handler):
             guard state.tryAcquireHandler(limit: config.maxInFlightHandlers) else {
                 apply(s.machine.abort(RPCError(.resourceExhausted,
@@ -391,6 +401,33 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                 apply(s.machine.handlerFinished(error), s, id)
             }
         }
+    }
+
+    /// Answers the request messages of a `.streamMessages` call in order, on this loop.
+    private func invokeEach(_ call: ServerStreamStateMachine.Call, requests: [[UInt8]], endStream: Bool, stream s: Stream, id: Int32) {
+        guard case .streamMessages(let handler) = call.method.handler else { preconditionFailure("\(call.method.path) streams no requests") }
+        let ctx: ServerContext
+        if let c = s.serverContext {
+            ctx = c
+        } else {
+            if let denied = authorizationError(call) {
+                apply(s.machine.abort(denied), s, id)
+                return
+            }
+            ctx = ServerContext(path: call.method.path, metadata: call.metadata, deadline: s.deadline, peer: peer,
+                                generatedIDPrefix: connectionTag, generatedIDNumber: Int64(id))
+            s.serverContext = ctx
+            state.acceptedCalls.wrappingAdd(1, ordering: .relaxed)
+        }
+        for request in requests {
+            do throws(RPCError) {
+                for response in try handler(request, ctx) { apply(s.machine.handlerSent(response), s, id) }
+            } catch {
+                apply(s.machine.handlerFinished(error), s, id)
+                return
+            }
+        }
+        if endStream { apply(s.machine.handlerFinished(nil), s, id) }
     }
 
     fileprivate func handlerReturned(_ id: Int32, _ result: Result<FramedMessage, RPCError>) {

@@ -51,7 +51,7 @@ public final class AdminServer: Sendable {
     public init(host: String, port: Int, metrics: ServerMetrics, frontDoor: (any HTTPFrontDoor)? = nil, group: any EventLoopGroup) async throws {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)

@@ -62,10 +62,10 @@ struct BuildCommand: ParsableCommand {
     var annLists: Int?
 
     @Option(name: .customLong("ann-nprobe"), help: "Default lists probed per query (recorded in the manifest; requests may override).")
-    var annNprobe: Int = 16
+    var annNprobe: Int = 4
 
     @Option(name: .customLong("ann-rerank"), help: "Default candidates re-scored exactly per query (recorded in the manifest).")
-    var annRerank: Int = 240
+    var annRerank: Int = 80
 
     @Flag(name: .customLong("ann-spill"), inversion: .prefixedNo, help: "File each item in a second list too (SOAR): twice the codes, much higher recall per list probed.")
     var annSpill = true
@@ -132,7 +132,8 @@ struct BuildCommand: ParsableCommand {
                 bar.finish()
                 if !quiet {
                     writeStderr("ann index: \(r.lists) lists × \(r.subspaces) subspaces per shard in \(Int(r.seconds.rounded())) s; "
-                                + "recall@10 of the defaults (nprobe \(annNprobe), rerank \(annRerank)) vs exact: "
+                                + "probe bonus weight per shard " + r.probeBonusWeights.map { String(format: "%g", $0) }.joined(separator: "/")
+                                + "; recall@10 of the defaults (nprobe \(annNprobe), rerank \(annRerank)) vs exact: "
                                 + String(format: "%.4f", r.recallAt10)
                                 + " over \(r.sampledQueries) sampled \(r.queriesGiven ? "user vectors" : "stored rows") as queries\n")
                 }

@@ -130,7 +130,8 @@ struct CoordinatorCommand: AsyncParsableCommand {
         // Recommend runs on the loop its connection lives on, and so do its shard calls.
         let group = MultiThreadedEventLoopGroup(numberOfThreads: server.configuration().eventLoopThreads)
         let cluster: ShardCluster
-        do { cluster = try ShardCluster(topology: topo, group: group, logger: logger, tls: shardTLS) } catch {
+        let tracer = server.tracer(service: "coordinator")
+        do { cluster = try ShardCluster(topology: topo, group: group, logger: logger, propagatesTrace: tracer != nil, tls: shardTLS) } catch {
             logger.error("\(error)")
             throw ExitCode(2)
         }
@@ -141,7 +142,7 @@ struct CoordinatorCommand: AsyncParsableCommand {
         let pool = WorkerPool(threadCount: server.workers ?? WorkerPool.defaultThreadCount, spinMicroseconds: 0)
         let metrics = ServerMetrics(bootstrapSwiftMetrics: true)
         let recommender = Recommender(cluster: cluster, model: mlp, rankers: rankers, tower: tower, pool: pool, logger: logger,
-                                      observer: RecommendMetrics(metrics: metrics))
+                                      observer: RecommendMetrics(metrics: metrics), tracer: tracer)
         if let sessions = recommender.sessions {
             logger.info("sessions: \(sessions.eventsPerUser) events per user, \(sessions.users) users (at most \(sessions.maxBytes >> 20) MiB), ttl \(sessions.ttlSeconds) s")
         }
@@ -185,7 +186,8 @@ struct CoordinatorCommand: AsyncParsableCommand {
                 try? await Task.sleep(for: .milliseconds(Int(topo.settings.healthIntervalMs)))
             }
         }
-        let router = Router(services: [health, RecommenderService(recommender: recommender)])
+        let served: [any RPCService] = [health, RecommenderService(recommender: recommender)]
+        let router = Router(services: served + ReflectionService.both(serving: served))
         logger.info("coordinator over \(topo.shardCount) shards (\(topo.shards.map(\.count).reduce(0, +)) replicas), pinned version \(cluster.pinnedVersion)")
         // The admin port also answers the JSON API (docs/api.md, "JSON over HTTP").
         try await serve(router: router, health: health, options: server, logger: logger, what: "coordinator", metrics: metrics, group: group,

@@ -50,6 +50,9 @@ struct RecommendCommand: AsyncParsableCommand {
 
     @OptionGroup var security: ClientSecurityOptions
 
+    @Flag(help: "Send a sampled W3C traceparent with a new trace id and print 'trace_id ID' on stderr, to find this request's spans in the logs of processes with tracing on (docs/operations.md, Tracing).")
+    var trace = false
+
     @Flag(help: "Print JSON.")
     var json = false
 
@@ -76,8 +79,15 @@ struct RecommendCommand: AsyncParsableCommand {
                                    freshnessWeight: freshnessWeight, freshnessHalfLifeSeconds: freshnessHalfLifeS ?? 0, nowUnixSeconds: now ?? 0,
                                    userVector: mode)
         let timeout = Duration.milliseconds(timeoutMs)
-        let r = try await withChannel(clientOptions(target: target, timeoutMs: timeoutMs, security: security)) { (ch) throws(RPCError) in
-            try await RecommenderClient(channel: ch).recommend(req, timeout: timeout)
+        var metadata = Metadata()
+        if trace {
+            let ids = Tracer(sampleRate: 1, service: "recommend", emit: { _ in })
+            let parent = TraceParent(traceID: ids.newTraceID(), parentID: ids.newSpanID(), sampled: true)
+            metadata.add("traceparent", parent.header)
+            Tracer.stderr("trace_id \(parent.traceID.hex)")
+        }
+        let r = try await withChannel(clientOptions(target: target, timeoutMs: timeoutMs, security: security)) { [metadata] (ch) throws(RPCError) in
+            try await RecommenderClient(channel: ch).recommend(req, metadata: metadata, timeout: timeout)
         }
         if json {
             let items = r.items.map { "{\"item_id\":\($0.itemID),\"score\":\($0.score),\"sources\":[\($0.sources.map { "\"\($0)\"" }.joined(separator: ","))]}" }

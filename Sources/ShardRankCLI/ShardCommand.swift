@@ -105,7 +105,11 @@ struct ShardCommand: AsyncParsableCommand {
         }
         if hangup == nil, tls != nil { hangup = onSIGHUP { reloadTLS(tls, logger: logger) } }
         let health = HealthService(services: ["shardrank.v1.Shard"])
-        let router = Router(services: [health, ShardService(backend: backend)])
+        // With tracing on, every Shard handler makes a server span (docs/operations.md, "Tracing").
+        let shardService: any RPCService = server.tracer(service: "shard-\(shard)").map { $0.traced(ShardService(backend: backend),
+            attributes: [("shardrank.shard", .int(Int64(shard)))]) } ?? ShardService(backend: backend)
+        let served: [any RPCService] = [health, shardService]
+        let router = Router(services: served + ReflectionService.both(serving: served))
         let metrics = ServerMetrics(bootstrapSwiftMetrics: true)
         let version = metrics.registry.gauge(name: "shardrank_table_set_version", help: "Table-set version answering new requests")
         let mapped = metrics.registry.gauge(name: "shardrank_mapped_bytes", help: "Bytes of table files mapped")
@@ -223,6 +227,20 @@ struct ServerOptions: ParsableArguments {
 
     @Option(help: "Log level: trace, debug, info, warning, error.")
     var logLevel: String = "info"
+
+    @Option(help: "Share of calls without a sampled traceparent that start a trace (0...1); 0 turns tracing off. With tracing on, calls whose traceparent is sampled are always traced; spans go to stderr as JSON lines.")
+    var traceSampleRate: Double = 0
+
+    func validate() throws {
+        guard traceSampleRate.isFinite, traceSampleRate >= 0, traceSampleRate <= 1 else {
+            throw ValidationError("--trace-sample-rate must be in 0...1 (got \(traceSampleRate))")
+        }
+    }
+
+    /// The process's tracer (spans to stderr as JSON lines), or nil when tracing is off.
+    func tracer(service: String) -> Tracer? {
+        traceSampleRate > 0 ? Tracer(sampleRate: traceSampleRate, service: service) : nil
+    }
 
     @Option(help: "Serve Prometheus metrics (/metrics) and /healthz over HTTP on this port (0 picks one); off when not given.")
     var adminPort: Int?

@@ -21,7 +21,17 @@ public struct ShardClient: Sendable {
         return ShardClient(channel: channel, defaultMetadata: md)
     }
 
-    func merged(_ md: Metadata) -> Metadata {
+    /// A client whose calls also carry a W3C trace context (`traceparent`, and `tracestate` when
+    /// given): the coordinator's shard calls of a traced request.
+    public func forwarding(requestID: String, traceParent: String, traceState: String?) -> ShardClient {
+        var md = defaultMetadata
+        if !requestID.isEmpty { md.add("x-request-id", requestID) }
+        md.add("traceparent", traceParent)
+        if let traceState { md.add("tracestate", traceState) }
+        return ShardClient(channel: channel, defaultMetadata: md)
+    }
+
+        func merged(_ md: Metadata) -> Metadata {
         if defaultMetadata.isEmpty { return md }
         var out = defaultMetadata
         for (k, v) in md { out.add(k, v) }

@@ -30,7 +30,7 @@ public struct IVFPQBuildOptions: Sendable, Hashable {
     /// subspace, so the shared u8 step of the lookup tables loses less precision.
     public var rotate: Bool
 
-    public init(lists: Int? = nil, subspaceDimension: Int = 2, seed: UInt64 = 0x5eed, iterations: Int = 10,
+    public init(lists: Int? = nil, subspaceDimension: Int = 0, seed: UInt64 = 0x5eed, iterations: Int = 10,
                 pointsPerCentroid: Int = 32, codebookSample: Int = 65_536, codebookIterations: Int = 16,
                 spill: Bool = true, spillWeight: Float = 1, rotate: Bool = true) {
         self.rotate = rotate
@@ -60,6 +60,13 @@ public final class IVFPQIndexData: @unchecked Sendable {
     public let listOffsets: UnsafeMutableBufferPointer<Int64>
     public let codes: UnsafeMutableBufferPointer<UInt8>
     public let rows: UnsafeMutableBufferPointer<UInt32>
+    /// `listCount` probe bonuses: `probeBonusWeight × listSpread`.
+    public let listBonus: UnsafeMutableBufferPointer<Float>
+    /// Each list's spread (`IVFPQIndex.computeListSpread`), computed by `finish()`.
+    public let listSpread: UnsafeMutableBufferPointer<Float>
+    /// The weight of the lists' spread in the probe order (0: centroid scores alone); stored in
+    /// the index file. Set by `setProbeBonusWeight`.
+    public private(set) var probeBonusWeight: Float = 0
 
     init(dimension: Int, listCount: Int, subspaces: Int, subspaceDimension: Int, positions: Int) {
         func alloc<T>(_ n: Int, _ fill: T) -> UnsafeMutableBufferPointer<T> {
@@ -78,12 +85,27 @@ public final class IVFPQIndexData: @unchecked Sendable {
         listOffsets = alloc(listCount + 1, 0)
         codes = alloc(positions / 32 * 16 * subspaces, 0)
         rows = alloc(positions, UInt32.max)
+        listBonus = alloc(listCount, 0)
+        listSpread = alloc(listCount, 0)
+    }
+
+    /// Computes the lists' spreads once the codes are in place.
+    func finish() {
+        index.computeListSpread(into: listSpread.baseAddress!)
+        setProbeBonusWeight(probeBonusWeight)
+    }
+
+    /// Sets the weight of the lists' spread in the probe order (finite, 0...64).
+    public func setProbeBonusWeight(_ weight: Float) {
+        precondition(weight.isFinite && weight >= 0 && weight <= 64, "probe bonus weight \(weight)")
+        probeBonusWeight = weight
+        for l in 0..<listCount { listBonus[l] = weight * listSpread[l] }
     }
 
     deinit {
         centroids.baseAddress!.deallocate(); codebooks.baseAddress!.deallocate(); rotation.baseAddress!.deallocate()
         listOffsets.baseAddress!.deallocate()
-        codes.baseAddress!.deallocate(); rows.baseAddress!.deallocate()
+        codes.baseAddress!.deallocate(); rows.baseAddress!.deallocate(); listBonus.baseAddress!.deallocate(); listSpread.baseAddress!.deallocate()
     }
 
     /// A view of these arrays (valid while `self` is alive: use it inside `withExtendedLifetime`).
@@ -91,7 +113,7 @@ public final class IVFPQIndexData: @unchecked Sendable {
         IVFPQIndex(dimension: dimension, listCount: listCount, subspaces: subspaces, subspaceDimension: subspaceDimension,
                    centroids: centroids.baseAddress!, codebooks: codebooks.baseAddress!, rotation: rotation.baseAddress!,
                    listOffsets: listOffsets.baseAddress!,
-                   codes: codes.baseAddress!, rows: rows.baseAddress!)
+                   codes: codes.baseAddress!, rows: rows.baseAddress!, listBonus: listBonus.baseAddress!)
     }
 }
 
@@ -109,6 +131,14 @@ public enum IVFPQBuilder {
     }
 
     /// Subspaces for a dimension: ⌈dim / dsub⌉ rounded up to a multiple of 4.
+    /// The subspace dimension used when the options ask for 0 (automatic): 1 (a 4-bit code per
+    /// dimension: the finest codes, which on recommendation vectors need the fewest probes and
+    /// re-ranks for a given recall; docs/kernels.md) while that fits `SRK_PQ4_MAX_M`
+    /// subspaces, else the smallest that does.
+    public static func automaticSubspaceDimension(dimension: Int) -> Int {
+        max(1, (dimension + Int(SRK_PQ4_MAX_M) - 1) / Int(SRK_PQ4_MAX_M))
+    }
+
     public static func subspaces(dimension: Int, subspaceDimension: Int) -> Int {
         let m = (dimension + subspaceDimension - 1) / subspaceDimension
         return (m + 3) / 4 * 4
@@ -130,13 +160,13 @@ public enum IVFPQBuilder {
         let n = rows.count, d = rows.dimension
         guard n >= 1 else { throw BuildError(description: "cannot index an empty table") }
         guard n < Int(UInt32.max) else { throw BuildError(description: "\(n) rows exceed the index's 32-bit row numbers") }
-        guard options.subspaceDimension >= 1 else { throw BuildError(description: "subspace dimension must be at least 1") }
-        let m = subspaces(dimension: d, subspaceDimension: options.subspaceDimension)
+        guard options.subspaceDimension >= 0 else { throw BuildError(description: "subspace dimension must be at least 1 (0: automatic)") }
+        let dsub = options.subspaceDimension == 0 ? automaticSubspaceDimension(dimension: d) : options.subspaceDimension
+        let m = subspaces(dimension: d, subspaceDimension: dsub)
         guard m <= Int(SRK_PQ4_MAX_M) else {
-            throw BuildError(description: "dimension \(d) needs \(m) subspaces of \(options.subspaceDimension) (at most \(SRK_PQ4_MAX_M)): use a larger subspace dimension")
+            throw BuildError(description: "dimension \(d) needs \(m) subspaces of \(dsub) (at most \(SRK_PQ4_MAX_M)): use a larger subspace dimension")
         }
         let nlist = min(max(1, options.lists ?? defaultListCount(rows: n)), n)
-        let dsub = options.subspaceDimension
         // All rows as f32 (the index describes the stored values, whatever their dtype).
         let x = UnsafeMutableBufferPointer<Float>.allocate(capacity: n * d)
         defer { x.deallocate() }
@@ -213,8 +243,39 @@ public enum IVFPQBuilder {
                 blk[(s / 2) * 32 + v] |= s % 2 == 0 ? c : c << 4
             }
         }
+        data.finish()
         progress("layout", 1)
         return data
+    }
+
+    /// Chooses the index's probe-bonus weight (`IVFPQIndexData.setProbeBonusWeight`) among
+    /// `IVFPQIndex.probeBonusWeights` by recall@`k` of `parameters` against the exact scan on
+    /// `queries` (`count` vectors of the index's dimension), leaves the best one set (ties: the
+    /// smaller weight) and returns it with its hits (approximate results in the exact top-`k`)
+    /// and the exact results counted.
+    @discardableResult
+    public static func chooseProbeBonusWeight(_ data: IVFPQIndexData, rows: RowMatrix, ids: UnsafePointer<UInt64>,
+                                              queries: UnsafePointer<Float>, count: Int, parameters: ANNSearchParameters,
+                                              k: Int = 10) -> (weight: Float, hits: Int, asked: Int) {
+        let d = data.dimension
+        guard count > 0 else { return (data.probeBonusWeight, 0, 0) }
+        let exact = Search.topK(queries: queries, queryCount: count, rows: rows, ids: ids, k: k).map { Set($0.map(\.id)) }
+        let scratch = UnsafeMutableRawPointer.allocate(byteCount: data.index.scratchBytes(parameters, k: k), alignment: 64)
+        defer { scratch.deallocate() }
+        var best: (weight: Float, hits: Int, asked: Int) = (0, -1, 0)
+        for w in IVFPQIndex.probeBonusWeights {
+            data.setProbeBonusWeight(w)
+            let index = data.index
+            var hits = 0, asked = 0
+            for q in 0..<count {
+                let got = index.search(query: queries + q * d, k: k, parameters: parameters, rows: rows, ids: ids, scratch: scratch).items
+                hits += got.reduce(0) { $0 + (exact[q].contains($1.id) ? 1 : 0) }
+                asked += exact[q].count
+            }
+            if hits > best.hits { best = (w, hits, asked) }
+        }
+        data.setProbeBonusWeight(best.weight)
+        return best
     }
 
     // MARK: - Steps

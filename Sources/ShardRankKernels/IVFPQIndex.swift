@@ -46,13 +46,16 @@ public struct IVFPQIndex: @unchecked Sendable {
     public let positions: Int
     /// The longest list, in positions.
     public let longestList: Int
+    /// `listCount` probe bonuses (`weight × computeListSpread`), or nil: lists are then probed
+    /// in the order of their centroids' scores alone.
+    public let listBonus: UnsafePointer<Float>?
 
     /// Checks the arrays' consistency (offsets monotone and block-aligned, row numbers in range,
     /// each row at most once is *not* checked here: see `validate(rowCount:)`).
     public init(dimension: Int, listCount: Int, subspaces: Int, subspaceDimension: Int,
                 centroids: UnsafePointer<Float>, codebooks: UnsafePointer<Float>, rotation: UnsafePointer<Float>,
                 listOffsets: UnsafePointer<Int64>,
-                codes: UnsafePointer<UInt8>, rows: UnsafePointer<UInt32>) {
+                codes: UnsafePointer<UInt8>, rows: UnsafePointer<UInt32>, listBonus: UnsafePointer<Float>? = nil) {
         precondition(dimension >= 1 && listCount >= 1 && subspaces >= 4 && subspaces % 4 == 0
                      && subspaces <= Int(SRK_PQ4_MAX_M) && subspaceDimension >= 1 && subspaces * subspaceDimension >= dimension)
         self.dimension = dimension
@@ -65,6 +68,7 @@ public struct IVFPQIndex: @unchecked Sendable {
         self.listOffsets = listOffsets
         self.codes = codes
         self.rows = rows
+        self.listBonus = listBonus
         self.positions = Int(listOffsets[listCount])
         var longest = 0
         for l in 0..<listCount { longest = max(longest, Int(listOffsets[l + 1] - listOffsets[l])) }
@@ -112,7 +116,49 @@ public struct IVFPQIndex: @unchecked Sendable {
     var cView: srk_ivfpq {
         srk_ivfpq(d: Int64(dimension), nlist: Int64(listCount), m: Int64(subspaces), dsub: Int64(subspaceDimension),
                   max_list: Int64(longestList), centroids: centroids, codebooks: codebooks, rotation: rotation, list_offsets: listOffsets,
-                  codes: codes, rows: rows)
+                  codes: codes, rows: rows, list_bonus: listBonus)
+    }
+
+    /// The probe-bonus weights the builder chooses from (`IVFPQBuilder.chooseProbeBonusWeight`).
+    public static let probeBonusWeights: [Float] = [0, 0.25, 0.5, 1, 2]
+
+    /// Writes each list's spread into `out` (`listCount` floats): the 90th percentile of its
+    /// members' residual norms, read from their codes (the codewords' norms; the rotation keeps
+    /// norms). Deterministic: the index file's loader and the builder compute the same values.
+    ///
+    /// A list's probe bonus is `weight × spread`, and queries probe lists by `q·c + |q| · bonus`
+    /// (`q·c + |q|·‖r‖` bounds every member's score `q·c + q·r`): on skewed data the high-norm
+    /// popular items, which are the top results of many queries, sit far from their centroids
+    /// in lists whose centroid scores are not the highest; the bonus probes those lists first.
+    /// On isotropic data `q·r` is far below that bound and the bonus only adds noise, so the
+    /// weight is chosen per index by measurement (0 turns it off).
+    public func computeListSpread(into out: UnsafeMutablePointer<Float>) {
+        let m = subspaces, dsub = subspaceDimension
+        var cwNorm = [Float](repeating: 0, count: m * 16)
+        for s in 0..<m {
+            for c in 0..<16 {
+                var v: Float = 0
+                for t in 0..<dsub { let x = codebooks[(s * 16 + c) * dsub + t]; v += x * x }
+                cwNorm[s * 16 + c] = v
+            }
+        }
+        var norms = [Float]()
+        norms.reserveCapacity(longestList)
+        for l in 0..<listCount {
+            norms.removeAll(keepingCapacity: true)
+            for p in Int(listOffsets[l])..<Int(listOffsets[l + 1]) where rows[p] != UInt32.max {
+                let blk = codes + (p / 32) * 16 * m, v = p % 32
+                var sq: Float = 0
+                for g in 0..<(m / 2) {
+                    let byte = blk[g * 32 + v]
+                    sq += cwNorm[(2 * g) * 16 + Int(byte & 15)] + cwNorm[(2 * g + 1) * 16 + Int(byte >> 4)]
+                }
+                norms.append(sq.squareRoot())
+            }
+            guard !norms.isEmpty else { out[l] = 0; continue }
+            norms.sort()
+            out[l] = norms[(norms.count - 1) * 9 / 10]
+        }
     }
 
     /// Per-query scratch for `search` (bytes), for callers that keep one per thread.

@@ -62,10 +62,29 @@ public struct MLPConfig: Codable, Sendable, Equatable {
 
 /// Which GEMM the MLP's hidden layers use.
 public enum GEMMBackend: Sendable, Equatable {
-    /// OpenBLAS `cblas_sgemm`, single-threaded per call (parallelism comes from the pool).
-    case openBLAS
+    /// A GEMM from outside this module: `ShardRankBLAS`'s `.openBLAS` (benchmarks and tests only,
+    /// so that the serving binary does not link libopenblas).
+    case external(ExternalGEMM)
     /// This module's register-blocked micro-kernel for the given ISA.
     case native(KernelISA)
+}
+
+/// A GEMM supplied by another module: `C[m×n] = A[m×k] · B[n×k]ᵀ`, row-major with leading
+/// dimensions, run on the calling thread. Equal when the names are equal.
+public struct ExternalGEMM: Sendable, Equatable, CustomStringConvertible {
+    public typealias Function = @Sendable (_ m: Int64, _ n: Int64, _ k: Int64, _ a: UnsafePointer<Float>, _ lda: Int64,
+                                           _ b: UnsafePointer<Float>, _ ldb: Int64,
+                                           _ c: UnsafeMutablePointer<Float>, _ ldc: Int64) -> Void
+    public let name: String
+    public let function: Function
+
+    public init(name: String, _ function: @escaping Function) {
+        self.name = name; self.function = function
+    }
+
+    public var description: String { name }
+
+    public static func == (a: ExternalGEMM, b: ExternalGEMM) -> Bool { a.name == b.name }
 }
 
 /// A loaded MLP scorer. Immutable after loading and safe to use from many threads at once.
@@ -347,8 +366,8 @@ public final class MLPModel: @unchecked Sendable {
                 return
             }
             switch gemm {
-            case .openBLAS:
-                srk_blas_sgemm_nt(Int64(m), Int64(layer.outputs), Int64(layer.inputs), input, Int64(layer.inputs),
+            case .external(let external):
+                external.function(Int64(m), Int64(layer.outputs), Int64(layer.inputs), input, Int64(layer.inputs),
                                   layer.weight, Int64(layer.inputs), bufA, Int64(layer.outputs))
             case .native(let nisa):
                 nisa.table.pointee.gemm_nt_packed(Int64(m), Int64(layer.outputs), Int64(layer.inputs), input,

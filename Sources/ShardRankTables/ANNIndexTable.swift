@@ -20,6 +20,10 @@ public final class ANNIndexTable: @unchecked Sendable {
     public let annByDefault: Bool
     public var mappedBytes: Int { file.mapping.bytes.count }
     let file: TableFile
+    /// The weight of the lists' spread in the probe order, from the file.
+    public let probeBonusWeight: Float
+    /// The lists' probe bonuses: the weight × each list's spread, computed from the codes at load.
+    private let listBonus: UnsafeMutableBufferPointer<Float>
 
     init(file: TableFile, table: EmbeddingTable, tableFile: TableFile, spec: TableSetManifest.ANNIndexSpec) throws {
         let path = file.path
@@ -57,24 +61,38 @@ public final class ANNIndexTable: @unchecked Sendable {
         func ptr<T>(_ id: SectionID, _: T.Type) -> UnsafePointer<T> {
             file.typed(id, as: T.self).baseAddress ?? anyPtr.assumingMemoryBound(to: T.self)
         }
-        let index = IVFPQIndex(dimension: d, listCount: lists, subspaces: m, subspaceDimension: dsub,
+        let plain = IVFPQIndex(dimension: d, listCount: lists, subspaces: m, subspaceDimension: dsub,
                                centroids: ptr(.annCentroids, Float.self), codebooks: ptr(.annCodebooks, Float.self),
                                rotation: ptr(.annRotation, Float.self),
                                listOffsets: offsets.baseAddress!, codes: ptr(.annCodes, UInt8.self), rows: ptr(.annRows, UInt32.self))
-        if let problem = index.validate(rowCount: table.rowCount) { throw TableError.corrupt(path, "ANN index: \(problem)") }
+        if let problem = plain.validate(rowCount: table.rowCount) { throw TableError.corrupt(path, "ANN index: \(problem)") }
+        // params[6]: the probe-bonus weight as Float bits (0 in files written before it existed).
+        let weight = Float(bitPattern: UInt32(truncatingIfNeeded: params[6]))
+        guard params[6] >> 32 == 0, weight.isFinite, weight >= 0, weight <= 64 else {
+            throw TableError.corrupt(path, "bad ANN probe bonus weight (parameter 6 = \(hex(params[6])))")
+        }
+        let bonus = UnsafeMutableBufferPointer<Float>.allocate(capacity: lists)
+        plain.computeListSpread(into: bonus.baseAddress!)
+        for l in 0..<lists { bonus[l] *= weight }
+        self.probeBonusWeight = weight
+        self.listBonus = bonus
         self.file = file
         self.table = table
-        self.index = index
+        self.index = IVFPQIndex(dimension: d, listCount: lists, subspaces: m, subspaceDimension: dsub,
+                                centroids: plain.centroids, codebooks: plain.codebooks, rotation: plain.rotation,
+                                listOffsets: plain.listOffsets, codes: plain.codes, rows: plain.rows, listBonus: bonus.baseAddress!)
         self.defaults = ANNSearchParameters(nprobe: spec.nprobe, rerank: spec.rerank)
         self.annByDefault = spec.defaultMode == "ann"
     }
+
+    deinit { listBonus.deallocate() }
 
     /// Writes the index file of `data` built over `tableFile` (the shard's embedding file).
     static func write(path: String, data: IVFPQIndexData, tableFile: TableFile, rows: Int, shard: Int, shardCount: Int,
                       seed: UInt64) throws -> WrittenTableFile {
         let positions = data.rows.count
         let params: [UInt64] = [layoutVersion, UInt64(data.listCount), UInt64(data.subspaces), UInt64(data.subspaceDimension),
-                                UInt64(positions), tableFile.headerChecksum, 0, 0]
+                                UInt64(positions), tableFile.headerChecksum, UInt64(data.probeBonusWeight.bitPattern), 0]
         func raw<T>(_ b: UnsafeMutableBufferPointer<T>) -> UnsafeRawBufferPointer { UnsafeRawBufferPointer(b) }
         let sections: [SectionSpec] = [
             SectionSpec(id: .annParams, count: 8) { try $0.append(contentsOf: params) },

@@ -383,6 +383,8 @@ public final class TableSetBuilder {
         public var seconds: Double
         /// The queries were the given query vectors (else stored rows).
         public var queriesGiven: Bool
+        /// The probe-bonus weight chosen per shard (`IVFPQBuilder.chooseProbeBonusWeight`).
+        public var probeBonusWeights: [Float] = []
     }
 
     /// Builds an IVF-PQ4 index for each shard file of the embedding table `table` (already added
@@ -407,8 +409,9 @@ public final class TableSetBuilder {
         let start = ContinuousClock.now
         let dir = try versionDirectory()
         var files: [TableSetManifest.File] = []
-        var lists = 0, subspaces = 0
+        var lists = 0, subspaces = 0, subspaceDim = 0
         var hits = 0, asked = 0
+        var weights: [Float] = []
         var rng = SplitMix64(seed: options.seed ^ 0xA11CE)
         // One list count for every shard (the manifest records one), from the average slice.
         var opts = options
@@ -434,19 +437,9 @@ public final class TableSetBuilder {
             } catch let e as IVFPQBuilder.BuildError {
                 throw TableError(.invalidInput, "--ann: table \(name) shard \(shard): \(e.description)")
             }
-            written = try ANNIndexTable.write(path: dir + "/" + fileName, data: data, tableFile: tableFile, rows: rows.count,
-                                              shard: shard, shardCount: router.shardCount, seed: router.seed)
-            guard lists == 0 || lists == data.listCount else {
-                throw TableError(.invalidInput, "--ann: shard \(shard) of table \(name) has \(rows.count) rows, too few for \(lists) lists")
-            }
-            lists = data.listCount
-            subspaces = data.subspaces
-            files.append(.init(shard: shard, file: fileName, rows: UInt64(rows.count), bytes: UInt64(written.fileSize),
-                               checksum: "xxh64:" + hex(written.headerChecksum).dropFirst(2)))
-            // Recall of the defaults on this shard, the exact scan as truth: the given queries, or
-            // this shard's share of stored rows.
-            var q = [Float](repeating: 0, count: table.dim)
-            let index = data.index
+            // The probe-bonus weight, chosen by recall@10 of the defaults against the exact scan
+            // on sampled queries: the given queries (e.g. the user vectors, what the shards will
+            // serve), or this shard's share of stored rows. That recall is the one reported.
             let given = queries.map { $0.count / table.dim } ?? 0
             let picks: [Int]
             if given > 0 {
@@ -456,27 +449,39 @@ public final class TableSetBuilder {
                 let share = (recallSample * rows.count + Int(tables[ti].rows) - 1) / max(1, Int(tables[ti].rows))
                 picks = (0..<min(share, rows.count)).map { _ in Int(rng.next() % UInt64(rows.count)) }
             }
-            for r in picks {
-                if given > 0 {
-                    q.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: queries!.baseAddress! + r * table.dim, count: table.dim) }
-                } else {
-                    q.withUnsafeMutableBufferPointer { table.decodeRow(at: r, into: $0) }
+            var qs = [Float](repeating: 0, count: picks.count * table.dim)
+            qs.withUnsafeMutableBufferPointer { out in
+                for (i, r) in picks.enumerated() {
+                    let dst = UnsafeMutableBufferPointer(rebasing: out[(i * table.dim)..<((i + 1) * table.dim)])
+                    if given > 0 {
+                        dst.baseAddress!.update(from: queries!.baseAddress! + r * table.dim, count: table.dim)
+                    } else {
+                        table.decodeRow(at: r, into: dst)
+                    }
                 }
-                let exact = q.withUnsafeBufferPointer {
-                    Search.topK(queries: $0.baseAddress!, queryCount: 1, rows: rows, ids: table.ids.baseAddress!, k: 10)[0]
-                }
-                let approx = q.withUnsafeBufferPointer {
-                    index.search(query: $0.baseAddress!, k: 10, parameters: defaults, rows: rows, ids: table.ids.baseAddress!).items
-                }
-                let want = Set(exact.map(\.id))
-                hits += approx.filter { want.contains($0.id) }.count
-                asked += exact.count
             }
+            let chosen = qs.withUnsafeBufferPointer {
+                IVFPQBuilder.chooseProbeBonusWeight(data, rows: rows, ids: table.ids.baseAddress!, queries: $0.baseAddress!,
+                                                    count: picks.count, parameters: defaults)
+            }
+            hits += chosen.hits
+            asked += chosen.asked
+            weights.append(chosen.weight)
+            written = try ANNIndexTable.write(path: dir + "/" + fileName, data: data, tableFile: tableFile, rows: rows.count,
+                                              shard: shard, shardCount: router.shardCount, seed: router.seed)
+            guard lists == 0 || lists == data.listCount else {
+                throw TableError(.invalidInput, "--ann: shard \(shard) of table \(name) has \(rows.count) rows, too few for \(lists) lists")
+            }
+            lists = data.listCount
+            subspaces = data.subspaces
+            subspaceDim = data.subspaceDimension
+            files.append(.init(shard: shard, file: fileName, rows: UInt64(rows.count), bytes: UInt64(written.fileSize),
+                               checksum: "xxh64:" + hex(written.headerChecksum).dropFirst(2)))
             withExtendedLifetime(data) {}
         }
         let recall = asked > 0 ? Double(hits) / Double(asked) : 1
         tables[ti].index = TableSetManifest.ANNIndexSpec(
-            kind: "ivfpq4", lists: lists, subspaces: subspaces, subspaceDim: options.subspaceDimension, spill: options.spill,
+            kind: "ivfpq4", lists: lists, subspaces: subspaces, subspaceDim: subspaceDim, spill: options.spill,
             seed: hex(options.seed),
             defaultMode: defaultMode, nprobe: defaults.nprobe, rerank: defaults.rerank,
             recallAt10: (recall * 10_000).rounded() / 10_000, shards: files)
@@ -485,7 +490,7 @@ public final class TableSetBuilder {
         let given = (queries?.count ?? 0) >= (tables[ti].dim)
         return ANNIndexReport(lists: lists, subspaces: subspaces, recallAt10: recall,
                               sampledQueries: given ? min(recallSample, queries!.count / tables[ti].dim) : asked / 10,
-                              seconds: seconds, queriesGiven: given)
+                              seconds: seconds, queriesGiven: given, probeBonusWeights: weights)
     }
 
     // MARK: - Publishing

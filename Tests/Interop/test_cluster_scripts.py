@@ -562,7 +562,8 @@ def test_k8s_manifests_validate(tmp_path):
     by_kind = {}
     for d in docs:
         by_kind.setdefault(d["kind"], []).append(d)
-    assert sorted(by_kind) == ["ConfigMap", "Deployment", "Namespace", "PersistentVolumeClaim", "Service", "StatefulSet"]
+    assert sorted(by_kind) == ["ConfigMap", "Deployment", "Namespace", "NetworkPolicy", "PersistentVolumeClaim",
+                               "PodDisruptionBudget", "Service", "StatefulSet"]
     headless = [s for s in by_kind["Service"] if s["spec"].get("clusterIP") == "None"]
     assert len(headless) == 1
     sets = by_kind["StatefulSet"]
@@ -578,21 +579,95 @@ def test_k8s_manifests_validate(tmp_path):
     for pod in pods:
         c = pod["containers"][0]
         port = c["ports"][0]["containerPort"]
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert c[probe]["grpc"]["port"] == port
+        # The image (scripts/release) has no shell: the binary is the command, and TLS is on.
+        assert c["command"] == ["/usr/local/bin/shardrank"]
+        args = c["args"]
+        assert [args[args.index(f) + 1] for f in ("--tls-cert", "--tls-key", "--tls-ca")] == \
+            ["/etc/shardrank/tls/tls.crt", "/etc/shardrank/tls/tls.key", "/etc/shardrank/tls/ca.crt"]
+        assert "--insecure-plaintext" not in args
+        tls_mount = next(m for m in c["volumeMounts"] if m["mountPath"] == "/etc/shardrank/tls")
+        secret = next(v for v in pod["volumes"] if v["name"] == tls_mount["name"])["secret"]["secretName"]
+        assert secret == ("shardrank-coordinator-tls" if args[0] == "coordinator" else "shardrank-shard-tls")
+        # The kubelet's grpc probe has no TLS: the health checks run `shardrank health` over TLS in
+        # the pod (startup everywhere, readiness on shards); liveness (and a coordinator's
+        # readiness: it answers degraded while a shard is down) is /healthz on the admin port.
+        checks = ["startupProbe", "readinessProbe"] if args[0] == "shard" else ["startupProbe"]
+        for probe in checks:
+            cmd = c[probe]["exec"]["command"]
+            assert cmd[:4] == ["/usr/local/bin/shardrank", "health", "--target", f"localhost:{port}"] and "--tls-ca" in cmd
+        for probe in {"startupProbe", "readinessProbe", "livenessProbe"} - set(checks):
+            assert c[probe]["httpGet"] == {"path": "/healthz", "port": port + 1000, "scheme": "HTTP"}
         assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
         assert [p["containerPort"] for p in c["ports"]] == [port, port + 1000]  # grpc, admin (metrics)
-    shard_cmd = sets[0]["spec"]["template"]["spec"]["containers"][0]["command"][-1]
-    assert "--of 3" in shard_cmd and "HOSTNAME##*-" in shard_cmd  # shard index = pod ordinal
+        assert c["securityContext"]["runAsNonRoot"] and c["securityContext"]["readOnlyRootFilesystem"]
+        assert pod["automountServiceAccountToken"] is False
+        tmp = next(m for m in c["volumeMounts"] if m["mountPath"] == "/tmp")  # writable scratch on a read-only root
+        assert next(v for v in pod["volumes"] if v["name"] == tmp["name"])["emptyDir"]
+    shard_args = sets[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert shard_args[shard_args.index("--of") + 1] == "3"
+    assert shard_args[shard_args.index("--shard") + 1] == "$(POD_INDEX)"  # shard index = pod ordinal, expanded by Kubernetes
+    env = sets[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env == [{"name": "POD_INDEX", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}}]
+    dep_args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert dep_args[dep_args.index("--token-file") + 1] == "/etc/shardrank/tokens/tokens"
+    assert dep_args[dep_args.index("--topology") + 1] == "/etc/shardrank/topology/topology.json"
+    assert {"name": "tokens", "secret": {"secretName": "shardrank-tokens", "defaultMode": 0o440}} in dep["spec"]["template"]["spec"]["volumes"]
+
+    # NetworkPolicies: everything ShardRank denied by default; clients → coordinator gRPC,
+    # coordinator → shard gRPC, Prometheus → both admin ports; nothing else.
+    pols = {p["metadata"]["name"]: p["spec"] for p in by_kind["NetworkPolicy"]}
+    assert set(pols) == {"shardrank-default-deny", "shardrank-clients-to-coordinator", "shardrank-coordinator-to-shards",
+                         "shardrank-prometheus-to-admin"}
+    assert pols["shardrank-default-deny"] == {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "shardrank"}},
+                                              "policyTypes": ["Ingress"]}
+    to_shards = pols["shardrank-coordinator-to-shards"]
+    assert to_shards["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "shard"
+    assert to_shards["ingress"] == [{"from": [{"podSelector": {"matchLabels": dep["spec"]["selector"]["matchLabels"]}}],
+                                     "ports": [{"protocol": "TCP", "port": 7100}]}]
+    to_coord = pols["shardrank-clients-to-coordinator"]
+    assert to_coord["podSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    assert to_coord["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 7000}]
+    assert to_coord["ingress"][0]["from"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"shardrank.io/client": "true"}}}]
+    prom = pols["shardrank-prometheus-to-admin"]["ingress"][0]
+    assert sorted(p["port"] for p in prom["ports"]) == [8000, 8100]
+    assert prom["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
+    # PodDisruptionBudgets: one shard pod and one coordinator at a time.
+    pdbs = {p["metadata"]["name"]: p["spec"] for p in by_kind["PodDisruptionBudget"]}
+    assert pdbs["shardrank-shard"] == {"maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": "shardrank",
+                                                                                      "app.kubernetes.io/component": "shard"}}}
+    assert pdbs["shardrank-coordinator"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
     assert any(v.get("persistentVolumeClaim") for v in sets[0]["spec"]["template"]["spec"]["volumes"])
     assert "--mlp" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
     coord_args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert topo_cm["query_tower"] == "/tables/towers/T.safetensors"
     assert coord_args[coord_args.index("--query-tower") + 1] == "/tables/towers/T.safetensors"
 
+    # --insecure-plaintext (test clusters): no TLS, no tokens, the kubelet's own grpc probes.
+    out = subprocess.run([os.path.join(CLUSTER, "k8s", "generate"), str(tmp_path / "t.json"), str(tmp_path / "plain"),
+                          "--insecure-plaintext", "--client-namespace-labels", "team=recs", "--client-pod-labels", ""],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    plain = []
+    for name in sorted(os.listdir(tmp_path / "plain")):
+        with open(tmp_path / "plain" / name) as f:
+            plain += [d for d in yaml.safe_load_all(f) if d]
+    for d in plain:
+        kv.validate(d, "1.30.0", strict=True)
+    for d in plain:
+        if d["kind"] in ("StatefulSet", "Deployment"):
+            c = d["spec"]["template"]["spec"]["containers"][0]
+            assert "--insecure-plaintext" in c["args"] and "--tls-cert" not in c["args"] and "--token-file" not in c["args"]
+            assert c["startupProbe"]["grpc"]["port"] == c["ports"][0]["containerPort"]
+        if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "shardrank-clients-to-coordinator":
+            assert d["spec"]["ingress"][0]["from"] == [{"namespaceSelector": {"matchLabels": {"team": "recs"}}, "podSelector": {}}]
+    bad = subprocess.run([os.path.join(CLUSTER, "k8s", "generate"), str(tmp_path / "t.json"), str(tmp_path / "bad"),
+                          "--client-pod-labels", "app"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "expected KEY=VALUE" in bad.stderr
+
     # The validator is not a rubber stamp: a broken probe and an unknown field are rejected.
     broken = json.loads(json.dumps(sets[0]))
-    broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"] = "grpc-port"
+    broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"] = {"grpc": {"port": "grpc-port"}}
     with pytest.raises(kv.ValidationError):
         kv.validate(broken, "1.30.0", strict=True)
     broken = json.loads(json.dumps(sets[0]))
@@ -603,13 +678,48 @@ def test_k8s_manifests_validate(tmp_path):
     # The committed example is what the generator makes of the committed example topology.
     regen = tmp_path / "example"
     out = subprocess.run([os.path.join(CLUSTER, "k8s", "generate"), os.path.join(CLUSTER, "examples", "local-4x2.json"),
-                          str(regen)], capture_output=True, text=True, timeout=30)
+                          str(regen), "--shard-memory", "2Gi"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     committed = os.path.join(CLUSTER, "k8s", "example")
     assert sorted(os.listdir(regen)) == sorted(os.listdir(committed))
     for name in os.listdir(regen):
         with open(regen / name) as a, open(os.path.join(committed, name)) as b:
-            assert a.read() == b.read(), f"cluster/k8s/example/{name} is stale: rerun cluster/k8s/generate"
+            assert a.read() == b.read(), \
+                f"cluster/k8s/example/{name} is stale: rerun cluster/k8s/generate cluster/examples/local-4x2.json cluster/k8s/example --shard-memory 2Gi"
+
+
+def test_k8s_memory_requests_follow_the_table_set_and_the_coordinator_settings(tmp_path):
+    import yaml
+    # A table set on this machine: 3 shards, shard 0's slice the largest (sparse files: sizes only).
+    v = tmp_path / "tables" / "v2"
+    v.mkdir(parents=True)
+    (v / "manifest.json").write_text("{}")
+    for name, mib in (("items.0-of-3.srt", 90), ("items.0-of-3.ann.srt", 10), ("items.1-of-3.srt", 60), ("users.2-of-3.srt", 5)):
+        with open(v / name, "wb") as f:
+            f.truncate(mib << 20)
+    (tmp_path / "tables" / "v1").mkdir()  # older, and without a manifest: not a version
+    topo = {"tables": "tables", "shards": [["a:1"], ["b:1"], ["c:1"]],
+            "coordinator": {"session_users": 100000, "session_events_per_user": 10, "user_cache_mb": 100, "row_cache_mb": 0}}
+    (tmp_path / "t.json").write_text(json.dumps(topo))
+
+    def requests(*extra):
+        out = subprocess.run([os.path.join(CLUSTER, "k8s", "generate"), str(tmp_path / "t.json"), str(tmp_path / "k8s"), *extra],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        got = {}
+        for name in ("30-shards.yaml", "40-coordinator.yaml"):
+            for d in yaml.safe_load_all(open(tmp_path / "k8s" / name)):
+                if d and d["kind"] in ("StatefulSet", "Deployment"):
+                    got[d["kind"]] = d["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"]
+        return got
+    # Shard: 64 MiB + 2 x 100 MiB (two versions of shard 0's slice during a switch) = 264 → 320Mi.
+    # Coordinator: 64 + 100 + 0 MiB + 100,000 x (120 + 16 x 10) B = 190.7 MiB → 192Mi.
+    assert requests() == {"StatefulSet": "320Mi", "Deployment": "192Mi"}
+    assert requests("--shard-memory", "3Gi", "--coordinator-memory", "1Gi") == {"StatefulSet": "3Gi", "Deployment": "1Gi"}
+    topo["tables"] = "elsewhere"   # not on this machine: the fallback, said on stderr
+    del topo["coordinator"]        # the defaults: 64 + 256 + 64 MiB + 1,000,000 x 920 B = 1261 MiB → 1280Mi
+    (tmp_path / "t.json").write_text(json.dumps(topo))
+    assert requests() == {"StatefulSet": "2Gi", "Deployment": "1280Mi"}
 
 
 # A LightGBM text model of one split over the coordinator's `popularity` feature: more popular
@@ -713,3 +823,28 @@ def test_a_query_tower_in_the_topology_is_served(tables, tmp_path, run_dir, pb):
                              query_tower="nope/T.safetensors")
     out = cluster("up", missing, "--run-dir", run_dir, "--timeout", "20")
     assert out.returncode == 2 and "nope/T.safetensors" in out.stderr and "not a file" in out.stderr, out.stderr
+
+
+def test_up_with_tracing_writes_one_trace_across_the_processes_logs(tables, tmp_path, run_dir):
+    ports = free_ports(3)
+    topo = write_topology(tmp_path / "traced.json", tables, [[f"127.0.0.1:{p}"] for p in ports[:2]], [f"127.0.0.1:{ports[2]}"])
+    try:
+        out = cluster("up", topo, "--run-dir", run_dir, "--trace-sample-rate", "1", timeout=60)
+        assert out.returncode == 0, out.stderr
+        recommend(f"127.0.0.1:{ports[2]}")  # no traceparent: rate 1 starts a trace
+    finally:
+        cluster("down", topo, "--run-dir", run_dir, timeout=60)
+    spans = {}
+    for name in ("coordinator-0", "shard-0-0", "shard-1-0"):
+        with open(os.path.join(run_dir, name + ".log")) as f:
+            spans[name] = [json.loads(l)["span"] for l in f if l.startswith('{"span":')]
+    roots = [s for s in spans["coordinator-0"] if s["name"] == "shardrank.v1.Recommender/Recommend"]
+    assert len(roots) == 1 and "parent_span_id" not in roots[0], spans["coordinator-0"]
+    trace = roots[0]["trace_id"]
+    calls = {s["span_id"] for s in spans["coordinator-0"] if s["kind"] == "client"}
+    for shard in ("shard-0-0", "shard-1-0"):
+        ours = [s for s in spans[shard] if s["trace_id"] == trace]
+        assert ours and all(s["parent_span_id"] in calls for s in ours), spans[shard]
+        # At rate 1 the shards also trace the calls that come without a context (the
+        # coordinator's Info polls): each is a root of its own trace.
+        assert all("parent_span_id" not in s for s in spans[shard] if s["trace_id"] != trace)

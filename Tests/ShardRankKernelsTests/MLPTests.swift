@@ -1,6 +1,7 @@
 import Testing
 import Foundation
 import ShardRankKernels
+import ShardRankBLAS
 
 /// The MLP against the numpy reference (scripts/mlp-reference.py fixture), loaded from a
 /// safetensors file this test writes, plus the loader's error paths.

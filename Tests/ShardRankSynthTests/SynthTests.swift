@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import ShardRankTables
+import ShardRankKernels
 @testable import ShardRankSynth
 
 /// A small world: fast in a debug build, big enough for the statistics below.
@@ -221,6 +222,46 @@ struct SynthTests {
         }
         let meanPercentile = percentileSum / Double(held.count)
         #expect(meanPercentile < 0.1, "held-out items sit at mean rank percentile \(meanPercentile) (random: 0.5)")
+    }
+
+    /// The IVF index's probe bonus on the data it exists for: in a synth world a user's best
+    /// items are the popular ones (popularity coordinate near 0 where most items sit near
+    /// −0.8·ln(rank)), spread over every genre and far from their lists' centroids, so probing
+    /// lists by centroid score alone misses them at a small nprobe. The weight the builder
+    /// chooses on some users must be above 0 and raise recall@10 on other users.
+    @Test func annProbeBonusFindsThePopularItemsCentroidScoresMiss() throws {
+        var p = smallParameters()
+        p.items = 20000
+        p.dim = 64
+        p.genres = 24
+        let dir = try generated(p, "ann")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let x = try Npy(bytes(dir, "items.npy")).floats, users = try Npy(bytes(dir, "users.npy")).floats
+        let n = p.items, d = p.dim
+        let ids = (0..<UInt64(n)).map { $0 }
+        let knob = ANNSearchParameters(nprobe: 1, rerank: 100)
+        try x.withUnsafeBufferPointer { xp in try ids.withUnsafeBufferPointer { ip in try users.withUnsafeBufferPointer { up in
+            let rows = RowMatrix(f32: xp.baseAddress!, count: n, dimension: d)
+            let data = try IVFPQBuilder.build(rows: rows, options: IVFPQBuildOptions(lists: 64), pool: WorkerPool(threadCount: 2))
+            func recall(from first: Int, count: Int) -> Double {
+                var hits = 0
+                let exact = Search.topK(queries: up.baseAddress! + first * d, queryCount: count, rows: rows, ids: ip.baseAddress!, k: 10)
+                for t in 0..<count {
+                    let want = Set(exact[t].map(\.id))
+                    hits += data.index.search(query: up.baseAddress! + (first + t) * d, k: 10, parameters: knob, rows: rows,
+                                              ids: ip.baseAddress!).items.filter { want.contains($0.id) }.count
+                }
+                return Double(hits) / Double(10 * count)
+            }
+            data.setProbeBonusWeight(0)
+            let plain = recall(from: 100, count: 150)
+            let chosen = IVFPQBuilder.chooseProbeBonusWeight(data, rows: rows, ids: ip.baseAddress!, queries: up.baseAddress!,
+                                                             count: 100, parameters: knob)
+            #expect(chosen.weight > 0, "chosen weight \(chosen.weight)")
+            let boosted = recall(from: 100, count: 150)
+            #expect(boosted >= plain + 0.05, "recall@10 at nprobe 2: \(plain) by centroid scores, \(boosted) with weight \(chosen.weight)")
+            withExtendedLifetime(data) {}
+        } } }
     }
 
     @Test func outputBuildsAsATableSet() throws {

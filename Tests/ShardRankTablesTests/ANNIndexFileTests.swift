@@ -48,6 +48,27 @@ import ShardRankKernels
         }
     }
 
+    /// The probe-bonus weight the build chose travels in the index file (parameter 6, Float
+    /// bits) and comes back at load, and the search's per-list bonuses are that weight times the
+    /// lists' spread computed from the codes.
+    @Test func probeBonusWeightIsStoredLoadedAndChecked() throws {
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        try build(dir.path)
+        let path = dir.path + "/v1/" + TableSetManifest.indexFileName(table: "items", shard: 0, shardCount: 2)
+        let file = try TableFile.open(path: path)
+        let stored = file.typed(.annParams, as: UInt64.self)[6]
+        let ts = try TableSetLoader.load(root: dir.path, shard: 0, of: 2)
+        let index = try #require(ts.index("items"))
+        #expect(UInt64(index.probeBonusWeight.bitPattern) == stored)
+        #expect(IVFPQIndex.probeBonusWeights.contains(index.probeBonusWeight))
+        // The bonuses the search uses are the weight times the lists' spread.
+        var spread = [Float](repeating: 0, count: index.index.listCount)
+        spread.withUnsafeMutableBufferPointer { index.index.computeListSpread(into: $0.baseAddress!) }
+        let bonus = try #require(index.index.listBonus)
+        for l in 0..<index.index.listCount { #expect(bonus[l] == index.probeBonusWeight * spread[l]) }
+    }
+
     @Test func corruptOrTruncatedIndexIsRefused() throws {
         let dir = try TempDir()
         defer { dir.cleanup() }

@@ -161,12 +161,14 @@ typedef struct srk_ivfpq {
     const int64_t *list_offsets;  ///< nlist + 1 positions, multiples of SRK_PQ4_BLOCK
     const uint8_t *codes;         ///< list_offsets[nlist] / 32 blocks of 16 * m bytes
     const uint32_t *rows;         ///< list_offsets[nlist] row numbers; UINT32_MAX = padding
+    const float *list_bonus;      ///< nlist values or NULL: lists are probed in the order of q.c_l + |q| * list_bonus[l]
 } srk_ivfpq;
 
 /// Bytes of scratch one srk_ivfpq_search call needs (any alignment; reusable across calls).
 int64_t srk_ivfpq_scratch_bytes(const srk_ivfpq *ix, int64_t nprobe, int64_t rerank);
 
-/// One query: probes the `nprobe` lists whose centroids score highest, keeps the `rerank` best
+/// One query: probes the `nprobe` lists that score highest (q.c_l, plus |q| times the list's
+/// bonus when the index has one: a bound on how far its members reach beyond the centroid), keeps the `rerank` best
 /// approximate candidates among rows not in `exclude_rows` (sorted ascending, `nexclude`
 /// values), scores them exactly with `k`'s dot kernel over the table's rows (`dtype`, `rows`,
 /// `scales` for int8) and offers each to `out` with id ids[row]. `isa` picks the fast-scan
@@ -175,14 +177,6 @@ int64_t srk_ivfpq_search(const srk_kernels *k, int32_t isa, const srk_ivfpq *ix,
                          int32_t dtype, const void *rows, const float *scales, const uint64_t *ids,
                          const uint32_t *exclude_rows, int64_t nexclude, int64_t nprobe, int64_t rerank,
                          srk_topk *out, void *scratch);
-
-// ---- OpenBLAS -------------------------------------------------------------------------
-/// C = A * B^T via OpenBLAS cblas_sgemm, run on the calling thread only (OpenBLAS's own
-/// threading is switched off once, at first use).
-void srk_blas_sgemm_nt(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
-                       const float *b, int64_t ldb, float *c, int64_t ldc);
-/// The OpenBLAS core name (e.g. "SkylakeX"), static storage.
-const char *srk_blas_corename(void);
 
 /// Converts one binary16 bit pattern to float (exact, handles subnormals/Inf/NaN).
 float srk_f16_to_f32(uint16_t h);
