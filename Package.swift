@@ -31,6 +31,10 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.0"),
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.21.0"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.0"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-asn1", from: "1.7.0"),
     ],
     targets: [
         // ---- C: system libraries and generated code --------------------------------------
@@ -59,8 +63,16 @@ let package = Package(
             "RPCCore", "RPCHTTP2",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "NIOTLS", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: hotPathSettings),
+        // Development certificates (`shardrank certs`): a CA and role-tagged leaf certificates.
+        .target(name: "ShardRankCerts", dependencies: [
+            .product(name: "X509", package: "swift-certificates"),
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "SwiftASN1", package: "swift-asn1"),
+        ], swiftSettings: swiftSettings),
 
         // ---- ShardRank libraries ---------------------------------------------------------
         // The delta-varint id-set codec shared by the table files and the wire (no dependencies).
@@ -104,7 +116,7 @@ let package = Package(
         ], swiftSettings: swiftSettings),
         .executableTarget(name: "ShardRankCLI", dependencies: ["ShardRankRouting", 
             "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient", "ShardServer", "ShardRankTables",
-            "Coordinator", "ShardRankSynth", "LoadTest", "ShardRankKernels", "ShardRankAdmin", "ShardRankEval", "CShardRankSystem",
+            "Coordinator", "ShardRankSynth", "LoadTest", "ShardRankKernels", "ShardRankAdmin", "ShardRankEval", "CShardRankSystem", "ShardRankCerts",
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -145,7 +157,7 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         .testTarget(name: "EndToEndTests", dependencies: [
-            "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient", "ShardServer", "TestSupport",
+            "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient", "ShardServer", "TestSupport", "ShardRankCerts",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),

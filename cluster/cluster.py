@@ -226,13 +226,22 @@ def port_taken(host, port):
         s.close()
 
 
-def health(binary, address, timeout_ms=500):
+def tls_client_args(certs):
+    """`shardrank health` arguments for a TLS cluster whose certificates are in `certs` (the
+    client certificate: a shard with mutual TLS answers health to any certificate of its CA)."""
+    if not certs:
+        return []
+    return ["--tls-ca", os.path.join(certs, "ca.pem"), "--tls-cert", os.path.join(certs, "client.pem"),
+            "--tls-key", os.path.join(certs, "client-key.pem")]
+
+
+def health(binary, address, timeout_ms=500, certs=None):
     """'SERVING', 'NOT_SERVING', or 'DOWN' (no answer). A TCP connect first, bounded by the same
     timeout, so an unreachable host costs no process and no connect retries."""
     if not accepts(address, timeout_ms / 1000):
         return "DOWN"
     try:
-        out = subprocess.run([binary, "health", "--target", address, "--timeout-ms", str(timeout_ms)],
+        out = subprocess.run([binary, "health", "--target", address, "--timeout-ms", str(timeout_ms), *tls_client_args(certs)],
                              capture_output=True, text=True, timeout=timeout_ms / 1000 + 5)
     except subprocess.TimeoutExpired:
         return "DOWN"
@@ -251,11 +260,11 @@ def accepts(address, timeout=0.3):
         return False
 
 
-def health_all(binary, addresses, timeout_ms=500):
+def health_all(binary, addresses, timeout_ms=500, certs=None):
     res = {}
 
     def one(a):
-        res[a] = health(binary, a, timeout_ms)
+        res[a] = health(binary, a, timeout_ms, certs)
     ts = [threading.Thread(target=one, args=(a,)) for a in addresses]
     for t in ts:
         t.start()
@@ -460,7 +469,8 @@ def tables_root(topo, topology_path):
     return root
 
 
-def command_for(binary, p, s_count, tables, effective, model, netns, rankers=None, query_tower=None, trace_sample_rate=None):
+def command_for(binary, p, s_count, tables, effective, model, netns, rankers=None, query_tower=None, trace_sample_rate=None,
+                certs=None):
     host, port = split_addr(p["address"])
     if p["role"] == "shard":
         argv = [binary, "shard", "--tables", tables, "--shard", str(p["shard"]), "--of", str(s_count)]
@@ -473,6 +483,15 @@ def command_for(binary, p, s_count, tables, effective, model, netns, rankers=Non
         for name, path in sorted((rankers or {}).items()):
             argv += ["--ranker", f"{name}={path}"]
     argv += ["--host", host, "--port", str(port)]
+    if certs:
+        # Mutual TLS: each process shows its role's certificate and trusts the cluster's CA (a
+        # shard then requires the coordinator's certificate for its data methods).
+        role = p["role"]
+        argv += ["--tls-cert", os.path.join(certs, f"{role}.pem"), "--tls-key", os.path.join(certs, f"{role}-key.pem"),
+                 "--tls-ca", os.path.join(certs, "ca.pem")]
+    elif netns:
+        # Cleartext on a namespace's own (non-loopback) address: allowed on this private bridge only.
+        argv += ["--insecure-plaintext"]
     if p.get("admin"):
         argv += ["--admin-port", p["admin"].rsplit(":", 1)[1]]
     if trace_sample_rate:
@@ -497,7 +516,22 @@ def start(run_dir, p, argv):
     return proc
 
 
-def wait_serving(binary, run_dir, group, popen, deadline):
+def make_certs(binary, run_dir, hosts):
+    """The cluster's development certificates (`shardrank certs`) in RUN_DIR/certs, made once."""
+    certs = os.path.join(run_dir, "certs")
+    if os.path.exists(os.path.join(certs, "client-key.pem")):
+        return certs
+    argv = [binary, "certs", "--out", certs]
+    for h in sorted(set(hosts)):
+        argv += ["--san", h]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise Fail(f"shardrank certs failed: {out.stderr.strip()}")
+    log(f"TLS certificates in {certs} (CA ca.pem; coordinator, shard, client)")
+    return certs
+
+
+def wait_serving(binary, run_dir, group, popen, deadline, certs=None):
     """Waits until every process of `group` answers SERVING; raises naming the ones that don't."""
     pending = {p["name"]: p for p in group}
     while pending:
@@ -506,7 +540,7 @@ def wait_serving(binary, run_dir, group, popen, deadline):
             if pr is not None and pr.poll() is not None:
                 raise Fail(f"{p['role']} {name} at {p['address']} exited with status {pr.returncode} while starting; "
                            f"last lines of {run_dir}/{name}.log:\n{log_tail(os.path.join(run_dir, name + '.log'))}")
-        res = health_all(binary, [p["address"] for p in pending.values()], 300)
+        res = health_all(binary, [p["address"] for p in pending.values()], 300, certs)
         for name, p in list(pending.items()):
             if res.get(p["address"]) == "SERVING":
                 log(f"{name} SERVING at {p['address']}")
@@ -568,6 +602,9 @@ def cmd_up(args):
             if state["mode"] != mode or state["source_processes"] != procs:
                 raise Fail(f"cluster '{topology_name(args.topology)}' in {run_dir} is already up in {state['mode']} mode "
                            f"from {state['topology']} with a different layout; run cluster/down first")
+            if bool(state.get("certs")) != bool(args.tls):
+                raise Fail(f"cluster '{topology_name(args.topology)}' in {run_dir} is already up "
+                           f"{'with' if state.get('certs') else 'without'} TLS; run cluster/down first")
             binary = state["binary"] if not (args.binary or os.environ.get("SHARDRANK_BIN")) else binary
         plan, subnet_lock = None, None
         if use_netns:
@@ -603,8 +640,11 @@ def cmd_up(args):
                                      + (f" by {who}" if who else "") + f": {why}")
             if taken:
                 raise Fail("refusing to start: " + "; ".join(taken))
+        certs = None
+        if args.tls:
+            certs = make_certs(binary, run_dir, [split_addr(p["address"])[0] for p in effective_procs])
         state = {"topology": os.path.abspath(args.topology), "mode": mode, "binary": binary, "run_dir": run_dir,
-                 "source_processes": procs, "processes": effective_procs, "netns": plan}
+                 "source_processes": procs, "processes": effective_procs, "netns": plan, "certs": certs}
         # Record the plan before touching the network, so cluster/down can undo a partial set-up.
         write_atomic(os.path.join(run_dir, STATE), json.dumps(state, indent=2) + "\n")
         eff = {k: v for k, v in topo.items() if k != "netns"}
@@ -637,9 +677,9 @@ def cmd_up(args):
                 for p in group:
                     ns = plan["hosts"][p["name"]]["netns"] if plan else None
                     started[p["name"]] = start(run_dir, p, command_for(binary, p, len(topo["shards"]), tables, effective, model, ns, rankers,
-                                                                     query_tower, args.trace_sample_rate))
+                                                                     query_tower, args.trace_sample_rate, certs))
                     log(f"started {p['name']} (pid {started[p['name']].pid}) on {p['address']}")
-                wait_serving(binary, run_dir, [p for p in effective_procs if p["role"] == role], started, deadline)
+                wait_serving(binary, run_dir, [p for p in effective_procs if p["role"] == role], started, deadline, certs)
         except BaseException:
             log("start failed: stopping the processes this run started")
             stop_processes(run_dir, [p for p in effective_procs if p["name"] in started], args.grace)
@@ -727,7 +767,7 @@ def cmd_down(args):
 def status_rows(state, known=None):
     procs = state["processes"]
     pids = {p["name"]: verified_pid(state["run_dir"], p) for p in procs}
-    res = known or health_all(state["binary"], [p["address"] for p in procs if pids[p["name"]]], 500)
+    res = known or health_all(state["binary"], [p["address"] for p in procs if pids[p["name"]]], 500, state.get("certs"))
     return [{"cluster": os.path.basename(state["run_dir"]), "mode": state["mode"], "role": p["role"],
              "shard": p["shard"], "replica": p["replica"], "address": p["address"], "pid": pids[p["name"]],
              "health": res.get(p["address"], "SERVING") if pids[p["name"]] else "STOPPED",
@@ -852,6 +892,8 @@ def main(argv=None):
     up.add_argument("--binary", help="shardrank binary (default: $SHARDRANK_BIN, else .build/release/shardrank, else .build/debug/shardrank)")
     up.add_argument("--admin-port-offset", type=int, help="serve /metrics on PORT+N for every process "
                     "(default: the topology's admin.port_offset; 0: off)")
+    up.add_argument("--tls", action="store_true", help="mutual TLS: make development certificates (shardrank certs) in "
+                    "RUN_DIR/certs and start every process with its role's certificate")
     up.add_argument("--timeout", type=float, default=30, help="seconds to reach SERVING (default 30)")
     up.add_argument("--trace-sample-rate", type=float, help="give every process --trace-sample-rate R: tracing on, "
                     "span lines in each process's log (docs/operations.md, \"Tracing\"; default: off)")

@@ -3,7 +3,7 @@ public import NIOCore
 import NIOPosix
 import Synchronization
 public import RPCCore
-import RPCTransport
+public import RPCTransport
 import ShardRankClient
 import ShardRankWire
 
@@ -30,10 +30,11 @@ final class Replica: Sendable {
         var hashSeed: UInt64 = 0
     }
 
-    init(shard: Int, address: String, group: any EventLoopGroup) throws(RPCError) {
+    init(shard: Int, address: String, group: any EventLoopGroup, tls: TLSContextSource? = nil) throws(RPCError) {
         self.shard = shard
         self.address = address
         var config = ClientConfiguration()
+        config.tls = tls
         config.connections = 2
         config.loopAffinity = true
         config.initialBackoff = .milliseconds(50)
@@ -96,7 +97,9 @@ public final class ShardCluster: Sendable {
     /// from `OutgoingTraceContext`). False: that task-local is never read.
     let propagatesTrace: Bool
 
-    public init(topology: Topology, group: any EventLoopGroup, logger: Logger, propagatesTrace: Bool = false) throws(RPCError) {
+    /// - Parameter tls: TLS (and the coordinator's client certificate) for every shard connection; nil: cleartext.
+    public init(topology: Topology, group: any EventLoopGroup, logger: Logger, propagatesTrace: Bool = false,
+                tls: TLSContextSource? = nil) throws(RPCError) {
         self.propagatesTrace = propagatesTrace
         healthExecutor = EventLoopTaskExecutor(group.next())
         shardCount = topology.shardCount
@@ -105,7 +108,7 @@ public final class ShardCluster: Sendable {
         var r: [[Replica]] = []
         for (i, list) in topology.shards.enumerated() {
             var l: [Replica] = []
-            for a in list { l.append(try Replica(shard: i, address: a, group: group)) }
+            for a in list { l.append(try Replica(shard: i, address: a, group: group, tls: tls)) }
             r.append(l)
         }
         replicas = r

@@ -47,7 +47,7 @@ public enum LoadDriver {
 
     static func resolveShape(_ c: LoadTestConfiguration, target: String, askInfo: Bool = true) async throws(LoadTestError) -> RequestShape? {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        var cc = ClientConfiguration()
+        var cc = c.clientConfiguration()
         cc.connections = 1
         let channel: RPCChannel
         do { channel = try RPCChannel(target: target, group: group, configuration: cc) } catch {
@@ -341,7 +341,7 @@ final class Worker: Sendable {
         keepLog = configuration.keepLatencyLog
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         executor = EventLoopTaskExecutor(group.next())
-        var cc = ClientConfiguration()
+        var cc = configuration.clientConfiguration()
         cc.connections = connections
         // The targets were validated and reached in resolveShape.
         let targets = configuration.targets

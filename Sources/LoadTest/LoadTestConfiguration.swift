@@ -1,4 +1,6 @@
 public import ShardRankWire
+public import RPCCore
+public import RPCTransport
 
 /// Open loop at a rate, or closed loop at a concurrency.
 public enum LoadMode: Sendable, Equatable {
@@ -65,7 +67,21 @@ public struct LoadTestConfiguration: Sendable {
     /// Record: users per call; 1 sends RecordEvents, more sends RecordEventsBatch (one view each).
     public var recordBatch = 1
 
+    /// TLS for every connection (nil: cleartext), and metadata sent with every call (a token).
+    public var tls: TLSContextSource?
+    public var tlsServerName: String?
+    public var metadata = Metadata()
+
     public init(target: String) { self.target = target }
+
+    /// A client configuration with this run's TLS and metadata.
+    func clientConfiguration() -> ClientConfiguration {
+        var cc = ClientConfiguration()
+        cc.tls = tls
+        cc.tlsServerName = tlsServerName
+        cc.metadata = metadata
+        return cc
+    }
 
     /// The addresses `target` names: one, or (coordinators only) several separated by commas,
     /// over which users are routed with `CoordinatorRing` (a user's requests always reach the

@@ -1,5 +1,6 @@
 public import NIOCore
 import NIOPosix
+import NIOSSL
 public import RPCCore
 internal import RPCHTTP2
 import Synchronization
@@ -19,7 +20,7 @@ public struct ClientConfiguration: Sendable {
     public var maxBackoff: Duration = .seconds(5)
     public var backoffMultiplier: Double = 1.6
     public var backoffJitter: Double = 0.2
-    /// Time allowed to establish a TCP connection.
+    /// Time allowed to establish a TCP connection (and, with TLS, again for the handshake).
     public var connectTimeout: Duration = .seconds(2)
     /// Keepalive: a PING on each connection every `keepaliveInterval` (nil: none); a PING not
     /// acknowledged within `keepaliveTimeout` closes the connection (its calls fail UNAVAILABLE
@@ -31,6 +32,14 @@ public struct ClientConfiguration: Sendable {
     /// answer resumes the caller on the same thread (see `EventLoopTaskExecutor`). Calls from
     /// other threads take the least-loaded connection.
     public var loopAffinity = false
+    /// TLS (ALPN `h2`) on every connection, verifying the server's certificate (and presenting
+    /// ours, for mutual TLS); nil: cleartext h2c. `reload()` on it changes new connections.
+    public var tls: TLSContextSource?
+    /// The name the server's certificate must carry (and SNI) when the target's host is not it;
+    /// nil: the target's host (an IP literal is checked against the certificate's IP SANs).
+    public var tlsServerName: String?
+    /// Metadata sent with every call (a bearer token's `authorization`), before the call's own.
+    public var metadata = Metadata()
     public init() {}
 }
 
@@ -89,6 +98,7 @@ public final class RPCChannel: Sendable {
     public func call(path: String, request: FramedMessage, metadata: Metadata = Metadata(),
                      timeout: Duration? = nil) async throws(RPCError) -> [[UInt8]] {
         if closed.load(ordering: .relaxed) { throw RPCError(.unavailable, "channel to \(target) is closed") }
+        let metadata = configuration.metadata.isEmpty ? metadata : Self.merged(configuration.metadata, metadata)
         let deadline = timeout.map { ContinuousClock.now.advanced(by: $0) }
         let conn = try await connection(deadline: deadline)
         let token = CallToken()
@@ -121,6 +131,13 @@ public final class RPCChannel: Sendable {
             }
         }
         return try result.get()
+    }
+
+    /// The channel's own metadata, then the call's.
+    private static func merged(_ base: Metadata, _ call: Metadata) -> Metadata {
+        var all = base
+        for (k, v) in call { all.add(k, v) }
+        return all
     }
 
     /// Closes every connection; calls in flight fail with UNAVAILABLE.
@@ -242,17 +259,26 @@ public final class RPCChannel: Sendable {
         if errnos.contains(ENETUNREACH) || errnos.contains(EHOSTUNREACH) { return "network unreachable" }
         if errnos.contains(ETIMEDOUT) { return "connection timed out (is the host reachable?)" }
         if let first = errnos.first { return String(cString: strerror(first)) }
+        if let e = error as? TLSSetupError { return e.description }
         return "\(error)"
     }
 
     private func startConnect(_ slot: Slot) -> EventLoopFuture<ConnectionBox> {
         let config = configuration
         let nanos = config.connectTimeout.clampedNanoseconds
+        // SNI and the name checked: a host name; an IP literal is checked against IP SANs.
+        let serverName = config.tlsServerName ?? ((try? SocketAddress(ipAddress: host, port: port)) == nil ? host : nil)
         let bootstrap = ClientBootstrap(group: slot.loop ?? group)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .connectTimeout(.nanoseconds(nanos))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls = config.tls {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls.context, serverHostname: serverName))
+                        let handshake = channel.eventLoop.makePromise(of: Void.self)
+                        try channel.pipeline.syncOperations.addHandler(TLSHandshakeWaiter(promise: handshake, timeout: config.connectTimeout))
+                        try channel.pipeline.syncOperations.addHandler(TLSHandshakeResult(handshake.futureResult))
+                    }
                     let h = try ClientConnectionHandler(configuration: config.http2.session, maxMessageLength: config.maxMessageLength,
                                                         keepaliveInterval: config.keepaliveInterval, keepaliveTimeout: config.keepaliveTimeout)
                     try channel.pipeline.syncOperations.addHandler(h)
@@ -274,7 +300,17 @@ public final class RPCChannel: Sendable {
         } else {
             connecting = bootstrap.connect(host: host, port: port)
         }
-        let future = connecting.flatMapThrowing { channel -> ConnectionBox in
+        let future = connecting.flatMap { channel -> EventLoopFuture<any Channel> in
+            // With TLS, the connection counts as made once the handshake agreed on h2.
+            guard let waiting = try? channel.pipeline.syncOperations.handler(type: TLSHandshakeResult.self) else {
+                return channel.eventLoop.makeSucceededFuture(channel)
+            }
+            channel.pipeline.syncOperations.removeHandler(waiting, promise: nil)
+            return waiting.result.map { channel }.flatMapErrorThrowing { error in
+                channel.close(promise: nil)
+                throw error
+            }
+        }.flatMapThrowing { channel -> ConnectionBox in
             let h = try channel.pipeline.syncOperations.handler(type: ClientConnectionHandler.self)
             return ConnectionBox(channel: channel, handler: NIOLoopBound(h, eventLoop: channel.eventLoop))
         }

@@ -1,5 +1,6 @@
 public import NIOCore
 public import NIOPosix
+import NIOSSL
 public import Logging
 public import RPCCore
 import Synchronization
@@ -7,8 +8,9 @@ import Synchronization
 import Glibc
 #endif
 
-/// A gRPC server: SwiftNIO event loops (one per core) accept cleartext HTTP/2 with prior
-/// knowledge; each connection hosts one nghttp2 server session (`ServerConnectionHandler`).
+/// A gRPC server: SwiftNIO event loops (one per core) accept HTTP/2 with prior knowledge, in
+/// cleartext or (with `configuration.tls`) inside TLS negotiated with ALPN `h2`; each connection
+/// hosts one nghttp2 server session (`ServerConnectionHandler`).
 ///
 /// Lifecycle: `start()` binds and returns; `shutdownGracefully()` sends GOAWAY on every
 /// connection, stops accepting, waits for in-flight calls up to `drainTimeout`, then closes
@@ -128,6 +130,11 @@ public final class RPCServer: Sendable {
                     return channel.close()
                 }
                 return channel.eventLoop.makeCompletedFuture {
+                    // TLS first: the HTTP/2 session sees only decrypted bytes. Each connection
+                    // takes the context current when it is accepted (a reload changes new ones).
+                    if let tls = config.tls {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context))
+                    }
                     let handler = try ServerConnectionHandler(router: router, observers: observers, config: config, state: state, pool: pool,
                                                               poolExecutor: poolExecutor, loopExecutors: loopExecutors, logger: logger)
                     try channel.pipeline.syncOperations.addHandler(handler)
@@ -231,6 +238,10 @@ extension RPCServer {
         }
         if method.streamsRequests {
             return .failure(RPCError(.unimplemented, "\(method.path) is a streaming method: call it over gRPC"))
+        }
+        // The same authorization as over HTTP/2 (this door has no client certificate).
+        if let authorizer = configuration.authorizer, let denied = authorizer.authorize(path: method.path, metadata: metadata, peer: .anonymous) {
+            return .failure(denied)
         }
         guard state.tryAcquireHandler(limit: configuration.maxInFlightHandlers) else {
             return .failure(RPCError(.resourceExhausted, "server overloaded: \(configuration.maxInFlightHandlers) calls in flight"))

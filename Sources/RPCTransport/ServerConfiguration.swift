@@ -50,6 +50,11 @@ public struct ServerConfiguration: Sendable {
     public var observer: (any RPCServerObserver)?
     /// How long a graceful shutdown waits for in-flight calls before closing connections.
     public var drainTimeout: Duration = .seconds(10)
+    /// TLS (ALPN `h2` only) in front of every connection; nil: cleartext h2c. `reload()` on it
+    /// changes the certificates of connections accepted afterwards.
+    public var tls: TLSContextSource?
+    /// Asked before every call's handler runs (tokens, the peer certificate's role); nil: all run.
+    public var authorizer: (any CallAuthorizer)?
 
     public init() {}
 }

@@ -26,6 +26,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private var streams: [Int32: Stream] = [:]
     private var context: ChannelHandlerContext?
     private var peer = ""
+    /// The peer certificate's identity, read at the first call that needs it (with an authorizer).
+    private var peerIdentity: PeerIdentity?
     private var goingAway = false
     /// Distinguishes this connection in generated request ids.
     private let connectionTag = String(UInt32.random(in: 0 ... .max), radix: 36)
@@ -382,8 +384,26 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     // MARK: - Handlers
 
+    /// The configured authorizer's verdict on `call` (nil: it may run), with the peer's
+    /// certificate identity read once per connection.
+    private func authorizationError(_ call: ServerStreamStateMachine.Call) -> RPCError? {
+        guard let authorizer = config.authorizer else { return nil }
+        let identity: PeerIdentity
+        if let known = peerIdentity { identity = known } else {
+            identity = config.tls == nil ? .anonymous : PeerIdentity.of(context!.pipeline.syncOperations)
+            peerIdentity = identity
+        }
+        guard let denied = authorizer.authorize(path: call.method.path, metadata: call.metadata, peer: identity) else { return nil }
+        logger.debug("refusing \(call.method.path) from \(peer): \(denied.code): \(denied.message)")
+        return denied
+    }
+
     private func invoke(_ call: ServerStreamStateMachine.Call, request: [UInt8], stream s: Stream, id: Int32) {
         let loop = context!.eventLoop
+        if let denied = authorizationError(call) {
+            apply(s.machine.abort(denied), s, id)
+            return
+        }
         let ctx = ServerContext(path: call.method.path, metadata: call.metadata, deadline: s.deadline, peer: peer,
                                 generatedIDPrefix: connectionTag, generatedIDNumber: Int64(id))
         s.serverContext = ctx
@@ -474,6 +494,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         if let c = s.serverContext {
             ctx = c
         } else {
+            if let denied = authorizationError(call) {
+                apply(s.machine.abort(denied), s, id)
+                return
+            }
             ctx = ServerContext(path: call.method.path, metadata: call.metadata, deadline: s.deadline, peer: peer,
                                 generatedIDPrefix: connectionTag, generatedIDNumber: Int64(id))
             s.serverContext = ctx

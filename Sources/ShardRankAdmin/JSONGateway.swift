@@ -14,7 +14,8 @@ import ShardRankWire
 /// - `POST /v1/recommend`, `/v1/rank`, `/v1/similar`, `/v1/record_events`, `/v1/record_events_batch`
 ///   with the request message as a JSON object.
 /// A `timeout_ms` query parameter is the call's deadline (as `grpc-timeout`); an
-/// `x-request-id` header travels as the gRPC metadata of that name. Answers are the response
+/// `x-request-id` header travels as the gRPC metadata of that name, and so does `authorization`
+/// (a bearer token, checked as on the gRPC port). Answers are the response
 /// message as JSON (200), or `{"code": N, "status": "NAME", "message": "..."}` with the HTTP
 /// status protobuf's HTTP mapping gives the gRPC code (400, 404, 429, 503, 504, ...).
 public struct JSONGateway: HTTPFrontDoor {
@@ -51,6 +52,8 @@ public struct JSONGateway: HTTPFrontDoor {
             let (route, bytes, timeout) = try Self.parse(request)
             var metadata = Metadata()
             if let id = request.header("x-request-id") { metadata.add("x-request-id", id) }
+            // Bearer tokens (`--token-file`): the gRPC path's check, on the same header.
+            if let auth = request.header("authorization") { metadata.add("authorization", auth) }
             let result = await server.invokeUnary(path: "/\(Self.service)/\(route.method)", request: bytes, metadata: metadata,
                                                   timeout: timeout, peer: request.peer, on: loop)
             let answer = try result.get()

@@ -23,15 +23,32 @@ struct ClientOptions: ParsableArguments {
     @Option(help: timeoutHelp)
     var timeoutMs: Int = clientTimeoutMs
 
+    @OptionGroup var security: ClientSecurityOptions
+
+    /// A client configuration with these options' TLS and token.
+    func clientConfiguration() throws -> ClientConfiguration {
+        var config = ClientConfiguration()
+        try security.apply(to: &config)
+        config.metadata = try security.metadata()
+        return config
+    }
+
     func validate() throws {
         guard timeoutMs >= 1 else { throw ValidationError("--timeout-ms must be ≥ 1 (got \(timeoutMs))") }
     }
 }
 
+/// Client options for `target` with a command's own timeout and security options.
+func clientOptions(target: String, timeoutMs: Int, security: ClientSecurityOptions) throws -> ClientOptions {
+    var o = try ClientOptions.parse(["--target", target, "--timeout-ms", String(timeoutMs)])
+    o.security = security
+    return o
+}
+
 /// Runs `body` with a channel to the target; an RPC error becomes a message on stderr and exit 1.
 func withChannel<T>(_ options: ClientOptions, _ body: (RPCChannel) async throws(RPCError) -> T) async throws -> T {
     let group = MultiThreadedEventLoopGroup.singleton
-    var config = ClientConfiguration()
+    var config = try options.clientConfiguration()
     config.connections = 1
     config.connectTimeout = .milliseconds(max(1, min(options.timeoutMs, 2000)))
     let channel: RPCChannel
@@ -149,7 +166,7 @@ struct HealthCommand: AsyncParsableCommand {
         }
         // Poll until SERVING or the wait is over; a refused connection counts as "not yet".
         let deadline = ContinuousClock.now + .milliseconds(Int(wait * 1000))
-        var config = ClientConfiguration()
+        var config = try client.clientConfiguration()
         config.connections = 1
         config.connectTimeout = .milliseconds(max(1, min(client.timeoutMs, 1000)))
         let channel: RPCChannel

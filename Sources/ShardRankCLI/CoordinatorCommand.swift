@@ -1,3 +1,4 @@
+import Dispatch
 import ArgumentParser
 import Synchronization
 import Coordinator
@@ -36,10 +37,44 @@ struct CoordinatorCommand: AsyncParsableCommand {
     @Option(help: "Query tower config JSON (default: the --query-tower path with its extension replaced by .json).")
     var queryTowerConfig: String?
 
+    @Option(help: "Require bearer tokens from clients: lines 'TOKEN SCOPE[,SCOPE]' (scopes: recommend, events, *); reloaded on SIGHUP.")
+    var tokenFile: String?
+
     @OptionGroup var server: ServerOptions
+
+    /// The scope each client method needs with --token-file (health needs none).
+    static let tokenScopes: [String: String] = [
+        "Recommend": "recommend", "Rank": "recommend", "Similar": "recommend", "Info": "recommend",
+        "RecordEvents": "events", "RecordEventsBatch": "events",
+    ].reduce(into: [:]) { $0["/shardrank.v1.Recommender/\($1.key)"] = $1.value }
 
     func run() async throws {
         let logger = makeLogger("shardrank.coordinator", level: server.logLevel)
+        // Before anything is loaded: a cleartext listener off loopback, unusable TLS files or
+        // an unusable token file exit 2. The coordinator's clients authenticate with tokens;
+        // its certificate (the coordinator role) is also what it presents to the shards.
+        let tls = try server.tls.serverSource(host: server.host, requireClientCertificate: false, logger: logger)
+        let shardTLS: TLSContextSource?
+        do { shardTLS = tls == nil ? nil : try TLSContextSource(files: server.tls.files, side: .client) } catch {
+            logger.error("\(error)")
+            throw ExitCode(2)
+        }
+        let tokens: TokenAuthorizer?
+        do { tokens = try tokenFile.map { try TokenAuthorizer(path: $0, scopeOfPath: Self.tokenScopes, readFile: { try readTextFile($0) }) } } catch {
+            logger.error("\(error)")
+            throw ExitCode(2)
+        }
+        if let tokens { logger.info("bearer tokens required: \(tokens.tokenCount) token(s) from \(tokens.path)") }
+        let hangup: (any DispatchSourceSignal)? = tls == nil && tokens == nil ? nil : onSIGHUP {
+            reloadTLS(tls, logger: logger)
+            reloadTLS(shardTLS, logger: logger)
+            if let tokens {
+                do { try tokens.reload(); logger.info("SIGHUP: \(tokens.tokenCount) token(s) reloaded from \(tokens.path)") } catch {
+                    logger.error("SIGHUP: token reload failed, keeping the old tokens: \(error)")
+                }
+            }
+        }
+        defer { hangup?.cancel() }
         let topo: Topology
         do { topo = try Topology.load(path: topology) } catch {
             logger.error("\(error)")
@@ -96,7 +131,7 @@ struct CoordinatorCommand: AsyncParsableCommand {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: server.configuration().eventLoopThreads)
         let cluster: ShardCluster
         let tracer = server.tracer(service: "coordinator")
-        do { cluster = try ShardCluster(topology: topo, group: group, logger: logger, propagatesTrace: tracer != nil) } catch {
+        do { cluster = try ShardCluster(topology: topo, group: group, logger: logger, propagatesTrace: tracer != nil, tls: shardTLS) } catch {
             logger.error("\(error)")
             throw ExitCode(2)
         }
@@ -156,7 +191,7 @@ struct CoordinatorCommand: AsyncParsableCommand {
         logger.info("coordinator over \(topo.shardCount) shards (\(topo.shards.map(\.count).reduce(0, +)) replicas), pinned version \(cluster.pinnedVersion)")
         // The admin port also answers the JSON API (docs/api.md, "JSON over HTTP").
         try await serve(router: router, health: health, options: server, logger: logger, what: "coordinator", metrics: metrics, group: group,
-                        frontDoor: { JSONGateway(server: $0) }, beforeDrain: { draining.store(true, ordering: .relaxed); readinessTask.cancel() })
+                        frontDoor: { JSONGateway(server: $0) }, tls: tls, authorizer: tokens, beforeDrain: { draining.store(true, ordering: .relaxed); readinessTask.cancel() })
         let users = recommender.cacheCounts
         logger.info("made \(cluster.callCount) shard calls; caches: users \(users.users), lists \(users.lists), rows \(users.rows) (hits/misses)")
         await cluster.stop()

@@ -41,6 +41,8 @@ struct EvalCommand: AsyncParsableCommand {
     @Option(help: timeoutHelp)
     var timeoutMs: Int = clientTimeoutMs
 
+    @OptionGroup var security: ClientSecurityOptions
+
     func validate() throws {
         guard timeoutMs >= 1 else { throw ValidationError("--timeout-ms must be ≥ 1 (got \(timeoutMs))") }
         guard users >= 0 else { throw ValidationError("--max-users must be ≥ 0 (0 = all; got \(users))") }
@@ -112,7 +114,10 @@ struct EvalCommand: AsyncParsableCommand {
         guard !targets.isEmpty else { throw ValidationError("--target is empty") }
         var channels: [RPCChannel] = []
         for t in targets {
-            do { channels.append(try RPCChannel(target: t, group: group)) } catch { throw ValidationError(error.message) }
+            var config = ClientConfiguration()
+            try security.apply(to: &config)
+            config.metadata = try security.metadata()
+            do { channels.append(try RPCChannel(target: t, group: group, configuration: config)) } catch { throw ValidationError(error.message) }
         }
         // Check first (as loadtest does): every coordinator must answer its health check with
         // SERVING, so a dead or unready one fails in a second with a human message, not after

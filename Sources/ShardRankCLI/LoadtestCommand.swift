@@ -119,8 +119,13 @@ struct LoadtestCommand: AsyncParsableCommand {
     @Flag(help: "No progress line on stderr.")
     var quiet = false
 
+    @OptionGroup var security: ClientSecurityOptions
+
     func configuration() throws -> LoadTestConfiguration {
         var c = LoadTestConfiguration(target: target)
+        c.tls = try security.clientSource()
+        c.tlsServerName = security.serverName
+        c.metadata = try security.metadata()
         let modes = [rate != nil, concurrency != nil, sweep != nil].filter { $0 }.count
         guard modes == 1 else { throw ValidationError("give exactly one of --rate (open loop), --concurrency (closed loop) or --sweep") }
         guard let arr = Arrivals(rawValue: arrivals) else { throw ValidationError("--arrivals must be constant or poisson (got '\(arrivals)')") }

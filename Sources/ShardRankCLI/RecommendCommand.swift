@@ -48,6 +48,8 @@ struct RecommendCommand: AsyncParsableCommand {
     @Option(help: timeoutHelp)
     var timeoutMs: Int = clientTimeoutMs
 
+    @OptionGroup var security: ClientSecurityOptions
+
     @Flag(help: "Send a sampled W3C traceparent with a new trace id and print 'trace_id ID' on stderr, to find this request's spans in the logs of processes with tracing on (docs/operations.md, Tracing).")
     var trace = false
 
@@ -84,7 +86,7 @@ struct RecommendCommand: AsyncParsableCommand {
             metadata.add("traceparent", parent.header)
             Tracer.stderr("trace_id \(parent.traceID.hex)")
         }
-        let r = try await withChannel(ClientOptions.parse(["--target", target, "--timeout-ms", String(timeoutMs)])) { [metadata] (ch) throws(RPCError) in
+        let r = try await withChannel(clientOptions(target: target, timeoutMs: timeoutMs, security: security)) { [metadata] (ch) throws(RPCError) in
             try await RecommenderClient(channel: ch).recommend(req, metadata: metadata, timeout: timeout)
         }
         if json {

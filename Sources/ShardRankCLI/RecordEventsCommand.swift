@@ -49,6 +49,8 @@ struct RecordEventsCommand: AsyncParsableCommand {
     @Option(help: timeoutHelp)
     var timeoutMs: Int = clientTimeoutMs
 
+    @OptionGroup var security: ClientSecurityOptions
+
     func validate() throws {
         if file != nil {
             guard user == nil, items == nil else { throw ValidationError("give either --user with --item-ids, or --file, not both") }
@@ -78,7 +80,7 @@ struct RecordEventsCommand: AsyncParsableCommand {
             var calls = 0, events = 0
             for (i, address) in addresses.enumerated() where !perCoordinator[i].isEmpty {
                 let batches = EventsFile.batches(perCoordinator[i], maxUsers: batch, maxEvents: Recommender.maxBatchEvents)
-                let (n, c) = try await withChannel(ClientOptions.parse(["--target", address, "--timeout-ms", String(timeoutMs)])) { (ch) throws(RPCError) in
+                let (n, c) = try await withChannel(clientOptions(target: address, timeoutMs: timeoutMs, security: security)) { (ch) throws(RPCError) in
                     var accepted = 0
                     for b in batches {
                         accepted += Int(try await RecommenderClient(channel: ch).recordEventsBatch(b, timeout: timeout).accepted)
@@ -100,7 +102,7 @@ struct RecordEventsCommand: AsyncParsableCommand {
         }
         let user = user!
         let req = RecordEventsRequest(userID: user, events: ids.map { Event(itemID: $0, kind: k, timestampUnixSeconds: timestamp) })
-        let r = try await withChannel(ClientOptions.parse(["--target", ring.coordinator(of: user), "--timeout-ms", String(timeoutMs)])) { (ch) throws(RPCError) in
+        let r = try await withChannel(clientOptions(target: ring.coordinator(of: user), timeoutMs: timeoutMs, security: security)) { (ch) throws(RPCError) in
             try await RecommenderClient(channel: ch).recordEvents(req, timeout: timeout)
         }
         print("user \(user): \(r.accepted) events accepted; the coordinator holds \(r.sessionEvents) for the user")

@@ -30,6 +30,8 @@ struct RouteCommand: AsyncParsableCommand {
     @Option(help: timeoutHelp)
     var timeoutMs: Int = clientTimeoutMs
 
+    @OptionGroup var security: ClientSecurityOptions
+
     @Flag(help: "Print JSON.")
     var json = false
 
@@ -69,7 +71,7 @@ struct RouteCommand: AsyncParsableCommand {
                 throw ExitCode(2)
             }
         } else {
-            let options = try ClientOptions.parse(["--target", target!, "--timeout-ms", String(timeoutMs)])
+            let options = try clientOptions(target: target!, timeoutMs: timeoutMs, security: security)
             let (info, coordinator) = try await fetchInfo(options)
             let count = Int(info.shardCount)
             guard count >= 1 else {

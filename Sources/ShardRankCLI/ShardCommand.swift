@@ -67,8 +67,16 @@ struct ShardCommand: AsyncParsableCommand {
         if !(annMaxExcludedShare >= 0 && annMaxExcludedShare <= 1) { throw ValidationError("--ann-max-excluded-share must be in 0...1") }
     }
 
+    /// The shard's table-data methods: with mutual TLS only the coordinator role may call them
+    /// (Info and health stay open to any certificate the CA signed).
+    static let coordinatorOnlyPaths: Set<String> = Set(["Lookup", "Search", "Lists", "Profiles", "Attributes", "Ids"].map { "/shardrank.v1.Shard/\($0)" })
+
     func run() async throws {
         let logger = makeLogger("shardrank.shard", level: server.logLevel)
+        // Before anything is loaded: a cleartext listener off loopback, or unusable TLS files, exit 2.
+        let tls = try server.tls.serverSource(host: server.host, requireClientCertificate: true, logger: logger)
+        let authorizer: (any CallAuthorizer)? = tls?.requiresClientCertificate == true
+            ? RoleAuthorizer(role: PeerRole.coordinator, paths: Self.coordinatorOnlyPaths) : nil
         let backend: any ShardBackend
         var hangup: (any DispatchSourceSignal)?
         if let s = synthetic {
@@ -92,9 +100,10 @@ struct ShardCommand: AsyncParsableCommand {
                 throw ExitCode(2)
             }
             if reloadSeconds > 0 { tb.startPolling(every: .milliseconds(Int(reloadSeconds * 1000))) }
-            hangup = onSIGHUP { tb.reloadSoon() }
+            hangup = onSIGHUP { tb.reloadSoon(); reloadTLS(tls, logger: logger) }
             backend = tb
         }
+        if hangup == nil, tls != nil { hangup = onSIGHUP { reloadTLS(tls, logger: logger) } }
         let health = HealthService(services: ["shardrank.v1.Shard"])
         // With tracing on, every Shard handler makes a server span (docs/operations.md, "Tracing").
         let shardService: any RPCService = server.tracer(service: "shard-\(shard)").map { $0.traced(ShardService(backend: backend),
@@ -134,7 +143,8 @@ struct ShardCommand: AsyncParsableCommand {
             reloads.set(to: Double(tableBackend?.reloadCount ?? 0))
             rejected.set(to: Double(tableBackend?.rejectionCount ?? 0))
         }
-        try await serve(router: router, health: health, options: server, logger: logger, what: "shard", metrics: metrics)
+        try await serve(router: router, health: health, options: server, logger: logger, what: "shard", metrics: metrics,
+                        tls: tls, authorizer: authorizer)
         hangup?.cancel()
     }
 }
@@ -253,6 +263,8 @@ struct ServerOptions: ParsableArguments {
     @Option(help: "Serve Prometheus metrics (/metrics) and /healthz over HTTP on this port (0 picks one); off when not given.")
     var adminPort: Int?
 
+    @OptionGroup var tls: ServerTLSOptions
+
     func configuration() -> ServerConfiguration {
         var c = ServerConfiguration()
         c.host = host
@@ -287,6 +299,7 @@ func makeLogger(_ label: String, level: String) -> Logger {
 func serve(router: Router, health: HealthService, options: ServerOptions, logger: Logger, what: String,
            metrics: ServerMetrics = ServerMetrics(), group: MultiThreadedEventLoopGroup? = nil,
            frontDoor: ((RPCServer) -> any HTTPFrontDoor)? = nil,
+           tls: TLSContextSource? = nil, authorizer: (any CallAuthorizer)? = nil,
            beforeDrain: @Sendable () -> Void = {}) async throws {
     // Response buffers (64 KiB-4 MiB) come and go at a high rate: keep glibc from serving them
     // with fresh mmap/munmap pairs (a page fault per 4 KiB on every response, ~10 % of server
@@ -294,6 +307,8 @@ func serve(router: Router, health: HealthService, options: ServerOptions, logger
     CShardRankSystem_tune_malloc()
     var config = options.configuration()
     config.observer = metrics
+    config.tls = tls
+    config.authorizer = authorizer
     let server = RPCServer(configuration: config, router: router, logger: logger, group: group)
     let port: Int
     do { port = try await server.listen() } catch {
@@ -311,7 +326,7 @@ func serve(router: Router, health: HealthService, options: ServerOptions, logger
         }
         printFlushed("shardrank \(what): admin listening on \(options.host):\(admin!.port)")
     }
-    printFlushed("shardrank \(what): listening on \(options.host):\(port)")
+    printFlushed("shardrank \(what): listening on \(options.host):\(port)\(tls == nil ? "" : tls!.requiresClientCertificate ? " (TLS, client certificates required)" : " (TLS)")")
     let sig = await waitForTerminationSignal()
     logger.info("\(sig): health NOT_SERVING, draining in-flight calls")
     beforeDrain()
@@ -321,4 +336,16 @@ func serve(router: Router, health: HealthService, options: ServerOptions, logger
     await admin?.close()
     let drained = await server.shutdownGracefully()
     logger.info(drained ? "drained; exiting" : "drain timed out; exiting")
+}
+
+/// Reloads the TLS certificates (SIGHUP): new connections use them, open ones keep theirs; a
+/// file that cannot be used keeps the old certificates (logged).
+func reloadTLS(_ source: TLSContextSource?, logger: Logger) {
+    guard let source else { return }
+    do {
+        try source.reload()
+        logger.info("SIGHUP: TLS certificates reloaded from \(source.files.certificate ?? "-"); new connections use them")
+    } catch {
+        logger.error("SIGHUP: TLS reload failed, keeping the old certificates: \(error)")
+    }
 }

@@ -209,6 +209,28 @@ def test_local_up_status_rerun_down(tables, tmp_path, run_dir):
     assert st.returncode == 1 and "nothing is up" in st.stderr
 
 
+def test_local_up_with_tls(tables, tmp_path, run_dir):
+    """`up --tls`: development certificates in RUN_DIR/certs, mutual TLS between coordinator and
+    shards, status over TLS; a cleartext client is refused, a TLS client is answered."""
+    p0, p1, pc = free_ports(3)
+    topo = write_topology(tmp_path / "tls.json", tables, [[f"127.0.0.1:{p0}"], [f"127.0.0.1:{p1}"]], [f"127.0.0.1:{pc}"])
+    up = cluster("up", topo, "--run-dir", run_dir, "--timeout", "30", "--tls", timeout=120)
+    assert up.returncode == 0, up.stderr
+    assert len([l for l in up.stdout.splitlines() if " SERVING" in l]) == 3, up.stdout
+    certs = os.path.join(run_dir, "certs")
+    assert all(os.path.exists(os.path.join(certs, f)) for f in ("ca.pem", "shard.pem", "coordinator-key.pem", "client.pem"))
+    rc, rows = status_json(topo, run_dir)
+    assert rc == 0 and all(r["health"] == "SERVING" for r in rows), rows
+    out = sh(shardrank_bin(), "recommend", "--target", f"127.0.0.1:{pc}", "--user", "7", "--json", "--tls-ca",
+             os.path.join(certs, "ca.pem"), timeout=30)
+    assert out.returncode == 0 and not json.loads(out.stdout)["coverage"]["degraded"], out.stderr
+    out = sh(shardrank_bin(), "recommend", "--target", f"127.0.0.1:{pc}", "--user", "7", "--timeout-ms", "1000", timeout=30)
+    assert out.returncode == 1, out.stdout
+    # Running `up` again without --tls on the TLS cluster is refused.
+    again = cluster("up", topo, "--run-dir", run_dir, timeout=60)
+    assert again.returncode != 0 and "TLS" in again.stderr, again.stderr
+
+
 def test_a_taken_port_is_refused_by_address(tables, tmp_path, run_dir):
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
