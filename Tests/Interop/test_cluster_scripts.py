@@ -474,7 +474,10 @@ def test_netns_cluster_with_a_cut_link(tables, tmp_path, run_dir):
         # Cut shard 1's link: its health check fails from outside, answers are flagged degraded.
         assert cluster("fault", "cut", "1", "0", topo, "--run-dir", run_dir).returncode == 0
         rc, cut_rows = status_json(topo, run_dir)
-        assert rc == 1 and [r["health"] for r in cut_rows] == ["SERVING", "DOWN", "SERVING"]
+        # The coordinator keeps answering (flagged degraded); its readiness turns NOT_SERVING once its
+        # next health check of shard 1 fails (docs/operations.md, "Readiness"), so either is right.
+        health = [r["health"] for r in cut_rows]
+        assert rc == 1 and health[:2] == ["SERVING", "DOWN"] and health[2] in ("SERVING", "NOT_SERVING"), health
         t0 = time.monotonic()
         doc = recommend(coord, user=8)
         assert doc["coverage"]["degraded"] and time.monotonic() - t0 < 3
