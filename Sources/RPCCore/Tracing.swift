@@ -315,9 +315,10 @@ enum Hex {
     }
 }
 
-enum JSONText {
-    /// `s` as a JSON string literal.
-    static func quote(_ s: String) -> String {
+/// JSON text helpers shared by the span writer and the JSON front door (ProtoJSON).
+public enum JSONText {
+    /// `s` as a JSON string literal (quotes, backslashes and control characters escaped).
+    public static func quote(_ s: String) -> String {
         var out = "\""
         for u in s.unicodeScalars {
             switch u {
