@@ -310,6 +310,16 @@ func serve(router: Router, health: HealthService, options: ServerOptions, logger
     config.tls = tls
     config.authorizer = authorizer
     let server = RPCServer(configuration: config, router: router, logger: logger, group: group)
+    // The transport's own bounds (docs/operations.md, "Security"), read at each scrape.
+    let openConnections = metrics.registry.gauge(name: "shardrank_connections_open", help: "gRPC connections open now")
+    let refusedConnections = metrics.registry.gauge(name: "shardrank_connections_refused_total",
+                                                    help: "gRPC connections refused at the connection cap since start")
+    let queuedBytes = metrics.registry.gauge(name: "shardrank_queued_bytes", help: "Answer bytes queued for sending, all connections")
+    metrics.addCollector { _ in
+        openConnections.set(to: Double(server.openConnections))
+        refusedConnections.set(to: Double(server.refusedConnections))
+        queuedBytes.set(to: Double(server.queuedBytes))
+    }
     let port: Int
     do { port = try await server.listen() } catch {
         logger.error("\(error)")

@@ -1,6 +1,8 @@
 """Every process serves Prometheus text metrics on its admin port: requests by method and status,
 latency histograms, in-flight, and component gauges (table-set version for a shard)."""
 import re
+import socket
+import time
 import urllib.request
 
 import grpc
@@ -75,3 +77,35 @@ def test_request_ids_in_structured_logs_and_forwarded(pb, tmp_path, server_facto
     slog = shard.proc.stderr.read()
     assert "request_id=req-7f3a" in clog and "method=/shardrank.v1.Recommender/Recommend" in clog
     assert "request_id=req-7f3a" in slog and "method=/shardrank.v1.Shard/Search" in slog
+
+
+def test_connection_metrics(pb, server_factory):
+    """Open and refused gRPC connections and the bytes queued for sending are exported: two
+    connections held open count 2; with --max-connections 2 a third is refused and counted."""
+    srv = server_factory(["shard", "--synthetic", "100x8", "--port", "0", "--admin-port", "0", "--max-connections", "2"])
+    admin = int(re.search(r"admin listening on \S+:(\d+)", srv.preamble).group(1))
+    assert value(scrape(admin), "shardrank_connections_open") == 0
+    channels = [grpc.insecure_channel(srv.target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(2)]
+    try:
+        for ch in channels:
+            pb.shard_pb2_grpc.ShardStub(ch).Lookup(pb.shard_pb2.LookupRequest(table="items", ids=[1]), timeout=5)
+        text = scrape(admin)
+        assert value(text, "shardrank_connections_open") == 2
+        assert value(text, "shardrank_connections_refused_total") == 0
+        assert value(text, "shardrank_queued_bytes") == 0
+        # A third connection is closed by the server at once, before anything is read.
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    if s.recv(4096) == b"":
+                        break
+                except ConnectionResetError:
+                    break
+            else:
+                pytest.fail("the connection over the cap was not closed")
+        assert value(scrape(admin), "shardrank_connections_refused_total") == 1
+    finally:
+        for ch in channels:
+            ch.close()
