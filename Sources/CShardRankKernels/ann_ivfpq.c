@@ -478,7 +478,7 @@ int64_t srk_ivfpq_search(const srk_kernels *k, int32_t isa, const srk_ivfpq *ix,
         ann_res ph = { sc.probe_s, sc.probe_l, 0, 2 * nprobe, nprobe, -INFINITY, isa };
         for (int64_t l = 0; l < nlist; l++) {
             float v = sc.coarse[l];
-            if (v > ph.thr) { ph.s[ph.n] = v; ph.r[ph.n] = (uint32_t)l; if (++ph.n == ph.cap) ann_res_shrink(&ph); }
+            if (v > ph.thr) ann_res_add(&ph, v, (uint32_t)l);
         }
         ann_res_shrink(&ph);
         np = ph.n;
