@@ -10,9 +10,10 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("InternalImportsByDefault"),
 ]
 
-// The request path (RPC stack, wire codecs, shard service): release builds drop the *dynamic*
-// exclusivity checks (swift_beginAccess/endAccess on every class-property access: ~5 % of a
-// small call's server CPU in the profile, BENCHMARKS.md). Static checks stay, and debug builds
+// The request path (RPC stack, wire codecs, kernels, tables, shard service, coordinator):
+// release builds drop the *dynamic* exclusivity checks (swift_beginAccess/endAccess on every
+// class-property access: ~5 % of a small call's server CPU and ~8 % of the coordinator's
+// instructions per Recommend in the profiles, BENCHMARKS.md). Static checks stay, and debug builds
 // (the test suite) keep the dynamic ones too.
 let hotPathSettings: [SwiftSetting] = swiftSettings + [
     .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
@@ -79,12 +80,12 @@ let package = Package(
         .target(name: "ShardRankIDs", swiftSettings: hotPathSettings),
         .target(name: "ShardRankWire", dependencies: ["CShardRankProto", "CProtobufC", "RPCCore", "ShardRankIDs"],
                 swiftSettings: hotPathSettings),
-        .target(name: "ShardRankKernels", dependencies: ["CShardRankKernels"], swiftSettings: swiftSettings),
+        .target(name: "ShardRankKernels", dependencies: ["CShardRankKernels"], swiftSettings: hotPathSettings),
         // `GEMMBackend.openBLAS` (benchmarks and tests only, see CShardRankBLAS).
         .target(name: "ShardRankBLAS", dependencies: ["ShardRankKernels", "CShardRankBLAS"], swiftSettings: swiftSettings),
         // The sharding hash and router: what the builder, the shards and the coordinator share.
-        .target(name: "ShardRankRouting", swiftSettings: swiftSettings),
-        .target(name: "ShardRankTables", dependencies: ["ShardRankKernels", "ShardRankIDs", "ShardRankRouting"], swiftSettings: swiftSettings),
+        .target(name: "ShardRankRouting", swiftSettings: hotPathSettings),
+        .target(name: "ShardRankTables", dependencies: ["ShardRankKernels", "ShardRankIDs", "ShardRankRouting"], swiftSettings: hotPathSettings),
         .target(name: "ShardRankClient", dependencies: ["RPCCore", "RPCTransport", "ShardRankWire"],
                 swiftSettings: hotPathSettings),
         .target(name: "ShardServer", dependencies: ["ShardRankRouting", 
@@ -96,7 +97,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
-        ], swiftSettings: swiftSettings),
+        ], swiftSettings: hotPathSettings),
         .target(name: "ShardRankAdmin", dependencies: [
             "RPCCore", "RPCTransport", "ShardRankWire",
             .product(name: "Prometheus", package: "swift-prometheus"),

@@ -49,11 +49,16 @@ enum PostRanking {
                 return Diversity.mmr(relevance: s, vectors: rows, lambda: o.lambda, k: o.k)
             }
         }
-        var order = Array(0 ..< n).sorted { a, b in scores[a] > scores[b] || (scores[a] == scores[b] && ids[a] < ids[b]) }
-        if let masks {
-            order = masks.withUnsafeBufferPointer { Diversity.capPerAttribute(order: order, attributes: $0, cap: o.genreCap, limit: o.k) }
+        // Plain best-first: only the first k are needed, unless the genre cap may skip some.
+        let order = scores.withUnsafeBufferPointer { s in
+            ids.withUnsafeBufferPointer { i in
+                RankOrder.order(count: n, limit: masks == nil ? o.k : .max, score: { s[$0] }, id: { i[$0] })
+            }
         }
-        return Array(order.prefix(o.k))
+        if let masks {
+            return masks.withUnsafeBufferPointer { Diversity.capPerAttribute(order: order, attributes: $0, cap: o.genreCap, limit: o.k) }
+        }
+        return order
     }
 
     /// Adds `weight * 2^(-age / halfLife)` to each score, age = `now` - the item's timestamp in

@@ -44,7 +44,7 @@ enum Ranking {
 
     /// Cold start: each candidate's best retrieval score (ids in `ids` order).
     static func retrievalScores(ids: [UInt64], merged: [MergedCandidate]) -> [Float] {
-        var index = IDIndex(capacity: merged.count)
+        let index = IDIndex(capacity: merged.count)
         for (i, m) in merged.enumerated() { index.insert(m.id, i) }
         return ids.map { id in index.get(id).map { merged[$0].score } ?? 0 }
     }

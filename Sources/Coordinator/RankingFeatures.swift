@@ -39,7 +39,7 @@ public enum RankingFeatures {
         let f = count, n = ids.count
         var m = [Float](repeating: .nan, count: n * f)
         guard n > 0 else { return m }
-        var index = IDIndex(capacity: n)
+        let index = IDIndex(capacity: n)
         for (i, id) in ids.enumerated() { index.insert(id, i) }
         for i in 0 ..< n {
             m[i * f + 0] = dot?[i] ?? .nan

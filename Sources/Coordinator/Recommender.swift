@@ -357,7 +357,7 @@ public final class Recommender: Sendable {
     /// each hit's row is in the shards' answers.
     struct SearchResult: Sendable {
         var items: [ShardRankKernels.ScoredItem] = []
-        /// The k best hits whose row came back: (id, answer, hit index).
+        /// The k best hits whose row came back: (id, answer, hit index), grouped by answer.
         var rows: [(id: UInt64, part: Int, index: Int)] = []
         var parts: [SearchResponse] = []
     }
@@ -381,25 +381,80 @@ public final class Recommender: Sendable {
     /// rows of those that came with one are.
     static func mergeSearch(_ parts: [SearchResponse], k: Int) -> SearchResult {
         var result = SearchResult(parts: parts)
-        // k-way merge over (part, index) cursors.
-        var cursor = [Int](repeating: 0, count: parts.count)
-        result.items.reserveCapacity(k)
-        while result.items.count < k {
-            var best = -1
-            for p in parts.indices {
-                guard let hits = parts[p].results.first, cursor[p] < hits.ids.count else { continue }
-                if best < 0 { best = p; continue }
-                let b = parts[best].results[0], i = cursor[best], j = cursor[p]
-                let a = ShardRankKernels.ScoredItem(id: hits.ids[j], score: hits.scores[j])
-                if ShardRankKernels.ScoredItem.ranksBefore(a, ShardRankKernels.ScoredItem(id: b.ids[i], score: b.scores[i])) { best = p }
-            }
-            guard best >= 0 else { break }
-            let hits = parts[best].results[0], i = cursor[best]
-            result.items.append(ShardRankKernels.ScoredItem(id: hits.ids[i], score: hits.scores[i]))
-            let r = parts[best]
-            if r.dim > 0 && hits.vectors.count == hits.ids.count * Int(r.dim) * r.dtype.elementSize { result.rows.append((hits.ids[i], best, i)) }
-            cursor[best] += 1
+        guard k > 0 else { return result }
+        if let merged = kWayMerge(parts, k: k) { return merged }
+        // A shard answer out of order: every shard's hits in one flat list, then the k best of it.
+        var ids: [UInt64] = [], scores: [Float] = [], from: [(part: Int32, index: Int32, row: Bool)] = []
+        let total = parts.reduce(0) { $0 + ($1.results.first?.ids.count ?? 0) }
+        ids.reserveCapacity(total); scores.reserveCapacity(total); from.reserveCapacity(total)
+        for (p, r) in parts.enumerated() {
+            guard let hits = r.results.first else { continue }
+            let n = min(hits.ids.count, hits.scores.count)
+            let hasRows = r.dim > 0 && hits.vectors.count == hits.ids.count * Int(r.dim) * r.dtype.elementSize
+            ids.append(contentsOf: hits.ids.prefix(n))
+            scores.append(contentsOf: hits.scores.prefix(n))
+            for i in 0 ..< n { from.append((Int32(p), Int32(i), hasRows)) }
         }
+        let order = scores.withUnsafeBufferPointer { s in
+            ids.withUnsafeBufferPointer { i in RankOrder.order(count: i.count, limit: k, score: { s[$0] }, id: { i[$0] }) }
+        }
+        result.items.reserveCapacity(order.count)
+        for j in order { result.items.append(ShardRankKernels.ScoredItem(id: ids[j], score: scores[j])) }
+        // The rows, answer by answer (as `assemble` reads them).
+        var taken = [Bool](repeating: false, count: ids.count)
+        for j in order where from[j].row { taken[j] = true }
+        for j in 0 ..< ids.count where taken[j] { result.rows.append((ids[j], Int(from[j].part), Int(from[j].index))) }
+        return result
+    }
+
+    /// `mergeSearch` when every answer is best first (a shard's contract): a k-way merge over
+    /// the answers' buffers, nil as soon as an answer is found out of order.
+    static func kWayMerge(_ parts: [SearchResponse], k: Int) -> SearchResult? {
+        var result = SearchResult(parts: parts)
+        let m = parts.count
+        guard m <= 64 else { return nil }
+        // Per answer: its hits' buffers (held by `parts` for the whole merge), count, whether rows came.
+        var idBufs: [UnsafeBufferPointer<UInt64>] = [], scoreBufs: [UnsafeBufferPointer<Float>] = [], hasRows: [Bool] = []
+        idBufs.reserveCapacity(m); scoreBufs.reserveCapacity(m); hasRows.reserveCapacity(m)
+        for r in parts {
+            guard let hits = r.results.first else {
+                idBufs.append(.init(start: nil, count: 0)); scoreBufs.append(.init(start: nil, count: 0)); hasRows.append(false)
+                continue
+            }
+            let n = min(hits.ids.count, hits.scores.count)
+            // The arrays live as long as `parts`: their storage stays put while it is read here.
+            idBufs.append(hits.ids.withUnsafeBufferPointer { UnsafeBufferPointer(rebasing: $0[0 ..< n]) })
+            scoreBufs.append(hits.scores.withUnsafeBufferPointer { UnsafeBufferPointer(rebasing: $0[0 ..< n]) })
+            hasRows.append(r.dim > 0 && hits.vectors.count == hits.ids.count * Int(r.dim) * r.dtype.elementSize)
+        }
+        var cursor = [Int](repeating: 0, count: m)
+        var taken = [[Int]](repeating: [], count: m)
+        result.items.reserveCapacity(k)
+        var ok = true
+        withExtendedLifetime(parts) {
+            while result.items.count < k {
+                var best = -1
+                var bestItem = ShardRankKernels.ScoredItem(id: 0, score: 0)
+                for p in 0 ..< m where cursor[p] < idBufs[p].count {
+                    let c = cursor[p]
+                    let item = ShardRankKernels.ScoredItem(id: idBufs[p][c], score: scoreBufs[p][c])
+                    if best < 0 || ShardRankKernels.ScoredItem.ranksBefore(item, bestItem) { best = p; bestItem = item }
+                }
+                guard best >= 0 else { break }
+                let c = cursor[best]
+                if c > 0 && ShardRankKernels.ScoredItem.ranksBefore(bestItem, .init(id: idBufs[best][c - 1], score: scoreBufs[best][c - 1])) {
+                    ok = false
+                    return
+                }
+                if bestItem.score.isNaN { ok = false; return }
+                result.items.append(bestItem)
+                if hasRows[best] { taken[best].append(c) }
+                cursor[best] = c + 1
+            }
+        }
+        guard ok else { return nil }
+        // The rows, answer by answer (as `assemble` reads them).
+        for p in 0 ..< m { for i in taken[p] { result.rows.append((idBufs[p][i], p, i)) } }
         return result
     }
 
@@ -410,7 +465,7 @@ public final class Recommender: Sendable {
     func assemble(_ ids: [UInt64], search: SearchResult = SearchResult(), dim wanted: Int?, trace: Trace,
                   deadline: ContinuousClock.Instant) async -> (ids: [UInt64], rows: CandidateRows) {
         let version = trace.version
-        var position = IDIndex(capacity: ids.count)
+        let position = IDIndex(capacity: ids.count)
         for (i, id) in ids.enumerated() { position.insert(id, i) }
         // The width is known up front from the user vector, a search answer or the cache.
         var rows: CandidateRows?
@@ -418,14 +473,28 @@ public final class Recommender: Sendable {
             rows = CandidateRows(count: ids.count, dim: dim)
         }
         if let rows {
-            // Search rows.
-            for at in search.rows {
-                let part = search.parts[at.part]
-                guard Int(part.dim) == rows.dim, let row = position.get(at.id), let hits = part.results.first else { continue }
-                hits.vectors.withUnsafeBytes { v in
-                    rows.set(row: row, from: v, source: at.index, dtype: part.dtype,
-                             scale: part.dtype == .int8 && at.index < hits.scales.count ? hits.scales[at.index] : 1)
+            // Search rows: each answer's buffers opened once, its rows decoded straight into the
+            // matrix (`search.rows` lists them answer by answer).
+            var at = 0
+            let wanted = search.rows
+            while at < wanted.count {
+                let p = wanted[at].part
+                var end = at + 1
+                while end < wanted.count && wanted[end].part == p { end += 1 }
+                let part = search.parts[p]
+                if Int(part.dim) == rows.dim, let hits = part.results.first {
+                    let dtype = part.dtype
+                    hits.vectors.withUnsafeBytes { v in
+                        hits.scales.withUnsafeBufferPointer { scales in
+                            for w in wanted[at ..< end] {
+                                guard let row = position.get(w.id) else { continue }
+                                rows.set(row: row, from: v, source: w.index, dtype: dtype,
+                                         scale: dtype == .int8 && w.index < scales.count ? scales[w.index] : 1)
+                            }
+                        }
+                    }
                 }
+                at = end
             }
             rowCache.copy(version: version, ids: ids, into: rows)
         }

@@ -35,10 +35,22 @@ public final class PreparedHeaders: @unchecked Sendable {
             (vp + v).storeBytes(of: 0, as: UInt8.self)
             offset += n + v + 2
             // Only pre-lowered names may skip nghttp2's copy (it lower-cases what it copies).
-            let flags = noCopy && name == name.lowercased() ? UInt8(NGHTTP2_NV_FLAG_NO_COPY_NAME.rawValue | NGHTTP2_NV_FLAG_NO_COPY_VALUE.rawValue)
+            var flags = noCopy && name == name.lowercased() ? UInt8(NGHTTP2_NV_FLAG_NO_COPY_NAME.rawValue | NGHTTP2_NV_FLAG_NO_COPY_VALUE.rawValue)
                               : UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)
+            if Self.neverIndexed(name) { flags |= UInt8(NGHTTP2_NV_FLAG_NO_INDEX.rawValue) }
             nv[i] = nghttp2_nv(name: np.assumingMemoryBound(to: UInt8.self), value: vp.assumingMemoryBound(to: UInt8.self),
                                namelen: n, valuelen: v, flags: flags)
+        }
+    }
+
+    /// Headers whose value changes from call to call (a deadline, a request or trace id):
+    /// sent as literals that HPACK never indexes (RFC 7541 §6.2.3), so they do not churn the
+    /// dynamic table and evict the constant headers (path, content-type, user-agent), which
+    /// then stay one-byte references on every call.
+    static func neverIndexed(_ name: String) -> Bool {
+        switch name {
+        case "grpc-timeout", "x-request-id", "traceparent", "tracestate", "grpc-message": return true
+        default: return false
         }
     }
 

@@ -1,51 +1,153 @@
 /// A small open-addressing hash map from 64-bit ids to row numbers, for the per-request maps
 /// of the coordinator (candidate positions, merged candidates): a multiplicative hash and
-/// linear probing over one flat buffer, sized once for `capacity` keys (load ≤ 1/2) — no
-/// per-insert allocation and no SipHash, which a `Dictionary<UInt64, Int>` pays on every probe.
-public struct IDIndex {
-    private var keys: [UInt64]
-    private var values: [Int32]
-    private var used: [Bool]
-    private let mask: Int
-    public private(set) var count = 0
+/// linear probing over one flat slot buffer, sized once for `capacity` keys (load ≤ 1/2) — no
+/// per-insert allocation, no copy-on-write check and no SipHash, which a
+/// `Dictionary<UInt64, Int>` pays on every probe.
+///
+/// A reference type: one request's scratch map, never shared between threads.
+public final class IDIndex {
+    /// (key, value + 1) pairs; value 0 marks an empty slot.
+    @usableFromInline let slots: UnsafeMutablePointer<(key: UInt64, value: UInt32)>
+    @usableFromInline let mask: Int
+    public var count: Int { stored }
+    @usableFromInline var stored = 0
 
     public init(capacity: Int) {
         var size = 16
         while size < 2 * max(1, capacity) { size <<= 1 }
-        keys = [UInt64](repeating: 0, count: size)
-        values = [Int32](repeating: 0, count: size)
-        used = [Bool](repeating: false, count: size)
+        slots = .allocate(capacity: size)
+        slots.initialize(repeating: (0, 0), count: size)
         mask = size - 1
     }
 
-    @inline(__always) private func slot(_ id: UInt64) -> Int {
+    deinit { slots.deallocate() }
+
+    @inline(__always) @usableFromInline func slot(_ id: UInt64) -> Int {
         Int(truncatingIfNeeded: (id &* 0x9E37_79B9_7F4A_7C15) >> 32) & mask
     }
 
     /// The value of `id`, or nil.
-    @inline(__always) public func get(_ id: UInt64) -> Int? {
+    @inlinable @inline(__always) public func get(_ id: UInt64) -> Int? {
         var i = slot(id)
-        while used[i] {
-            if keys[i] == id { return Int(values[i]) }
+        while slots[i].value != 0 {
+            if slots[i].key == id { return Int(slots[i].value) - 1 }
             i = (i + 1) & mask
         }
         return nil
     }
 
     /// Inserts `id → value` unless `id` is present; returns the value now stored and whether
-    /// it was inserted. At most `capacity` distinct keys.
-    @inline(__always) @discardableResult
-    public mutating func insert(_ id: UInt64, _ value: Int) -> (value: Int, inserted: Bool) {
+    /// it was inserted. At most `capacity` distinct keys; values in 0 ..< 2³² - 1.
+    @inlinable @inline(__always) @discardableResult
+    public func insert(_ id: UInt64, _ value: Int) -> (value: Int, inserted: Bool) {
         var i = slot(id)
-        while used[i] {
-            if keys[i] == id { return (Int(values[i]), false) }
+        while slots[i].value != 0 {
+            if slots[i].key == id { return (Int(slots[i].value) - 1, false) }
             i = (i + 1) & mask
         }
-        precondition(count * 2 < keys.count, "IDIndex over capacity")
-        used[i] = true
-        keys[i] = id
-        values[i] = Int32(truncatingIfNeeded: value)
-        count += 1
+        precondition(stored * 2 < mask + 1, "IDIndex over capacity")
+        precondition(value >= 0 && value < Int(UInt32.max), "IDIndex value out of range")
+        slots[i] = (id, UInt32(truncatingIfNeeded: value + 1))
+        stored += 1
         return (value, true)
+    }
+}
+
+/// The serving order of scored items — higher score first, equal scores to the lower id
+/// (`ScoredItem.ranksBefore`), NaN last — as a sort of packed 64-bit keys: the score's order
+/// in the high 32 bits, the item's position in the low 32. Sorting plain integers is several
+/// times cheaper than a comparator closure over structs, and the per-request candidate lists
+/// (hundreds of items) are sorted this way on every request.
+public enum RankOrder {
+    /// A key that sorts ascending in serving order of `score` (NaN last, -0 == +0).
+    @inlinable @inline(__always) public static func key(_ score: Float) -> UInt32 {
+        if score.isNaN { return .max }
+        let b = (score == 0 ? Float(0) : score).bitPattern
+        let ascending = b & 0x8000_0000 != 0 ? ~b : b | 0x8000_0000
+        return ~ascending
+    }
+
+    /// The best `limit` of a longer list without sorting all of it: a sorted window of packed
+    /// keys, each position inserted by a binary search (most are rejected by one compare).
+    /// Nil when equal scores straddle the cut (the caller sorts everything then, so ties still
+    /// go to the lower id).
+    @inlinable
+    static func select(count: Int, limit: Int, score: (Int) -> Float, id: (Int) -> UInt64) -> [Int]? {
+        // A heap array, not `withUnsafeTemporaryAllocation`: this is inlined into async callers,
+        // where a stack allocation corrupted memory (seen with Swift 6.3's release builds).
+        var window = [UInt64](repeating: 0, count: limit + 1)
+        return window.withUnsafeMutableBufferPointer { top -> [Int]? in
+            var n = 0
+            var tieAtCut = false
+            for i in 0 ..< count {
+                let key = UInt64(key(score(i))) << 32 | UInt64(i)
+                if n == limit {
+                    let last = top[n - 1]
+                    if key >> 32 == last >> 32 { tieAtCut = true }
+                    if key > last { continue }
+                }
+                var lo = 0, hi = n
+                while lo < hi {
+                    let mid = (lo + hi) >> 1
+                    if top[mid] < key { lo = mid + 1 } else { hi = mid }
+                }
+                var j = n
+                while j > lo { top[j] = top[j - 1]; j -= 1 }
+                top[lo] = key
+                if n < limit { n += 1 } else if top[limit] >> 32 == top[limit - 1] >> 32 { tieAtCut = true }
+            }
+            if tieAtCut { return nil }
+            // Equal scores inside the window: the lower id first.
+            var start = 0
+            while start < n {
+                var end = start + 1
+                while end < n && top[end] >> 32 == top[start] >> 32 { end += 1 }
+                if end - start > 1 {
+                    var run = UnsafeMutableBufferPointer(rebasing: top[start ..< end])
+                    run.sort { a, b in
+                        let x = id(Int(truncatingIfNeeded: a & 0xFFFF_FFFF)), y = id(Int(truncatingIfNeeded: b & 0xFFFF_FFFF))
+                        return x < y || (x == y && a < b)
+                    }
+                }
+                start = end
+            }
+            return (0 ..< n).map { Int(truncatingIfNeeded: top[$0] & 0xFFFF_FFFF) }
+        }
+    }
+
+    /// The positions 0 ..< `count` in serving order of (`score(i)`, `id(i)`); at most `limit`
+    /// of them (the best).
+    @inlinable
+    public static func order(count: Int, limit: Int = .max, score: (Int) -> Float, id: (Int) -> UInt64) -> [Int] {
+        precondition(count < Int(UInt32.max))
+        guard count > 0, limit > 0 else { return [] }
+        if limit <= 64 && limit * 4 <= count, let top = select(count: count, limit: limit, score: score, id: id) { return top }
+        var packed = [UInt64](unsafeUninitializedCapacity: count) { buf, n in
+            for i in 0 ..< count { buf[i] = UInt64(key(score(i))) << 32 | UInt64(i) }
+            n = count
+        }
+        packed.sort()
+        return packed.withUnsafeMutableBufferPointer { p -> [Int] in
+            // Equal scores: the lower id first (runs of equal keys are rare and short).
+            var start = 0
+            while start < count {
+                var end = start + 1
+                while end < count && p[end] >> 32 == p[start] >> 32 { end += 1 }
+                if end - start > 1 {
+                    var run = UnsafeMutableBufferPointer(rebasing: p[start ..< end])
+                    run.sort { a, b in
+                        let x = id(Int(truncatingIfNeeded: a & 0xFFFF_FFFF)), y = id(Int(truncatingIfNeeded: b & 0xFFFF_FFFF))
+                        return x < y || (x == y && a < b)
+                    }
+                }
+                if end >= limit { break }
+                start = end
+            }
+            let n = Swift.min(limit, count)
+            return [Int](unsafeUninitializedCapacity: n) { out, m in
+                for i in 0 ..< n { out[i] = Int(truncatingIfNeeded: p[i] & 0xFFFF_FFFF) }
+                m = n
+            }
+        }
     }
 }

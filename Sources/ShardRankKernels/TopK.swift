@@ -164,7 +164,7 @@ public enum TopK {
         let total = lists.reduce(0) { $0 + $1.count }
         var merged: [MergedCandidate] = []
         merged.reserveCapacity(total)
-        var index = IDIndex(capacity: total)
+        let index = IDIndex(capacity: total)
         for (s, l) in lists.enumerated() {
             for it in l {
                 let (at, inserted) = index.insert(it.id, merged.count)

@@ -180,6 +180,12 @@ import ShardRankWire
         #expect(r.items.map(\.id) == [2, 5, 4, 9], "best first, ties to the lower id")
         #expect(r.rows.map(\.id) == [5, 9] && r.rows.map(\.part) == [0, 0] && r.rows.map(\.index) == [0, 1],
                 "rows of the hits that brought one; none for hits beyond k")
+        // An answer out of order (or with a NaN) is not trusted: the same best-first result.
+        let shuffled = Recommender.mergeSearch([part([1, 9, 5], [0.1, 0.5, 0.9], rows: true), part([2, 4], [0.9, 0.6], rows: false)], k: 4)
+        #expect(shuffled.items.map(\.id) == [2, 5, 4, 9])
+        #expect(Set(shuffled.rows.map(\.id)) == [5, 9] && shuffled.rows.allSatisfy { $0.part == 0 })
+        let nan = Recommender.mergeSearch([part([5, 9], [.nan, 0.5], rows: false), part([2, 4], [0.9, 0.6], rows: false)], k: 3)
+        #expect(nan.items.map(\.id) == [2, 4, 9], "NaN last")
     }
 
     @Test func candidateRowsDecodeEveryDtypeOnce() {
@@ -313,7 +319,7 @@ import ShardRankWire
     }
 
     @Test func idIndexMapsIdsAndKeepsTheFirstValue() {
-        var index = IDIndex(capacity: 1000)
+        let index = IDIndex(capacity: 1000)
         var rng = SplitMix64(seed: 3)
         let ids = (0 ..< 1000).map { _ in rng.next() % 5000 }
         var want: [UInt64: Int] = [:]
@@ -323,5 +329,31 @@ import ShardRankWire
         }
         #expect(index.count == want.count)
         for id in UInt64(0) ..< 5000 { #expect(index.get(id) == want[id]) }
+    }
+
+    /// The packed-key sort gives exactly `ScoredItem.ranksBefore`'s order (ties to the lower id,
+    /// -0 == +0, negative scores, infinities), NaN last, and its first `limit` with a limit.
+    @Test func rankOrderIsTheServingOrder() {
+        var rng = SplitMix64(seed: 11)
+        let palette: [Float] = [0, -0.0, 1, -1, 0.5, -0.25, .infinity, -.infinity, 3e-39, -3e-39, 1e30]
+        for round in 0 ..< 200 {
+            let n = Int(rng.next() % 300)
+            let scores: [Float] = (0 ..< n).map { _ in
+                rng.next() % 3 == 0 ? palette[Int(rng.next() % UInt64(palette.count))] : Float(Int(rng.next() % 2001) - 1000) / 7
+            }
+            var ids: [UInt64] = (0 ..< n).map { _ in rng.next() % 50 }
+            if round % 2 == 0 { ids = ids.map { $0 * 1_000_003 } }
+            var nanAt = Set<Int>()
+            var s = scores
+            if n > 3 && round % 3 == 0 { for _ in 0 ..< 3 { let i = Int(rng.next() % UInt64(n)); s[i] = .nan; nanAt.insert(i) } }
+            let got = RankOrder.order(count: n, score: { s[$0] }, id: { ids[$0] })
+            let finite = (0 ..< n).filter { !nanAt.contains($0) }.sorted { a, b in
+                ShardRankKernels.ScoredItem.ranksBefore(.init(id: ids[a], score: s[a]), .init(id: ids[b], score: s[b])) || (ids[a] == ids[b] && s[a] == s[b] && a < b)
+            }
+            #expect(Array(got.prefix(finite.count)) == finite, "round \(round)")
+            #expect(Set(got.dropFirst(finite.count)) == nanAt, "NaN last, round \(round)")
+            let limit = Int(rng.next() % 20)
+            #expect(RankOrder.order(count: n, limit: limit, score: { s[$0] }, id: { ids[$0] }) == Array(got.prefix(limit)))
+        }
     }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import RPCCore
 @testable import RPCHTTP2
@@ -93,6 +94,42 @@ let requestHeaders: [(String, String)] = [(":method", "POST"), (":scheme", "http
         #expect(closed)
         #expect(parser.finalStatus(streamClosedWithError: nil) == nil)
         #expect(parser.messages == [Array(m1.payload), Array(m2.payload)])
+    }
+
+    /// Per-call header values (deadline, request and trace ids) are never indexed, so the
+    /// constant headers stay in the HPACK dynamic table: every request after the first encodes
+    /// to the same size give or take a Huffman byte. (Indexed, each unique id pushed entries
+    /// out, and every ~30 calls the constant headers went out as literals again: 107 → 148
+    /// bytes here, and an insert plus evictions in both peers' tables on every call.)
+    @Test func perCallHeaderValuesDoNotChurnTheHPACKTable() throws {
+        var p = try Pipe()
+        var sizes: [Int] = []
+        for i in 0 ..< 300 {
+            var h = requestHeaders
+            h.append(("user-agent", "shardrank-swift/1.0"))
+            h.append(("grpc-timeout", String(format: "%05dm", 10_000 + i)))
+            h.append(("x-request-id", String(format: "req-%012d-%012d", i, i &* 7919)))
+            h.append(("traceparent", String(format: "00-%032d-%016d-01", i, i)))
+            let id = try p.client.submitRequest(headers: h, body: FramedMessage(payload: [1, 2, 3]))
+            var out: [UInt8] = []
+            try p.client.flush { out.append(contentsOf: $0) }
+            sizes.append(out.count)
+            p.serverEvents += try out.withUnsafeBytes { try p.server.receive($0) }
+            // A trailers-only answer closes the stream (the concurrent-stream limit stays clear).
+            try p.server.submitHeaders(stream: id, headers: [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "0")],
+                                       endStream: true)
+            var back: [UInt8] = []
+            try p.server.flush { back.append(contentsOf: $0) }
+            if !back.isEmpty { p.clientEvents += try back.withUnsafeBytes { try p.client.receive($0) } }
+        }
+        // The server decoded every request's own ids.
+        var ids: [String] = []
+        for e in p.serverEvents { if case .headers(_, let h, _, _) = e, let v = h.first(where: { $0.name == "x-request-id" }) { ids.append(v.value) } }
+        #expect(ids.count == 300 && ids.last == String(format: "req-%012d-%012d", 299, 299 &* 7919))
+        // Only the per-call values' Huffman codes vary (a byte or two); a constant header sent
+        // as a literal again would add tens of bytes.
+        let later = sizes.dropFirst(2)
+        #expect(later.max()! - later.min()! <= 8, "request sizes vary: \(Set(later).sorted())")
     }
 
     @Test func headerListLimitIsCounted() throws {
