@@ -24,7 +24,6 @@ import subprocess
 import sys
 import time
 
-import h2.errors
 import h2.settings
 import pytest
 
@@ -123,16 +122,6 @@ class Attacker:
             pass
         except OSError:
             self.closed = True
-
-    def goaway_code(self):
-        """The error code of the first GOAWAY among the frames received (`drain(keep=True)`)."""
-        b, i = bytes(self.received), 0
-        while i + 9 <= len(b):
-            length = int.from_bytes(b[i:i + 3], "big")
-            if b[i + 3] == GOAWAY and i + 9 + 8 <= len(b):
-                return int.from_bytes(b[i + 13:i + 17], "big")
-            i += 9 + length
-        return None
 
     def wait_closed(self, limit):
         """Reads (keeping the bytes) until the server closes the connection or `limit` s pass."""
@@ -342,22 +331,23 @@ def test_rapid_reset(server_factory, lookup_body, pb, connections):
 
 
 def test_continuation_flood(server_factory, lookup_body):
-    """HEADERS without END_HEADERS, then CONTINUATION frames forever (CVE-2024-27316 and kin):
-    nghttp2 closes the connection after 8 CONTINUATIONs (`nghttp2_option_set_max_continuations`),
-    long before the header timeout (10 s); the attacker reconnects and goes on."""
+    """HEADERS without END_HEADERS, then CONTINUATION frames forever (the 2024 CONTINUATION flood;
+    CVE-2024-28182 for nghttp2): nghttp2 closes the connection after 8 CONTINUATIONs (Debian's
+    1.52.0-1+deb12u3 has the 1.61 fix), long before the header timeout (10 s); the attacker
+    reconnects and goes on."""
     srv = server_factory(shard_args())
     filler = literal(b"x-flood", b"a" * 4000)
     cont = frame(CONTINUATION, 0, 1, filler * 4)  # 16,036 bytes: under SETTINGS_MAX_FRAME_SIZE (16 KiB)
 
-    # One connection first: closed after a few frames, with GOAWAY, well inside the header timeout.
+    # One connection first: closed after a few frames, well inside the header timeout (its
+    # GOAWAY is often lost: the server closes with the flood unread, which resets the connection).
     a = Attacker(srv.port, read=False)
     a.out += frame(HEADERS, 0, 1, b"\x83\x86") + cont * 100
     t0 = time.monotonic()
-    while a.out and a.pump():
-        pass
+    while a.out and a.pump() and time.monotonic() - t0 < 2:
+        a.wait_closed(0.01)
     assert a.wait_closed(3), "the server kept reading CONTINUATION frames"
     assert time.monotonic() - t0 < 2
-    code = a.goaway_code()  # often lost: the server closes with our bytes unread (RST)
     a.close()
 
     stats = {"connections": 0, "bytes_sent": 0}
@@ -376,8 +366,7 @@ def test_continuation_flood(server_factory, lookup_body):
         return stats
 
     f = under_attack(srv, lookup_body, "CONTINUATION flood", attack)
-    f["goaway_code"] = code
-    print(f"ABUSE CONTINUATION flood: GOAWAY code {code}; server CPU per connection "
+    print("ABUSE CONTINUATION flood: server CPU per connection "
           f"{1000 * f['server_cpu_s'] / max(1, f['connections']):.2f} ms")
     assert f["connections"] > 10
 
@@ -569,7 +558,6 @@ def test_slowloris_streams_never_ended(server_factory, lookup_body):
     def attack(until):
         c = RawH2(srv.port)
         try:
-            c.conn.max_outbound_frame_size  # noqa: B018 (the server's 16 KiB)
             sids = [c.start(LOOKUP, struct.pack(">BI", 0, (4 << 20) - 5), framed=False, end=False) for _ in range(256)]
             chunk = b"\0" * 16384
             while time.monotonic() < until and not c.closed:
