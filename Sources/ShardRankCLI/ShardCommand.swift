@@ -331,10 +331,13 @@ func serve(router: Router, health: HealthService, options: ServerOptions, logger
     let refusedConnections = metrics.registry.gauge(name: "shardrank_connections_refused_total",
                                                     help: "gRPC connections refused at the connection cap since start")
     let queuedBytes = metrics.registry.gauge(name: "shardrank_queued_bytes", help: "Answer bytes queued for sending, all connections")
+    let requestBytes = metrics.registry.gauge(name: "shardrank_request_bytes",
+                                              help: "Bytes of requests not yet complete buffered, all connections")
     metrics.addCollector { _ in
         openConnections.set(to: Double(server.openConnections))
         refusedConnections.set(to: Double(server.refusedConnections))
         queuedBytes.set(to: Double(server.queuedBytes))
+        requestBytes.set(to: Double(server.requestBytes))
     }
     let port: Int
     do { port = try await server.listen() } catch {

@@ -746,7 +746,10 @@ def test_a_connection_buffers_at_most_its_unfinished_request_bytes(pb, server_fa
     """--max-connection-request-bytes: streams whose requests keep coming and never end may
     make the server buffer at most that much per connection; the stream whose data passes it
     fails RESOURCE_EXHAUSTED naming the limit. The earlier ones, and other calls, go on."""
-    srv = server_factory(["shard", "--synthetic", "100x8", "--port", "0", "--max-connection-request-bytes", "2000000"])
+    srv = server_factory(["shard", "--synthetic", "100x8", "--port", "0", "--admin-port", "0",
+                          "--max-connection-request-bytes", "2000000"])
+    a = admin_port(srv)
+    assert metric(a, "shardrank_request_bytes") == 0
     c = RawH2(srv.port)
     sids = unended_requests(c, 8, 1_000_000, 500_000)
     deadline = time.monotonic() + 5
@@ -760,7 +763,14 @@ def test_a_connection_buffers_at_most_its_unfinished_request_bytes(pb, server_fa
     assert "limit of 2000000" in c.responses[failed[0]].trailer("grpc-message")
     assert all(not c.responses[s].ended and c.responses[s].reset is None for s in sids[:first])
     assert c.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString()).trailer("grpc-status") == "0"
+    # The gauge: what the held requests buffer (within the limit), back to 0 once they are gone.
+    held = metric(a, "shardrank_request_bytes")
+    assert first * 500_000 <= held <= 2_000_000, held
     c.close()
+    deadline = time.monotonic() + 5
+    while metric(a, "shardrank_request_bytes") != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the gauge until the server has seen the close
+    assert metric(a, "shardrank_request_bytes") == 0
 
 
 def test_the_process_buffers_at_most_its_unfinished_request_bytes(pb, server_factory):
