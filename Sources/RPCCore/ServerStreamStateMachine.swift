@@ -65,6 +65,18 @@ public struct ServerStreamStateMachine: Sendable {
 
     public var isDone: Bool { if case .done = state { return true } else { return false } }
 
+    /// Bytes this stream holds of a request not yet handed to its handler: the partial message's
+    /// buffer, and a unary request's complete message waiting for the end of the stream. What a
+    /// client that never ends its requests makes the server buffer (the transport bounds the sum
+    /// per connection and per process).
+    public var bufferedRequestBytes: Int {
+        switch state {
+        case .receiving(_, let message, let deframer): return deframer.bufferedCapacity + (message?.count ?? 0)
+        case .streaming(_, _, let deframer, _): return deframer.bufferedCapacity
+        default: return 0
+        }
+    }
+
     /// The request headers arrived.
     /// - Parameters:
     ///   - headers: the header block in order, pseudo-headers included.

@@ -19,8 +19,18 @@ extension HTTP2Session {
             HTTP2Session.with(userData) { s in
                 guard frame!.pointee.hd.stream_id == s.pendingHeadersStream else { return 0 }
                 let p = s.pendingHeaders
-                if p.tooLarge { return 0 }
                 p.bytes += namelen + valuelen + 32
+                if p.tooLarge {
+                    // Far past the limit (an HPACK bomb: one-byte references to a large table
+                    // entry): reset the stream (RST_STREAM INTERNAL_ERROR, counted by the limiter
+                    // of resets this side sends) so that nghttp2 only decodes the rest of the
+                    // block, without checking and handing out every field. Just past it, the
+                    // request is answered RESOURCE_EXHAUSTED naming the limit instead.
+                    if p.bytes > HTTP2Session.headerListResetFactor * s.configuration.maxHeaderListBytes {
+                        return Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
+                    }
+                    return 0
+                }
                 if p.bytes > s.configuration.maxHeaderListBytes {
                     p.tooLarge = true
                 } else {

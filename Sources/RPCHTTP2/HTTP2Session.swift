@@ -62,6 +62,12 @@ public struct HTTP2Configuration: Sendable, Hashable {
     public init() {}
 }
 
+extension HTTP2Session {
+    /// A header block counted past this many times `maxHeaderListBytes` resets its stream
+    /// instead of being decoded field by field up to its end (the HPACK bomb).
+    static let headerListResetFactor = 4
+}
+
 /// One HTTP/2 connection's protocol state, driven in memory: bytes in (`receive`) → events out;
 /// submissions (`submitResponse`, `submitRequest`, ...) → bytes out (`flush`).
 ///

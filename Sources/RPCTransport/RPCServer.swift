@@ -168,6 +168,8 @@ public final class RPCServer: Sendable {
     public var refusedConnections: Int { state.refusedConnections.load(ordering: .relaxed) }
     /// Bytes of unsent answers held by all connections.
     public var queuedBytes: Int { state.queuedBytes.load(ordering: .relaxed) }
+    /// Bytes of requests not yet complete buffered by all connections (`maxRequestBytes`).
+    public var requestBytes: Int { state.requestBytes.load(ordering: .relaxed) }
 
     /// Graceful shutdown: stop accepting, GOAWAY every connection, wait for open streams to end
     /// (at most `drainTimeout`), close the rest, stop the worker pool and the event loops.

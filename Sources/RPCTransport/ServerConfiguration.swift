@@ -35,6 +35,13 @@ public struct ServerConfiguration: Sendable {
     /// Bytes of unsent answers all connections together may hold; an answer that would pass it
     /// fails RESOURCE_EXHAUSTED (one answer on a connection holding nothing is always queued).
     public var maxQueuedBytes: Int = 1 << 30
+    /// Bytes of requests not yet complete (partial messages of streams whose request has not
+    /// ended) one connection may make the server buffer; the stream whose data would take it
+    /// past this fails RESOURCE_EXHAUSTED and is reset. Without it, a connection's 256 streams
+    /// could each buffer a 4 MiB message that never ends: 1 GiB.
+    public var maxConnectionRequestBytes: Int = 32 << 20
+    /// The same for all connections together.
+    public var maxRequestBytes: Int = 1 << 30
     /// Connections open at once; one accepted beyond it is closed at once, before anything is
     /// read from it. nil: no limit.
     public var maxConnections: Int? = 10_000
@@ -87,6 +94,10 @@ public struct HTTP2Settings: Sendable, Hashable {
     public var connectionWindowSize: Int32 = 16 << 20
     /// SETTINGS_MAX_FRAME_SIZE advertised.
     public var maxFrameSize: UInt32 = 16 << 10
+    /// nghttp2's limiter of incoming RST_STREAM per connection (rapid reset): `resetBurst` at
+    /// once, refilled at `resetRate` a second; beyond it GOAWAY. See `HTTP2Configuration`.
+    public var resetBurst: UInt64 = 20_000
+    public var resetRate: UInt64 = 5_000
 
     public init() {}
 
@@ -98,6 +109,8 @@ public struct HTTP2Settings: Sendable, Hashable {
         c.initialWindowSize = initialWindowSize
         c.connectionWindowSize = connectionWindowSize
         c.maxFrameSize = maxFrameSize
+        c.resetBurst = resetBurst
+        c.resetRate = resetRate
         return c
     }
 }

@@ -50,6 +50,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private var lastHeaderBlock: Int32 = 0
     /// This connection's `session.queuedBytes` as last added to the process's `state.queuedBytes`.
     private var publishedQueued = 0
+    /// Bytes of incomplete requests this connection's streams buffer (their `buffered` summed);
+    /// added to `state.requestBytes` as it changes.
+    private var requestBytes = 0
     /// When the last stream closed; nil while streams are open.
     private var idleSince: NIODeadline?
 
@@ -75,6 +78,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         /// A streaming call holds one of the process's `maxInFlightHandlers` slots until the
         /// stream is gone (unary handlers hold theirs while they run).
         var holdsSlot = false
+        /// `machine.bufferedRequestBytes` as last counted in the connection's `requestBytes`.
+        var buffered = 0
         init(limits: ServerStreamStateMachine.Limits) { machine = ServerStreamStateMachine(limits: limits) }
     }
 
@@ -207,10 +212,12 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             s.sawInput = true
             let action = bytes.withUnsafeBytes { s.machine.receivedData($0, endStream: false) }
             apply(action, s, id)
+            countRequestBytes(s, id)
         case .endStream(let id):
             guard let s = streams[id] else { return }
             s.sawInput = true
             apply(s.machine.receivedEndStream(), s, id)
+            countRequestBytes(s, id)
         case .streamClosed(let id, let code):
             guard let s = streams[id] else { return }
             if code != 0 { apply(s.machine.peerReset(), s, id) }
@@ -228,8 +235,38 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         }
     }
 
+    /// Counts what `s` now buffers of its incomplete request; when that grew past the
+    /// connection's or the process's limit, the stream fails RESOURCE_EXHAUSTED (and is reset)
+    /// and what it held is released.
+    private func countRequestBytes(_ s: Stream, _ id: Int32) {
+        let now = s.machine.bufferedRequestBytes
+        let delta = now - s.buffered
+        guard delta != 0 else { return }
+        s.buffered = now
+        requestBytes += delta
+        let all = state.requestBytes.wrappingAdd(delta, ordering: .relaxed).newValue
+        guard delta > 0 else { return }
+        var refusal: RPCError?
+        if requestBytes > config.maxConnectionRequestBytes {
+            refusal = RPCError(.resourceExhausted, "the connection's unfinished requests hold \(requestBytes) bytes, "
+                               + "past the limit of \(config.maxConnectionRequestBytes)")
+        } else if all > config.maxRequestBytes {
+            refusal = RPCError(.resourceExhausted, "the server's unfinished requests hold \(all) bytes, "
+                               + "past the process limit of \(config.maxRequestBytes)")
+        }
+        guard let refusal else { return }
+        logger.debug("failing stream \(id) from \(peer): \(refusal.message)")
+        apply(s.machine.abort(refusal), s, id)
+        countRequestBytes(s, id)  // released: the machine is done
+    }
+
     private func removeStream(_ id: Int32) {
         if let s = streams.removeValue(forKey: id) {
+            if s.buffered != 0 {
+                requestBytes -= s.buffered
+                state.requestBytes.wrappingSubtract(s.buffered, ordering: .relaxed)
+                s.buffered = 0
+            }
             state.openStreams.wrappingSubtract(1, ordering: .relaxed)
             if s.holdsSlot { s.holdsSlot = false; state.releaseHandler() }
         }

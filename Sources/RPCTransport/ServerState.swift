@@ -16,6 +16,8 @@ final class ServerState: Sendable {
     let refusedConnections = Atomic<Int>(0)
     /// Bytes of unsent answers held by all connections (each publishes its own after it changes).
     let queuedBytes = Atomic<Int>(0)
+    /// Bytes of requests not yet complete buffered by all connections (each adds its changes).
+    let requestBytes = Atomic<Int>(0)
 
     struct ConnectionRef: Sendable {
         let eventLoop: any EventLoop

@@ -234,6 +234,18 @@ struct ServerOptions: ParsableArguments {
     @Option(help: "Bytes of unsent answers all connections together may hold; an answer beyond it fails RESOURCE_EXHAUSTED.")
     var maxQueuedBytes: Int = 1 << 30
 
+    @Option(help: "Bytes of unfinished requests one connection may make the server buffer; the stream that would pass it fails RESOURCE_EXHAUSTED.")
+    var maxConnectionRequestBytes: Int = 32 << 20
+
+    @Option(help: "Bytes of unfinished requests all connections together may make the server buffer; the stream that would pass it fails RESOURCE_EXHAUSTED.")
+    var maxRequestBytes: Int = 1 << 30
+
+    @Option(help: "Stream resets (RST_STREAM) a client may send at once on a connection before it is sent away (GOAWAY).")
+    var resetBurst: UInt64 = 20_000
+
+    @Option(help: "Stream resets a second that refill --reset-burst.")
+    var resetRate: UInt64 = 5_000
+
     @Option(help: "Connections open at once; one beyond it is closed at once (0: no limit).")
     var maxConnections: Int = 10_000
 
@@ -281,6 +293,10 @@ struct ServerOptions: ParsableArguments {
         c.streamSendTimeout = streamSendTimeoutSeconds > 0 ? .milliseconds(Int(streamSendTimeoutSeconds * 1000)) : nil
         c.maxConnectionQueuedBytes = max(1, maxConnectionQueuedBytes)
         c.maxQueuedBytes = max(1, maxQueuedBytes)
+        c.maxConnectionRequestBytes = max(1, maxConnectionRequestBytes)
+        c.maxRequestBytes = max(1, maxRequestBytes)
+        c.http2.resetBurst = max(1, resetBurst)
+        c.http2.resetRate = resetRate
         c.maxConnections = maxConnections > 0 ? maxConnections : nil
         c.headerTimeout = headerTimeoutSeconds > 0 ? .milliseconds(Int(headerTimeoutSeconds * 1000)) : nil
         c.streamIdleTimeout = streamIdleTimeoutSeconds > 0 ? .milliseconds(Int(streamIdleTimeoutSeconds * 1000)) : nil
@@ -315,10 +331,13 @@ func serve(router: Router, health: HealthService, options: ServerOptions, logger
     let refusedConnections = metrics.registry.gauge(name: "shardrank_connections_refused_total",
                                                     help: "gRPC connections refused at the connection cap since start")
     let queuedBytes = metrics.registry.gauge(name: "shardrank_queued_bytes", help: "Answer bytes queued for sending, all connections")
+    let requestBytes = metrics.registry.gauge(name: "shardrank_request_bytes",
+                                              help: "Bytes of requests not yet complete buffered, all connections")
     metrics.addCollector { _ in
         openConnections.set(to: Double(server.openConnections))
         refusedConnections.set(to: Double(server.refusedConnections))
         queuedBytes.set(to: Double(server.queuedBytes))
+        requestBytes.set(to: Double(server.requestBytes))
     }
     let port: Int
     do { port = try await server.listen() } catch {

@@ -716,3 +716,76 @@ def test_a_client_provoking_resets_is_sent_away(pb, shard):
     other = RawH2(shard.port)
     assert other.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString()).trailer("grpc-status") == "0"
     other.close()
+
+
+def test_a_header_block_far_past_the_limit_resets_its_stream(pb, shard):
+    """Past the header-list limit (8 KiB) a request is answered RESOURCE_EXHAUSTED; counted past
+    4x the limit (an HPACK bomb's size) its stream is reset (INTERNAL_ERROR) and the rest of the
+    block is not inspected. The connection serves on."""
+    info = pb.shard_pb2.InfoRequest().SerializeToString()
+    c = RawH2(shard.port)
+    r = c.call("/shardrank.v1.Shard/Info", info, extra_headers=[(f"x-pad-{i}", "v" * 1000) for i in range(20)])  # ~20 KiB
+    assert r.trailer("grpc-status") == "8" and r.reset is None
+    r = c.call("/shardrank.v1.Shard/Info", info, extra_headers=[(f"x-pad-{i}", "v" * 1000) for i in range(40)])  # ~41 KiB
+    assert r.reset == h2.errors.ErrorCodes.INTERNAL_ERROR, (r.headers, r.reset)
+    assert c.call("/shardrank.v1.Shard/Info", info).trailer("grpc-status") == "0"
+    c.close()
+
+
+def unended_requests(c, n, claimed, sent):
+    """`n` Lookups whose prefix claims `claimed` bytes, `sent` of them sent, never ended."""
+    sids = []
+    for _ in range(n):
+        sid = c.start("/shardrank.v1.Shard/Lookup", struct.pack(">BI", 0, claimed) + b"\0" * sent, framed=False, end=False)
+        sids.append(sid)
+        c.pump(0.05)
+    return sids
+
+
+def test_a_connection_buffers_at_most_its_unfinished_request_bytes(pb, server_factory):
+    """--max-connection-request-bytes: streams whose requests keep coming and never end may
+    make the server buffer at most that much per connection; the stream whose data passes it
+    fails RESOURCE_EXHAUSTED naming the limit. The earlier ones, and other calls, go on."""
+    srv = server_factory(["shard", "--synthetic", "100x8", "--port", "0", "--admin-port", "0",
+                          "--max-connection-request-bytes", "2000000"])
+    a = admin_port(srv)
+    assert metric(a, "shardrank_request_bytes") == 0
+    c = RawH2(srv.port)
+    sids = unended_requests(c, 8, 1_000_000, 500_000)
+    deadline = time.monotonic() + 5
+    while not any(c.responses[s].ended for s in sids) and time.monotonic() < deadline:
+        c.pump(0.05)
+    failed = [s for s in sids if c.responses[s].ended]
+    assert failed, "8 unfinished requests of 500,000 bytes each were all buffered under a 2,000,000-byte limit"
+    first = sids.index(failed[0])
+    assert 2 <= first <= 4, f"the request that passed the limit was the {first + 1}th"  # 500 KB each, buffers grown by doubling
+    assert c.responses[failed[0]].trailer("grpc-status") == "8"
+    assert "limit of 2000000" in c.responses[failed[0]].trailer("grpc-message")
+    assert all(not c.responses[s].ended and c.responses[s].reset is None for s in sids[:first])
+    assert c.call("/shardrank.v1.Shard/Info", pb.shard_pb2.InfoRequest().SerializeToString()).trailer("grpc-status") == "0"
+    # The gauge: what the held requests buffer (within the limit), back to 0 once they are gone.
+    held = metric(a, "shardrank_request_bytes")
+    assert first * 500_000 <= held <= 2_000_000, held
+    c.close()
+    deadline = time.monotonic() + 5
+    while metric(a, "shardrank_request_bytes") != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the gauge until the server has seen the close
+    assert metric(a, "shardrank_request_bytes") == 0
+
+
+def test_the_process_buffers_at_most_its_unfinished_request_bytes(pb, server_factory):
+    """--max-request-bytes bounds the unfinished requests of all connections together."""
+    srv = server_factory(["shard", "--synthetic", "100x8", "--port", "0", "--max-request-bytes", "2000000"])
+    a, b = RawH2(srv.port), RawH2(srv.port)
+    held = unended_requests(a, 3, 1_000_000, 500_000)
+    refused = unended_requests(b, 3, 1_000_000, 500_000)
+    deadline = time.monotonic() + 5
+    while not any(b.responses[s].ended for s in refused) and time.monotonic() < deadline:
+        b.pump(0.05)
+    a.pump(0.1)
+    assert all(not a.responses[s].ended for s in held), "the first connection's requests were failed"
+    failed = [s for s in refused if b.responses[s].ended]
+    assert failed and b.responses[failed[0]].trailer("grpc-status") == "8"
+    assert "process limit of 2000000" in b.responses[failed[0]].trailer("grpc-message")
+    a.close()
+    b.close()

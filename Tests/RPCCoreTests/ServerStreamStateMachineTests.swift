@@ -23,6 +23,32 @@ import Testing
         bytes.withUnsafeBytes { m.receivedData($0, endStream: end) }
     }
 
+    /// What a stream buffers of a request not yet handed out: a partial message's buffer, then a
+    /// complete unary message waiting for END_STREAM; nothing once the handler has it or after an
+    /// abort (the transport sums these against --max-connection-request-bytes).
+    @Test func bufferedRequestBytesFollowTheRequest() {
+        var m = ServerStreamStateMachine()
+        #expect(m.bufferedRequestBytes == 0)
+        _ = m.receivedHeaders(headers(), endStream: false, headerListTooLarge: false, router: router)
+        let frame = FramedMessage(payload: [UInt8](repeating: 7, count: 300_000)).bytes
+        _ = feed(&m, Array(frame[..<200_000]), end: false)
+        #expect(m.bufferedRequestBytes >= 200_000 - 5 && m.bufferedRequestBytes <= 2 * 200_000, "\(m.bufferedRequestBytes)")
+        _ = feed(&m, Array(frame[200_000...]), end: false)
+        #expect(m.bufferedRequestBytes >= 300_000, "a complete message waiting for END_STREAM is still held")
+        guard case .invoke = m.receivedEndStream() else { Issue.record("expected invoke"); return }
+        #expect(m.bufferedRequestBytes == 0)
+
+        var aborted = ServerStreamStateMachine()
+        _ = aborted.receivedHeaders(headers(), endStream: false, headerListTooLarge: false, router: router)
+        _ = feed(&aborted, Array(frame[..<100_000]), end: false)
+        #expect(aborted.bufferedRequestBytes > 0)
+        guard case .finish(let e?, false, false, true) = aborted.abort(RPCError(.resourceExhausted, "too much")) else {
+            Issue.record("expected RESOURCE_EXHAUSTED then a reset"); return
+        }
+        #expect(e.code == .resourceExhausted)
+        #expect(aborted.bufferedRequestBytes == 0)
+    }
+
     @Test func happyPath() {
         var m = ServerStreamStateMachine()
         guard case .accepted(let call) = m.receivedHeaders(headers(extra: [("grpc-timeout", "5m"), ("x-a", "1")]), endStream: false,
