@@ -170,6 +170,64 @@ def free_port_base(n, offset):
     raise RuntimeError("no free port range")
 
 
+def start_coordinator(args, cl):
+    """The coordinator over the running shards (cluster/up's effective topology), on loopback; in
+    the netns mode it runs in this namespace and reaches the shards over the bridge."""
+    log = os.path.join(args.run_dir, "coordinator.log")
+    argv = ["nice", "-n", str(args.server_nice), args.binary, "coordinator", "--topology",
+            os.path.join(cl.run_dir, "topology.json"), "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
+            "--log-level", "debug"] + (["--insecure-plaintext"] if cl.netns else [])
+    f = open(log, "w")
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=f, start_new_session=True)
+    coord = {"proc": proc, "log": log, "address": None, "admin": None}
+    end = time.monotonic() + 60
+    while time.monotonic() < end and coord["address"] is None:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the coordinator exited with {proc.returncode}: {open(log).read()[-2000:]}")
+        for line in open(log):
+            if "admin listening on " in line:
+                coord["admin"] = line.rsplit(" ", 1)[1].strip()
+            elif "listening on " in line:
+                coord["address"] = line.rsplit(" ", 1)[1].strip()
+        time.sleep(0.1)
+    if coord["address"] is None or coord["admin"] is None:
+        raise RuntimeError(f"the coordinator did not start: {open(log).read()[-2000:]}")
+    from shardrank_client.pb import health_pb2, health_pb2_grpc
+    with grpc.insecure_channel(coord["address"]) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < end:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return coord
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise RuntimeError("the coordinator did not become SERVING within 60 s")
+
+
+def stop_coordinator(coord):
+    p = coord["proc"]
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def server_calls(log, method):
+    """request id -> (status, ms) from the coordinator's per-call log lines."""
+    out = {}
+    with open(log, errors="replace") as f:
+        for line in f:
+            if " call" not in line or f"method={method} " not in line or "request_id=soak-" not in line:
+                continue
+            kv = dict(w.split("=", 1) for w in line.split() if "=" in w)
+            out[kv["request_id"]] = (kv.get("status"), float(kv.get("ms", "nan")))
+    return out
+
+
 def netns_reason():
     if os.geteuid() != 0:
         return "not root (network namespaces need CAP_NET_ADMIN)"
@@ -216,7 +274,7 @@ class Ledger:
 
 
 class Soak:
-    def __init__(self, args, cluster, ledger, users_by_version, user_rows, shard_users, shards):
+    def __init__(self, args, cluster, coordinator, ledger, users_by_version, user_rows, shard_users, shards):
         self.args, self.cl, self.led = args, cluster, ledger
         self.users_by_version, self.user_rows, self.shard_users, self.S = users_by_version, user_rows, shard_users, shards
         self.rnd = random.Random(args.seed)
@@ -227,7 +285,7 @@ class Soak:
         self.lifetimes = {}                          # (name, gen) -> {"pid", "scrape", "scraped_at"}
         self.tasks = set()
         procs = cluster.procs()
-        self.coord = next(p for p in procs.values() if p["role"] == "coordinator")
+        self.coord = coordinator
         self.replicas = {n: p for n, p in procs.items() if p["role"] == "shard"}
         for n in self.replicas:
             self.lifetimes[(n, 0)] = {"pid": cluster.pid(n)}
@@ -543,6 +601,7 @@ def check(args, led, soak, coord_before, coord_after, users_by_version, user_row
     late_err = []
     over_ok = []
     client_stalled_ok = 0
+    in_outage = collections.Counter()     # Recommends sent and answered while a whole shard was stopped
     versions = collections.Counter()
     published = set(led.published)
     for rid, rec in led.records.items():
@@ -575,6 +634,8 @@ def check(args, led, soak, coord_before, coord_after, users_by_version, user_row
             bad("outcome past deadline (hang)", rid, rec, f"{code} after {elapsed * 1000:.1f} ms, client stalled "
                 f"{stall * 1000:.1f} ms")
         if kind == "recommend":
+            if any(a + 0.05 <= rec["t_send"] and rec["t_done"] <= b for _, a, b in led.outages):
+                in_outage[code if code != "OK" else ("OK degraded" if rec["degraded"] else "OK complete")] += 1
             if code != "OK":
                 if code not in RECOMMEND_ERRORS:
                     bad("wrong status", rid, rec, f"{code}: {rec.get('details')}")
@@ -639,20 +700,61 @@ def check(args, led, soak, coord_before, coord_after, users_by_version, user_row
         if r["version"] < best:
             v["version went backwards"].append({"t_send": r["t_send"], "version": r["version"], "seen_before": best})
 
-    # Counters: the coordinator never restarts, so its counters over the run equal what the client saw.
+    # Counters. The coordinator never restarts, so (1) its /metrics over the run must equal its own
+    # per-call log (one line per call with our x-request-id, status and ms), and (2) every request
+    # of the ledger is matched with the server's outcome for it, by id. They may differ only where
+    # the client's deadline passed first: the client then reports DEADLINE_EXCEEDED while the
+    # server counted OK (an answer read after the deadline), CANCELLED (the client's reset came
+    # first) or nothing (the request never left the stalled client) -- and then only if the server
+    # finished within the deadline + slack on its own clock.
     recon = {}
     server = by_code(coord_after, RECOMMEND) - by_code(coord_before, RECOMMEND)
     server = {c: n for c, n in server.items() if n}
     client = dict(counts["recommend"])
-    recon["coordinator_requests_by_code"] = {"client": client, "server": server}
-    if server != client:
-        v["counters do not reconcile"].append({"what": "shardrank_rpc_requests_total{Recommend}", "client": client, "server": server})
-    for metric, want in (("shardrank_recommend_answers_total", client.get("OK", 0)),
-                         ("shardrank_recommend_degraded_total", degraded)):
-        got = int(coord_after.get(metric, 0) - coord_before.get(metric, 0))
-        recon[metric] = {"client": want, "server": got}
-        if got != want:
-            v["counters do not reconcile"].append({"what": metric, "client": want, "server": got})
+    calls = server_calls(soak.coord["log"], RECOMMEND)
+    logged = dict(collections.Counter(st for st, _ in calls.values()))
+    recon["coordinator_requests_by_code"] = {"client": client, "server_metrics": server, "server_log": logged}
+    if server != logged:
+        v["counters do not reconcile"].append({"what": "shardrank_rpc_requests_total{Recommend} vs the coordinator's call log",
+                                               "metrics": server, "log": logged})
+    pairs = collections.Counter()
+    late_read = 0
+    explained = []
+    for rid, rec in led.records.items():
+        if rec["kind"] != "recommend" or rec.get("code") in (None, "HANG"):
+            continue
+        code = rec["code"]
+        st, ms = calls.get(rid, ("none", 0.0))
+        pairs[f"{code}/{st}"] += 1
+        if st == code:
+            if code != "OK" and ms > rec["deadline_ms"] + args.slack_ms and code == "DEADLINE_EXCEEDED":
+                bad("outcome past deadline (server)", rid, rec, f"server {st} after {ms:.1f} ms")
+            continue
+        if code == "DEADLINE_EXCEEDED" and st in ("OK", "CANCELLED", "none"):
+            if ms > rec["deadline_ms"] + args.slack_ms:
+                bad("answer past deadline + slack", rid, rec, f"server {st} after {ms:.1f} ms")
+            late_read += st == "OK"
+            explained.append({"id": rid, "client": code, "server": st, "server_ms": ms, "deadline_ms": rec["deadline_ms"],
+                              "client_ms": round((rec["t_done"] - rec["t_send"]) * 1000, 1),
+                              "client_stall_ms": round(soak.client_stall(rec["t_send"], rec["t_done"] + 0.02) * 1000, 1)})
+            continue
+        if code == "UNAVAILABLE" and st == "none":
+            continue
+        bad("client and server disagree", rid, rec, f"client {code}, server {st} ({ms:.1f} ms)")
+    ids = set(led.records)
+    phantom = [rid for rid in calls if rid not in ids]
+    if phantom:
+        v["counters do not reconcile"].append({"what": "server calls the ledger never sent", "ids": phantom[:5]})
+    recon["client_vs_server_per_request"] = dict(pairs)
+    recon["client_deadline_first"] = explained[:50]
+    ok_server = int(coord_after.get("shardrank_recommend_answers_total", 0) - coord_before.get("shardrank_recommend_answers_total", 0))
+    deg_server = int(coord_after.get("shardrank_recommend_degraded_total", 0) - coord_before.get("shardrank_recommend_degraded_total", 0))
+    recon["shardrank_recommend_answers_total"] = {"client": client.get("OK", 0), "read_late": late_read, "server": ok_server}
+    recon["shardrank_recommend_degraded_total"] = {"client": degraded, "server": deg_server}
+    if ok_server != client.get("OK", 0) + late_read or ok_server != logged.get("OK", 0):
+        v["counters do not reconcile"].append({"what": "shardrank_recommend_answers_total", **recon["shardrank_recommend_answers_total"]})
+    if not degraded <= deg_server <= degraded + late_read:
+        v["counters do not reconcile"].append({"what": "shardrank_recommend_degraded_total", **recon["shardrank_recommend_degraded_total"]})
     # Shards, per process lifetime: each counted at least the Lookups the client got answered from it
     # before the scrape (the rest of its Lookups are the coordinator's).
     lt_rows = []
@@ -675,6 +777,7 @@ def check(args, led, soak, coord_before, coord_after, users_by_version, user_row
         "ok_answer_latest_vs_deadline_ms": round(ok_over[-1] * 1000, 2) if ok_over else None,
         "error_latest_vs_deadline_ms": round(err_over[-1] * 1000, 2) if err_over else None,
         "ok_read_late_by_the_client": client_stalled_ok,
+        "recommends_within_shard_outages": dict(in_outage),
         "client_stalls_over_10ms": sum(1 for _, late in soak.lag if late > 0.010),
         "client_longest_stall_ms": round(max((late for _, late in soak.lag), default=0) * 1000, 1),
         "server_total_max_over_deadline_ms": round(max(((r["server_total_us"] / 1000 - r["deadline_ms"]) for r in
@@ -719,7 +822,9 @@ async def run(args):
     else:
         base_port = free_port_base(n, offset)
         addr = lambda i: f"127.0.0.1:{base_port + i}"  # noqa: E731
-    topo = {"tables": tables, "shards": [[addr(1 + s), addr(1 + S + s)] for s in range(S)], "coordinators": [addr(0)],
+    # cluster/up runs the shard replicas; the soak runs the coordinator itself (below), on loopback,
+    # with a log line per call (--log-level debug): the server's own per-request outcome ledger.
+    topo = {"tables": tables, "shards": [[addr(1 + s), addr(1 + S + s)] for s in range(S)],
             "coordinator": {"health_interval_ms": 100, "default_deadline_ms": 250}, "admin": {"port_offset": offset}}
     if netns:
         topo["netns"] = {"subnet": free_subnet(rnd)}
@@ -733,6 +838,7 @@ async def run(args):
               "lookup_rate": args.lookup_rate, "shards": S, "replicas": 2, "netns": netns, "cut_skipped": reason,
               "run_dir": args.run_dir, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     soak = None
+    coordinator = None
     violations, recon, figures = {"setup": [{"why": "did not get far enough to check"}]}, {}, {}
     try:
         cl.up(timeout=60)
@@ -744,7 +850,8 @@ async def run(args):
                 with grpc.insecure_channel(p["address"]) as ch:
                     r = shard_pb2_grpc.ShardStub(ch).Ids(shard_pb2.IdsRequest(table="users", offset=0, limit=100_000), timeout=5)
                 shard_users[p["shard"]] = [int(i) for i in r.ids]
-        soak = Soak(args, cl, led, users_by_version, user_rows, shard_users, S)
+        coordinator = start_coordinator(args, cl)
+        soak = Soak(args, cl, coordinator, led, users_by_version, user_rows, shard_users, S)
         # Warm up (not in the ledger): the coordinator's caches and connections.
         with grpc.insecure_channel(soak.coord["address"]) as ch:
             stub = recommender_pb2_grpc.RecommenderStub(ch)
@@ -796,6 +903,8 @@ async def run(args):
                                            args.items, S)
     finally:
         report["nemesis"] = led.events
+        if coordinator:
+            stop_coordinator(coordinator)
         report["published_versions"] = sorted(led.published)
         d = cl.down()
         if d.returncode != 0:
@@ -816,6 +925,8 @@ def print_report(rep):
     if f:
         print(f"Recommend: {f['recommend_total']} sent: {f['recommend']}; {f['degraded']} OK answers flagged degraded; "
               f"versions answered {f['versions_answered']}")
+        print(f"Recommends sent and answered while every replica of a shard was stopped: "
+              f"{f['recommends_within_shard_outages']}")
         print(f"Lookup (straight to replicas): {f['lookup_total']} sent: {f['lookup']}")
         print(f"deadlines: latest OK answer on the coordinator's clock {f['server_total_max_over_deadline_ms']} ms vs its "
               f"deadline; on the client's clock {f['ok_answer_latest_vs_deadline_ms']} ms (errors: "
@@ -824,7 +935,8 @@ def print_report(rep):
     r = rep.get("reconciliation", {})
     if r:
         c = r["coordinator_requests_by_code"]
-        print(f"coordinator counters: client {c['client']} / server {c['server']}; answers "
+        print(f"coordinator: client saw {c['client']}; /metrics counted {c['server_metrics']}; its call log {c['server_log']}")
+        print(f"per request (client/server): {r['client_vs_server_per_request']}; answers "
               f"{r['shardrank_recommend_answers_total']}; degraded {r['shardrank_recommend_degraded_total']}")
         print(f"shard lifetimes scraped: {sum(1 for x in r['shard_lifetimes'] if x['server_ok'] is not None)} "
               f"of {len(r['shard_lifetimes'])}")
