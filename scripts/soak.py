@@ -218,14 +218,18 @@ def stop_coordinator(coord):
 
 def server_calls(log, method):
     """request id -> (status, ms) from the coordinator's per-call log lines."""
-    out = {}
+    out, anonymous = {}, collections.Counter()
     with open(log, errors="replace") as f:
         for line in f:
-            if " call" not in line or f"method={method} " not in line or "request_id=soak-" not in line:
+            if " call" not in line or f"method={method} " not in line or "request_id=warmup-" in line:
                 continue
             kv = dict(w.split("=", 1) for w in line.split() if "=" in w)
-            out[kv["request_id"]] = (kv.get("status"), float(kv.get("ms", "nan")))
-    return out
+            if kv.get("request_id", "").startswith("soak-"):
+                out[kv["request_id"]] = (kv.get("status"), float(kv.get("ms", "nan")))
+            else:
+                # A call reset before its handler started (no request id yet: "-").
+                anonymous[kv.get("status")] += 1
+    return out, anonymous
 
 
 def netns_reason():
@@ -711,9 +715,10 @@ def check(args, led, soak, coord_before, coord_after, users_by_version, user_row
     server = by_code(coord_after, RECOMMEND) - by_code(coord_before, RECOMMEND)
     server = {c: n for c, n in server.items() if n}
     client = dict(counts["recommend"])
-    calls = server_calls(soak.coord["log"], RECOMMEND)
-    logged = dict(collections.Counter(st for st, _ in calls.values()))
-    recon["coordinator_requests_by_code"] = {"client": client, "server_metrics": server, "server_log": logged}
+    calls, anonymous = server_calls(soak.coord["log"], RECOMMEND)
+    logged = dict(collections.Counter(st for st, _ in calls.values()) + anonymous)
+    recon["coordinator_requests_by_code"] = {"client": client, "server_metrics": server, "server_log": logged,
+                                             "server_log_without_request_id": dict(anonymous)}
     if server != logged:
         v["counters do not reconcile"].append({"what": "shardrank_rpc_requests_total{Recommend} vs the coordinator's call log",
                                                "metrics": server, "log": logged})
@@ -751,6 +756,10 @@ def check(args, led, soak, coord_before, coord_after, users_by_version, user_row
     deg_server = int(coord_after.get("shardrank_recommend_degraded_total", 0) - coord_before.get("shardrank_recommend_degraded_total", 0))
     recon["shardrank_recommend_answers_total"] = {"client": client.get("OK", 0), "read_late": late_read, "server": ok_server}
     recon["shardrank_recommend_degraded_total"] = {"client": degraded, "server": deg_server}
+    # Calls the server saw without their request id can only be ones the client reset early.
+    if sum(anonymous.values()) > pairs["DEADLINE_EXCEEDED/none"] or set(anonymous) - {"CANCELLED", "DEADLINE_EXCEEDED"}:
+        v["counters do not reconcile"].append({"what": "server calls without a request id", "server": dict(anonymous),
+                                               "client_deadline_without_server_call": pairs["DEADLINE_EXCEEDED/none"]})
     if ok_server != client.get("OK", 0) + late_read or ok_server != logged.get("OK", 0):
         v["counters do not reconcile"].append({"what": "shardrank_recommend_answers_total", **recon["shardrank_recommend_answers_total"]})
     if not degraded <= deg_server <= degraded + late_read:
@@ -855,8 +864,8 @@ async def run(args):
         # Warm up (not in the ledger): the coordinator's caches and connections.
         with grpc.insecure_channel(soak.coord["address"]) as ch:
             stub = recommender_pb2_grpc.RecommenderStub(ch)
-            for u in soak.users[:20]:
-                stub.Recommend(recommender_pb2.RecommendRequest(user_id=u, k=K), timeout=2)
+            for i, u in enumerate(soak.users[:20]):
+                stub.Recommend(recommender_pb2.RecommendRequest(user_id=u, k=K), timeout=2, metadata=(("x-request-id", f"warmup-{i}"),))
         coord_before = scrape(soak.coord["admin"])
         say(f"load: {args.rate} Recommend/s and {args.lookup_rate} Lookup/s for {args.duration_s} s; nemesis seed {args.seed}")
         end = args.duration_s
