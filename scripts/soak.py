@@ -428,9 +428,19 @@ class Soak:
         return False
 
     def restart(self, name):
+        """cluster/up (starts what is not running, waits until it is SERVING), then waits (at most
+        10 s) until the coordinator has re-admitted it, as a rollout would before the next step."""
         t = now()
         self.cl.up(timeout=60)
         self.new_lifetime(name)
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            try:
+                if int(scrape(self.coord["admin"]).get("shardrank_replicas_serving", 0)) == len(self.replicas):
+                    break
+            except Exception:
+                pass
+            time.sleep(0.05)
         return round(now() - t, 2)
 
     def kill9(self, name, hold):
@@ -777,6 +787,17 @@ def check(args, led, soak, coord_before, coord_after, users_by_version, user_row
         if s is not None and row["server_ok"] < row["client_ok"]:
             v["counters do not reconcile"].append({"what": f"{name} lifetime {gen} Lookup OK", **row})
     recon["shard_lifetimes"] = lt_rows
+    # Which fault was last started when each Recommend was sent: what each fault cost.
+    import bisect
+    marks = [(e["t"], e["kind"]) for e in led.events]
+    times = [t for t, _ in marks]
+    by_phase = collections.defaultdict(collections.Counter)
+    for rec in led.records.values():
+        if rec["kind"] != "recommend" or rec.get("code") is None or "t_send" not in rec:
+            continue
+        i = bisect.bisect_right(times, rec["t_send"]) - 1
+        phase = marks[i][1] if i >= 0 else "before the first fault"
+        by_phase[phase]["OK degraded" if rec.get("degraded") else rec["code"]] += 1
     ok_over = sorted(over_ok)
     err_over = sorted(late_err)
     figures = {
@@ -787,6 +808,7 @@ def check(args, led, soak, coord_before, coord_after, users_by_version, user_row
         "error_latest_vs_deadline_ms": round(err_over[-1] * 1000, 2) if err_over else None,
         "ok_read_late_by_the_client": client_stalled_ok,
         "recommends_within_shard_outages": dict(in_outage),
+        "recommends_by_last_fault": {k: dict(c) for k, c in sorted(by_phase.items())},
         "client_stalls_over_10ms": sum(1 for _, late in soak.lag if late > 0.010),
         "client_longest_stall_ms": round(max((late for _, late in soak.lag), default=0) * 1000, 1),
         "server_total_max_over_deadline_ms": round(max(((r["server_total_us"] / 1000 - r["deadline_ms"]) for r in
@@ -936,6 +958,9 @@ def print_report(rep):
               f"versions answered {f['versions_answered']}")
         print(f"Recommends sent and answered while every replica of a shard was stopped: "
               f"{f['recommends_within_shard_outages']}")
+        print("Recommend outcomes by the nemesis step last begun when each was sent:")
+        for k, c in f["recommends_by_last_fault"].items():
+            print(f"  {k:40s} {c}")
         print(f"Lookup (straight to replicas): {f['lookup_total']} sent: {f['lookup']}")
         print(f"deadlines: latest OK answer on the coordinator's clock {f['server_total_max_over_deadline_ms']} ms vs its "
               f"deadline; on the client's clock {f['ok_answer_latest_vs_deadline_ms']} ms (errors: "
