@@ -839,7 +839,6 @@ def check(args, led, soak, coord_before, coord_after, users_by_version, user_row
 
 
 async def run(args):
-    rnd = random.Random(args.seed)
     os.makedirs(args.run_dir, exist_ok=True)
     binary = args.binary
     S = args.shards
@@ -875,7 +874,7 @@ async def run(args):
     topo = {"tables": tables, "shards": [[addr(1 + s), addr(1 + S + s)] for s in range(S)],
             "coordinator": {"health_interval_ms": 100, "default_deadline_ms": 250}, "admin": {"port_offset": offset}}
     if netns:
-        topo["netns"] = {"subnet": free_subnet(rnd)}
+        topo["netns"] = {"subnet": free_subnet(random.Random(os.getpid()))}   # not the seed: two soaks at once
     topo_path = os.path.join(args.run_dir, "soak-topology.json")
     with open(topo_path, "w") as f:
         json.dump(topo, f, indent=2)
