@@ -943,7 +943,7 @@ async def run(args):
         elif args.inject == "late" and recs:
             for r in recs:
                 if r.get("code") == "OK":
-                    r["t_done"] = r["t_send"] + r["deadline_ms"] / 1000 + 0.050
+                    r["server_total_us"] = (r["deadline_ms"] + 50) * 1000
                     break
         await asyncio.sleep(0.5)
         coord_after = scrape(soak.coord["admin"])
