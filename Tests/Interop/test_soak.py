@@ -1,0 +1,86 @@
+"""A short nemesis soak (scripts/soak, docs/operations.md "Soak"): 45 s of fixed-rate Recommend
+load and Lookups while replicas are killed, stopped, cut off (network namespaces, when root),
+reloaded and rolled; the ledger must find nothing lost, unflagged or late, and the counters must
+reconcile. The second test corrupts the ledger on purpose (--inject lose) and expects the soak to
+fail: a check that cannot fail checks nothing."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, shardrank_bin
+
+
+def soak(tmp_path, *extra, duration=45, timeout=420):
+    run_dir = tmp_path / "soak"
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "soak.py"), "--binary", shardrank_bin(),
+                          "--run-dir", str(run_dir), "--duration-s", str(duration), "--rate", "30", "--lookup-rate", "10",
+                          "--seed", "3",
+                          # The coordinator's answers counter also counts answers whose call then ended
+                          # CANCELLED/DEADLINE_EXCEEDED (found by the 10-minute soak; docs/operations.md
+                          # "Soak"): reported, not failed, until the counter is fixed.
+                          "--known-issues", *extra], capture_output=True, text=True, timeout=timeout)
+    report = json.loads((run_dir / "soak-report.json").read_text()) if (run_dir / "soak-report.json").exists() else None
+    return out, report
+
+
+def test_soak_45s_finds_nothing_lost_late_or_unflagged(tmp_path):
+    out, rep = soak(tmp_path)
+    assert rep is not None, out.stderr[-3000:]
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert rep["ok"] and rep["violations"] == {}
+    f = rep["figures"]
+    assert f["recommend_total"] >= 0.9 * 30 * 45 and f["lookup_total"] >= 0.9 * 10 * 45
+    kinds = {e["kind"] for e in rep["nemesis"]}
+    assert {"kill-9", "SIGSTOP"} <= kinds or len(kinds) >= 3, kinds
+    c = rep["reconciliation"]["coordinator_requests_by_code"]
+    assert c["server_metrics"] == c["server_log"]
+    assert "RESULT: OK" in out.stdout
+
+
+def test_soak_fails_when_an_outcome_is_lost(tmp_path):
+    out, rep = soak(tmp_path, "--inject", "lose", duration=12)
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    assert rep["violations"]["lost (no outcome)"]["count"] == 1
+    assert "counters do not reconcile" in rep["violations"]        # the server counted the request the ledger lost
+    assert "RESULT: VIOLATIONS" in out.stdout
+
+
+@pytest.mark.xfail(strict=True, reason="issue 17 (found by scripts/soak): shardrank_recommend_answers_total counts an "
+                                       "answer when the handler returns it, also when its call then ends "
+                                       "DEADLINE_EXCEEDED or CANCELLED in the transport; promise 5 says it equals "
+                                       "the OK statuses")
+def test_an_answer_the_transport_never_delivered_is_not_counted_as_one(pb, tmp_path, server_factory):
+    """A client whose stream window is 0 cannot receive the answer: the coordinator computes it,
+    cannot send it, and ends the call DEADLINE_EXCEEDED at the deadline. Its counters must then say
+    one DEADLINE_EXCEEDED and no answer (the soak saw 3 such over-counts in 10 minutes)."""
+    import h2.settings
+    from raw_h2 import RawH2
+    from shardrank.v1 import recommender_pb2
+    from test_cluster import LocalCluster
+    from test_metrics import scrape, value
+    cl = LocalCluster(tmp_path, server_factory)
+    method = "/shardrank.v1.Recommender/Recommend"
+    before = scrape(cl.admin_port)
+    c = RawH2(cl.coordinator.port)
+    c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    c.sock.sendall(c.conn.data_to_send())
+    c.pump(0.2)
+    body = recommender_pb2.RecommendRequest(user_id=7, k=10).SerializeToString()
+    sid = c.start(method, body, extra_headers=[("grpc-timeout", "300m")])
+    c.wait(sid, wait=3)
+    c.close()
+    time.sleep(0.5)
+    after = scrape(cl.admin_port)
+
+    def delta(name, **labels):
+        return (value(after, name, **labels) or 0) - (value(before, name, **labels) or 0)
+    assert delta("shardrank_rpc_requests_total", method=method, code="OK") == 0
+    ended = delta("shardrank_rpc_requests_total", method=method, code="DEADLINE_EXCEEDED") + \
+        delta("shardrank_rpc_requests_total", method=method, code="CANCELLED")
+    assert ended == 1, after
+    assert delta("shardrank_recommend_answers_total") == 0, "an answer never delivered was counted"
+    cl.close()
