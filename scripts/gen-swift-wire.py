@@ -30,6 +30,7 @@ import sys
 #   hand_encoded: `encoded()` is hand-written (a zero-copy path); the generated one is skipped.
 #   hashable: False: only Sendable is declared (a hand-written extension adds Hashable).
 #   init: False: no memberwise initialiser (hand-written ones instead).
+#   init_defaults: False: the memberwise initialiser has no default arguments.
 #   init_order: the Swift parameter order of the initialiser (default: the proto field order).
 #   validate: the decoded value is checked by a hand-written `func validateDecoded() throws(RPCError)`.
 #   fields: per proto field name:
@@ -66,7 +67,7 @@ SWIFT = {
     "shardrank.v1.RecommendRequest": {"fields": {"k": {"default": "10"},
                                                  "user_vector": {"enum": "optional", "default": ".auto"}}},
     "shardrank.v1.CandidateFeatures": {"hashable": False},
-    "shardrank.v1.Event": {"init": False, "fields": {"kind": {"swift": "kindValue", "enum": "raw"}}},
+    "shardrank.v1.Event": {"init_defaults": False, "fields": {"kind": {"swift": "kindValue", "enum": "raw"}}},
     "shardrank.v1.SimilarRequest": {"fields": {"k": {"default": "10"}}},
     "shardrank.v1.RankResponse": {"swift": "ItemsResponse", "decode": "decodeRank", "encode": "encodedAsRank"},
     "shardrank.v1.SimilarResponse": {"swift": "ItemsResponse", "decode": "decodeSimilar", "encode": "encodedAsSimilar"},
@@ -452,7 +453,9 @@ class Gen:
                     by = {self.fname(m, f): f for f in params}
                     assert sorted(order) == sorted(by), (m.full, order, list(by))
                     params = [by[n] for n in order]
-                sig = ", ".join("%s: %s = %s" % (self.fname(m, f), self.ftype(m, f), self.fdefault(m, f)) for f in params)
+                dflt = conf.get("init_defaults", True)
+                sig = ", ".join("%s: %s%s" % (self.fname(m, f), self.ftype(m, f), " = " + self.fdefault(m, f) if dflt else "")
+                                for f in params)
                 out += "\n    public init(%s) {\n" % sig
                 for f in params:
                     out += "        self.%s = %s\n" % ((self.fname(m, f),) * 2)

@@ -20,7 +20,4 @@ extension Event {
     public init(itemID: UInt64, kind: EventKind = .view, timestampUnixSeconds: Int64 = 0) {
         self.itemID = itemID; self.kindValue = kind.rawValue; self.timestampUnixSeconds = timestampUnixSeconds
     }
-    public init(itemID: UInt64, kindValue: UInt32, timestampUnixSeconds: Int64) {
-        self.itemID = itemID; self.kindValue = kindValue; self.timestampUnixSeconds = timestampUnixSeconds
-    }
 }

@@ -513,6 +513,12 @@ public struct Event: Sendable, Hashable {
     public var kindValue: UInt32
     /// When it happened, Unix seconds; 0 = when the coordinator received it.
     public var timestampUnixSeconds: Int64
+
+    public init(itemID: UInt64, kindValue: UInt32, timestampUnixSeconds: Int64) {
+        self.itemID = itemID
+        self.kindValue = kindValue
+        self.timestampUnixSeconds = timestampUnixSeconds
+    }
 }
 
 extension Event {
