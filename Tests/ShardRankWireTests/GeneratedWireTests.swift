@@ -31,9 +31,10 @@ import ShardRankIDs
         let r = ItemsResponse(items: [ScoredItem(itemID: 7, score: 0.5, sources: [.similar, .search])], version: 3,
                               coverage: Coverage(shardsAsked: 2, shardsAnswered: 1, sourcesFailed: [.genre], degraded: true,
                                                  degradedReasons: ["shard 1: UNAVAILABLE"]))
-        for m in [RecommenderMethods.rank, RecommenderMethods.similar] {
-            #expect(try m.decodeResponse(Array(m.encodeResponse(r).payload)) == r)
-        }
+        let rank = RecommenderMethods.rank, similar = RecommenderMethods.similar
+        #expect(try rank.decodeResponse(Array(rank.encodeResponse(r).payload)) == r)
+        #expect(try similar.decodeResponse(Array(similar.encodeResponse(r).payload)) == r)
+        #expect(Array(rank.encodeResponse(r).payload) == Array(r.encodedAsRank().payload))
         let q = SimilarRequest(itemID: 9, k: 4)
         #expect(try RecommenderMethods.similar.decodeRequest(Array(RecommenderMethods.similar.encodeRequest(q).payload)) == q)
     }
