@@ -61,7 +61,7 @@ extension ShardBackend {
 /// table-set backend on the loop (an ANN query answers there at once, an exact scan joins the
 /// backend's batcher), or runs on the worker pool for the synthetic backend.
 public struct ShardService: RPCService {
-    public let serviceName = "shardrank.v1.Shard"
+    public let serviceName = ShardMethods.serviceName
     public let backend: any ShardBackend
     public let limits: ShardLimits
 
