@@ -345,6 +345,17 @@ class Gen:
         if f.type == T_BOOL: return "false"
         return "0"
 
+    def note(self, m, f):
+        """What the Swift property adds to the proto comment (its SWIFT entry)."""
+        fc = self.fconf(m, f)
+        a, policy = fc.get("as", ""), fc.get("enum") if f.type == T_ENUM else None
+        if a.startswith("floats"): return "Swift: the `bytes` as little-endian f32s."
+        if a == "packed_ids": return "Swift: the `bytes` as a delta-varint id set, validated when decoded."
+        if policy == "strict": return "Swift: a value outside the enum fails the decode (INVALID_ARGUMENT)."
+        if policy == "optional": return "Swift: a value outside the enum decodes as nil."
+        if policy == "raw": return "Swift: the enum's value as sent, known or not."
+        return ""
+
     def visible(self, m):
         return [f for f in m.fields if "hidden" not in self.fconf(m, f)]
 
@@ -445,7 +456,8 @@ class Gen:
             conforms = "Sendable, Hashable" if conf.get("hashable", True) else "Sendable"
             out += "public struct %s: %s {\n" % (name, conforms)
             for f in self.visible(m):
-                out += doc(f.comment, "    ") + "    public var %s: %s\n" % (self.fname(m, f), self.ftype(m, f))
+                out += doc(f.comment, "    ") + doc(self.note(m, f), "    ")
+                out += "    public var %s: %s\n" % (self.fname(m, f), self.ftype(m, f))
             if conf.get("init", True):
                 params = self.visible(m)
                 order = conf.get("init_order")

@@ -197,6 +197,7 @@ public struct RecommendRequest: Sendable, Hashable {
     /// Which user vector to search and rank with (docs/api.md): AUTO (default) = the query tower's
     /// when the coordinator has one and the user has no stored vector or has session events newer
     /// than it, else the stored one.
+    /// Swift: a value outside the enum decodes as nil.
     public var userVector: UserVectorMode?
 
     public init(userID: UInt64 = 0, context: RecommendContext? = nil, k: UInt32 = 10, budgets: Budgets? = nil, model: String = "", diversityLambda: Float = 0, minCoverage: Float = 0, genreCap: UInt32 = 0, sources: [Source] = [], freshnessWeight: Float = 0, freshnessHalfLifeSeconds: UInt32 = 0, nowUnixSeconds: Int64 = 0, returnFeatures: Bool = false, userVector: UserVectorMode? = .auto) {
@@ -510,6 +511,7 @@ extension RecommendResponse {
 /// proto `shardrank.v1.Event`.
 public struct Event: Sendable, Hashable {
     public var itemID: UInt64
+    /// Swift: the enum's value as sent, known or not.
     public var kindValue: UInt32
     /// When it happened, Unix seconds; 0 = when the coordinator received it.
     public var timestampUnixSeconds: Int64

@@ -24,6 +24,7 @@ public struct LookupRequest: Sendable, Hashable {
     public var table: String
     public var ids: [UInt64]
     /// Element type wanted in the answer; UNSPECIFIED answers in the table's own dtype.
+    /// Swift: a value outside the enum fails the decode (INVALID_ARGUMENT).
     public var dtype: DType
     /// Table-set version to answer from; 0 = the newest this shard serves.
     public var version: UInt64
@@ -80,6 +81,7 @@ extension LookupRequest {
 /// proto `shardrank.v1.LookupResponse`.
 public struct LookupResponse: Sendable, Hashable {
     public var dim: UInt32
+    /// Swift: a value outside the enum fails the decode (INVALID_ARGUMENT).
     public var dtype: DType
     /// The found rows, in request order (a requested id that is missing has no row):
     /// found_count * dim elements of `dtype`, row-major, little-endian.
@@ -146,6 +148,7 @@ extension LookupResponse {
 public struct SearchRequest: Sendable, Hashable {
     public var table: String
     /// A batch of queries: query_count * dim little-endian f32, row-major.
+    /// Swift: the `bytes` as little-endian f32s.
     public var queries: [Float]
     public var dim: UInt32
     public var k: UInt32
@@ -156,6 +159,7 @@ public struct SearchRequest: Sendable, Hashable {
     /// UNSPECIFIED: the table set's default (its manifest); EXACT forces the scan; ANN asks for the
     /// index (the shard falls back to the exact scan for a table without an index, a small slice,
     /// or exclusions covering a large share of the slice; SearchResponse.mode says which answered).
+    /// Swift: a value outside the enum fails the decode (INVALID_ARGUMENT).
     public var mode: SearchMode
     /// ANN recall knobs; 0 = the index's defaults (recorded in the manifest, set for k = 10; both
     /// multiplied by sqrt(k / 10) for a larger k). nprobe: lists probed per query; rerank:
@@ -168,6 +172,7 @@ public struct SearchRequest: Sendable, Hashable {
     /// More ids never to return, compactly: sorted ascending and unique, as the LEB128 varint of the
     /// first id followed by the LEB128 varint of each gap to the previous id (every gap >= 1). The
     /// shard excludes the union of this and exclude_ids. Malformed bytes: INVALID_ARGUMENT.
+    /// Swift: the `bytes` as a delta-varint id set, validated when decoded.
     public var excludeSorted: PackedIDs
 
     public init(table: String = "", queries: [Float] = [], dim: UInt32 = 0, k: UInt32 = 0, excludeIDs: [UInt64] = [], version: UInt64 = 0, mode: SearchMode = .unspecified, nprobe: UInt32 = 0, rerank: UInt32 = 0, withRows: Bool = false, excludeSorted: PackedIDs = PackedIDs()) {
@@ -243,6 +248,7 @@ public struct SearchHits: Sendable, Hashable {
     /// With SearchRequest.with_rows: the hits' rows in id order, ids.size() * dim elements of
     /// SearchResponse.dtype, row-major, little-endian; for DTYPE_INT8 one f32 scale per row.
     public var vectors: [UInt8]
+    /// Swift: the `bytes` as little-endian f32s.
     public var scales: [Float]
 
     public init(ids: [UInt64] = [], scores: [Float] = [], vectors: [UInt8] = [], scales: [Float] = []) {
@@ -867,6 +873,7 @@ public struct UserProfile: Sendable, Hashable {
     /// Every item the user interacted with: sorted ascending and unique, as the LEB128 varint of the
     /// first id followed by the LEB128 varint of each gap (the encoding of
     /// SearchRequest.exclude_sorted). A table set built without histories sends the recent items.
+    /// Swift: the `bytes` as a delta-varint id set, validated when decoded.
     public var history: PackedIDs
 
     public init(userID: UInt64 = 0, recentItemIDs: [UInt64] = [], history: PackedIDs = PackedIDs(), topGenres: [String] = [], country: String = "") {
