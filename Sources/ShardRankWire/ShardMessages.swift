@@ -6,8 +6,9 @@ public import ShardRankIDs
 // The hand-written parts of the `shardrank.v1.Shard` messages: the value types, their decode and
 // encode are generated from proto/ (Generated/ShardrankV1Shard.swift, scripts/gen-proto). What
 // stays here: Lookup's two hot paths (the request's direct wire walk, fuzzed against protobuf-c
-// by WireTests, and the response encode that writes the rows straight into the framed buffer),
-// measured by scripts/bench-rpc-ab (BENCHMARKS.md, issue 19), and helpers over the values.
+// by WireTests, and the response encode that writes the rows straight into the framed buffer;
+// BENCHMARKS.md, issue 2, "Runs D and E": 0.85× server CPU per 256-id Lookup with the direct
+// decode), and helpers over the values.
 
 extension LookupRequest {
     /// A direct walk of the wire format for the shape clients send — fields 1 (table), 2 (ids,
