@@ -91,9 +91,10 @@ public struct ShardService: RPCService {
     public var methods: [RPCMethod] {
         let backend = self.backend, limits = self.limits
         return [
-            // Lookup and Search answer with buffers the backend encodes itself (rows copied once).
+            // Lookup and Search answer with buffers the backend encodes itself (rows copied once),
+            // and Lookup decodes its request directly (its fast path), not through the descriptor.
             RPCMethod(ShardMethods.lookup, placement: .inline, handler: .unary { bytes, ctx throws(RPCError) in
-                let req = try ShardMethods.lookup.decodeRequest(bytes)
+                let req = try LookupRequest.decode(bytes)
                 guard req.ids.count <= limits.maxLookupIDs else {
                     throw RPCError(.invalidArgument, "Lookup of \(req.ids.count) ids exceeds the limit of \(limits.maxLookupIDs) per call")
                 }
