@@ -20,6 +20,7 @@ public struct Method<Request: Sendable, Response: Sendable>: Sendable {
     public let encodeResponse: @Sendable (Response) -> FramedMessage
     public let decodeResponse: @Sendable ([UInt8]) throws(RPCError) -> Response
 
+    @inlinable
     public init(service: String, method: String, kind: MethodKind,
                 encodeRequest: @escaping @Sendable (Request) -> FramedMessage,
                 decodeRequest: @escaping @Sendable ([UInt8]) throws(RPCError) -> Request,
@@ -31,8 +32,10 @@ public struct Method<Request: Sendable, Response: Sendable>: Sendable {
     }
 }
 
+// The helpers are @inlinable so that each service's handlers are specialized for its message types.
 extension RPCMethod {
     /// A unary handler of typed messages: the request decoded, the response encoded by `method`.
+    @inlinable
     public static func unary<Request, Response>(
         _ method: Method<Request, Response>, placement: Placement,
         _ body: @escaping @Sendable (Request, ServerContext) throws(RPCError) -> Response
@@ -43,6 +46,7 @@ extension RPCMethod {
     }
 
     /// An async unary handler of typed messages (it may call other servers).
+    @inlinable
     public static func asyncUnary<Request, Response>(
         _ method: Method<Request, Response>, placement: Placement,
         _ body: @escaping @Sendable (Request, ServerContext) async throws(RPCError) -> Response
@@ -53,6 +57,7 @@ extension RPCMethod {
     }
 
     /// A server-streaming handler: the request decoded by `method`; it sends `method.encodeResponse(…)`s to the writer.
+    @inlinable
     public static func serverStreaming<Request, Response>(
         _ method: Method<Request, Response>, placement: Placement,
         _ body: @escaping @Sendable (Request, ServerContext, any ResponseStreamWriter) throws(RPCError) -> Void
@@ -63,6 +68,7 @@ extension RPCMethod {
     }
 
     /// Any handler kind on the raw messages (a zero-copy or deferred path), registered at `method`'s path.
+    @inlinable
     public init<Request, Response>(_ method: Method<Request, Response>, placement: Placement, handler: Handler) {
         self.init(service: method.service, method: method.method, placement: placement, handler: handler)
     }

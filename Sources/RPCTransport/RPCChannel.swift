@@ -97,6 +97,7 @@ public final class RPCChannel: Sendable {
     /// A unary call of typed messages: `method` encodes the request and decodes the response.
     /// - Throws: as `unary(path:…)`, and INTERNAL ("bad response from server: …") when the
     ///   response is not a `Response`.
+    @inlinable  // specialized at the call site (the stubs' per-call path)
     public func unary<Request, Response>(_ method: Method<Request, Response>, _ request: Request, metadata: Metadata = Metadata(),
                                          timeout: Duration? = nil) async throws(RPCError) -> Response {
         let bytes = try await unary(path: method.path, request: method.encodeRequest(request), metadata: metadata, timeout: timeout)

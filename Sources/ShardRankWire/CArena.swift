@@ -9,6 +9,8 @@ import Glibc
 final class CArena {
     private var blocks: [UnsafeMutableRawPointer] = []
 
+    init() { blocks.reserveCapacity(8) }  // one allocation for a typical message's strings and arrays
+
     deinit { for b in blocks { free(b) } }
 
     /// A NUL-terminated copy of `s`.
