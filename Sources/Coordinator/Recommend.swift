@@ -318,25 +318,12 @@ public struct RecommenderService: RPCService {
     public var methods: [RPCMethod] {
         let r = recommender
         return [
-            RPCMethod(service: serviceName, method: "Recommend", placement: .inline, handler: .asyncUnary { bytes, ctx throws(RPCError) in
-                try await r.recommend(try RecommendRequest.decode(bytes), context: ctx).encoded()
-            }),
-            RPCMethod(service: serviceName, method: "Rank", placement: .inline, handler: .asyncUnary { bytes, ctx throws(RPCError) in
-                try await r.rank(try RankRequest.decode(bytes), context: ctx).encodedAsRank()
-            }),
-            RPCMethod(service: serviceName, method: "Similar", placement: .inline, handler: .asyncUnary { bytes, ctx throws(RPCError) in
-                try await r.similar(try SimilarRequest.decode(bytes), context: ctx).encodedAsSimilar()
-            }),
-            RPCMethod(service: serviceName, method: "RecordEvents", placement: .inline, handler: .unary { bytes, ctx throws(RPCError) in
-                try r.recordEvents(try RecordEventsRequest.decode(bytes), context: ctx).encoded()
-            }),
-            RPCMethod(service: serviceName, method: "RecordEventsBatch", placement: .inline, handler: .unary { bytes, ctx throws(RPCError) in
-                try r.recordEventsBatch(try RecordEventsBatchRequest.decode(bytes), context: ctx).encoded()
-            }),
-            RPCMethod(service: serviceName, method: "Info", placement: .inline, handler: .asyncUnary { bytes, ctx throws(RPCError) in
-                _ = try InfoRequest.decode(bytes)
-                return try await r.info(context: ctx).encoded()
-            }),
+            .asyncUnary(RecommenderMethods.recommend, placement: .inline) { req, ctx throws(RPCError) in try await r.recommend(req, context: ctx) },
+            .asyncUnary(RecommenderMethods.rank, placement: .inline) { req, ctx throws(RPCError) in try await r.rank(req, context: ctx) },
+            .asyncUnary(RecommenderMethods.similar, placement: .inline) { req, ctx throws(RPCError) in try await r.similar(req, context: ctx) },
+            .unary(RecommenderMethods.recordEvents, placement: .inline) { req, ctx throws(RPCError) in try r.recordEvents(req, context: ctx) },
+            .unary(RecommenderMethods.recordEventsBatch, placement: .inline) { req, ctx throws(RPCError) in try r.recordEventsBatch(req, context: ctx) },
+            .asyncUnary(RecommenderMethods.info, placement: .inline) { _, ctx throws(RPCError) in try await r.info(context: ctx) },
         ]
     }
 }

@@ -94,6 +94,18 @@ public final class RPCChannel: Sendable {
         return messages[0]
     }
 
+    /// A unary call of typed messages: `method` encodes the request and decodes the response.
+    /// - Throws: as `unary(path:…)`, and INTERNAL ("bad response from server: …") when the
+    ///   response is not a `Response`.
+    @inlinable  // specialized at the call site (the stubs' per-call path)
+    public func unary<Request, Response>(_ method: Method<Request, Response>, _ request: Request, metadata: Metadata = Metadata(),
+                                         timeout: Duration? = nil) async throws(RPCError) -> Response {
+        let bytes = try await unary(path: method.path, request: method.encodeRequest(request), metadata: metadata, timeout: timeout)
+        do throws(RPCError) { return try method.decodeResponse(bytes) } catch {
+            throw RPCError(.internal, "bad response from server: \(error.message)")
+        }
+    }
+
     /// A server-streaming call collected until the server ends it (use for bounded streams).
     public func call(path: String, request: FramedMessage, metadata: Metadata = Metadata(),
                      timeout: Duration? = nil) async throws(RPCError) -> [[UInt8]] {

@@ -44,9 +44,10 @@ struct CoordinatorCommand: AsyncParsableCommand {
 
     /// The scope each client method needs with --token-file (health needs none).
     static let tokenScopes: [String: String] = [
-        "Recommend": "recommend", "Rank": "recommend", "Similar": "recommend", "Info": "recommend",
-        "RecordEvents": "events", "RecordEventsBatch": "events",
-    ].reduce(into: [:]) { $0["/shardrank.v1.Recommender/\($1.key)"] = $1.value }
+        RecommenderMethods.recommend.path: "recommend", RecommenderMethods.rank.path: "recommend",
+        RecommenderMethods.similar.path: "recommend", RecommenderMethods.info.path: "recommend",
+        RecommenderMethods.recordEvents.path: "events", RecommenderMethods.recordEventsBatch.path: "events",
+    ]
 
     func run() async throws {
         let logger = makeLogger("shardrank.coordinator", level: server.logLevel)

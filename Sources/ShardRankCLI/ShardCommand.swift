@@ -69,7 +69,8 @@ struct ShardCommand: AsyncParsableCommand {
 
     /// The shard's table-data methods: with mutual TLS only the coordinator role may call them
     /// (Info and health stay open to any certificate the CA signed).
-    static let coordinatorOnlyPaths: Set<String> = Set(["Lookup", "Search", "Lists", "Profiles", "Attributes", "Ids"].map { "/shardrank.v1.Shard/\($0)" })
+    static let coordinatorOnlyPaths: Set<String> = [ShardMethods.lookup.path, ShardMethods.search.path, ShardMethods.lists.path,
+                                                     ShardMethods.profiles.path, ShardMethods.attributes.path, ShardMethods.ids.path]
 
     func run() async throws {
         let logger = makeLogger("shardrank.shard", level: server.logLevel)

@@ -31,7 +31,7 @@ public struct ShardClient: Sendable {
         return ShardClient(channel: channel, defaultMetadata: md)
     }
 
-        func merged(_ md: Metadata) -> Metadata {
+    func merged(_ md: Metadata) -> Metadata {
         if defaultMetadata.isEmpty { return md }
         var out = defaultMetadata
         for (k, v) in md { out.add(k, v) }
@@ -39,41 +39,35 @@ public struct ShardClient: Sendable {
     }
 
     public func lookup(_ request: LookupRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> LookupResponse {
-        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Lookup", request: request.encoded(), metadata: merged(metadata), timeout: timeout)
-        return try decodeResponse { () throws(RPCError) in try LookupResponse.decode(bytes) }
+        try await channel.unary(ShardMethods.lookup, request, metadata: merged(metadata), timeout: timeout)
     }
 
     /// Lookup for callers that only check the answer (the load driver): the response is walked
     /// in place (`LookupResponse.summary`) instead of decoded and copied.
     public func lookupSummary(_ request: LookupRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> LookupResponse.Summary {
-        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Lookup", request: request.encoded(), metadata: merged(metadata), timeout: timeout)
+        let bytes = try await channel.unary(path: ShardMethods.lookup.path, request: request.encoded(), metadata: merged(metadata), timeout: timeout)
         return try decodeResponse { () throws(RPCError) in try LookupResponse.summary(bytes) }
     }
 
     public func search(_ request: SearchRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> SearchResponse {
-        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Search", request: request.encoded(), metadata: merged(metadata), timeout: timeout)
-        return try decodeResponse { () throws(RPCError) in try SearchResponse.decode(bytes) }
+        try await channel.unary(ShardMethods.search, request, metadata: merged(metadata), timeout: timeout)
     }
 
     public func lists(_ request: ListsRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> ListsResponse {
-        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Lists", request: request.encoded(), metadata: merged(metadata), timeout: timeout)
-        return try decodeResponse { () throws(RPCError) in try ListsResponse.decode(bytes) }
+        try await channel.unary(ShardMethods.lists, request, metadata: merged(metadata), timeout: timeout)
     }
 
     public func profiles(_ request: ProfilesRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> ProfilesResponse {
-        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Profiles", request: request.encoded(), metadata: merged(metadata), timeout: timeout)
-        return try decodeResponse { () throws(RPCError) in try ProfilesResponse.decode(bytes) }
+        try await channel.unary(ShardMethods.profiles, request, metadata: merged(metadata), timeout: timeout)
     }
 
     public func attributes(_ request: AttributesRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> AttributesResponse {
-        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Attributes", request: request.encoded(), metadata: merged(metadata), timeout: timeout)
-        return try decodeResponse { () throws(RPCError) in try AttributesResponse.decode(bytes) }
+        try await channel.unary(ShardMethods.attributes, request, metadata: merged(metadata), timeout: timeout)
     }
 
     /// A page of the ids `request.table` holds on this shard, in row order.
     public func ids(_ request: IdsRequest, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws(RPCError) -> IdsResponse {
-        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Ids", request: request.encoded(), metadata: merged(metadata), timeout: timeout)
-        return try decodeResponse { () throws(RPCError) in try IdsResponse.decode(bytes) }
+        try await channel.unary(ShardMethods.ids, request, metadata: merged(metadata), timeout: timeout)
     }
 
     /// Every id `table` holds on this shard, in row order, paged from one table-set version
@@ -98,8 +92,7 @@ public struct ShardClient: Sendable {
     }
 
     public func info(timeout: Duration? = nil) async throws(RPCError) -> InfoResponse {
-        let bytes = try await channel.unary(path: "/shardrank.v1.Shard/Info", request: InfoRequest().encoded(), timeout: timeout)
-        return try decodeResponse { () throws(RPCError) in try InfoResponse.decode(bytes) }
+        try await channel.unary(ShardMethods.info, InfoRequest(), timeout: timeout)
     }
 }
 
@@ -109,9 +102,7 @@ public struct HealthClient: Sendable {
     public init(channel: RPCChannel) { self.channel = channel }
 
     public func check(service: String = "", timeout: Duration? = nil) async throws(RPCError) -> ServingStatus {
-        let bytes = try await channel.unary(path: "/grpc.health.v1.Health/Check", request: HealthCheckRequest(service: service).encoded(),
-                                            timeout: timeout)
-        return try decodeResponse { () throws(RPCError) in try HealthCheckResponse.decode(bytes) }.status
+        try await channel.unary(HealthMethods.check, HealthCheckRequest(service: service), timeout: timeout).status
     }
 }
 

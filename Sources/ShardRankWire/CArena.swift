@@ -1,3 +1,4 @@
+internal import CProtobufC
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -7,6 +8,8 @@ import Glibc
 /// create, fill the C struct, pack, let the arena go. Not thread-safe; never escapes an encode.
 final class CArena {
     private var blocks: [UnsafeMutableRawPointer] = []
+
+    init() { blocks.reserveCapacity(8) }  // one allocation for a typical message's strings and arrays
 
     deinit { for b in blocks { free(b) } }
 
@@ -23,8 +26,19 @@ final class CArena {
         let p = malloc(MemoryLayout<T>.stride * values.count)!
         blocks.append(p)
         let t = p.bindMemory(to: T.self, capacity: values.count)
-        for (i, v) in values.enumerated() { (t + i).initialize(to: v) }
+        values.withUnsafeBufferPointer { _ = UnsafeMutableBufferPointer(start: t, count: values.count).initialize(fromContentsOf: $0) }
         return t
+    }
+
+    /// A `bytes` field: a copy of the raw bytes of `values` (empty: no data).
+    func binary<T: BitwiseCopyable>(_ values: [T]) -> ProtobufCBinaryData {
+        guard !values.isEmpty else { return ProtobufCBinaryData(len: 0, data: nil) }
+        return values.withUnsafeBytes { src in
+            let p = malloc(src.count)!
+            blocks.append(p)
+            p.copyMemory(from: src.baseAddress!, byteCount: src.count)
+            return ProtobufCBinaryData(len: src.count, data: p.assumingMemoryBound(to: UInt8.self))
+        }
     }
 
     /// One zeroed `T` (a C struct to fill).

@@ -1,54 +1,13 @@
-internal import CProtobufC
-internal import CShardRankProto
 public import RPCCore
 import Synchronization
 
-public struct HealthCheckRequest: Sendable, Hashable {
-    public var service: String
-    public init(service: String = "") { self.service = service }
-
-    public static func decode(_ bytes: [UInt8]) throws(RPCError) -> HealthCheckRequest {
-        try ProtoC.unpack(bytes, "grpc.health.v1.HealthCheckRequest", unpack: grpc__health__v1__health_check_request__unpack, free: grpc__health__v1__health_check_request__free_unpacked) { m in
-            HealthCheckRequest(service: ProtoC.string(m.pointee.service))
-        }
-    }
-
-    public func encoded() -> FramedMessage {
-        var m = Grpc__Health__V1__HealthCheckRequest()
-        grpc__health__v1__health_check_request__init(&m)
-        return ProtoC.withCString(service) { s in
-            m.service = s
-            return ProtoC.pack(&m)
-        }
-    }
-}
-
-public enum ServingStatus: UInt32, Sendable, Hashable {
-    case unknown = 0, serving = 1, notServing = 2, serviceUnknown = 3
-}
-
-public struct HealthCheckResponse: Sendable, Hashable {
-    public var status: ServingStatus
-    public init(status: ServingStatus) { self.status = status }
-
-    public static func decode(_ bytes: [UInt8]) throws(RPCError) -> HealthCheckResponse {
-        try ProtoC.unpack(bytes, "grpc.health.v1.HealthCheckResponse", unpack: grpc__health__v1__health_check_response__unpack, free: grpc__health__v1__health_check_response__free_unpacked) { m in
-            HealthCheckResponse(status: ServingStatus(rawValue: m.pointee.status.rawValue) ?? .unknown)
-        }
-    }
-
-    public func encoded() -> FramedMessage {
-        var m = Grpc__Health__V1__HealthCheckResponse()
-        grpc__health__v1__health_check_response__init(&m)
-        m.status = Grpc__Health__V1__HealthCheckResponse__ServingStatus(rawValue: status.rawValue)
-        return ProtoC.pack(&m)
-    }
-}
+// HealthCheckRequest, HealthCheckResponse and ServingStatus are generated from proto/
+// (Generated/GrpcHealthV1Health.swift).
 
 /// `grpc.health.v1.Health`: `Check` and `Watch` for the whole server ("") and each named service.
 /// Thread-safe; `set` notifies every watcher of a changed status.
 public final class HealthService: RPCService {
-    public let serviceName = "grpc.health.v1.Health"
+    public let serviceName = HealthMethods.serviceName
     private struct State {
         var statuses: [String: ServingStatus] = [:]
         var watchers: [Int: (service: String, writer: any ResponseStreamWriter, last: ServingStatus)] = [:]
@@ -98,15 +57,13 @@ public final class HealthService: RPCService {
 
     public var methods: [RPCMethod] {
         [
-            RPCMethod(service: serviceName, method: "Check", placement: .inline, handler: .unary { [self] bytes, _ throws(RPCError) in
-                let req = try HealthCheckRequest.decode(bytes)
+            .unary(HealthMethods.check, placement: .inline) { [self] req, _ throws(RPCError) in
                 guard let st = status(of: req.service) else {
                     throw RPCError(.notFound, "unknown service '\(req.service)'")
                 }
-                return HealthCheckResponse(status: st).encoded()
-            }),
-            RPCMethod(service: serviceName, method: "Watch", placement: .inline, handler: .serverStreaming { [self] bytes, ctx, writer throws(RPCError) in
-                let req = try HealthCheckRequest.decode(bytes)
+                return HealthCheckResponse(status: st)
+            },
+            .serverStreaming(HealthMethods.watch, placement: .inline) { [self] req, ctx, writer throws(RPCError) in
                 let (id, current) = state.withLock { s -> (Int, ServingStatus) in
                     let st = s.statuses[req.service] ?? .serviceUnknown
                     let id = s.nextWatcher
@@ -118,7 +75,7 @@ public final class HealthService: RPCService {
                 ctx.whenCancelled { [weak self] in
                     _ = self?.state.withLock { $0.watchers.removeValue(forKey: id) }
                 }
-            }),
+            },
         ]
     }
 }

@@ -30,24 +30,13 @@ extension LookupResponse {
         var s = Summary()
         var dtypeRaw: UInt64 = 0
         let ok: Bool = bytes.withUnsafeBufferPointer { b in
-            var i = 0
-            let n = b.count
-            func varint() -> UInt64? {
-                var v: UInt64 = 0, shift: UInt64 = 0
-                while i < n && shift < 64 {
-                    let byte = b[i]; i += 1
-                    v |= UInt64(byte & 0x7f) << shift
-                    if byte & 0x80 == 0 { return v }
-                    shift += 7
-                }
-                return nil
-            }
-            while i < n {
-                guard let key = varint(), key >> 3 >= 1 else { return false }
+            var c = WireCursor(b)  // the module's one hand-written wire reader (fuzzed against protobuf-c)
+            while c.i < c.end {
+                guard let key = c.varint(), key >> 3 >= 1 else { return false }
                 let field = key >> 3, wire = key & 7
                 switch wire {
                 case 0:
-                    guard let v = varint() else { return false }
+                    guard let v = c.varint() else { return false }
                     switch field {
                     case 1: s.dim = UInt32(truncatingIfNeeded: v)
                     case 2: dtypeRaw = v
@@ -58,18 +47,17 @@ extension LookupResponse {
                     default: break
                     }
                 case 2:
-                    guard let len = varint(), len <= UInt64(n - i) else { return false }
-                    let end = i + Int(len)
+                    guard let payload = c.lengthDelimited() else { return false }
                     switch field {
-                    case 3: s.vectorBytes += Int(len)
-                    case 6: s.scaleBytes += Int(len)
-                    case 4: // packed missing ids
-                        while i < end { guard varint() != nil, i <= end else { return false }; s.missingCount += 1 }
+                    case 3: s.vectorBytes += payload.count
+                    case 6: s.scaleBytes += payload.count
+                    case 4:  // packed missing ids
+                        var ids = WireCursor(payload)
+                        while ids.i < ids.end { guard ids.varint() != nil else { return false }; s.missingCount += 1 }
                     default: break
                     }
-                    i = end
-                case 1: guard n - i >= 8 else { return false }; i += 8
-                case 5: guard n - i >= 4 else { return false }; i += 4
+                case 1: guard c.end - c.i >= 8 else { return false }; c.i += 8
+                case 5: guard c.end - c.i >= 4 else { return false }; c.i += 4
                 default: return false
                 }
             }

@@ -1,6 +1,7 @@
 internal import CProtobufC
 internal import CShardRankProto
 import RPCCore
+import ShardRankIDs
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -116,5 +117,32 @@ enum ProtoC {
         return Array(UnsafeBufferPointer(start: d, count: b.len))
     }
 
-}
+    /// A `bytes` field holding little-endian f32s. `field` names it in the error when its length
+    /// is not a multiple of 4; nil: a partial trailing float is ignored.
+    static func floats(_ b: ProtobufCBinaryData, field: String?) throws(RPCError) -> [Float] {
+        if let field, b.len % 4 != 0 {
+            throw RPCError(.invalidArgument, "\(field) has \(b.len) bytes, not a multiple of 4 (little-endian f32s)")
+        }
+        let count = b.len / 4
+        guard count > 0, let d = b.data else { return [] }
+        return [Float](unsafeUninitializedCapacity: count) { dst, initialized in
+            UnsafeMutableRawBufferPointer(dst).copyMemory(from: UnsafeRawBufferPointer(start: d, count: count * 4))
+            initialized = count
+        }
+    }
 
+    /// A `bytes` field holding a delta-varint id set.
+    static func packedIDs(_ b: ProtobufCBinaryData, field: String) throws(RPCError) -> PackedIDs {
+        do throws(DeltaVarint.DecodeError) {
+            return try PackedIDs(validating: bytes(b))
+        } catch {
+            throw RPCError(.invalidArgument, "\(field) is not a delta-varint id set: \(error)")
+        }
+    }
+
+    /// An enum field whose unknown values are refused.
+    static func enumValue<E: RawRepresentable>(_ raw: UInt32, _ field: String, as: E.Type) throws(RPCError) -> E where E.RawValue == UInt32 {
+        guard let e = E(rawValue: raw) else { throw RPCError(.invalidArgument, "\(field): unknown \(E.self) \(raw)") }
+        return e
+    }
+}

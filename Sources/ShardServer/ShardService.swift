@@ -61,7 +61,7 @@ extension ShardBackend {
 /// table-set backend on the loop (an ANN query answers there at once, an exact scan joins the
 /// backend's batcher), or runs on the worker pool for the synthetic backend.
 public struct ShardService: RPCService {
-    public let serviceName = "shardrank.v1.Shard"
+    public let serviceName = ShardMethods.serviceName
     public let backend: any ShardBackend
     public let limits: ShardLimits
 
@@ -91,14 +91,16 @@ public struct ShardService: RPCService {
     public var methods: [RPCMethod] {
         let backend = self.backend, limits = self.limits
         return [
-            RPCMethod(service: serviceName, method: "Lookup", placement: .inline, handler: .unary { bytes, ctx throws(RPCError) in
+            // Lookup and Search answer with buffers the backend encodes itself (rows copied once),
+            // and Lookup decodes its request directly (its fast path), not through the descriptor.
+            RPCMethod(ShardMethods.lookup, placement: .inline, handler: .unary { bytes, ctx throws(RPCError) in
                 let req = try LookupRequest.decode(bytes)
                 guard req.ids.count <= limits.maxLookupIDs else {
                     throw RPCError(.invalidArgument, "Lookup of \(req.ids.count) ids exceeds the limit of \(limits.maxLookupIDs) per call")
                 }
                 return try backend.lookup(req, context: ctx)
             }),
-            RPCMethod(service: serviceName, method: "Search", placement: .workerPool, handler: backend.deferredSearch
+            RPCMethod(ShardMethods.search, placement: .workerPool, handler: backend.deferredSearch
                 ? .deferredUnary { bytes, ctx, respond in
                     let req: SearchRequest
                     do throws(RPCError) { req = try Self.decodeSearch(bytes, limits) } catch { respond(.failure(error)); return }
@@ -107,38 +109,31 @@ public struct ShardService: RPCService {
                 : .unary { bytes, ctx throws(RPCError) in
                     try backend.search(try Self.decodeSearch(bytes, limits), context: ctx).encoded()
                 }),
-            RPCMethod(service: serviceName, method: "Lists", placement: .inline, handler: .unary { bytes, ctx throws(RPCError) in
-                let req = try ListsRequest.decode(bytes)
+            .unary(ShardMethods.lists, placement: .inline) { req, ctx throws(RPCError) in
                 guard req.keys.count <= limits.maxListKeys else {
                     throw RPCError(.invalidArgument, "Lists of \(req.keys.count) keys exceeds the limit of \(limits.maxListKeys)")
                 }
-                return try backend.lists(req, context: ctx).encoded()
-            }),
-            RPCMethod(service: serviceName, method: "Profiles", placement: .inline, handler: .unary { bytes, ctx throws(RPCError) in
-                let req = try ProfilesRequest.decode(bytes)
+                return try backend.lists(req, context: ctx)
+            },
+            .unary(ShardMethods.profiles, placement: .inline) { req, ctx throws(RPCError) in
                 guard req.userIDs.count <= limits.maxLookupIDs else {
                     throw RPCError(.invalidArgument, "Profiles of \(req.userIDs.count) users exceeds the limit of \(limits.maxLookupIDs)")
                 }
-                return try backend.profiles(req, context: ctx).encoded()
-            }),
-            RPCMethod(service: serviceName, method: "Attributes", placement: .inline, handler: .unary { bytes, ctx throws(RPCError) in
-                let req = try AttributesRequest.decode(bytes)
+                return try backend.profiles(req, context: ctx)
+            },
+            .unary(ShardMethods.attributes, placement: .inline) { req, ctx throws(RPCError) in
                 guard req.itemIDs.count <= limits.maxLookupIDs else {
                     throw RPCError(.invalidArgument, "Attributes of \(req.itemIDs.count) items exceeds the limit of \(limits.maxLookupIDs)")
                 }
-                return try backend.attributes(req, context: ctx).encoded()
-            }),
-            RPCMethod(service: serviceName, method: "Info", placement: .inline, handler: .unary { bytes, _ throws(RPCError) in
-                _ = try InfoRequest.decode(bytes)
-                return backend.info().encoded()
-            }),
-            RPCMethod(service: serviceName, method: "Ids", placement: .inline, handler: .unary { bytes, ctx throws(RPCError) in
-                let req = try IdsRequest.decode(bytes)
+                return try backend.attributes(req, context: ctx)
+            },
+            .unary(ShardMethods.info, placement: .inline) { _, _ throws(RPCError) in backend.info() },
+            .unary(ShardMethods.ids, placement: .inline) { req, ctx throws(RPCError) in
                 guard req.limit <= IdsRequest.maxLimit else {
                     throw RPCError(.invalidArgument, "Ids limit \(req.limit) exceeds the limit of \(IdsRequest.maxLimit) ids per call")
                 }
-                return try backend.ids(req, context: ctx).encoded()
-            }),
+                return try backend.ids(req, context: ctx)
+            },
         ]
     }
 }

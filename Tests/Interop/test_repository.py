@@ -48,3 +48,30 @@ def test_package_dependencies_equal_the_imports(tmp_path):
     bad = subprocess.run([sys.executable, check, "--package-json", str(pkg), "--root", str(tmp_path / "root")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "ShardRankIDs: imports NIOCore (Sources/ShardRankIDs/Extra.swift) but does not declare it" in bad.stdout, bad.stdout
+
+
+def test_generated_wire_code_is_current_and_check_catches_staleness(tmp_path):
+    """scripts/gen-proto --check passes on the repository (the protobuf-c code and the Swift wire
+    glue of Sources/ShardRankWire/Generated match proto/), and fails when a .proto gains a field
+    the committed Swift does not have, or when a generated Swift file was edited by hand."""
+    import shutil
+    ok = subprocess.run([os.path.join(ROOT, "scripts", "gen-proto"), "--check"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    copy = tmp_path / "repo"
+    for d in ("proto", "scripts", os.path.join("Sources", "CShardRankProto"), os.path.join("Sources", "ShardRankWire", "Generated")):
+        shutil.copytree(os.path.join(ROOT, d), copy / d)
+    gen = str(copy / "scripts" / "gen-proto")
+    # A new field in a message: the Swift glue is stale until gen-proto runs.
+    proto = copy / "proto" / "shardrank" / "v1" / "shard.proto"
+    proto.write_text(proto.read_text().replace("message IdsRequest {\n", "message IdsRequest {\n  uint32 stride = 15;\n"))
+    stale = subprocess.run([gen, "--check"], capture_output=True, text=True, timeout=300)
+    assert stale.returncode == 1 and "Sources/ShardRankWire/Generated is stale" in stale.stderr, stale.stderr
+    subprocess.run([gen], capture_output=True, text=True, timeout=300, check=True)
+    swift = (copy / "Sources" / "ShardRankWire" / "Generated" / "ShardrankV1Shard.swift").read_text()
+    assert "public var stride: UInt32" in swift and "m.stride = self.stride" in swift and "self.stride = p.stride" in swift
+    assert subprocess.run([gen, "--check"], capture_output=True, text=True, timeout=300).returncode == 0
+    # A hand edit of a generated file.
+    path = copy / "Sources" / "ShardRankWire" / "Generated" / "GrpcHealthV1Health.swift"
+    path.write_text(path.read_text() + "// edited\n")
+    edited = subprocess.run([gen, "--check"], capture_output=True, text=True, timeout=300)
+    assert edited.returncode == 1 and "stale" in edited.stderr, edited.stderr
