@@ -722,7 +722,6 @@ def check(args, led, soak, coord_before, coord_after, users_by_version, user_row
     # first) or nothing (the request never left the stalled client) -- and then only if the server
     # finished within the deadline + slack on its own clock.
     recon = {}
-    known = []
     server = by_code(coord_after, RECOMMEND) - by_code(coord_before, RECOMMEND)
     server = {c: n for c, n in server.items() if n}
     client = dict(counts["recommend"])
@@ -779,19 +778,9 @@ def check(args, led, soak, coord_before, coord_after, users_by_version, user_row
                                                "client_deadline_without_server_call": pairs["DEADLINE_EXCEEDED/none"]})
     recon["server_deadline_exceeded_latest_past_deadline_ms"] = round(max(server_de_over), 1) if server_de_over else None
     if ok_server != client.get("OK", 0) + late_read or ok_server != logged.get("OK", 0):
-        # Known (issue 17, found by this soak): the coordinator counts an answer when its handler
-        # returns it, not when the call ends OK, so an answer whose call then ends CANCELLED or
-        # DEADLINE_EXCEEDED in the transport is counted though never delivered. --known-issues
-        # reports such a surplus (at most the calls that ended so after their handler started)
-        # without failing the run.
-        row = {"what": "shardrank_recommend_answers_total", "status_ok": logged.get("OK", 0),
-               **recon["shardrank_recommend_answers_total"]}
-        ended = pairs["DEADLINE_EXCEEDED/CANCELLED"] + pairs["DEADLINE_EXCEEDED/DEADLINE_EXCEEDED"]
-        surplus = ok_server - logged.get("OK", 0)
-        if args.known_issues and ok_server - client.get("OK", 0) - late_read == surplus and 0 < surplus <= ended:
-            known.append(dict(row, why="answers counted whose call ended CANCELLED/DEADLINE_EXCEEDED after the handler answered"))
-        else:
-            v["counters do not reconcile"].append(row)
+        # The counter counts answers whose call ended OK (delivered), as the OK statuses do.
+        v["counters do not reconcile"].append({"what": "shardrank_recommend_answers_total", "status_ok": logged.get("OK", 0),
+                                               **recon["shardrank_recommend_answers_total"]})
     if not degraded <= deg_server <= degraded + max(0, ok_server - client.get("OK", 0)):
         v["counters do not reconcile"].append({"what": "shardrank_recommend_degraded_total", **recon["shardrank_recommend_degraded_total"]})
     # Shards, per process lifetime: each counted at least the Lookups the client got answered from it
@@ -807,7 +796,6 @@ def check(args, led, soak, coord_before, coord_after, users_by_version, user_row
         if s is not None and row["server_ok"] < row["client_ok"]:
             v["counters do not reconcile"].append({"what": f"{name} lifetime {gen} Lookup OK", **row})
     recon["shard_lifetimes"] = lt_rows
-    recon["known_issues"] = known
     # Which fault was last started when each Recommend was sent: what each fault cost.
     import bisect
     marks = [(e["t"], e["kind"]) for e in led.events]
@@ -994,8 +982,6 @@ def print_report(rep):
               f"{r['shardrank_recommend_answers_total']}; degraded {r['shardrank_recommend_degraded_total']}")
         print(f"calls the client ended at its deadline and the coordinator ended DEADLINE_EXCEEDED or CANCELLED: latest "
               f"{r['server_deadline_exceeded_latest_past_deadline_ms']} ms past the deadline on the coordinator's clock")
-        for k in r.get("known_issues", []):
-            print(f"known issue (not failing the run, --known-issues): {json.dumps(k)}")
         print(f"shard lifetimes scraped: {sum(1 for x in r['shard_lifetimes'] if x['server_ok'] is not None)} "
               f"of {len(r['shard_lifetimes'])}")
     if rep["ok"]:
@@ -1027,9 +1013,6 @@ def main():
     ap.add_argument("--inject", choices=["none", "lose", "unflag", "late"], default="none",
                     help="corrupt the ledger on purpose (lose an outcome, unflag a degraded answer, make an answer late): "
                          "the run must then fail")
-    ap.add_argument("--known-issues", action="store_true",
-                    help="report the known over-count of shardrank_recommend_answers_total (answers whose call ended "
-                         "CANCELLED or DEADLINE_EXCEEDED after the handler answered) without failing")
     ap.add_argument("--json-out", help="report JSON (default RUN_DIR/soak-report.json)")
     args = ap.parse_args()
     args.run_dir = os.path.abspath(args.run_dir)

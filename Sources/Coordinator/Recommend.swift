@@ -54,7 +54,11 @@ extension Recommender {
     public func recommend(_ req: RecommendRequest, context ctx: ServerContext) async throws(RPCError) -> RecommendResponse {
         try validate(req)
         let trace = makeTrace(ctx)
-        return try await traced(trace) { () async throws(RPCError) in try await recommend(req, trace: trace) }
+        let response = try await traced(trace) { () async throws(RPCError) in try await recommend(req, trace: trace) }
+        // Metrics count answers the caller got: once the call has ended OK (an answer computed
+        // but never delivered — reset, deadline, a peer that stopped reading — is not one).
+        if let observer { ctx.whenFinished { status in if status == .ok { observer.answered(response) } } }
+        return response
     }
 
     /// The stages of `recommend` (validated request, trace made).
@@ -173,7 +177,6 @@ extension Recommender {
         let response = RecommendResponse(items: out, version: trace.answerVersion, timings: timings, coverage: coverage,
                                          candidates: UInt32(merged.count), coldStart: coldStart, features: features,
                                          userVectorSource: vectorSource, sessionEvents: UInt32(session.events))
-        observer?.answered(response)
         return response
     }
 

@@ -27,6 +27,7 @@ public final class ServerContext: Sendable {
     private let cancelled = Atomic<Bool>(false)
     private let cancelReason = Mutex<RPCError?>(nil)
     private let onCancel = Mutex<[@Sendable () -> Void]>([])
+    private let onFinish = Mutex<(status: RPCStatusCode?, callbacks: [@Sendable (RPCStatusCode) -> Void])>((nil, []))
 
     public init(path: String, metadata: Metadata = Metadata(), deadline: ContinuousClock.Instant? = nil, peer: String = "",
                 requestID: String? = nil) {
@@ -77,6 +78,32 @@ public final class ServerContext: Sendable {
             return false
         }
         if runNow { body() }
+    }
+
+    /// Registers work to run once when the call has ended, with the status the caller got: OK
+    /// only once the answer is sent (an answer the handler returned but that never reached the
+    /// caller — reset, deadline, a peer that stopped reading — ends with that status instead).
+    /// Runs at once if the call already ended. For what must count delivered answers only.
+    public func whenFinished(_ body: @escaping @Sendable (RPCStatusCode) -> Void) {
+        let ended = onFinish.withLock { state -> RPCStatusCode? in
+            if let s = state.status { return s }
+            state.callbacks.append(body)
+            return nil
+        }
+        if let ended { body(ended) }
+    }
+
+    /// Records how the call ended and runs the `whenFinished` callbacks once (later calls are
+    /// ignored). Called by the transport when the call's status is final.
+    public func finished(_ status: RPCStatusCode) {
+        let callbacks = onFinish.withLock { state -> [@Sendable (RPCStatusCode) -> Void] in
+            guard state.status == nil else { return [] }
+            state.status = status
+            let l = state.callbacks
+            state.callbacks.removeAll()
+            return l
+        }
+        for c in callbacks { c(status) }
     }
 
     /// Marks the call cancelled and runs the registered callbacks once. Called by the transport.

@@ -290,7 +290,12 @@ extension RPCServer {
             result = .failure(RPCError(.unimplemented, "\(method.path) is a streaming method"))
         }
         // A deadline that passed wins over a late answer, as on the HTTP/2 path.
-        if ctx.isCancelled, case .success = result { return .failure(ctx.cancellationError ?? .cancelled()) }
-        return result
+        var final = result
+        if ctx.isCancelled, case .success = result { final = .failure(ctx.cancellationError ?? .cancelled()) }
+        switch final {
+        case .success: ctx.finished(.ok)
+        case .failure(let e): ctx.finished(e.code)
+        }
+        return final
     }
 }

@@ -388,6 +388,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             ])
         }
         if let observers { (s.observer ?? observers.unknown).callFinished(status: code, duration: duration) }
+        s.serverContext?.finished(code)
     }
 
     static let responseHeaders: [(String, String)] = [(":status", "200"), ("content-type", "application/grpc")]

@@ -18,11 +18,7 @@ def soak(tmp_path, *extra, duration=45, timeout=420):
     run_dir = tmp_path / "soak"
     out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "soak.py"), "--binary", shardrank_bin(),
                           "--run-dir", str(run_dir), "--duration-s", str(duration), "--rate", "30", "--lookup-rate", "10",
-                          "--seed", "3",
-                          # The coordinator's answers counter also counts answers whose call then ended
-                          # CANCELLED/DEADLINE_EXCEEDED (found by the 10-minute soak; docs/operations.md
-                          # "Soak"): reported, not failed, until the counter is fixed.
-                          "--known-issues", *extra], capture_output=True, text=True, timeout=timeout)
+                          "--seed", "3", *extra], capture_output=True, text=True, timeout=timeout)
     report = json.loads((run_dir / "soak-report.json").read_text()) if (run_dir / "soak-report.json").exists() else None
     return out, report
 
@@ -49,10 +45,6 @@ def test_soak_fails_when_an_outcome_is_lost(tmp_path):
     assert "RESULT: VIOLATIONS" in out.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17 (found by scripts/soak): shardrank_recommend_answers_total counts an "
-                                       "answer when the handler returns it, also when its call then ends "
-                                       "DEADLINE_EXCEEDED or CANCELLED in the transport; promise 5 says it equals "
-                                       "the OK statuses")
 def test_an_answer_the_transport_never_delivered_is_not_counted_as_one(pb, tmp_path, server_factory):
     """A client whose stream window is 0 cannot receive the answer: the coordinator computes it,
     cannot send it, and ends the call DEADLINE_EXCEEDED at the deadline. Its counters must then say
