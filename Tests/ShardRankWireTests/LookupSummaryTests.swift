@@ -52,7 +52,8 @@ import RPCCore
                 #expect(error.code == .internal, "\(name)")
             }
         }
-        for (name, bytes) in cases {
+        // Malformed protobuf, not just answers the summary's own checks refuse: protobuf-c agrees.
+        for (name, bytes) in cases where name != "partial row" && name != "int8 without scales" {
             #expect(throws: RPCError.self, "protobuf-c refuses: \(name)") { try LookupResponse.decode(bytes) }
         }
         // A singular bytes field given twice: the last one counts, as in protobuf-c (the summary
