@@ -164,3 +164,17 @@ let package = Package(
         ]),
     ]
 )
+
+// ---- Fuzzing (issue 17): libFuzzer harnesses, only when SHARDRANK_FUZZ=1 ------------------
+// `scripts/fuzz` builds the one harness binary, ShardRankFuzz, with `-sanitize=fuzzer,address`
+// into its own build path (.build-fuzz; docs/fuzzing.md). Only it and the libraries it uses are
+// built with the sanitizers, never the CLI. The harnesses use `@testable import` (the fuzz build
+// passes `-enable-testing`) to reach the internal parsers.
+if Context.environment["SHARDRANK_FUZZ"] == "1" {
+    package.targets += [
+        .target(name: "CFuzzSupport", path: "fuzz/CFuzzSupport"),
+        .executableTarget(name: "ShardRankFuzz", dependencies: [
+            "CFuzzSupport", "RPCCore", "RPCHTTP2", "ShardRankWire", "ShardRankIDs", "ShardRankTables", "ShardRankRouting",
+        ], path: "fuzz/ShardRankFuzz", swiftSettings: swiftSettings),
+    ]
+}

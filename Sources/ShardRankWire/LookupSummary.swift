@@ -30,13 +30,30 @@ extension LookupResponse {
         var s = Summary()
         var dtypeRaw: UInt64 = 0
         let ok: Bool = bytes.withUnsafeBufferPointer { b in
-            var c = WireCursor(b)  // the module's one hand-written wire reader (fuzzed against protobuf-c)
-            while c.i < c.end {
-                guard let key = c.varint(), key >> 3 >= 1 else { return false }
+            var i = 0
+            let n = b.count
+            func varint() -> UInt64? {
+                var v: UInt64 = 0, shift: UInt64 = 0
+                while i < n && shift < 64 {
+                    let byte = b[i]; i += 1
+                    v |= UInt64(byte & 0x7f) << shift
+                    if byte & 0x80 == 0 { return v }
+                    shift += 7
+                }
+                return nil
+            }
+            while i < n {
+                // A tag is at most 5 bytes (field numbers fit 32 bits), as protobuf-c reads it.
+                let keyStart = i
+                guard let key = varint(), key >> 3 >= 1, i - keyStart <= 5 else { return false }
                 let field = key >> 3, wire = key & 7
+                // A known field with another wire type is malformed (protobuf-c refuses it):
+                // fields 3 and 6 are bytes, 4 repeated varints (packed or not), the rest varints.
+                let known = field >= 1 && field <= 8
                 switch wire {
                 case 0:
-                    guard let v = c.varint() else { return false }
+                    guard field != 3 && field != 6 else { return false }
+                    guard let v = varint() else { return false }
                     switch field {
                     case 1: s.dim = UInt32(truncatingIfNeeded: v)
                     case 2: dtypeRaw = v
@@ -47,24 +64,28 @@ extension LookupResponse {
                     default: break
                     }
                 case 2:
-                    guard let payload = c.lengthDelimited() else { return false }
+                    guard !known || field == 3 || field == 4 || field == 6 else { return false }
+                    guard let len = varint(), len <= UInt64(n - i) else { return false }
+                    let end = i + Int(len)
                     switch field {
-                    case 3: s.vectorBytes += payload.count
-                    case 6: s.scaleBytes += payload.count
-                    case 4:  // packed missing ids
-                        var ids = WireCursor(payload)
-                        while ids.i < ids.end { guard ids.varint() != nil else { return false }; s.missingCount += 1 }
+                    // A singular bytes field given twice: the last one counts, as in protobuf-c.
+                    case 3: s.vectorBytes = Int(len)
+                    case 6: s.scaleBytes = Int(len)
+                    case 4: // packed missing ids
+                        while i < end { guard varint() != nil, i <= end else { return false }; s.missingCount += 1 }
                     default: break
                     }
-                case 1: guard c.end - c.i >= 8 else { return false }; c.i += 8
-                case 5: guard c.end - c.i >= 4 else { return false }; c.i += 4
+                    i = end
+                case 1: guard !known, n - i >= 8 else { return false }; i += 8
+                case 5: guard !known, n - i >= 4 else { return false }; i += 4
                 default: return false
                 }
             }
             return true
         }
         guard ok else { throw RPCError(.internal, "malformed shardrank.v1.LookupResponse (\(bytes.count) bytes)") }
-        guard let dtype = DType(rawValue: UInt32(truncatingIfNeeded: dtypeRaw)), dtypeRaw <= UInt64(UInt32.max) else {
+        // protobuf-c reads an enum varint's low 32 bits.
+        guard let dtype = DType(rawValue: UInt32(truncatingIfNeeded: dtypeRaw)) else {
             throw RPCError(.internal, "LookupResponse.dtype: unknown value \(dtypeRaw)")
         }
         s.dtype = dtype

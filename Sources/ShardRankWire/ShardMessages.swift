@@ -25,7 +25,10 @@ extension LookupRequest {
             var dtype: UInt64 = 0
             var version: UInt64 = 0
             while c.i < c.end {
-                guard let key = c.varint() else { return nil }
+                // The keys below are one byte; a longer encoding of one (protobuf-c reads tags of
+                // up to 5 bytes) goes to protobuf-c.
+                let keyStart = c.i
+                guard let key = c.varint(), c.i - keyStart == 1 else { return nil }
                 switch key {
                 case 0x0A:  // 1: table, length-delimited
                     guard let s = c.lengthDelimited() else { return nil }
@@ -274,10 +277,12 @@ struct WireCursor {
         return ok ? out : nil
     }
 
-    /// A length prefix and the bytes it covers, or nil when they run past the end.
+    /// A length prefix and the bytes it covers, or nil when they run past the end or the prefix
+    /// is longer than the 5 bytes protobuf-c reads (which refuses such a message).
     @inline(__always)
     mutating func lengthDelimited() -> UnsafeBufferPointer<UInt8>? {
-        guard let len = varint(), len <= UInt64(end - i) else { return nil }
+        let start = i
+        guard let len = varint(), i - start <= 5, len <= UInt64(end - i) else { return nil }
         let s = UnsafeBufferPointer(rebasing: b[i ..< i + Int(len)])
         i += Int(len)
         return s

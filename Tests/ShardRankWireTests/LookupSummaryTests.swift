@@ -34,6 +34,15 @@ import RPCCore
             ("int8 without scales", [0x08, 0x02, 0x10, 0x03, 0x1a, 0x02, 1, 2]),
             ("wire type 3", [0x0b]),
             ("field 0", [0x00, 0x01]),
+            // Found by the wire fuzzer (fuzz/corpus/wire/summary-long-tag): a 9-byte tag, which
+            // protobuf-c refuses (tags are at most 5 bytes), was skipped as an unknown field.
+            ("tag longer than 5 bytes", [0x08, 0x02, 0x10, 0x01, 0x8a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x28, 0x00]),
+            // Also found by the fuzzer (fuzz/corpus/wire/summary-wrong-wire-type): a known field
+            // with another wire type (scales as fixed64) was skipped; protobuf-c refuses it.
+            ("scales as fixed64", [0x08, 0x02, 0x31, 1, 2, 3, 4, 5, 6, 7, 8]),
+            ("dim as bytes", [0x0a, 0x01, 0x02]),
+            ("vectors as a varint", [0x18, 0x01]),
+            ("version as fixed32", [0x2d, 1, 2, 3, 4]),
         ]
         for (name, bytes) in cases {
             do {
@@ -42,6 +51,19 @@ import RPCCore
             } catch {
                 #expect(error.code == .internal, "\(name)")
             }
+        }
+        // Malformed protobuf, not just answers the summary's own checks refuse: protobuf-c agrees.
+        for (name, bytes) in cases where name != "partial row" && name != "int8 without scales" {
+            #expect(throws: RPCError.self, "protobuf-c refuses: \(name)") { try LookupResponse.decode(bytes) }
+        }
+        // A singular bytes field given twice: the last one counts, as in protobuf-c (the summary
+        // added them up). Varint values are read as protobuf-c does (dtype: its low 32 bits).
+        let twice: [UInt8] = [0x08, 0x02, 0x10, 0x01, 0x1a, 0x10] + Array(repeating: 0, count: 16) + [0x1a, 0x08] + Array(repeating: 0, count: 8)
+        let wideDType: [UInt8] = [0x08, 0x01, 0x10, 0x81, 0x80, 0x80, 0x80, 0x10, 0x1a, 0x04, 0, 0, 0, 0]  // 2^32 + 1
+        for bytes in [twice, wideDType] {
+            let s = try LookupResponse.summary(bytes)
+            let d = try LookupResponse.decode(bytes)
+            #expect(s.vectorBytes == d.vectors.count && s.dtype == d.dtype && s.rows == 1)
         }
         // Unknown fields are skipped, as protobuf requires.
         let withUnknown = good + [0x48, 0x05, 0x52, 0x02, 0xaa, 0xbb, 0x5d, 1, 2, 3, 4, 0x61, 1, 2, 3, 4, 5, 6, 7, 8]

@@ -227,6 +227,26 @@ import RPCCore
         }
     }
 
+    /// Found by the wire fuzzer (fuzz/corpus/wire/canonical-long-length-prefix, docs/fuzzing.md):
+    /// protobuf-c reads a length prefix of at most 5 bytes and a tag of at most 5, so a message
+    /// with a longer (non-minimal) one is malformed, and `decode` must refuse it, not take it by
+    /// the direct walk.
+    @Test func overlongPrefixesAreLeftToProtobufC() {
+        let cases: [[UInt8]] = [
+            [0x0A, 0x80, 0x00, 0x0A, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00],  // table: a 6-byte length prefix
+            [0x12, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00],                    // ids: a 6-byte length prefix
+            [0x8A, 0x80, 0x80, 0x80, 0x80, 0x00, 0x00],                    // a 6-byte key for field 1
+        ]
+        for bytes in cases {
+            #expect(LookupRequest.decodeCanonical(bytes) == nil, "bytes \(bytes)")
+            #expect(throws: RPCError.self, "bytes \(bytes)") { try LookupRequest.decodeWithProtobufC(bytes) }
+            #expect(throws: RPCError.self, "bytes \(bytes)") { try LookupRequest.decode(bytes) }
+        }
+        // A 5-byte prefix is still read (by protobuf-c, with the same answer).
+        let five: [UInt8] = [0x0A, 0x81, 0x80, 0x80, 0x80, 0x00, 0x61]
+        #expect((try? LookupRequest.decode(five)) == LookupRequest(table: "a", ids: []))
+    }
+
     @Test func mutatedMessagesAgreeWithProtobufC() {
         var rng = Rng(s: 7)
         var fastTaken = 0, fallbacks = 0

@@ -1,0 +1,2 @@
+// Intentionally empty: CFuzzSupport only declares libFuzzer's driver (include/CFuzzSupport.h).
+#include "CFuzzSupport.h"
