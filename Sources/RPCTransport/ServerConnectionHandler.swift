@@ -387,8 +387,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                 "ms": "\(duration.millisecondsValue)",
             ])
         }
-        if let observers { (s.observer ?? observers.unknown).callFinished(status: code, duration: duration) }
+        // The handler's own end-of-call work first (what counts delivered answers), then the
+        // per-method counters: a scrape that sees the call ended sees its answer counted too.
         s.serverContext?.finished(code)
+        if let observers { (s.observer ?? observers.unknown).callFinished(status: code, duration: duration) }
     }
 
     static let responseHeaders: [(String, String)] = [(":status", "200"), ("content-type", "application/grpc")]

@@ -55,24 +55,32 @@ def test_an_answer_the_transport_never_delivered_is_not_counted_as_one(pb, tmp_p
     from test_cluster import LocalCluster
     from test_metrics import scrape, value
     cl = LocalCluster(tmp_path, server_factory)
-    method = "/shardrank.v1.Recommender/Recommend"
-    before = scrape(cl.admin_port)
-    c = RawH2(cl.coordinator.port)
-    c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
-    c.sock.sendall(c.conn.data_to_send())
-    c.pump(0.2)
-    body = recommender_pb2.RecommendRequest(user_id=7, k=10).SerializeToString()
-    sid = c.start(method, body, extra_headers=[("grpc-timeout", "300m")])
-    c.wait(sid, wait=3)
-    c.close()
-    time.sleep(0.5)
-    after = scrape(cl.admin_port)
+    try:
+        method = "/shardrank.v1.Recommender/Recommend"
+        before = scrape(cl.admin_port)
 
-    def delta(name, **labels):
-        return (value(after, name, **labels) or 0) - (value(before, name, **labels) or 0)
-    assert delta("shardrank_rpc_requests_total", method=method, code="OK") == 0
-    ended = delta("shardrank_rpc_requests_total", method=method, code="DEADLINE_EXCEEDED") + \
-        delta("shardrank_rpc_requests_total", method=method, code="CANCELLED")
-    assert ended == 1, after
-    assert delta("shardrank_recommend_answers_total") == 0, "an answer never delivered was counted"
-    cl.close()
+        def delta(after, name, **labels):
+            return (value(after, name, **labels) or 0) - (value(before, name, **labels) or 0)
+
+        def ended(after):
+            return delta(after, "shardrank_rpc_requests_total", method=method, code="DEADLINE_EXCEEDED") + \
+                delta(after, "shardrank_rpc_requests_total", method=method, code="CANCELLED")
+        c = RawH2(cl.coordinator.port)
+        c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        c.sock.sendall(c.conn.data_to_send())
+        c.pump(0.2)
+        body = recommender_pb2.RecommendRequest(user_id=7, k=10).SerializeToString()
+        sid = c.start(method, body, extra_headers=[("grpc-timeout", "300m")])
+        c.wait(sid, wait=3)
+        c.close()
+        # Wait for the call's end to be counted (the answers counter is updated before it).
+        limit = time.monotonic() + 10
+        after = scrape(cl.admin_port)
+        while ended(after) < 1 and time.monotonic() < limit:
+            time.sleep(0.05)
+            after = scrape(cl.admin_port)
+        assert delta(after, "shardrank_rpc_requests_total", method=method, code="OK") == 0
+        assert ended(after) == 1, after
+        assert delta(after, "shardrank_recommend_answers_total") == 0, "an answer never delivered was counted"
+    finally:
+        cl.close()
