@@ -142,7 +142,7 @@ func run(k: Int, parameters: ANNSearchParameters, truth: [Int64], excluded: [UIn
         ids.withUnsafeBufferPointer { idp in
             queries.withUnsafeBufferPointer { qp in
                 excluded.withUnsafeBufferPointer { ex in
-                    var results = [[ScoredItem]]()
+                    var results = [[ScoredID]]()
                     results.reserveCapacity(nq)
                     let c0 = cpuSeconds()
                     for q in 0..<nq {

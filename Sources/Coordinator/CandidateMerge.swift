@@ -9,7 +9,7 @@ enum CandidateMerge {
     static let sourceOrder: [Source] = [.similar, .genre, .country, .popular, .search, .caller]
 
     static func merge(plan: RetrievalPlan, similar: [RankedList], genre: [RankedList], country: [RankedList], popular: [RankedList],
-                      search: [ShardRankKernels.ScoredItem]) -> [MergedCandidate] {
+                      search: [ScoredID]) -> [MergedCandidate] {
         let total = similar.reduce(0) { $0 + min($1.ids.count, plan.similarPerItem) } + genre.count * plan.perGenre
             + country.count * plan.countryBudget + popular.count * plan.popularBudget + search.count
         guard total > 0 else { return [] }

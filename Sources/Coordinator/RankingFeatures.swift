@@ -34,7 +34,7 @@ public enum RankingFeatures {
     ///   - attributes: the items' attributes (nil or absent entries: NaN); `genres` is the
     ///     attribute table's genre vocabulary (bit order of `genresMask`).
     static func compute(ids: [UInt64], dot: [Float]?, plan: RetrievalPlan, lists: [[RankedList]],
-                        search: [ShardRankKernels.ScoredItem], attributes: [UInt64: ItemAttributes]?, genres: [String],
+                        search: [ScoredID], attributes: [UInt64: ItemAttributes]?, genres: [String],
                         now: Double) -> [Float] {
         let f = count, n = ids.count
         var m = [Float](repeating: .nan, count: n * f)

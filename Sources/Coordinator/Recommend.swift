@@ -159,7 +159,7 @@ extension Recommender {
             while j < merged.count && merged[j].id != id { j += 1 }
             if j < merged.count { sourceMask[i] = merged[j].sources; j += 1 }
         }
-        let out = order.map { i in ShardRankWire.ScoredItem(itemID: ids[i], score: scores[i], sources: CandidateMerge.sources(sourceMask[i])) }
+        let out = order.map { i in ScoredItem(itemID: ids[i], score: scores[i], sources: CandidateMerge.sources(sourceMask[i])) }
         var coverage = trace.coverage()
         // Every shard call counts, the user's own profile/vector call too: a user whose shard is
         // down gets no vector, and `min_coverage` must still refuse that answer.
@@ -210,7 +210,7 @@ extension Recommender {
         var coverage = trace.coverage()
         let missing = unique.count - g.ids.count
         if missing > 0 && !coverage.degraded { coverage.degradedReasons.append("\(missing) candidates not found in table '\(settings.itemsTable)'") }
-        return ItemsResponse(items: order.map { ShardRankWire.ScoredItem(itemID: g.ids[$0], score: scores[$0], sources: [.caller]) },
+        return ItemsResponse(items: order.map { ScoredItem(itemID: g.ids[$0], score: scores[$0], sources: [.caller]) },
                              version: trace.answerVersion, coverage: coverage)
     }
 
@@ -227,14 +227,14 @@ extension Recommender {
         let l = await lists(table: "similar", keys: [String(req.itemID)], limit: k, source: .similar, trace: trace,
                             deadline: trace.stageDeadline(0.4))
         if let first = l.first, !first.ids.isEmpty {
-            let items = zip(first.ids, first.scores).prefix(k).map { ShardRankWire.ScoredItem(itemID: $0, score: $1, sources: [.similar]) }
+            let items = zip(first.ids, first.scores).prefix(k).map { ScoredItem(itemID: $0, score: $1, sources: [.similar]) }
             return ItemsResponse(items: Array(items), version: trace.version, coverage: trace.coverage())
         }
         let g = await assemble([req.itemID], dim: nil, trace: trace, deadline: trace.stageDeadline(0.3))
         guard g.ids.count == 1 else { throw RPCError(.notFound, "item \(req.itemID) is not in table '\(settings.itemsTable)'") }
         let query = Array(UnsafeBufferPointer(start: g.rows.base, count: g.rows.dim))
         let hits = await search(query: query, k: k, exclude: [req.itemID], trace: trace, deadline: trace.stageDeadline(0.9)).items
-        return ItemsResponse(items: hits.map { ShardRankWire.ScoredItem(itemID: $0.id, score: $0.score, sources: [.search]) },
+        return ItemsResponse(items: hits.map { ScoredItem(itemID: $0.id, score: $0.score, sources: [.search]) },
                              version: trace.answerVersion, coverage: trace.coverage())
     }
 }

@@ -356,7 +356,7 @@ public final class Recommender: Sendable {
     /// What a Search fan-out found: the k best hits over every shard, and (with rows) where
     /// each hit's row is in the shards' answers.
     struct SearchResult: Sendable {
-        var items: [ShardRankKernels.ScoredItem] = []
+        var items: [ScoredID] = []
         /// The k best hits whose row came back: (id, answer, hit index), grouped by answer.
         var rows: [(id: UInt64, part: Int, index: Int)] = []
         var parts: [SearchResponse] = []
@@ -399,7 +399,7 @@ public final class Recommender: Sendable {
             ids.withUnsafeBufferPointer { i in RankOrder.order(count: i.count, limit: k, score: { s[$0] }, id: { i[$0] }) }
         }
         result.items.reserveCapacity(order.count)
-        for j in order { result.items.append(ShardRankKernels.ScoredItem(id: ids[j], score: scores[j])) }
+        for j in order { result.items.append(ScoredID(id: ids[j], score: scores[j])) }
         // The rows, answer by answer (as `assemble` reads them).
         var taken = [Bool](repeating: false, count: ids.count)
         for j in order where from[j].row { taken[j] = true }
@@ -434,15 +434,15 @@ public final class Recommender: Sendable {
         withExtendedLifetime(parts) {
             while result.items.count < k {
                 var best = -1
-                var bestItem = ShardRankKernels.ScoredItem(id: 0, score: 0)
+                var bestItem = ScoredID(id: 0, score: 0)
                 for p in 0 ..< m where cursor[p] < idBufs[p].count {
                     let c = cursor[p]
-                    let item = ShardRankKernels.ScoredItem(id: idBufs[p][c], score: scoreBufs[p][c])
-                    if best < 0 || ShardRankKernels.ScoredItem.ranksBefore(item, bestItem) { best = p; bestItem = item }
+                    let item = ScoredID(id: idBufs[p][c], score: scoreBufs[p][c])
+                    if best < 0 || ScoredID.ranksBefore(item, bestItem) { best = p; bestItem = item }
                 }
                 guard best >= 0 else { break }
                 let c = cursor[best]
-                if c > 0 && ShardRankKernels.ScoredItem.ranksBefore(bestItem, .init(id: idBufs[best][c - 1], score: scoreBufs[best][c - 1])) {
+                if c > 0 && ScoredID.ranksBefore(bestItem, .init(id: idBufs[best][c - 1], score: scoreBufs[best][c - 1])) {
                     ok = false
                     return
                 }

@@ -54,7 +54,7 @@ public final class IDIndex {
 }
 
 /// The serving order of scored items — higher score first, equal scores to the lower id
-/// (`ScoredItem.ranksBefore`), NaN last — as a sort of packed 64-bit keys: the score's order
+/// (`ScoredID.ranksBefore`), NaN last — as a sort of packed 64-bit keys: the score's order
 /// in the high 32 bits, the item's position in the low 32. Sorting plain integers is several
 /// times cheaper than a comparator closure over structs, and the per-request candidate lists
 /// (hundreds of items) are sorted this way on every request.

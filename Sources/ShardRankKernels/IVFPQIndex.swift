@@ -191,7 +191,7 @@ public struct IVFPQIndex: @unchecked Sendable {
     /// - Returns: the results and how many list positions were scanned.
     public func search(query: UnsafePointer<Float>, k: Int, parameters: ANNSearchParameters, rows: RowMatrix,
                        ids: UnsafePointer<UInt64>, excludedRows: UnsafeBufferPointer<UInt32> = .init(start: nil, count: 0),
-                       scratch: UnsafeMutableRawPointer? = nil, isa: KernelISA = .best) -> (items: [ScoredItem], scanned: Int) {
+                       scratch: UnsafeMutableRawPointer? = nil, isa: KernelISA = .best) -> (items: [ScoredID], scanned: Int) {
         precondition(rows.dimension == dimension, "index dimension \(dimension), rows \(rows.dimension)")
         guard k > 0 else { return ([], 0) }
         let nprobe = min(max(1, parameters.nprobe), listCount)
@@ -208,7 +208,7 @@ public struct IVFPQIndex: @unchecked Sendable {
                                                rows.scales, ids, excludedRows.baseAddress, Int64(excludedRows.count),
                                                Int64(nprobe), Int64(rerank), &heap, scratch ?? owned!)
                 srk_topk_sort(&heap)
-                let items = (0..<Int(heap.count)).map { ScoredItem(id: hi[$0], score: hs[$0]) }
+                let items = (0..<Int(heap.count)).map { ScoredID(id: hi[$0], score: hs[$0]) }
                 return (items, Int(scanned))
             }
         }

@@ -27,7 +27,7 @@ public enum KernelReference {
 
     /// Top-k by full sort: the `k` best of `items`, best first (higher score, then lower id),
     /// NaN scores dropped.
-    public static func topK(_ items: [ScoredItem], k: Int) -> [ScoredItem] {
-        Array(items.filter { !$0.score.isNaN }.sorted(by: ScoredItem.ranksBefore).prefix(k))
+    public static func topK(_ items: [ScoredID], k: Int) -> [ScoredID] {
+        Array(items.filter { !$0.score.isNaN }.sorted(by: ScoredID.ranksBefore).prefix(k))
     }
 }

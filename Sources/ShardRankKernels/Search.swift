@@ -25,7 +25,7 @@ public enum Search {
     public static func topK(queries: UnsafePointer<Float>, queryCount: Int, rows: RowMatrix,
                             ids: UnsafePointer<UInt64>, k: Int, excluding: [UInt64] = [], perQueryK: [Int]? = nil,
                             pool: WorkerPool? = nil, minRowsPerTask: Int = 32_768,
-                            isa: KernelISA = .best, exact: Bool = false) -> [[ScoredItem]] {
+                            isa: KernelISA = .best, exact: Bool = false) -> [[ScoredID]] {
         precondition(queryCount >= 0 && k >= 0)
         precondition(perQueryK.map { $0.count == queryCount && $0.allSatisfy { $0 >= 0 && $0 <= k } } ?? true,
                      "perQueryK needs queryCount values in 0...k")
@@ -76,7 +76,7 @@ public enum Search {
             }
         }
         // Merge the participants' heaps into the first participant's.
-        var results: [[ScoredItem]] = []
+        var results: [[ScoredID]] = []
         results.reserveCapacity(queryCount)
         for q in 0..<queryCount {
             let dst = heaps + q
@@ -86,7 +86,7 @@ public enum Search {
             }
             srk_topk_sort(dst)
             let h = dst.pointee
-            results.append((0..<Int(h.count)).map { ScoredItem(id: h.ids![$0], score: h.scores![$0]) })
+            results.append((0..<Int(h.count)).map { ScoredID(id: h.ids![$0], score: h.scores![$0]) })
         }
         return results
     }

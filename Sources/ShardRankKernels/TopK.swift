@@ -1,7 +1,9 @@
 internal import CShardRankKernels
 
-/// An item id with its score. Ranking: higher score first, ties towards the lower id.
-public struct ScoredItem: Sendable, Hashable, CustomStringConvertible {
+/// An item id with its score (a search hit, a candidate): the kernels' unit of ranking. Higher
+/// score first, ties towards the lower id. (The API's `ScoredItem` message, with sources, is
+/// ShardRankWire's.)
+public struct ScoredID: Sendable, Hashable, CustomStringConvertible {
     public var id: UInt64
     public var score: Float
 
@@ -12,14 +14,14 @@ public struct ScoredItem: Sendable, Hashable, CustomStringConvertible {
 
     /// True if `a` ranks before `b` (higher score, or equal score and lower id).
     @inlinable
-    public static func ranksBefore(_ a: ScoredItem, _ b: ScoredItem) -> Bool {
+    public static func ranksBefore(_ a: ScoredID, _ b: ScoredID) -> Bool {
         a.score > b.score || (a.score == b.score && a.id < b.id)
     }
 
     public var description: String { "\(id):\(score)" }
 }
 
-/// A bounded heap that keeps the `capacity` best items offered to it (see `ScoredItem`
+/// A bounded heap that keeps the `capacity` best items offered to it (see `ScoredID`
 /// for the order). Storage is allocated once in `init` and reused across `reset()`s;
 /// offering items allocates nothing. NaN scores are ignored.
 ///
@@ -68,11 +70,11 @@ public final class TopKHeap {
     }
 
     /// The held items, best first. The heap keeps its contents.
-    public func sortedItems() -> [ScoredItem] {
-        [ScoredItem](unsafeUninitializedCapacity: count) { buffer, initialized in
+    public func sortedItems() -> [ScoredID] {
+        [ScoredID](unsafeUninitializedCapacity: count) { buffer, initialized in
             let s = heap.pointee.scores!, ids = heap.pointee.ids!
             initialized = withSortedContents { n in
-                for i in 0..<n { (buffer.baseAddress! + i).initialize(to: ScoredItem(id: ids[i], score: s[i])) }
+                for i in 0..<n { (buffer.baseAddress! + i).initialize(to: ScoredID(id: ids[i], score: s[i])) }
                 return n
             }
         }
@@ -112,7 +114,7 @@ public enum TopK {
     /// first, skipping ids in `excluding` (sorted ascending).
     public static func select(scores: UnsafeBufferPointer<Float>, ids: UnsafeBufferPointer<UInt64>? = nil,
                               firstID: UInt64 = 0, k: Int,
-                              excluding: UnsafeBufferPointer<UInt64>? = nil) -> [ScoredItem] {
+                              excluding: UnsafeBufferPointer<UInt64>? = nil) -> [ScoredID] {
         let heap = TopKHeap(capacity: k)
         heap.push(scores: scores, ids: ids, firstID: firstID, excluding: excluding)
         return heap.sortedItems()
@@ -121,14 +123,14 @@ public enum TopK {
     /// k-way merge of lists each sorted best first (e.g. per-shard top-k results) into the
     /// best `k` overall, best first. Ids are assumed distinct across lists (shards partition
     /// the rows); use `mergeCandidates` when they are not.
-    public static func merge(_ lists: [[ScoredItem]], k: Int) -> [ScoredItem] {
-        var out: [ScoredItem] = []
+    public static func merge(_ lists: [[ScoredID]], k: Int) -> [ScoredID] {
+        var out: [ScoredID] = []
         out.reserveCapacity(min(k, lists.reduce(0) { $0 + $1.count }))
         // Binary heap of list cursors keyed by their head item (best at the root).
         var heads: [(list: Int, pos: Int)] = []
         heads.reserveCapacity(lists.count)
         func before(_ a: (list: Int, pos: Int), _ b: (list: Int, pos: Int)) -> Bool {
-            ScoredItem.ranksBefore(lists[a.list][a.pos], lists[b.list][b.pos])
+            ScoredID.ranksBefore(lists[a.list][a.pos], lists[b.list][b.pos])
         }
         func siftDown(_ start: Int) {
             var i = start
@@ -159,7 +161,7 @@ public enum TopK {
     /// Merges candidate lists from up to 8 sources, removing duplicate ids. Each result keeps
     /// the best score any source gave it and `sources`, a bitmask with bit `s` set when list
     /// `s` proposed the id. Results are ranked best first; the input lists need not be sorted.
-    public static func mergeCandidates(_ lists: [[ScoredItem]]) -> [MergedCandidate] {
+    public static func mergeCandidates(_ lists: [[ScoredID]]) -> [MergedCandidate] {
         precondition(lists.count <= 8, "mergeCandidates: at most 8 sources")
         let total = lists.reduce(0) { $0 + $1.count }
         var merged: [MergedCandidate] = []
@@ -176,7 +178,7 @@ public enum TopK {
                 }
             }
         }
-        merged.sort { ScoredItem.ranksBefore($0.item, $1.item) }
+        merged.sort { ScoredID.ranksBefore($0.item, $1.item) }
         return merged
     }
 }
@@ -193,5 +195,5 @@ public struct MergedCandidate: Sendable, Hashable {
         self.sources = sources
     }
 
-    public var item: ScoredItem { ScoredItem(id: id, score: score) }
+    public var item: ScoredID { ScoredID(id: id, score: score) }
 }

@@ -72,7 +72,9 @@ struct SynthRandom: RandomNumberGenerator {
     mutating func exponential() -> Double { -log(openUnit()) }
 }
 
-/// SplitMix64 (Steele, Lea & Flood 2014): seeds xoshiro and mixes stream indices.
+/// SplitMix64 (Steele, Lea & Flood 2014): seeds xoshiro and mixes stream indices. The same
+/// generator as `ShardRankKernels.SplitMix64`, kept here because this module depends on nothing
+/// (a test checks the two sequences are equal).
 struct SplitMix64 {
     var state: UInt64
 

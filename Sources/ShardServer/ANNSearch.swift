@@ -67,14 +67,14 @@ enum ANNSearch {
     /// Runs every query of `req` through the plan's index (one scratch area for the call),
     /// checking `context` for cancellation every 16 queries.
     static func run(_ plan: Plan, _ req: SearchRequest, context: ServerContext,
-                    monitor: ANNRecallMonitor?) throws(RPCError) -> [[ShardRankKernels.ScoredItem]] {
+                    monitor: ANNRecallMonitor?) throws(RPCError) -> [[ScoredID]] {
         let index = plan.index.index, table = plan.index.table
         let k = Int(req.k), d = table.dim, n = req.queryCount
         let rows = table.rowMatrix
         let bytes = index.scratchBytes(plan.parameters, k: k)
         let scratch = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
         defer { scratch.deallocate() }
-        var results: [[ShardRankKernels.ScoredItem]] = []
+        var results: [[ScoredID]] = []
         results.reserveCapacity(n)
         for q in 0..<n {
             if q % 16 == 0 { try context.checkCancellation() }
@@ -129,7 +129,7 @@ public final class ANNRecallMonitor: Sendable {
 
     /// Re-runs a sampled query exactly in the background (or counts it as skipped when the
     /// previous one is still running).
-    func offer(_ index: ANNIndexTable, query: [Float], k: Int, excludedRows: [UInt32], answer: [ShardRankKernels.ScoredItem]) {
+    func offer(_ index: ANNIndexTable, query: [Float], k: Int, excludedRows: [UInt32], answer: [ScoredID]) {
         let name = index.table.name
         guard busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else {
             stats.withLock { $0[name, default: TableRecall()].skipped += 1 }
@@ -149,7 +149,7 @@ public final class ANNRecallMonitor: Sendable {
     }
 
     /// The exact answer (single thread) with the same exclusions.
-    static func exact(_ table: EmbeddingTable, query: [Float], k: Int, excludedRows: [UInt32]) -> [ShardRankKernels.ScoredItem] {
+    static func exact(_ table: EmbeddingTable, query: [Float], k: Int, excludedRows: [UInt32]) -> [ScoredID] {
         let excluded = excludedRows.map { table.ids[Int($0)] }
         return query.withUnsafeBufferPointer { q in
             Search.topK(queries: q.baseAddress!, queryCount: 1, rows: table.rowMatrix, ids: table.ids.baseAddress!, k: k,

@@ -35,10 +35,10 @@ public final class SearchBatcher: Sendable {
         /// Ascending, unique (`SearchRequest.allExcludedIDs()`).
         public let exclude: [UInt64]
         public let context: ServerContext
-        public let done: @Sendable (Result<[[ScoredItem]], RPCError>) -> Void
+        public let done: @Sendable (Result<[[ScoredID]], RPCError>) -> Void
 
         public init(owner: any Sendable, table: EmbeddingTable, queries: [Float], queryCount: Int, k: Int, exclude: [UInt64],
-                    context: ServerContext, done: @escaping @Sendable (Result<[[ScoredItem]], RPCError>) -> Void) {
+                    context: ServerContext, done: @escaping @Sendable (Result<[[ScoredID]], RPCError>) -> Void) {
             self.owner = owner; self.table = table; self.queries = queries; self.queryCount = queryCount; self.k = k
             self.exclude = exclude; self.context = context; self.done = done
         }
@@ -124,9 +124,9 @@ public final class SearchBatcher: Sendable {
     /// says so. The shard's synchronous Search uses it too, never yielding.
     /// - Returns: the results so far and the index of the first query not yet scored.
     static func chunked(table: EmbeddingTable, queries: [Float], queryCount: Int, k: Int, exclude: [UInt64], pool: WorkerPool?,
-                        context: ServerContext, yield: () -> Bool = { false }) throws(RPCError) -> ([[ScoredItem]], Int) {
+                        context: ServerContext, yield: () -> Bool = { false }) throws(RPCError) -> ([[ScoredID]], Int) {
         let rows = table.rowMatrix
-        var results: [[ScoredItem]] = []
+        var results: [[ScoredID]] = []
         results.reserveCapacity(queryCount)
         var start = 0
         while start < queryCount {
@@ -155,7 +155,7 @@ public final class SearchBatcher: Sendable {
             // Alone: its own exclusions in the kernel, in chunks. A large call must not hold up
             // the calls behind it: when others wait, its remaining queries go to the back of the
             // queue and it continues later.
-            let results: [[ScoredItem]], next: Int
+            let results: [[ScoredID]], next: Int
             do throws(RPCError) {
                 (results, next) = try Self.chunked(table: first.table, queries: first.queries, queryCount: first.queryCount,
                                                    k: first.k, exclude: first.exclude, pool: pool, context: first.context) {

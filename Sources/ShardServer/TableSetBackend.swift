@@ -342,7 +342,7 @@ public final class TableSetBackend: ShardBackend {
 
     /// The response to `req`; with `req.withRows`, each hit's row of `table` as stored (and its
     /// int8 scale) rides along.
-    private func searchResponse(_ hits: [[ShardRankKernels.ScoredItem]], _ ts: LoadedTableSet, mode: SearchMode = .exact,
+    private func searchResponse(_ hits: [[ScoredID]], _ ts: LoadedTableSet, mode: SearchMode = .exact,
                                 _ req: SearchRequest, _ table: EmbeddingTable) -> SearchResponse {
         guard req.withRows else {
             return SearchResponse(results: hits.map { h in SearchHits(ids: h.map(\.id), scores: h.map(\.score)) }, version: ts.version,

@@ -36,7 +36,7 @@ struct LinearRanker: LearnedRanker {
         let genre = [RankedList(key: "Drama", ids: [50, 103, 100], scores: [3, 2, 1])]
         let country = [RankedList(key: "DE", ids: [102], scores: [1])]
         let popular = [RankedList(key: "all", ids: [103, 101], scores: [9, 8])]
-        let search = [ShardRankKernels.ScoredItem(id: 102, score: 2), ShardRankKernels.ScoredItem(id: 100, score: 1)]
+        let search = [ScoredID(id: 102, score: 2), ScoredID(id: 100, score: 1)]
         let attributes: [UInt64: ItemAttributes] = [
             100: ItemAttributes(genresMask: 0b01, timestamp: 1_000, popularity: 42),   // Action
             101: ItemAttributes(genresMask: 0b10, timestamp: 0, popularity: 7),        // Drama, no timestamp

@@ -92,7 +92,7 @@ import ShardRankWire
         func l(_ ids: [UInt64]) -> RankedList { RankedList(key: "k", ids: ids, scores: ids.map { Float(100 - $0) }) }
         let merged = CandidateMerge.merge(plan: plan, similar: [l([3, 4, 5, 6]), l([5, 7])], genre: [l([8, 9, 10]), l([40, 11, 12])],
                                           country: [l([13, 4])], popular: [l([4, 14, 15, 16])],
-                                          search: [ShardRankKernels.ScoredItem(id: 40, score: 1), ShardRankKernels.ScoredItem(id: 4, score: 200)])
+                                          search: [ScoredID(id: 40, score: 1), ScoredID(id: 4, score: 200)])
         let ids = Set(merged.map(\.id))
         // similar: 4,5 (3 seen) + 5,7; genre: 8,9 + 11,12 (40 seen); country: 13; popular: 4,14,15; search: 4 (40 seen).
         #expect(ids == [4, 5, 7, 8, 9, 11, 12, 13, 14, 15])
@@ -100,7 +100,7 @@ import ShardRankWire
         #expect(CandidateMerge.sources(four.sources) == [.similar, .popular, .search])
         #expect(four.score == 200, "the best retrieval score")
         #expect(CandidateMerge.sources(merged.first { $0.id == 5 }!.sources) == [.similar])
-        #expect(zip(merged, merged.dropFirst()).allSatisfy { ShardRankKernels.ScoredItem.ranksBefore($0.item, $1.item) })
+        #expect(zip(merged, merged.dropFirst()).allSatisfy { ScoredID.ranksBefore($0.item, $1.item) })
     }
 }
 
@@ -348,7 +348,7 @@ import ShardRankWire
             if n > 3 && round % 3 == 0 { for _ in 0 ..< 3 { let i = Int(rng.next() % UInt64(n)); s[i] = .nan; nanAt.insert(i) } }
             let got = RankOrder.order(count: n, score: { s[$0] }, id: { ids[$0] })
             let finite = (0 ..< n).filter { !nanAt.contains($0) }.sorted { a, b in
-                ShardRankKernels.ScoredItem.ranksBefore(.init(id: ids[a], score: s[a]), .init(id: ids[b], score: s[b])) || (ids[a] == ids[b] && s[a] == s[b] && a < b)
+                ScoredID.ranksBefore(.init(id: ids[a], score: s[a]), .init(id: ids[b], score: s[b])) || (ids[a] == ids[b] && s[a] == s[b] && a < b)
             }
             #expect(Array(got.prefix(finite.count)) == finite, "round \(round)")
             #expect(Set(got.dropFirst(finite.count)) == nanAt, "NaN last, round \(round)")

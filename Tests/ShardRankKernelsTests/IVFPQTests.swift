@@ -47,7 +47,7 @@ import ShardRankKernels
         #expect(got == want)
     }
 
-    func exactTopK(_ x: [Float], d: Int, query: UnsafePointer<Float>, k: Int, excluding: [UInt64] = []) -> [ScoredItem] {
+    func exactTopK(_ x: [Float], d: Int, query: UnsafePointer<Float>, k: Int, excluding: [UInt64] = []) -> [ScoredID] {
         let ids = (0..<UInt64(x.count / d)).map { $0 }
         return x.withUnsafeBufferPointer { xp in
             ids.withUnsafeBufferPointer { Search.topK(queries: query, queryCount: 1, rows: RowMatrix(f32: xp.baseAddress!, count: x.count / d, dimension: d), ids: $0.baseAddress!, k: k, excluding: excluding)[0] }
@@ -75,7 +75,7 @@ import ShardRankKernels
                              rows: RowMatrix(f32: xp.baseAddress!, count: n, dimension: d), ids: ip.baseAddress!).items } } }
             #expect(approx.count == 10)
             // Best first, and each score is the exact kernel's score of that row.
-            #expect(zip(approx, approx.dropFirst()).allSatisfy { !ScoredItem.ranksBefore($1, $0) })
+            #expect(zip(approx, approx.dropFirst()).allSatisfy { !ScoredID.ranksBefore($1, $0) })
             let exactScores = Dictionary(uniqueKeysWithValues: exactTopK(x, d: d, query: q, k: n).map { ($0.id, $0.score) })
             for it in approx { #expect(exactScores[it.id] == it.score) }
             let want = Set(exact.map(\.id))
@@ -108,7 +108,7 @@ import ShardRankKernels
             for _ in 0..<12 {
                 let q = (0..<d).map { _ in rng.uniform() }
                 let exact = q.withUnsafeBufferPointer { exactTopK(x, d: d, query: $0.baseAddress!, k: k) }
-                func run(_ p: ANNSearchParameters) -> [ScoredItem] {
+                func run(_ p: ANNSearchParameters) -> [ScoredID] {
                     x.withUnsafeBufferPointer { xp in q.withUnsafeBufferPointer { qp in ids.withUnsafeBufferPointer { ip in
                         index.search(query: qp.baseAddress!, k: k, parameters: p,
                                      rows: RowMatrix(f32: xp.baseAddress!, count: n, dimension: d), ids: ip.baseAddress!, isa: isa).items } } }

@@ -54,7 +54,7 @@ import ShardRankKernels
         let pool = WorkerPool(threadCount: 2)
         for k in [1, 17, 300] {
             for usePool in [false, true] {
-                func run(_ exact: Bool, _ count: Int, _ offset: Int) -> [[ScoredItem]] {
+                func run(_ exact: Bool, _ count: Int, _ offset: Int) -> [[ScoredID]] {
                     queries.withUnsafeBufferPointer { q in
                         ids.withUnsafeBufferPointer { idp in
                             Search.topK(queries: q.baseAddress! + offset * d, queryCount: count, rows: rows.matrix,
@@ -91,7 +91,7 @@ import ShardRankKernels
             if special == 0 { q = Array(repeating: 0, count: d) }
             else if special.isFinite { q = q.map { $0 * special } }   // extreme magnitudes
             else { q[5] = special }
-            func run(_ exact: Bool) -> [[ScoredItem]] {
+            func run(_ exact: Bool) -> [[ScoredID]] {
                 q.withUnsafeBufferPointer { qp in
                     ids.withUnsafeBufferPointer {
                         Search.topK(queries: qp.baseAddress!, queryCount: 1, rows: rows.matrix, ids: $0.baseAddress!,

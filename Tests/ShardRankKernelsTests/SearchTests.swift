@@ -32,7 +32,7 @@ import ShardRankKernels
                         let ref = queries.withUnsafeBufferPointer {
                             KernelReference.dot(query: $0.baseAddress! + qi * d, rows: rows.matrix)
                         }
-                        let items = (0..<n).filter { !exclude.contains(ids[$0]) }.map { ScoredItem(id: ids[$0], score: ref[$0]) }
+                        let items = (0..<n).filter { !exclude.contains(ids[$0]) }.map { ScoredID(id: ids[$0], score: ref[$0]) }
                         #expect(got[qi] == KernelReference.topK(items, k: k),
                                 "\(isa) \(type) d=\(d) k=\(k) pool=\(usePool) q=\(qi)")
                     }

@@ -3,11 +3,11 @@ import ShardRankKernels
 
 /// Top-k and merges against `sorted()`; scores are drawn from a few values so ties are common.
 @Suite struct TopKTests {
-    func randomItems(_ n: Int, seed: UInt64, distinctValues: Int = 10) -> [ScoredItem] {
+    func randomItems(_ n: Int, seed: UInt64, distinctValues: Int = 10) -> [ScoredID] {
         var rng = SplitMix64(seed: seed)
         var ids = Array(0..<UInt64(n * 3)).map { $0 * 7 + 3 }
         for i in stride(from: ids.count - 1, to: 0, by: -1) { ids.swapAt(i, rng.int(0, i)) }
-        return (0..<n).map { ScoredItem(id: ids[$0], score: Float(rng.int(0, distinctValues)) - 3) }
+        return (0..<n).map { ScoredID(id: ids[$0], score: Float(rng.int(0, distinctValues)) - 3) }
     }
 
     @Test(arguments: [0, 1, 2, 5, 100, 999, 1000, 1500])
@@ -33,11 +33,11 @@ import ShardRankKernels
             #expect(heap.threshold == 1)
             heap.push(score: 1, id: 2)   // ties with the worst (1, 9): lower id wins
             heap.push(score: 0.5, id: 0) // below the threshold
-            let expected = [ScoredItem(id: 100, score: 2), ScoredItem(id: 2, score: 1), ScoredItem(id: 4, score: 1)]
+            let expected = [ScoredID(id: 100, score: 2), ScoredID(id: 2, score: 1), ScoredID(id: 4, score: 1)]
             #expect(heap.sortedItems() == expected, "round \(round)")
             #expect(heap.sortedItems() == expected, "sortedItems keeps the contents")
             heap.push(score: 1, id: 3)
-            #expect(heap.sortedItems() == [ScoredItem(id: 100, score: 2), ScoredItem(id: 2, score: 1), ScoredItem(id: 3, score: 1)])
+            #expect(heap.sortedItems() == [ScoredID(id: 100, score: 2), ScoredID(id: 2, score: 1), ScoredID(id: 3, score: 1)])
             var ids = [UInt64](repeating: 0, count: 3), scores = [Float](repeating: 0, count: 3)
             #expect(heap.sorted(ids: &ids, scores: &scores) == 3)
             #expect(ids == [100, 2, 3] && scores == [2, 1, 1])
@@ -50,13 +50,13 @@ import ShardRankKernels
         let got = scores.withUnsafeBufferPointer { s in
             exclude.withUnsafeBufferPointer { TopK.select(scores: s, firstID: 10, k: 3, excluding: $0) }
         }
-        #expect(got == [ScoredItem(id: 10, score: 5), ScoredItem(id: 12, score: 5), ScoredItem(id: 13, score: 3)])
+        #expect(got == [ScoredID(id: 10, score: 5), ScoredID(id: 12, score: 5), ScoredID(id: 13, score: 3)])
     }
 
     @Test(arguments: [1, 2, 5, 8])
     func kWayMergeMatchesSorted(shards: Int) {
         let all = randomItems(600, seed: UInt64(shards))
-        var lists = Array(repeating: [ScoredItem](), count: shards)
+        var lists = Array(repeating: [ScoredID](), count: shards)
         for (i, it) in all.enumerated() { lists[i % shards].append(it) }
         lists = lists.map { KernelReference.topK($0, k: 50) } // per-shard top-50, sorted
         let expected = KernelReference.topK(lists.flatMap { $0 }, k: 100)
@@ -67,8 +67,8 @@ import ShardRankKernels
 
     @Test func dedupeMergeKeepsSourcesAndBestScore() {
         var rng = SplitMix64(seed: 99)
-        let lists: [[ScoredItem]] = (0..<8).map { _ in
-            (0..<40).map { _ in ScoredItem(id: UInt64(rng.int(0, 60)), score: Float(rng.int(0, 9))) }
+        let lists: [[ScoredID]] = (0..<8).map { _ in
+            (0..<40).map { _ in ScoredID(id: UInt64(rng.int(0, 60)), score: Float(rng.int(0, 9))) }
         }
         var expected: [UInt64: (Float, UInt8)] = [:]
         for (s, l) in lists.enumerated() {
@@ -83,6 +83,6 @@ import ShardRankKernels
         for c in got {
             #expect(expected[c.id]?.0 == c.score && expected[c.id]?.1 == c.sources, "id \(c.id)")
         }
-        #expect(got.map(\.item) == got.map(\.item).sorted(by: ScoredItem.ranksBefore))
+        #expect(got.map(\.item) == got.map(\.item).sorted(by: ScoredID.ranksBefore))
     }
 }

@@ -341,3 +341,13 @@ struct SynthTests {
         #expect(counts[1] == 0 && abs(counts[2] - 30_000) < 600)
     }
 }
+
+/// The synthesizer keeps its own SplitMix64 (ShardRankSynth depends on nothing), which must stay
+/// the kernels' generator bit for bit: worlds are reproducible from their seed.
+@Test func synthSplitMix64IsTheKernelsGenerator() {
+    for seed: UInt64 in [0, 1, 42, .max] {
+        var a = ShardRankSynth.SplitMix64(state: seed)
+        var b = ShardRankKernels.SplitMix64(seed: seed)
+        for _ in 0 ..< 1000 { #expect(a.next() == b.next()) }
+    }
+}

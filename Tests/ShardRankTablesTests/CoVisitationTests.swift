@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import ShardRankKernels
 @testable import ShardRankTables
 
 /// Co-visitation similar lists (`CoVisitation`, `build --similar-source interactions`): a planted
@@ -110,7 +111,7 @@ import Testing
     /// histories with repeats and equal timestamps, for several windows and worker counts.
     @Test(arguments: [0, 1, 2, 5])
     func matchesTheDefinition(window: Int) {
-        var rng = SplitMix64Test(seed: UInt64(100 + window))
+        var rng = SplitMix64(seed: UInt64(100 + window))
         let itemCount = 700, userCount = 60
         let ids = (0..<itemCount).map { UInt64(($0 * 7919) % 1000 + 1) }  // distinct, scrambled
         var events: [(Int, UInt64, Int64)] = []
@@ -202,18 +203,5 @@ import Testing
         // Without --similar nothing asks for it: the build succeeds.
         options.similarK = nil
         #expect(try TableSetBuilder.build(inputDirectory: input.path, root: out.path, options: options) == 1)
-    }
-}
-
-/// splitmix64 for the random histories (a RandomNumberGenerator for `shuffle`).
-struct SplitMix64Test: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
