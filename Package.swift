@@ -157,7 +157,9 @@ let package = Package(
             "LoadTest", "RPCCore", "RPCTransport", "ShardRankWire", "ShardServer", "ShardRankTables", "ShardRankClient", "ShardRankKernels",
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
-        .testTarget(name: "EndToEndTests", dependencies: [
+        // The transport and the client stubs end to end on loopback: deadlines, cancellation,
+        // reconnect, in-flight limits, graceful shutdown, keepalive, TLS and tokens.
+        .testTarget(name: "RPCTransportTests", dependencies: [
             "RPCCore", "RPCTransport", "ShardRankWire", "ShardRankClient", "ShardServer", "TestSupport", "ShardRankCerts",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -7,7 +7,7 @@ import ShardServer
 import Testing
 @testable import LoadTest
 
-/// An in-process synthetic shard on a loopback port (as EndToEndTests' `Harness`).
+/// An in-process synthetic shard on a loopback port (as RPCTransportTests' `Harness`).
 struct SyntheticShard {
     let server: RPCServer
     let port: Int
