@@ -65,7 +65,10 @@ extension LookupResponse {
                     }
                 case 2:
                     guard !known || field == 3 || field == 4 || field == 6 else { return false }
-                    guard let len = varint(), len <= UInt64(n - i) else { return false }
+                    // A length prefix is at most 5 bytes, as protobuf-c reads it (it refuses
+                    // a longer one, even an overlong encoding of a small value).
+                    let lenStart = i
+                    guard let len = varint(), i - lenStart <= 5, len <= UInt64(n - i) else { return false }
                     let end = i + Int(len)
                     switch field {
                     // A singular bytes field given twice: the last one counts, as in protobuf-c.

@@ -40,6 +40,9 @@ import RPCCore
             // Also found by the fuzzer (fuzz/corpus/wire/summary-wrong-wire-type): a known field
             // with another wire type (scales as fixed64) was skipped; protobuf-c refuses it.
             ("scales as fixed64", [0x08, 0x02, 0x31, 1, 2, 3, 4, 5, 6, 7, 8]),
+            // Found by the fuzz smoke run in CI (fuzz/corpus/wire/summary-long-length-prefix): an
+            // unknown field's length written in 6 bytes (an overlong 0); protobuf-c reads at most 5.
+            ("length prefix longer than 5 bytes", [0x08, 0x02, 0x10, 0x01, 0xa2, 0x04, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00]),
             ("dim as bytes", [0x0a, 0x01, 0x02]),
             ("vectors as a varint", [0x18, 0x01]),
             ("version as fixed32", [0x2d, 1, 2, 3, 4]),
