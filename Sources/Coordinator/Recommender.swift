@@ -407,55 +407,48 @@ public final class Recommender: Sendable {
         return result
     }
 
-    /// `mergeSearch` when every answer is best first (a shard's contract): a k-way merge over
-    /// the answers' buffers, nil as soon as an answer is found out of order.
+    /// `mergeSearch` when every answer is best first (a shard's contract): the kernels' k-way
+    /// merge (`TopK.mergePositions`) over the answers' buffers; nil as soon as an answer is found
+    /// out of order.
     static func kWayMerge(_ parts: [SearchResponse], k: Int) -> SearchResult? {
-        var result = SearchResult(parts: parts)
-        let m = parts.count
-        guard m <= 64 else { return nil }
-        // Per answer: its hits' buffers (held by `parts` for the whole merge), count, whether rows came.
-        var idBufs: [UnsafeBufferPointer<UInt64>] = [], scoreBufs: [UnsafeBufferPointer<Float>] = [], hasRows: [Bool] = []
-        idBufs.reserveCapacity(m); scoreBufs.reserveCapacity(m); hasRows.reserveCapacity(m)
-        for r in parts {
-            guard let hits = r.results.first else {
-                idBufs.append(.init(start: nil, count: 0)); scoreBufs.append(.init(start: nil, count: 0)); hasRows.append(false)
-                continue
+        guard parts.count <= 64 else { return nil }
+        let hits = parts.map { $0.results.first ?? SearchHits() }
+        let counts = hits.map { min($0.ids.count, $0.scores.count) }
+        let hasRows = zip(parts, hits).map { r, h in r.dim > 0 && h.vectors.count == h.ids.count * Int(r.dim) * r.dtype.elementSize }
+        return withBuffers(hits) { ids, scores -> SearchResult? in
+            guard let order = TopK.mergePositions(counts: counts, k: k, item: { ScoredID(id: ids[$0][$1], score: scores[$0][$1]) }) else {
+                return nil
             }
-            let n = min(hits.ids.count, hits.scores.count)
-            // The arrays live as long as `parts`: their storage stays put while it is read here.
-            idBufs.append(hits.ids.withUnsafeBufferPointer { UnsafeBufferPointer(rebasing: $0[0 ..< n]) })
-            scoreBufs.append(hits.scores.withUnsafeBufferPointer { UnsafeBufferPointer(rebasing: $0[0 ..< n]) })
-            hasRows.append(r.dim > 0 && hits.vectors.count == hits.ids.count * Int(r.dim) * r.dtype.elementSize)
+            var result = SearchResult(parts: parts)
+            result.items.reserveCapacity(order.count)
+            // Positions within an answer come in ascending order (each list is merged in order).
+            var taken = [[Int]](repeating: [], count: parts.count)
+            for (p, i) in order {
+                result.items.append(ScoredID(id: ids[p][i], score: scores[p][i]))
+                if hasRows[p] { taken[p].append(i) }
+            }
+            // The rows, answer by answer (as `assemble` reads them).
+            for p in 0 ..< parts.count { for i in taken[p] { result.rows.append((ids[p][i], p, i)) } }
+            return result
         }
-        var cursor = [Int](repeating: 0, count: m)
-        var taken = [[Int]](repeating: [], count: m)
-        result.items.reserveCapacity(k)
-        var ok = true
-        withExtendedLifetime(parts) {
-            while result.items.count < k {
-                var best = -1
-                var bestItem = ScoredID(id: 0, score: 0)
-                for p in 0 ..< m where cursor[p] < idBufs[p].count {
-                    let c = cursor[p]
-                    let item = ScoredID(id: idBufs[p][c], score: scoreBufs[p][c])
-                    if best < 0 || ScoredID.ranksBefore(item, bestItem) { best = p; bestItem = item }
+    }
+
+    /// Calls `body` with the id and score buffers of every answer's hits, each opened with
+    /// `withUnsafeBufferPointer` around the call (one nested scope per answer), so no pointer
+    /// outlives the access that made it.
+    static func withBuffers<R>(_ hits: [SearchHits], _ body: ([UnsafeBufferPointer<UInt64>], [UnsafeBufferPointer<Float>]) -> R) -> R {
+        var ids: [UnsafeBufferPointer<UInt64>] = [], scores: [UnsafeBufferPointer<Float>] = []
+        ids.reserveCapacity(hits.count); scores.reserveCapacity(hits.count)
+        func open(_ p: Int) -> R {
+            if p == hits.count { return body(ids, scores) }
+            return hits[p].ids.withUnsafeBufferPointer { i in
+                hits[p].scores.withUnsafeBufferPointer { s in
+                    ids.append(i); scores.append(s)
+                    return open(p + 1)
                 }
-                guard best >= 0 else { break }
-                let c = cursor[best]
-                if c > 0 && ScoredID.ranksBefore(bestItem, .init(id: idBufs[best][c - 1], score: scoreBufs[best][c - 1])) {
-                    ok = false
-                    return
-                }
-                if bestItem.score.isNaN { ok = false; return }
-                result.items.append(bestItem)
-                if hasRows[best] { taken[best].append(c) }
-                cursor[best] = c + 1
             }
         }
-        guard ok else { return nil }
-        // The rows, answer by answer (as `assemble` reads them).
-        for p in 0 ..< m { for i in taken[p] { result.rows.append((idBufs[p][i], p, i)) } }
-        return result
+        return open(0)
     }
 
     /// The vectors of `ids` as one f32 matrix, in `ids` order: rows that came with `search` are

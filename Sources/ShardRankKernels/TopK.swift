@@ -122,15 +122,34 @@ public enum TopK {
 
     /// k-way merge of lists each sorted best first (e.g. per-shard top-k results) into the
     /// best `k` overall, best first. Ids are assumed distinct across lists (shards partition
-    /// the rows); use `mergeCandidates` when they are not.
+    /// the rows); use `mergeCandidates` when they are not. A list out of order (or holding a
+    /// NaN score) is tolerated: then every item is ranked in full.
     public static func merge(_ lists: [[ScoredID]], k: Int) -> [ScoredID] {
-        var out: [ScoredID] = []
-        out.reserveCapacity(min(k, lists.reduce(0) { $0 + $1.count }))
-        // Binary heap of list cursors keyed by their head item (best at the root).
-        var heads: [(list: Int, pos: Int)] = []
-        heads.reserveCapacity(lists.count)
-        func before(_ a: (list: Int, pos: Int), _ b: (list: Int, pos: Int)) -> Bool {
-            ScoredID.ranksBefore(lists[a.list][a.pos], lists[b.list][b.pos])
+        if let positions = mergePositions(counts: lists.map(\.count), k: k, item: { lists[$0][$1] }) {
+            return positions.map { lists[$0.list][$0.index] }
+        }
+        let all = lists.flatMap { $0 }
+        return RankOrder.order(count: all.count, limit: k, score: { all[$0].score }, id: { all[$0].id }).map { all[$0] }
+    }
+
+    /// The k-way merge itself, for lists the caller holds in any form: list `l` has `counts[l]`
+    /// items, its `i`-th is `item(l, i)`, each list best first (a shard's contract). Returns the
+    /// (list, index) of the `k` best items overall, best first (ties to the lower id), so a
+    /// caller can find what else it holds for each (a row, a source); nil as soon as a list is
+    /// found out of order or a NaN score comes up, for the caller to rank everything instead.
+    /// A heap of the lists' heads: O(k log m) comparisons for m lists.
+    @inlinable
+    public static func mergePositions(counts: [Int], k: Int, item: (_ list: Int, _ index: Int) -> ScoredID) -> [(list: Int, index: Int)]? {
+        var out: [(list: Int, index: Int)] = []
+        guard k > 0 else { return out }
+        out.reserveCapacity(min(k, counts.reduce(0, +)))
+        // Heads: (list, position, its item), the best at the root.
+        var heads: [(list: Int, pos: Int, item: ScoredID)] = []
+        heads.reserveCapacity(counts.count)
+        for (l, n) in counts.enumerated() where n > 0 {
+            let it = item(l, 0)
+            if it.score.isNaN { return nil }
+            heads.append((l, 0, it))
         }
         func siftDown(_ start: Int) {
             var i = start
@@ -138,17 +157,20 @@ public enum TopK {
                 let l = 2 * i + 1
                 if l >= heads.count { break }
                 var c = l
-                if l + 1 < heads.count && before(heads[l + 1], heads[l]) { c = l + 1 }
-                if !before(heads[c], heads[i]) { break }
+                if l + 1 < heads.count && ScoredID.ranksBefore(heads[l + 1].item, heads[l].item) { c = l + 1 }
+                if !ScoredID.ranksBefore(heads[c].item, heads[i].item) { break }
                 heads.swapAt(i, c); i = c
             }
         }
-        for (i, l) in lists.enumerated() where !l.isEmpty { heads.append((i, 0)) }
         for i in stride(from: heads.count / 2 - 1, through: 0, by: -1) { siftDown(i) }
         while out.count < k, let top = heads.first {
-            out.append(lists[top.list][top.pos])
-            if top.pos + 1 < lists[top.list].count {
-                heads[0].pos += 1
+            out.append((top.list, top.pos))
+            let next = top.pos + 1
+            if next < counts[top.list] {
+                let it = item(top.list, next)
+                // Out of order (or NaN, which ranks before nothing): the caller sorts instead.
+                if it.score.isNaN || ScoredID.ranksBefore(it, top.item) { return nil }
+                heads[0] = (top.list, next, it)
             } else {
                 heads[0] = heads[heads.count - 1]
                 heads.removeLast()

@@ -63,6 +63,23 @@ import ShardRankKernels
         #expect(TopK.merge(lists, k: 100) == expected)
         #expect(TopK.merge(lists + [[]], k: 7) == Array(expected.prefix(7)))
         #expect(TopK.merge([], k: 5).isEmpty)
+        // The positions: each merged item is where mergePositions says it is.
+        let positions = TopK.mergePositions(counts: lists.map(\.count), k: 100, item: { lists[$0][$1] })
+        #expect(positions?.map { lists[$0.list][$0.index] } == expected)
+    }
+
+    @Test func mergePositionsRefusesAListOutOfOrderOrANaN() {
+        let sorted: [[ScoredID]] = [[.init(id: 5, score: 0.9), .init(id: 9, score: 0.5)], [.init(id: 2, score: 0.9), .init(id: 4, score: 0.6)]]
+        let got = TopK.mergePositions(counts: [2, 2], k: 3, item: { sorted[$0][$1] })
+        #expect(got?.map { [$0.list, $0.index] } == [[1, 0], [0, 0], [1, 1]])  // ties to the lower id
+        let unsorted: [[ScoredID]] = [[.init(id: 1, score: 0.1), .init(id: 9, score: 0.5)], sorted[1]]
+        #expect(TopK.mergePositions(counts: [2, 2], k: 4, item: { unsorted[$0][$1] }) == nil)
+        let nan: [[ScoredID]] = [[.init(id: 5, score: .nan), .init(id: 9, score: 0.5)], sorted[1]]
+        #expect(TopK.mergePositions(counts: [2, 2], k: 3, item: { nan[$0][$1] }) == nil)
+        #expect(TopK.mergePositions(counts: [2, 2], k: 0, item: { sorted[$0][$1] })?.isEmpty == true)
+        // merge tolerates what mergePositions refuses: it ranks everything (NaN last).
+        #expect(TopK.merge(unsorted, k: 3) == [.init(id: 2, score: 0.9), .init(id: 4, score: 0.6), .init(id: 9, score: 0.5)])
+        #expect(TopK.merge(nan, k: 4).map(\.id) == [2, 4, 9, 5])
     }
 
     @Test func dedupeMergeKeepsSourcesAndBestScore() {
