@@ -421,14 +421,15 @@ public final class Recommender: Sendable {
             }
             var result = SearchResult(parts: parts)
             result.items.reserveCapacity(order.count)
-            // Positions within an answer come in ascending order (each list is merged in order).
-            var taken = [[Int]](repeating: [], count: parts.count)
+            // A merge takes a prefix of each answer: `taken[p]` hits of answer p.
+            var taken = [Int](repeating: 0, count: parts.count)
             for (p, i) in order {
                 result.items.append(ScoredID(id: ids[p][i], score: scores[p][i]))
-                if hasRows[p] { taken[p].append(i) }
+                taken[p] += 1
             }
             // The rows, answer by answer (as `assemble` reads them).
-            for p in 0 ..< parts.count { for i in taken[p] { result.rows.append((ids[p][i], p, i)) } }
+            result.rows.reserveCapacity(order.count)
+            for p in 0 ..< parts.count where hasRows[p] { for i in 0 ..< taken[p] { result.rows.append((ids[p][i], p, i)) } }
             return result
         }
     }

@@ -144,40 +144,46 @@ public enum TopK {
         guard k > 0 else { return out }
         out.reserveCapacity(min(k, counts.reduce(0, +)))
         // Heads: (list, position, its item), the best at the root.
-        var heads: [(list: Int, pos: Int, item: ScoredID)] = []
-        heads.reserveCapacity(counts.count)
-        for (l, n) in counts.enumerated() where n > 0 {
-            let it = item(l, 0)
-            if it.score.isNaN { return nil }
-            heads.append((l, 0, it))
-        }
-        func siftDown(_ start: Int) {
-            var i = start
-            while true {
-                let l = 2 * i + 1
-                if l >= heads.count { break }
-                var c = l
-                if l + 1 < heads.count && ScoredID.ranksBefore(heads[l + 1].item, heads[l].item) { c = l + 1 }
-                if !ScoredID.ranksBefore(heads[c].item, heads[i].item) { break }
-                heads.swapAt(i, c); i = c
+        var storage = [(list: Int, pos: Int, item: ScoredID)](repeating: (0, 0, ScoredID(id: 0, score: 0)), count: counts.count)
+        let complete = storage.withUnsafeMutableBufferPointer { heads -> Bool in
+            var n = 0
+            for (l, c) in counts.enumerated() where c > 0 {
+                let it = item(l, 0)
+                if it.score.isNaN { return false }
+                heads[n] = (l, 0, it); n += 1
             }
-        }
-        for i in stride(from: heads.count / 2 - 1, through: 0, by: -1) { siftDown(i) }
-        while out.count < k, let top = heads.first {
-            out.append((top.list, top.pos))
-            let next = top.pos + 1
-            if next < counts[top.list] {
-                let it = item(top.list, next)
-                // Out of order (or NaN, which ranks before nothing): the caller sorts instead.
-                if it.score.isNaN || ScoredID.ranksBefore(it, top.item) { return nil }
-                heads[0] = (top.list, next, it)
-            } else {
-                heads[0] = heads[heads.count - 1]
-                heads.removeLast()
+            func siftDown(_ start: Int) {
+                var i = start
+                let x = heads[i]
+                while true {
+                    let l = 2 * i + 1
+                    if l >= n { break }
+                    var c = l
+                    if l + 1 < n && ScoredID.ranksBefore(heads[l + 1].item, heads[l].item) { c = l + 1 }
+                    if !ScoredID.ranksBefore(heads[c].item, x.item) { break }
+                    heads[i] = heads[c]; i = c
+                }
+                heads[i] = x
             }
-            if !heads.isEmpty { siftDown(0) }
+            for i in stride(from: n / 2 - 1, through: 0, by: -1) { siftDown(i) }
+            while out.count < k && n > 0 {
+                let top = heads[0]
+                out.append((top.list, top.pos))
+                let next = top.pos + 1
+                if next < counts[top.list] {
+                    let it = item(top.list, next)
+                    // Out of order (or NaN, which ranks before nothing): the caller sorts instead.
+                    if it.score.isNaN || ScoredID.ranksBefore(it, top.item) { return false }
+                    heads[0] = (top.list, next, it)
+                } else {
+                    n -= 1
+                    heads[0] = heads[n]
+                }
+                if n > 0 { siftDown(0) }
+            }
+            return true
         }
-        return out
+        return complete ? out : nil
     }
 
     /// Merges candidate lists from up to 8 sources, removing duplicate ids. Each result keeps
