@@ -71,6 +71,20 @@ private final class Silent: ChannelInboundHandler, Sendable {
         defer { Task { await good.close() } }
         #expect(try await good.unary(path: "/test.Probe/Echo", request: FramedMessage(payload: [1, 2, 3]), timeout: .seconds(5)) == [1, 2, 3])
         #expect(try await HealthClient(channel: good).check(service: "", timeout: .seconds(5)) == .serving)
+        // Large answers, many at once: under TLS a flush's frames are copied into one buffer up
+        // to 256 KiB and go as slices past it (ServerConnectionHandler.tlsCoalesceBytes); every
+        // byte arrives in order either way.
+        let sizes = [5_000, 70_000, 300_000, 1_000_000]
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (i, n) in (sizes + sizes.reversed()).enumerated() {
+                group.addTask {
+                    let payload = (0 ..< n).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ i) }
+                    let got = try await good.unary(path: "/test.Probe/Echo", request: FramedMessage(payload: payload), timeout: .seconds(20))
+                    #expect(got == payload, "answer \(i) of \(n) bytes")
+                }
+            }
+            try await group.waitForAll()
+        }
         let plain = try client(h.port, nil)
         defer { Task { await plain.close() } }
         do {
