@@ -216,10 +216,31 @@ def lookup_body(pb):
     return pb.shard_pb2.LookupRequest(table="items", ids=[1, 2, 3]).SerializeToString()
 
 
+# SHARDRANK_ABUSE_SPLIT_CPUS=1: the attacker (this process) runs on the last CPU only, the shard
+# (every thread) and the probe on the others, as if the attacker were another machine; by default
+# all three share every CPU. For measurements by hand (docs/operations.md), not for scripts/test.
+SPLIT_CPUS = os.environ.get("SHARDRANK_ABUSE_SPLIT_CPUS") == "1" and len(os.sched_getaffinity(0)) >= 2
+
+
+def pin(pid, cpus):
+    """Every thread of process `pid` onto `cpus`."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:
+            pass
+
+
 def under_attack(srv, body, case, attack, connections=1, seconds=ATTACK_SECONDS):
     """Measures the probe unloaded, then during `attack(until)` (which returns a dict of its own
     figures); checks the probe, the memory and the process; prints and returns the figures."""
     probe = Probe(srv.port, body)
+    every = os.sched_getaffinity(0)
+    if SPLIT_CPUS:
+        attacker_cpu = {max(every)}
+        pin(srv.proc.pid, every - attacker_cpu)
+        pin(probe.proc.pid, every - attacker_cpu)
+        os.sched_setaffinity(0, attacker_cpu)
     try:
         base = probe.run(PROBE_SECONDS)
         rss0, cpu0 = srv.rss_bytes(), srv.cpu_seconds()
@@ -232,6 +253,8 @@ def under_attack(srv, body, case, attack, connections=1, seconds=ATTACK_SECONDS)
         grown = max(0, hwm_bytes(srv) - rss0)
     finally:
         probe.stop()
+        if SPLIT_CPUS:
+            os.sched_setaffinity(0, every)
     alive = srv.proc.poll() is None
     figures.update(probe_p50_ms=(round(base["p50"], 2), round(loaded["p50"], 2)),
                    probe_p99_ms=(round(base["p99"], 2), round(loaded["p99"], 2)),
@@ -272,6 +295,10 @@ def metric(srv, name, **labels):
 # sent away after ~1.3 s and reconnects), 10,000 over 64 (the attacker's 64 sockets, the shard and
 # the probe share this machine's two cores).
 RESET_RATE = {1: 20_000, 64: 10_000}
+# SHARDRANK_ABUSE_RESET_RATE=64:40000 (or 1:N) overrides a rate, for measurements by hand.
+for spec in filter(None, os.environ.get("SHARDRANK_ABUSE_RESET_RATE", "").split(",")):
+    conns, rate = spec.split(":")
+    RESET_RATE[int(conns)] = int(rate)
 
 
 @pytest.mark.parametrize("connections", [1, 64])
