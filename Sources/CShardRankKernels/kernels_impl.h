@@ -379,11 +379,34 @@ static void gemm_nt_packed(int64_t m, int64_t n, int64_t k, const float *a, int6
 }
 #undef MR
 #undef NR
+// ---- Row decode (f32 out) ----------------------------------------------------------
+static void decode_f32(const void *src, float scale, float *dst, int64_t n) {
+    (void)scale;
+    __builtin_memcpy(dst, src, (size_t)n * sizeof(float));
+}
+
+static void decode_f16(const void *src, float scale, float *dst, int64_t n) {
+    (void)scale;
+    const uint16_t *h = (const uint16_t *)src;
+    int64_t j = 0;
+    for (; j + W <= n; j += W) stf(dst + j, ldh(h + j));
+    for (; j < n; j++) { uint16_t b; __builtin_memcpy(&b, h + j, 2); dst[j] = srk_f16_to_f32(b); }
+}
+
+static void decode_i8(const void *src, float scale, float *dst, int64_t n) {
+    const int8_t *b = (const int8_t *)src;
+    const vf_t s = SRK_SPLAT(scale);
+    int64_t j = 0;
+    for (; j + W <= n; j += W) stf(dst + j, ldb(b + j) * s);
+    for (; j < n; j++) dst[j] = (float)b[j] * scale;
+}
+
 const srk_kernels SRK_SFX(srk_kernels) = {
     .isa = SRK_VARIANT_ISA,
     .name = SRK_VARIANT_NAME,
     .dot = { dot_f32, dot_f16, dot_i8 },
     .sqnorm = { dot_f32_sqnorm, dot_f16_sqnorm, dot_i8_sqnorm },
+    .decode = { decode_f32, decode_f16, decode_i8 },
     .gemm_packed_size = gemm_packed_size,
     .gemm_pack_b = gemm_pack_b,
     .gemm_nt_packed = gemm_nt_packed,

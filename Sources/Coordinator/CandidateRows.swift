@@ -26,19 +26,13 @@ final class CandidateRows: @unchecked Sendable {
     /// Decodes row `source` of `bytes` (rows of `dim` elements of `dtype`; `scale` multiplies
     /// int8 values) into row `row`.
     func set(row: Int, from bytes: UnsafeRawBufferPointer, source: Int, dtype: DType, scale: Float) {
-        let dst = base + row * dim
-        switch dtype {
-        case .f32, .unspecified:
-            UnsafeMutableRawPointer(dst).copyMemory(from: bytes.baseAddress! + source * dim * 4, byteCount: dim * 4)
-        case .f16:
-            let src = bytes.baseAddress! + source * dim * 2
-            for j in 0 ..< dim {
-                dst[j] = Float(Float16(bitPattern: UInt16(littleEndian: src.loadUnaligned(fromByteOffset: j * 2, as: UInt16.self))))
-            }
-        case .int8:
-            let src = (bytes.baseAddress! + source * dim).assumingMemoryBound(to: Int8.self)
-            for j in 0 ..< dim { dst[j] = Float(src[j]) * scale }
+        let type: RowElementType = switch dtype {
+        case .f32, .unspecified: .f32
+        case .f16: .f16
+        case .int8: .int8
         }
+        // The kernels' vector decode (the scalar loop here was ~3 instructions an element).
+        type.decode(bytes.baseAddress! + source * dim * type.byteWidth, scale: scale, into: base + row * dim, count: dim)
         filled[row] = true
     }
 

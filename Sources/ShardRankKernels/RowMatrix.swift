@@ -89,3 +89,24 @@ public struct RowMatrix: @unchecked Sendable {
     /// The row scale (1 unless int8).
     public func scale(row i: Int) -> Float { scales?[i] ?? 1 }
 }
+
+extension RowElementType {
+    /// Decodes `count` elements of this type at `source` (any alignment) into f32 at
+    /// `destination`, int8 values times `scale` (ignored for f32 and f16), with the vector
+    /// kernel of `isa` (default: the best this CPU runs).
+    public func decode(_ source: UnsafeRawPointer, scale: Float, into destination: UnsafeMutablePointer<Float>, count: Int,
+                       isa: KernelISA? = nil) {
+        let table = isa.map(\.table) ?? RowDecode.best
+        let fn: srk_decode_fn? = switch self {
+        case .f32: table.pointee.decode.0
+        case .f16: table.pointee.decode.1
+        case .int8: table.pointee.decode.2
+        }
+        fn!(source, scale, destination, Int64(count))
+    }
+}
+
+/// The kernel table `RowElementType.decode` uses by default, looked up once.
+enum RowDecode {
+    nonisolated(unsafe) static let best: UnsafePointer<srk_kernels> = KernelISA.best.table
+}

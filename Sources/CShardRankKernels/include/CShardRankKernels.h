@@ -61,11 +61,16 @@ typedef void (*srk_gemm_pack_b_fn)(int64_t n, int64_t k, const float *b, int64_t
 typedef void (*srk_gemm_nt_packed_fn)(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                                       const float *bp, float *c, int64_t ldc);
 
+/// Decodes `n` elements of one row (dtype of the table) at `src` into f32 at `dst`; int8 values
+/// are multiplied by `scale` (ignored for f32/f16). `src` needs no alignment.
+typedef void (*srk_decode_fn)(const void *src, float scale, float *dst, int64_t n);
+
 typedef struct srk_kernels {
     int32_t isa;
     const char *name;
     srk_dot_fn dot[SRK_DTYPE_COUNT];
     srk_sqnorm_fn sqnorm[SRK_DTYPE_COUNT];
+    srk_decode_fn decode[SRK_DTYPE_COUNT];
     // Hand-written register-blocked GEMM of this ISA (B packed once, e.g. at model load).
     srk_gemm_packed_size_fn gemm_packed_size;
     srk_gemm_pack_b_fn gemm_pack_b;
