@@ -442,7 +442,7 @@ int64_t srk_ivfpq_scratch_bytes(const srk_ivfpq *ix, int64_t nprobe, int64_t rer
 int64_t srk_ivfpq_search(const srk_kernels *k, int32_t isa, const srk_ivfpq *ix, const float *q,
                          int32_t dtype, const void *rows, const float *scales, const uint64_t *ids,
                          const uint32_t *exclude_rows, int64_t nexclude, int64_t nprobe, int64_t rerank,
-                         srk_topk *out, void *scratch) {
+                         srk_topk *out, void *scratch, int64_t *rows_out) {
     const int64_t d = ix->d, m = ix->m, dsub = ix->dsub, nlist = ix->nlist;
     if (nprobe > nlist) nprobe = nlist;
     if (nprobe < 1 || rerank < 1 || nlist < 1) return 0;
@@ -618,10 +618,35 @@ int64_t srk_ivfpq_search(const srk_kernels *k, int32_t isa, const srk_ivfpq *ix,
         }
         kth = sc.cand_s[want - 1];
     }
+    int64_t npushed = 0; // candidates offered, in sc.idx (free since the dot kernel ran)
     for (int64_t i = 0; i < nc; i++) {
         if (!(sc.exact[i] >= kth)) continue;
         if (out->count == out->capacity && out->capacity > 0 && sc.exact[i] < out->scores[0]) continue;
         srk_topk_push(out, sc.exact[i], ids[sc.cand_r[i]]);
+        if (rows_out) sc.idx[npushed++] = i;
+    }
+    if (rows_out) {
+        // Each kept hit's row, from the candidates offered (their ids are distinct: one row each):
+        // a small open-addressing table id -> candidate in sc.seen (free now; >= 2x npushed slots).
+        srk_topk_sort(out);
+        memset(sc.seen, 0, (size_t)slots * sizeof(uint32_t));
+        for (int64_t p = 0; p < npushed; p++) {
+            const int64_t i = sc.idx[p];
+            uint64_t hsh = (ids[sc.cand_r[i]] * 0x9E3779B97F4A7C15ull) >> 32;
+            for (;; hsh++) {
+                uint32_t *slot = &sc.seen[hsh & (uint64_t)(slots - 1)];
+                if (*slot == 0) { *slot = (uint32_t)i + 1; break; }
+            }
+        }
+        for (int64_t j = 0; j < out->count; j++) {
+            rows_out[j] = -1;
+            uint64_t hsh = (out->ids[j] * 0x9E3779B97F4A7C15ull) >> 32;
+            for (;; hsh++) {
+                const uint32_t v = sc.seen[hsh & (uint64_t)(slots - 1)];
+                if (v == 0) break;
+                if (ids[sc.cand_r[v - 1]] == out->ids[j]) { rows_out[j] = (int64_t)sc.cand_r[v - 1]; break; }
+            }
+        }
     }
     return scanned;
 }

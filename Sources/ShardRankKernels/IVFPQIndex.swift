@@ -191,9 +191,10 @@ public struct IVFPQIndex: @unchecked Sendable {
     /// - Returns: the results and how many list positions were scanned.
     public func search(query: UnsafePointer<Float>, k: Int, parameters: ANNSearchParameters, rows: RowMatrix,
                        ids: UnsafePointer<UInt64>, excludedRows: UnsafeBufferPointer<UInt32> = .init(start: nil, count: 0),
-                       scratch: UnsafeMutableRawPointer? = nil, isa: KernelISA = .best) -> (items: [ScoredID], scanned: Int) {
+                       scratch: UnsafeMutableRawPointer? = nil, isa: KernelISA = .best,
+                       withRows: Bool = false) -> (items: [ScoredID], scanned: Int, rows: [Int]) {
         precondition(rows.dimension == dimension, "index dimension \(dimension), rows \(rows.dimension)")
-        guard k > 0 else { return ([], 0) }
+        guard k > 0 else { return ([], 0, []) }
         let nprobe = min(max(1, parameters.nprobe), listCount)
         let rerank = max(parameters.rerank, k)
         var view = cView
@@ -204,12 +205,16 @@ public struct IVFPQIndex: @unchecked Sendable {
         return withUnsafeTemporaryAllocation(of: Float.self, capacity: k) { hs in
             withUnsafeTemporaryAllocation(of: UInt64.self, capacity: k) { hi in
                 var heap = srk_topk(scores: hs.baseAddress, ids: hi.baseAddress, count: 0, capacity: Int64(k))
-                let scanned = srk_ivfpq_search(isa.table, isa.rawValue, &view, query, rows.elementType.rawValue, rows.base,
-                                               rows.scales, ids, excludedRows.baseAddress, Int64(excludedRows.count),
-                                               Int64(nprobe), Int64(rerank), &heap, scratch ?? owned!)
-                srk_topk_sort(&heap)
+                // With rows: the kernel sorts the hits and reports each one's row.
+                var hitRows = withRows ? [Int64](repeating: -1, count: k) : []
+                let scanned = hitRows.withUnsafeMutableBufferPointer { r in
+                    srk_ivfpq_search(isa.table, isa.rawValue, &view, query, rows.elementType.rawValue, rows.base,
+                                     rows.scales, ids, excludedRows.baseAddress, Int64(excludedRows.count),
+                                     Int64(nprobe), Int64(rerank), &heap, scratch ?? owned!, withRows ? r.baseAddress : nil)
+                }
+                if !withRows { srk_topk_sort(&heap) }
                 let items = (0..<Int(heap.count)).map { ScoredID(id: hi[$0], score: hs[$0]) }
-                return (items, Int(scanned))
+                return (items, Int(scanned), withRows ? hitRows.prefix(items.count).map { Int($0) } : [])
             }
         }
     }

@@ -66,8 +66,10 @@ enum ANNSearch {
 
     /// Runs every query of `req` through the plan's index (one scratch area for the call),
     /// checking `context` for cancellation every 16 queries.
+    /// The hits of every query, and with `req.withRows` each hit's row of the table (from the
+    /// kernel, no id lookup).
     static func run(_ plan: Plan, _ req: SearchRequest, context: ServerContext,
-                    monitor: ANNRecallMonitor?) throws(RPCError) -> [[ScoredID]] {
+                    monitor: ANNRecallMonitor?) throws(RPCError) -> (hits: [[ScoredID]], rows: [[Int]]?) {
         let index = plan.index.index, table = plan.index.table
         let k = Int(req.k), d = table.dim, n = req.queryCount
         let rows = table.rowMatrix
@@ -76,21 +78,24 @@ enum ANNSearch {
         defer { scratch.deallocate() }
         var results: [[ScoredID]] = []
         results.reserveCapacity(n)
+        var hitRows: [[Int]] = []
+        if req.withRows { hitRows.reserveCapacity(n) }
         for q in 0..<n {
             if q % 16 == 0 { try context.checkCancellation() }
-            let items = req.queries.withUnsafeBufferPointer { qp in
+            let (items, _, r) = req.queries.withUnsafeBufferPointer { qp in
                 plan.excludedRows.withUnsafeBufferPointer { ex in
                     index.search(query: qp.baseAddress! + q * d, k: k, parameters: plan.parameters, rows: rows,
-                                 ids: table.ids.baseAddress!, excludedRows: ex, scratch: scratch).items
+                                 ids: table.ids.baseAddress!, excludedRows: ex, scratch: scratch, withRows: req.withRows)
                 }
             }
+            if req.withRows { hitRows.append(r) }
             if let monitor, monitor.sampleNext() {
                 monitor.offer(plan.index, query: Array(req.queries[(q * d)..<((q + 1) * d)]), k: k, excludedRows: plan.excludedRows,
                               answer: items)
             }
             results.append(items)
         }
-        return results
+        return (results, req.withRows ? hitRows : nil)
     }
 }
 

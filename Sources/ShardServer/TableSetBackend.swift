@@ -293,7 +293,8 @@ public final class TableSetBackend: ShardBackend {
         let table = try searchTable(req, ts)
         let excluded = req.allExcludedIDs()
         if let plan = try ANNSearch.plan(req, excluded: excluded, index: ts.index(req.table), serving: annServing) {
-            return searchResponse(try ANNSearch.run(plan, req, context: context, monitor: recallMonitor), ts, mode: .ann, req, table)
+            let (hits, rows) = try ANNSearch.run(plan, req, context: context, monitor: recallMonitor)
+            return searchResponse(hits, ts, mode: .ann, req, table, rows: rows)
         }
         let (hits, _) = try SearchBatcher.chunked(table: table, queries: req.queries, queryCount: req.queryCount, k: Int(req.k),
                                                   exclude: excluded, pool: pool, context: context)
@@ -315,8 +316,8 @@ public final class TableSetBackend: ShardBackend {
             table = try searchTable(req, ts)
             try context.checkCancellation()
             if let plan = try ANNSearch.plan(req, excluded: excluded, index: ts.index(req.table), serving: annServing) {
-                respond(.success(searchResponse(try ANNSearch.run(plan, req, context: context, monitor: recallMonitor), ts, mode: .ann,
-                                                req, table)))
+                let (hits, rows) = try ANNSearch.run(plan, req, context: context, monitor: recallMonitor)
+                respond(.success(searchResponse(hits, ts, mode: .ann, req, table, rows: rows)))
                 return
             }
         } catch {
@@ -341,21 +342,24 @@ public final class TableSetBackend: ShardBackend {
     }
 
     /// The response to `req`; with `req.withRows`, each hit's row of `table` as stored (and its
-    /// int8 scale) rides along.
+    /// int8 scale) rides along: `rows[q][i]` when the search reported it (the ANN kernel does),
+    /// else found by id.
     private func searchResponse(_ hits: [[ScoredID]], _ ts: LoadedTableSet, mode: SearchMode = .exact,
-                                _ req: SearchRequest, _ table: EmbeddingTable) -> SearchResponse {
+                                _ req: SearchRequest, _ table: EmbeddingTable, rows: [[Int]]? = nil) -> SearchResponse {
         guard req.withRows else {
             return SearchResponse(results: hits.map { h in SearchHits(ids: h.map(\.id), scores: h.map(\.score)) }, version: ts.version,
                                   shard: UInt32(shard), shardCount: UInt32(shardCount), mode: mode)
         }
         let stride = table.dim * table.dtype.elementSize
-        let results = hits.map { h -> SearchHits in
+        let results = hits.enumerated().map { q, h -> SearchHits in
             var vectors = [UInt8](repeating: 0, count: h.count * stride)
             var scales = [Float](repeating: 1, count: table.dtype == .int8 ? h.count : 0)
+            let known = rows.map { $0[q] }
             vectors.withUnsafeMutableBytes { dst in
                 for (i, item) in h.enumerated() {
                     // A hit always comes from this slice: its row exists.
-                    guard let r = table.rowIndex(of: item.id) else { continue }
+                    let row = known.flatMap { i < $0.count && $0[i] >= 0 ? $0[i] : nil } ?? table.rowIndex(of: item.id)
+                    guard let r = row else { continue }
                     dst.baseAddress!.advanced(by: i * stride).copyMemory(from: table.rowPointer(at: r), byteCount: stride)
                     if table.dtype == .int8 { scales[i] = table.scale(at: r) }
                 }

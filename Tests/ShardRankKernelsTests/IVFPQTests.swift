@@ -81,6 +81,16 @@ import ShardRankKernels
             let want = Set(exact.map(\.id))
             hits += approx.filter { want.contains($0.id) }.count
             total += 10
+            // withRows: the same hits (under ids that are not the row numbers), each with its row.
+            let permuted = (0..<UInt64(n)).map { ($0 &* 7919) % UInt64(n) + 1_000_000 }
+            let plain = x.withUnsafeBufferPointer { xp in q.withUnsafeBufferPointer { qp in permuted.withUnsafeBufferPointer { ip in
+                index.search(query: qp.baseAddress!, k: 10, parameters: ANNSearchParameters(nprobe: 16, rerank: 100),
+                             rows: RowMatrix(f32: xp.baseAddress!, count: n, dimension: d), ids: ip.baseAddress!) } } }
+            let rowed = x.withUnsafeBufferPointer { xp in q.withUnsafeBufferPointer { qp in permuted.withUnsafeBufferPointer { ip in
+                index.search(query: qp.baseAddress!, k: 10, parameters: ANNSearchParameters(nprobe: 16, rerank: 100),
+                             rows: RowMatrix(f32: xp.baseAddress!, count: n, dimension: d), ids: ip.baseAddress!, withRows: true) } } }
+            #expect(rowed.items == plain.items && plain.rows.isEmpty)
+            #expect(rowed.rows.count == rowed.items.count && zip(rowed.rows, rowed.items).allSatisfy { permuted[$0] == $1.id })
         }
         #expect(Double(hits) / Double(total) >= 0.9, "recall@10 \(Double(hits) / Double(total))")
         withExtendedLifetime(data) {}

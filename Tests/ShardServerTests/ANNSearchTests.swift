@@ -110,6 +110,20 @@ import ShardRankWire
         let single = try backend.search(SearchRequest(table: "items", queries: Array(Self.query(3, count: 4)[(2 * Self.dim)..<(3 * Self.dim)]),
                                                       dim: UInt32(Self.dim), k: 10), context: Self.context())
         #expect(batch.results[2] == single.results[0])
+        // With rows (what the coordinator asks for): the same hits, each with its stored row and
+        // scale as a Lookup sends them; the rows come from the ANN kernel, not an id lookup (the
+        // ids here are 3 × row + 7).
+        for q in 0 ..< 5 {
+            var req = request(q, k: 25, mode: .ann)
+            req.withRows = true
+            let r = try backend.search(req, context: Self.context())
+            let plain = try backend.search(request(q, k: 25, mode: .ann), context: Self.context())
+            let hits = r.results[0]
+            #expect(r.mode == .ann && hits.ids == plain.results[0].ids && hits.scores == plain.results[0].scores && hits.ids.count == 25)
+            let lookup = try LookupResponse.decode(Array(try backend.lookup(LookupRequest(table: "items", ids: hits.ids), context: Self.context()).bytes.dropFirst(5)))
+            #expect(hits.vectors == lookup.vectors)
+            #expect(hits.scales.withUnsafeBytes { Array($0) } == lookup.scales)
+        }
     }
 
     @Test(arguments: [0.01, 0.10, 0.20])

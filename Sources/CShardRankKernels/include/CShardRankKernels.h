@@ -177,11 +177,13 @@ int64_t srk_ivfpq_scratch_bytes(const srk_ivfpq *ix, int64_t nprobe, int64_t rer
 /// approximate candidates among rows not in `exclude_rows` (sorted ascending, `nexclude`
 /// values), scores them exactly with `k`'s dot kernel over the table's rows (`dtype`, `rows`,
 /// `scales` for int8) and offers each to `out` with id ids[row]. `isa` picks the fast-scan
-/// variant. Returns the number of list positions scanned.
+/// variant. Returns the number of list positions scanned. With `rows_out` (NULL: not wanted;
+/// then `out` must be empty on entry), `out` is left sorted best first (srk_topk_sort) and
+/// rows_out[j] is the row of its j-th hit (`out->count` values), so a caller needs no id lookup.
 int64_t srk_ivfpq_search(const srk_kernels *k, int32_t isa, const srk_ivfpq *ix, const float *q,
                          int32_t dtype, const void *rows, const float *scales, const uint64_t *ids,
                          const uint32_t *exclude_rows, int64_t nexclude, int64_t nprobe, int64_t rerank,
-                         srk_topk *out, void *scratch);
+                         srk_topk *out, void *scratch, int64_t *rows_out);
 
 /// Converts one binary16 bit pattern to float (exact, handles subnormals/Inf/NaN).
 float srk_f16_to_f32(uint16_t h);
