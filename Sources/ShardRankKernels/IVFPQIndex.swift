@@ -206,15 +206,18 @@ public struct IVFPQIndex: @unchecked Sendable {
             withUnsafeTemporaryAllocation(of: UInt64.self, capacity: k) { hi in
                 var heap = srk_topk(scores: hs.baseAddress, ids: hi.baseAddress, count: 0, capacity: Int64(k))
                 // With rows: the kernel sorts the hits and reports each one's row.
-                var hitRows = withRows ? [Int64](repeating: -1, count: k) : []
+                var hitRows = withRows ? [Int](repeating: -1, count: k) : []
                 let scanned = hitRows.withUnsafeMutableBufferPointer { r in
-                    srk_ivfpq_search(isa.table, isa.rawValue, &view, query, rows.elementType.rawValue, rows.base,
-                                     rows.scales, ids, excludedRows.baseAddress, Int64(excludedRows.count),
-                                     Int64(nprobe), Int64(rerank), &heap, scratch ?? owned!, withRows ? r.baseAddress : nil)
+                    r.withMemoryRebound(to: Int64.self) { r64 in
+                        srk_ivfpq_search(isa.table, isa.rawValue, &view, query, rows.elementType.rawValue, rows.base,
+                                         rows.scales, ids, excludedRows.baseAddress, Int64(excludedRows.count),
+                                         Int64(nprobe), Int64(rerank), &heap, scratch ?? owned!, withRows ? r64.baseAddress : nil)
+                    }
                 }
                 if !withRows { srk_topk_sort(&heap) }
                 let items = (0..<Int(heap.count)).map { ScoredID(id: hi[$0], score: hs[$0]) }
-                return (items, Int(scanned), withRows ? hitRows.prefix(items.count).map { Int($0) } : [])
+                if withRows { hitRows.removeLast(k - items.count) }
+                return (items, Int(scanned), hitRows)
             }
         }
     }

@@ -107,11 +107,7 @@ enum HTTP2Harness {
     /// The seed corpus: a client's request stream (for the server role) and a server's answer (for
     /// the client role), produced by two sessions talking to each other.
     static func writeSeeds(_ dir: String) {
-        func write(_ name: String, _ bytes: [UInt8]) {
-            let f = fopen(dir + "/" + name, "wb")!
-            _ = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, f) }
-            fclose(f)
-        }
+        func write(_ name: String, _ bytes: [UInt8]) { bytes.withUnsafeBytes { writeScratch(dir + "/" + name, $0.baseAddress, $0.count) } }
         let client = try! HTTP2Session(role: .client)
         let server = try! HTTP2Session(role: .server)
         var c2s: [UInt8] = []

@@ -10,7 +10,8 @@ func scratchFile(_ tag: String) -> String {
     return "\(dir)/shardrank-fuzz-\(tag)-\(getpid())"
 }
 
-/// Writes `count` bytes at `bytes` to `path` (created or truncated).
+/// Writes `count` bytes at `bytes` to `path` (created or truncated): scratch inputs, and the seeds
+/// `--write-seeds` writes.
 func writeScratch(_ path: String, _ bytes: UnsafeRawPointer?, _ count: Int) {
     let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
     precondition(fd >= 0, "cannot create \(path)")

@@ -152,11 +152,7 @@ enum WireHarness {
     }
 
     static func writeSeeds(_ dir: String) {
-        func write(_ name: String, _ bytes: [UInt8]) {
-            let f = fopen(dir + "/" + name, "wb")!
-            _ = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, f) }
-            fclose(f)
-        }
+        func write(_ name: String, _ bytes: [UInt8]) { bytes.withUnsafeBytes { writeScratch(dir + "/" + name, $0.baseAddress, $0.count) } }
         write("lookup-request", [0] + LookupRequest(table: "items", ids: [1, 300, 70_000, 1 << 40], dtype: .f16, version: 3).encoded().payload)
         write("lookup-request-unpacked", [0, 0x0A, 0x01, 0x74, 0x10, 0x05, 0x10, 0x80, 0x01, 0x18, 0x01, 0x20, 0x02])
         write("lookup-response", [1] + LookupResponse(dim: 2, dtype: .f32, vectors: [UInt8](repeating: 1, count: 16), missingIDs: [9, 10],
